@@ -1,0 +1,470 @@
+"""Import the IAPO paper's released tables (pickles of the authors' classes) safely.
+
+The release (github.com/IAPO-AAAI25/IAPO-PSST, folder ``data/``) ships Python pickles of the
+authors' environment objects. Unpickling runs whatever callables a pickle names, so these files are
+read ONLY through :class:`RestrictedUnpickler`, whose ``find_class`` allows:
+
+* numpy array reconstruction: ``numpy.core.multiarray._reconstruct`` (and the ``numpy._core``
+  spelling of numpy 2), ``numpy.ndarray``, ``numpy.dtype``, ``multiarray.scalar``,
+  ``numeric._frombuffer``;
+* the numpy random generator the authors saved in ``env.rng``: every ``numpy.random`` global the
+  pickle needs is mapped to an *inert stand-in* that swallows its state (nothing of numpy.random
+  is ever called);
+* the authors' classes (``Envs.catMV.catMV.CategoricalMVEnv``, ``CostContext``,
+  ``Envs.catBoN.catBoN.CategoricalBoNEnv``, ``Context``,
+  ``Envs.synthBernoulli.synthBernoulli.SyntheticBernoulliEnv``, ...), mapped to inert stand-ins
+  that only store their pickled ``__dict__`` (their module is never imported).
+
+Every other global is refused with :class:`TableImportError` naming it, *before* it is looked up
+or called.
+
+Conversion (one :class:`~iapo_gym.tables.format.OutcomeTable` per released env):
+
+* MV (``CategoricalMVEnv``: ``cat_probs (P, Xtr, C)``, ``answers``, ``cat_probs_te``,
+  ``answers_te``, ``cost_per_prompt (P,)``, ``cost_coeffs {low, mid, high}``,
+  ``context_distribution``, ``N_max``) -> ``strategy="mv"``; queries are the train queries then
+  the test queries (``split`` 0 / 1, ids ``train-<j>`` / ``test-<j>``), ``cost`` the per-prompt
+  cost broadcast to ``(P, Q)``, contexts ``(1, coeff)`` in the order low, mid, high with the
+  released ``context_distribution``, objective ``("correct",)`` in ``[0, 1]``.
+* BoN (``CategoricalBoNEnv``: ``outcome_vectors_train (P, Q, M, K)``, ``outcome_probs_train``,
+  the same for test, ``cost_per_prompt``, ``weights`` as (K+1)-tuples whose last entry is the
+  (non-positive) cost weight, ``context_distribution``, ``N_max``) -> ``strategy="bon"``; the
+  cost weight is stored as its magnitude; objective ranges are the observed value ranges.
+* Synthetic Bernoulli (``SyntheticBernoulliEnv``: ``success_probs`` / ``success_probs_test``
+  dicts of tiers easy/medium/hard, each ``(P, X_t)``) -> ``strategy="mv"`` with two answer
+  categories (0 wrong, 1 right, gold 1); the tiers are concatenated (query ids
+  ``train-easy-<j>`` ...). The authors draw a tier, then a query in it; the pooled table is exact
+  when the tier distribution is proportional to the tier sizes and otherwise records the released
+  ``tier_distribution`` in the provenance.
+
+Prompts are ids ``prompt-<i>`` (the release carries no prompt texts). Provenance records the
+source file name, its sha256 and git blob id, the release commit and the original class.
+
+API: :func:`import_released_all` returns every table of a file (HH and SB hold several envs);
+:func:`import_released` returns the single table of a one-env file (MATH, CQA) or the ``index``-th.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import hashlib
+import importlib
+import io
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from iapo_gym.contexts import ContextSet
+from iapo_gym.tables.format import OutcomeTable
+from iapo_gym.tables.validation import TableError, validate_table
+
+__all__ = [
+    "RELEASE_COMMIT",
+    "RELEASE_FILES",
+    "RestrictedUnpickler",
+    "TableImportError",
+    "git_blob_id",
+    "import_released",
+    "import_released_all",
+    "restricted_load",
+]
+
+#: Commit of github.com/IAPO-AAAI25/IAPO-PSST whose ``data/`` folder holds the released tables.
+RELEASE_COMMIT = "ba274e4bed9283476c7efe52481e6d9bdf2d2947"
+
+#: Released file name -> task name used by the env ids.
+RELEASE_FILES: dict[str, str] = {
+    "MATH_final.pkl": "MATH",
+    "CQA_final.pkl": "CommonsenseQA",
+    "HH_final.pkl": "HelpfulHarmless",
+    "Summarization_final.pkl": "Summarization",
+    "SB_final.pkl": "SynthBernoulli",
+}
+
+class TableImportError(TableError, pickle.UnpicklingError):
+    """A released file could not be imported (a refused global, an unknown layout, bad arrays)."""
+
+
+# ---------------------------------------------------------------------------- inert stand-ins
+class InertObject:
+    """Stand-in for a pickled class: accepts any constructor arguments and state, runs nothing.
+
+    ``_pickled_global`` names the global it replaces; the pickled ``__dict__`` lands in ``__dict__``.
+    """
+
+    _pickled_global = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__["_init_args"] = args
+
+    def __setstate__(self, state: Any) -> None:
+        if (
+            isinstance(state, tuple)
+            and len(state) == 2
+            and all(part is None or isinstance(part, dict) for part in state)
+        ):  # the (dict, slots) form
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update({str(k): v for k, v in state.items()})
+        else:
+            self.__dict__["_state"] = state
+
+    def __repr__(self) -> str:
+        return f"<inert stand-in for {self._pickled_global}>"
+
+
+_STANDIN_CACHE: dict[tuple[str, str], type] = {}
+
+
+def _standin(module: str, name: str) -> type:
+    """A distinct inert class per pickled global (so the converter can tell them apart)."""
+    key = (module, name)
+    if key not in _STANDIN_CACHE:
+        _STANDIN_CACHE[key] = type(name, (InertObject,), {"_pickled_global": f"{module}.{name}"})
+    return _STANDIN_CACHE[key]
+
+
+def _inert_factory(module: str, name: str) -> Callable[..., InertObject]:
+    """A callable standing in for a numpy.random constructor function: returns an inert object."""
+    cls = _standin(module, name)
+
+    def make(*args: Any, **kwargs: Any) -> InertObject:
+        return cls()
+
+    return make
+
+
+# ---------------------------------------------------------------------------- the allow-list
+def _numpy_attr(modules: tuple[str, ...], name: str) -> Any:
+    for mod in modules:
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            continue
+    raise TableImportError(f"this numpy has none of {[f'{m}.{name}' for m in modules]}")
+
+
+_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
+_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
+#: (module, name) -> how to resolve it (lazily, so a numpy without one spelling still works).
+_NUMPY_ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    **{(m, "_reconstruct"): (lambda: _numpy_attr(_MULTIARRAY, "_reconstruct")) for m in _MULTIARRAY},
+    **{(m, "scalar"): (lambda: _numpy_attr(_MULTIARRAY, "scalar")) for m in _MULTIARRAY},
+    **{(m, "_frombuffer"): (lambda: _numpy_attr(_NUMERIC, "_frombuffer")) for m in _NUMERIC},
+}
+
+#: numpy.random globals a pickled Generator / RandomState may name; all become inert.
+_RANDOM_FUNCTIONS = {
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+}
+_RANDOM_CLASSES = {
+    ("numpy.random._pcg64", "PCG64"),
+    ("numpy.random._pcg64", "PCG64DXSM"),
+    ("numpy.random._mt19937", "MT19937"),
+    ("numpy.random._philox", "Philox"),
+    ("numpy.random._sfc64", "SFC64"),
+    ("numpy.random._generator", "Generator"),
+    ("numpy.random.mtrand", "RandomState"),
+    ("numpy.random.bit_generator", "SeedSequence"),
+}
+
+#: The authors' plain data classes, by class name; their module must start with ``Envs.``.
+AUTHOR_CLASSES = frozenset(
+    {"CategoricalMVEnv", "CostContext", "CategoricalBoNEnv", "Context", "SyntheticBernoulliEnv"}
+)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the allow-listed globals (see the module docstring)."""
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - documented on the class
+        written = f"{module}.{name}"
+        # protocol 0-2 pickles spell Python 3 globals by their Python 2 names (__builtin__, commands)
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        key = (module, name)
+        if key in _NUMPY_ALLOWED:
+            return _NUMPY_ALLOWED[key]()
+        if key in _RANDOM_FUNCTIONS:
+            return _inert_factory(module, name)
+        if key in _RANDOM_CLASSES:
+            return _standin(module, name)
+        if module.split(".")[0] == "Envs" and name in AUTHOR_CLASSES:
+            return _standin(module, name)
+        alias = "" if written == f"{module}.{name}" else f" (written as {written})"
+        raise TableImportError(
+            f"refused global {module}.{name}{alias}: a released IAPO table may only reference numpy arrays, "
+            "numpy random state and the authors' data classes; this file is not a released table "
+            "(or has been tampered with) and was not executed"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
+        raise TableImportError(f"refused persistent id {pid!r}: released tables carry none")
+
+
+def restricted_load(data: bytes) -> Any:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler` (raises :class:`TableImportError`)."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data)).load()
+    except TableImportError:
+        raise
+    except Exception as exc:  # truncated or malformed pickles, numpy errors on bad array payloads
+        raise TableImportError(f"could not unpickle the file: {type(exc).__name__}: {exc}") from exc
+
+
+def git_blob_id(data: bytes) -> str:
+    """The git blob id of ``data`` (what ``git hash-object FILE`` prints)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+# ---------------------------------------------------------------------------- conversion helpers
+def _get(env: InertObject, key: str, source: str) -> Any:
+    if key not in env.__dict__:
+        raise TableImportError(f"{source}: the released {env._pickled_global} has no attribute {key!r}")
+    return env.__dict__[key]
+
+
+def _array(value: Any, name: str, source: str, ndim: int, dtype: type = np.float64) -> np.ndarray:
+    if not isinstance(value, np.ndarray | list | tuple) and not np.isscalar(value):
+        raise TableImportError(f"{source}: {name} is a {type(value).__name__}, expected a numeric array")
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TableImportError(f"{source}: {name} has dtype {arr.dtype}, expected numbers")
+    if arr.ndim != ndim:
+        raise TableImportError(f"{source}: {name} has shape {arr.shape}, expected {ndim} dimensions")
+    return arr.astype(dtype, copy=False)
+
+
+def _prompt_ids(env: InertObject, n_prompts: int) -> tuple[str, ...]:
+    prompts = env.__dict__.get("prompts")
+    if isinstance(prompts, list | tuple) and len(prompts) == n_prompts and all(isinstance(p, str) for p in prompts):
+        return tuple(prompts)
+    return tuple(f"prompt-{i}" for i in range(n_prompts))
+
+
+def _n_max(env: InertObject, source: str) -> int:
+    n_max = _get(env, "N_max", source)
+    if isinstance(n_max, np.ndarray):
+        n_max = n_max.item()
+    if not isinstance(n_max, int | np.integer) or isinstance(n_max, bool):
+        raise TableImportError(f"{source}: N_max is {n_max!r}, expected an integer")
+    return int(n_max)
+
+
+def _convert_mv(env: InertObject, task: str, source: str, provenance: dict) -> OutcomeTable:
+    tr = _array(_get(env, "cat_probs", source), "cat_probs", source, 3)
+    te = _array(_get(env, "cat_probs_te", source), "cat_probs_te", source, 3)
+    gold_tr = _array(_get(env, "answers", source), "answers", source, 1, np.int64)
+    gold_te = _array(_get(env, "answers_te", source), "answers_te", source, 1, np.int64)
+    cost_p = _array(_get(env, "cost_per_prompt", source), "cost_per_prompt", source, 1)
+    coeffs = _get(env, "cost_coeffs", source)
+    dist = _array(_get(env, "context_distribution", source), "context_distribution", source, 1)
+    if tr.shape[0] != te.shape[0] or tr.shape[2] != te.shape[2]:
+        raise TableImportError(f"{source}: cat_probs {tr.shape} and cat_probs_te {te.shape} disagree")
+    if not isinstance(coeffs, dict) or set(coeffs) != {"low", "mid", "high"}:
+        raise TableImportError(f"{source}: cost_coeffs must map low/mid/high to numbers; got {coeffs!r}")
+    names = ("low", "mid", "high")
+    weights = np.array([[1.0, abs(float(coeffs[n]))] for n in names])
+    n_q = tr.shape[1] + te.shape[1]
+    return OutcomeTable(
+        task=task,
+        strategy="mv",
+        prompts=_prompt_ids(env, tr.shape[0]),
+        query_ids=tuple(f"train-{j}" for j in range(tr.shape[1])) + tuple(f"test-{j}" for j in range(te.shape[1])),
+        objectives=("correct",),
+        objective_ranges=np.array([[0.0, 1.0]]),
+        contexts=ContextSet(names, weights, dist),
+        n_max=_n_max(env, source),
+        cost=np.broadcast_to(cost_p[:, None], (tr.shape[0], n_q)).copy(),
+        split=np.concatenate([np.zeros(tr.shape[1], np.int8), np.ones(te.shape[1], np.int8)]),
+        answer_probs=np.concatenate([tr, te], axis=1),
+        gold=np.concatenate([gold_tr, gold_te]),
+        cost_unit="paper cost units per completion",
+        provenance=provenance,
+    )
+
+
+def _bon_context_names(weights: np.ndarray) -> tuple[str, ...]:
+    fmt = lambda x: f"{x:g}"  # noqa: E731
+    return tuple(
+        "w=(" + ",".join(fmt(x) for x in row[:-1]) + f"),cost={fmt(row[-1])}" for row in weights
+    )
+
+
+def _convert_bon(env: InertObject, task: str, source: str, provenance: dict) -> OutcomeTable:
+    v_tr = _array(_get(env, "outcome_vectors_train", source), "outcome_vectors_train", source, 4)
+    p_tr = _array(_get(env, "outcome_probs_train", source), "outcome_probs_train", source, 3)
+    v_te = env.__dict__.get("outcome_vectors_test")
+    p_te = env.__dict__.get("outcome_probs_test")
+    v_te = v_tr[:, :0] if v_te is None else _array(v_te, "outcome_vectors_test", source, 4)
+    p_te = p_tr[:, :0] if p_te is None else _array(p_te, "outcome_probs_test", source, 3)
+    if v_tr.shape[0] != v_te.shape[0] or v_tr.shape[2:] != v_te.shape[2:]:
+        raise TableImportError(f"{source}: outcome_vectors_train {v_tr.shape} and _test {v_te.shape} disagree")
+    n_p, n_tr, _, k = v_tr.shape
+    n_te = v_te.shape[1]
+    cost_p = _array(_get(env, "cost_per_prompt", source), "cost_per_prompt", source, 1)
+    raw_w = _get(env, "weights", source) if "weights" in env.__dict__ else None
+    if raw_w is None:  # fall back to the Context objects
+        raw_w = [getattr(c, "weights", None) for c in _get(env, "_contexts", source)]
+    w = _array([tuple(r) for r in raw_w], "weights", source, 2)
+    if w.shape[1] != k + 1:
+        raise TableImportError(f"{source}: weights have {w.shape[1]} entries per context; expected K+1 = {k + 1}")
+    if np.any(w[:, -1] > 0):
+        raise TableImportError(f"{source}: the released cost weights (last entry) must be <= 0; got {w[:, -1]}")
+    w = w.copy()
+    w[:, -1] = -w[:, -1]
+    w[:, -1] += 0.0  # no -0.0 in manifests
+    dist = _array(_get(env, "context_distribution", source), "context_distribution", source, 1)
+    values = np.concatenate([v_tr, v_te], axis=1)
+    if values.size:
+        ranges = np.stack([values.min(axis=(0, 1, 2)), values.max(axis=(0, 1, 2))], axis=1)
+    else:
+        ranges = np.tile([0.0, 1.0], (k, 1))
+    return OutcomeTable(
+        task=task,
+        strategy="bon",
+        prompts=_prompt_ids(env, n_p),
+        query_ids=tuple(f"train-{j}" for j in range(n_tr)) + tuple(f"test-{j}" for j in range(n_te)),
+        objectives=tuple(f"objective-{i}" for i in range(k)),
+        objective_ranges=ranges,
+        contexts=ContextSet(_bon_context_names(w), w, dist),
+        n_max=_n_max(env, source),
+        cost=np.broadcast_to(cost_p[:, None], (n_p, n_tr + n_te)).copy(),
+        split=np.concatenate([np.zeros(n_tr, np.int8), np.ones(n_te, np.int8)]),
+        outcome_values=values,
+        outcome_probs=np.concatenate([p_tr, p_te], axis=1),
+        cost_unit="paper cost units per completion",
+        provenance={**provenance, "objective_ranges": "observed min/max of the released outcome values"},
+    )
+
+
+_TIERS = ("easy", "medium", "hard")
+
+
+def _convert_sb(env: InertObject, task: str, source: str, provenance: dict) -> OutcomeTable:
+    parts, ids, split = [], [], []
+    for key, label, s in (("success_probs", "train", 0), ("success_probs_test", "test", 1)):
+        tiers = _get(env, key, source)
+        if not isinstance(tiers, dict) or any(t not in tiers for t in _TIERS):
+            raise TableImportError(f"{source}: {key} must map easy/medium/hard to (P, X_t) arrays")
+        for t in _TIERS:
+            arr = _array(tiers[t], f"{key}[{t!r}]", source, 2)
+            parts.append(arr)
+            ids += [f"{label}-{t}-{j}" for j in range(arr.shape[1])]
+            split += [s] * arr.shape[1]
+    p_right = np.concatenate(parts, axis=1)
+    n_p = p_right.shape[0]
+    cost_p = _array(_get(env, "cost_per_prompt", source), "cost_per_prompt", source, 1)
+    coeffs = _get(env, "cost_coeffs", source)
+    names = ("low", "mid", "high")
+    dist = _array(_get(env, "context_distribution", source), "context_distribution", source, 1)
+    tier_dist = env.__dict__.get("tier_distribution")
+    return OutcomeTable(
+        task=task,
+        strategy="mv",
+        prompts=_prompt_ids(env, n_p),
+        query_ids=tuple(ids),
+        objectives=("correct",),
+        objective_ranges=np.array([[0.0, 1.0]]),
+        contexts=ContextSet(names, np.array([[1.0, abs(float(coeffs[n]))] for n in names]), dist),
+        n_max=_n_max(env, source),
+        cost=np.broadcast_to(cost_p[:, None], p_right.shape).copy(),
+        split=np.asarray(split, np.int8),
+        answer_probs=np.stack([1.0 - p_right, p_right], axis=-1),
+        gold=np.ones(len(ids), np.int64),
+        cost_unit="paper cost units per completion",
+        provenance={
+            **provenance,
+            "tier_distribution": None if tier_dist is None else np.asarray(tier_dist, float).tolist(),
+        },
+    )
+
+
+_CONVERTERS = {
+    "CategoricalMVEnv": _convert_mv,
+    "CategoricalBoNEnv": _convert_bon,
+    "SyntheticBernoulliEnv": _convert_sb,
+}
+
+
+def _task_for(path: Path) -> str:
+    return RELEASE_FILES.get(path.name, path.name.split("_final")[0].split(".")[0])
+
+
+def import_released_all(path: str | Path, task: str | None = None) -> list[OutcomeTable]:
+    """Import every env of a released pickle as an :class:`OutcomeTable` (order as released).
+
+    Args:
+        path: a released ``*_final.pkl`` file.
+        task: the task name (default: from the file name, e.g. ``MATH_final.pkl`` -> ``"MATH"``).
+
+    Raises:
+        TableImportError: a refused global (nothing was executed), an unknown layout or bad arrays.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    obj = restricted_load(data)
+    envs = list(obj) if isinstance(obj, list | tuple) else [obj]
+    if not envs:
+        raise TableImportError(f"{path.name}: the file holds an empty list, no tables to import")
+    task = task or _task_for(path)
+    base = {
+        "source_file": path.name,
+        "source_sha256": hashlib.sha256(data).hexdigest(),
+        "source_git_blob": git_blob_id(data),
+        "release": f"github.com/IAPO-AAAI25/IAPO-PSST@{RELEASE_COMMIT}",
+        "importer": "iapo_gym.tables.importer",
+    }
+    tables = []
+    for i, env in enumerate(envs):
+        source = f"{path.name}[{i}]" if len(envs) > 1 else path.name
+        cls = type(env).__name__
+        if not isinstance(env, InertObject) or cls not in _CONVERTERS:
+            raise TableImportError(
+                f"{source}: expected one of the authors' envs {sorted(_CONVERTERS)}; got {type(env).__name__}"
+            )
+        prov = {**base, "source_class": env._pickled_global, "source_index": i, "source_count": len(envs)}
+        try:
+            table = _CONVERTERS[cls](env, task, source, prov)
+        except TableImportError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TableImportError(f"{source}: {exc}") from exc
+        _validate(table, source)
+        tables.append(table)
+    return tables
+
+
+def import_released(path: str | Path, index: int | None = None, task: str | None = None) -> OutcomeTable:
+    """Import one table from a released pickle.
+
+    A one-env file (MATH, CQA) gives its table; a file with several envs (HH, SB) needs ``index``
+    (or use :func:`import_released_all`).
+    """
+    tables = import_released_all(path, task=task)
+    if index is None:
+        if len(tables) > 1:
+            raise TableImportError(
+                f"{Path(path).name} holds {len(tables)} envs; pass index=0..{len(tables) - 1} "
+                "or use import_released_all()"
+            )
+        return tables[0]
+    if not -len(tables) <= index < len(tables):
+        raise TableImportError(f"{Path(path).name} holds {len(tables)} envs; index {index} is out of range")
+    return tables[index]
+
+
+def _validate(table: OutcomeTable, source: str) -> None:
+    try:
+        validate_table(table)
+    except ValueError as exc:
+        raise TableImportError(f"{source}: the converted table is invalid: {exc}") from exc
