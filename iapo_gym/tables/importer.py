@@ -61,13 +61,16 @@ from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.tables.validation import TableError, validate_table
 
 __all__ = [
+    "RELEASE_BLOBS",
     "RELEASE_COMMIT",
+    "RELEASE_SHA256",
     "RELEASE_FILES",
     "RestrictedUnpickler",
     "TableImportError",
     "git_blob_id",
     "import_released",
     "import_released_all",
+    "import_released_bytes",
     "restricted_load",
 ]
 
@@ -82,6 +85,21 @@ RELEASE_FILES: dict[str, str] = {
     "Summarization_final.pkl": "Summarization",
     "SB_final.pkl": "SynthBernoulli",
 }
+
+#: Git blob ids of the released files at :data:`RELEASE_COMMIT` (``git hash-object FILE``).
+RELEASE_BLOBS: dict[str, str] = {
+    "MATH_final.pkl": "50a3f35a26c689c611f92a32248624c7e9bcc302",
+    "CQA_final.pkl": "18307bad4f8d71098546fe887e064436015ef3dc",
+    "HH_final.pkl": "d6043f39466a98048c31f75654c84f4c0bf47fa5",
+    "Summarization_final.pkl": "cfea635c99b5665f3d68aa0d89e91d4a67aa6481",
+    "SB_final.pkl": "50b002e6334eab0b1cb6c4bb721bda1b493fbf79",
+}
+
+#: sha256 digests known for some released files.
+RELEASE_SHA256: dict[str, str] = {
+    "MATH_final.pkl": "1979a97ee6dc9cb35e3071651c40be42b281c215081195ef0d8b1ef9b334d7d9",
+}
+
 
 class TableImportError(TableError, pickle.UnpicklingError):
     """A released file could not be imported (a refused global, an unknown layout, bad arrays)."""
@@ -411,17 +429,24 @@ def import_released_all(path: str | Path, task: str | None = None) -> list[Outco
         TableImportError: a refused global (nothing was executed), an unknown layout or bad arrays.
     """
     path = Path(path)
-    data = path.read_bytes()
+    return import_released_bytes(path.read_bytes(), path.name, task=task)
+
+
+def import_released_bytes(data: bytes, file_name: str, task: str | None = None) -> list[OutcomeTable]:
+    """:func:`import_released_all` for the bytes of a file named ``file_name`` (e.g. a download)."""
+    path = Path(file_name)
     obj = restricted_load(data)
     envs = list(obj) if isinstance(obj, list | tuple) else [obj]
     if not envs:
         raise TableImportError(f"{path.name}: the file holds an empty list, no tables to import")
     task = task or _task_for(path)
+    blob = git_blob_id(data)
     base = {
         "source_file": path.name,
         "source_sha256": hashlib.sha256(data).hexdigest(),
-        "source_git_blob": git_blob_id(data),
+        "source_git_blob": blob,
         "release": f"github.com/IAPO-AAAI25/IAPO-PSST@{RELEASE_COMMIT}",
+        "matches_release": RELEASE_BLOBS.get(path.name) == blob,
         "importer": "iapo_gym.tables.importer",
     }
     tables = []
