@@ -1,0 +1,386 @@
+"""Exact Q-values, best arms, ACR and regret of an outcome table.
+
+Everything here is computed in closed form from the table (no sampling):
+
+* **Majority voting.** The expected tie-aware credit ``E[credit](p, q, N)`` (credit ``1/t`` when
+  the gold answer is among the ``t`` most-voted answers) of every prompt, query and ``N`` at once.
+  Conditioning on the gold count ``k``, the probability of counts ``(k, n_1..n_{A-1})`` is
+  ``N!/(k! prod n_j!) p_g^k prod p_j^{n_j}``, and ``1/(1+t) = int_0^1 s^t ds`` with ``t`` the number
+  of other answers that also reach ``k``. Hence::
+
+      credit(N) = sum_k N! p_g^k / k! * int_0^1 [x^{N-k}] prod_{j != g} f_j(x, s) ds,
+      f_j(x, s) = sum_{n<k} (p_j x)^n / n! + s (p_j x)^k / k!.
+
+  The integrand is a polynomial of degree ``<= A-1`` in ``s``, so Gauss-Legendre quadrature with
+  ``ceil(A/2)`` nodes is exact. Truncated products in ``x`` are shifted multiply-adds over arrays
+  ``(degree, rows * nodes)``; Python loops run over ``k``, the categories and the degree only.
+  Identical (gold-first, sorted) probability rows are computed once. The credit does not depend on
+  the context, so MV Q-values for any number of contexts cost one multiply-add.
+* **Best-of-N.** With per-context scores ``s_m = w . v_m`` sorted ascending and cumulative
+  probabilities ``F_j``, ``E[max of N] = s_(M) - sum_{j<M} (s_(j+1) - s_(j)) F_j^N`` (Abel summation
+  of ``sum_j s_(j) (F_j^N - F_{j-1}^N)``), vectorised over rows and chunked over contexts.
+* Utilities subtract ``w_cost * N * cost[p, q]`` (cost is linear, so the expected cost is exact).
+
+Per-query values for the table's own contexts are cached in ``table.cache``; any split or policy is
+then evaluated by averaging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from math import lgamma
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from iapo_gym.arms import arm_from_index
+from iapo_gym.tables.format import OutcomeTable
+from iapo_gym.utility import as_weights
+
+__all__ = [
+    "mv_credit",
+    "bon_expected_max",
+    "per_query_values",
+    "q_values",
+    "best_arms",
+    "acr",
+    "regret",
+    "OracleReport",
+    "ContextBest",
+    "report",
+]
+
+_MV_CACHE_KEY = "oracle/mv_credit"
+_BON_CACHE_KEY = "oracle/bon_per_query"
+#: Largest ``n_max`` the MV recursion supports in float64 (``N!`` and ``p^n / n!`` stay representable).
+MV_N_MAX_LIMIT = 150
+#: Elements per working array in the BoN path (bounds memory: 8 bytes each).
+_BON_CHUNK_ELEMENTS = 1 << 22
+#: Relative tolerance under which two Q-values count as tied in :func:`best_arms`.
+TIE_RTOL = 1e-12
+
+
+# --------------------------------------------------------------------------- majority voting
+def _gold_first(probs: NDArray[np.float64], gold: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Rows ``(p_gold, others sorted descending)``: the credit is symmetric in the other answers."""
+    rows, a = probs.shape
+    is_gold = np.arange(a)[None, :] == gold[:, None]
+    pg = probs[np.arange(rows), gold]
+    others = probs[~is_gold].reshape(rows, a - 1)
+    others = -np.sort(-others, axis=1)
+    return np.concatenate([pg[:, None], others], axis=1)
+
+
+def _mv_credit_unique(rows: NDArray[np.float64], n_max: int) -> NDArray[np.float64]:
+    """Exact expected credit of gold-first rows ``(U, A)`` for ``N = 1..n_max`` -> ``(U, n_max)``."""
+    u, a = rows.shape
+    pg, others = rows[:, 0], rows[:, 1:]
+    n_other = a - 1
+    n_nodes = max(1, -(-a // 2))  # ceil(A / 2): exact for integrands of degree <= A - 1 in s
+    x, w = np.polynomial.legendre.leggauss(n_nodes)
+    s = 0.5 * (x + 1.0)
+    ws = 0.5 * w
+    inv_fact = np.array([np.exp(-lgamma(n + 1)) for n in range(n_max + 1)])
+    fact = np.array([np.exp(lgamma(n + 1)) for n in range(n_max + 1)])
+    # pw[n, j, u] = p_j^n / n!  (degree-major so shifted slices are contiguous blocks)
+    powers = np.arange(n_max + 1)[:, None, None]
+    pw = others.T[None, :, :] ** powers * inv_fact[:, None, None]  # (n_max+1, A-1, U)
+    pg_pw = pg[None, :] ** np.arange(n_max + 1)[:, None] * inv_fact[:, None]  # (n_max+1, U)
+    credit = np.zeros((n_max + 1, u))
+    s_col = s[:, None]  # (L, 1) broadcast against (L, U)
+    for k in range(1, n_max + 1):
+        deg = n_max - k  # coefficients x^0..x^deg are needed (N = k..n_max)
+        if n_other == 0:
+            coef = np.zeros((deg + 1, u))
+            coef[0] = 1.0
+        else:
+            top = min(k, deg)
+            prod: NDArray[np.float64] | None = None
+            for j in range(n_other):
+                # factor coefficients a_n, n = 0..top, each (L, U); the x^k term carries s
+                factor = np.broadcast_to(pw[: top + 1, j, None, :], (top + 1, n_nodes, u)).copy()
+                if top == k:
+                    factor[k] *= s_col
+                if prod is None:
+                    prod = np.zeros((deg + 1, n_nodes, u))
+                    prod[: top + 1] = factor
+                    continue
+                new = np.zeros_like(prod)
+                for n in range(top + 1):
+                    new[n:] += factor[n] * prod[: deg + 1 - n]
+                prod = new
+            coef = np.einsum("dlu,l->du", prod, ws)  # integrate over s exactly
+        credit[k:] += pg_pw[k][None, :] * coef * fact[k:, None]
+    return np.clip(credit[1:].T, 0.0, 1.0)
+
+
+def mv_credit(probs: ArrayLike, gold: ArrayLike, n_max: int) -> NDArray[np.float64]:
+    """Exact expected majority-vote credit for every row and ``N = 1..n_max``.
+
+    Args:
+        probs: ``(R, A)`` answer-category distributions (rows sum to 1).
+        gold: ``(R,)`` gold category of each row.
+        n_max: largest number of votes.
+
+    Returns:
+        ``(R, n_max)``: ``E[1/t * 1(gold among the t most-voted answers)]`` for ``N`` i.i.d. votes.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    g = np.asarray(gold, dtype=np.int64)
+    if p.ndim != 2 or g.shape != (p.shape[0],):
+        raise ValueError(f"probs must be (R, A) and gold (R,); got {p.shape} and {g.shape}")
+    if np.any(g < 0) or np.any(g >= p.shape[1]):
+        raise ValueError(f"gold categories must lie in 0..{p.shape[1] - 1}")
+    if not 1 <= int(n_max) <= MV_N_MAX_LIMIT:
+        raise ValueError(f"the exact MV oracle supports n_max in 1..{MV_N_MAX_LIMIT}; got {n_max}")
+    if p.shape[0] == 0:
+        return np.zeros((0, int(n_max)))
+    rows = _gold_first(p, g)
+    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return _mv_credit_unique(unique, int(n_max))[inverse.reshape(-1)]
+
+
+def _table_mv_credit(table: OutcomeTable) -> NDArray[np.float64]:
+    """Cached ``(P, Q, n_max)`` exact MV credit of a table."""
+    cached = table.cache.get(_MV_CACHE_KEY)
+    if cached is None:
+        p, q, a = table.answer_probs.shape
+        gold = np.broadcast_to(table.gold[None, :], (p, q)).reshape(-1)
+        cached = mv_credit(table.answer_probs.reshape(p * q, a), gold, table.n_max).reshape(p, q, table.n_max)
+        cached.setflags(write=False)
+        table.cache[_MV_CACHE_KEY] = cached
+    return cached
+
+
+# --------------------------------------------------------------------------- best-of-N
+def bon_expected_max(scores: ArrayLike, probs: ArrayLike, n_max: int) -> NDArray[np.float64]:
+    """Exact ``E[max of N i.i.d. draws]`` of discrete distributions, ``N = 1..n_max``.
+
+    Args:
+        scores: ``(R, M)`` value of each outcome.
+        probs: ``(R, M)`` outcome probabilities (rows sum to 1; zeros allowed).
+        n_max: largest ``N``.
+
+    Returns:
+        ``(R, n_max)``.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    if s.shape != p.shape or s.ndim != 2:
+        raise ValueError(f"scores and probs must both be (R, M); got {s.shape} and {p.shape}")
+    # An outcome of probability 0 never occurs: give it the row's lowest possible score so it
+    # cannot be the maximum (it then contributes nothing, whatever its value).
+    floor = np.where(p > 0, s, np.inf).min(axis=1, keepdims=True)
+    s = np.where(p > 0, s, floor)
+    order = np.argsort(s, axis=1, kind="stable")
+    s = np.take_along_axis(s, order, axis=1)
+    p = np.take_along_axis(p, order, axis=1)
+    cdf = np.cumsum(p, axis=1)
+    cdf = cdf[:, :-1] / cdf[:, -1:]
+    ds = np.diff(s, axis=1)
+    out = np.empty((s.shape[0], n_max))
+    power = cdf.copy()
+    for n in range(n_max):
+        out[:, n] = s[:, -1] - np.einsum("rm,rm->r", ds, power)
+        power *= cdf
+    return out
+
+
+def _bon_per_query(table: OutcomeTable, w: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Exact BoN per-query utilities ``(C, P, Q, n_max)`` for weights ``(C, K+1)``, context-chunked."""
+    vals, probs = table.outcome_values, table.outcome_probs
+    p, q, m, _ = vals.shape
+    c = w.shape[0]
+    n = np.arange(1, table.n_max + 1)
+    out = np.empty((c, p, q, table.n_max))
+    per_context = max(p * q * m, 1)
+    step = max(1, _BON_CHUNK_ELEMENTS // per_context)
+    flat_probs = probs.reshape(p * q, m)
+    for start in range(0, c, step):
+        chunk = w[start : start + step]
+        scores = np.einsum("pqmk,ck->cpqm", vals, chunk[:, :-1], optimize=True).reshape(-1, m)
+        emax = bon_expected_max(scores, np.broadcast_to(flat_probs, (chunk.shape[0], p * q, m)).reshape(-1, m), table.n_max)
+        emax = emax.reshape(chunk.shape[0], p, q, table.n_max)
+        out[start : start + step] = emax - chunk[:, -1, None, None, None] * table.cost[None, :, :, None] * n
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+def _weights(table: OutcomeTable, weights: ArrayLike | None) -> NDArray[np.float64]:
+    return table.contexts.weights if weights is None else as_weights(weights, table.n_objectives)
+
+
+def per_query_values(table: OutcomeTable, weights: ArrayLike | None = None) -> NDArray[np.float64]:
+    """Exact expected utility of every arm on every query, ``(C, P, Q, n_max)``.
+
+    ``weights`` (``(C, K + 1)``, last column the cost magnitude) defaults to the table's contexts;
+    those values are cached in ``table.cache``. For many other contexts prefer :func:`q_values`,
+    which never materialises the query axis for MV.
+    """
+    w = _weights(table, weights)
+    n = np.arange(1, table.n_max + 1)
+    if table.strategy == "mv":
+        credit = _table_mv_credit(table)
+        return w[:, 0, None, None, None] * credit[None] - w[:, -1, None, None, None] * (table.cost[None, :, :, None] * n)
+    if table.strategy != "bon":
+        raise ValueError(f"unknown strategy {table.strategy!r}")
+    if weights is None:
+        cached = table.cache.get(_BON_CACHE_KEY)
+        if cached is None:
+            cached = _bon_per_query(table, w)
+            cached.setflags(write=False)
+            table.cache[_BON_CACHE_KEY] = cached
+        return cached
+    return _bon_per_query(table, w)
+
+
+def _query_index(table: OutcomeTable, queries: ArrayLike | None) -> NDArray[np.int64] | slice:
+    if queries is None:
+        return slice(None)
+    idx = np.asarray(queries)
+    if idx.dtype == bool:
+        if idx.shape != (table.n_queries,):
+            raise ValueError(f"a boolean query mask must have shape ({table.n_queries},); got {idx.shape}")
+        idx = np.flatnonzero(idx)
+    idx = idx.astype(np.int64).reshape(-1)
+    if idx.size == 0:
+        raise ValueError("queries is empty; pass at least one query index (or None for all)")
+    if idx.min() < 0 or idx.max() >= table.n_queries:
+        raise ValueError(f"query indices must lie in 0..{table.n_queries - 1}")
+    return idx
+
+
+def q_values(
+    table: OutcomeTable, queries: ArrayLike | None = None, weights: ArrayLike | None = None
+) -> NDArray[np.float64]:
+    """Exact ``Q(c, p, N)`` averaged over ``queries`` (index array or boolean mask; None = all).
+
+    Returns ``(C, P, n_max)``. MV is a single multiply-add for any number of contexts (the credit is
+    context-free); BoN per-query values are computed chunk by chunk over contexts and averaged.
+    """
+    idx = _query_index(table, queries)
+    w = _weights(table, weights)
+    n = np.arange(1, table.n_max + 1)
+    if table.strategy == "mv":
+        credit = _table_mv_credit(table)[:, idx].mean(axis=1)  # (P, n_max)
+        cost = table.cost[:, idx].mean(axis=1)  # (P,)
+        return w[:, 0, None, None] * credit[None] - w[:, -1, None, None] * (cost[:, None] * n)[None]
+    if weights is None:
+        return per_query_values(table)[:, :, idx].mean(axis=2)
+    p, q, m, _ = table.outcome_values.shape
+    step = max(1, _BON_CHUNK_ELEMENTS // max(p * q * m, 1))
+    out = np.empty((w.shape[0], p, table.n_max))
+    for start in range(0, w.shape[0], step):
+        out[start : start + step] = _bon_per_query(table, w[start : start + step])[:, :, idx].mean(axis=2)
+    return out
+
+
+def best_arms(q: ArrayLike) -> NDArray[np.int64]:
+    """Flat index of the best arm per context, ``(C,)``, from ``q`` of shape ``(C, P, n_max)``.
+
+    Values within ``TIE_RTOL`` of the maximum count as tied; ties go to the lowest flat index
+    (lowest prompt, then smallest N).
+    """
+    qa = np.asarray(q, dtype=np.float64)
+    flat = qa.reshape(qa.shape[0], -1)
+    top = flat.max(axis=1, keepdims=True)
+    near = flat >= top - TIE_RTOL * np.maximum(1.0, np.abs(top))
+    return np.argmax(near, axis=1).astype(np.int64)
+
+
+def acr(q: ArrayLike, arms: ArrayLike, probs: ArrayLike) -> float | NDArray[np.float64]:
+    """Average contextual return ``sum_c probs[c] * Q(c, arms[c])``.
+
+    ``arms`` is ``(C,)`` flat arm indices (returns a float) or ``(S, C)`` for ``S`` policies at once
+    (returns ``(S,)``).
+    """
+    qa = np.asarray(q, dtype=np.float64)
+    flat = qa.reshape(qa.shape[0], -1)
+    a = np.asarray(arms, dtype=np.int64)
+    pr = np.asarray(probs, dtype=np.float64)
+    c = flat.shape[0]
+    if a.shape[-1] != c or a.ndim not in (1, 2) or pr.shape != (c,):
+        raise ValueError(f"arms must be (C,) or (S, C) and probs (C,) with C={c}; got {a.shape} and {pr.shape}")
+    if a.min() < 0 or a.max() >= flat.shape[1]:
+        raise ValueError(f"arm indices must lie in 0..{flat.shape[1] - 1}")
+    picked = flat[np.arange(c), a]  # (C,) or (S, C)
+    out = picked @ pr
+    return float(out) if a.ndim == 1 else out
+
+
+def regret(q: ArrayLike, arms: ArrayLike, probs: ArrayLike) -> float | NDArray[np.float64]:
+    """``acr(q, best_arms(q), probs) - acr(q, arms, probs)`` (same shapes as :func:`acr`)."""
+    return acr(q, best_arms(q), probs) - acr(q, arms, probs)
+
+
+# --------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class ContextBest:
+    """The best arm of one context."""
+
+    name: str
+    weights: list[float]
+    prob: float
+    prompt: int
+    n: int
+    q: float
+
+
+@dataclass(frozen=True)
+class OracleReport:
+    """Exact oracle summary of a table on a set of queries (see :func:`report`)."""
+
+    task: str
+    strategy: str
+    n_prompts: int
+    n_max: int
+    n_queries: int
+    contexts: list[ContextBest]
+    acr: float
+    best_single_sample: float
+
+    def to_json(self) -> dict:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    def format(self) -> str:
+        """Human-readable table."""
+        lines = [
+            f"{self.task} ({self.strategy}): {self.n_prompts} prompts, N_max {self.n_max}, {self.n_queries} queries",
+            f"{'context':<32} {'prob':>6} {'prompt':>6} {'N':>4} {'Q':>9}",
+        ]
+        for c in self.contexts:
+            lines.append(f"{c.name[:32]:<32} {c.prob:>6.3f} {c.prompt:>6d} {c.n:>4d} {c.q:>9.4f}")
+        lines.append(f"oracle ACR {self.acr:.4f}; best single-sample value (first context, N=1) {self.best_single_sample:.4f}")
+        return "\n".join(lines)
+
+
+def report(table: OutcomeTable, queries: ArrayLike | None = None) -> OracleReport:
+    """Best arm and Q per context of the table's contexts, oracle ACR, on ``queries`` (None = all).
+
+    ``best_single_sample`` is the best prompt's ``N = 1`` value under the first context ignoring
+    cost (for MV: the best single-sample accuracy).
+    """
+    q = q_values(table, queries)
+    best = best_arms(q)
+    prompt, n = arm_from_index(best, table.n_max)
+    flat = q.reshape(q.shape[0], -1)
+    ctx = table.contexts
+    rows = [
+        ContextBest(ctx.names[c], ctx.weights[c].tolist(), float(ctx.probs[c]), int(prompt[c]), int(n[c]), float(flat[c, best[c]]))
+        for c in range(len(ctx))
+    ]
+    w0 = ctx.weights[:1].copy()
+    w0[:, -1] = 0.0
+    single = float(q_values(table, queries, weights=w0)[0, :, 0].max())
+    n_q = table.n_queries if queries is None else int(np.size(_query_index(table, queries)))
+    return OracleReport(
+        task=table.task,
+        strategy=table.strategy,
+        n_prompts=table.n_prompts,
+        n_max=table.n_max,
+        n_queries=n_q,
+        contexts=rows,
+        acr=float(acr(q, best, ctx.probs)),
+        best_single_sample=single,
+    )
