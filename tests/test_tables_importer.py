@@ -132,10 +132,24 @@ def test_import_synthetic_bon_list(authors_bon_module: types.ModuleType, tmp_pat
         vals = np.concatenate([env.outcome_vectors_train, env.outcome_vectors_test], axis=1)
         np.testing.assert_allclose(t.objective_ranges[:, 0], vals.min(axis=(0, 1, 2)))
         np.testing.assert_allclose(t.objective_ranges[:, 1], vals.max(axis=(0, 1, 2)))
+    assert tables[0].objectives == ("helpful", "harmless")
+    assert tables[0].contexts.names == ("helpful=0.3,harmless=0.7,cost=0.5", "helpful=0.9,harmless=0.1,cost=0")
     assert tables[1].provenance["source_index"] == 1 and tables[1].provenance["source_count"] == 2
     with pytest.raises(TableImportError, match="holds 2 envs; pass index"):
         import_released(path)
     assert import_released(path, index=1).provenance["source_index"] == 1
+
+
+def test_bon_declared_range(authors_bon_module: types.ModuleType, tmp_path: Path) -> None:
+    env = _bon_env(authors_bon_module, 5)
+    env.outcome_vectors_train = np.clip(env.outcome_vectors_train, 0.0, 1.0)
+    env.outcome_vectors_test = np.clip(env.outcome_vectors_test, -0.5, 1.0)
+    path = tmp_path / "Summarization_final.pkl"
+    path.write_bytes(pickle.dumps(env))
+    t = import_released(path)
+    assert t.task == "Summarization" and t.objectives == ("objective-0", "objective-1")
+    np.testing.assert_array_equal(t.objective_ranges, [[-1.0, 1.0], [-1.0, 1.0]])
+    assert t.provenance["objective_ranges"].startswith("[-1, 1]")
 
 
 def test_bon_positive_cost_weight_refused(authors_bon_module: types.ModuleType, tmp_path: Path) -> None:
@@ -267,3 +281,40 @@ def test_real_authors_module_is_never_imported_or_run(monkeypatch: pytest.Monkey
     assert not marker.exists()
     digest = hashlib.sha256(data).hexdigest()
     assert len(digest) == 64
+
+
+def test_import_synthetic_bernoulli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    mod = types.ModuleType("Envs.synthBernoulli.synthBernoulli")
+
+    class SyntheticBernoulliEnv:
+        pass
+
+    SyntheticBernoulliEnv.__module__, SyntheticBernoulliEnv.__qualname__ = mod.__name__, "SyntheticBernoulliEnv"
+    mod.SyntheticBernoulliEnv = SyntheticBernoulliEnv
+    for name in ("Envs", "Envs.synthBernoulli"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    rng = np.random.default_rng(0)
+    env = SyntheticBernoulliEnv()
+    env.__dict__.update(
+        success_probs={t: rng.uniform(size=(4, n)) for t, n in (("easy", 3), ("medium", 2), ("hard", 1))},
+        success_probs_test={t: rng.uniform(size=(4, 1)) for t in ("easy", "medium", "hard")},
+        tier_distribution=np.array([0.5, 1 / 3, 1 / 6]),
+        cost_per_prompt=np.linspace(0.1, 0.4, 4),
+        cost_coeffs={"low": 0.0, "mid": 0.5, "high": 1.0},
+        context_distribution=np.full(3, 1 / 3),
+        N_max=16,
+        rng=np.random.default_rng(1),
+    )
+    path = tmp_path / "SB_final.pkl"
+    path.write_bytes(pickle.dumps([env, env], protocol=4))
+    tables = import_released_all(path)
+    t = tables[0]
+    assert len(tables) == 2 and (t.task, t.strategy, t.n_outcomes, t.n_queries, t.n_max) == ("SynthBernoulli", "mv", 2, 9, 16)
+    assert t.query_ids[:4] == ("train-easy-0", "train-easy-1", "train-easy-2", "train-medium-0")
+    np.testing.assert_array_equal(t.split, [0] * 6 + [1] * 3)
+    np.testing.assert_array_equal(t.gold, 1)
+    np.testing.assert_allclose(t.answer_probs[:, 3, 1], env.success_probs["medium"][:, 0])
+    np.testing.assert_allclose(t.answer_probs[:, 8, 0], 1 - env.success_probs_test["hard"][:, 0])
+    np.testing.assert_allclose(t.contexts.weights[:, 1], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(t.provenance["tier_distribution"], [0.5, 1 / 3, 1 / 6])

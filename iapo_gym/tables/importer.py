@@ -29,7 +29,10 @@ Conversion (one :class:`~iapo_gym.tables.format.OutcomeTable` per released env):
 * BoN (``CategoricalBoNEnv``: ``outcome_vectors_train (P, Q, M, K)``, ``outcome_probs_train``,
   the same for test, ``cost_per_prompt``, ``weights`` as (K+1)-tuples whose last entry is the
   (non-positive) cost weight, ``context_distribution``, ``N_max``) -> ``strategy="bon"``; the
-  cost weight is stored as its magnitude; objective ranges are the observed value ranges.
+  cost weight is stored as its magnitude; the declared objective range is the first of [0, 1],
+  [-1, 1], [0, 4] (the paper's o_max values) holding every released value, else the observed
+  min/max; HelpfulHarmless objectives are named ``("helpful", "harmless")``, others
+  ``objective-<k>``; context names read ``helpful=0.3,harmless=0.7,cost=1``.
 * Synthetic Bernoulli (``SyntheticBernoulliEnv``: ``success_probs`` / ``success_probs_test``
   dicts of tiers easy/medium/hard, each ``(P, X_t)``) -> ``strategy="mv"`` with two answer
   categories (0 wrong, 1 right, gold 1); the tiers are concatenated (query ids
@@ -311,11 +314,27 @@ def _convert_mv(env: InertObject, task: str, source: str, provenance: dict) -> O
     )
 
 
-def _bon_context_names(weights: np.ndarray) -> tuple[str, ...]:
-    fmt = lambda x: f"{x:g}"  # noqa: E731
+#: Objective names of the released BoN tasks (the paper's wording); others get ``objective-<k>``.
+BON_OBJECTIVES: dict[str, tuple[str, ...]] = {"HelpfulHarmless": ("helpful", "harmless")}
+
+#: Declared objective ranges tried in order; the first that holds every released value is used.
+_RANGE_CANDIDATES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 4.0))
+
+
+def _bon_context_names(objectives: tuple[str, ...], weights: np.ndarray) -> tuple[str, ...]:
     return tuple(
-        "w=(" + ",".join(fmt(x) for x in row[:-1]) + f"),cost={fmt(row[-1])}" for row in weights
+        ",".join(f"{o}={x:g}" for o, x in zip(objectives, row[:-1])) + f",cost={row[-1]:g}" for row in weights
     )
+
+
+def _declared_ranges(values: np.ndarray, k: int) -> tuple[np.ndarray, str]:
+    if not values.size:
+        return np.tile([0.0, 1.0], (k, 1)), "[0, 1] (no values released)"
+    lo, hi = values.min(axis=(0, 1, 2)), values.max(axis=(0, 1, 2))
+    for a, b in _RANGE_CANDIDATES:
+        if lo.min() >= a and hi.max() <= b:
+            return np.tile([a, b], (k, 1)), f"[{a:g}, {b:g}]: the smallest standard range holding every released value"
+    return np.stack([lo, hi], axis=1), "observed min/max of the released outcome values"
 
 
 def _convert_bon(env: InertObject, task: str, source: str, provenance: dict) -> OutcomeTable:
@@ -343,25 +362,25 @@ def _convert_bon(env: InertObject, task: str, source: str, provenance: dict) -> 
     w[:, -1] += 0.0  # no -0.0 in manifests
     dist = _array(_get(env, "context_distribution", source), "context_distribution", source, 1)
     values = np.concatenate([v_tr, v_te], axis=1)
-    if values.size:
-        ranges = np.stack([values.min(axis=(0, 1, 2)), values.max(axis=(0, 1, 2))], axis=1)
-    else:
-        ranges = np.tile([0.0, 1.0], (k, 1))
+    ranges, range_note = _declared_ranges(values, k)
+    objectives = BON_OBJECTIVES.get(task, tuple(f"objective-{i}" for i in range(k)))
+    if len(objectives) != k:
+        objectives = tuple(f"objective-{i}" for i in range(k))
     return OutcomeTable(
         task=task,
         strategy="bon",
         prompts=_prompt_ids(env, n_p),
         query_ids=tuple(f"train-{j}" for j in range(n_tr)) + tuple(f"test-{j}" for j in range(n_te)),
-        objectives=tuple(f"objective-{i}" for i in range(k)),
+        objectives=objectives,
         objective_ranges=ranges,
-        contexts=ContextSet(_bon_context_names(w), w, dist),
+        contexts=ContextSet(_bon_context_names(objectives, w), w, dist),
         n_max=_n_max(env, source),
         cost=np.broadcast_to(cost_p[:, None], (n_p, n_tr + n_te)).copy(),
         split=np.concatenate([np.zeros(n_tr, np.int8), np.ones(n_te, np.int8)]),
         outcome_values=values,
         outcome_probs=np.concatenate([p_tr, p_te], axis=1),
         cost_unit="paper cost units per completion",
-        provenance={**provenance, "objective_ranges": "observed min/max of the released outcome values"},
+        provenance={**provenance, "objective_ranges": range_note},
     )
 
 
