@@ -1,0 +1,45 @@
+"""The agent zoo: ``make_agent(name, **overrides)`` builds any agent by name.
+
+>>> from agents import AGENTS, make_agent
+>>> agent = make_agent("psst")
+>>> policy = agent.fit(env, budget=5000, seed=0)          # env: an IAPOEnv (unwrapped)
+>>> policies = agent.fit_many(make_env, 5000, range(200))  # 200 seeds as one vectorised batch
+
+``AGENTS`` maps each name to a factory taking keyword overrides of the agent's hyper-parameters.
+Factories import their module lazily, so ``import agents`` stays cheap (no torch until an SB3
+agent is built). See docs/AGENTS.md for adding an agent in one file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from agents.base import Agent, Policy, StochasticPolicy, TablePolicy, policy_acr
+
+__all__ = ["AGENTS", "Agent", "Policy", "StochasticPolicy", "TablePolicy", "make_agent", "policy_acr"]
+
+
+def _factory(module: str, cls: str, **defaults: Any) -> Callable[..., Agent]:
+    def build(**overrides: Any) -> Agent:
+        klass = getattr(importlib.import_module(module), cls)
+        return klass(**{**defaults, **overrides})
+
+    build.__doc__ = f"{module}.{cls}({', '.join(f'{k}={v!r}' for k, v in defaults.items())})"
+    return build
+
+
+AGENTS: dict[str, Callable[..., Agent]] = {
+    "psst": _factory("agents.psst", "PSST"),
+    "uniform": _factory("agents.uniform", "Uniform"),
+    "random": _factory("agents.random", "RandomAgent"),
+}
+
+
+def make_agent(name: str, **overrides: Any) -> Agent:
+    """Build the agent registered as ``name`` with hyper-parameter ``overrides``."""
+    try:
+        factory = AGENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown agent {name!r}; available: {', '.join(sorted(AGENTS))}") from None
+    return factory(**overrides)

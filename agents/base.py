@@ -40,6 +40,18 @@ class Policy(ABC):
         w = np.asarray(context, dtype=np.float64)
         return int(self.act(w[None, :])[0])
 
+    def arm_probs(self, weights: ArrayLike, n_arms: int) -> NDArray[np.float64]:
+        """Deployment distribution over the ``n_arms`` flat arms per context, ``(B, n_arms)``.
+
+        Deterministic policies (the default) put mass 1 on :meth:`act`; stochastic ones (TRIPLE
+        with a random N, Random) override this so their exact ACR is an average over arms (see
+        :func:`policy_acr`).
+        """
+        arms = self.act(np.atleast_2d(np.asarray(weights, dtype=np.float64)))
+        out = np.zeros((arms.shape[0], int(n_arms)))
+        out[np.arange(arms.shape[0]), arms] = 1.0
+        return out
+
 
 @dataclass(eq=False)
 class TablePolicy(Policy):
@@ -62,6 +74,56 @@ class TablePolicy(Policy):
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
         idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))
         return self.arms[idx]
+
+
+@dataclass(eq=False)
+class StochasticPolicy(Policy):
+    """A fixed distribution over arms per context of a finite set (nearest context elsewhere).
+
+    :meth:`act` samples from it with the policy's own seeded generator (a deployment draws a fresh
+    arm per query, reproducibly); :meth:`arm_probs` returns the exact distribution, which
+    :func:`policy_acr` averages to give the exact ACR.
+    """
+
+    contexts: ContextSet
+    probs: NDArray[np.float64]  # (C, n_arms), rows sum to 1
+    n_max: int
+    seed: int = 0
+    budget_used: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.probs = np.asarray(self.probs, dtype=np.float64)
+        if self.probs.ndim != 2 or self.probs.shape[0] != len(self.contexts):
+            raise ValueError(f"need one distribution per context ({len(self.contexts)}); got shape {self.probs.shape}")
+        if not np.allclose(self.probs.sum(axis=1), 1.0):
+            raise ValueError("each context's arm distribution must sum to 1")
+        self._cdf = np.cumsum(self.probs, axis=1)
+        self._rng = np.random.default_rng(self.seed)
+
+    def act(self, weights: ArrayLike) -> NDArray[np.int64]:
+        idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))
+        u = self._rng.random(idx.size)
+        arms = (u[:, None] >= self._cdf[idx]).sum(axis=1)
+        return np.minimum(arms, self.probs.shape[1] - 1).astype(np.int64)
+
+    def arm_probs(self, weights: ArrayLike, n_arms: int) -> NDArray[np.float64]:
+        if int(n_arms) != self.probs.shape[1]:
+            raise ValueError(f"this policy is over {self.probs.shape[1]} arms, not {n_arms}")
+        idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))
+        return self.probs[idx]
+
+
+def policy_acr(policy: Policy, q: ArrayLike, contexts: ContextSet) -> float:
+    """Exact ACR of ``policy`` from exact Q-values ``q (C, P, n_max)`` (or ``(C, n_arms)``) of ``contexts``.
+
+    ``sum_c probs[c] * sum_a pi(a | c) * q[c, a]``; for a deterministic policy this equals
+    ``iapo_gym.oracle.acr(q, policy.act(contexts.weights), contexts.probs)``.
+    """
+    qa = np.asarray(q, dtype=np.float64)
+    qa = qa.reshape(qa.shape[0], -1)
+    pi = policy.arm_probs(contexts.weights, qa.shape[1])
+    return float(contexts.probs @ (pi * qa).sum(axis=1))
 
 
 class Agent(ABC):

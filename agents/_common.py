@@ -1,0 +1,71 @@
+"""Helpers shared by the batch-capable agents: the batch base class, halving, final arm choice."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agents._runs import Runs
+from agents.base import Agent, Policy, TablePolicy
+
+UNSEEN = -1e300  # rank of an active arm without data: below every seen arm, above inactive arms
+
+
+class BatchAgent(Agent):
+    """An agent whose :meth:`fit` is a batch of one: subclasses implement :meth:`_fit_runs`.
+
+    ``fit_many(make_env, budget, seeds)`` builds one env per seed and runs all seeds as one
+    vectorised batch (see :mod:`agents._runs`).
+    """
+
+    def fit(self, env: Any, budget: int, seed: int) -> Policy:
+        return self._fit_runs(Runs([env], budget, [seed], self.name))[0]
+
+    def fit_many(self, make_env: Callable[[int], Any], budget: int, seeds: Sequence[int]) -> list[Policy]:
+        seeds = list(seeds)
+        if not seeds:
+            return []
+        envs = [make_env(s) for s in seeds]
+        return self._fit_runs(Runs(envs, budget, seeds, self.name))
+
+    def _fit_runs(self, runs: Runs) -> list[Policy]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def ranking_key(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Sort key over arms: the mean for seen active arms, ``UNSEEN`` for unseen active ones, -inf otherwise."""
+    return np.where(active, np.where(np.isnan(mean), UNSEEN, mean), -np.inf)
+
+
+def halve(active: NDArray[np.bool_], mean: NDArray[np.float64], runs: NDArray[np.bool_]) -> None:
+    """Per (run, context) remove the bottom ``ceil(n/2)`` of the ``n`` active arms, keeping at least one.
+
+    ``active`` and ``mean`` are ``(S, C, A)``; only runs where ``runs`` is True are trimmed (in
+    place). Ranking is by empirical mean, descending; ties keep the lower flat arm index (the
+    authors' stable sort over the p-major, N-ascending arm list).
+    """
+    idx = np.flatnonzero(runs)
+    if idx.size == 0:
+        return
+    a = active[idx]
+    key = ranking_key(a, mean[idx])
+    order = np.argsort(-key, axis=-1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(a.shape[-1]), order.shape), axis=-1)
+    keep = np.maximum(1, a.sum(axis=-1) // 2)
+    active[idx] = a & (rank < keep[..., None])
+
+
+def best_arms(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[np.int64]:
+    """``(S, C)`` the active arm with the highest mean (seen arms first; ties -> lowest index)."""
+    return np.argmax(ranking_key(active, mean), axis=-1).astype(np.int64)
+
+
+def table_policies(runs: Runs, arms: NDArray[np.int64], infos: list[dict[str, Any]]) -> list[Policy]:
+    """One :class:`TablePolicy` per run from ``arms (S, C)``."""
+    return [
+        TablePolicy(runs.contexts, arms[s], runs.n_max, budget_used=int(runs.spent[s]), info=infos[s])
+        for s in range(runs.n_runs)
+    ]

@@ -1,0 +1,270 @@
+"""Vectorised statistics engine shared by the zoo: nested block sums and per-(seed, prompt, N) tallies.
+
+Every structure-aware agent turns raw pulls into per-arm running sums with two kinds of reuse
+(paper section 3.1):
+
+* **nested reuse** -- a pull of ``(p, N)`` is split into ``N // k`` disjoint consecutive blocks
+  ``[0:k], [k:2k], ...`` for every ``k = 1..N``; each block is an i.i.d. sample of ``(p, k)``;
+* **cross-context reuse** -- every block is scored under every context.
+
+Speed comes from three observations, all exact:
+
+1. Utilities split into a *gain* that depends only on the objective weights and a *cost* term that
+   is linear in the context's cost weight: ``u_c = gain_{u(c)} - w_cost(c) * cost``. Contexts that
+   share objective weights (MV: every context; the BoN tasks' 27 contexts: 9 weight pairs) share
+   one gain, so gains are computed for the ``U`` distinct objective-weight rows only and the cost
+   sums once per arm.
+2. The cost of all ``n // k`` blocks of size ``k`` together is the cost of the first
+   ``(n // k) * k`` completions: one gather from a cumulative sum.
+3. Every block of every size is handled in ONE pass over a precomputed block plan (all
+   ``(k, start, end)`` triples of a width ``L``), with no per-block or per-size Python loop:
+
+   * MV: cumulative one-hot vote counts along completions (categories re-labelled so that the gold
+     answer is category 0) make each block's vote vector the difference of two cumulative rows;
+     the credit is ``1/t`` when gold ties ``t - 1`` other answers at the top (paper Eq. 2).
+   * BoN: a sparse table of running maxima (levels ``2^l``) gives each block's maximum as the
+     larger of two overlapping power-of-two windows.
+
+   Block results are summed per size with ``np.add.reduceat`` (blocks are ordered by size).
+
+:class:`NestedStats` keeps the tallies as arrays ``gain (S, P, U, n_max)``, ``cost (S, P, n_max)``
+and ``count (S, P, n_max)`` for ``S`` runs (seeds) at once; :meth:`NestedStats.means` expands them
+to ``(S, C, P, n_max)`` per-context means. ``tests/test_agents_engine.py`` checks the engine against
+the reference :func:`iapo_gym.utility.nested_sums`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+from iapo_gym.contexts import ContextSet
+from iapo_gym.sampling import Pulls
+
+
+# ----------------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class BlockPlan:
+    """All nested blocks of a pull of width ``L``: block ``i`` is ``[start[i], end[i])`` of size ``size[i]``.
+
+    Blocks are ordered by size (``k = 1..L``) and, within a size, by position, so that
+    ``np.add.reduceat(x, size_start, axis=-1)`` sums them per size.
+    """
+
+    width: int
+    size: NDArray[np.int64]
+    start: NDArray[np.int64]
+    end: NDArray[np.int64]
+    size_start: NDArray[np.int64]
+    level: NDArray[np.int64]  # floor(log2(size)): sparse-table level of the block
+    n_levels: int
+
+
+@lru_cache(maxsize=256)
+def block_plan(width: int) -> BlockPlan:
+    """The (cached) :class:`BlockPlan` of width ``width``."""
+    if width < 1:
+        raise ValueError(f"block plans need width >= 1; got {width}")
+    ks = np.arange(1, width + 1)
+    per = width // ks
+    size = np.repeat(ks, per)
+    first = np.concatenate([[0], np.cumsum(per)[:-1]])
+    j = np.arange(size.size) - np.repeat(first, per)
+    start = j * size
+    level = np.floor(np.log2(size)).astype(np.int64)
+    arrays = [size, start, start + size, first, level]
+    for a in arrays:
+        a.setflags(write=False)
+    return BlockPlan(width, size, start, start + size, first, level, int(level.max()) + 1)
+
+
+# ------------------------------------------------------------------------------- block gains
+def _mv_block_credit(pulls: Pulls, plan: BlockPlan) -> NDArray[np.float32]:
+    """Expected MV credit of every block of every pull, ``(B, n_blocks)`` (unreal blocks included)."""
+    a = int(pulls.n_categories)
+    width = plan.width
+    rel = pulls.outcome[:, :width] - pulls.gold[:, None]
+    rel %= a  # gold -> category 0; masked entries (-1) become some category but are never read
+    dtype = np.int8 if width < 127 else np.int16 if width < 32_000 else np.int32
+    onehot = rel[:, :, None] == np.arange(a, dtype=rel.dtype)
+    cum = np.zeros((rel.shape[0], width + 1, a), dtype=dtype)
+    np.cumsum(onehot, axis=1, dtype=dtype, out=cum[:, 1:])
+    votes = cum[:, plan.end] - cum[:, plan.start]  # (B, nb, A)
+    gold = votes[..., 0]
+    others = votes[..., 1:]
+    if a == 1:
+        return np.ones(gold.shape, np.float32)
+    top_other = others.max(axis=-1)
+    ties = (others == gold[..., None]).sum(axis=-1)
+    recip = (1.0 / np.arange(1, a + 1)).astype(np.float32)
+    return np.where(gold >= top_other, recip[ties], np.float32(0.0))
+
+
+def _bon_block_max(pulls: Pulls, obj_weights: NDArray[np.float64], plan: BlockPlan) -> NDArray[np.float32]:
+    """Best weighted score of every block, ``(U, B, n_blocks)``, via a sparse table of maxima."""
+    width = plan.width
+    vals = pulls.values[:, :width].astype(np.float32, copy=False)
+    score = np.einsum("blk,uk->ubl", vals, obj_weights.astype(np.float32))  # (U, B, L)
+    u, b = score.shape[:2]
+    table = np.empty((u, b, plan.n_levels, width), dtype=np.float32)
+    table[:, :, 0] = score
+    for lev in range(1, plan.n_levels):
+        half = 1 << (lev - 1)
+        span = width - (1 << lev) + 1
+        np.maximum(table[:, :, lev - 1, :span], table[:, :, lev - 1, half : half + span], out=table[:, :, lev, :span])
+    flat = table.reshape(u, b, plan.n_levels * width)
+    first = plan.level * width + plan.start
+    second = plan.level * width + plan.end - (1 << plan.level)
+    return np.maximum(np.take(flat, first, axis=2), np.take(flat, second, axis=2))
+
+
+def nested_gains(
+    pulls: Pulls, obj_weights: NDArray[np.float64], n_max: int
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
+    """Nested-reuse sums of a batch of pulls, split into gain and cost.
+
+    Args:
+        pulls: ``B`` raw pulls (any width; completions past ``n_max`` are ignored).
+        obj_weights: ``(U, K)`` distinct objective-weight rows (MV: ``(U, 1)``).
+        n_max: largest block size recorded.
+
+    Returns:
+        ``gain (U, B, L)``: for each block size ``k = 1..L`` the sum over the pull's ``n // k``
+        blocks of the aggregated score (MV: ``w_1 * credit``; BoN: ``max_i w . o_i``);
+        ``count (B, L)``: ``n // k``; ``cost (B, L)``: the total cost of those blocks.
+        ``L = min(width, n_max)``. The utility sum under a context is ``gain[u(c)] - w_cost * cost``.
+    """
+    n = np.minimum(pulls.n.astype(np.int64), n_max)
+    width = int(min(pulls.width, n_max, max(int(n.max(initial=0)), 1)))
+    plan = block_plan(width)
+    ks = np.arange(1, width + 1)
+    count = n[:, None] // ks[None, :]
+    csum = np.zeros((len(pulls), width + 1))
+    np.cumsum(np.where(pulls.mask[:, :width], pulls.cost[:, :width], 0.0), axis=1, out=csum[:, 1:])
+    cost = np.take_along_axis(csum, count * ks[None, :], axis=1)
+    real = plan.end[None, :] <= n[:, None]  # (B, nb)
+    if pulls.strategy == "mv":
+        credit = np.where(real, _mv_block_credit(pulls, plan), np.float32(0.0))
+        per_size = np.add.reduceat(credit, plan.size_start, axis=1, dtype=np.float64)  # (B, L)
+        gain = obj_weights[:, :1, None] * per_size[None]
+    elif pulls.strategy == "bon":
+        best = np.where(real[None], _bon_block_max(pulls, obj_weights, plan), np.float32(0.0))
+        gain = np.add.reduceat(best, plan.size_start, axis=2, dtype=np.float64)
+    else:
+        raise ValueError(f"unknown strategy {pulls.strategy!r}; expected 'mv' or 'bon'")
+    return gain, count, cost
+
+
+def row_utility(pulls: Pulls, weights: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Utility of each whole pull under its OWN context: ``weights (B, K + 1)`` -> ``(B,)``.
+
+    Used by agents without nested or cross-context reuse (naive Sequential Halving).
+    """
+    mask = pulls.mask
+    cost = np.where(mask, pulls.cost, 0.0).sum(axis=1)
+    if pulls.strategy == "mv":
+        a = int(pulls.n_categories)
+        rel = np.where(mask, (pulls.outcome - pulls.gold[:, None]) % a, a)
+        votes = (rel[:, :, None] == np.arange(a)).sum(axis=1)
+        gold, others = votes[:, 0], votes[:, 1:]
+        top = others.max(axis=1, initial=0)
+        ties = (others == gold[:, None]).sum(axis=1)
+        credit = np.where((gold >= top) & (gold > 0), 1.0 / (1 + ties), 0.0)
+        return weights[:, 0] * credit - weights[:, -1] * cost
+    score = np.einsum("blk,bk->bl", pulls.values, weights[:, :-1])
+    best = np.where(mask, score, -np.inf).max(axis=1, initial=-np.inf)
+    return np.where(np.isfinite(best), best, 0.0) - weights[:, -1] * cost
+
+
+# ------------------------------------------------------------------------------------- stats
+class ContextSplit:
+    """A context set factored into distinct objective-weight rows and cost weights.
+
+    Attributes:
+        obj_weights: ``(U, K)`` distinct rows of ``weights[:, :K]``.
+        group: ``(C,)`` row of ``obj_weights`` used by each context.
+        cost_weight: ``(C,)`` cost magnitudes.
+    """
+
+    def __init__(self, contexts: ContextSet) -> None:
+        w = contexts.weights
+        self.obj_weights, self.group = np.unique(w[:, :-1], axis=0, return_inverse=True)
+        self.group = self.group.reshape(-1).astype(np.int64)
+        self.cost_weight = w[:, -1].copy()
+        self.n_contexts = int(w.shape[0])
+
+
+class NestedStats:
+    """Running nested-reuse tallies of ``S`` runs: per (run, prompt, N) gain, cost and count.
+
+    ``add(pulls, run)`` records a batch of pulls (``run (B,)`` says which run each pull belongs to);
+    ``means()`` returns ``(S, C, P, n_max)`` per-context empirical means (NaN where unseen).
+    """
+
+    def __init__(self, n_runs: int, n_prompts: int, n_max: int, contexts: ContextSet) -> None:
+        self.split = ContextSplit(contexts)
+        self.n_runs, self.n_prompts, self.n_max = int(n_runs), int(n_prompts), int(n_max)
+        u = self.split.obj_weights.shape[0]
+        self.gain = np.zeros((n_runs, n_prompts, u, n_max))
+        self.cost = np.zeros((n_runs, n_prompts, n_max))
+        self.count = np.zeros((n_runs, n_prompts, n_max), dtype=np.int64)
+
+    def add(self, pulls: Pulls, run: NDArray[np.int64]) -> None:
+        """Record every nested block of ``pulls`` under every context."""
+        if len(pulls) == 0:
+            return
+        gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
+        width = gain.shape[-1]
+        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        cells = key[starts]
+        u = gain.shape[0]
+        g = np.add.reduceat(gain[:, order], starts, axis=1)  # (U, G, L)
+        flat_gain = self.gain.reshape(-1, u, self.n_max)
+        flat_gain[cells, :, :width] += g.transpose(1, 0, 2)
+        self.cost.reshape(-1, self.n_max)[cells, :width] += np.add.reduceat(cost[order], starts, axis=0)
+        self.count.reshape(-1, self.n_max)[cells, :width] += np.add.reduceat(count[order], starts, axis=0)
+
+    def means(self, runs: NDArray[np.int64] | None = None) -> NDArray[np.float64]:
+        """Per-context means ``(S', C, P, n_max)`` for ``runs`` (default all); NaN where unseen."""
+        sel = slice(None) if runs is None else np.asarray(runs)
+        gain = self.gain[sel][:, :, self.split.group, :]  # (S', P, C, N)
+        total = gain - self.split.cost_weight[None, None, :, None] * self.cost[sel][:, :, None, :]
+        cnt = self.count[sel][:, :, None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / cnt
+        return mean.transpose(0, 2, 1, 3)
+
+    def means_in(self, runs: NDArray[np.int64], context: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Means of each run under ONE context each: ``runs (B,)``, ``context (B,)`` -> ``(B, P, n_max)``."""
+        u = self.split.group[context]
+        gain = self.gain[runs, :, u, :]  # (B, P, N)
+        total = gain - self.split.cost_weight[context][:, None, None] * self.cost[runs]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return total / self.count[runs]
+
+
+def random_fit(
+    group: NDArray[np.int64], cost: NDArray[np.int64], allowance: NDArray[np.int64], rng: np.random.Generator
+) -> NDArray[np.bool_]:
+    """Pick, per group, a uniformly random subset of items whose total cost fits the group's allowance.
+
+    Items of each group are visited in a random order and the longest prefix that fits is taken
+    (``group (I,)`` item -> group id, ``cost (I,)``, ``allowance (G,)``). Returns the ``(I,)`` mask.
+    """
+    if group.size == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((rng.random(group.size), group))
+    g, c = group[order], cost[order]
+    csum = np.cumsum(c)
+    first = np.r_[True, g[1:] != g[:-1]]
+    base = np.maximum.accumulate(np.where(first, csum - c, 0))
+    take = (csum - base) <= allowance[g]
+    out = np.zeros(group.size, dtype=bool)
+    out[order] = take
+    return out

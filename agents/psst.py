@@ -1,0 +1,150 @@
+"""PSST: Prompt-Scaling via Sequential Trimming (paper Algorithm 1, Eq. 6).
+
+The algorithm, as in the paper:
+
+* ``R = ceil(log2(|P| * N_max))`` rounds (at least 1); every context starts with all arms active.
+* Round ``r`` gets the equal budget ``n_r = floor(T / R)``. For every prompt that still has an
+  active arm in SOME context, only its largest surviving ``N`` over the union of contexts,
+  ``Nmax_r(p)``, is pulled; Eq. 6 gives every such maximal arm ``lambda = floor(n_r / M)`` pulls
+  with ``M = sum_p Nmax_r(p)`` (one query of the train split per pull, drawn uniformly).
+* Every pull feeds every surviving ``(p, k <= Nmax_r(p))`` through nested reuse (``floor(N / k)``
+  disjoint blocks of each size ``k``) and every context through cross-context reuse.
+* Stockpiling: statistics accumulate over rounds (the authors' recommendation and their code).
+* Per context, the bottom ``ceil(|A_c| / 2)`` active arms by empirical mean are removed (the
+  paper; the authors' code removes ``floor(|A_c| / 2)``), keeping at least one.
+* The deployed arm of a context is its surviving arm with the highest empirical mean.
+
+Budget decisions (the paper's ``floor`` can spend nothing when ``n_r < M``, e.g. MATH at
+``T = 5,000``: ``n_r = 500 < M = 800``; the authors' code forces one pull per maximal arm and then
+overspends ``T``; see PAPER.md 3.9):
+
+* **Never more than T.** Each round may spend ``n_r`` plus whatever earlier rounds left unspent
+  (carry-forward); the last round may spend everything left, including ``T - R * floor(T / R)``.
+* A round whose available budget is below ``M`` pulls nothing, carries its budget forward and does
+  NOT halve (halving without new data would only repeat the previous decision with less
+  information; deferring lets later, larger rounds decide).
+* In the last round the remainder ``available - lambda * M`` (always ``< M``) is spent on a
+  uniformly random subset (seeded) of the maximal arms whose total cost fits, so little budget
+  is wasted. Any completions still unspent (less than the cheapest remaining maximal arm) are
+  reported, never spent.
+* Unseen active arms (possible only when nothing could be pulled at all) rank below seen ones; a
+  context with no seen arm deploys its lowest-index active arm (``(p=0, N=1)`` initially, the
+  authors' fallback).
+
+``policy.budget_used`` is the number of completions actually spent; ``policy.info`` holds ``R``,
+the per-round budget and per-round spend, the number of executed halvings and the surviving arm
+count per context.
+
+All seeds of a batch run at once: activity flags ``(S, C, P * N_max)``, statistics
+``(S, P, ., N_max)`` (:class:`agents._engine.NestedStats`), one sampler call per round and per
+distinct pull size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agents._common import BatchAgent, best_arms, halve, table_policies
+from agents._engine import NestedStats, random_fit
+from agents._runs import Runs
+from agents.base import Policy
+
+
+def n_rounds(n_arms: int) -> int:
+    """``R = ceil(log2(n_arms))``, at least 1 (paper Algorithm 1)."""
+    return max(1, math.ceil(math.log2(max(int(n_arms), 1))))
+
+
+def maximal_sizes(active: NDArray[np.bool_], n_max: int) -> NDArray[np.int64]:
+    """``(S, P)`` each prompt's largest active N over the union of contexts (0: prompt eliminated)."""
+    s, c, a = active.shape
+    union = active.any(axis=1).reshape(s, a // n_max, n_max)
+    has = union.any(axis=-1)
+    top = n_max - np.argmax(union[..., ::-1], axis=-1)
+    return np.where(has, top, 0).astype(np.int64)
+
+
+def run_trimming(
+    runs: Runs,
+    stats: NestedStats,
+    active: NDArray[np.bool_],
+    budgets: NDArray[np.int64],
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """The PSST loop (rounds, Eq. 6 allocation, nested + cross-context reuse, per-context halving).
+
+    Args:
+        runs: the batch (pulls are charged to it).
+        stats: nested tallies, updated in place (stockpiling: may already hold data).
+        active: ``(S, C, P * N_max)`` per-context active flags, trimmed in place.
+        budgets: ``(S,)`` completions this phase may spend per run.
+        rounds: ``R``.
+
+    Returns one diagnostics dict per run.
+    """
+    n_runs = runs.n_runs
+    per_round = budgets // rounds
+    start_spent = runs.spent.copy()
+    carry = np.zeros(n_runs, dtype=np.int64)
+    spend_log = np.zeros((n_runs, rounds), dtype=np.int64)
+    halvings = np.zeros(n_runs, dtype=np.int64)
+    for r in range(rounds):
+        last = r == rounds - 1
+        avail = budgets - (runs.spent - start_spent) if last else per_round + carry
+        sizes = maximal_sizes(active, runs.n_max)  # (S, P)
+        m = sizes.sum(axis=1)
+        lam = np.where(m > 0, avail // np.maximum(m, 1), 0)
+        cell_run, cell_prompt = np.nonzero(sizes)
+        cell_n = sizes[cell_run, cell_prompt]
+        reps = lam[cell_run]
+        run_rows = np.repeat(cell_run, reps)
+        prompt_rows = np.repeat(cell_prompt, reps)
+        n_rows = np.repeat(cell_n, reps)
+        if last:
+            extra = random_fit(cell_run, cell_n, avail - lam * m, runs.rng)
+            run_rows = np.r_[run_rows, cell_run[extra]]
+            prompt_rows = np.r_[prompt_rows, cell_prompt[extra]]
+            n_rows = np.r_[n_rows, cell_n[extra]]
+        before = runs.spent.copy()
+        for pulls, run in runs.pull_grouped(run_rows, prompt_rows, n_rows):
+            stats.add(pulls, run)
+        spent = runs.spent - before
+        spend_log[:, r] = spent
+        carry = avail - spent
+        trim = lam >= 1
+        if trim.any():
+            mean = stats.means().reshape(active.shape)
+            halve(active, mean, trim)
+            halvings += trim
+    return [
+        {
+            "rounds": rounds,
+            "round_budget": int(per_round[s]),
+            "spent_per_round": spend_log[s].tolist(),
+            "halvings": int(halvings[s]),
+            "survivors": active[s].sum(axis=-1).tolist(),
+        }
+        for s in range(n_runs)
+    ]
+
+
+@dataclass
+class PSST(BatchAgent):
+    """PSST (paper Algorithm 1); no hyper-parameters. See the module docstring for every decision."""
+
+    name: ClassVar[str] = "psst"
+
+    def _fit_runs(self, runs: Runs) -> list[Policy]:
+        n_arms = runs.n_prompts * runs.n_max
+        stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, runs.contexts)
+        active = np.ones((runs.n_runs, len(runs.contexts), n_arms), dtype=bool)
+        infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(n_arms))
+        arms = best_arms(active, stats.means().reshape(active.shape))
+        for s, info in enumerate(infos):
+            info["budget_used"] = int(runs.spent[s])
+        return table_policies(runs, arms, infos)
