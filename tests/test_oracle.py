@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -228,3 +229,62 @@ def test_monte_carlo_matches_exact_on_math(math_table):
 def test_monte_carlo_matches_exact_on_bon():
     t = example_table("bon", seed=8, n_prompts=3, n_queries=12, n_outcomes=6, n_max=8)
     _mc_check(t, [(0, 1), (1, 3), (2, 8)], draws=20_000, seed=12)
+
+
+# --------------------------------------------------------------------------- command line
+def _run_cli(argv: list[str], capsys) -> str:
+    from iapo_gym.cli import main
+
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def test_cli_oracle_json_on_math(math_table, tmp_path, capsys):
+    from iapo_gym.tables.io import save_table
+
+    save_table(math_table, tmp_path / "MATH")
+    data = json.loads(_run_cli(["oracle", str(tmp_path / "MATH"), "--json"], capsys))
+    assert data["n_queries"] == 316 and data["split"] == "all"
+    got = {c["name"]: (c["prompt"], c["n"], c["q"]) for c in data["contexts"]}
+    for name, (p, n, value) in {"low": (4, 32, 0.8511), "mid": (4, 11, 0.8266), "high": (4, 5, 0.7899)}.items():
+        assert got[name][:2] == (p, n)
+        assert got[name][2] == pytest.approx(value, abs=5e-5)
+    assert data["acr"] == pytest.approx(0.8225, abs=5e-4)
+    assert data["best_single_sample"] == pytest.approx(0.7747, abs=5e-5)
+    text = _run_cli(["oracle", str(tmp_path / "MATH"), "--split", "test"], capsys)
+    assert "64 queries" in text and "oracle ACR" in text
+
+
+def test_cli_oracle_split_and_plot(tmp_path, capsys):
+    import matplotlib.image as mpimg
+
+    from iapo_gym.tables.io import save_table
+
+    t = example_table("bon", seed=9, n_prompts=4, n_queries=10, n_outcomes=5, n_max=6)
+    save_table(t, tmp_path / "ex")
+    data = json.loads(_run_cli(["oracle", str(tmp_path / "ex"), "--split", "train", "--json"], capsys))
+    q = q_values(t, t.train_queries())
+    assert data["n_queries"] == len(t.train_queries())
+    assert data["acr"] == pytest.approx(acr(q, best_arms(q), t.contexts.probs), abs=1e-12)
+    out = tmp_path / "plots" / "landscape.png"
+    assert "wrote" in _run_cli(["plot", str(tmp_path / "ex"), "--out", str(out), "--contexts", "0,1"], capsys)
+    img = mpimg.imread(out)
+    assert img.shape[0] > 200 and img.shape[1] > 400  # two panels side by side
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+    from iapo_gym.cli import main
+
+    assert main(["plot", str(tmp_path / "ex"), "--contexts", "99"]) == 2  # clear error, not a crash
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_task_name_and_context_selection():
+    from iapo_gym.oracle_cli import select_contexts, task_name
+
+    assert task_name("IAPO-MATH-v0") == "MATH"
+    assert task_name("iapo_gym:IAPO-SynthCategorical-v0") == "SynthCategorical"
+    assert task_name("MATH") == "MATH"
+    names = tuple(f"c{i}" for i in range(27))
+    assert select_contexts(names, None) == [0, 3, 6, 10, 13, 16, 20, 23, 26]
+    assert select_contexts(names[:3], None) == [0, 1, 2]
+    assert select_contexts(names, "c5,2") == [5, 2]
+    assert select_contexts(names, "all") == list(range(27))
