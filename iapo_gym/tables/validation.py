@@ -25,6 +25,7 @@ __all__ = [
     "MANIFEST_FIELDS",
     "PROB_ATOL",
     "TableError",
+    "validate",
     "validate_arrays",
     "validate_manifest",
     "validate_table",
@@ -335,3 +336,7 @@ def validate_table(table: OutcomeTable) -> None:
         objective_ranges=ranges,
         pool_size=table.pool_size,
     )
+
+
+#: The name docs/ARCHITECTURE.md gives the table check.
+validate = validate_table
