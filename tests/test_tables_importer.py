@@ -318,3 +318,17 @@ def test_import_synthetic_bernoulli(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     np.testing.assert_allclose(t.answer_probs[:, 8, 0], 1 - env.success_probs_test["hard"][:, 0])
     np.testing.assert_allclose(t.contexts.weights[:, 1], [0.0, 0.5, 1.0])
     np.testing.assert_allclose(t.provenance["tier_distribution"], [0.5, 1 / 3, 1 / 6])
+
+
+def test_array_reconstruction_is_limited_to_plain_empty_ndarrays(tmp_path: Path) -> None:
+    """_reconstruct may only build the empty ndarray numpy's own pickles start from."""
+    huge = b"\x80\x04cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xca\x9a\x3b\x85C\x01b\x87R."
+    with pytest.raises(TableImportError, match=r"shape \(1000000000,\)"):
+        restricted_load(huge)
+    other = b"\x80\x04cnumpy.core.multiarray\n_reconstruct\ncnumpy\ndtype\nK\x00\x85C\x01b\x87R."
+    with pytest.raises(TableImportError, match="only numpy.ndarray is allowed"):
+        restricted_load(other)
+    arr = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(restricted_load(pickle.dumps(arr, protocol=4)), arr)
+    np.testing.assert_array_equal(restricted_load(pickle.dumps(arr, protocol=5)), arr)
+    assert restricted_load(pickle.dumps(np.float32(1.5))) == np.float32(1.5)

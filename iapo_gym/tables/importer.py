@@ -167,13 +167,22 @@ def _numpy_attr(modules: tuple[str, ...], name: str) -> Any:
     raise TableImportError(f"this numpy has none of {[f'{m}.{name}' for m in modules]}")
 
 
+def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """``multiarray._reconstruct`` limited to what numpy writes: a plain empty ndarray to fill by BUILD."""
+    if subtype is not np.ndarray:
+        raise TableImportError(f"refused array reconstruction of {subtype!r}: only numpy.ndarray is allowed")
+    if not isinstance(shape, tuple) or int(np.prod(shape, dtype=np.int64)) > 1:
+        raise TableImportError(f"refused array reconstruction with shape {shape!r}: numpy pickles start from (0,)")
+    return _numpy_attr(_MULTIARRAY, "_reconstruct")(subtype, shape, dtype)
+
+
 _MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
 _NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
 #: (module, name) -> how to resolve it (lazily, so a numpy without one spelling still works).
 _NUMPY_ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
-    **{(m, "_reconstruct"): (lambda: _numpy_attr(_MULTIARRAY, "_reconstruct")) for m in _MULTIARRAY},
+    **{(m, "_reconstruct"): (lambda: _safe_reconstruct) for m in _MULTIARRAY},
     **{(m, "scalar"): (lambda: _numpy_attr(_MULTIARRAY, "scalar")) for m in _MULTIARRAY},
     **{(m, "_frombuffer"): (lambda: _numpy_attr(_NUMERIC, "_frombuffer")) for m in _NUMERIC},
 }
