@@ -56,6 +56,8 @@ _BON_CACHE_KEY = "oracle/bon_per_query"
 MV_N_MAX_LIMIT = 150
 #: Elements per working array in the BoN path (bounds memory: 8 bytes each).
 _BON_CHUNK_ELEMENTS = 1 << 22
+#: Elements per row block of :func:`bon_expected_max` (kept small so the N loop stays in cache).
+_BON_BLOCK_ELEMENTS = 1 << 18
 #: Relative tolerance under which two Q-values count as tied in :func:`best_arms`.
 TIE_RTOL = 1e-12
 
@@ -153,36 +155,57 @@ def _table_mv_credit(table: OutcomeTable) -> NDArray[np.float64]:
 
 
 # --------------------------------------------------------------------------- best-of-N
-def bon_expected_max(scores: ArrayLike, probs: ArrayLike, n_max: int) -> NDArray[np.float64]:
+def _emax_block(s: NDArray[np.float64], p: NDArray[np.float64], n_max: int) -> NDArray[np.float64]:
+    """:func:`bon_expected_max` of one cache-sized block of rows, in outcome-major layout."""
+    if np.any(p <= 0):
+        # An outcome of probability 0 never occurs: give it the row's lowest possible score so it
+        # cannot be the maximum (it then contributes nothing, whatever its value).
+        floor = np.where(p > 0, s, np.inf).min(axis=1, keepdims=True)
+        s = np.where(p > 0, s, floor)
+    order = np.argsort(s, axis=1, kind="stable")
+    st = np.ascontiguousarray(np.take_along_axis(s, order, axis=1).T)  # (M, r), ascending
+    pt = np.take_along_axis(p, order, axis=1).T
+    cdf = np.cumsum(pt, axis=0)
+    cdf = cdf[:-1] / cdf[-1]  # F_1..F_{M-1}, normalised against rounding
+    ds = np.diff(st, axis=0)
+    top = st[-1]
+    res = np.empty((n_max, st.shape[1]))
+    power = cdf.copy()
+    for n in range(n_max):
+        res[n] = top - np.einsum("mr,mr->r", ds, power)
+        power *= cdf
+    return res.T
+
+
+def bon_expected_max(
+    scores: ArrayLike, probs: ArrayLike, n_max: int, out: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
     """Exact ``E[max of N i.i.d. draws]`` of discrete distributions, ``N = 1..n_max``.
+
+    Uses ``E[max] = s_(M) - sum_{j<M} (s_(j+1) - s_(j)) F_j^N`` over scores sorted ascending with
+    cumulative probabilities ``F_j``; rows are processed in cache-sized blocks.
 
     Args:
         scores: ``(R, M)`` value of each outcome.
         probs: ``(R, M)`` outcome probabilities (rows sum to 1; zeros allowed).
         n_max: largest ``N``.
+        out: optional ``(R, n_max)`` float64 array to write into.
 
     Returns:
-        ``(R, n_max)``.
+        ``(R, n_max)`` (``out`` when given).
     """
     s = np.asarray(scores, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
     if s.shape != p.shape or s.ndim != 2:
         raise ValueError(f"scores and probs must both be (R, M); got {s.shape} and {p.shape}")
-    # An outcome of probability 0 never occurs: give it the row's lowest possible score so it
-    # cannot be the maximum (it then contributes nothing, whatever its value).
-    floor = np.where(p > 0, s, np.inf).min(axis=1, keepdims=True)
-    s = np.where(p > 0, s, floor)
-    order = np.argsort(s, axis=1, kind="stable")
-    s = np.take_along_axis(s, order, axis=1)
-    p = np.take_along_axis(p, order, axis=1)
-    cdf = np.cumsum(p, axis=1)
-    cdf = cdf[:, :-1] / cdf[:, -1:]
-    ds = np.diff(s, axis=1)
-    out = np.empty((s.shape[0], n_max))
-    power = cdf.copy()
-    for n in range(n_max):
-        out[:, n] = s[:, -1] - np.einsum("rm,rm->r", ds, power)
-        power *= cdf
+    rows, m = s.shape
+    if out is None:
+        out = np.empty((rows, int(n_max)))
+    elif out.shape != (rows, int(n_max)):
+        raise ValueError(f"out must have shape {(rows, int(n_max))}; got {out.shape}")
+    step = max(1, _BON_BLOCK_ELEMENTS // max(m, 1))
+    for start in range(0, rows, step):
+        out[start : start + step] = _emax_block(s[start : start + step], p[start : start + step], int(n_max))
     return out
 
 
@@ -190,18 +213,19 @@ def _bon_per_query(table: OutcomeTable, w: NDArray[np.float64]) -> NDArray[np.fl
     """Exact BoN per-query utilities ``(C, P, Q, n_max)`` for weights ``(C, K+1)``, context-chunked."""
     vals, probs = table.outcome_values, table.outcome_probs
     p, q, m, _ = vals.shape
-    c = w.shape[0]
-    n = np.arange(1, table.n_max + 1)
-    out = np.empty((c, p, q, table.n_max))
-    per_context = max(p * q * m, 1)
-    step = max(1, _BON_CHUNK_ELEMENTS // per_context)
-    flat_probs = probs.reshape(p * q, m)
+    c, n_max = w.shape[0], table.n_max
+    out = np.empty((c, p, q, n_max))
+    cost_n = table.cost[:, :, None] * np.arange(1, n_max + 1)  # (P, Q, n_max)
+    step = max(1, _BON_CHUNK_ELEMENTS // max(p * q * m, 1))
     for start in range(0, c, step):
         chunk = w[start : start + step]
+        k = chunk.shape[0]
         scores = np.einsum("pqmk,ck->cpqm", vals, chunk[:, :-1], optimize=True).reshape(-1, m)
-        emax = bon_expected_max(scores, np.broadcast_to(flat_probs, (chunk.shape[0], p * q, m)).reshape(-1, m), table.n_max)
-        emax = emax.reshape(chunk.shape[0], p, q, table.n_max)
-        out[start : start + step] = emax - chunk[:, -1, None, None, None] * table.cost[None, :, :, None] * n
+        chunk_probs = np.broadcast_to(probs, (k, p, q, m)).reshape(-1, m)
+        view = out[start : start + k]
+        bon_expected_max(scores, chunk_probs, n_max, out=view.reshape(-1, n_max))
+        for i in range(k):  # in place: avoids a (k, P, Q, n_max) temporary
+            view[i] -= chunk[i, -1] * cost_n
     return out
 
 

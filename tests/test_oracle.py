@@ -142,6 +142,7 @@ def test_bon_chunking_matches_single_chunk(monkeypatch):
     w = np.random.default_rng(2).uniform(0, 1, size=(7, 3))
     whole = per_query_values(t, w)
     monkeypatch.setattr(oracle, "_BON_CHUNK_ELEMENTS", 1)  # one context per chunk
+    monkeypatch.setattr(oracle, "_BON_BLOCK_ELEMENTS", 3)  # a handful of rows per block
     np.testing.assert_allclose(per_query_values(t, w), whole, atol=1e-14)
 
 
