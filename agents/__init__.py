@@ -31,7 +31,16 @@ def _factory(module: str, cls: str, **defaults: Any) -> Callable[..., Agent]:
 
 AGENTS: dict[str, Callable[..., Agent]] = {
     "psst": _factory("agents.psst", "PSST"),
+    "topk1": _factory("agents.topk", "TopK", k=1, rho=0.2),
+    "topk4": _factory("agents.topk", "TopK", k=4, rho=0.2),
+    "topk8": _factory("agents.topk", "TopK", k=8, rho=0.2),
     "uniform": _factory("agents.uniform", "Uniform"),
+    "ucb": _factory("agents.ucb", "UCB", c=0.1),
+    "egreedy": _factory("agents.greedy", "EpsilonGreedy", epsilon=0.15),
+    "softmax": _factory("agents.greedy", "Softmax", tau=0.05),
+    "triple_n1": _factory("agents.triple", "TRIPLE", n="one"),
+    "triple_nrandom": _factory("agents.triple", "TRIPLE", n="random"),
+    "seqhalving": _factory("agents.halving", "SequentialHalving"),
     "random": _factory("agents.random", "RandomAgent"),
 }
 

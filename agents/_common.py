@@ -51,11 +51,25 @@ def halve(active: NDArray[np.bool_], mean: NDArray[np.float64], runs: NDArray[np
         return
     a = active[idx]
     key = ranking_key(a, mean[idx])
-    order = np.argsort(-key, axis=-1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(a.shape[-1]), order.shape), axis=-1)
-    keep = np.maximum(1, a.sum(axis=-1) // 2)
-    active[idx] = a & (rank < keep[..., None])
+    n_arms = a.shape[-1]
+    n_active = a.sum(axis=-1).reshape(-1)
+    keep = np.maximum(1, n_active // 2)
+    if n_active.size and np.all(n_active == n_active[0]):
+        # Common case: every (run, context) has the same number of active arms -> sort only those.
+        flat_a = a.reshape(-1, n_arms)
+        arm_idx = np.nonzero(flat_a)[1].reshape(-1, n_active[0])  # ascending arm order per row
+        sub = np.argsort(-np.take_along_axis(key.reshape(-1, n_arms), arm_idx, axis=1), axis=1, kind="stable")
+        winners = np.take_along_axis(arm_idx, sub[:, : keep[0]], axis=1)
+        new = np.zeros_like(flat_a)
+        np.put_along_axis(new, winners, True, axis=1)
+        active[idx] = new.reshape(a.shape)
+        return
+    order = np.argsort(-key.reshape(-1, n_arms), axis=-1, kind="stable")
+    new = np.zeros(order.size, dtype=bool)
+    new[(order + (np.arange(order.shape[0]) * n_arms)[:, None]).reshape(-1)] = (
+        np.arange(n_arms)[None, :] < keep[:, None]
+    ).reshape(-1)
+    active[idx] = new.reshape(a.shape)
 
 
 def best_arms(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[np.int64]:

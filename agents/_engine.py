@@ -89,16 +89,23 @@ def _mv_block_credit(pulls: Pulls, plan: BlockPlan) -> NDArray[np.float32]:
     rel = pulls.outcome[:, :width] - pulls.gold[:, None]
     rel %= a  # gold -> category 0; masked entries (-1) become some category but are never read
     dtype = np.int8 if width < 127 else np.int16 if width < 32_000 else np.int32
-    onehot = rel[:, :, None] == np.arange(a, dtype=rel.dtype)
-    cum = np.zeros((rel.shape[0], width + 1, a), dtype=dtype)
-    np.cumsum(onehot, axis=1, dtype=dtype, out=cum[:, 1:])
-    votes = cum[:, plan.end] - cum[:, plan.start]  # (B, nb, A)
-    gold = votes[..., 0]
-    others = votes[..., 1:]
+    cum = np.zeros((rel.shape[0], width + 1), dtype=dtype)
+
+    def votes(category: int) -> NDArray:
+        # Category-major loop (A is small): elementwise ops on (B, n_blocks) arrays are far faster
+        # than reductions over a trailing axis of length A.
+        np.cumsum(rel == category, axis=1, dtype=dtype, out=cum[:, 1:])
+        return np.take(cum, plan.end, axis=1) - np.take(cum, plan.start, axis=1)
+
+    gold = votes(0)
     if a == 1:
         return np.ones(gold.shape, np.float32)
-    top_other = others.max(axis=-1)
-    ties = (others == gold[..., None]).sum(axis=-1)
+    top_other = np.zeros_like(gold)
+    ties = np.zeros(gold.shape, dtype=np.int8 if a < 127 else np.int32)
+    for category in range(1, a):
+        v = votes(category)
+        np.maximum(top_other, v, out=top_other)
+        ties += v == gold
     recip = (1.0 / np.arange(1, a + 1)).astype(np.float32)
     return np.where(gold >= top_other, recip[ties], np.float32(0.0))
 
@@ -145,13 +152,18 @@ def nested_gains(
     csum = np.zeros((len(pulls), width + 1))
     np.cumsum(np.where(pulls.mask[:, :width], pulls.cost[:, :width], 0.0), axis=1, out=csum[:, 1:])
     cost = np.take_along_axis(csum, count * ks[None, :], axis=1)
-    real = plan.end[None, :] <= n[:, None]  # (B, nb)
+    full = bool(n.min(initial=0) >= width)  # every block real (rows of one size): skip masking
+    real = None if full else plan.end[None, :] <= n[:, None]  # (B, nb)
     if pulls.strategy == "mv":
-        credit = np.where(real, _mv_block_credit(pulls, plan), np.float32(0.0))
+        credit = _mv_block_credit(pulls, plan)
+        if real is not None:
+            credit = np.where(real, credit, np.float32(0.0))
         per_size = np.add.reduceat(credit, plan.size_start, axis=1, dtype=np.float64)  # (B, L)
         gain = obj_weights[:, :1, None] * per_size[None]
     elif pulls.strategy == "bon":
-        best = np.where(real[None], _bon_block_max(pulls, obj_weights, plan), np.float32(0.0))
+        best = _bon_block_max(pulls, obj_weights, plan)
+        if real is not None:
+            best = np.where(real[None], best, np.float32(0.0))
         gain = np.add.reduceat(best, plan.size_start, axis=2, dtype=np.float64)
     else:
         raise ValueError(f"unknown strategy {pulls.strategy!r}; expected 'mv' or 'bon'")
@@ -200,15 +212,17 @@ class ContextSplit:
 class NestedStats:
     """Running nested-reuse tallies of ``S`` runs: per (run, prompt, N) gain, cost and count.
 
-    ``add(pulls, run)`` records a batch of pulls (``run (B,)`` says which run each pull belongs to);
-    ``means()`` returns ``(S, C, P, n_max)`` per-context empirical means (NaN where unseen).
+    Arrays: ``gain (S, U, P, n_max)`` (one slice per distinct objective-weight row), ``cost`` and
+    ``count`` ``(S, P, n_max)`` (context-free). ``add(pulls, run)`` records a batch of pulls
+    (``run (B,)`` says which run each pull belongs to); ``means()`` returns ``(S, C, P, n_max)``
+    per-context empirical means (NaN where unseen).
     """
 
     def __init__(self, n_runs: int, n_prompts: int, n_max: int, contexts: ContextSet) -> None:
         self.split = ContextSplit(contexts)
         self.n_runs, self.n_prompts, self.n_max = int(n_runs), int(n_prompts), int(n_max)
         u = self.split.obj_weights.shape[0]
-        self.gain = np.zeros((n_runs, n_prompts, u, n_max))
+        self.gain = np.zeros((n_runs, u, n_prompts, n_max))
         self.cost = np.zeros((n_runs, n_prompts, n_max))
         self.count = np.zeros((n_runs, n_prompts, n_max), dtype=np.int64)
 
@@ -222,28 +236,30 @@ class NestedStats:
         order = np.argsort(key, kind="stable")
         key = key[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        cells = key[starts]
-        u = gain.shape[0]
+        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
         g = np.add.reduceat(gain[:, order], starts, axis=1)  # (U, G, L)
-        flat_gain = self.gain.reshape(-1, u, self.n_max)
-        flat_gain[cells, :, :width] += g.transpose(1, 0, 2)
-        self.cost.reshape(-1, self.n_max)[cells, :width] += np.add.reduceat(cost[order], starts, axis=0)
-        self.count.reshape(-1, self.n_max)[cells, :width] += np.add.reduceat(count[order], starts, axis=0)
+        self.gain[cell_run, :, cell_prompt, :width] += g.transpose(1, 0, 2)
+        self.cost[cell_run, cell_prompt, :width] += np.add.reduceat(cost[order], starts, axis=0)
+        self.count[cell_run, cell_prompt, :width] += np.add.reduceat(count[order], starts, axis=0)
 
     def means(self, runs: NDArray[np.int64] | None = None) -> NDArray[np.float64]:
         """Per-context means ``(S', C, P, n_max)`` for ``runs`` (default all); NaN where unseen."""
-        sel = slice(None) if runs is None else np.asarray(runs)
-        gain = self.gain[sel][:, :, self.split.group, :]  # (S', P, C, N)
-        total = gain - self.split.cost_weight[None, None, :, None] * self.cost[sel][:, :, None, :]
-        cnt = self.count[sel][:, :, None, :]
+        if runs is None:
+            gain, cost, count = self.gain, self.cost, self.count
+        else:
+            gain, cost, count = self.gain[runs], self.cost[runs], self.count[runs]
+        w = self.split.cost_weight[None, :, None, None]
+        if gain.shape[1] == 1:
+            total = gain - w * cost[:, None]
+        else:
+            total = gain[:, self.split.group] - w * cost[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / cnt
-        return mean.transpose(0, 2, 1, 3)
+            total /= count[:, None]
+        return total
 
     def means_in(self, runs: NDArray[np.int64], context: NDArray[np.int64]) -> NDArray[np.float64]:
         """Means of each run under ONE context each: ``runs (B,)``, ``context (B,)`` -> ``(B, P, n_max)``."""
-        u = self.split.group[context]
-        gain = self.gain[runs, :, u, :]  # (B, P, N)
+        gain = self.gain[runs, self.split.group[context]]  # (B, P, N)
         total = gain - self.split.cost_weight[context][:, None, None] * self.cost[runs]
         with np.errstate(invalid="ignore", divide="ignore"):
             return total / self.count[runs]

@@ -23,7 +23,7 @@ the same *in distribution* as ``fit(seed=s)``, not bit-identical (one generator 
 from __future__ import annotations
 
 import zlib
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -144,9 +144,22 @@ class Runs:
         self.spent += charge
         return pulls
 
-    def pull_grouped(self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64]):
-        """Like :meth:`pull`, but one batch per distinct ``n`` (no padding waste); yields ``(pulls, run)``."""
+    def pull_grouped(
+        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], fill: float = 0.7
+    ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
+        """Like :meth:`pull`, in a few batches of similar ``n``; yields ``(pulls, rows)`` per batch.
+
+        ``rows`` indexes the input arrays (so ``run[rows]`` are the batch's runs).
+
+        Sizes are bucketed (largest first) so that every row of a batch has ``n >= fill * width``:
+        little padding waste in the nested-block engine, few sampler calls.
+        """
+        run = np.asarray(run, dtype=np.int64)
         n = np.asarray(n, dtype=np.int64)
-        for value in np.unique(n):
-            rows = np.flatnonzero(n == value)
-            yield self.pull(run[rows], prompt[rows], n[rows]), np.asarray(run)[rows]
+        sizes = np.unique(n)[::-1]
+        while sizes.size:
+            top = sizes[0]
+            members = sizes[sizes >= fill * top]
+            sizes = sizes[members.size :]
+            rows = np.flatnonzero(np.isin(n, members))
+            yield self.pull(run[rows], prompt[rows], n[rows]), rows

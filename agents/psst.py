@@ -111,8 +111,8 @@ def run_trimming(
             prompt_rows = np.r_[prompt_rows, cell_prompt[extra]]
             n_rows = np.r_[n_rows, cell_n[extra]]
         before = runs.spent.copy()
-        for pulls, run in runs.pull_grouped(run_rows, prompt_rows, n_rows):
-            stats.add(pulls, run)
+        for pulls, rows in runs.pull_grouped(run_rows, prompt_rows, n_rows):
+            stats.add(pulls, run_rows[rows])
         spent = runs.spent - before
         spend_log[:, r] = spent
         carry = avail - spent

@@ -1,0 +1,70 @@
+"""TRIPLE baselines: prompt-only, inference-agnostic selection (paper section 3.7).
+
+Contextual TRIPLE-SH (Shi et al., NeurIPS 2024) as the paper uses it: successive halving over
+prompts at ``N = 1`` -- the PSST loop (:func:`agents.psst.run_trimming`) restricted to the arms
+``{(p, 1)}`` with ``R = ceil(log2 |P|)`` rounds, equal per-round budgets, every sample shared across
+contexts, per-context halving. At ``N = 1`` the inference-agnostic utility (paper Eq. 5: the
+per-completion mean of the weighted objectives minus the cost term) equals the single-completion
+utility, so this is exactly TRIPLE's IA objective, cost-aware per context (as the authors' code).
+
+Deployment never tailors ``N``:
+
+* ``TRIPLE(n="one")`` deploys ``(p*_c, 1)``;
+* ``TRIPLE(n="random")`` deploys ``(p*_c, N)`` with ``N`` uniform on ``1..N_max`` redrawn per query
+  (the authors redraw on every ``predict``). Its policy is a
+  :class:`agents.base.StochasticPolicy`: ``act`` draws a fresh ``N`` per call from the policy's
+  seeded generator, and its **exact ACR is the average over N** of ``Q(c, (p*_c, N))``
+  (:func:`agents.base.policy_acr`).
+
+Budget rules as PSST (never more than ``T``; carry-forward; last-round random top-up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from agents._common import BatchAgent, best_arms
+from agents._engine import NestedStats
+from agents._runs import Runs
+from agents.base import Policy, StochasticPolicy, TablePolicy
+from agents.psst import n_rounds, run_trimming
+
+
+@dataclass
+class TRIPLE(BatchAgent):
+    """Successive halving over prompts at N = 1; deploys N = 1 (``n="one"``) or a uniform N (``n="random"``)."""
+
+    n: str = "one"
+    name: ClassVar[str] = "triple"
+
+    def __post_init__(self) -> None:
+        if self.n not in ("one", "random"):
+            raise ValueError(f"n must be 'one' or 'random'; got {self.n!r}")
+
+    def _fit_runs(self, runs: Runs) -> list[Policy]:
+        s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
+        c_n = len(runs.contexts)
+        stats = NestedStats(s_n, p_n, n_max, runs.contexts)
+        active = np.zeros((s_n, c_n, p_n, n_max), dtype=bool)
+        active[..., 0] = True
+        active = active.reshape(s_n, c_n, p_n * n_max)
+        infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(p_n))
+        prompts = best_arms(active, stats.means().reshape(active.shape)) // n_max  # (S, C)
+        policies: list[Policy] = []
+        for s in range(s_n):
+            info = {**infos[s], "budget_used": int(runs.spent[s]), "deploy_n": self.n}
+            if self.n == "one":
+                policies.append(TablePolicy(runs.contexts, prompts[s] * n_max, n_max, int(runs.spent[s]), info))
+            else:
+                probs = np.zeros((c_n, p_n, n_max))
+                probs[np.arange(c_n), prompts[s], :] = 1.0 / n_max
+                policies.append(
+                    StochasticPolicy(
+                        runs.contexts, probs.reshape(c_n, -1), n_max, seed=runs.seeds[s],
+                        budget_used=int(runs.spent[s]), info=info,
+                    )
+                )
+        return policies
