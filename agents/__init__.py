@@ -42,6 +42,10 @@ AGENTS: dict[str, Callable[..., Agent]] = {
     "triple_nrandom": _factory("agents.triple", "TRIPLE", n="random"),
     "seqhalving": _factory("agents.halving", "SequentialHalving"),
     "random": _factory("agents.random", "RandomAgent"),
+    "ppo": _factory("agents.sb3", "SB3Agent", algo="ppo"),
+    "a2c": _factory("agents.sb3", "SB3Agent", algo="a2c"),
+    "dqn": _factory("agents.sb3", "SB3Agent", algo="dqn"),
+    "maskable_ppo": _factory("agents.sb3", "SB3Agent", algo="maskable_ppo"),
 }
 
 
