@@ -1,0 +1,98 @@
+"""Continuous context distributions and their exact vectorised oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from iapo_gym import oracle
+from iapo_gym.continuous import ContinuousContexts, ContinuousEvaluator, exact_q_values
+from iapo_gym.tables.testing import example_table
+
+
+def test_sample_shapes_support_and_moments() -> None:
+    cc = ContinuousContexts(2, alpha=1.0, cost_low=0.0, cost_high=0.5)
+    w = cc.sample(np.random.default_rng(0), 20_000)
+    assert w.shape == (20_000, 3)
+    np.testing.assert_allclose(w[:, :2].sum(axis=1), 1.0)
+    assert w[:, :2].min() >= 0.0
+    assert 0.0 <= w[:, 2].min() and w[:, 2].max() <= 0.5
+    # Dirichlet(1, 1): w_1 ~ U(0, 1); cost ~ U(0, 0.5)
+    assert abs(w[:, 0].mean() - 0.5) < 0.01 and abs(w[:, 0].var() - 1 / 12) < 0.003
+    assert abs(w[:, 2].mean() - 0.25) < 0.005
+
+
+def test_mv_weight_is_one_and_log_scale() -> None:
+    cc = ContinuousContexts(1, cost_low=0.01, cost_high=1.0, cost_scale="log")
+    w = cc.sample(np.random.default_rng(1), 10_000)
+    assert np.all(w[:, 0] == 1.0)
+    # log-uniform on [0.01, 1]: median 0.1
+    assert abs(np.median(w[:, 1]) - 0.1) < 0.01
+    with pytest.raises(ValueError, match="cost_low > 0"):
+        ContinuousContexts(1, cost_low=0.0, cost_scale="log")
+    with pytest.raises(ValueError, match="alpha"):
+        ContinuousContexts(2, alpha=(1.0, -1.0))
+
+
+def test_evaluation_sample_is_fixed_and_for_table_range() -> None:
+    table = example_table("mv", seed=0)
+    cc = ContinuousContexts.for_table(table)
+    assert (cc.cost_low, cc.cost_high) == (0.0, float(table.contexts.weights[:, -1].max()))
+    a, b = cc.evaluation_sample(), cc.evaluation_sample()
+    assert a.shape == (2000, 2) and np.array_equal(a, b)
+    assert not np.array_equal(a, cc.evaluation_sample(seed=1))
+
+
+def test_grid_cells() -> None:
+    cc = ContinuousContexts(2, cost_low=0.0, cost_high=1.0)
+    g = cc.grid(4, 2)
+    assert len(g) == 8
+    np.testing.assert_allclose(np.unique(g.weights[:, 0]), [0.125, 0.375, 0.625, 0.875])
+    np.testing.assert_allclose(np.unique(g.weights[:, 2]), [0.25, 0.75])
+
+
+@pytest.mark.parametrize("n_outcomes", [2, 5, 9])
+def test_bon_breakpoint_path_matches_oracle(n_outcomes: int) -> None:
+    table = example_table("bon", seed=3, n_prompts=3, n_queries=25, n_outcomes=n_outcomes, n_max=7)
+    cc = ContinuousContexts.for_table(table)
+    w = cc.evaluation_sample(300)
+    w[:10, :2] *= 2.5  # off-simplex but non-negative: homogeneity
+    w[10, :2] = 0.0
+    w[11, :2] = [1.0, 0.0]  # simplex vertices
+    w[12, :2] = [0.0, 1.0]
+    test = table.test_queries()
+    fast = exact_q_values(table, w, test)
+    ref = oracle.q_values(table, test, weights=w)
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-9)
+    # another query subset reuses the cached breakpoints
+    np.testing.assert_allclose(exact_q_values(table, w[:40], None), oracle.q_values(table, None, weights=w[:40]), atol=1e-9)
+
+
+def test_fallbacks_match_oracle() -> None:
+    bon = example_table("bon", seed=4, n_queries=12)
+    w = np.array([[0.5, -0.2, 0.1], [0.3, 0.7, 0.0]])  # a negative weight: generic path
+    np.testing.assert_allclose(exact_q_values(bon, w), oracle.q_values(bon, None, weights=w), atol=1e-12)
+    mv = example_table("mv", seed=2)
+    w = ContinuousContexts.for_table(mv).evaluation_sample(50)
+    np.testing.assert_allclose(exact_q_values(mv, w), oracle.q_values(mv, None, weights=w), atol=1e-12)
+
+
+def test_evaluator_acr_and_regret() -> None:
+    table = example_table("bon", seed=5, n_queries=20)
+    ev = ContinuousEvaluator(table, table.test_queries())
+    assert ev.q.shape == (2000, table.n_arms)
+
+    class Fixed:
+        def act(self, weights):
+            return np.full(np.shape(weights)[0], 3, dtype=np.int64)
+
+    class Best:
+        def act(self, weights):
+            return oracle.best_arms(exact_q_values(table, weights, table.test_queries()))
+
+    fixed = ev.evaluate(Fixed())
+    assert fixed["acr"] == pytest.approx(ev.q[:, 3].mean())
+    assert fixed["regret"] > 0
+    best = ev.evaluate(Best())
+    assert best["regret"] == pytest.approx(0.0, abs=1e-12)
+    assert best["acr"] == pytest.approx(ev.oracle_acr)
