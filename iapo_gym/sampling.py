@@ -8,9 +8,13 @@ marks the real completions (the first ``n[b]`` of row ``b``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from iapo_gym.tables.format import OutcomeTable
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,3 +56,69 @@ class Pulls:
     def completions(self) -> int:
         """Total completions in the batch (its budget charge)."""
         return int(self.n.sum())
+
+
+def sample_pulls(
+    table: "OutcomeTable",
+    prompt: NDArray[np.integer],
+    query: NDArray[np.integer],
+    n: NDArray[np.integer],
+    rng: np.random.Generator,
+    width: int | None = None,
+) -> Pulls:
+    """Draw ``n[b]`` i.i.d. completions of ``(prompt[b], query[b])`` for every pull ``b`` at once.
+
+    Inverse-CDF sampling: one uniform per completion slot, compared with the row's cumulative
+    outcome probabilities. The uniforms of a batch are drawn in one call, so a given ``rng`` state
+    always yields the same outcomes, bit for bit.
+
+    Args:
+        table: the outcome table.
+        prompt, query, n: ``(B,)`` integer arrays (query = row index into the table).
+        rng: the generator that drives the draw.
+        width: padded width ``L`` (default ``n.max()``); must be ``>= n.max()``.
+    """
+    prompt = np.asarray(prompt, dtype=np.int64).reshape(-1)
+    query = np.asarray(query, dtype=np.int64).reshape(-1)
+    n = np.broadcast_to(np.asarray(n, dtype=np.int64), prompt.shape).copy()
+    if not (prompt.shape == query.shape == n.shape):
+        raise ValueError(f"prompt, query and n must have one entry per pull; got {prompt.shape}, {query.shape}, {n.shape}")
+    if prompt.size and (prompt.min() < 0 or prompt.max() >= table.n_prompts):
+        raise ValueError(f"prompt indices must lie in 0..{table.n_prompts - 1}")
+    if query.size and (query.min() < 0 or query.max() >= table.n_queries):
+        raise ValueError(f"query indices must lie in 0..{table.n_queries - 1}")
+    if n.size and (n.min() < 1 or n.max() > table.n_max):
+        raise ValueError(f"N must lie in 1..{table.n_max}")
+    L = int(n.max(initial=0)) if width is None else int(width)
+    if n.size and L < n.max():
+        raise ValueError(f"width {L} is smaller than the largest N {n.max()}")
+
+    probs = table.answer_probs if table.strategy == "mv" else table.outcome_probs
+    cdf = np.cumsum(probs[prompt, query], axis=-1)  # (B, A)
+    cdf[:, -1] = 1.0  # guard against rounding: every uniform falls in some outcome
+    u = rng.random((prompt.size, L))
+    outcome = (u[:, :, None] >= cdf[:, None, :]).sum(-1).astype(np.int64)  # (B, L)
+    mask = np.arange(L)[None, :] < n[:, None]
+    outcome = np.where(mask, outcome, -1)
+    safe = np.where(mask, outcome, 0)
+
+    if table.strategy == "mv":
+        gold = table.gold[query].astype(np.int64)
+        values = ((safe == gold[:, None]) & mask)[:, :, None].astype(np.float64)
+    else:
+        gold = np.full(prompt.size, -1, dtype=np.int64)
+        values = table.outcome_values[prompt[:, None], query[:, None], safe]  # (B, L, K)
+        values = np.where(mask[:, :, None], values, 0.0)
+    cost = np.where(mask, table.cost[prompt, query][:, None], 0.0)
+    return Pulls(
+        strategy=table.strategy,
+        prompt=prompt,
+        n=n,
+        query=query,
+        outcome=outcome,
+        values=values,
+        cost=cost,
+        gold=gold,
+        mask=mask,
+        n_categories=table.n_outcomes,
+    )
