@@ -1,0 +1,135 @@
+"""PNG figures of an experiment: ACR against budget, deployed N against cost weight.
+
+Both read a :class:`~iapo_gym.experiments.results.Results`; the second also needs each task's
+context weights (``contexts.json`` beside ``results.csv``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from iapo_gym.experiments.results import Results  # noqa: E402
+from iapo_gym.experiments.stats import mean_ci  # noqa: E402
+
+__all__ = ["plot_acr_vs_budget", "plot_n_vs_cost", "short_env"]
+
+
+def short_env(env: str) -> str:
+    """``IAPO-SynthBernoulli-v0`` -> ``SynthBernoulli``."""
+    name = env.split(":")[-1]
+    if name.startswith("IAPO-"):
+        name = name[5:]
+    return name.rsplit("-v", 1)[0]
+
+
+def _grid(n: int, width: float = 4.6, height: float = 3.6) -> tuple[plt.Figure, list]:
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_acr_vs_budget(results: Results, path: str | Path, agents: Sequence[str] | None = None) -> Path:
+    """One panel per task: mean exact test ACR against budget per agent, 95% t-interval bands.
+
+    The dashed black line is the mean oracle ACR (the best achievable).
+    """
+    envs = results.unique("env")
+    agents = list(agents) if agents is not None else results.unique("agent")
+    fig, axes = _grid(len(envs))
+    cmap = plt.get_cmap("tab20" if len(agents) > 10 else "tab10")
+    for ax, env in zip(axes, envs):
+        m_env = results.mask(env=env)
+        budgets = sorted(set(results.budget[m_env].tolist()))
+        for i, agent in enumerate(agents):
+            xs, mean, half = [], [], []
+            for b in budgets:
+                m = m_env & results.mask(agent=agent, budget=b)
+                if m.any():
+                    mu, h = mean_ci(results.acr[m])
+                    xs.append(b), mean.append(mu), half.append(h)
+            if not xs:
+                continue
+            mu, h = np.array(mean), np.array(half)
+            color = cmap(i % cmap.N)
+            ax.plot(xs, mu, marker="o", ms=3, lw=1.4, color=color, label=agent)
+            ax.fill_between(xs, mu - h, mu + h, color=color, alpha=0.18, lw=0)
+        oracle = [results.oracle_acr[m_env & (results.budget == b)].mean() for b in budgets]
+        ax.plot(budgets, oracle, "k--", lw=1, label="oracle")
+        if len(budgets) > 1:
+            ax.set_xscale("log")
+        ax.set_title(short_env(env))
+        ax.set_xlabel("training budget (completions)")
+        ax.set_ylabel("exact test ACR")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("ACR against budget (mean, 95% CI)")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_n_vs_cost(
+    results: Results,
+    path: str | Path,
+    cost_weights: dict[str, Sequence[float]],
+    budget: int | None = None,
+    agents: Sequence[str] | None = None,
+) -> Path:
+    """One panel per task: deployed N against each context's cost weight, at ``budget`` (default the largest).
+
+    Points are means over seeds (and over the contexts sharing a cost weight); the black dashed line
+    is the oracle's N.
+    """
+    envs = [e for e in results.unique("env") if e in cost_weights]
+    agents = list(agents) if agents is not None else results.unique("agent")
+    fig, axes = _grid(max(len(envs), 1))
+    cmap = plt.get_cmap("tab20" if len(agents) > 10 else "tab10")
+    for ax, env in zip(axes, envs):
+        m_env = results.mask(env=env)
+        b = int(results.budget[m_env].max()) if budget is None else int(budget)
+        cw = np.asarray(cost_weights[env], dtype=np.float64)
+        levels = np.unique(cw)
+        spread = 0.02 * max(float(np.ptp(levels)), 1e-9)
+
+        def by_level(per_context: np.ndarray) -> np.ndarray:
+            return np.array([per_context[:, cw == lv].mean() for lv in levels])
+
+        oracle_n = None
+        for i, agent in enumerate(agents):
+            idx = np.flatnonzero(m_env & results.mask(agent=agent, budget=b))
+            if idx.size == 0:
+                continue
+            n = np.array([results.policy[j]["n_mean"] for j in idx], dtype=np.float64)
+            ax.plot(levels + (i - len(agents) / 2) * spread, by_level(n), marker="o", ms=4, lw=1.2,
+                    color=cmap(i % cmap.N), label=agent)
+            oracle_n = np.array([results.policy[j]["best_n"] for j in idx], dtype=np.float64)
+        if oracle_n is not None:
+            ax.plot(levels, by_level(oracle_n), "k--", marker="x", lw=1, label="oracle")
+        ax.set_title(f"{short_env(env)} (budget {b})")
+        ax.set_xlabel("cost weight of the context")
+        ax.set_ylabel("deployed N")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("chosen N against cost weight (mean over runs)")
+    fig.tight_layout()
+    return _save(fig, Path(path))

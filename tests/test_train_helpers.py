@@ -1,0 +1,220 @@
+"""The experiment runner's building blocks: arguments, results.csv, statistics, TensorBoard, claims."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from iapo_gym.experiments import report, stats
+from iapo_gym.experiments.cliargs import build_parser, field_docs, parse_dataclass
+from iapo_gym.experiments.results import COLUMNS, Results, ResultsError, ResultsFile
+
+import train
+
+
+def make_row(env="E", agent="a", budget=1000, seed=0, acr=0.5, oracle=0.8, n_ctx=3, **kw) -> dict:
+    policy = {
+        "prompt": [seed % 3] * n_ctx,
+        "n": [1 + seed % 4] * n_ctx,
+        "n_mean": [1.0 + seed % 4] * n_ctx,
+        "optimal": [1.0 if acr >= oracle else 0.0] * n_ctx,
+        "best_prompt": [0] * n_ctx,
+        "best_n": [2] * n_ctx,
+    }
+    row = dict(env=env, contexts="finite", agent=agent, budget=budget, seed=seed, acr=acr, oracle_acr=oracle,
+               regret=oracle - acr, optimal_frac=float(acr >= oracle), budget_used=budget, wall_s=0.01, policy=policy)
+    row.update(kw)
+    return row
+
+
+# --------------------------------------------------------------------------- arguments
+@dataclass
+class _Demo:
+    runs: int = 3
+    """independent   runs
+    per configuration"""
+    name: str = "x"
+    """a name"""
+    fast: bool = False
+    """go fast"""
+
+
+def test_field_docstrings_become_help_and_flags_parse() -> None:
+    assert field_docs(_Demo) == {"runs": "independent runs per configuration", "name": "a name", "fast": "go fast"}
+    helptext = build_parser(_Demo).format_help()
+    assert "independent runs per configuration (default: 3)" in helptext
+    assert parse_dataclass(_Demo, ["--runs", "7", "--fast"]) == _Demo(runs=7, name="x", fast=True)
+    assert parse_dataclass(_Demo, []) == _Demo()
+
+
+def test_train_args_help_lists_every_field() -> None:
+    helptext = build_parser(train.Args).format_help()
+    for flag in ("--env", "--agents", "--budgets", "--runs", "--out", "--reference", "--preset", "--no-track"):
+        assert flag in helptext
+    assert "comma-separated" in helptext
+
+
+def test_budgets_parse_with_k_suffix_and_reject_nonsense() -> None:
+    assert train.parse_budgets("5k, 1000,1k") == [1000, 5000]
+    with pytest.raises(train.ArgumentError, match="not a number"):
+        train.parse_budgets("1000,lots")
+    with pytest.raises(train.ArgumentError, match="positive whole number"):
+        train.parse_budgets("0")
+
+
+def test_unknown_agent_error_lists_the_registered_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from agents import AGENTS
+
+    assert train.main(["--agents", "psst,nosuchagent", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown agent(s) nosuchagent" in err
+    for name in AGENTS:
+        assert name in err
+
+
+def test_preset_fills_only_what_was_not_given() -> None:
+    args = train.parse_args(["--preset", "reproduction", "--runs", "3"])
+    assert args.runs == 3
+    assert args.budgets == "1k,2k,5k,10k,20k,50k"
+    assert args.report.endswith("REPRODUCTION.md") and args.skip_missing
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "nope"])
+
+
+# --------------------------------------------------------------------------- results.csv
+def test_results_file_appends_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    store = ResultsFile(path)
+    store.append([make_row(seed=0), make_row(seed=1, acr=0.25)])
+    store.append([make_row(seed=1, acr=0.99)])  # a duplicate key is not written twice
+    again = ResultsFile(path)
+    assert [r["seed"] for r in again.rows] == [0, 1]
+    assert again.rows[1]["acr"] == 0.25 and again.rows[1]["policy"]["n"] == [2, 2, 2]
+    assert again.done(("E", "finite", "a", 1000, 1)) and not again.done(("E", "finite", "a", 1000, 2))
+    assert path.read_text().splitlines()[0].split(",") == list(COLUMNS)
+
+
+def test_torn_last_line_is_dropped_and_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    ResultsFile(path).append([make_row(seed=0), make_row(seed=1)])
+    good = path.read_text()
+    path.write_text(good + good.splitlines()[-1][:25])  # a crash in the middle of an append
+    store = ResultsFile(path)
+    assert [r["seed"] for r in store.rows] == [0, 1]
+    assert path.read_text() == good
+    store.append([make_row(seed=2)])
+    assert [r["seed"] for r in ResultsFile(path).rows] == [0, 1, 2]
+
+
+def test_corrupt_middle_line_and_foreign_header_are_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    ResultsFile(path).append([make_row(seed=0), make_row(seed=1)])
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + "garbage,row\n" + lines[2])
+    with pytest.raises(ResultsError, match="line 2 is corrupt"):
+        ResultsFile(path)
+    path.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(ResultsError, match="another --out"):
+        ResultsFile(path)
+
+
+# --------------------------------------------------------------------------- statistics
+def _paired_results(rng: np.random.Generator, n: int = 30) -> Results:
+    rows = []
+    for b in (100, 1000):
+        for s in range(n):
+            base = rng.normal(0.5, 0.1)
+            rows.append(make_row(agent="ref", budget=b, seed=s, acr=base + 0.05))
+            rows.append(make_row(agent="worse", budget=b, seed=s, acr=base + rng.normal(0, 0.02)))
+            rows.append(make_row(agent="same", budget=b, seed=s, acr=base + 0.05))
+    return Results.from_rows(rows)
+
+
+def test_wilcoxon_table_equals_scipy_on_the_paired_runs() -> None:
+    res = _paired_results(np.random.default_rng(3))
+    table = stats.wilcoxon_table(res, reference="ref")
+    assert {(r.agent, r.budget) for r in table} == {("worse", 100), ("worse", 1000), ("same", 100), ("same", 1000)}
+    for r in table:
+        m_a, m_r = res.mask(agent=r.agent, budget=r.budget), res.mask(agent="ref", budget=r.budget)
+        a, ref = res.acr[m_a][np.argsort(res.seed[m_a])], res.acr[m_r][np.argsort(res.seed[m_r])]
+        if r.agent == "same":  # identical runs: no evidence of a difference
+            assert (r.statistic, r.p_value, r.verdict) == (0.0, 1.0, "n.s.")
+            continue
+        expect = sps.wilcoxon(a, ref, alternative="two-sided")
+        assert r.statistic == pytest.approx(expect.statistic) and r.p_value == pytest.approx(expect.pvalue)
+        assert r.p_value < 1e-4 and r.verdict == "reference better"
+        assert r.mean_diff == pytest.approx(np.mean(a - ref))
+
+
+def test_mean_ci_is_the_t_interval() -> None:
+    x = np.array([1.0, 2.0, 4.0, 7.0])
+    mu, h = stats.mean_ci(x)
+    assert mu == 3.5
+    assert h == pytest.approx(sps.t.ppf(0.975, 3) * x.std(ddof=1) / 2)
+    assert stats.mean_ci([2.0]) == (2.0, 0.0)
+
+
+# --------------------------------------------------------------------------- claims
+def test_claims_verdicts_follow_the_numbers() -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in (1000, 5000, 20000):
+        for s in range(25):
+            base = rng.normal(0.6, 0.05)
+            rows += [
+                make_row(env="IAPO-SynthBernoulli-v0", agent="psst", budget=b, seed=s, acr=base + 0.1),
+                make_row(env="IAPO-SynthBernoulli-v0", agent="uniform", budget=b, seed=s, acr=base),
+                # topk1 only ties with uniform (so half of claim 1's comparisons fail)
+                make_row(env="IAPO-SynthBernoulli-v0", agent="topk1", budget=b, seed=s, acr=base + rng.normal(0, 0.01)),
+                # seqhalving beats psst significantly: the PSST-vs-halving claim does not hold
+                make_row(env="IAPO-SynthBernoulli-v0", agent="seqhalving", budget=b, seed=s, acr=base + 0.2),
+            ]
+    by_name = {c.claim: c for c in report.check_claims(Results.from_rows(rows))}
+    c1 = next(c for n, c in by_name.items() if n.startswith("PSST and Top-K"))
+    # psst > uniform everywhere, topk1 ~ uniform: half the comparisons hold
+    assert c1.verdict == "partly holds" and "3 of 6" in c1.detail
+    c_sh = next(c for n, c in by_name.items() if "Sequential Halving" in n)
+    assert c_sh.verdict == "does not hold" and all(x.reversed for x in c_sh.comparisons)
+    c_dec = next(c for n, c in by_name.items() if "deceptive" in n)
+    assert c_dec.verdict in ("holds", "partly holds") and "T=20000" in c_dec.detail
+    c2 = next(c for n, c in by_name.items() if n.startswith("IAPO methods"))
+    assert c2.verdict == "holds" and {x.worse for x in c2.comparisons} == {"topk1"}  # psst > topk1 at every budget
+
+
+def test_report_keeps_the_hand_written_section(tmp_path: Path) -> None:
+    res = _paired_results(np.random.default_rng(1), n=8)
+    inp = report.ReportInputs(res, ["ref", "worse"], [], {"IAPO-MATH-v0": "missing"}, {}, {}, "python train.py")
+    path = tmp_path / "REPRODUCTION.md"
+    text = report.render_report(inp, path)
+    assert "Not run (outcome table not installed here): MATH" in text
+    assert "| worse |" in text and report.HAND_BEGIN in text
+    path.write_text(text.replace("_Not written yet", "My reading of the numbers. _Not written yet"))
+    report.write_report(inp, path)
+    assert "My reading of the numbers." in path.read_text()
+
+
+# --------------------------------------------------------------------------- TensorBoard
+def test_tensorboard_scalars_read_back_equal_the_rows(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from iapo_gym.experiments.tblog import ConfigLogger
+
+    rows = {b: [make_row(budget=b, seed=s, acr=0.1 * s + b / 1e4) for s in range(4)] for b in (1000, 5000)}
+    logger = ConfigLogger(tmp_path, "IAPO-X-v0", "psst", [0, 1, 2, 3], ["low", "mid", "high cost"], {"k": 4, "obj": object()})
+    for b, rs in rows.items():
+        logger.log_budget(b, rs)
+    logger.close()
+    assert logger.dir.name.startswith("IAPO-X-v0__psst__0x4__")
+    ea = EventAccumulator(str(logger.dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    acr = {e.step: e.value for e in ea.Scalars("charts/acr")}
+    assert acr == pytest.approx({b: np.mean([r["acr"] for r in rs]) for b, rs in rows.items()}, rel=1e-6)
+    n = {e.step: e.value for e in ea.Scalars("policy/n/c2_high_cost")}
+    assert n == pytest.approx({b: np.mean([r["policy"]["n_mean"][2] for r in rs]) for b, rs in rows.items()})
+    assert "policy/prompt/c0_low" in ea.Tags()["scalars"]
+    assert "hparams" in ea.PluginTagToContent("hparams") or ea.PluginTagToContent("hparams")
