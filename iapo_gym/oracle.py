@@ -54,6 +54,8 @@ _MV_CACHE_KEY = "oracle/mv_credit"
 _BON_CACHE_KEY = "oracle/bon_per_query"
 #: Largest ``n_max`` the MV recursion supports in float64 (``N!`` and ``p^n / n!`` stay representable).
 MV_N_MAX_LIMIT = 150
+#: Elements per working array of the MV recursion (row blocks; 8 bytes each).
+_MV_BLOCK_ELEMENTS = 1 << 22
 #: Elements per working array in the BoN path (bounds memory: 8 bytes each).
 _BON_CHUNK_ELEMENTS = 1 << 22
 #: Elements per row block of :func:`bon_expected_max` (kept small so the N loop stays in cache).
@@ -74,46 +76,81 @@ def _gold_first(probs: NDArray[np.float64], gold: NDArray[np.int64]) -> NDArray[
 
 
 def _mv_credit_unique(rows: NDArray[np.float64], n_max: int) -> NDArray[np.float64]:
-    """Exact expected credit of gold-first rows ``(U, A)`` for ``N = 1..n_max`` -> ``(U, n_max)``."""
+    """Exact expected credit of gold-first rows ``(U, A)`` for ``N = 1..n_max`` -> ``(U, n_max)``.
+
+    For each gold count ``k`` the factors are ``f_j = g_j(x) + s h_j x^k`` with
+    ``g_j = sum_{n<k} (p_j x)^n / n!`` and ``h_j = p_j^k / k!``. Their product is
+    ``sum_t s^t x^{kt} e_t(x)`` (``e_t``: sum over ``t``-subsets of the other answers that tie with
+    gold), and ``int_0^1 s^t ds = 1/(t+1)``; ``e_t`` is built by a DP over the answers that only
+    keeps the ``t <= (n_max - k) // k`` that still fit under the degree cap.
+    """
     u, a = rows.shape
     pg, others = rows[:, 0], rows[:, 1:]
     n_other = a - 1
-    n_nodes = max(1, -(-a // 2))  # ceil(A / 2): exact for integrands of degree <= A - 1 in s
-    x, w = np.polynomial.legendre.leggauss(n_nodes)
-    s = 0.5 * (x + 1.0)
-    ws = 0.5 * w
     inv_fact = np.array([np.exp(-lgamma(n + 1)) for n in range(n_max + 1)])
     fact = np.array([np.exp(lgamma(n + 1)) for n in range(n_max + 1)])
-    # pw[n, j, u] = p_j^n / n!  (degree-major so shifted slices are contiguous blocks)
-    powers = np.arange(n_max + 1)[:, None, None]
-    pw = others.T[None, :, :] ** powers * inv_fact[:, None, None]  # (n_max+1, A-1, U)
-    pg_pw = pg[None, :] ** np.arange(n_max + 1)[:, None] * inv_fact[:, None]  # (n_max+1, U)
+    # pw[j, n, u] = p_j^n / n!  (the row axis last, so every degree slice is a contiguous block)
+    pw = np.empty((n_other, n_max + 1, u))
+    pw[:, 0] = 1.0
+    pg_pw = np.empty((n_max + 1, u))
+    pg_pw[0] = 1.0
+    for n in range(1, n_max + 1):  # p^n / n! by recurrence (no pow calls)
+        np.multiply(pw[:, n - 1], others.T / n, out=pw[:, n])
+        np.multiply(pg_pw[n - 1], pg / n, out=pg_pw[n])
     credit = np.zeros((n_max + 1, u))
-    s_col = s[:, None]  # (L, 1) broadcast against (L, U)
+    buf = np.empty((n_max + 1, u))
     for k in range(1, n_max + 1):
         deg = n_max - k  # coefficients x^0..x^deg are needed (N = k..n_max)
+        gd = min(k - 1, deg)  # degree of g_j under the cap
+        t_max = min(n_other, deg // k)  # most other answers that can tie with gold at k votes
         if n_other == 0:
-            coef = np.zeros((deg + 1, u))
-            coef[0] = 1.0
-        else:
-            top = min(k, deg)
-            prod: NDArray[np.float64] | None = None
-            for j in range(n_other):
-                # factor coefficients a_n, n = 0..top, each (L, U); the x^k term carries s
-                factor = np.broadcast_to(pw[: top + 1, j, None, :], (top + 1, n_nodes, u)).copy()
-                if top == k:
-                    factor[k] *= s_col
-                if prod is None:
-                    prod = np.zeros((deg + 1, n_nodes, u))
-                    prod[: top + 1] = factor
-                    continue
-                new = np.zeros_like(prod)
-                for n in range(top + 1):
-                    new[n:] += factor[n] * prod[: deg + 1 - n]
-                prod = new
-            coef = np.einsum("dlu,l->du", prod, ws)  # integrate over s exactly
-        credit[k:] += pg_pw[k][None, :] * coef * fact[k:, None]
+            credit[k] += pg_pw[k] * fact[k]  # N = k votes, all for gold
+            continue
+        if n_other == 1:  # a single other answer: g + h x^k / 2, no products needed
+            part = pw[0, : gd + 1] * fact[k : k + gd + 1, None]
+            part *= pg_pw[k]
+            credit[k : k + gd + 1] += part
+            if t_max:
+                credit[2 * k] += (0.5 * fact[2 * k]) * pg_pw[k] * pw[0, k]
+            continue
+        scale = pg_pw[k][None, :] * fact[k:, None]  # (deg+1, U): N! p_g^k / k!
+        e = np.zeros((t_max + 1, deg + 1, u))
+        e[0, : gd + 1] = pw[0, : gd + 1]
+        if t_max >= 1:
+            e[1, k] = pw[0, k]
+        for j in range(1, n_other):
+            g = pw[j]
+            new = np.zeros_like(e)
+            for t in range(min(t_max, j + 1) + 1):
+                lo = k * t  # e_t vanishes below degree k * t
+                if t <= j:
+                    for n in range(min(gd, deg - lo) + 1):
+                        width = deg + 1 - lo - n
+                        np.multiply(g[n], e[t, lo : lo + width], out=buf[:width])
+                        new[t, lo + n :] += buf[:width]
+                if t >= 1:
+                    width = deg + 1 - lo
+                    np.multiply(pw[j, k], e[t - 1, lo - k : lo - k + width], out=buf[:width])
+                    new[t, lo:] += buf[:width]
+            e = new
+        coef = e[0]
+        for t in range(1, t_max + 1):
+            coef += e[t] / (t + 1)
+        credit[k:] += scale * coef
     return np.clip(credit[1:].T, 0.0, 1.0)
+
+
+def _unique_rows(rows: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` through a lexicographic sort (much faster)."""
+    order = np.lexsort(rows.T[::-1])
+    srt = rows[order]
+    new = np.empty(len(rows), dtype=bool)
+    new[:1] = True
+    np.any(srt[1:] != srt[:-1], axis=1, out=new[1:])
+    group = np.cumsum(new) - 1
+    inverse = np.empty(len(rows), dtype=np.int64)
+    inverse[order] = group
+    return srt[new], inverse
 
 
 def mv_credit(probs: ArrayLike, gold: ArrayLike, n_max: int) -> NDArray[np.float64]:
@@ -138,8 +175,13 @@ def mv_credit(probs: ArrayLike, gold: ArrayLike, n_max: int) -> NDArray[np.float
     if p.shape[0] == 0:
         return np.zeros((0, int(n_max)))
     rows = _gold_first(p, g)
-    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return _mv_credit_unique(unique, int(n_max))[inverse.reshape(-1)]
+    unique, inverse = _unique_rows(rows)
+    n_max = int(n_max)
+    step = max(256, _MV_BLOCK_ELEMENTS // ((n_max + 1) * max(1, min(p.shape[1] - 1, 3))))
+    credit = np.empty((unique.shape[0], n_max))
+    for start in range(0, unique.shape[0], step):  # row blocks bound the working memory
+        credit[start : start + step] = _mv_credit_unique(unique[start : start + step], n_max)
+    return credit[inverse]
 
 
 def _table_mv_credit(table: OutcomeTable) -> NDArray[np.float64]:
