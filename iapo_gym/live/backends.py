@@ -165,6 +165,8 @@ class VLLMBackend(_CollectMixin):
         kwargs = dict(model=resolve_model(model), dtype=dtype, enforce_eager=enforce_eager, seed=seed)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if _on_cpu():
+            kwargs.update(cpu_engine_args(max_model_len or 2048))
         kwargs.update(engine_kwargs)
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -209,6 +211,27 @@ class VLLMBackend(_CollectMixin):
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         self.llm = None
+
+
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # pragma: no cover - platform detection varies across vLLM versions
+        return False
+
+
+def cpu_engine_args(max_model_len: int, max_num_seqs: int = 64) -> dict[str, int]:
+    """Engine settings that keep seeded sampling working on vLLM's CPU build.
+
+    When a prompt's prefill is split over engine steps (chunked prefill), vLLM rewinds the
+    request's seeded generator with ``Generator.set_offset``, which CPU generators do not support
+    ("CPU Generator does not use offset"): the engine dies. A token budget of
+    ``max_num_seqs * max_model_len`` per step means no prefill is ever split. The same flags for a
+    server: ``--max-num-seqs 64 --max-num-batched-tokens <64 * max-model-len>``.
+    """
+    return {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_seqs * max_model_len}
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible server

@@ -22,6 +22,7 @@ Two families, matching the two strategies:
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -217,10 +218,15 @@ class MathScorer:
         boxed = last_boxed(gold)
         return normalise_latex(boxed if boxed is not None else gold)
 
+    @staticmethod
+    def _timeout() -> int | None:
+        # math-verify's timeouts use SIGALRM, which only the main thread may set.
+        return 5 if threading.current_thread() is threading.main_thread() else None
+
     def _parse(self, s: str) -> Any:
         if s not in self._parsed:
             try:
-                self._parsed[s] = self._mv.parse(f"${s}$", parsing_timeout=None)
+                self._parsed[s] = self._mv.parse(f"${s}$", parsing_timeout=self._timeout())
             except Exception:  # math-verify raises on malformed LaTeX: treat as unparseable
                 self._parsed[s] = []
         return self._parsed[s]
@@ -235,9 +241,8 @@ class MathScorer:
             ok = False
             if pa and pb:
                 try:
-                    ok = bool(self._mv.verify(pa, pb, timeout_seconds=None)) or bool(
-                        self._mv.verify(pb, pa, timeout_seconds=None)
-                    )
+                    t = self._timeout()
+                    ok = bool(self._mv.verify(pa, pb, timeout_seconds=t)) or bool(self._mv.verify(pb, pa, timeout_seconds=t))
                 except Exception:
                     ok = False
             self._same[key] = ok

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -40,6 +40,14 @@ from iapo_gym.live.scorers import NO_ANSWER, cluster_answers, make_scorer
 from iapo_gym.live.specs import Query, TaskSpec, load_queries
 from iapo_gym.sampling import Pulls
 from iapo_gym.tables.format import OutcomeTable
+
+
+class LivePulls(NamedTuple):
+    """What :meth:`LiveSource.pull` returns."""
+
+    pulls: Pulls
+    prompt_tokens: NDArray[np.int64]  # (B,)
+    completion_tokens: NDArray[np.int64]  # (B,)
 
 
 class LiveSource:
@@ -101,14 +109,12 @@ class LiveSource:
         labels.append(key)
         return len(labels) - 1
 
-    def pull(
-        self, prompt: ArrayLike, n: ArrayLike, query: ArrayLike, rng: np.random.Generator
-    ) -> tuple[Pulls, NDArray[np.int64]]:
-        """Generate and score ``B`` pulls at once.
+    def pull(self, prompt: ArrayLike, n: ArrayLike, query: ArrayLike, rng: np.random.Generator) -> LivePulls:
+        """Generate and score ``B`` pulls at once (one request per pull, seeds drawn from ``rng``).
 
         Returns:
-            ``(pulls, tokens)``: the :class:`Pulls` record (padded to ``max(n)``) and ``(B,)``
-            tokens per pull (prompt plus completions, as an API bills them).
+            :class:`LivePulls`: the :class:`Pulls` record (padded to ``max(n)``) and the ``(B,)``
+            prompt and completion tokens of each pull, for the ledger.
         """
         p = np.atleast_1d(np.asarray(prompt, dtype=np.int64))
         k = np.atleast_1d(np.asarray(n, dtype=np.int64))
@@ -165,7 +171,8 @@ class LiveSource:
             gold = np.full(B, -1, dtype=np.int64)
             n_cat = max(list(self._counter.values()) + [1])
         cost = ctoks * self.cost_per_token
-        tokens = np.array([g.prompt_tokens + g.total_completion_tokens for g in gens], dtype=np.int64)
+        ptoks = np.array([g.prompt_tokens for g in gens], dtype=np.int64)
+        ctot = np.array([g.total_completion_tokens for g in gens], dtype=np.int64)
         self.pulls_made += B
         self.prompt_tokens += sum(g.prompt_tokens for g in gens)
         self.completion_tokens += sum(g.total_completion_tokens for g in gens)
@@ -179,7 +186,7 @@ class LiveSource:
             strategy=self.strategy, prompt=p, n=k, query=q, outcome=outcome, values=values, cost=cost,
             gold=gold, mask=mask, n_categories=int(n_cat),
         )
-        return pulls, tokens
+        return LivePulls(pulls, ptoks, ctot)
 
 
 class ReplayBackend:

@@ -1,0 +1,190 @@
+"""Builder, checkpoint, specs and live-source machinery, offline (no LLM).
+
+The LLM is replaced by :class:`~iapo_gym.live.source.ReplayBackend` serving a recording written
+here, the same component that replays a live run; the real-engine tests are in
+test_live_engine.py and test_live_server.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from iapo_gym.live.builder import assemble_table, build_table, unit_seed
+from iapo_gym.live.checkpoint import CheckpointError, CheckpointLog, read_units
+from iapo_gym.live.source import LiveSource, ReplayBackend, recording_to_table
+from iapo_gym.live.specs import ENVS_DATA, arithmetic_queries, load_queries, load_spec, spec_from_dict
+from iapo_gym.tables.io import load_table
+from iapo_gym.tables.testing import assert_tables_equal
+
+SPEC_NAMES = ("math", "commonsenseqa", "helpful_harmless", "summarization", "smolarith")
+
+
+@pytest.fixture
+def spec():
+    return load_spec("smolarith").with_overrides(prompts=load_spec("smolarith").prompts[:3], pool=4)
+
+
+@pytest.fixture
+def queries():
+    return arithmetic_queries(5, seed=0)
+
+
+def _answer_texts(p: int, q: int, gold: str, n: int) -> list[str]:
+    """Deterministic fake completions: prompt p gets the answer right on (p + q) % 3 of 4 tries."""
+    right = (p + q) % 3
+    return [f"The answer is {gold}." if i < right else f"It is {int(gold) + 1 + i % 2}" for i in range(n)]
+
+
+def _write_recording(path, spec, queries, seed=0, skip=()):
+    with open(path, "w") as f:
+        for q, query in enumerate(queries):
+            for p in range(len(spec.prompts)):
+                if (p, q) in skip:
+                    continue
+                texts = _answer_texts(p, q, query.gold, spec.pool)
+                rec = {"kind": "unit", "p": p, "q": q, "n": spec.pool, "seed": unit_seed(seed, p, query.id),
+                       "texts": texts, "prompt_tokens": 20 + p, "completion_tokens": [5 + p + i for i in range(spec.pool)]}
+                f.write(json.dumps(rec) + "\n")
+
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_shipped_specs_validate(name):
+    s = load_spec(name)
+    assert s.path.parent == ENVS_DATA / name
+    assert len(s.prompts) >= (6 if name == "smolarith" else 20)
+    assert s.env_id and s.env_id.startswith("IAPO-")
+    assert len(s.context_set()) == (3 if s.strategy == "mv" else 27)
+    if s.strategy == "bon":
+        assert load_queries(s)[0].gold is None  # the shipped sample queries load offline
+
+
+def test_real_datasets_load(datasets_dir):
+    m = load_queries(load_spec("math"), local_path=datasets_dir / "math500.jsonl", limit=7)
+    assert len(m) == 7 and not m[0].text.startswith("Return your final response") and m[0].gold == r"\left( 3, \frac{\pi}{2} \right)"
+    c = load_queries(load_spec("commonsenseqa"), local_path=datasets_dir / "commonsenseqa_200.jsonl")
+    assert len(c) == 200 and c[0].gold == "E" and len({q.id for q in c}) == 200
+
+
+def test_spec_errors_name_the_fix():
+    base = json.loads((ENVS_DATA / "smolarith" / "spec.json").read_text())
+    with pytest.raises(ValueError, match="strategy must be"):
+        spec_from_dict({**base, "strategy": "best"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        spec_from_dict({**base, "poool": 3})
+    with pytest.raises(ValueError, match="distinct"):
+        spec_from_dict({**base, "prompts": ["a", "a"]})
+    with pytest.raises(ValueError, match="dataset.format"):
+        spec_from_dict({**base, "dataset": {"format": "csv"}})
+
+
+def test_unit_seed_is_stable_and_distinct():
+    assert unit_seed(0, 1, "q7") == unit_seed(0, 1, "q7")
+    seeds = {unit_seed(s, p, f"q{q}") for s in range(2) for p in range(4) for q in range(50)}
+    assert len(seeds) == 400 and all(0 <= x < 2**31 for x in seeds)
+
+
+def test_checkpoint_drops_torn_tail_and_refuses_other_builds(tmp_path):
+    path = tmp_path / "c.jsonl"
+    log = CheckpointLog.open(path, {"task": "t", "seed": 0})
+    log.add_units([{"p": 0, "q": 0, "texts": ["a"]}, {"p": 1, "q": 0, "texts": ["b"]}])
+    with open(path, "a") as f:
+        f.write('{"kind":"unit","p":0,"q":1,"te')  # a crash in the middle of a write
+    log2 = CheckpointLog.open(path, {"task": "t", "seed": 0})
+    assert sorted(log2.units) == [(0, 0), (1, 0)]
+    assert path.read_text().endswith('"texts":["b"]}\n')  # torn line truncated away
+    log2.add_units([{"p": 0, "q": 1, "texts": ["c"]}])
+    assert [(u["p"], u["q"]) for u in read_units(path)] == [(0, 0), (1, 0), (0, 1)]
+    with pytest.raises(CheckpointError, match="already in"):
+        log2.add_units([{"p": 0, "q": 1, "texts": ["again"]}])
+    with pytest.raises(CheckpointError, match=r"differs in \['seed'\]"):
+        CheckpointLog.open(path, {"task": "t", "seed": 1})
+
+
+def test_build_resumes_without_lost_or_duplicated_units(tmp_path, spec, queries):
+    full = tmp_path / "full.jsonl"
+    _write_recording(full, spec, queries)
+    ref, ref_stats = build_table(spec, ReplayBackend(full, spec, queries), queries, tmp_path / "ref", batch_size=4, progress=False)
+    assert ref_stats.units_generated == 15 and ref_stats.units_before == 0
+
+    # A backend that dies at unit (1, 2): the units before it in its batch are still checkpointed.
+    partial = tmp_path / "partial.jsonl"
+    _write_recording(partial, spec, queries, skip={(1, 2)})
+    with pytest.raises(KeyError):
+        build_table(spec, ReplayBackend(partial, spec, queries), queries, tmp_path / "t", batch_size=4, progress=False)
+    ckpt = tmp_path / "t.checkpoint.jsonl"
+    before = read_units(ckpt)
+    done_before = {(u["p"], u["q"]) for u in before}
+    assert (1, 2) not in done_before and len(done_before) == 7  # batches of 4: 4 + [(0,2)] + ... stop
+    table, stats = build_table(spec, ReplayBackend(full, spec, queries), queries, tmp_path / "t", batch_size=4, progress=False)
+    after = read_units(ckpt)
+    assert stats.units_before == 7 and stats.units_generated == 8
+    assert len(after) == 15 and len({(u["p"], u["q"]) for u in after}) == 15
+    assert after[:7] == before  # checkpointed units were kept, never regenerated
+    loaded = load_table(tmp_path / "t")
+    for name in ("answer_probs", "gold", "cost", "split"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(ref, name))
+    assert loaded.provenance["answer_labels"] == ref.provenance["answer_labels"]
+    assert loaded.provenance["build_sessions"] == 2
+
+
+def test_assembled_mv_table_values(tmp_path, spec, queries):
+    full = tmp_path / "full.jsonl"
+    _write_recording(full, spec, queries)
+    table, _ = build_table(spec, ReplayBackend(full, spec, queries), queries, tmp_path / "t", progress=False)
+    # P(correct) of prompt p on query q is ((p + q) % 3) / 4 by construction.
+    expect = np.array([[((p + q) % 3) / 4 for q in range(5)] for p in range(3)])
+    np.testing.assert_allclose(table.answer_probs[:, :, 0], expect)
+    assert np.all(table.gold == 0) and table.pool_size == 4
+    tokens = np.array([[5 + p + 1.5] * 5 for p in range(3)])  # mean of 5+p .. 8+p
+    np.testing.assert_allclose(table.cost, tokens * 0.01 / tokens.mean(1).max())
+    assert table.provenance["cost_scale_per_token"] == pytest.approx(0.01 / 8.5)
+    assert load_table(tmp_path / "t").pool_size == 4
+
+
+def test_assembled_bon_table(tmp_path):
+    spec = load_spec("helpful_harmless").with_overrides(
+        prompts=load_spec("helpful_harmless").prompts[:2], pool=3, scorer={"name": "lexical_proxy", "target_words": 10}
+    )
+    qs = load_queries(spec, limit=2)
+    units = {}
+    for p in range(2):
+        for q in range(2):
+            units[(p, q)] = {"texts": ["a"] * 3, "completion_tokens": [1, 2, 3], "prompt_tokens": 9,
+                             "scores": [[0.1 * p, 0.2 * q], [0.5, 0.5], [1.0, 0.0]]}
+    table, pool = assemble_table(spec, qs, units)
+    assert pool is None and table.outcome_values.shape == (2, 2, 3, 2)
+    np.testing.assert_allclose(table.outcome_probs, 1 / 3)
+    np.testing.assert_allclose(table.outcome_values[1, 1, 0], [0.1, 0.2])
+    np.testing.assert_allclose(table.cost, 0.01)  # every unit averages 2 tokens; max_cost 0.01
+
+
+def test_live_source_records_and_replays(tmp_path, spec, queries):
+    full = tmp_path / "full.jsonl"
+    # a recording whose seeds are those a LiveSource draws from rng seed 3
+    rng = np.random.default_rng(3)
+    prompt, n, query = np.array([0, 2, 1, 0]), np.array([4, 2, 3, 1]), np.array([1, 1, 4, 0])
+    seeds = rng.integers(0, 2**31, size=4)
+    with open(full, "w") as f:
+        for b in range(4):
+            texts = _answer_texts(int(prompt[b]), int(query[b]), queries[query[b]].gold, 4)[: n[b]]
+            f.write(json.dumps({"kind": "unit", "p": int(prompt[b]), "q": int(query[b]), "n": int(n[b]), "seed": int(seeds[b]),
+                                "texts": texts, "prompt_tokens": 10, "completion_tokens": [3] * int(n[b])}) + "\n")
+    rec = tmp_path / "run.jsonl"
+    src = LiveSource(spec, ReplayBackend(full, spec, queries), queries, record=rec)
+    pulls, ptoks, ctoks = src.pull(prompt, n, query, np.random.default_rng(3))
+    assert pulls.width == 4 and pulls.mask.sum() == 10
+    assert ptoks.tolist() == [10] * 4 and ctoks.tolist() == [12, 6, 9, 3]
+    # prompt 0 on query 1: right on 1 of 4 tries -> first completion gold (0), others wrong
+    assert pulls.outcome[0].tolist() == [0, 1, 2, 1]
+    np.testing.assert_array_equal(pulls.values[..., 0], (pulls.outcome == 0) & pulls.mask)
+    np.testing.assert_allclose(pulls.cost[pulls.mask], 3 * src.cost_per_token)
+    assert src.cost_per_token == pytest.approx(0.01 / 40)
+    # Replaying the recording reproduces the pulls exactly.
+    again = LiveSource(spec, ReplayBackend(rec, spec, queries), queries).pull(prompt, n, query, np.random.default_rng(3)).pulls
+    for name in ("outcome", "values", "cost", "mask"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(pulls, name))
+    with pytest.raises(ValueError, match="no query was pulled under all 3 prompts"):
+        recording_to_table(rec, spec, queries)

@@ -1,0 +1,108 @@
+"""The real vLLM engine in process (CPU build, SmolLM2-135M-Instruct): backend, builder, live source."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from live_support import ENGINE_KWARGS, require_live_stack
+
+from iapo_gym.live.backends import GenerationRequest, SamplingConfig
+from iapo_gym.live.builder import build_table, unit_seed
+from iapo_gym.live.checkpoint import read_units
+from iapo_gym.live.scorers import NumericScorer, cluster_answers
+from iapo_gym.live.source import LiveSource, ReplayBackend
+from iapo_gym.live.specs import load_queries, load_spec
+from iapo_gym.tables.io import load_table
+from iapo_gym.tables.validation import validate_table
+
+pytestmark = pytest.mark.live
+MAX_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def engine():
+    require_live_stack()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from iapo_gym.live.backends import VLLMBackend
+
+    backend = VLLMBackend("smollm2", SamplingConfig(0.8, 0.95, MAX_TOKENS), seed=0, **ENGINE_KWARGS)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def spec():
+    s = load_spec("smolarith")
+    return s.with_overrides(prompts=s.prompts[:2], pool=4, sampling=SamplingConfig(0.8, 0.95, MAX_TOKENS))
+
+
+def _req(text: str, n: int, seed: int) -> GenerationRequest:
+    return GenerationRequest(({"role": "user", "content": text},), n, seed)
+
+
+def test_seeded_generation_and_token_counts(engine):
+    reqs = [_req("What is 2 + 3?", 3, 11), _req("Name a colour.", 2, 12), _req("What is 2 + 3?", 3, 99)]
+    first = engine.generate(reqs)
+    alone = engine.generate([reqs[0]])[0]
+    assert alone.texts == first[0].texts  # same seed, another batch: same completions
+    assert first[2].texts != first[0].texts  # another seed: other completions
+    for r, g in zip(reqs, first):
+        assert len(g.texts) == r.n and g.exact_counts
+        assert g.prompt_tokens == len(engine.encode(r.messages))
+        assert all(1 <= c <= MAX_TOKENS for c in g.completion_tokens)
+        assert [c == MAX_TOKENS for c in g.completion_tokens] == [f == "length" for f in g.finish_reasons]
+    ids = engine.encode(reqs[0].messages)
+    assert engine.tokenizer.decode(ids).rstrip().endswith("assistant")  # ChatML generation prompt applied
+
+
+def test_builder_matches_raw_generate(engine, spec, tmp_path):
+    queries = load_queries(spec, limit=3)
+    table, stats = build_table(spec, engine, queries, tmp_path / "t", seed=5, batch_size=4, progress=False)
+    assert stats.units_generated == 6 and stats.completions == 24
+    units = read_units(tmp_path / "t.checkpoint.jsonl")
+    # The builder's request for a unit is exactly the raw vLLM call with the unit's seed.
+    import vllm
+
+    prompts = [{"prompt_token_ids": engine.encode(spec.messages(u["p"], queries[u["q"]]))} for u in units]
+    params = [vllm.SamplingParams(n=4, seed=unit_seed(5, u["p"], queries[u["q"]].id), temperature=0.8, top_p=0.95,
+                                  max_tokens=MAX_TOKENS) for u in units]
+    raw = engine.llm.generate(prompts, params, use_tqdm=False)
+    for u, out in zip(units, raw):
+        assert u["texts"] == [c.text for c in sorted(out.outputs, key=lambda c: c.index)]
+        assert u["completion_tokens"] == [len(c.token_ids) for c in sorted(out.outputs, key=lambda c: c.index)]
+    # The table is the answer clustering of those texts.
+    s = NumericScorer()
+    loaded = load_table(tmp_path / "t")
+    validate_table(loaded)
+    for q in range(3):
+        answers = [s.extract(t) for p in range(2) for t in next(u for u in units if (u["p"], u["q"]) == (p, q))["texts"]]
+        cats, _ = cluster_answers(answers, s.gold_key(queries[q].gold), s)
+        for p in range(2):
+            counts = np.bincount(cats.reshape(2, 4)[p], minlength=loaded.n_outcomes)
+            np.testing.assert_allclose(loaded.answer_probs[p, q], counts / 4)
+    tokens = np.array([[np.mean(next(u for u in units if (u["p"], u["q"]) == (p, q))["completion_tokens"]) for q in range(3)]
+                       for p in range(2)])
+    np.testing.assert_allclose(loaded.cost, tokens * 0.01 / tokens.mean(1).max())
+    assert loaded.provenance["model"] == "smollm2" and loaded.provenance["sampling"]["max_tokens"] == MAX_TOKENS
+
+
+def test_live_source_scores_and_replays(engine, spec, tmp_path):
+    queries = load_queries(spec, limit=4)
+    src = LiveSource(spec, engine, queries, record=tmp_path / "run.jsonl")
+    prompt, n, query = np.array([0, 1, 1]), np.array([3, 1, 4]), np.array([0, 2, 3])
+    pulls, ptoks, ctoks = src.pull(prompt, n, query, np.random.default_rng(0))
+    rec = read_units(tmp_path / "run.jsonl")
+    assert [(r["p"], r["q"], len(r["texts"])) for r in rec] == [(0, 0, 3), (1, 2, 1), (1, 3, 4)]
+    s = NumericScorer()
+    for b, r in enumerate(rec):
+        correct = [s.extract(t) == queries[r["q"]].gold for t in r["texts"]]
+        assert pulls.values[b, : n[b], 0].astype(bool).tolist() == correct
+        assert ctoks[b] == sum(r["completion_tokens"]) and ptoks[b] == r["prompt_tokens"]
+    np.testing.assert_allclose(pulls.cost.sum(1), ctoks * src.cost_per_token)
+    replay = LiveSource(spec, ReplayBackend(tmp_path / "run.jsonl", spec, queries), queries)
+    again = replay.pull(prompt, n, query, np.random.default_rng(0)).pulls
+    np.testing.assert_array_equal(again.outcome, pulls.outcome)
+    np.testing.assert_array_equal(again.cost, pulls.cost)
