@@ -49,7 +49,10 @@ def load_env_table(env_id: str, world_seed: int | None = None) -> OutcomeTable:
         from iapo_gym.tables.store import load_named
 
         return load_named(task)
-    return load_task_table(task, world_seed=world_seed)
+    try:
+        return load_task_table(task, world_seed=world_seed)
+    except KeyError as exc:  # unknown task: a clear message instead of a traceback
+        raise ValueError(str(exc.args[0]) if exc.args else f"unknown task {env_id!r}") from None
 
 
 def split_queries(table: OutcomeTable, split: str) -> np.ndarray | None:
