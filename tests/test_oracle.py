@@ -289,3 +289,20 @@ def test_task_name_and_context_selection():
     assert select_contexts(names[:3], None) == [0, 1, 2]
     assert select_contexts(names, "c5,2") == [5, 2]
     assert select_contexts(names, "all") == list(range(27))
+
+
+def test_mv_row_blocks_and_dedup_do_not_change_values(monkeypatch):
+    rng = np.random.default_rng(21)
+    probs = rng.integers(0, 8, size=(700, 3)).astype(float) + 0.5
+    probs /= probs.sum(axis=1, keepdims=True)  # coarse rows: many repeats after gold-first sorting
+    gold = rng.integers(0, 3, size=700)
+    whole = mv_credit(probs, gold, 9)
+    rows = oracle._gold_first(probs, gold)
+    unique, inverse = oracle._unique_rows(rows)
+    ref_unique, ref_inverse = np.unique(rows, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(unique, ref_unique)
+    np.testing.assert_array_equal(inverse, ref_inverse.reshape(-1))
+    assert len(unique) < 700
+    monkeypatch.setattr(oracle, "_MV_BLOCK_ELEMENTS", 1)  # 256-row blocks
+    np.testing.assert_allclose(mv_credit(probs, gold, 9), whole, atol=1e-15)
+    np.testing.assert_allclose(whole[5], [brute_mv_credit(probs[5], int(gold[5]), n) for n in range(1, 10)], atol=1e-13)
