@@ -26,3 +26,21 @@ def datasets_dir() -> Path:
     if not DATASETS.exists():
         pytest.skip(f"benchmark questions are not at {DATASETS} (../shared is absent in this clone)")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def math_data_dir(math_pickle: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A data directory holding the imported MATH table; ``IAPO_GYM_DATA`` points at it for the session."""
+    import os
+
+    from iapo_gym.tables.store import import_file
+
+    directory = tmp_path_factory.mktemp("iapo-data")
+    old = os.environ.get("IAPO_GYM_DATA")
+    os.environ["IAPO_GYM_DATA"] = str(directory)
+    import_file(math_pickle, name="MATH")
+    yield directory
+    if old is None:
+        os.environ.pop("IAPO_GYM_DATA", None)
+    else:
+        os.environ["IAPO_GYM_DATA"] = old

@@ -1,0 +1,47 @@
+"""iapo-gym: inference-aware prompt optimisation (IAPO) as Gymnasium contextual bandits.
+
+``import iapo_gym`` registers one env id per task (``IAPO-<task>-v0``, see
+:data:`iapo_gym.tasks.TASKS`); ``gym.make("iapo_gym:IAPO-MATH-v0")`` imports and registers in one go.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from iapo_gym.arms import Arm, arm_from_index, arm_index
+from iapo_gym.contexts import ContextSet
+from iapo_gym.ledger import BudgetExceededError, BudgetLedger
+from iapo_gym.tables.format import OutcomeTable
+from iapo_gym.tasks import TASKS, TaskInfo, load_task_table, register_task
+
+__version__ = "0.1.0"
+
+
+def register_envs() -> None:
+    """Register ``IAPO-<name>-v0`` for every task in :data:`TASKS` (idempotent)."""
+    for info in TASKS.values():
+        if info.env_id not in gym.registry:
+            gym.register(
+                id=info.env_id,
+                entry_point="iapo_gym.env:IAPOEnv",
+                vector_entry_point="iapo_gym.env:make_vector_env",
+                kwargs={"task": info.name},
+            )
+
+
+register_envs()
+
+__all__ = [
+    "Arm",
+    "BudgetExceededError",
+    "BudgetLedger",
+    "ContextSet",
+    "OutcomeTable",
+    "TASKS",
+    "TaskInfo",
+    "arm_from_index",
+    "arm_index",
+    "load_task_table",
+    "register_envs",
+    "register_task",
+]

@@ -1,0 +1,112 @@
+"""The task registry: which table (or generator) stands behind each environment id.
+
+Real tasks read a converted table from the data directory (``iapo-gym data import`` / ``pull``);
+synthetic tasks draw a fresh world from ``world_seed``; shipped tasks read a table directory
+inside the repository's ``envs_data/``. Users add a task with :func:`register_task`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Literal
+
+from iapo_gym.tables.format import OutcomeTable
+from iapo_gym.tasks.synthetic import make_synth_bernoulli, make_synth_categorical
+
+ENVS_DATA = Path(__file__).resolve().parents[2] / "envs_data"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task.
+
+    Attributes:
+        name: task name, e.g. ``"MATH"``; the env id is ``IAPO-<name>-v0``.
+        strategy: ``"mv"`` or ``"bon"``.
+        kind: ``"real"`` (table in the data directory), ``"synthetic"`` (drawn per world seed) or
+            ``"shipped"`` (table directory in ``envs_data/``).
+        description: one line for listings.
+        generator: ``world_seed -> OutcomeTable`` for synthetic tasks.
+        table: data-directory name (real) or path (shipped) of the table.
+    """
+
+    name: str
+    strategy: Literal["mv", "bon"]
+    kind: Literal["real", "synthetic", "shipped"]
+    description: str
+    generator: Callable[[int], OutcomeTable] | None = None
+    table: str | None = None
+
+    @property
+    def env_id(self) -> str:
+        """The Gymnasium id, ``IAPO-<name>-v0``."""
+        return f"IAPO-{self.name}-v0"
+
+
+TASKS: dict[str, TaskInfo] = {}
+
+
+def register_task(info: TaskInfo) -> TaskInfo:
+    """Add a task to :data:`TASKS` (the env id is registered by ``iapo_gym.register_envs``)."""
+    if info.kind == "synthetic" and info.generator is None:
+        raise ValueError(f"synthetic task {info.name} needs a generator")
+    if info.kind != "synthetic" and not info.table:
+        raise ValueError(f"task {info.name} needs a table name or path")
+    TASKS[info.name] = info
+    return info
+
+
+for _info in (
+    TaskInfo("SynthBernoulli", "mv", "synthetic", "majority voting, 32 prompts incl. deceptive ones, 520 queries", make_synth_bernoulli),
+    TaskInfo("MATH", "mv", "real", "MATH (Hendrycks), 25 prompts, 316 queries, Llama-3.3-70B (paper release)", table="MATH"),
+    TaskInfo("CommonsenseQA", "mv", "real", "CommonsenseQA, 48 prompts, 1500 queries (paper release)", table="CommonsenseQA"),
+    TaskInfo("SynthCategorical", "bon", "synthetic", "best-of-N, 32 prompts, 512 queries, 2 objectives in [0, 4]", make_synth_categorical),
+    TaskInfo("HelpfulHarmless", "bon", "real", "Anthropic HH, 20 prompts, helpful/harmless reward models (paper release)", table="HelpfulHarmless"),
+    TaskInfo("Summarization", "bon", "real", "TL;DR summarisation, 20 prompts, two reward models (paper release)", table="Summarization"),
+):
+    register_task(_info)
+
+
+def task_name(task_or_env_id: str) -> str:
+    """``"IAPO-MATH-v0"``, ``"iapo_gym:IAPO-MATH-v0"`` or ``"MATH"`` -> ``"MATH"``."""
+    name = task_or_env_id.split(":")[-1]
+    if name.startswith("IAPO-") and name.endswith("-v0"):
+        name = name[len("IAPO-") : -len("-v0")]
+    if name not in TASKS:
+        raise KeyError(f"unknown task {task_or_env_id!r}; known tasks: {', '.join(TASKS)}")
+    return name
+
+
+@lru_cache(maxsize=16)
+def _load_stored(directory: str, mtime: float) -> OutcomeTable:
+    from iapo_gym.tables.io import load_table
+
+    return load_table(directory)
+
+
+def load_task_table(task: str, world_seed: int | None = None) -> OutcomeTable:
+    """The outcome table behind ``task`` (a task name or env id).
+
+    Real and shipped tables are loaded once per process and shared (so the exact oracle's cache
+    is computed once); synthetic tables are drawn from ``world_seed`` (default 0) on every call.
+
+    Raises:
+        KeyError: unknown task.
+        iapo_gym.tables.store.TableNotFoundError: a real task whose table was never imported; the
+            message names ``iapo-gym data pull`` and ``iapo-gym data import``.
+    """
+    info = TASKS[task_name(task)]
+    if info.kind == "synthetic":
+        return info.generator(0 if world_seed is None else int(world_seed))  # type: ignore[misc]
+    if info.kind == "shipped":
+        path = Path(info.table)  # type: ignore[arg-type]
+        path = path if path.is_absolute() else ENVS_DATA / path
+        return _load_stored(str(path), (path / "manifest.json").stat().st_mtime)
+    from iapo_gym.tables.store import load_named, table_path
+
+    manifest = table_path(info.table) / "manifest.json"  # type: ignore[arg-type]
+    if not manifest.exists():
+        return load_named(info.table)  # raises TableNotFoundError with the fix
+    return _load_stored(str(manifest.parent), manifest.stat().st_mtime)
