@@ -454,20 +454,20 @@ def summary_table(res: Any, agents: Sequence[str], reference: str) -> str:
         budgets = sorted(set(res.budget[m_env].tolist()))
         oracle = res.oracle_acr[m_env].mean()
         lines.append(f"\n{env}  (mean oracle ACR {oracle:.4f}; cells: mean ACR / regret, p vs {reference})")
-        lines.append(f"{'agent':<16}" + "".join(f"{'T=' + str(b):>26}" for b in budgets))
+        lines.append(f"{'agent':<16}" + "".join(f"{'T=' + str(b):>30}" for b in budgets))
         for agent in agents:
             cells = []
             for b in budgets:
                 m = m_env & res.mask(agent=agent, budget=b)
                 if not m.any():
-                    cells.append(f"{'-':>26}")
+                    cells.append(f"{'-':>30}")
                     continue
-                cell = f"{res.acr[m].mean():.4f} / {res.regret[m].mean():.4f}"
+                cell = f"{res.acr[m].mean():.4f} / {res.regret[m].mean():.4f}" + ("" if agent != reference else " " * 10)
                 if agent != reference:
                     _, a, r = res.paired("acr", env, b, agent, reference)
                     if a.size:
-                        cell += f" p={stats.format_p(stats.paired_wilcoxon(a, r)[1])}"
-                cells.append(f"{cell:>26}")
+                        cell += f" p={stats.format_p(stats.paired_wilcoxon(a, r)[1]):<7}"
+                cells.append(f"{cell:>30}")
             lines.append(f"{agent:<16}" + "".join(cells))
     return "\n".join(lines)
 
@@ -486,27 +486,33 @@ def command_line(args: Args) -> str:
 
 
 # --------------------------------------------------------------------------- entry point
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        plan = make_plan(args)
-    except ArgumentError as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 2
+def run_experiment(args: Args, log: Callable[[str], None] = print) -> tuple[Runner, dict[str, Path]]:
+    """Validate, run (skipping finished runs) and analyse; returns the runner and the paths written."""
+    plan = make_plan(args)
     plan.out.mkdir(parents=True, exist_ok=True)
     if plan.missing_agents:
-        print(f"note: agents not registered yet, left out: {', '.join(plan.missing_agents)}")
-    t0 = time.perf_counter()
-    runner = Runner(args, plan)
+        log(f"note: agents not registered yet, left out: {', '.join(plan.missing_agents)}")
+    runner = Runner(args, plan, log)
     if not args.analyse_only:
         runner.run()
     else:
         for env_id in plan.envs:  # record skipped tasks for the report
             runner.check_env(env_id)
-    written = analyse(args, plan, runner.skipped_envs)
-    print(f"\nfinished in {time.perf_counter() - t0:.1f} s; wrote:")
+    written = analyse(args, plan, runner.skipped_envs, log)
     if args.track and (plan.out / "tb").exists():
         written["tensorboard"] = plan.out / "tb"
+    return runner, written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        _, written = run_experiment(args)
+    except ArgumentError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nfinished in {time.perf_counter() - t0:.1f} s; wrote:")
     for name, path in written.items():
         print(f"  {name:<14} {path}")
     return 0

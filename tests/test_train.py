@@ -1,0 +1,175 @@
+"""train.py end to end on tiny tasks with real agents: CSV, exact metrics, TensorBoard, plots, Wilcoxon, resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+import train
+from iapo_gym import oracle
+from iapo_gym.experiments.results import Results
+from iapo_gym.tables.testing import example_table
+
+TINY_MV = "IAPO-TestTinyMV-v0"  # one fixed table, re-split 80/20 per seed (like a real task)
+TINY_SYNTH = "IAPO-TestTinySynthBoN-v0"  # a fresh world per seed (like a synthetic task)
+AGENTS = ("psst", "uniform", "random")
+BUDGETS = (64, 400)
+RUNS = 5
+
+
+def _register() -> None:
+    import iapo_gym  # noqa: F401  (registers the real ids; the env module must exist)
+    from iapo_gym.tasks import TaskInfo, register_task
+
+    if TINY_MV not in gym.registry:
+        gym.register(TINY_MV, entry_point="iapo_gym.env:IAPOEnv",
+                     kwargs={"task": example_table("mv", seed=7, n_prompts=3, n_queries=30, n_max=6)})
+    if TINY_SYNTH not in gym.registry:
+        register_task(TaskInfo("TestTinySynthBoN", "bon", "synthetic", "test world",
+                               lambda seed: example_table("bon", seed=seed, n_prompts=3, n_queries=20, n_max=4)))
+        iapo_gym.register_envs()
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> tuple[train.Args, train.Runner, dict[str, Path]]:
+    _register()
+    out = tmp_path_factory.mktemp("exp")
+    args = train.Args(
+        env=f"{TINY_MV},{TINY_SYNTH}", agents=",".join(AGENTS), budgets=",".join(map(str, BUDGETS)), runs=RUNS,
+        out=str(out), reference="psst", progress=False, report=str(out / "REPORT.md"),
+    )
+    runner, written = train.run_experiment(args, log=lambda s: None)
+    return args, runner, written
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_results_csv_has_every_run_and_sane_exact_metrics(experiment) -> None:
+    args, runner, written = experiment
+    rows = _rows(written["results"])
+    for col in ("env", "agent", "budget", "seed", "acr", "oracle_acr", "regret", "budget_used", "wall_s", "optimal_frac"):
+        assert col in rows[0]
+    keys = {(r["env"], r["agent"], int(r["budget"]), int(r["seed"])) for r in rows}
+    assert keys == {(e, a, b, s) for e in (TINY_MV, TINY_SYNTH) for a in AGENTS for b in BUDGETS for s in range(RUNS)}
+    assert len(rows) == len(keys)
+    assert runner.fits == 2 * len(AGENTS) * len(BUDGETS)  # one vectorised batch per configuration
+    for r in rows:
+        acr, best, regret = float(r["acr"]), float(r["oracle_acr"]), float(r["regret"])
+        assert acr <= best + 1e-12 and regret >= 0 and regret == pytest.approx(best - acr, abs=1e-12)
+        assert 0 <= int(r["budget_used"]) <= int(r["budget"]) and float(r["wall_s"]) >= 0
+        assert 0 <= float(r["optimal_frac"]) <= 1
+    # psst spends its budget; with a real budget it beats the uniformly random policy on average
+    res = Results.read(written["results"])
+    assert res.budget_used[res.mask(agent="psst", budget=400)].min() > 300
+    for env in (TINY_MV, TINY_SYNTH):
+        assert res.acr[res.mask(env=env, agent="psst", budget=400)].mean() > res.acr[res.mask(env=env, agent="random", budget=400)].mean()
+
+
+def test_oracle_columns_match_an_independent_oracle_on_each_seeds_split_and_world(experiment) -> None:
+    _, _, written = experiment
+    res = Results.read(written["results"])
+    for env_id in (TINY_MV, TINY_SYNTH):
+        for seed in range(RUNS):
+            env = gym.make(env_id, budget=1, split_seed=seed, world_seed=seed).unwrapped
+            q = oracle.q_values(env.table, env.test_queries)
+            best = oracle.best_arms(q)
+            m = res.mask(env=env_id, seed=seed)
+            assert np.allclose(res.oracle_acr[m], oracle.acr(q, best, env.contexts.probs), rtol=0, atol=1e-12)
+            # the recorded per-context policy reproduces the recorded ACR exactly (deterministic agents)
+            for i in np.flatnonzero(m & (res.agent != "random")):
+                pol = res.policy[i]
+                arms = np.array(pol["prompt"]) * env.n_max + np.array(pol["n"]) - 1
+                assert res.acr[i] == pytest.approx(oracle.acr(q, arms, env.contexts.probs), abs=1e-12)
+                assert pol["best_n"] == (best % env.n_max + 1).tolist()
+    # synthetic worlds differ per seed, the fixed table does not
+    assert len(set(np.round(res.oracle_acr[res.mask(env=TINY_SYNTH)], 12))) > 1
+
+
+def test_tensorboard_event_files_hold_the_csv_means(experiment) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, written = experiment
+    res = Results.read(written["results"])
+    runs = sorted(p for p in (written["tensorboard"]).iterdir() if p.is_dir())
+    assert len(runs) == 2 * len(AGENTS)
+    for run in runs:
+        env, agent, seeds, _stamp = run.name.split("__")
+        assert seeds == f"0x{RUNS}"
+        ea = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+        ea.Reload()
+        tags = ea.Tags()["scalars"]
+        assert {"charts/acr", "charts/regret", "charts/oracle_acr", "charts/optimal_frac", "charts/budget_used"} <= set(tags)
+        n_contexts = len(gym.make(env, budget=1).unwrapped.contexts)
+        for family in ("policy/n/", "policy/prompt/", "policy/optimal/"):
+            assert sorted(t.split("/")[2].split("_")[0] for t in tags if t.startswith(family)) == sorted(
+                f"c{i}" for i in range(n_contexts)
+            )
+        for tag, col in (("charts/acr", res.acr), ("charts/regret", res.regret)):
+            got = {e.step: e.value for e in ea.Scalars(tag)}
+            want = {b: col[res.mask(env=env, agent=agent, budget=b)].mean() for b in BUDGETS}
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+        n_tag = next(t for t in tags if t.startswith("policy/n/c0_"))
+        got_n = {e.step: e.value for e in ea.Scalars(n_tag)}
+        idx = {b: np.flatnonzero(res.mask(env=env, agent=agent, budget=b)) for b in BUDGETS}
+        assert got_n == pytest.approx({b: np.mean([res.policy[i]["n_mean"][0] for i in ix]) for b, ix in idx.items()})
+        assert ea.PluginTagToContent("hparams")  # hyper-parameters for the HParams dashboard
+
+
+def test_wilcoxon_table_equals_scipy_on_the_csv(experiment) -> None:
+    _, _, written = experiment
+    res = Results.read(written["results"])
+    table = _rows(written["wilcoxon_csv"])
+    assert {(r["env"], r["agent"], int(r["budget"])) for r in table} == {
+        (e, a, b) for e in (TINY_MV, TINY_SYNTH) for a in ("uniform", "random") for b in BUDGETS
+    }
+    for r in table:
+        agent = res.acr[res.mask(env=r["env"], agent=r["agent"], budget=int(r["budget"]))]
+        ref = res.acr[res.mask(env=r["env"], agent="psst", budget=int(r["budget"]))]
+        order_a = np.argsort(res.seed[res.mask(env=r["env"], agent=r["agent"], budget=int(r["budget"]))])
+        order_r = np.argsort(res.seed[res.mask(env=r["env"], agent="psst", budget=int(r["budget"]))])
+        a, b = agent[order_a], ref[order_r]
+        if np.all(a == b):
+            assert float(r["p_value"]) == 1.0
+        else:
+            assert float(r["p_value"]) == pytest.approx(sps.wilcoxon(a, b, alternative="two-sided").pvalue)
+        assert int(r["n_pairs"]) == RUNS
+
+
+def test_plots_and_report_are_written(experiment) -> None:
+    _, _, written = experiment
+    for key in ("acr_plot", "n_plot"):
+        data = written[key].read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    text = written["report"].read_text()
+    assert "TestTinyMV" in text and "| PSST |" in text and "## The paper's claims, checked" in text
+    assert "![ACR against budget](acr_vs_budget.png)" in text
+
+
+def test_rerun_skips_finished_runs_and_extends_only_new_seeds(experiment) -> None:
+    args, _, written = experiment
+    before = written["results"].read_text()
+    runner, _ = train.run_experiment(args, log=lambda s: None)
+    assert runner.fits == 0
+    assert written["results"].read_text() == before
+    more = train.Args(**{**vars(args), "runs": RUNS + 2, "env": TINY_MV, "agents": "psst", "report": ""})
+    runner, _ = train.run_experiment(more, log=lambda s: None)
+    assert runner.fits == len(BUDGETS)  # one batch per budget, of the two new seeds only
+    rows = _rows(written["results"])
+    assert len(rows) == 2 * len(AGENTS) * len(BUDGETS) * RUNS + 2 * len(BUDGETS)
+    new = [r for r in rows if int(r["seed"]) >= RUNS]
+    assert {(r["agent"], int(r["seed"])) for r in new} == {("psst", RUNS), ("psst", RUNS + 1)}
+
+
+def test_unknown_task_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    _register()
+    assert train.main(["--env", "IAPO-Nope-v0", "--agents", "psst", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task id(s) IAPO-Nope-v0" in err and "IAPO-SynthBernoulli-v0" in err
