@@ -284,8 +284,8 @@ def per_query_values(table: OutcomeTable, weights: ArrayLike | None = None) -> N
     """Exact expected utility of every arm on every query, ``(C, P, Q, n_max)``.
 
     ``weights`` (``(C, K + 1)``, last column the cost magnitude) defaults to the table's contexts;
-    those values are cached in ``table.cache``. For many other contexts prefer :func:`q_values`,
-    which never materialises the query axis for MV.
+    those values are cached in ``table.cache`` (BoN returns the cached array itself, read-only).
+    For many other contexts prefer :func:`q_values`, which never materialises the query axis for MV.
     """
     w = _weights(table, weights)
     n = np.arange(1, table.n_max + 1)
