@@ -28,10 +28,37 @@ class BatchAgent(Agent):
         if not seeds:
             return []
         envs = [make_env(s) for s in seeds]
-        return self._fit_runs(Runs(envs, budget, seeds, self.name))
+        policies: list[Policy] = []
+        for lo, hi in _chunks(envs):
+            policies += self._fit_runs(Runs(envs[lo:hi], budget, seeds[lo:hi], self.name))
+        return policies
 
     def _fit_runs(self, runs: Runs) -> list[Policy]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+#: Largest stacked table (bytes) one batch builds when every run has its own table (synthetic worlds).
+STACK_BYTES = 256 * 2**20
+
+
+def _table_bytes(table: Any) -> int:
+    return sum(
+        a.nbytes for a in (table.answer_probs, table.gold, table.outcome_values, table.outcome_probs, table.cost)
+        if a is not None
+    )
+
+
+def _chunks(envs: Sequence[Any]) -> list[tuple[int, int]]:
+    """Split a batch so that stacking per-run tables never exceeds :data:`STACK_BYTES`.
+
+    Runs that share one table (real tasks) stay one batch; per-seed worlds of a large synthetic
+    task (Synth-Categorical: ~3 MB each) run in chunks of ``STACK_BYTES // table size`` seeds.
+    """
+    tables = [getattr(getattr(e, "unwrapped", e), "table", None) for e in envs]
+    if len(envs) <= 1 or any(t is None for t in tables) or all(t is tables[0] for t in tables):
+        return [(0, len(envs))]
+    size = max(1, STACK_BYTES // max(1, _table_bytes(tables[0])))
+    return [(lo, min(lo + size, len(envs))) for lo in range(0, len(envs), size)]
 
 
 def ranking_key(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[np.float64]:

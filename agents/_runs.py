@@ -11,9 +11,11 @@ pulls for all of them at once:
 * each env's budget ledger is charged with exactly the completions its run used, so the ledgers
   stay the single source of truth (and raise if an agent ever overspends).
 
-A batch of ONE env uses that env's own ``pull`` (its query RNG, its ledger, a live backend if it
-has one), so ``fit(env, budget, seed)`` works on any env that implements the batched structural
-API. Batches of several envs need table-backed envs.
+Every run starts with ``env.reset(seed=seed)`` (the env's convention for a new training run: it
+seeds the env's RNG and clears its ledger). A batch of ONE env then uses that env's own ``pull``
+(its RNG, its ledger, a live backend if it has one), so ``fit(env, budget, seed)`` works on any
+env that implements the batched structural API and is reproducible from ``seed``. Batches of
+several envs need table-backed envs.
 
 Seeding: the batch's generator is ``numpy.random.default_rng([seed_0, ..., seed_{S-1}, salt])``
 (``salt`` names the agent), so a batch is reproducible from its seed list; run ``s`` of a batch is
@@ -82,6 +84,10 @@ class Runs:
                 raise ValueError("all envs of a batch must share the same context set")
         self.n_runs = len(self.envs)
         self.seeds = [int(s) for s in seeds]
+        for env, seed in zip(self.envs, self.seeds):
+            # A training run starts at a seeded reset (IAPOEnv: seeds its RNG, clears the ledger).
+            if hasattr(env, "reset"):
+                env.reset(seed=seed)
         self.rng = agent_rng(self.seeds, salt)
         self.budgets = np.array([min(int(budget), _remaining(e)) for e in self.envs], dtype=np.int64)
         self.spent = np.zeros(self.n_runs, dtype=np.int64)

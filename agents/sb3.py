@@ -48,9 +48,16 @@ class BudgetWrapper(gym.Wrapper):
         super().__init__(env)
         base = env.unwrapped
         self.n_max = int(base.n_max)
-        self.budget = int(min(int(budget), _remaining(base)))
+        self.budget = int(budget)
         self._start = int(base.ledger.spent)
         self.clipped = 0
+
+    def start(self, seed: int) -> None:
+        """Begin a training run: seeded reset (IAPOEnv clears its ledger), then fix the budget."""
+        self.env.reset(seed=int(seed))
+        base = self.env.unwrapped
+        self._start = int(base.ledger.spent)
+        self.budget = int(min(self.budget, _remaining(base)))
 
     @property
     def spent(self) -> int:
@@ -147,12 +154,12 @@ class SB3Agent(Agent):
     def fit(self, env: Any, budget: int, seed: int) -> Policy:
         base = _unwrap(env)
         wrapper = BudgetWrapper(base, budget)
+        wrapper.start(seed)
         if wrapper.budget < 1:
             arms = np.zeros(len(base.contexts), dtype=np.int64)
             return TablePolicy(base.contexts, arms, int(base.n_max), 0, {"algo": self.algo, "steps": 0})
         kwargs = {**_defaults(self.algo, wrapper.budget, wrapper.n_max), **self.algo_kwargs}
         cls = _algorithm_class(self.algo)
-        wrapper.reset(seed=int(seed))
         model = cls(self.policy, wrapper, seed=int(seed), device="cpu", verbose=0, **kwargs)
         model.learn(total_timesteps=wrapper.budget, callback=_stop_callback(wrapper))
         obs = base.contexts.weights.astype(np.float32)

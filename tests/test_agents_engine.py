@@ -1,0 +1,101 @@
+"""The vectorised statistics engine against the reference utilities (iapo_gym.utility)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents._engine import ContextSplit, NestedStats, block_plan, nested_gains, random_fit, row_utility
+from iapo_gym.contexts import cost_contexts, preference_contexts
+from iapo_gym.sampling import Pulls
+from iapo_gym.utility import nested_sums, utility
+
+MV_CONTEXTS = cost_contexts({"low": 0.0, "mid": 0.2, "high": 1.0})
+BON_CONTEXTS = preference_contexts(("helpful", "harmless"), {"low": 0.1, "high": 1.0})
+
+
+def random_pulls(strategy: str, rows: int, width: int, seed: int, categories: int = 5) -> Pulls:
+    """Raw pulls with random sizes 0..width (row 0 full), outcomes, gold answers and costs."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(0, width + 1, size=rows)
+    n[0] = width
+    mask = np.arange(width)[None, :] < n[:, None]
+    # Few categories make ties (and 1/t credit) frequent.
+    outcome = np.where(mask, rng.integers(0, categories, size=(rows, width)), -1)
+    if strategy == "mv":
+        gold = rng.integers(0, categories, size=rows)
+        values = np.where(mask, outcome == gold[:, None], 0).astype(float)[:, :, None]
+    else:
+        gold = np.full(rows, -1)
+        values = np.where(mask[:, :, None], rng.uniform(-1.0, 4.0, size=(rows, width, 2)), 0.0)
+    cost = np.where(mask, rng.uniform(0.001, 0.02, size=(rows, 1)), 0.0)
+    return Pulls(strategy, rng.integers(0, 3, rows), n, rng.integers(0, 9, rows), outcome, values, cost, gold, mask,
+                 categories)
+
+
+@pytest.mark.parametrize("strategy,contexts", [("mv", MV_CONTEXTS), ("bon", BON_CONTEXTS)])
+@pytest.mark.parametrize("width", [1, 7, 32])
+def test_nested_gains_match_reference_nested_sums(strategy, contexts, width):
+    pulls = random_pulls(strategy, 120, width, seed=width, categories=3)
+    split = ContextSplit(contexts)
+    gain, count, cost = nested_gains(pulls, split.obj_weights, width)
+    ours = gain[split.group] - split.cost_weight[:, None, None] * cost[None]
+    ref, ref_count = nested_sums(pulls, contexts.weights, width)
+    np.testing.assert_array_equal(count, ref_count)
+    np.testing.assert_allclose(ours, ref, atol=2e-5)  # block scores are float32
+
+
+def test_contexts_sharing_objective_weights_share_one_gain():
+    split = ContextSplit(BON_CONTEXTS)
+    assert split.obj_weights.shape == (9, 2) and split.group.shape == (18,)
+    assert ContextSplit(MV_CONTEXTS).obj_weights.shape == (1, 1)
+
+
+@pytest.mark.parametrize("strategy,contexts", [("mv", MV_CONTEXTS), ("bon", BON_CONTEXTS)])
+def test_row_utility_scores_each_pull_under_its_own_context(strategy, contexts):
+    pulls = random_pulls(strategy, 60, 9, seed=3)
+    which = np.random.default_rng(0).integers(0, len(contexts), 60)
+    ours = row_utility(pulls, contexts.weights[which])
+    ref = utility(pulls, contexts.weights)[which, np.arange(60)]
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_block_plan_lists_every_block_once_by_size():
+    plan = block_plan(7)
+    sizes = [int(k) for k in plan.size]
+    assert sizes == [1] * 7 + [2] * 3 + [3] * 2 + [4, 5, 6, 7]
+    assert plan.start.tolist()[7:10] == [0, 2, 4] and plan.end.tolist()[7:10] == [2, 4, 6]
+    assert plan.size_start.tolist() == [0, 7, 10, 12, 13, 14, 15]
+
+
+def test_stats_accumulate_per_run_and_prompt():
+    pulls = random_pulls("mv", 50, 8, seed=5)
+    run = np.random.default_rng(1).integers(0, 4, 50)
+    stats = NestedStats(4, 3, 8, MV_CONTEXTS)
+    stats.add(pulls, run)
+    ref, counts = nested_sums(pulls, MV_CONTEXTS.weights, 8)
+    expect_sum = np.zeros((4, 3, 3, 8))
+    expect_cnt = np.zeros((4, 3, 8), dtype=np.int64)
+    for b in range(50):  # reference scatter, one pull at a time
+        expect_sum[run[b], :, pulls.prompt[b]] += ref[:, b]
+        expect_cnt[run[b], pulls.prompt[b]] += counts[b]
+    np.testing.assert_array_equal(stats.count, expect_cnt)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(stats.means(), expect_sum / expect_cnt[:, None], atol=1e-6)
+    # means_in: one context per run
+    ctx = np.array([0, 2, 1, 2])
+    np.testing.assert_allclose(stats.means_in(np.arange(4), ctx), stats.means()[np.arange(4), ctx], atol=1e-12)
+
+
+def test_random_fit_takes_a_random_prefix_that_fits_each_group():
+    rng = np.random.default_rng(0)
+    group = np.repeat(np.arange(3), 10)
+    cost = np.tile(np.arange(1, 11), 3)
+    allowance = np.array([0, 17, 1000])
+    chosen = random_fit(group, cost, allowance, rng)
+    totals = np.bincount(group, weights=cost * chosen, minlength=3)
+    assert totals[0] == 0 and 0 < totals[1] <= 17 and totals[2] == 55
+    again = random_fit(group, cost, allowance, np.random.default_rng(0))
+    np.testing.assert_array_equal(chosen, again)
+    picks = {tuple(np.flatnonzero(random_fit(group, cost, allowance, np.random.default_rng(s)))) for s in range(5)}
+    assert len(picks) > 1  # the subset is random, not the first items
