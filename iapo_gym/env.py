@@ -76,7 +76,9 @@ class IAPOEnv(gym.Env):
       uniform-cost distribution, :class:`iapo_gym.continuous.ContinuousContexts`), or an explicit
       ``ContextSet`` / ``ContinuousContexts``.
     * ``backend``: a live generation source (``iapo_gym.live``) used instead of the table's
-      outcomes for pulls.
+      outcomes for pulls: a ``LiveSource``, an LLM backend object, or ``"vllm"`` / ``"openai"``.
+    * ``live``: options for a live backend given by object or name (``record=`` path of the
+      generation log, ``model=``, ``base_url=``, ``spec=``, ``dataset_path=``; docs/LIVE.md).
 
     The batched structural API on ``env.unwrapped`` (:meth:`pull`, :meth:`score`) draws many
     pulls at once, optionally on chosen training queries, and charges the same ledger.
@@ -98,6 +100,7 @@ class IAPOEnv(gym.Env):
         train_fraction: float = 0.8,
         contexts: Any = "finite",
         backend: Any = None,
+        live: dict[str, Any] | None = None,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
@@ -114,6 +117,10 @@ class IAPOEnv(gym.Env):
         self.n_max = self.table.n_max
         self.n_arms = self.table.n_arms
         self.n_objectives = self.table.n_objectives
+        if backend is not None:  # a backend object or name is wrapped into a live source for this table
+            from iapo_gym.live.env_mode import as_env_backend
+
+            backend = as_env_backend(self.table, backend, **(live or {}))
         self.backend = backend
 
         if split_seed is None:
