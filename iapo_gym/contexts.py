@@ -60,7 +60,9 @@ class ContextSet:
 
     def sample(self, rng: np.random.Generator, size: int | None = None) -> NDArray[np.int64] | int:
         """Draw context indices from :attr:`probs` with ``rng``."""
-        return rng.choice(len(self.names), size=size, p=self.probs)
+        u = rng.random(size)
+        idx = np.minimum(np.searchsorted(np.cumsum(self.probs), u, side="right"), len(self.names) - 1)
+        return int(idx) if size is None else idx.astype(np.int64)
 
     def index_of(self, weights: NDArray[np.floating]) -> NDArray[np.int64] | int:
         """Index of the context whose weight vector is nearest to ``weights`` (``(K+1,)`` or ``(B, K+1)``)."""

@@ -66,7 +66,7 @@ def _scores(
     values: NDArray[np.float64], weights: NDArray[np.float64]
 ) -> NDArray[np.float64]:
     """Per-completion weighted objective ``sum_k w_k o_ik`` as ``(C, R, L)``."""
-    return np.einsum("rlk,ck->crl", values, weights[:, :-1], optimize=True)
+    return np.moveaxis(values @ weights[:, :-1].T, -1, 0)
 
 
 def _utility_arrays(

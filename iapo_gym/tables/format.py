@@ -132,7 +132,9 @@ class OutcomeTable:
         """The same outcomes under another context set (exact per-query MV values stay cached)."""
         if contexts.n_objectives != self.n_objectives:
             raise ValueError(f"contexts weight {contexts.n_objectives} objectives; the table has {self.n_objectives}")
-        return replace(self, contexts=contexts)
+        table = replace(self, contexts=contexts)
+        object.__setattr__(table, "_cache", self._cache)  # per-query values are keyed by the weights they used
+        return table
 
 
 def concat_queries(tables: list[OutcomeTable], task: str | None = None) -> OutcomeTable:

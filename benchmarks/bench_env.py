@@ -1,0 +1,95 @@
+"""Throughput of the simulated environment: batched pulls and ``env.step``.
+
+Run: ``python benchmarks/bench_env.py [--batch 1024] [--n 32] [--repeats 5]``. Prints, as text:
+
+* simulated completions per second of the batched structural API (``env.unwrapped.pull``,
+  ``B`` pulls of ``N`` completions each, ledger charged) plus scoring them under every context,
+  on MATH (the paper's released table; skipped when it is neither in the data directory nor at
+  ``../shared/data/published/MATH_final.pkl``) and on Synth-Categorical;
+* ``env.step`` per second through ``gym.make`` (reset + step, one-step episodes), and the
+  ratio of batched to stepped completion throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+import iapo_gym  # noqa: F401  (registers the ids)
+from iapo_gym.env import IAPOEnv
+from iapo_gym.tables.format import OutcomeTable
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MATH = REPO.parent / "shared" / "data" / "published" / "MATH_final.pkl"
+
+
+def _math_table() -> OutcomeTable | None:
+    from iapo_gym.tables.store import TableNotFoundError, load_named
+
+    try:
+        return load_named("MATH")
+    except TableNotFoundError:
+        if not SHARED_MATH.exists():
+            return None
+        from iapo_gym.tables.importer import import_released
+
+        return import_released(SHARED_MATH)
+
+
+def bench_pulls(env: IAPOEnv, batch: int, n: int, repeats: int) -> tuple[float, float]:
+    """(completions/s of pull, completions/s of pull + score) — best of ``repeats``."""
+    env.reset(seed=0)
+    prompts = np.arange(batch) % env.n_prompts
+    best_pull = best_all = float("inf")
+    for _ in range(repeats):
+        env.ledger.reset()
+        t0 = time.perf_counter()
+        pulls = env.pull(prompts, np.full(batch, n))
+        t1 = time.perf_counter()
+        env.score(pulls)
+        t2 = time.perf_counter()
+        best_pull, best_all = min(best_pull, t1 - t0), min(best_all, t2 - t0)
+    return batch * n / best_pull, batch * n / best_all
+
+
+def bench_steps(env: gym.Env, steps: int) -> float:
+    """``env.step`` calls per second (each followed by the next one-step episode's reset), N = 1."""
+    env.reset(seed=0)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        env.step(0)
+        env.reset()
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1024, help="pulls per batch")
+    parser.add_argument("--n", type=int, default=32, help="completions per pull")
+    parser.add_argument("--repeats", type=int, default=5, help="timing repeats (best is reported)")
+    parser.add_argument("--steps", type=int, default=5000, help="env.step calls to time")
+    args = parser.parse_args()
+
+    tasks: list[tuple[str, OutcomeTable | None]] = [("MATH", _math_table()), ("SynthCategorical", None)]
+    print(f"batched pulls: B={args.batch} x N={args.n} completions, best of {args.repeats}")
+    for name, table in tasks:
+        if name == "MATH" and table is None:
+            print("  MATH: skipped (table not imported and ../shared/data absent)")
+            continue
+        env = IAPOEnv(table if table is not None else name)
+        pull_rate, all_rate = bench_pulls(env, args.batch, args.n, args.repeats)
+        print(f"  {name:<17} {pull_rate / 1e6:8.2f} M completions/s drawn   "
+              f"{all_rate / 1e6:8.2f} M/s drawn + scored under {len(env.contexts)} contexts")
+        raw = bench_steps(IAPOEnv(table if table is not None else name), args.steps)
+        made = bench_steps(gym.make(f"IAPO-{name}-v0"), args.steps) if table is None else float("nan")
+        steps = raw
+        print(f"  {'':<17} env.step: {raw:,.0f} steps/s unwrapped, {made:,.0f} through gym.make (N=1); "
+              f"batched/stepped completion throughput: {pull_rate / steps:,.0f}x")
+
+
+if __name__ == "__main__":
+    main()
