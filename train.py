@@ -254,6 +254,7 @@ class Runner:
         self.fits = 0  # fit_many calls made by this runner (a resumed, finished plan makes none)
         self.skipped_envs: dict[str, str] = {}
         self.contexts: dict[str, dict[str, Any]] = {}
+        self.first_tables: dict[str, Any] = {}  # env id -> run 0's table (is it shared by every run?)
 
     def key(self, env: str, agent: str, budget: int, seed: int) -> tuple:
         return (env, self.args.contexts, agent, int(budget), int(seed))
@@ -271,6 +272,7 @@ class Runner:
                 self.log(f"skipping {env_id}: its outcome table is not installed ({self.skipped_envs[env_id]})")
                 return False
             raise
+        self.first_tables[env_id] = env.table
         ctx = env.contexts
         self.contexts[env_id] = {
             "names": list(ctx.names),
@@ -290,7 +292,8 @@ class Runner:
         if key not in self.evaluators:
             if env is None:
                 env = env_factory(env_id, 0, self.args.contexts)(seed)
-            self.evaluators[key] = ExactEvaluator(env, self.args.contexts)
+            shared = env.table is self.first_tables.get(env_id)
+            self.evaluators[key] = ExactEvaluator(env, self.args.contexts, shared_table=shared)
         return self.evaluators[key]
 
     def run_config(self, env_id: str, agent_name: str, budget: int, seeds: list[int]) -> list[dict[str, Any]]:
@@ -317,7 +320,8 @@ class Runner:
             used = int(policy.budget_used)
             if used > budget:
                 raise RuntimeError(f"agent {agent_name!r} reports {used} completions spent with a budget of {budget}")
-            metrics = self.evaluator(env_id, seed, built.get(int(seed))).evaluate(policy)
+            # pop: each run's env (and its world's oracle cache) is freed as soon as it is scored
+            metrics = self.evaluator(env_id, seed, built.pop(int(seed), None)).evaluate(policy)
             rows.append(
                 dict(zip(("env", "contexts", "agent", "budget", "seed"), self.key(env_id, agent_name, budget, seed)))
                 | {"budget_used": used, "wall_s": wall}

@@ -218,3 +218,18 @@ def test_tensorboard_scalars_read_back_equal_the_rows(tmp_path: Path) -> None:
     assert n == pytest.approx({b: np.mean([r["policy"]["n_mean"][2] for r in rs]) for b, rs in rows.items()})
     assert "policy/prompt/c0_low" in ea.Tags()["scalars"]
     assert "hparams" in ea.PluginTagToContent("hparams") or ea.PluginTagToContent("hparams")
+
+
+# --------------------------------------------------------------------------- exact evaluation
+@pytest.mark.parametrize("strategy", ["mv", "bon"])
+def test_test_query_subtable_gives_the_same_exact_q(strategy: str) -> None:
+    from iapo_gym import oracle
+    from iapo_gym.experiments.evaluate import query_subtable
+    from iapo_gym.tables.testing import example_table
+
+    table = example_table(strategy, seed=5, n_prompts=3, n_queries=25, n_max=5)
+    test = np.array([1, 4, 9, 17, 24])
+    sub = query_subtable(table, test)
+    assert sub.n_queries == 5 and sub.query_ids == tuple(table.query_ids[i] for i in test)
+    assert np.array_equal(oracle.q_values(sub), oracle.q_values(table, test))
+    assert not oracle.q_values(table, test[:2]).tolist() == oracle.q_values(sub).tolist()  # the subset matters

@@ -16,15 +16,33 @@ set; continuous-context evaluation plugs in there).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym import oracle
+from iapo_gym.tables.format import OutcomeTable
 
-__all__ = ["RunMetrics", "ExactEvaluator", "evaluation_contexts"]
+__all__ = ["RunMetrics", "ExactEvaluator", "evaluation_contexts", "query_subtable"]
+
+_QUERY_AXIS = {"cost": 1, "split": 0, "answer_probs": 1, "gold": 0, "outcome_values": 1, "outcome_probs": 1}
+
+
+def query_subtable(table: OutcomeTable, queries: NDArray[np.int64]) -> OutcomeTable:
+    """The same task restricted to ``queries`` (a fresh table, so a fresh oracle cache).
+
+    Used for tables evaluated once (a synthetic world per seed): the oracle then works on the test
+    queries only and its per-query cache dies with the sub-table.
+    """
+    idx = np.asarray(queries, dtype=np.int64)
+    fields: dict[str, Any] = {"query_ids": tuple(table.query_ids[i] for i in idx.tolist())}
+    for name, axis in _QUERY_AXIS.items():
+        arr = getattr(table, name)
+        if arr is not None:
+            fields[name] = np.take(arr, idx, axis=axis)
+    return replace(table, **fields)
 
 
 def evaluation_contexts(env: Any, mode: str = "finite") -> tuple[NDArray[np.float64], NDArray[np.float64], tuple[str, ...]]:
@@ -63,14 +81,19 @@ class RunMetrics:
 class ExactEvaluator:
     """Exact Q-values of one run's test split, and metrics of any policy on them."""
 
-    def __init__(self, env: Any, contexts: str = "finite") -> None:
+    def __init__(self, env: Any, contexts: str = "finite", shared_table: bool = True) -> None:
+        """``shared_table``: the env's table serves other runs too (a real task re-split per seed), so
+        the oracle's per-table cache pays off; otherwise only the test queries are evaluated."""
         env = getattr(env, "unwrapped", env)
         self.n_max = int(env.n_max)
         self.weights, self.probs, self.names = evaluation_contexts(env, contexts)
-        table_w = env.table.contexts.weights
+        table, queries = env.table, np.asarray(env.test_queries, dtype=np.int64)
+        if not shared_table:
+            table, queries = query_subtable(table, queries), None
+        table_w = table.contexts.weights
         same = table_w.shape == self.weights.shape and np.array_equal(table_w, self.weights)
         # The table's own contexts hit the oracle's per-table cache (shared by every split of a real task).
-        q = oracle.q_values(env.table, env.test_queries, weights=None if same else self.weights)
+        q = oracle.q_values(table, queries, weights=None if same else self.weights)
         self.q = q.reshape(q.shape[0], -1)  # (C, n_arms)
         top = self.q.max(axis=1)
         self.best_value = top
