@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
-
 from iapo_gym.arms import Arm, arm_from_index, arm_index
 from iapo_gym.contexts import ContextSet
+from iapo_gym.env import IAPOEnv
 from iapo_gym.ledger import BudgetExceededError, BudgetLedger
+from iapo_gym.sampling import Pulls, sample_pulls
 from iapo_gym.tables.format import OutcomeTable
-from iapo_gym.tasks import TASKS, TaskInfo, load_task_table, register_task
+from iapo_gym.tasks import TASKS, TaskInfo, load_task_table, register_env_id, register_task
 
 __version__ = "0.1.0"
 
@@ -20,13 +20,7 @@ __version__ = "0.1.0"
 def register_envs() -> None:
     """Register ``IAPO-<name>-v0`` for every task in :data:`TASKS` (idempotent)."""
     for info in TASKS.values():
-        if info.env_id not in gym.registry:
-            gym.register(
-                id=info.env_id,
-                entry_point="iapo_gym.env:IAPOEnv",
-                vector_entry_point="iapo_gym.env:make_vector_env",
-                kwargs={"task": info.name},
-            )
+        register_env_id(info)
 
 
 register_envs()
@@ -36,12 +30,16 @@ __all__ = [
     "BudgetExceededError",
     "BudgetLedger",
     "ContextSet",
+    "IAPOEnv",
     "OutcomeTable",
+    "Pulls",
     "TASKS",
     "TaskInfo",
     "arm_from_index",
     "arm_index",
     "load_task_table",
     "register_envs",
+    "register_env_id",
     "register_task",
+    "sample_pulls",
 ]

@@ -9,10 +9,9 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import ArrayLike, NDArray
 
-from iapo_gym.arms import arm_from_index
 from iapo_gym.contexts import ContextSet
 from iapo_gym.ledger import BudgetLedger
-from iapo_gym.sampling import Pulls, sample_pulls
+from iapo_gym.sampling import Pulls, _draw, sample_pulls
 from iapo_gym.tables.format import OutcomeTable, resplit
 from iapo_gym.utility import utility
 
@@ -140,7 +139,10 @@ class IAPOEnv(gym.Env):
         self.observation_space = spaces.Box(low=low, high=high, dtype=np.float32)
         self.action_space = spaces.Discrete(self.n_arms)
 
+        self._is_train = np.zeros(self.table.n_queries, dtype=bool)
+        self._is_train[self.train_queries] = True
         self.ledger = BudgetLedger(budget)
+        self._mask_cache: tuple[int, NDArray[np.bool_]] = (-1, np.zeros(0, dtype=bool))
         self._weights: NDArray[np.float64] | None = None
         self._context_index = -1
 
@@ -187,8 +189,14 @@ class IAPOEnv(gym.Env):
             raise gym.error.ResetNeeded("call reset() before step(): each episode is one context")
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an arm index in 0..{self.n_arms - 1}; got {action!r}")
-        prompt, n = arm_from_index(int(action), self.n_max)
-        pulls = self.pull(np.array([prompt]), np.array([n]), width=self.n_max)
+        prompt, n = divmod(int(action), self.n_max)  # flat arm a = p * N_max + (N - 1)
+        n += 1
+        if self.backend is not None:
+            pulls = self.pull(np.array([prompt]), np.array([n]), width=self.n_max)
+        else:  # the arm is valid and the query is drawn from the training split: skip pull()'s checks
+            self.ledger.charge(n)
+            query = self.train_queries[self.np_random.integers(0, self.train_queries.size, size=1)]
+            pulls = _draw(self.table, np.array([prompt]), query, np.array([n]), self.np_random, self.n_max)
         reward = float(utility(pulls, self._weights[None, :])[0, 0])
         obs = self._weights.astype(np.float32)
         self._weights = None  # the episode is over
@@ -196,8 +204,10 @@ class IAPOEnv(gym.Env):
 
     def action_masks(self) -> NDArray[np.bool_]:
         """Arms whose N still fits the budget (``(P * N_max,)`` bool; sb3-contrib's MaskablePPO reads this)."""
-        n_ok = np.arange(1, self.n_max + 1) <= self.ledger.affordable_n(self.n_max)
-        return np.tile(n_ok, self.n_prompts)
+        k = self.ledger.affordable_n(self.n_max)
+        if self._mask_cache[0] != k:  # the mask only depends on the largest affordable N
+            self._mask_cache = (k, np.tile(np.arange(1, self.n_max + 1) <= k, self.n_prompts))
+        return self._mask_cache[1].copy()
 
     # ------------------------------------------------------------------ batched structural API
     def pull(
@@ -216,19 +226,22 @@ class IAPOEnv(gym.Env):
         """
         prompt = np.atleast_1d(np.asarray(prompt, dtype=np.int64))
         n = np.broadcast_to(np.asarray(n, dtype=np.int64), prompt.shape)
+        # every check happens before the charge, so a refused pull never spends budget
+        if prompt.size and (prompt.min() < 0 or prompt.max() >= self.n_prompts):
+            raise ValueError(f"prompt indices must lie in 0..{self.n_prompts - 1}; got {prompt.min()}..{prompt.max()}")
         if n.size and (n.min() < 1 or n.max() > self.n_max):
             raise ValueError(f"N must lie in 1..{self.n_max}; got {n.min()}..{n.max()}")
+        if query is not None:
+            query = np.broadcast_to(np.asarray(query, dtype=np.int64), prompt.shape)
+            inside = (query >= 0) & (query < self._is_train.size)
+            if not (inside.all() and self._is_train[query].all()):
+                raise ValueError("every named query must belong to the training split (env.unwrapped.train_queries)")
+        self.ledger.charge(int(n.sum()))  # raises before any draw (the RNG is untouched) when it does not fit
         if query is None:
             query = self.train_queries[self.np_random.integers(0, self.train_queries.size, size=prompt.size)]
-        else:
-            query = np.broadcast_to(np.asarray(query, dtype=np.int64), prompt.shape)
-            if not np.isin(query, self.train_queries).all():
-                raise ValueError("every named query must belong to the training split (env.unwrapped.train_queries)")
-        self.ledger.charge(int(n.sum()))  # raises before any draw when it does not fit
         if self.backend is not None:
             pulls, tokens = self.backend.generate(prompt, n, query, self.np_random, width=width)
-            self.ledger.prompt_tokens += int(tokens[0])
-            self.ledger.completion_tokens += int(tokens[1])
+            self.ledger.record_tokens(int(tokens[0]), int(tokens[1]))
             return pulls
         return sample_pulls(self.table, prompt, query, n, self.np_random, width=width)
 

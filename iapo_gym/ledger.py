@@ -6,6 +6,7 @@ also record tokens. A charge that does not fit is refused *before* anything is s
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 
@@ -30,9 +31,16 @@ class BudgetLedger:
 
     def __post_init__(self) -> None:
         if self.budget is not None:
-            if int(self.budget) != self.budget or self.budget < 0:
-                raise ValueError(f"budget must be a non-negative whole number of completions; got {self.budget!r}")
-            self.budget = int(self.budget)
+            b = self.budget
+            whole = isinstance(b, numbers.Integral) or (isinstance(b, numbers.Real) and float(b).is_integer())
+            if isinstance(b, bool) or not whole or b < 0:
+                raise ValueError(f"budget must be a non-negative whole number of completions (or None); got {b!r}")
+            self.budget = int(b)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens recorded so far (prompt + completion; 0 for simulated pulls)."""
+        return self.prompt_tokens + self.completion_tokens
 
     @property
     def remaining(self) -> int | None:
@@ -52,12 +60,20 @@ class BudgetLedger:
         n = int(n)
         if n < 0:
             raise ValueError(f"cannot charge a negative number of completions ({n})")
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError(f"token counts must be non-negative; got {prompt_tokens}, {completion_tokens}")
         if not self.fits(n):
             raise BudgetExceededError(
                 f"this pull needs {n} completions but only {self.remaining} of the budget of {self.budget} are left; "
                 "check env.unwrapped.ledger.remaining (or info['action_mask']) before pulling"
             )
         self.spent += n
+        self.record_tokens(prompt_tokens, completion_tokens)
+
+    def record_tokens(self, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Add tokens of completions already charged (live backends learn them after generating)."""
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError(f"token counts must be non-negative; got {prompt_tokens}, {completion_tokens}")
         self.prompt_tokens += int(prompt_tokens)
         self.completion_tokens += int(completion_tokens)
 

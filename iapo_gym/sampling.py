@@ -92,7 +92,18 @@ def sample_pulls(
     L = int(n.max(initial=0)) if width is None else int(width)
     if n.size and L < n.max():
         raise ValueError(f"width {L} is smaller than the largest N {n.max()}")
+    return _draw(table, prompt, query, n, rng, L)
 
+
+def _draw(
+    table: "OutcomeTable",
+    prompt: NDArray[np.int64],
+    query: NDArray[np.int64],
+    n: NDArray[np.int64],
+    rng: np.random.Generator,
+    L: int,
+) -> Pulls:
+    """:func:`sample_pulls` on arguments already checked (``(B,)`` int64 arrays, ``L >= n.max()``)."""
     probs = table.answer_probs if table.strategy == "mv" else table.outcome_probs
     cdf = np.cumsum(probs[prompt, query], axis=-1)  # (B, A)
     cdf[:, -1] = 1.0  # guard against rounding: every uniform falls in some outcome

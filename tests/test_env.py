@@ -165,3 +165,27 @@ def test_bad_arguments_are_clear() -> None:
         IAPOEnv("SynthBernoulli", budget=-3)
     with pytest.raises(KeyError, match="unknown task"):
         IAPOEnv("Nope")
+
+
+def test_step_draws_exactly_what_pull_draws_for_the_same_rng_state() -> None:
+    a, b = IAPOEnv("SynthBernoulli", world_seed=2), IAPOEnv("SynthBernoulli", world_seed=2)
+    a.reset(seed=9)
+    b.reset(seed=9)
+    info = a.step(arm_index(3, 17, 32))[4]
+    pulls = b.pull(np.array([3]), np.array([17]), width=32)
+    assert info["query"] == pulls.query[0]
+    np.testing.assert_array_equal(info["outcomes"], pulls.outcome[0])
+    assert a.ledger.spent == b.ledger.spent == 17
+
+
+def test_refused_or_invalid_pulls_spend_nothing_and_leave_the_rng_alone() -> None:
+    env = IAPOEnv("SynthCategorical", budget=10)
+    env.reset(seed=1)
+    state = env.np_random.bit_generator.state
+    with pytest.raises(BudgetExceededError):
+        env.pull(np.array([0]), np.array([11]))
+    with pytest.raises(ValueError, match="prompt indices"):
+        env.pull(np.array([env.n_prompts]), np.array([1]))
+    with pytest.raises(ValueError, match="N must lie"):
+        env.pull(np.array([0]), np.array([0]))
+    assert env.ledger.spent == 0 and env.np_random.bit_generator.state == state

@@ -53,3 +53,44 @@ def test_task_names_resolve() -> None:
     assert {"SynthBernoulli", "MATH", "CommonsenseQA", "SynthCategorical", "HelpfulHarmless", "Summarization"} <= set(TASKS)
     with pytest.raises(KeyError, match="known tasks"):
         task_name("IAPO-Foo-v0")
+
+
+def test_registered_shipped_task_loads_its_table_directory_through_gym_make(tmp_path) -> None:
+    import gymnasium as gym
+
+    from iapo_gym.tables.io import save_table
+    from iapo_gym.tables.testing import example_table
+    from iapo_gym.tasks import TaskInfo, register_task
+
+    table = example_table("mv", seed=4, n_prompts=3, n_queries=20, n_max=6)
+    save_table(table, tmp_path / "table")
+    info = register_task(TaskInfo("TestShippedTiny", "mv", "shipped", "test table", table=str(tmp_path / "table")))
+    try:
+        env = gym.make(info.env_id, budget=12)
+        u = env.unwrapped
+        np.testing.assert_array_equal(u.table.answer_probs, table.answer_probs)
+        assert (u.n_prompts, u.n_max, u.n_arms) == (3, 6, 18)
+        env.reset(seed=0)
+        assert env.step(5)[4]["budget_used"] == 6
+    finally:
+        TASKS.pop("TestShippedTiny")
+        gym.registry.pop(info.env_id)
+
+
+def test_register_task_refuses_incomplete_entries() -> None:
+    from iapo_gym.tasks import TaskInfo, register_task
+
+    with pytest.raises(ValueError, match="needs a generator"):
+        register_task(TaskInfo("TestNoGen", "mv", "synthetic", "x"))
+    with pytest.raises(ValueError, match="table name"):
+        register_task(TaskInfo("TestNoTable", "mv", "real", "x"))
+    assert "TestNoGen" not in TASKS and "TestNoTable" not in TASKS
+
+
+def test_importing_the_package_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, iapo_gym; print('torch' in sys.modules, 'scipy' in sys.modules, 'IAPO-MATH-v0' in __import__('gymnasium').registry)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "True"]

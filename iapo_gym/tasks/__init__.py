@@ -12,6 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal
 
+import gymnasium as gym
+
 from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.tasks.synthetic import make_synth_bernoulli, make_synth_categorical
 
@@ -49,13 +51,33 @@ TASKS: dict[str, TaskInfo] = {}
 
 
 def register_task(info: TaskInfo) -> TaskInfo:
-    """Add a task to :data:`TASKS` (the env id is registered by ``iapo_gym.register_envs``)."""
+    """Add (or replace) a task in :data:`TASKS` and register its Gymnasium id ``IAPO-<name>-v0``.
+
+    Example (a table directory shipped in ``envs_data/``)::
+
+        register_task(TaskInfo("SmolArith", "mv", "shipped", "SmolLM2 arithmetic", table="smolarith/table"))
+        env = gym.make("IAPO-SmolArith-v0", budget=2000)
+    """
+    if info.kind not in ("real", "synthetic", "shipped"):
+        raise ValueError(f"task kind must be 'real', 'synthetic' or 'shipped'; got {info.kind!r}")
     if info.kind == "synthetic" and info.generator is None:
-        raise ValueError(f"synthetic task {info.name} needs a generator")
+        raise ValueError(f"synthetic task {info.name} needs a generator (world_seed -> OutcomeTable)")
     if info.kind != "synthetic" and not info.table:
-        raise ValueError(f"task {info.name} needs a table name or path")
+        raise ValueError(f"task {info.name} needs a table name (real) or a table directory (shipped)")
     TASKS[info.name] = info
+    register_env_id(info)
     return info
+
+
+def register_env_id(info: TaskInfo) -> None:
+    """Register ``info.env_id`` with Gymnasium (idempotent; the env looks the task up at make time)."""
+    if info.env_id not in gym.registry:
+        gym.register(
+            id=info.env_id,
+            entry_point="iapo_gym.env:IAPOEnv",
+            vector_entry_point="iapo_gym.env:make_vector_env",
+            kwargs={"task": info.name},
+        )
 
 
 for _info in (
