@@ -42,6 +42,8 @@ AGENTS: dict[str, Callable[..., Agent]] = {
     "triple_nrandom": _factory("agents.triple", "TRIPLE", n="random"),
     "seqhalving": _factory("agents.halving", "SequentialHalving"),
     "random": _factory("agents.random", "RandomAgent"),
+    "neural": _factory("agents.neural", "NeuralAgent"),
+    "psst_grid": _factory("agents.psst_grid", "PSSTGrid"),
     "ppo": _factory("agents.sb3", "SB3Agent", algo="ppo"),
     "a2c": _factory("agents.sb3", "SB3Agent", algo="a2c"),
     "dqn": _factory("agents.sb3", "SB3Agent", algo="dqn"),

@@ -19,7 +19,7 @@ deploys ``argmax`` of the learned map for ANY context.
   empirical gains ``G_hat(u, p, k)`` for every bank direction ``u``.
 
 **Model.** Per run, a small MLP ``f(w) = W2 relu(W1 w + b1) + Ws w + b2`` (``hidden`` units, a linear
-skip) with ``P * N_max`` outputs, trained full-batch with Adam on the masked, count-weighted MSE
+skip) with ``P * N_max`` outputs, trained full-batch with Adam (float32) on the masked, count-weighted MSE
 ``sum_{u,p,k} n(p,k) (f(w_u)[p,k] - G_hat(u,p,k))^2`` (targets centred per arm and scaled; arms
 without data are masked out). All runs of a batch train at once as one batched network
 (``torch.bmm``), so 100 seeds cost about as much as a few.
@@ -125,13 +125,13 @@ class _BatchedMLP:
         lim2 = 1.0 / np.sqrt(hidden)
 
         def uniform(shape: tuple[int, ...], lim: float) -> Any:
-            return ((torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * lim).requires_grad_()
+            return ((torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * lim).requires_grad_()
 
         self.w1 = uniform((n_runs, n_in, hidden), lim1)
         self.b1 = uniform((n_runs, 1, hidden), lim1)
         self.w2 = uniform((n_runs, hidden, n_out), lim2 * 0.1)
-        self.b2 = torch.zeros((n_runs, 1, n_out), dtype=torch.float64, requires_grad=True)
-        self.ws = torch.zeros((n_runs, n_in, n_out), dtype=torch.float64, requires_grad=True)
+        self.b2 = torch.zeros((n_runs, 1, n_out), dtype=torch.float32, requires_grad=True)
+        self.ws = torch.zeros((n_runs, n_in, n_out), dtype=torch.float32, requires_grad=True)
         self.params = [self.w1, self.b1, self.w2, self.b2, self.ws]
         self.opt = torch.optim.Adam(self.params, lr=lr, weight_decay=weight_decay)
 
@@ -157,7 +157,7 @@ class _BatchedMLP:
 
     def numpy(self, s: int) -> tuple[NDArray[np.float64], ...]:
         """Run ``s``'s parameters as numpy arrays ``(w1, b1, w2, b2, ws)``."""
-        return tuple(p.detach()[s].numpy().copy() for p in self.params)  # type: ignore[return-value]
+        return tuple(p.detach()[s].numpy().astype(np.float64) for p in self.params)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------- the agent
@@ -216,8 +216,8 @@ class _NetStats:
         """Train ``steps`` more steps; returns ``(centre, scale)`` of the current targets."""
         torch = self.net.torch
         target, weight, centre, scale = self.targets()
-        x = torch.from_numpy(np.broadcast_to(self.bank[None], (self.runs.n_runs, *self.bank.shape)).copy())
-        losses = self.net.train(x, torch.from_numpy(target), torch.from_numpy(weight), steps)
+        x = torch.from_numpy(np.broadcast_to(self.bank[None], (self.runs.n_runs, *self.bank.shape)).astype(np.float32))
+        losses = self.net.train(x, torch.from_numpy(target.astype(np.float32)), torch.from_numpy(weight.astype(np.float32)), steps)
         if self.writer is not None:
             for loss in losses:
                 self.writer.add_scalar("neural/loss", loss, self.step_log)
@@ -229,9 +229,9 @@ class _NetStats:
     def predict(self, directions: NDArray[np.float64]) -> NDArray[np.float64]:
         """Predicted gains ``(S, D, A)`` at objective-weight ``directions (D, K)`` (on the simplex)."""
         torch = self.net.torch
-        x = torch.from_numpy(np.broadcast_to(directions[None], (self.runs.n_runs, *directions.shape)).copy())
+        x = torch.from_numpy(np.broadcast_to(directions[None], (self.runs.n_runs, *directions.shape)).astype(np.float32))
         with torch.no_grad():
-            f = self.net.forward(x).numpy()
+            f = self.net.forward(x).numpy().astype(np.float64)
         return self.centre[:, None] + self.scale[:, None, None] * f
 
     def cost_per_completion(self) -> NDArray[np.float64]:
@@ -285,12 +285,12 @@ class NeuralAgent(BatchAgent):
         log_dir: TensorBoard directory (None: no logging).
     """
 
-    n_directions: int = 64
-    n_cost_draws: int = 8
-    hidden: int = 64
-    first_steps: int = 200
-    round_steps: int = 60
-    final_steps: int = 200
+    n_directions: int = 32
+    n_cost_draws: int = 4
+    hidden: int = 32
+    first_steps: int = 150
+    round_steps: int = 30
+    final_steps: int = 100
     lr: float = 1e-2
     weight_decay: float = 0.0
     count_power: float = 0.5

@@ -26,7 +26,7 @@ weights ``w``:
   v_m2`` keep their order between the breakpoints where two outcome lines cross, and with a fixed
   order ``E[max] = sum_j s_(j)(t) (F_j^N - F_{j-1}^N)`` is linear. So ``g`` is evaluated exactly
   (with :func:`iapo_gym.oracle.bon_expected_max`) at the ``<= M(M-1)/2 + 2`` breakpoints of each
-  row once per table (cached), the rows' segments are pooled over the chosen queries as ramps
+  row once per table and query (cached), the rows' segments are pooled over the chosen queries as ramps
   ``sigma * (max(0, t - x) - max(0, t - x - d))``, and any number of contexts is read off sorted
   cumulative sums. Exact up to rounding (tests compare with the oracle to 1e-9).
 * Anything else (``K > 2``, negative weights, or so many outcomes that the breakpoints outnumber
@@ -52,6 +52,7 @@ __all__ = [
     "ContinuousContexts",
     "exact_q_values",
     "ContinuousEvaluator",
+    "distribution_of",
 ]
 
 #: Seed of the held-out evaluation sample of contexts (fixed: every run is scored on the same sample).
@@ -180,50 +181,61 @@ class ContinuousContexts:
 
 
 # --------------------------------------------------------------------------- exact oracle
-def _breakpoint_rows(table: OutcomeTable) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Per (prompt, query) row: sorted breakpoints ``x (P, Q, L)`` in [0, 1] and ``g(x) (P, Q, L, n_max)``.
+def _breakpoint_rows(
+    table: OutcomeTable, idx: NDArray[np.int64] | slice
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per (prompt, query) row of queries ``idx``: sorted breakpoints ``x (P, Qs, L)`` in [0, 1]
+    and ``g(x) (P, Qs, L, n_max)``.
 
-    Cached in ``table.cache``. Rows with fewer crossings are padded with the endpoint 1.0 (zero-length
-    segments, which contribute nothing).
+    Computed lazily per query and cached in ``table.cache`` (a later split reuses the queries it
+    shares). Rows with fewer crossings are padded with the endpoint 1.0 (zero-length segments,
+    which contribute nothing).
     """
-    cached = table.cache.get(_PL_CACHE_KEY)
-    if cached is not None:
-        return cached
     vals, probs = table.outcome_values, table.outcome_probs
     p, q, m, _ = vals.shape
-    slope = vals[..., 0] - vals[..., 1]  # s_m(t) = v_m2 + t * slope_m
-    icpt = vals[..., 1]
-    i, j = np.triu_indices(m, k=1)
-    ds = slope[..., i] - slope[..., j]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cross = (icpt[..., j] - icpt[..., i]) / ds
-    inside = (ds != 0) & (cross > 0) & (cross < 1)
-    pts = np.concatenate(
-        [np.zeros((p, q, 1)), np.where(inside, cross, 1.0), np.ones((p, q, 1))], axis=-1
-    )
-    pts.sort(axis=-1)
-    n_pts = pts.shape[-1]
-    rows = p * q
-    flat_pts = pts.reshape(rows, n_pts)
-    flat_slope, flat_icpt = slope.reshape(rows, m), icpt.reshape(rows, m)
-    flat_probs = probs.reshape(rows, m)
-    out = np.empty((rows, n_pts, table.n_max))
-    step = max(1, _PL_CHUNK_ELEMENTS // max(n_pts * m, 1))
-    for start in range(0, rows, step):
-        sl = slice(start, start + step)
-        scores = flat_icpt[sl, None, :] + flat_pts[sl, :, None] * flat_slope[sl, None, :]  # (r, L, M)
-        r = scores.shape[0]
-        pr = np.broadcast_to(flat_probs[sl, None, :], scores.shape).reshape(r * n_pts, m)
-        oracle.bon_expected_max(scores.reshape(r * n_pts, m), pr, table.n_max, out=out[sl].reshape(r * n_pts, -1))
-    result = (pts, out.reshape(p, q, n_pts, table.n_max))
-    table.cache[_PL_CACHE_KEY] = result
-    return result
+    n_pts = m * (m - 1) // 2 + 2
+    cache = table.cache.get(_PL_CACHE_KEY)
+    if cache is None:
+        cache = {
+            "done": np.zeros(q, dtype=bool),
+            "pts": np.zeros((p, q, n_pts)),
+            "vals": np.zeros((p, q, n_pts, table.n_max)),
+        }
+        table.cache[_PL_CACHE_KEY] = cache
+    want = np.arange(q)[idx]
+    todo = want[~cache["done"][want]]
+    if todo.size:
+        v = vals[:, todo]
+        slope = v[..., 0] - v[..., 1]  # s_m(t) = v_m2 + t * slope_m
+        icpt = v[..., 1]
+        i, j = np.triu_indices(m, k=1)
+        ds = slope[..., i] - slope[..., j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cross = (icpt[..., j] - icpt[..., i]) / ds
+        inside = (ds != 0) & (cross > 0) & (cross < 1)
+        pts = np.concatenate([np.zeros((p, todo.size, 1)), np.where(inside, cross, 1.0), np.ones((p, todo.size, 1))], axis=-1)
+        pts.sort(axis=-1)
+        rows = p * todo.size
+        flat_pts = pts.reshape(rows, n_pts)
+        flat_slope, flat_icpt = slope.reshape(rows, m), icpt.reshape(rows, m)
+        flat_probs = probs[:, todo].reshape(rows, m)
+        out = np.empty((rows, n_pts, table.n_max))
+        step = max(1, _PL_CHUNK_ELEMENTS // max(n_pts * m, 1))
+        for start in range(0, rows, step):
+            sl = slice(start, start + step)
+            scores = flat_icpt[sl, None, :] + flat_pts[sl, :, None] * flat_slope[sl, None, :]  # (r, L, M)
+            r = scores.shape[0]
+            pr = np.broadcast_to(flat_probs[sl, None, :], scores.shape).reshape(r * n_pts, m)
+            oracle.bon_expected_max(scores.reshape(r * n_pts, m), pr, table.n_max, out=out[sl].reshape(r * n_pts, -1))
+        cache["pts"][:, todo] = pts
+        cache["vals"][:, todo] = out.reshape(p, todo.size, n_pts, table.n_max)
+        cache["done"][todo] = True
+    return cache["pts"][:, want], cache["vals"][:, want]
 
 
 def _pl_gain(table: OutcomeTable, idx: NDArray[np.int64] | slice, t: NDArray[np.float64]) -> NDArray[np.float64]:
     """``g(t)`` averaged over queries ``idx``: ``(T, P, n_max)`` for ``t (T,)`` in [0, 1]."""
-    pts, vals = _breakpoint_rows(table)
-    pts, vals = pts[:, idx], vals[:, idx]  # (P, Qs, L), (P, Qs, L, N)
+    pts, vals = _breakpoint_rows(table, idx)  # (P, Qs, L), (P, Qs, L, N)
     p, qs, n_pts, n_max = vals.shape
     dx = np.diff(pts, axis=-1)  # (P, Qs, L-1)
     dy = np.diff(vals, axis=2)
@@ -248,8 +260,6 @@ def _pl_gain(table: OutcomeTable, idx: NDArray[np.int64] | slice, t: NDArray[np.
 def _use_breakpoints(table: OutcomeTable, w: NDArray[np.float64]) -> bool:
     if table.strategy != "bon" or table.n_objectives != 2 or np.any(w[:, :-1] < 0):
         return False
-    if _PL_CACHE_KEY in table.cache:
-        return True
     m = table.n_outcomes
     return m * (m - 1) // 2 + 2 <= max(w.shape[0], 64)
 
@@ -310,3 +320,22 @@ class ContinuousEvaluator:
             value = self.values(policy.act(self.weights))
         acr = float(value.mean())
         return {"acr": acr, "oracle_acr": self.oracle_acr, "regret": self.oracle_acr - acr}
+
+
+def distribution_of(env: Any) -> ContinuousContexts:
+    """The continuous context distribution of an env.
+
+    An env built with ``contexts="continuous"`` carries it as ``context_source``; any other
+    env gets :meth:`ContinuousContexts.for_table` of its table (or, for a live env without a table,
+    Dirichlet(1) weights and ``w_cost`` uniform on ``[0, max cost level]`` of its finite contexts).
+    """
+    base = getattr(env, "unwrapped", env)
+    for attr in ("context_source", "context_distribution"):
+        dist = getattr(base, attr, None)
+        if isinstance(dist, ContinuousContexts):
+            return dist
+    table = getattr(base, "table", None)
+    if table is not None:
+        return ContinuousContexts.for_table(table)
+    ctx = base.contexts
+    return ContinuousContexts(ctx.n_objectives, 1.0, 0.0, float(ctx.weights[:, -1].max()))
