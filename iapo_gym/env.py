@@ -172,10 +172,15 @@ class IAPOEnv(gym.Env):
             self.ledger.reset()
         options = options or {}
         if "weights" in options:
-            self._weights = np.asarray(options["weights"], dtype=np.float64).reshape(self.n_objectives + 1)
+            weights = np.asarray(options["weights"], dtype=np.float64)
+            if weights.shape != (self.n_objectives + 1,) or not np.all(np.isfinite(weights)) or weights[-1] < 0:
+                raise ValueError(f"options['weights'] must be {self.n_objectives + 1} finite weights (the last, the cost weight, >= 0); got {weights!r}")
+            self._weights = weights
             self._context_index = -1
         elif isinstance(self.context_source, ContextSet):
             idx = int(options.get("context", self.context_source.sample(self.np_random)))
+            if not 0 <= idx < len(self.context_source.weights):
+                raise ValueError(f"options['context'] must be a context index in 0..{len(self.context_source.weights) - 1}; got {idx}")
             self._context_index = idx
             self._weights = self.context_source.weights[idx]
         else:

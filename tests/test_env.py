@@ -189,3 +189,20 @@ def test_refused_or_invalid_pulls_spend_nothing_and_leave_the_rng_alone() -> Non
     with pytest.raises(ValueError, match="N must lie"):
         env.pull(np.array([0]), np.array([0]))
     assert env.ledger.spent == 0 and env.np_random.bit_generator.state == state
+
+
+def test_reset_options_fix_the_context_and_are_checked() -> None:
+    env = IAPOEnv("SynthCategorical")
+    obs, info = env.reset(seed=0, options={"context": 26})
+    np.testing.assert_array_equal(obs, env.contexts.weights[26].astype(np.float32))
+    assert info["context"] == 26
+    obs, info = env.reset(options={"weights": [0.3, 0.7, 0.5]})
+    np.testing.assert_allclose(obs, [0.3, 0.7, 0.5])
+    assert info["context"] == -1
+    _, reward, _, _, info = env.step(arm_index(4, 3, 32))
+    assert reward == pytest.approx((info["values"][:3] @ [0.3, 0.7]).max() - 0.5 * info["cost"])
+    assert info["cost"] == pytest.approx(3 * env.table.cost[4, info["query"]])
+    with pytest.raises(ValueError, match="context index in 0..26"):
+        env.reset(options={"context": -1})
+    with pytest.raises(ValueError, match="3 finite weights"):
+        env.reset(options={"weights": [0.5, 0.5]})
