@@ -106,3 +106,44 @@ def test_live_source_scores_and_replays(engine, spec, tmp_path):
     again = replay.pull(prompt, n, query, np.random.default_rng(0)).pulls
     np.testing.assert_array_equal(again.outcome, pulls.outcome)
     np.testing.assert_array_equal(again.cost, pulls.cost)
+
+
+def test_env_live_mode_charges_records_and_replays(engine, spec, tmp_path):
+    from iapo_gym.arms import arm_index
+    from iapo_gym.env import IAPOEnv
+    from iapo_gym.ledger import BudgetExceededError
+    from iapo_gym.live.env_mode import aligned_queries, spec_table
+    from iapo_gym.live.source import recording_to_table
+
+    table = spec_table(spec, load_queries(spec, limit=4))
+    rec = tmp_path / "live.jsonl"
+    env = IAPOEnv(table, budget=20, backend=engine, live={"spec": spec, "record": rec})
+    obs, _ = env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(arm_index(1, 3, spec.n_max))
+    units = read_units(rec)
+    assert terminated and len(units) == 1 and (units[0]["p"], len(units[0]["texts"])) == (1, 3)
+    queries = aligned_queries(spec, table.query_ids)
+    gold = queries[units[0]["q"]].gold
+    s = NumericScorer()
+    assert info["values"][:3, 0].astype(bool).tolist() == [s.extract(t) == gold for t in units[0]["texts"]]
+    led = env.ledger
+    assert led.spent == 3 and led.completion_tokens == sum(units[0]["completion_tokens"])
+    assert led.prompt_tokens == units[0]["prompt_tokens"]
+    train = env.train_queries
+    pulls = env.pull(np.repeat([0, 1], train.size), 1, np.tile(train, 2))  # every prompt on every train query
+    assert led.spent == 3 + 2 * train.size and len(read_units(rec)) == 1 + 2 * train.size
+    with pytest.raises(BudgetExceededError):
+        env.pull([0], [16])
+    assert len(read_units(rec)) == 1 + 2 * train.size  # refused before generating anything
+    # The recording replays the run exactly, with no LLM.
+    env2 = IAPOEnv(table, budget=20, backend=LiveSource(spec, ReplayBackend(rec, spec, queries), queries))
+    env2.reset(seed=0)
+    _, reward2, _, _, info2 = env2.step(arm_index(1, 3, spec.n_max))
+    pulls2 = env2.pull(np.repeat([0, 1], train.size), 1, np.tile(train, 2))
+    assert reward2 == reward and np.array_equal(info2["values"], info["values"])
+    np.testing.assert_array_equal(pulls2.outcome, pulls.outcome)
+    # ... and as a table of the empirical outcome distributions it observed.
+    t = recording_to_table(rec, spec, queries)
+    assert set(t.query_ids) == {table.query_ids[q] for q in train}
+    first = t.query_ids.index(table.query_ids[int(train[0])])
+    np.testing.assert_allclose(t.answer_probs[0, first, 0], float(pulls.values[0, 0, 0]))

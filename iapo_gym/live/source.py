@@ -188,6 +188,32 @@ class LiveSource:
         )
         return LivePulls(pulls, ptoks, ctot)
 
+    def generate(
+        self, prompt: ArrayLike, n: ArrayLike, query: ArrayLike, rng: np.random.Generator, width: int | None = None
+    ) -> tuple[Pulls, tuple[int, int]]:
+        """The environment's live-backend call: :meth:`pull`, padded to ``width``, with the
+        batch's ``(prompt tokens, completion tokens)`` for the ledger."""
+        live = self.pull(prompt, n, query, rng)
+        pulls = live.pulls if width is None else pad_pulls(live.pulls, int(width))
+        return pulls, (int(live.prompt_tokens.sum()), int(live.completion_tokens.sum()))
+
+
+def pad_pulls(pulls: Pulls, width: int) -> Pulls:
+    """``pulls`` padded (masked) to ``width`` completions per row."""
+    L = pulls.width
+    if width == L:
+        return pulls
+    if width < L:
+        raise ValueError(f"width {width} is smaller than the largest pull ({L})")
+    extra = width - L
+    return Pulls(
+        strategy=pulls.strategy, prompt=pulls.prompt, n=pulls.n, query=pulls.query,
+        outcome=np.pad(pulls.outcome, ((0, 0), (0, extra)), constant_values=-1),
+        values=np.pad(pulls.values, ((0, 0), (0, extra), (0, 0))),
+        cost=np.pad(pulls.cost, ((0, 0), (0, extra))),
+        gold=pulls.gold, mask=np.pad(pulls.mask, ((0, 0), (0, extra))), n_categories=pulls.n_categories,
+    )
+
 
 class ReplayBackend:
     """Serves a live recording back: the request with the same messages, ``n`` and seed gets the
