@@ -249,7 +249,7 @@ class Runner:
         from iapo_gym.experiments.results import ResultsFile
 
         self.args, self.plan, self.log = args, plan, log
-        self.results = ResultsFile(plan.out / "results.csv")
+        self.results = ResultsFile(plan.out / "results.csv", repair=not args.analyse_only)
         self.evaluators: dict[tuple[str, int], Any] = {}
         self.fits = 0  # fit_many calls made by this runner (a resumed, finished plan makes none)
         self.skipped_envs: dict[str, str] = {}
@@ -398,7 +398,7 @@ def selected_results(plan: Plan, args: Args) -> Any:
     envs, agents, budgets, seeds = set(plan.envs), set(plan.agents), set(plan.budgets), set(plan.seeds)
     rows = [
         r
-        for r in ResultsFile(plan.out / "results.csv").rows
+        for r in ResultsFile(plan.out / "results.csv", repair=False).rows
         if r["env"] in envs and r["agent"] in agents and r["budget"] in budgets and r["seed"] in seeds
         and r["contexts"] == args.contexts
     ]

@@ -233,3 +233,11 @@ def test_test_query_subtable_gives_the_same_exact_q(strategy: str) -> None:
     assert sub.n_queries == 5 and sub.query_ids == tuple(table.query_ids[i] for i in test)
     assert np.array_equal(oracle.q_values(sub), oracle.q_values(table, test))
     assert not oracle.q_values(table, test[:2]).tolist() == oracle.q_values(sub).tolist()  # the subset matters
+
+
+def test_read_only_access_never_rewrites_a_file_being_appended(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    ResultsFile(path).append([make_row(seed=0)])
+    torn = path.read_text() + "E,finite,a,10"
+    path.write_text(torn)
+    assert len(Results.read(path)) == 1 and path.read_text() == torn

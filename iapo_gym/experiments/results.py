@@ -125,8 +125,11 @@ class ResultsFile:
     >>> store.append([row, ...])
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, repair: bool = True) -> None:
+        """``repair=False`` reads only: a torn last line is skipped in memory, the file is left alone
+        (for readers while a runner may be appending)."""
         self.path = Path(path)
+        self._repair = repair
         self.rows: list[dict[str, Any]] = self._load()
         self._keys = {tuple(r[k] for k in KEY) for r in self.rows}
 
@@ -159,7 +162,7 @@ class ResultsFile:
                     raise ResultsError(
                         f"{self.path}: line {i} is corrupt ({exc}); fix or delete that line and run again"
                     ) from None
-        if good_end != len(text):  # a crash tore the last append: drop the partial line
+        if good_end != len(text) and self._repair:  # a crash tore the last append: drop the partial line
             atomic_write_text(self.path, text[:good_end])
         return rows
 
@@ -225,7 +228,7 @@ class Results:
     @classmethod
     def read(cls, path: str | Path) -> "Results":
         """Load ``results.csv``."""
-        return cls.from_rows(ResultsFile(path).rows)
+        return cls.from_rows(ResultsFile(path, repair=False).rows)
 
     def __len__(self) -> int:
         return int(self.acr.shape[0])
