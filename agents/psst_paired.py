@@ -1,0 +1,365 @@
+"""PSST-Paired: PSST with query-controlled pulls on common query sets and paired elimination.
+
+**This agent uses query-controlled pulls** (``uses_query_control = True``): it names the training
+query of every pull (``IAPOEnv.pull(prompt, n, query=...)``), which a deployment can do because
+it chooses which training queries it sends. In the paper every pull draws a fresh random query,
+so most of the noise in comparing two prompts is *which queries each happened to get*; on the
+released MATH table the per-query difference between the two best prompts has 13 to 33 times
+less variance than two independent draws. Comparing arms on common queries removes that noise.
+
+The structure is PSST's (:mod:`agents.psst`): rounds, maximal-arm pulls, nested and cross-context
+reuse, per-context halving, stockpiling, and the budget never exceeded. What changes:
+
+* **Common query sets.** Each run walks a seeded random permutation of its train split
+  cyclically (so queries are covered evenly: no query is used ``k + 1`` times before every query
+  was used ``k`` times). Round ``r`` takes the next ``q_r = floor(avail_r / M_r)`` queries of that
+  walk (``M_r = sum_p Nmax_r(p)``) and pulls **every** surviving prompt's maximal arm
+  ``(p, Nmax_r(p))`` once on **each** of them. Every surviving prompt has therefore been pulled on
+  exactly the same multiset of queries.
+* **Paired statistics.** A pull of ``(p, N)`` on query ``x`` contributes, for every ``k <= N``, the
+  mean of its ``floor(N / k)`` nested blocks -- one per-query estimate of ``Q_x(p, k)`` -- with
+  weight one (:class:`PairedStats`). An arm's estimate is the equally weighted mean over its
+  queries. Because the nested sizes shrink over rounds, an active arm ``(p, k)`` has ``k <=
+  Nmax_r(p)`` in every earlier round, so every active arm's estimate averages over *the same*
+  queries: ranking by these means is ranking by paired differences (the query effect cancels).
+  PSST's per-block weighting would instead weight a prompt's early rounds (large ``N``: many
+  blocks) differently from another prompt's, breaking the pairing.
+* **Budget.** Round budgets are ``growth^r``-weighted shares of ``T`` (``growth = 1``: PSST's equal
+  rounds), with PSST's carry-forward; a round that cannot afford one common query (``avail < M``)
+  pulls nothing, carries its budget forward and does not halve. The remainder of the last round
+  (``< M``) is **not** spent on a random subset of prompts (that would break the pairing); it is
+  reported unspent in ``policy.info["unspent"]``. Never more than ``T``.
+* **Elimination** is PSST's per-context halving on the paired means (bottom ``ceil(n / 2)`` of the
+  active arms, keeping at least one); the deployed arm is the surviving arm with the best mean.
+
+:class:`TopKPaired` (registered as ``topk_paired``) first screens the prompts as Top-K does (PSST+K,
+:mod:`agents.topk`), but on common queries: every prompt at ``N = 1`` on the same
+``floor(rho * T / |P|)`` queries; per context the ``k`` best prompts by paired mean stay. Its
+trimming phase then continues the query walk with fresh statistics (the ``N = 1`` screening samples
+would feed only the ``N = 1`` arms and so break the pairing).
+
+Everything is vectorised over the seeds of a batch (``fit_many``): one permutation matrix
+``(S, n_train)``, one sampler call per round and per bucket of pull sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agents._common import BatchAgent, _chunks, best_arms, halve, ranking_key, table_policies
+from agents._engine import NestedStats, nested_gains
+from agents._runs import Runs
+from agents.base import Policy
+from agents.psst import maximal_sizes, n_rounds
+from iapo_gym.sampling import Pulls
+
+__all__ = ["PSSTPaired", "PairedStats", "QueryRuns", "QuerySchedule", "TopKPaired", "round_budgets", "run_paired_trimming"]
+
+
+# ------------------------------------------------------------------------------- query control
+class QueryRuns(Runs):
+    """:class:`agents._runs.Runs` whose pulls name their training query (a column of the train split)."""
+
+    def __init__(self, envs: Sequence[Any], budget: int, seeds: Sequence[int], salt: str) -> None:
+        super().__init__(envs, budget, seeds, salt)
+        if self._own_pull:
+            train = np.asarray(self.envs[0].train_queries, dtype=np.int64)
+            if train.size == 0:
+                raise ValueError("the env needs a non-empty train split (env.unwrapped.train_queries)")
+            self.n_train = np.array([train.size], dtype=np.int64)
+            self.train = train[None, :]
+
+    def pull_at(
+        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64]
+    ) -> Pulls:
+        """One pull per row on query ``train[run, col]`` (``col``: position in the run's train split)."""
+        from iapo_gym.sampling import sample_pulls
+
+        run, prompt, n, col = (np.asarray(a, dtype=np.int64) for a in (run, prompt, n, col))
+        charge = np.bincount(run, weights=n, minlength=self.n_runs).astype(np.int64)
+        over = self.spent + charge > self.budgets
+        if np.any(over):
+            bad = int(np.flatnonzero(over)[0])
+            raise RuntimeError(
+                f"internal error: run {bad} would spend {int(self.spent[bad] + charge[bad])} > budget "
+                f"{int(self.budgets[bad])}; this is an agent bug, please report it"
+            )
+        if np.any((col < 0) | (col >= self.n_train[run])):
+            raise RuntimeError("internal error: a train-split column outside the run's train split")
+        query = self.train[run, col]
+        if self._own_pull:
+            pulls = self.envs[0].pull(prompt, n, query=query)
+        else:
+            pulls = sample_pulls(self.table, prompt, query, n, self.rng)
+            for s in np.flatnonzero(charge):
+                self.envs[s].ledger.charge(int(charge[s]))
+        self.spent += charge
+        return pulls
+
+    def pull_at_grouped(
+        self,
+        run: NDArray[np.int64],
+        prompt: NDArray[np.int64],
+        n: NDArray[np.int64],
+        col: NDArray[np.int64],
+        fill: float = 0.7,
+    ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
+        """:meth:`pull_at` in a few batches of similar ``n`` (as :meth:`Runs.pull_grouped`)."""
+        sizes = np.unique(n)[::-1]
+        while sizes.size:
+            members = sizes[sizes >= fill * sizes[0]]
+            sizes = sizes[members.size :]
+            rows = np.flatnonzero(np.isin(n, members))
+            yield self.pull_at(run[rows], prompt[rows], n[rows], col[rows]), rows
+
+
+class QuerySchedule:
+    """Per run, a seeded random permutation of its train split, walked cyclically.
+
+    ``take(count)`` returns the next ``count[s]`` train-split columns of every run ``s`` as a
+    ragged pair ``(run (Q,), col (Q,))``; over a run's walk every query is used ``k`` or ``k + 1``
+    times after any number of draws.
+    """
+
+    def __init__(self, n_train: NDArray[np.int64], rng: np.random.Generator) -> None:
+        self.n_train = np.asarray(n_train, dtype=np.int64)
+        width = int(self.n_train.max())
+        key = rng.random((self.n_train.size, width))
+        key[np.arange(width)[None, :] >= self.n_train[:, None]] = np.inf
+        self.perm = np.argsort(key, axis=1)  # the first n_train[s] entries of row s: a permutation
+        self.pos = np.zeros(self.n_train.size, dtype=np.int64)
+
+    def take(self, count: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        count = np.asarray(count, dtype=np.int64)
+        run = np.repeat(np.arange(count.size), count)
+        step = np.arange(run.size) - np.repeat(np.cumsum(count) - count, count)
+        col = self.perm[run, (self.pos[run] + step) % self.n_train[run]]
+        self.pos = (self.pos + count) % self.n_train
+        return run, col
+
+
+# ------------------------------------------------------------------------------ paired tallies
+class PairedStats(NestedStats):
+    """Nested tallies with one unit of weight per pull (= per query) instead of per block.
+
+    For each ``k <= N`` a pull of ``(p, N)`` adds the MEAN of its ``floor(N / k)`` nested blocks
+    (gain and cost) and a count of 1. ``means()`` (inherited) is then each arm's average over the
+    queries it was pulled on, each query weighted equally -- the paired estimator when all arms
+    share their queries.
+    """
+
+    def add(self, pulls: Pulls, run: NDArray[np.int64]) -> None:
+        if len(pulls) == 0:
+            return
+        gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
+        width = gain.shape[-1]
+        inv = np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0)  # (B, L)
+        gain = gain * inv[None]
+        cost = cost * inv
+        count = (count > 0).astype(np.int64)
+        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
+        g = np.add.reduceat(gain[:, order], starts, axis=1)  # (U, G, L)
+        self.gain[cell_run, :, cell_prompt, :width] += g.transpose(1, 0, 2)
+        self.cost[cell_run, cell_prompt, :width] += np.add.reduceat(cost[order], starts, axis=0)
+        self.count[cell_run, cell_prompt, :width] += np.add.reduceat(count[order], starts, axis=0)
+
+
+# ------------------------------------------------------------------------------------- the loop
+def round_budgets(budgets: NDArray[np.int64], rounds: int, growth: float) -> NDArray[np.int64]:
+    """``(S, R)`` per-round budgets: ``floor(T * growth^r / sum_j growth^j)`` (``growth = 1``: ``floor(T / R)``)."""
+    w = float(growth) ** np.arange(rounds, dtype=np.float64)
+    share = w / w.sum()
+    return np.floor(np.asarray(budgets, dtype=np.float64)[:, None] * share[None, :] + 1e-9).astype(np.int64)
+
+
+def run_paired_trimming(
+    runs: QueryRuns,
+    stats: PairedStats,
+    active: NDArray[np.bool_],
+    budgets: NDArray[np.int64],
+    rounds: int,
+    growth: float = 1.0,
+    schedule: QuerySchedule | None = None,
+    min_queries: int = 1,
+) -> list[dict[str, Any]]:
+    """PSST's loop with every round's pulls on one common query set per run (see the module docstring).
+
+    Args:
+        runs: the batch (pulls are charged to it).
+        stats: paired tallies, updated in place (stockpiling).
+        active: ``(S, C, P * N_max)`` per-context active flags, trimmed in place.
+        budgets: ``(S,)`` completions this phase may spend per run.
+        rounds: ``R``.
+        growth: ratio of consecutive round budgets (1: equal rounds).
+        schedule: the runs' query walk (default: a fresh one from ``runs.rng``); continuing the
+            walk of an earlier phase keeps the coverage of the train split even.
+        min_queries: a round pulls only if it affords at least this many common queries
+            (otherwise it carries its budget forward and does not halve).
+
+    Returns one diagnostics dict per run.
+    """
+    n_runs = runs.n_runs
+    plan = round_budgets(budgets, rounds, growth)
+    schedule = schedule or QuerySchedule(runs.n_train, runs.rng)
+    start_spent = runs.spent.copy()
+    carry = np.zeros(n_runs, dtype=np.int64)
+    spend_log = np.zeros((n_runs, rounds), dtype=np.int64)
+    query_log = np.zeros((n_runs, rounds), dtype=np.int64)
+    halvings = np.zeros(n_runs, dtype=np.int64)
+    for r in range(rounds):
+        last = r == rounds - 1
+        avail = budgets - (runs.spent - start_spent) if last else plan[:, r] + carry
+        sizes = maximal_sizes(active, runs.n_max)  # (S, P)
+        m = sizes.sum(axis=1)
+        q = np.where(m > 0, avail // np.maximum(m, 1), 0)
+        q = np.where(q >= min_queries, q, 0)
+        q_run, q_col = schedule.take(q)  # (Q,) one common query per row
+        # every surviving prompt of the run on every one of its queries
+        alive = sizes[q_run] > 0  # (Q, P)
+        row_q, row_p = np.nonzero(alive)
+        run_rows, col_rows = q_run[row_q], q_col[row_q]
+        n_rows = sizes[run_rows, row_p]
+        before = runs.spent.copy()
+        for pulls, rows in runs.pull_at_grouped(run_rows, row_p, n_rows, col_rows):
+            stats.add(pulls, run_rows[rows])
+        spent = runs.spent - before
+        spend_log[:, r] = spent
+        query_log[:, r] = q
+        carry = avail - spent
+        trim = q >= 1
+        if trim.any():
+            halve(active, stats.means().reshape(active.shape), trim)
+            halvings += trim
+    unspent = budgets - (runs.spent - start_spent)
+    return [
+        {
+            "rounds": rounds,
+            "round_budgets": plan[s].tolist(),
+            "spent_per_round": spend_log[s].tolist(),
+            "queries_per_round": query_log[s].tolist(),
+            "halvings": int(halvings[s]),
+            "unspent": int(unspent[s]),
+            "survivors": active[s].sum(axis=-1).tolist(),
+        }
+        for s in range(n_runs)
+    ]
+
+
+@dataclass
+class PSSTPaired(BatchAgent):
+    """PSST on common query sets with paired elimination. **Uses query-controlled pulls.**
+
+    Args:
+        growth: ratio of consecutive round budgets (1.0: PSST's equal rounds; > 1 spends less in
+            the early rounds, where every surviving prompt's ``N_max`` arm is expensive).
+        rounds: number of rounds ``R`` (0: Algorithm 1's ``ceil(log2 |A|)`` over the arms in play).
+        min_queries: a round pulls (and halves) only if it affords this many common queries.
+        k: 0 (default) for no screening; otherwise a paired Top-``k`` screening first (see
+            :class:`TopKPaired`).
+        rho: share of the budget spent on the screening (``k > 0`` only).
+        screen_n: ``N`` of the screening pulls (``k > 0`` only).
+        reuse_warmup: keep the screening samples in the trimming phase. Default False: the
+            screening pulls (``N = screen_n``) only feed arms ``(p, k <= screen_n)``, so reusing
+            them would average those arms over more queries than the others and break the pairing.
+    """
+
+    growth: float = 1.0
+    rounds: int = 0
+    min_queries: int = 1
+    k: int = 0
+    rho: float = 0.2
+    screen_n: int = 1
+    reuse_warmup: bool = False
+    name: ClassVar[str] = "psst_paired"
+    uses_query_control: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not float(self.growth) > 0.0:
+            raise ValueError(f"growth must be > 0; got {self.growth}")
+        if int(self.rounds) < 0:
+            raise ValueError(f"rounds must be >= 0 (0: ceil(log2 of the arm count)); got {self.rounds}")
+        if int(self.min_queries) < 1:
+            raise ValueError(f"min_queries must be >= 1; got {self.min_queries}")
+        if int(self.k) < 0:
+            raise ValueError(f"k must be >= 0 prompts (0: no screening); got {self.k}")
+        if not 0.0 <= float(self.rho) < 1.0:
+            raise ValueError(f"rho must lie in [0, 1); got {self.rho}")
+        if int(self.screen_n) < 1:
+            raise ValueError(f"screen_n must be >= 1; got {self.screen_n}")
+
+    def fit(self, env: Any, budget: int, seed: int) -> Policy:
+        return self._fit_runs(QueryRuns([env], budget, [seed], self.name))[0]
+
+    def fit_many(self, make_env: Callable[[int], Any], budget: int, seeds: Sequence[int]) -> list[Policy]:
+        seeds = list(seeds)
+        envs = [make_env(s) for s in seeds]
+        policies: list[Policy] = []
+        for lo, hi in _chunks(envs) if envs else []:
+            policies += self._fit_runs(QueryRuns(envs[lo:hi], budget, seeds[lo:hi], self.name))
+        return policies
+
+    def _screen(self, runs: QueryRuns, stats: PairedStats, schedule: QuerySchedule) -> NDArray[np.bool_]:
+        """Paired Top-``k`` screening: every prompt at ``N = screen_n`` on the same queries; ``(S, C, P)`` kept."""
+        s_n, p_n, n_max, c_n = runs.n_runs, runs.n_prompts, runs.n_max, len(runs.contexts)
+        n0 = min(int(self.screen_n), n_max)
+        warm = np.floor(float(self.rho) * runs.budgets).astype(np.int64)
+        q_run, q_col = schedule.take(warm // (p_n * n0))
+        run_rows = np.repeat(q_run, p_n)
+        if run_rows.size:
+            prompt_rows = np.tile(np.arange(p_n), q_run.size)
+            pulls = runs.pull_at(run_rows, prompt_rows, np.full(run_rows.size, n0), np.repeat(q_col, p_n))
+            stats.add(pulls, run_rows)
+        # a prompt's score: its best arm (p, N <= screen_n); unseen prompts rank last, ties -> lower index
+        key = ranking_key(np.ones((s_n, c_n, p_n, n0), bool), stats.means()[..., :n0]).max(axis=-1)
+        top = np.argsort(-key, axis=-1, kind="stable")[..., : min(int(self.k), p_n)]
+        keep = np.zeros((s_n, c_n, p_n), dtype=bool)
+        np.put_along_axis(keep, top, True, axis=-1)
+        return keep
+
+    def _fit_runs(self, runs: Runs) -> list[Policy]:
+        if not isinstance(runs, QueryRuns):
+            raise TypeError("PSSTPaired needs QueryRuns (query-controlled pulls); call fit or fit_many")
+        s_n, p_n, n_max, c_n = runs.n_runs, runs.n_prompts, runs.n_max, len(runs.contexts)
+        stats = PairedStats(s_n, p_n, n_max, runs.contexts)
+        schedule = QuerySchedule(runs.n_train, runs.rng)
+        keep = np.ones((s_n, c_n, p_n), dtype=bool)
+        screened = 0
+        if int(self.k) > 0:
+            keep = self._screen(runs, stats, schedule)
+            screened = min(int(self.k), p_n)
+            if not self.reuse_warmup:
+                stats = PairedStats(s_n, p_n, n_max, runs.contexts)
+        warm_spent = runs.spent.copy()
+        active = np.repeat(keep[..., None], n_max, axis=-1).reshape(s_n, c_n, p_n * n_max)
+        rounds = int(self.rounds) or n_rounds((screened or p_n) * n_max)
+        infos = run_paired_trimming(
+            runs, stats, active, runs.budgets - runs.spent, rounds, float(self.growth), schedule, int(self.min_queries)
+        )
+        arms = best_arms(active, stats.means().reshape(active.shape))
+        for s, info in enumerate(infos):
+            info["budget_used"] = int(runs.spent[s])
+            if screened:
+                info.update(warmup_spent=int(warm_spent[s]), screened=[np.flatnonzero(row).tolist() for row in keep[s]])
+        return table_policies(runs, arms, infos)
+
+
+@dataclass
+class TopKPaired(PSSTPaired):
+    """Top-K screening (PSST+K) on common queries, then :class:`PSSTPaired`. **Uses query-controlled pulls.**
+
+    The screening pulls every prompt at ``N = screen_n`` (default 1) on the same
+    ``floor(rho * T / (|P| * screen_n))`` queries of the run's walk and keeps, per context, the
+    ``k`` prompts with the best paired mean; the trimming phase then continues the walk (fresh
+    queries) with ``R = ceil(log2(k * N_max))`` rounds and, by default, fresh statistics.
+    """
+
+    k: int = 4
+    name: ClassVar[str] = "topk_paired"
