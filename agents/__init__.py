@@ -31,6 +31,8 @@ def _factory(module: str, cls: str, **defaults: Any) -> Callable[..., Agent]:
 
 AGENTS: dict[str, Callable[..., Agent]] = {
     "psst": _factory("agents.psst", "PSST"),
+    "psst_paired": _factory("agents.psst_paired", "PSSTPaired"),
+    "topk_paired": _factory("agents.psst_paired", "TopKPaired"),
     "topk1": _factory("agents.topk", "TopK", k=1, rho=0.2),
     "topk4": _factory("agents.topk", "TopK", k=4, rho=0.2),
     "topk8": _factory("agents.topk", "TopK", k=8, rho=0.2),
