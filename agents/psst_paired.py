@@ -28,7 +28,9 @@ reuse, per-context halving, stockpiling, and the budget never exceeded. What cha
   rounds), with PSST's carry-forward; a round that cannot afford one common query (``avail < M``)
   pulls nothing, carries its budget forward and does not halve. The remainder of the last round
   (``< M``) is **not** spent on a random subset of prompts (that would break the pairing); it is
-  reported unspent in ``policy.info["unspent"]``. Never more than ``T``.
+  reported unspent in ``policy.info["unspent"]``. Never more than ``T``. Small budgets: a last
+  round that cannot afford one common query of every maximal arm caps the pull sizes so that a
+  few common queries fit (:func:`shrink_to_fit`) rather than spending nothing.
 * **Elimination** is PSST's per-context halving on the paired means (bottom ``ceil(n / 2)`` of the
   active arms, keeping at least one); the deployed arm is the surviving arm with the best mean.
 
@@ -173,6 +175,34 @@ class PairedStats(NestedStats):
 
 
 # ------------------------------------------------------------------------------------- the loop
+#: Common queries the last round aims for when it cannot afford one query of every maximal arm.
+FALLBACK_QUERIES = 4
+
+
+def shrink_to_fit(
+    sizes: NDArray[np.int64], q: NDArray[np.int64], avail: NDArray[np.int64], n_max: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Small-budget fallback of the last round: cap the pull sizes of runs that afford no common query.
+
+    A run with ``q = 0`` but budget left caps every surviving prompt's pull at the largest ``n``
+    for which :data:`FALLBACK_QUERIES` common queries of ``min(Nmax(p), n)`` fit (at least
+    ``n = 1``, then as many queries as fit), so small budgets still compare every surviving
+    prompt on common queries instead of spending nothing. Returns the new ``(sizes, q)``.
+    """
+    need = (q == 0) & (sizes.sum(axis=1) > 0)
+    if not need.any():
+        return sizes, q
+    caps = np.arange(1, n_max + 1)
+    cost = np.minimum(sizes[:, :, None], caps[None, None, :]).sum(axis=1)  # (S, n_max): one query at cap n
+    fits = cost * FALLBACK_QUERIES <= avail[:, None]
+    cap = np.where(fits.any(axis=1), n_max - np.argmax(fits[:, ::-1], axis=1), 1)
+    capped = np.where(sizes > 0, np.minimum(sizes, cap[:, None]), 0)
+    q_cap = avail // np.maximum(capped.sum(axis=1), 1)
+    sizes = np.where(need[:, None], capped, sizes)
+    q = np.where(need, q_cap, q)
+    return sizes, q
+
+
 def round_budgets(budgets: NDArray[np.int64], rounds: int, growth: float) -> NDArray[np.int64]:
     """``(S, R)`` per-round budgets: ``floor(T * growth^r / sum_j growth^j)`` (``growth = 1``: ``floor(T / R)``)."""
     w = float(growth) ** np.arange(rounds, dtype=np.float64)
@@ -221,6 +251,9 @@ def run_paired_trimming(
         m = sizes.sum(axis=1)
         q = np.where(m > 0, avail // np.maximum(m, 1), 0)
         q = np.where(q >= min_queries, q, 0)
+        if last:
+            sizes, q = shrink_to_fit(sizes, q, avail, runs.n_max)
+            m = sizes.sum(axis=1)
         q_run, q_col = schedule.take(q)  # (Q,) one common query per row
         # every surviving prompt of the run on every one of its queries
         alive = sizes[q_run] > 0  # (Q, P)
@@ -236,7 +269,9 @@ def run_paired_trimming(
         carry = avail - spent
         trim = q >= 1
         if trim.any():
-            halve(active, stats.means().reshape(active.shape), trim)
+            mean = stats.means().reshape(active.shape)
+            # random tie-breaking (paired means on few queries tie often; a stable sort would favour low indices)
+            halve(active, mean + 1e-9 * runs.rng.random(mean.shape), trim)
             halvings += trim
     unspent = budgets - (runs.spent - start_spent)
     return [
