@@ -1,8 +1,8 @@
 """Benchmark IAPO agents on IAPO tasks: exact test-split metrics per run, TensorBoard, plots, Wilcoxon.
 
 Single-file experiment runner in the CleanRL style: the ``Args`` dataclass below is the command
-line (each field's docstring is its ``--help``), then a seeding block, a run loop, and the
-analysis. Heavy lifting lives in small modules of :mod:`iapo_gym.experiments`.
+line (each field's docstring is its ``--help``), then the plan (tasks x agents x budgets x seeds),
+the run loop, and the analysis. Heavy lifting lives in small modules of :mod:`iapo_gym.experiments`.
 
     python train.py                                  # demo: Synth-Bernoulli, 6 agents, ~1 min
     python train.py --env IAPO-MATH-v0 --agents psst,topk4,uniform --budgets 1k,5k,20k --runs 50
@@ -54,7 +54,7 @@ class Args:
     out: str = "runs/demo"
     """output directory (results.csv, tb/, wilcoxon tables, figures); re-running resumes from results.csv"""
     reference: str = "psst"
-    """reference agent of the paired Wilcoxon table (every other agent is tested against it)"""
+    """reference agent of the paired Wilcoxon table (every other agent is tested against it); if it is not run, the first agent"""
     contexts: str = "finite"
     """context mode of the evaluation: 'finite' (the task's context set, the paper's protocol)"""
     track: bool = True
@@ -62,7 +62,7 @@ class Args:
     plots: bool = True
     """write the PNG figures"""
     figures: str = ""
-    """directory of the PNG figures (default: OUT)"""
+    """directory of the PNG figures; empty = OUT"""
     report: str = ""
     """write a markdown reproduction report (paper claims checked with p-values) to this path"""
     skip_missing: bool = False
@@ -112,7 +112,9 @@ class ArgumentError(ValueError):
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     """Parse ``argv``: explicit options override the preset, which overrides the defaults."""
-    parser = build_parser(Args, prog="train.py", description=__doc__.split("\n\n")[0])
+    paragraphs = __doc__.split("\n\n")
+    head, examples = paragraphs[0], paragraphs[2]
+    parser = build_parser(Args, prog="train.py", description=head, epilog="examples:\n" + examples)
     given = explicit_fields(parser, argv)
     preset = given.get("preset", "")
     if preset:
@@ -193,6 +195,7 @@ class Plan:
     figures: Path
     report: Path | None
     missing_agents: list[str]
+    reference: str
 
 
 def make_plan(args: Args) -> Plan:
@@ -214,6 +217,7 @@ def make_plan(args: Args) -> Plan:
         figures=Path(args.figures) if args.figures else out,
         report=Path(args.report) if args.report else None,
         missing_agents=missing,
+        reference=args.reference if args.reference in agents else agents[0],
     )
 
 
@@ -416,7 +420,7 @@ def analyse(args: Args, plan: Plan, skipped_envs: dict[str, str] | None = None, 
         log("no results to analyse")
         return written
     agents = [a for a in plan.agents if a in set(res.agent.tolist())]
-    rows = stats.wilcoxon_table(res, reference=args.reference)
+    rows = stats.wilcoxon_table(res, reference=plan.reference)
     written["wilcoxon_csv"] = atomic_write_text(plan.out / "wilcoxon.csv", stats.wilcoxon_csv(rows))
     written["wilcoxon_md"] = atomic_write_text(plan.out / "wilcoxon.md", stats.wilcoxon_markdown(rows))
     contexts_path = plan.out / "contexts.json"
@@ -428,7 +432,7 @@ def analyse(args: Args, plan: Plan, skipped_envs: dict[str, str] | None = None, 
         cost_w = {e: [w[-1] for w in c["weights"]] for e, c in contexts.items()}
         if any(e in cost_w for e in res.unique("env")):
             written["n_plot"] = plot_n_vs_cost(res, plan.figures / "n_vs_cost.png", cost_w, agents=agents)
-    log(summary_table(res, agents, args.reference))
+    log(summary_table(res, agents, plan.reference))
     if plan.report is not None:
         from iapo_gym.experiments.report import ReportInputs, write_report
 
@@ -441,7 +445,7 @@ def analyse(args: Args, plan: Plan, skipped_envs: dict[str, str] | None = None, 
                 contexts=contexts,
                 figures={k: v for k, v in written.items() if k.endswith("_plot")},
                 command=command_line(args),
-                reference=args.reference,
+                reference=plan.reference,
             ),
             plan.report,
         )

@@ -60,7 +60,9 @@ def _type_of(f: dataclasses.Field, cls: type) -> type:
     return t if t in (int, float, bool, str) else str
 
 
-def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    cls: type, prog: str | None = None, description: str | None = None, epilog: str | None = None
+) -> argparse.ArgumentParser:
     """An :class:`argparse.ArgumentParser` with one option per field of dataclass ``cls``.
 
     Defaults are suppressed in the namespace (see :func:`explicit_fields`); the help shows them.
@@ -69,6 +71,7 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
+        epilog=epilog,
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

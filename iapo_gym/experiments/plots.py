@@ -108,7 +108,7 @@ def plot_n_vs_cost(
         b = int(results.budget[m_env].max()) if budget is None else int(budget)
         cw = np.asarray(cost_weights[env], dtype=np.float64)
         levels = np.unique(cw)
-        spread = 0.02 * max(float(np.ptp(levels)), 1e-9)
+        spread = 0.004 * max(float(np.ptp(levels)), 1e-9)  # small horizontal offsets keep agents apart
 
         def by_level(per_context: np.ndarray) -> np.ndarray:
             return np.array([per_context[:, cw == lv].mean() for lv in levels])
@@ -124,6 +124,7 @@ def plot_n_vs_cost(
             oracle_n = np.array([results.policy[j]["best_n"] for j in idx], dtype=np.float64)
         if oracle_n is not None:
             ax.plot(levels, by_level(oracle_n), "k--", marker="x", lw=1, label="oracle")
+        ax.set_xticks(levels)
         ax.set_title(f"{short_env(env)} (budget {b})")
         ax.set_xlabel("cost weight of the context")
         ax.set_ylabel("deployed N")
