@@ -32,7 +32,9 @@ reuse, per-context halving, stockpiling, and the budget never exceeded. What cha
   round that cannot afford one common query of every maximal arm caps the pull sizes so that a
   few common queries fit (:func:`shrink_to_fit`) rather than spending nothing.
 * **Elimination** is PSST's per-context halving on the paired means (bottom ``ceil(n / 2)`` of the
-  active arms, keeping at least one); the deployed arm is the surviving arm with the best mean.
+  active arms, keeping at least one); ties are broken by a seeded random jitter (paired means over
+  few queries tie often, and a stable sort would favour low arm indices). The deployed arm is the
+  surviving arm with the best mean.
 
 :class:`TopKPaired` (registered as ``topk_paired``) first screens the prompts as Top-K does (PSST+K,
 :mod:`agents.topk`), but on common queries: every prompt at ``N = 1`` on the same
