@@ -4,7 +4,7 @@ Single-file experiment runner in the CleanRL style: the ``Args`` dataclass below
 line (each field's docstring is its ``--help``), then the plan (tasks x agents x budgets x seeds),
 the run loop, and the analysis. Heavy lifting lives in small modules of :mod:`iapo_gym.experiments`.
 
-    python train.py                                  # demo: Synth-Bernoulli, 6 agents, ~1 min
+    python train.py                                  # demo: Synth-Bernoulli, 6 agents, ~10 s
     python train.py --env IAPO-MATH-v0 --agents psst,topk4,uniform --budgets 1k,5k,20k --runs 50
     python train.py --preset reproduction            # docs/REPRODUCTION.md + docs/figures/
     tensorboard --logdir runs/demo/tb
@@ -45,9 +45,9 @@ class Args:
     """task ids, comma-separated (any registered IAPO-* id, e.g. IAPO-MATH-v0); 'all' = every registered IAPO task"""
     agents: str = "psst,topk4,uniform,ucb,triple_n1,random"
     """agent names from agents.AGENTS, comma-separated; 'all' = every registered agent"""
-    budgets: str = "1000,5000"
+    budgets: str = "1k,5k,20k"
     """training budgets in completions, comma-separated; a 'k' suffix multiplies by 1000 (5k = 5000)"""
-    runs: int = 20
+    runs: int = 50
     """independent runs (seeds) per configuration; the seeds are seed .. seed+runs-1 for every agent"""
     seed: int = 0
     """first seed"""
