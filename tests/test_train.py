@@ -159,6 +159,10 @@ def test_rerun_skips_finished_runs_and_extends_only_new_seeds(experiment) -> Non
     runner, _ = train.run_experiment(args, log=lambda s: None)
     assert runner.fits == 0
     assert written["results"].read_text() == before
+    only = train.Args(**{**vars(args), "runs": RUNS + 3, "analyse_only": True})
+    runner, again = train.run_experiment(only, log=lambda s: None)
+    assert runner.fits == 0 and written["results"].read_text() == before  # analysis never fits
+    assert again["report"].read_text().count("| PSST |") == 2  # one results table per task
     more = train.Args(**{**vars(args), "runs": RUNS + 2, "env": TINY_MV, "agents": "psst", "report": ""})
     runner, _ = train.run_experiment(more, log=lambda s: None)
     assert runner.fits == len(BUDGETS)  # one batch per budget, of the two new seeds only
