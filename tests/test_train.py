@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -22,22 +23,27 @@ BUDGETS = (64, 400)
 RUNS = 5
 
 
-def _register() -> None:
-    import iapo_gym  # noqa: F401  (registers the real ids; the env module must exist)
-    from iapo_gym.tasks import TaskInfo, register_task
+@pytest.fixture(scope="module")
+def tiny_tasks() -> Iterator[None]:
+    """Register the two tiny test tasks for this module only (other modules never see them)."""
+    import iapo_gym  # registers the real ids
+    from iapo_gym.tasks import TASKS, TaskInfo, register_task
 
-    if TINY_MV not in gym.registry:
-        gym.register(TINY_MV, entry_point="iapo_gym.env:IAPOEnv",
-                     kwargs={"task": example_table("mv", seed=7, n_prompts=3, n_queries=30, n_max=6)})
-    if TINY_SYNTH not in gym.registry:
-        register_task(TaskInfo("TestTinySynthBoN", "bon", "synthetic", "test world",
-                               lambda seed: example_table("bon", seed=seed, n_prompts=3, n_queries=20, n_max=4)))
-        iapo_gym.register_envs()
+    gym.register(TINY_MV, entry_point="iapo_gym.env:IAPOEnv",
+                 kwargs={"task": example_table("mv", seed=7, n_prompts=3, n_queries=30, n_max=6)})
+    register_task(TaskInfo("TestTinySynthBoN", "bon", "synthetic", "test world",
+                           lambda seed: example_table("bon", seed=seed, n_prompts=3, n_queries=20, n_max=4)))
+    iapo_gym.register_envs()
+    try:
+        yield
+    finally:
+        TASKS.pop("TestTinySynthBoN", None)
+        for env_id in (TINY_MV, TINY_SYNTH):
+            gym.registry.pop(env_id, None)
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory: pytest.TempPathFactory) -> tuple[train.Args, train.Runner, dict[str, Path]]:
-    _register()
+def experiment(tiny_tasks: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[train.Args, train.Runner, dict[str, Path]]:
     out = tmp_path_factory.mktemp("exp")
     args = train.Args(
         env=f"{TINY_MV},{TINY_SYNTH}", agents=",".join(AGENTS), budgets=",".join(map(str, BUDGETS)), runs=RUNS,
@@ -172,8 +178,7 @@ def test_rerun_skips_finished_runs_and_extends_only_new_seeds(experiment) -> Non
     assert {(r["agent"], int(r["seed"])) for r in new} == {("psst", RUNS), ("psst", RUNS + 1)}
 
 
-def test_unknown_task_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    _register()
+def test_unknown_task_is_a_clear_error(tiny_tasks: None, capsys: pytest.CaptureFixture[str]) -> None:
     assert train.main(["--env", "IAPO-Nope-v0", "--agents", "psst", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "unknown task id(s) IAPO-Nope-v0" in err and "IAPO-SynthBernoulli-v0" in err
