@@ -32,6 +32,7 @@ import numpy as np
 
 from agents._runs import _remaining, _unwrap
 from agents.base import Agent, Policy, TablePolicy
+from iapo_gym.contexts import ContextSet
 
 ALGORITHMS = ("ppo", "a2c", "dqn", "maskable_ppo")
 
@@ -132,6 +133,26 @@ def _algorithm_class(algo: str):
     raise ValueError(f"unknown algorithm {algo!r}; choose one of {ALGORITHMS}")
 
 
+@dataclass(eq=False)
+class ModelPolicy(Policy):
+    """Deploys a trained SB3 model's deterministic action for any context (continuous contexts)."""
+
+    model: Any
+    algo: str
+    n_arms: int
+    n_max: int
+    budget_used: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def act(self, weights: Any) -> np.ndarray:
+        obs = np.atleast_2d(np.asarray(weights, dtype=np.float32))
+        if self.algo == "maskable_ppo":
+            arms, _ = self.model.predict(obs, deterministic=True, action_masks=np.ones((obs.shape[0], self.n_arms), bool))
+        else:
+            arms, _ = self.model.predict(obs, deterministic=True)
+        return np.asarray(arms, dtype=np.int64).reshape(-1)
+
+
 @dataclass
 class SB3Agent(Agent):
     """Trains a Stable-Baselines3 algorithm on the env within the completion budget.
@@ -169,5 +190,9 @@ class SB3Agent(Agent):
         else:
             arms, _ = model.predict(obs, deterministic=True)
         info = {"algo": self.algo, "steps": int(model.num_timesteps), "clipped_actions": wrapper.clipped}
+        if not isinstance(getattr(base, "context_source", base.contexts), ContextSet):
+            # continuous contexts: deploy the trained network's deterministic action for ANY context
+            return ModelPolicy(model, self.algo, int(base.n_prompts) * int(base.n_max), int(base.n_max),
+                               budget_used=wrapper.spent, info=info)
         return TablePolicy(base.contexts, np.asarray(arms, dtype=np.int64).reshape(-1), int(base.n_max),
                            budget_used=wrapper.spent, info=info)
