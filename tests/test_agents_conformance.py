@@ -134,3 +134,11 @@ def test_sequential_agents_spend_exactly_the_budget(budget, name, strategy):
     policy = make_agent(name).fit(env, budget, 0)
     assert env.unwrapped.ledger.spent == policy.budget_used == budget  # N = 1 always fits: nothing is wasted
     check_policy(policy, env)
+
+
+def test_the_one_file_agent_example_in_the_docs_passes_the_checks():
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "AGENTS.md").read_text()
+    code = re.findall(r"```python\n# my_agent.py\n(.*?)```", doc, re.S)[0]
+    exec(compile(code, "docs/AGENTS.md", "exec"), {})  # defines the agent and runs check_agent on it
