@@ -87,6 +87,7 @@ for _info in (
     TaskInfo("SynthCategorical", "bon", "synthetic", "best-of-N, 32 prompts, 512 queries, 2 objectives in [0, 4]", make_synth_categorical),
     TaskInfo("HelpfulHarmless", "bon", "real", "Anthropic HH, 20 prompts, helpful/harmless reward models (paper release)", table="HelpfulHarmless"),
     TaskInfo("Summarization", "bon", "real", "TL;DR summarisation, 20 prompts, two reward models (paper release)", table="Summarization"),
+    TaskInfo("SmolArith", "mv", "shipped", "arithmetic answered by SmolLM2-135M on vLLM (CPU), 6 prompts, 24 queries, built by iapo-gym build", table="smolarith/table"),
 ):
     register_task(_info)
 
