@@ -7,6 +7,7 @@ the run loop, and the analysis. Heavy lifting lives in small modules of :mod:`ia
     python train.py                                  # demo: Synth-Bernoulli, 6 agents, ~10 s
     python train.py --env IAPO-MATH-v0 --agents psst,topk4,uniform --budgets 1k,5k,20k --runs 50
     python train.py --preset reproduction            # docs/REPRODUCTION.md + docs/figures/
+    python train.py --env IAPO-SynthCategorical-v0 --contexts continuous --agents neural,psst_grid,ppo --budgets 5k,20k --runs 20
     tensorboard --logdir runs/demo/tb
 
 Protocol (the paper's, evaluated exactly): run ``seed`` of a configuration (task, agent, budget)
@@ -18,7 +19,8 @@ are paired for the Wilcoxon signed-rank tests. All seeds of a configuration are 
 vectorised batch (``Agent.fit_many``).
 
 Outputs under ``--out``: ``results.csv`` (one row per run, see
-:mod:`iapo_gym.experiments.results`; re-running skips finished runs), ``contexts.json``,
+:mod:`iapo_gym.experiments.results`; re-running skips finished runs), ``contexts.json`` (``contexts.continuous.json`` with
+``--contexts continuous``),
 ``tb/`` (TensorBoard), ``wilcoxon.csv`` / ``wilcoxon.md`` (every agent against ``--reference``),
 ``acr_vs_budget.png`` and ``n_vs_cost.png`` (or under ``--figures``), and ``--report`` if set.
 """
@@ -56,7 +58,7 @@ class Args:
     reference: str = "psst"
     """reference agent of the paired Wilcoxon table (every other agent is tested against it); if it is not run, the first agent"""
     contexts: str = "finite"
-    """context mode of the evaluation: 'finite' (the task's context set, the paper's protocol)"""
+    """context mode: 'finite' (the task's context set, the paper's protocol) or 'continuous' (envs draw contexts from a continuous distribution; every run is scored exactly on its 2,000-context held-out evaluation sample, see docs/CONTINUOUS.md)"""
     track: bool = True
     """write TensorBoard event files under OUT/tb"""
     plots: bool = True
@@ -202,8 +204,10 @@ def make_plan(args: Args) -> Plan:
     """Validate ``args`` into a :class:`Plan` (raises :class:`ArgumentError` naming the fix)."""
     if args.runs < 1:
         raise ArgumentError(f"--runs must be >= 1; got {args.runs}")
-    if args.contexts != "finite":
-        raise ArgumentError(f"--contexts {args.contexts!r} is not supported yet; use --contexts finite")
+    from iapo_gym.experiments.evaluate import MODES
+
+    if args.contexts not in MODES:
+        raise ArgumentError(f"--contexts must be one of {', '.join(MODES)}; got {args.contexts!r}")
     agents, missing = parse_agents(args.agents, lenient=bool(args.preset))
     budgets = parse_budgets(args.budgets)
     envs = parse_envs(args.env)
@@ -245,6 +249,12 @@ def is_missing_table(exc: BaseException) -> bool:
     return False
 
 
+def contexts_path(out: Path, mode: str) -> Path:
+    """``OUT/contexts.json`` (finite mode) or ``OUT/contexts.continuous.json`` (continuous mode: the
+    cost-weight bins of the evaluation sample), so both modes can share one output directory."""
+    return out / ("contexts.json" if mode == "finite" else f"contexts.{mode}.json")
+
+
 # --------------------------------------------------------------------------- the run loop
 class Runner:
     """Runs every (task, agent, budget) configuration of a plan, skipping finished runs."""
@@ -277,11 +287,29 @@ class Runner:
                 return False
             raise
         self.first_tables[env_id] = env.table
-        ctx = env.contexts
-        self.contexts[env_id] = {
-            "names": list(ctx.names),
-            "weights": np.asarray(ctx.weights).tolist(),
-            "probs": np.asarray(ctx.probs).tolist(),
+        if self.args.contexts == "continuous":
+            # continuous mode: per-context policy columns are summarised over cost-weight bins of
+            # the held-out evaluation sample; record the bins (mean context of each) as the contexts
+            from iapo_gym.continuous import distribution_of
+            from iapo_gym.experiments.evaluate import cost_bins, evaluation_contexts
+
+            weights, _, _ = evaluation_contexts(env, "continuous")
+            bins, centres, names = cost_bins(weights)
+            record: dict[str, Any] = {
+                "names": list(names),
+                "weights": centres.tolist(),
+                "probs": (np.bincount(bins) / bins.size).tolist(),
+                "distribution": distribution_of(env).to_json(),
+                "evaluation_contexts": int(weights.shape[0]),
+            }
+        else:
+            ctx = env.contexts
+            record = {
+                "names": list(ctx.names),
+                "weights": np.asarray(ctx.weights).tolist(),
+                "probs": np.asarray(ctx.probs).tolist(),
+            }
+        self.contexts[env_id] = record | {
             "n_prompts": int(env.n_prompts),
             "n_max": int(env.n_max),
             "strategy": str(env.strategy),
@@ -304,7 +332,7 @@ class Runner:
         """Fit ``seeds`` as one batch, evaluate exactly, append to results.csv; returns the new rows."""
         from agents import make_agent
 
-        agent = make_agent(agent_name)
+        agent = make_agent(agent_name, **self.agent_overrides(env_id, agent_name, budget))
         base = env_factory(env_id, budget, self.args.contexts)
         built: dict[int, Any] = {}
 
@@ -334,6 +362,20 @@ class Runner:
         self.results.append(rows)
         return rows
 
+    def agent_overrides(self, env_id: str, agent_name: str, budget: int) -> dict[str, Any]:
+        """Per-configuration agent settings: agents that log their own training (``log_dir``, e.g.
+        the neural agent's loss and exploration statistics) write under ``OUT/tb`` when tracking."""
+        from dataclasses import fields, is_dataclass
+
+        from agents import AGENTS, make_agent
+
+        if not self.args.track or agent_name not in AGENTS:
+            return {}
+        agent = make_agent(agent_name)
+        if not is_dataclass(agent) or "log_dir" not in {f.name for f in fields(agent)}:
+            return {}
+        return {"log_dir": str(self.plan.out / "tb" / f"{env_id}__{agent_name}__training__T{int(budget)}")}
+
     def rows_of(self, env: str, agent: str, budget: int) -> list[dict[str, Any]]:
         """Recorded rows of the plan's seeds for one configuration."""
         want = set(self.plan.seeds)
@@ -355,7 +397,7 @@ class Runner:
         envs = [e for e in plan.envs if self.check_env(e)]
         known = self.contexts_file()
         known.update(self.contexts)
-        atomic_write_text(plan.out / "contexts.json", json.dumps(known, indent=1))
+        atomic_write_text(contexts_path(plan.out, self.args.contexts), json.dumps(known, indent=1))
         total = sum(len(self.todo(e, a, b)) for e in envs for a in plan.agents for b in plan.budgets)
         self.log(
             f"{len(envs)} task(s) x {len(plan.agents)} agent(s) x {len(plan.budgets)} budget(s) x {len(plan.seeds)} runs: "
@@ -390,7 +432,7 @@ class Runner:
         return ConfigLogger(self.plan.out / "tb", env_id, agent_name, self.plan.seeds, names, hparams, stamp)
 
     def contexts_file(self) -> dict[str, Any]:
-        path = self.plan.out / "contexts.json"
+        path = contexts_path(self.plan.out, self.args.contexts)
         return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -423,8 +465,8 @@ def analyse(args: Args, plan: Plan, skipped_envs: dict[str, str] | None = None, 
     rows = stats.wilcoxon_table(res, reference=plan.reference)
     written["wilcoxon_csv"] = atomic_write_text(plan.out / "wilcoxon.csv", stats.wilcoxon_csv(rows))
     written["wilcoxon_md"] = atomic_write_text(plan.out / "wilcoxon.md", stats.wilcoxon_markdown(rows))
-    contexts_path = plan.out / "contexts.json"
-    contexts = json.loads(contexts_path.read_text()) if contexts_path.exists() else {}
+    ctx_path = contexts_path(plan.out, args.contexts)
+    contexts = json.loads(ctx_path.read_text()) if ctx_path.exists() else {}
     if args.plots:
         from iapo_gym.experiments.plots import plot_acr_vs_budget, plot_n_vs_cost
 

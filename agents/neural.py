@@ -339,6 +339,7 @@ class NeuralAgent(BatchAgent):
         active = np.ones((runs.n_runs, n_elim, n_arms), dtype=bool)
         stats.active = active
         infos = run_trimming(runs, ranker, active, runs.budgets.copy(), n_rounds(n_arms))
+        stats._log_round()  # the final exploration state (also when the budget allowed no halving)
         centre, scale = stats.fit(int(self.final_steps) if stats.fitted_steps else int(self.first_steps))
         seen = (stats.tally.count > 0).reshape(runs.n_runs, -1)
         candidates = active.any(axis=1) & seen

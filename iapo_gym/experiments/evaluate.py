@@ -10,8 +10,18 @@ then scores any policy from its deployment distribution over arms
 * ``optimal[c]`` = policy mass on arms tied with the best (``oracle.TIE_RTOL``);
 * per context the modal prompt and N, the expected N, and the oracle's prompt and N.
 
-Where the contexts come from is decided in :func:`evaluation_contexts` (today the env's finite
-set; continuous-context evaluation plugs in there).
+Where the contexts come from is decided in :func:`evaluation_contexts`:
+
+* ``"finite"``: the env's finite context set with its probabilities (the paper's protocol);
+* ``"continuous"``: the fixed held-out evaluation sample of the env's continuous distribution
+  (:meth:`iapo_gym.continuous.ContinuousContexts.evaluation_sample`, 2,000 contexts, equal
+  weights), with exact Q from :func:`iapo_gym.continuous.exact_q_values` (vectorised over contexts).
+  ``acr``, ``oracle_acr``, ``regret`` and ``optimal_frac`` are exact means over the sample. The
+  per-context ``policy`` columns would hold 2,000 entries per run, so they are summarised over
+  :data:`COST_BINS` equal-count bins of the sampled cost weight (:func:`cost_bins`): per bin the
+  modal prompt / N, the mean deployed N, the share of optimal choices and the oracle's modal prompt /
+  mean N. TensorBoard's per-context charts and the N-vs-cost figure then read one "context" per bin
+  (its mean weight vector, recorded in ``contexts.json``).
 """
 
 from __future__ import annotations
@@ -25,7 +35,11 @@ from numpy.typing import NDArray
 from iapo_gym import oracle
 from iapo_gym.tables.format import OutcomeTable
 
-__all__ = ["RunMetrics", "ExactEvaluator", "evaluation_contexts", "query_subtable"]
+__all__ = ["COST_BINS", "RunMetrics", "ExactEvaluator", "cost_bins", "evaluation_contexts", "query_subtable"]
+
+#: Cost-weight bins summarising the per-context policy columns in continuous mode.
+COST_BINS = 8
+MODES = ("finite", "continuous")
 
 _QUERY_AXIS = {"cost": 1, "split": 0, "answer_probs": 1, "gold": 0, "outcome_values": 1, "outcome_probs": 1}
 
@@ -49,12 +63,45 @@ def evaluation_contexts(env: Any, mode: str = "finite") -> tuple[NDArray[np.floa
     """``(weights (C, K+1), probs (C,), names)`` of the contexts a run is evaluated on.
 
     ``mode="finite"``: the task's finite context set (the paper's protocol).
+    ``mode="continuous"``: the held-out evaluation sample of the env's continuous distribution
+    (:func:`iapo_gym.continuous.distribution_of`; the same sample for every run of a task), equal weights.
     """
     if mode == "finite":
         ctx = getattr(env, "contexts", None) or env.table.contexts
         return np.asarray(ctx.weights, dtype=np.float64), np.asarray(ctx.probs, dtype=np.float64), tuple(ctx.names)
-    # Continuous contexts: evaluate on a fixed set of draws from the env's sampler here.
-    raise NotImplementedError(f"evaluation on {mode!r} contexts is not implemented yet; use --contexts finite")
+    if mode == "continuous":
+        from iapo_gym.continuous import distribution_of
+
+        w = distribution_of(env).evaluation_sample()
+        return w, np.full(w.shape[0], 1.0 / w.shape[0]), tuple(f"e{i}" for i in range(w.shape[0]))
+    raise ValueError(f"unknown context mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+def cost_bins(weights: NDArray[np.float64], n_bins: int = COST_BINS) -> tuple[NDArray[np.int64], NDArray[np.float64], tuple[str, ...]]:
+    """Equal-count bins of the cost weight (last column) of ``weights (C, K+1)``.
+
+    Returns ``(bin (C,), mean weight vector of each bin (B, K+1), names (B,))``; contexts are
+    ranked by cost weight (stable), so each bin holds ``C / B`` contexts (+-1).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n_bins = max(1, min(int(n_bins), w.shape[0]))
+    order = np.argsort(w[:, -1], kind="stable")
+    rank = np.empty(w.shape[0], dtype=np.int64)
+    rank[order] = np.arange(w.shape[0])
+    b = (rank * n_bins) // w.shape[0]
+    counts = np.bincount(b, minlength=n_bins).astype(np.float64)
+    centre = np.stack([np.bincount(b, weights=w[:, j], minlength=n_bins) for j in range(w.shape[1])], axis=1) / counts[:, None]
+    lo = np.array([w[b == i, -1].min() for i in range(n_bins)])
+    hi = np.array([w[b == i, -1].max() for i in range(n_bins)])
+    names = tuple(f"cost_{a:.3g}-{z:.3g}" for a, z in zip(lo, hi))
+    return b, centre, names
+
+
+def _modal_per_bin(values: NDArray[np.int64], bins: NDArray[np.int64], n_bins: int, n_values: int) -> list[int]:
+    """Most frequent ``values`` within each bin (ties: the smallest value)."""
+    counts = np.zeros((n_bins, n_values), dtype=np.int64)
+    np.add.at(counts, (bins, values), 1)
+    return counts.argmax(axis=1).tolist()
 
 
 @dataclass(frozen=True)
@@ -83,17 +130,25 @@ class ExactEvaluator:
 
     def __init__(self, env: Any, contexts: str = "finite", shared_table: bool = True) -> None:
         """``shared_table``: the env's table serves other runs too (a real task re-split per seed), so
-        the oracle's per-table cache pays off; otherwise only the test queries are evaluated."""
+        the oracle's per-table cache pays off; otherwise only the test queries are evaluated.
+        ``contexts``: ``"finite"`` or ``"continuous"`` (see :func:`evaluation_contexts`)."""
         env = getattr(env, "unwrapped", env)
+        self.mode = contexts
         self.n_max = int(env.n_max)
         self.weights, self.probs, self.names = evaluation_contexts(env, contexts)
         table, queries = env.table, np.asarray(env.test_queries, dtype=np.int64)
         if not shared_table:
             table, queries = query_subtable(table, queries), None
-        table_w = table.contexts.weights
-        same = table_w.shape == self.weights.shape and np.array_equal(table_w, self.weights)
-        # The table's own contexts hit the oracle's per-table cache (shared by every split of a real task).
-        q = oracle.q_values(table, queries, weights=None if same else self.weights)
+        if contexts == "continuous":
+            from iapo_gym.continuous import exact_q_values
+
+            q = exact_q_values(table, self.weights, queries)  # vectorised over the 2,000 contexts
+            self.bins, self.bin_weights, self.bin_names = cost_bins(self.weights)
+        else:
+            table_w = table.contexts.weights
+            same = table_w.shape == self.weights.shape and np.array_equal(table_w, self.weights)
+            # The table's own contexts hit the oracle's per-table cache (shared by every split of a real task).
+            q = oracle.q_values(table, queries, weights=None if same else self.weights)
         self.q = q.reshape(q.shape[0], -1)  # (C, n_arms)
         top = self.q.max(axis=1)
         self.best_value = top
@@ -101,6 +156,16 @@ class ExactEvaluator:
         self.best = oracle.best_arms(q)
         self.oracle_acr = float(self.probs @ top)
         self._n_of_arm = (np.arange(self.q.shape[1]) % self.n_max + 1).astype(np.float64)
+
+    @property
+    def context_names(self) -> tuple[str, ...]:
+        """Names of the ``policy`` columns' entries: the contexts (finite) or the cost bins (continuous)."""
+        return self.bin_names if self.mode == "continuous" else self.names
+
+    @property
+    def context_weights(self) -> NDArray[np.float64]:
+        """Weight vectors of the ``policy`` columns' entries (bins: their mean evaluation context)."""
+        return self.bin_weights if self.mode == "continuous" else self.weights
 
     def arm_distribution(self, policy: Any) -> NDArray[np.float64]:
         """``(C, n_arms)`` deployment probabilities of ``policy`` on the evaluation contexts."""
@@ -125,14 +190,18 @@ class ExactEvaluator:
         optimal = np.clip((pi * self.near).sum(axis=1), 0.0, 1.0)
         mode = pi.argmax(axis=1)
         n_max = self.n_max
-        policy_json = {
-            "prompt": (mode // n_max).tolist(),
-            "n": (mode % n_max + 1).tolist(),
-            "n_mean": [round(float(x), 6) for x in pi @ self._n_of_arm],
-            "optimal": [round(float(x), 6) for x in optimal],
-            "best_prompt": (self.best // n_max).tolist(),
-            "best_n": (self.best % n_max + 1).tolist(),
-        }
+        n_mean = pi @ self._n_of_arm
+        if self.mode == "continuous":
+            policy_json = self._binned_policy(mode, n_mean, optimal)
+        else:
+            policy_json = {
+                "prompt": (mode // n_max).tolist(),
+                "n": (mode % n_max + 1).tolist(),
+                "n_mean": [round(float(x), 6) for x in n_mean],
+                "optimal": [round(float(x), 6) for x in optimal],
+                "best_prompt": (self.best // n_max).tolist(),
+                "best_n": (self.best % n_max + 1).tolist(),
+            }
         return RunMetrics(
             acr=float(self.probs @ value),
             oracle_acr=self.oracle_acr,
@@ -140,3 +209,22 @@ class ExactEvaluator:
             optimal_frac=float(self.probs @ optimal),
             policy=policy_json,
         )
+
+    def _binned_policy(self, mode: NDArray[np.int64], n_mean: NDArray[np.float64], optimal: NDArray[np.float64]) -> dict[str, list]:
+        """Per cost bin: modal prompt / N, mean N, optimal share; the oracle's modal prompt and mean N."""
+        n_max, b = self.n_max, self.bins
+        n_bins = len(self.bin_names)
+        count = np.bincount(b, minlength=n_bins).astype(np.float64)
+        n_prompts = self.q.shape[1] // n_max
+
+        def mean(x: NDArray[np.float64]) -> list[float]:
+            return [round(float(v), 6) for v in np.bincount(b, weights=x, minlength=n_bins) / count]
+
+        return {
+            "prompt": _modal_per_bin(mode // n_max, b, n_bins, n_prompts),
+            "n": [v + 1 for v in _modal_per_bin(mode % n_max, b, n_bins, n_max)],
+            "n_mean": mean(n_mean),
+            "optimal": mean(optimal),
+            "best_prompt": _modal_per_bin(self.best // n_max, b, n_bins, n_prompts),
+            "best_n": mean((self.best % n_max + 1).astype(np.float64)),
+        }
