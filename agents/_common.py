@@ -66,6 +66,19 @@ def ranking_key(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray
     return np.where(active, np.where(np.isnan(mean), UNSEEN, mean), -np.inf)
 
 
+def _top_k_mask(key: NDArray[np.float64], k: int) -> NDArray[np.bool_]:
+    """Rows of ``key (R, A)``: True for the first ``k`` entries of a stable descending sort.
+
+    No sort (``O(A)`` per row): the ``k``-th largest key comes from ``np.partition``; entries above
+    it are kept, and entries equal to it are kept in index order until ``k`` are kept.
+    """
+    thr = -np.partition(-key, k - 1, axis=-1)[:, k - 1 : k]
+    above = key > thr
+    tied = key == thr
+    room = k - above.sum(axis=-1, keepdims=True)
+    return above | (tied & (np.cumsum(tied, axis=-1) <= room))
+
+
 def halve(active: NDArray[np.bool_], mean: NDArray[np.float64], runs: NDArray[np.bool_]) -> None:
     """Per (run, context) remove the bottom ``ceil(n/2)`` of the ``n`` active arms, keeping at least one.
 
@@ -73,30 +86,38 @@ def halve(active: NDArray[np.bool_], mean: NDArray[np.float64], runs: NDArray[np
     place). Ranking is by empirical mean, descending; ties keep the lower flat arm index (the
     authors' stable sort over the p-major, N-ascending arm list).
     """
-    idx = np.flatnonzero(runs)
-    if idx.size == 0:
+    idx = None if bool(np.all(runs)) else np.flatnonzero(runs)
+    if idx is not None and idx.size == 0:
         return
-    a = active[idx]
-    key = ranking_key(a, mean[idx])
+    a = active if idx is None else active[idx]
+    m = mean if idx is None else mean[idx]
     n_arms = a.shape[-1]
-    n_active = a.sum(axis=-1).reshape(-1)
-    keep = np.maximum(1, n_active // 2)
-    if n_active.size and np.all(n_active == n_active[0]):
-        # Common case: every (run, context) has the same number of active arms -> sort only those.
-        flat_a = a.reshape(-1, n_arms)
-        arm_idx = np.nonzero(flat_a)[1].reshape(-1, n_active[0])  # ascending arm order per row
-        sub = np.argsort(-np.take_along_axis(key.reshape(-1, n_arms), arm_idx, axis=1), axis=1, kind="stable")
-        winners = np.take_along_axis(arm_idx, sub[:, : keep[0]], axis=1)
-        new = np.zeros_like(flat_a)
-        np.put_along_axis(new, winners, True, axis=1)
+    flat_a = a.reshape(-1, n_arms)
+    flat_m = m.reshape(-1, n_arms)
+    n_active = flat_a.sum(axis=-1)
+    new = np.zeros_like(flat_a)
+    counts = np.unique(n_active)
+    for n0 in counts.tolist():  # rows with the same number of active arms: rank only those arms
+        if n0 == 0:
+            continue
+        k = max(1, n0 // 2)
+        rows = None if counts.size == 1 else np.flatnonzero(n_active == n0)
+        fa = flat_a if rows is None else flat_a[rows]
+        fm = flat_m if rows is None else flat_m[rows]
+        if n0 == n_arms:
+            winners = (np.flatnonzero(_top_k_mask(ranking_key(fa, fm), k)) % n_arms).reshape(-1, k)
+        else:
+            arm_idx = np.nonzero(fa)[1].reshape(-1, n0)  # ascending arm order per row
+            sub = np.take_along_axis(fm, arm_idx, axis=1)
+            winners = arm_idx[_top_k_mask(np.where(np.isnan(sub), UNSEEN, sub), k)].reshape(-1, k)
+        if rows is None:
+            np.put_along_axis(new, winners, True, axis=1)
+        else:
+            new[rows[:, None], winners] = True
+    if idx is None:
+        active[...] = new.reshape(active.shape)
+    else:
         active[idx] = new.reshape(a.shape)
-        return
-    order = np.argsort(-key.reshape(-1, n_arms), axis=-1, kind="stable")
-    new = np.zeros(order.size, dtype=bool)
-    new[(order + (np.arange(order.shape[0]) * n_arms)[:, None]).reshape(-1)] = (
-        np.arange(n_arms)[None, :] < keep[:, None]
-    ).reshape(-1)
-    active[idx] = new.reshape(a.shape)
 
 
 def best_arms(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[np.int64]:

@@ -91,23 +91,36 @@ def _mv_block_credit(pulls: Pulls, plan: BlockPlan) -> NDArray[np.float32]:
     dtype = np.int8 if width < 127 else np.int16 if width < 32_000 else np.int32
     cum = np.zeros((rel.shape[0], width + 1), dtype=dtype)
 
-    def votes(category: int) -> NDArray:
+    # Blocks of size 1 and 2 (the first ``tail`` blocks) need only the gold votes: their credit is
+    # ``gold / k`` (size 2 with one gold vote is a 1-1 tie, credit 1/2). Larger blocks need every
+    # category's votes; only their columns are gathered.
+    tail = int(plan.size_start[2]) if width >= 3 else int(plan.size.size)
+    end_tail, start_tail = plan.end[tail:], plan.start[tail:]
+
+    def votes(category: int, ends: NDArray, starts: NDArray) -> NDArray:
         # Category-major loop (A is small): elementwise ops on (B, n_blocks) arrays are far faster
         # than reductions over a trailing axis of length A.
         np.cumsum(rel == category, axis=1, dtype=dtype, out=cum[:, 1:])
-        return np.take(cum, plan.end, axis=1) - np.take(cum, plan.start, axis=1)
+        return np.take(cum, ends, axis=1) - np.take(cum, starts, axis=1)
 
-    gold = votes(0)
+    out = np.empty((rel.shape[0], plan.size.size), dtype=np.float32)
     if a == 1:
-        return np.ones(gold.shape, np.float32)
+        out.fill(1.0)
+        return out
+    gold = votes(0, plan.end, plan.start)
+    np.divide(gold[:, :tail], plan.size[:tail].astype(np.float32), out=out[:, :tail])
+    if tail == out.shape[1]:
+        return out
+    gold = np.ascontiguousarray(gold[:, tail:])
     top_other = np.zeros_like(gold)
     ties = np.zeros(gold.shape, dtype=np.int8 if a < 127 else np.int32)
     for category in range(1, a):
-        v = votes(category)
+        v = votes(category, end_tail, start_tail)
         np.maximum(top_other, v, out=top_other)
         ties += v == gold
     recip = (1.0 / np.arange(1, a + 1)).astype(np.float32)
-    return np.where(gold >= top_other, recip[ties], np.float32(0.0))
+    out[:, tail:] = np.where(gold >= top_other, recip[ties], np.float32(0.0))
+    return out
 
 
 def _bon_block_max(pulls: Pulls, obj_weights: NDArray[np.float64], plan: BlockPlan) -> NDArray[np.float32]:
@@ -232,15 +245,24 @@ class NestedStats:
             return
         gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
         width = gain.shape[-1]
-        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
-        g = np.add.reduceat(gain[:, order], starts, axis=1)  # (U, G, L)
-        self.gain[cell_run, :, cell_prompt, :width] += g.transpose(1, 0, 2)
-        self.cost[cell_run, cell_prompt, :width] += np.add.reduceat(cost[order], starts, axis=0)
-        self.count[cell_run, cell_prompt, :width] += np.add.reduceat(count[order], starts, axis=0)
+        # Pulls -> dense ids of the (run, prompt) cells they touch (no sort: a mark array over all
+        # S * P cells), then one bincount per tally over (cell id, k) and one scatter-add.
+        cell = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
+        mark = np.zeros(self.n_runs * self.n_prompts, dtype=np.int64)
+        mark[cell] = 1
+        present = np.flatnonzero(mark)
+        mark[present] = np.arange(present.size)
+        flat = (mark[cell][:, None] * width + np.arange(width)[None, :]).reshape(-1)
+        size = present.size * width
+        cell_run, cell_prompt = np.divmod(present, self.n_prompts)
+
+        def tally(x: NDArray) -> NDArray[np.float64]:
+            return np.bincount(flat, weights=x.reshape(-1), minlength=size).reshape(present.size, width)
+
+        for u in range(gain.shape[0]):
+            self.gain[cell_run, u, cell_prompt, :width] += tally(gain[u])
+        self.cost[cell_run, cell_prompt, :width] += tally(cost)
+        self.count[cell_run, cell_prompt, :width] += tally(count).astype(np.int64)
 
     def means(self, runs: NDArray[np.int64] | None = None) -> NDArray[np.float64]:
         """Per-context means ``(S', C, P, n_max)`` for ``runs`` (default all); NaN where unseen."""

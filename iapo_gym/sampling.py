@@ -108,7 +108,14 @@ def _draw(
     cdf = np.cumsum(probs[prompt, query], axis=-1)  # (B, A)
     cdf[:, -1] = 1.0  # guard against rounding: every uniform falls in some outcome
     u = rng.random((prompt.size, L))
-    outcome = (u[:, :, None] >= cdf[:, None, :]).sum(-1).astype(np.int64)  # (B, L)
+    if cdf.shape[1] <= 16:
+        # Few outcomes: count the thresholds each uniform passes, one (B, L) pass per outcome
+        # (same result as the (B, L, A) comparison below, without the 3-D temporary).
+        outcome = np.zeros(u.shape, dtype=np.int64)
+        for j in range(cdf.shape[1] - 1):  # u < 1 = cdf[:, -1] always
+            outcome += u >= cdf[:, j : j + 1]
+    else:
+        outcome = (u[:, :, None] >= cdf[:, None, :]).sum(-1).astype(np.int64)  # (B, L)
     mask = np.arange(L)[None, :] < n[:, None]
     outcome = np.where(mask, outcome, -1)
     safe = np.where(mask, outcome, 0)
