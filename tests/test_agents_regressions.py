@@ -126,3 +126,41 @@ def test_topk_screening_converges_to_the_n1_leader_as_the_budget_grows(deceptive
     psst = make_agent("psst").fit(make_env(table, 0), 20_000, 0).act(table.contexts.weights)
     assert np.all(topk // table.n_max == 1) and not np.array_equal(topk, best)
     np.testing.assert_array_equal(psst, best)
+
+
+# ------------------------------------------------------------------ halving without a sort
+def _halve_by_stable_sort(active: np.ndarray, mean: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """Reference: per (run, context) keep the first max(1, n // 2) active arms of a stable descending sort."""
+    from agents._common import UNSEEN
+
+    out = active.copy()
+    for s in np.flatnonzero(runs):
+        for c in range(active.shape[1]):
+            arms = np.flatnonzero(active[s, c])
+            if arms.size == 0:
+                continue
+            key = np.where(np.isnan(mean[s, c, arms]), UNSEEN, mean[s, c, arms])
+            keep = arms[np.argsort(-key, kind="stable")[: max(1, arms.size // 2)]]
+            out[s, c] = False
+            out[s, c, keep] = True
+    return out
+
+
+def test_halve_matches_a_stable_sort_with_ties_and_unseen_arms():
+    """``halve`` ranks by ``np.partition``; it must keep exactly the arms a stable sort keeps
+    (ties -> lower index, unseen arms below seen ones), whatever the per-row active counts."""
+    from agents._common import halve
+
+    rng = np.random.default_rng(7)
+    for case in range(300):
+        s, c, a = rng.integers(1, 5), rng.integers(1, 4), rng.integers(1, 30)
+        active = rng.random((s, c, a)) < rng.uniform(0.1, 1.0)
+        if case % 3 == 0:
+            active[:] = True  # the common case: every row has the same active count
+        active[..., rng.integers(0, a)] = True
+        mean = np.round(rng.normal(size=(s, c, a)), int(rng.integers(0, 2)))  # many exact ties
+        mean[rng.random(mean.shape) < 0.2] = np.nan  # unseen arms
+        runs = rng.random(s) < 0.7
+        got = active.copy()
+        halve(got, mean, runs)
+        np.testing.assert_array_equal(got, _halve_by_stable_sort(active, mean, runs), err_msg=f"case {case}")
