@@ -34,12 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agents import make_agent  # noqa: E402
-from iapo_gym.continuous import ContinuousEvaluator, distribution_of  # noqa: E402
+from agents.base import TablePolicy  # noqa: E402
+from agents.psst_grid import PSSTGrid  # noqa: E402
+from iapo_gym.continuous import ContinuousEvaluator, distribution_of, exact_q_values  # noqa: E402
 from iapo_gym.env import IAPOEnv  # noqa: E402
 from iapo_gym.experiments.evaluate import query_subtable  # noqa: E402
 from iapo_gym.tasks import TASKS  # noqa: E402
 
-AGENT_LABELS = {"neural": "neural", "psst_grid": "PSST (grid)", "ppo": "PPO"}
+AGENT_LABELS = {"neural": "neural", "psst_grid": "PSST (grid)", "ppo": "PPO", "grid_oracle": "grid oracle"}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -95,22 +97,40 @@ def run_task(task: str, args: argparse.Namespace, rows: list[dict[str, Any]], no
     # one evaluator per run, built on its test queries only (query_subtable): the run's env, world and
     # oracle cache are freed at once, only Q (contexts x arms) is kept
     evaluators = {}
+    grid_oracle = {}  # seed -> the exact best arm of each grid point on the run's test queries
+    grid = PSSTGrid().grid_contexts(first)
     for s in seeds:
         env = make(s)
-        evaluators[s] = ContinuousEvaluator(query_subtable(env.table, env.test_queries), None, eval_w)
-        del env
+        sub = query_subtable(env.table, env.test_queries)
+        evaluators[s] = ContinuousEvaluator(sub, None, eval_w)
+        if "grid_oracle" in args.agents:
+            q = exact_q_values(sub, grid.weights, None)
+            grid_oracle[s] = TablePolicy(grid, q.reshape(q.shape[0], -1).argmax(axis=1), int(env.n_max))
+        del env, sub
     envs = [first]
+    fit_seconds = dict(notes.get(task, {}).get("fit_seconds", {}))
     notes[task] = {
         "q_seconds_per_run": (time.perf_counter() - t0) / len(seeds),
         "distribution": dist.to_json(),
         "n_test_queries": int(envs[0].test_queries.size),
         "shape": (envs[0].n_prompts, envs[0].n_max),
-        "fit_seconds": {},
+        "fit_seconds": fit_seconds,
     }
     for name in args.agents:  # agent-major: the slow PPO comes last, and every finished configuration is saved
         for budget in args.budgets:
             n_runs = args.ppo_runs if name == "ppo" else args.runs
             if n_runs <= 0:
+                continue
+            have = {r["seed"] for r in rows if (r["task"], r["agent"], r["budget"]) == (task, name, budget)}
+            if set(seeds[:n_runs]) <= have:  # --resume: this configuration is already in the CSV
+                continue
+            rows[:] = [r for r in rows if (r["task"], r["agent"], r["budget"]) != (task, name, budget)]
+            if name == "grid_oracle":  # budget-free reference: the same policy at every budget
+                for s in seeds[:n_runs]:
+                    m = evaluators[s].evaluate(grid_oracle[s])
+                    rows.append({"task": task, "agent": name, "budget": budget, "seed": s, "acr": m["acr"],
+                                 "oracle_acr": m["oracle_acr"], "regret": m["regret"], "spent": 0})
+                save_raw(rows, notes, args)
                 continue
             kwargs: dict[str, Any] = dict(args.neural_kwargs) if name == "neural" else {}
             if name == "neural" and args.tensorboard:
@@ -244,6 +264,11 @@ def verdict(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namespa
                 word = "**no significant difference** (p >= 0.05)"
             out.append(f"* {task}, T = {b:,}: {word}: mean ACR difference {diff:+.4f} +- {half:.4f}, p = {p:.2g}, "
                        f"{n} paired runs, neural better in {win * 100:.0f}% of them.")
+            floor = paired(table, "neural", "grid_oracle", b)
+            if floor is not None:
+                where = "above" if floor[1] > 0 else "below"
+                out.append(f"  Neural vs the grid oracle (the exact best arm at each grid point, the limit of any "
+                           f"nearest-grid agent): {floor[1]:+.4f} +- {floor[4]:.4f}, p = {floor[0]:.2g} ({where}).")
     return out + [""]
 
 
@@ -264,6 +289,9 @@ def markdown(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namesp
         "  32 sampled weight directions) with the exact linear cost term; deploys argmax for ANY context.",
         "* **PSST (grid)** (`agents/psst_grid.py`): paper PSST on a 9 x 3 grid (w_1 at cell midpoints",
         "  1/18..17/18, cost at 1/6, 1/2, 5/6), nearest-grid-point deployment (27 contexts, as the paper).",
+        "* **grid oracle** (reference, no training): for each run, the exact best arm (test-split Q) at each of",
+        "  the 27 grid points, deployed at the nearest grid point: what PSST (grid) approaches as the budget",
+        "  grows, i.e. the discretisation floor of any nearest-grid agent. Shown at every budget (same value).",
         "* **PPO** (`agents/sb3.py`, Stable-Baselines3, defaults of the zoo adapter) trained on the",
         "  continuous env (each episode a fresh continuous context), deployed with its deterministic action",
         "  per context.",
@@ -348,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="first seed (runs use seed .. seed + runs - 1)")
     ap.add_argument("--ppo-runs", type=int, default=20, help="runs for PPO (slow: one SB3 training per run)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5000, 10000, 20000, 50000])
-    ap.add_argument("--agents", nargs="+", default=["neural", "psst_grid", "ppo"])
+    ap.add_argument("--agents", nargs="+", default=["neural", "psst_grid", "ppo", "grid_oracle"],
+                    help="agents (names of agents.AGENTS) and 'grid_oracle' (budget-free reference, see the report)")
     ap.add_argument("--tasks", nargs="*", default=None, help="default: SynthCategorical + every BoN task whose table is present")
     ap.add_argument("--eval-size", type=int, default=2000, help="held-out evaluation contexts")
     ap.add_argument("--out", default=str(REPO / "docs" / "CONTINUOUS.md"))
@@ -357,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
                     help='JSON overrides of the neural agent\'s hyper-parameters, e.g. \'{"n_directions": 64}\'')
     ap.add_argument("--tensorboard", default=None, help="TensorBoard directory for the neural agent's training")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the configurations already in docs/figures/continuous_results.csv and fit only the missing ones")
     ap.add_argument("--analyse-only", action="store_true",
                     help="fit nothing: rebuild the report and figures from the CSV / notes of an earlier run")
     args = ap.parse_args(argv)
@@ -379,10 +410,14 @@ def main(argv: list[str] | None = None) -> None:
         wall = float(notes.get("_meta", {}).get("wall_seconds", float("nan")))
     else:
         tasks = present_tasks(args.tasks)
-        rows, notes = [], {"_meta": {"argv": sys.argv[1:]}}
+        rows, notes, before = [], {}, 0.0
+        if args.resume and raw_paths(args)[0].exists():
+            rows, notes = load_raw(args)
+            before = float(notes.get("_meta", {}).get("wall_seconds", 0.0))
+        notes["_meta"] = {"argv": [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]}
         for task in tasks:
             run_task(task, args, rows, notes)
-        wall = time.perf_counter() - t0
+        wall = before + time.perf_counter() - t0
         notes["_meta"]["wall_seconds"] = wall
         save_raw(rows, notes, args)
     for task in tasks:
