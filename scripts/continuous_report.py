@@ -216,12 +216,16 @@ def plot(task: str, table: dict, agents: list[str], budgets: list[int], path: Pa
             mean = np.array([table[(name, b)][key].mean() for b in bs])
             half = np.array([ci95(table[(name, b)][key]) for b in bs])
             n = table[(name, bs[0])][key].size
-            ax.plot(bs, mean, marker="o", label=f"{AGENT_LABELS.get(name, name)} ({n} runs)")
+            style = dict(ls="--", marker=None) if name == "grid_oracle" else dict(marker="o")
+            ax.plot(bs, mean, label=f"{AGENT_LABELS.get(name, name)} ({n} runs)", **style)
             ax.fill_between(bs, mean - half, mean + half, alpha=0.2)
     first = next(iter(table.values()))
     axes[0].axhline(first["oracle_acr"].mean(), color="k", ls="--", lw=0.8, label="oracle (mean)")
     for ax, title in zip(axes, ("exact ACR (2,000 held-out contexts)", "regret vs per-context oracle")):
         ax.set_xscale("log")
+        ax.set_xticks(budgets)
+        ax.set_xticklabels([f"{b / 1000:g}k" if b >= 1000 else str(b) for b in budgets])
+        ax.minorticks_off()
         ax.set_xlabel("budget T (completions)")
         ax.set_title(f"{task}: {title}", fontsize=9)
         ax.grid(alpha=0.3)
