@@ -270,7 +270,8 @@ def verdict(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namespa
                        f"{n} paired runs, neural better in {win * 100:.0f}% of them.")
             floor = paired(table, "neural", "grid_oracle", b)
             if floor is not None:
-                where = "above" if floor[1] > 0 else "below"
+                side = "neural above it" if floor[1] > 0 else "neural below it"
+                where = f"{side}, significant" if floor[0] < 0.05 else f"{side}, not significant: neural matches the best any nearest-grid agent can reach"
                 out.append(f"  Neural vs the grid oracle (the exact best arm at each grid point, the limit of any "
                            f"nearest-grid agent): {floor[1]:+.4f} +- {floor[4]:.4f}, p = {floor[0]:.2g} ({where}).")
     return out + [""]
@@ -322,6 +323,11 @@ def markdown(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namesp
         + ".",
         "",
     ]
+    missing = [name for name, info in TASKS.items() if info.strategy == "bon" and name not in tasks]
+    if missing:
+        out += [f"Tasks: {', '.join(tasks)}. Not run: {', '.join(missing)} (their outcome tables were not installed "
+                "when this page was generated; the script adds every BoN task whose table loads, e.g. after "
+                "`iapo-gym data pull HelpfulHarmless`).", ""]
     out += verdict(rows, tasks, args)
     out += [DEVELOPMENT_NOTES, ""]
     for task in tasks:
