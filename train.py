@@ -332,7 +332,7 @@ class Runner:
         """Fit ``seeds`` as one batch, evaluate exactly, append to results.csv; returns the new rows."""
         from agents import make_agent
 
-        agent = make_agent(agent_name, **self.agent_overrides(env_id, agent_name, budget))
+        agent = self.with_training_log(make_agent(agent_name), env_id, agent_name, budget)
         base = env_factory(env_id, budget, self.args.contexts)
         built: dict[int, Any] = {}
 
@@ -362,19 +362,14 @@ class Runner:
         self.results.append(rows)
         return rows
 
-    def agent_overrides(self, env_id: str, agent_name: str, budget: int) -> dict[str, Any]:
-        """Per-configuration agent settings: agents that log their own training (``log_dir``, e.g.
-        the neural agent's loss and exploration statistics) write under ``OUT/tb`` when tracking."""
-        from dataclasses import fields, is_dataclass
+    def with_training_log(self, agent: Any, env_id: str, agent_name: str, budget: int) -> Any:
+        """``agent`` logging its own training (a ``log_dir`` field, e.g. the neural agent's loss and
+        exploration statistics) under ``OUT/tb`` when tracking; other agents unchanged."""
+        from dataclasses import fields, is_dataclass, replace
 
-        from agents import AGENTS, make_agent
-
-        if not self.args.track or agent_name not in AGENTS:
-            return {}
-        agent = make_agent(agent_name)
-        if not is_dataclass(agent) or "log_dir" not in {f.name for f in fields(agent)}:
-            return {}
-        return {"log_dir": str(self.plan.out / "tb" / f"{env_id}__{agent_name}__training__T{int(budget)}")}
+        if not self.args.track or not is_dataclass(agent) or "log_dir" not in {f.name for f in fields(agent)}:
+            return agent
+        return replace(agent, log_dir=str(self.plan.out / "tb" / f"{env_id}__{agent_name}__training__T{int(budget)}"))
 
     def rows_of(self, env: str, agent: str, budget: int) -> list[dict[str, Any]]:
         """Recorded rows of the plan's seeds for one configuration."""
