@@ -1,6 +1,6 @@
 """The agent zoo: ``make_agent(name, **overrides)`` builds any agent by name.
 
->>> from agents import AGENTS, make_agent
+>>> from iapo_gym.agents import AGENTS, make_agent
 >>> agent = make_agent("psst")
 >>> policy = agent.fit(env, budget=5000, seed=0)          # env: an IAPOEnv (unwrapped)
 >>> policies = agent.fit_many(make_env, 5000, range(200))  # 200 seeds as one vectorised batch
@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from agents.base import Agent, Policy, StochasticPolicy, TablePolicy, policy_acr
+from iapo_gym.agents.base import Agent, Policy, StochasticPolicy, TablePolicy, policy_acr
 
 __all__ = ["AGENTS", "Agent", "Policy", "StochasticPolicy", "TablePolicy", "make_agent", "policy_acr"]
 
@@ -30,26 +30,26 @@ def _factory(module: str, cls: str, **defaults: Any) -> Callable[..., Agent]:
 
 
 AGENTS: dict[str, Callable[..., Agent]] = {
-    "psst": _factory("agents.psst", "PSST"),
-    "psst_paired": _factory("agents.psst_paired", "PSSTPaired"),
-    "topk_paired": _factory("agents.psst_paired", "TopKPaired"),
-    "topk1": _factory("agents.topk", "TopK", k=1, rho=0.2),
-    "topk4": _factory("agents.topk", "TopK", k=4, rho=0.2),
-    "topk8": _factory("agents.topk", "TopK", k=8, rho=0.2),
-    "uniform": _factory("agents.uniform", "Uniform"),
-    "ucb": _factory("agents.ucb", "UCB", c=0.1),
-    "egreedy": _factory("agents.greedy", "EpsilonGreedy", epsilon=0.15),
-    "softmax": _factory("agents.greedy", "Softmax", tau=0.05),
-    "triple_n1": _factory("agents.triple", "TRIPLE", n="one"),
-    "triple_nrandom": _factory("agents.triple", "TRIPLE", n="random"),
-    "seqhalving": _factory("agents.halving", "SequentialHalving"),
-    "random": _factory("agents.random", "RandomAgent"),
-    "neural": _factory("agents.neural", "NeuralAgent"),
-    "psst_grid": _factory("agents.psst_grid", "PSSTGrid"),
-    "ppo": _factory("agents.sb3", "SB3Agent", algo="ppo"),
-    "a2c": _factory("agents.sb3", "SB3Agent", algo="a2c"),
-    "dqn": _factory("agents.sb3", "SB3Agent", algo="dqn"),
-    "maskable_ppo": _factory("agents.sb3", "SB3Agent", algo="maskable_ppo"),
+    "psst": _factory("iapo_gym.agents.psst", "PSST"),
+    "psst_paired": _factory("iapo_gym.agents.psst_paired", "PSSTPaired"),
+    "topk_paired": _factory("iapo_gym.agents.psst_paired", "TopKPaired"),
+    "topk1": _factory("iapo_gym.agents.topk", "TopK", k=1, rho=0.2),
+    "topk4": _factory("iapo_gym.agents.topk", "TopK", k=4, rho=0.2),
+    "topk8": _factory("iapo_gym.agents.topk", "TopK", k=8, rho=0.2),
+    "uniform": _factory("iapo_gym.agents.uniform", "Uniform"),
+    "ucb": _factory("iapo_gym.agents.ucb", "UCB", c=0.1),
+    "egreedy": _factory("iapo_gym.agents.greedy", "EpsilonGreedy", epsilon=0.15),
+    "softmax": _factory("iapo_gym.agents.greedy", "Softmax", tau=0.05),
+    "triple_n1": _factory("iapo_gym.agents.triple", "TRIPLE", n="one"),
+    "triple_nrandom": _factory("iapo_gym.agents.triple", "TRIPLE", n="random"),
+    "seqhalving": _factory("iapo_gym.agents.halving", "SequentialHalving"),
+    "random": _factory("iapo_gym.agents.random", "RandomAgent"),
+    "neural": _factory("iapo_gym.agents.neural", "NeuralAgent"),
+    "psst_grid": _factory("iapo_gym.agents.psst_grid", "PSSTGrid"),
+    "ppo": _factory("iapo_gym.agents.sb3", "SB3Agent", algo="ppo"),
+    "a2c": _factory("iapo_gym.agents.sb3", "SB3Agent", algo="a2c"),
+    "dqn": _factory("iapo_gym.agents.sb3", "SB3Agent", algo="dqn"),
+    "maskable_ppo": _factory("iapo_gym.agents.sb3", "SB3Agent", algo="maskable_ppo"),
 }
 
 

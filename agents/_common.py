@@ -7,8 +7,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from agents._runs import Runs
-from agents.base import Agent, Policy, TablePolicy
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Agent, Policy, TablePolicy
 
 UNSEEN = -1e300  # rank of an active arm without data: below every seen arm, above inactive arms
 
@@ -17,7 +17,7 @@ class BatchAgent(Agent):
     """An agent whose :meth:`fit` is a batch of one: subclasses implement :meth:`_fit_runs`.
 
     ``fit_many(make_env, budget, seeds)`` builds one env per seed and runs all seeds as one
-    vectorised batch (see :mod:`agents._runs`).
+    vectorised batch (see :mod:`iapo_gym.agents._runs`).
     """
 
     def fit(self, env: Any, budget: int, seed: int) -> Policy:

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agents._common import BatchAgent, best_arms, table_policies
-from agents._engine import NestedStats
-from agents._runs import Runs
-from agents.base import Policy
+from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
+from iapo_gym.agents._engine import NestedStats
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy
 
 
 class SequentialAgent(BatchAgent):

@@ -131,7 +131,7 @@ class Agent(ABC):
 
     Subclasses set :attr:`name` and implement :meth:`fit`. An agent must never spend more than
     ``budget`` completions (the env's ledger raises if it tries), must return the same policy for
-    the same seed, and must return a valid arm for every context (``agents.testing`` checks all
+    the same seed, and must return a valid arm for every context (``iapo_gym.agents.testing`` checks all
     three). Agents that choose which training query each pull uses set
     :attr:`uses_query_control`.
     """

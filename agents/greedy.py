@@ -1,6 +1,6 @@
 """Epsilon-greedy and Softmax baselines (paper section 3.6; the authors' ``AdaptiveAgent``).
 
-Both run the shared online loop (:mod:`agents._sequential`): random context per step, feasible
+Both run the shared online loop (:mod:`iapo_gym.agents._sequential`): random context per step, feasible
 arms only, every pull shared across scales and contexts, final arm = empirical best.
 
 * **Epsilon-greedy**: with probability ``epsilon`` a uniformly random feasible arm, otherwise the
@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from agents._sequential import SequentialAgent
+from iapo_gym.agents._sequential import SequentialAgent
 
 
 def _random_feasible(feasible: NDArray[np.bool_], rng: np.random.Generator) -> NDArray[np.int64]:

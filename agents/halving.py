@@ -24,11 +24,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from agents._common import BatchAgent, best_arms, halve, table_policies
-from agents._engine import random_fit, row_utility
-from agents._runs import Runs
-from agents.base import Policy
-from agents.psst import n_rounds
+from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
+from iapo_gym.agents._engine import random_fit, row_utility
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy
+from iapo_gym.agents.psst import n_rounds
 
 
 @dataclass

@@ -15,7 +15,7 @@ deploys ``argmax`` of the learned map for ANY context.
   ``w / sum(w)`` and its output is rescaled by ``sum(w)``.
 * Every pull is re-scored under a **bank** of ``n_directions`` objective-weight vectors drawn from
   the task's Dirichlet (:func:`iapo_gym.continuous.distribution_of`) and split into nested blocks
-  at every scale ``k = 1..N`` (:class:`agents._engine.NestedStats`), giving count-weighted
+  at every scale ``k = 1..N`` (:class:`iapo_gym.agents._engine.NestedStats`), giving count-weighted
   empirical gains ``G_hat(u, p, k)`` for every bank direction ``u``.
 
 **Model.** Per run, a small MLP ``f(w) = W2 relu(W1 w + b1) + Ws w + b2`` (``hidden`` units, a linear
@@ -25,7 +25,7 @@ without data are masked out). All runs of a batch train at once as one batched n
 (``torch.bmm``), so 100 seeds cost about as much as a few.
 
 **Exploration** (structure-aware halving over a context sample). Rounds exactly as PSST
-(:func:`agents.psst.run_trimming`: ``R = ceil(log2(P * N_max))``, equal per-round budget, only each
+(:func:`iapo_gym.agents.psst.run_trimming`: ``R = ceil(log2(P * N_max))``, equal per-round budget, only each
 prompt's largest surviving ``N`` is pulled, Eq. 6 allocation, stockpiling), but the "contexts" are an
 *elimination sample* of ``n_directions x n_cost_draws`` continuous contexts (each bank direction
 paired with cost weights drawn from the cost distribution), and the values ranked at each halving
@@ -37,7 +37,7 @@ round). An arm survives while it is in the top half somewhere in the sample.
 some context of the elimination sample and observed at least once.
 
 **Seeding.** The bank, the elimination sample and the pull queries come from the batch generator
-(:func:`agents._runs.agent_rng`); network initialisation uses a local ``torch.Generator`` seeded
+(:func:`iapo_gym.agents._runs.agent_rng`); network initialisation uses a local ``torch.Generator`` seeded
 from the run seeds; training is full-batch and deterministic (no global torch state is touched
 except ``torch.set_num_threads`` when ``threads`` is given). The bank is shared by the runs of one
 batch (it is a draw of the distribution, the same in distribution as a per-run draw).
@@ -58,11 +58,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from agents._common import BatchAgent
-from agents._engine import NestedStats
-from agents._runs import Runs
-from agents.base import Policy
-from agents.psst import n_rounds, run_trimming
+from iapo_gym.agents._common import BatchAgent
+from iapo_gym.agents._engine import NestedStats
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy
+from iapo_gym.agents.psst import n_rounds, run_trimming
 from iapo_gym.contexts import ContextSet
 from iapo_gym.continuous import distribution_of
 
@@ -162,7 +162,7 @@ class _BatchedMLP:
 
 # --------------------------------------------------------------------------------- the agent
 class _NetStats:
-    """Stats adapter for :func:`agents.psst.run_trimming`: tallies pulls, ranks arms by the network.
+    """Stats adapter for :func:`iapo_gym.agents.psst.run_trimming`: tallies pulls, ranks arms by the network.
 
     ``add`` records nested, bank-re-scored blocks; ``means`` re-fits the networks (warm start) and
     returns predicted ``Q`` on the elimination sample, ``(S, E, P, N)`` (NaN for unseen arms).

@@ -36,7 +36,7 @@ the per-round budget and per-round spend, the number of executed halvings and th
 count per context.
 
 All seeds of a batch run at once: activity flags ``(S, C, P * N_max)``, statistics
-``(S, P, ., N_max)`` (:class:`agents._engine.NestedStats`), one sampler call per round and per
+``(S, P, ., N_max)`` (:class:`iapo_gym.agents._engine.NestedStats`), one sampler call per round and per
 distinct pull size.
 """
 
@@ -49,10 +49,10 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from agents._common import BatchAgent, best_arms, halve, table_policies
-from agents._engine import NestedStats, random_fit
-from agents._runs import Runs
-from agents.base import Policy
+from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
+from iapo_gym.agents._engine import NestedStats, random_fit
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy
 
 
 def n_rounds(n_arms: int) -> int:

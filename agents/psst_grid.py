@@ -5,9 +5,9 @@ finite grid (:meth:`iapo_gym.continuous.ContinuousContexts.grid`): ``n_weights``
 points (the midpoints of equal cells of ``w_1`` in ``[0, 1]``; MV tasks have the single weight 1)
 times ``n_costs`` cost levels (midpoints of equal cells of the cost range), or, with
 ``grid="finite"``, the task's own finite context set (the paper's 27 / 3 contexts). PSST
-(:func:`agents.psst.run_trimming`: rounds, Eq. 6 allocation, nested and cross-context reuse,
+(:func:`iapo_gym.agents.psst.run_trimming`: rounds, Eq. 6 allocation, nested and cross-context reuse,
 per-context halving, stockpiling) then runs with every pull re-scored under the grid contexts,
-and deployment is **nearest grid point** (:class:`agents.base.TablePolicy`: L1 distance on the
+and deployment is **nearest grid point** (:class:`iapo_gym.agents.base.TablePolicy`: L1 distance on the
 weight vector).
 """
 
@@ -18,11 +18,11 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from agents._common import BatchAgent, best_arms
-from agents._engine import NestedStats
-from agents._runs import Runs
-from agents.base import Policy, TablePolicy
-from agents.psst import n_rounds, run_trimming
+from iapo_gym.agents._common import BatchAgent, best_arms
+from iapo_gym.agents._engine import NestedStats
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy, TablePolicy
+from iapo_gym.agents.psst import n_rounds, run_trimming
 from iapo_gym.contexts import ContextSet
 from iapo_gym.continuous import distribution_of
 

@@ -7,7 +7,7 @@ so most of the noise in comparing two prompts is *which queries each happened to
 released MATH table the per-query difference between the two best prompts has 13 to 33 times
 less variance than two independent draws. Comparing arms on common queries removes that noise.
 
-The structure is PSST's (:mod:`agents.psst`): rounds, maximal-arm pulls, nested and cross-context
+The structure is PSST's (:mod:`iapo_gym.agents.psst`): rounds, maximal-arm pulls, nested and cross-context
 reuse, per-context halving, stockpiling, and the budget never exceeded. What changes:
 
 * **Common query sets.** Each run walks a seeded random permutation of its train split
@@ -37,7 +37,7 @@ reuse, per-context halving, stockpiling, and the budget never exceeded. What cha
   surviving arm with the best mean.
 
 :class:`TopKPaired` (registered as ``topk_paired``) first screens the prompts as Top-K does (PSST+K,
-:mod:`agents.topk`), but on common queries: every prompt at ``N = 1`` on the same
+:mod:`iapo_gym.agents.topk`), but on common queries: every prompt at ``N = 1`` on the same
 ``floor(rho * T / |P|)`` queries; per context the ``k`` best prompts by paired mean stay. Its
 trimming phase then continues the query walk with fresh statistics (the ``N = 1`` screening samples
 would feed only the ``N = 1`` arms and so break the pairing).
@@ -54,11 +54,11 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from agents._common import BatchAgent, _chunks, best_arms, halve, ranking_key, table_policies
-from agents._engine import NestedStats, nested_gains
-from agents._runs import Runs
-from agents.base import Policy
-from agents.psst import maximal_sizes, n_rounds
+from iapo_gym.agents._common import BatchAgent, _chunks, best_arms, halve, ranking_key, table_policies
+from iapo_gym.agents._engine import NestedStats, nested_gains
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy
+from iapo_gym.agents.psst import maximal_sizes, n_rounds
 from iapo_gym.sampling import Pulls
 
 __all__ = ["PSSTPaired", "PairedStats", "QueryRuns", "QuerySchedule", "TopKPaired", "round_budgets", "run_paired_trimming"]
@@ -66,7 +66,7 @@ __all__ = ["PSSTPaired", "PairedStats", "QueryRuns", "QuerySchedule", "TopKPaire
 
 # ------------------------------------------------------------------------------- query control
 class QueryRuns(Runs):
-    """:class:`agents._runs.Runs` whose pulls name their training query (a column of the train split)."""
+    """:class:`iapo_gym.agents._runs.Runs` whose pulls name their training query (a column of the train split)."""
 
     def __init__(self, envs: Sequence[Any], budget: int, seeds: Sequence[int], salt: str) -> None:
         super().__init__(envs, budget, seeds, salt)

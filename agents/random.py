@@ -1,8 +1,8 @@
 """Random: no training, a uniformly random arm per deployment (the authors' ``RandomAgent``; a floor).
 
 The policy is the uniform distribution over all ``|P| * N_max`` arms in every context
-(:class:`agents.base.StochasticPolicy`): ``act`` draws a fresh arm per call from the policy's own
-seeded generator, and its exact ACR (:func:`agents.base.policy_acr`) is the average Q over arms.
+(:class:`iapo_gym.agents.base.StochasticPolicy`): ``act`` draws a fresh arm per call from the policy's own
+seeded generator, and its exact ACR (:func:`iapo_gym.agents.base.policy_acr`) is the average Q over arms.
 It spends nothing.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agents._runs import _unwrap
-from agents.base import Agent, Policy, StochasticPolicy
+from iapo_gym.agents._runs import _unwrap
+from iapo_gym.agents.base import Agent, Policy, StochasticPolicy
 
 
 @dataclass

@@ -11,7 +11,7 @@ adapter makes the training respect the same budget of completions as every other
 * **Stop callback**: training stops as soon as the budget is spent (``learn`` gets
   ``total_timesteps = T``, an upper bound since every step costs at least one completion).
 * **Deployment policy** = the trained policy's deterministic action for each context of the task's
-  finite set (:class:`agents.base.TablePolicy`; other weight vectors use the nearest context).
+  finite set (:class:`iapo_gym.agents.base.TablePolicy`; other weight vectors use the nearest context).
 
 Defaults are sized for budgets of a few thousand completions, i.e. a few hundred steps: short
 rollouts (PPO ``n_steps=64``, A2C ``n_steps=8``), DQN learning from step 50 with exploration decaying
@@ -30,8 +30,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from agents._runs import _remaining, _unwrap
-from agents.base import Agent, Policy, TablePolicy
+from iapo_gym.agents._runs import _remaining, _unwrap
+from iapo_gym.agents.base import Agent, Policy, TablePolicy
 from iapo_gym.contexts import ContextSet
 
 ALGORITHMS = ("ppo", "a2c", "dqn", "maskable_ppo")

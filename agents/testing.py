@@ -1,6 +1,6 @@
 """Public conformance checks for agents (ours and yours).
 
->>> from agents.testing import check_agent
+>>> from iapo_gym.agents.testing import check_agent
 >>> check_agent(MyAgent(), lambda seed: IAPOEnv("SynthBernoulli", split_seed=seed, world_seed=seed),
 ...             budgets=(1, 100, 5000))
 
@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from agents.base import Agent, Policy
+from iapo_gym.agents.base import Agent, Policy
 
 __all__ = ["AgentCheckError", "check_agent", "check_budget", "check_determinism", "check_policy"]
 

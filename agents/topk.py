@@ -6,7 +6,7 @@
    favours low indices). Queries are drawn uniformly from the train split; every sample is scored
    under every context.
 2. Per context keep the ``K`` prompts with the highest ``N = 1`` estimate (ties -> lower index).
-3. PSST (:func:`agents.psst.run_trimming`) on the per-context arm sets ``TopK_c x [N_max]`` with the
+3. PSST (:func:`iapo_gym.agents.psst.run_trimming`) on the per-context arm sets ``TopK_c x [N_max]`` with the
    remaining budget ``T - spent`` and ``R = ceil(log2(K * N_max))`` rounds (the per-context arm
    count, as Algorithm 1's ``R = ceil(log2 |A|)``; the authors' code does the same).
 
@@ -23,11 +23,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from agents._common import BatchAgent, best_arms, ranking_key, table_policies
-from agents._engine import NestedStats, random_fit
-from agents._runs import Runs
-from agents.base import Policy
-from agents.psst import n_rounds, run_trimming
+from iapo_gym.agents._common import BatchAgent, best_arms, ranking_key, table_policies
+from iapo_gym.agents._engine import NestedStats, random_fit
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy
+from iapo_gym.agents.psst import n_rounds, run_trimming
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """TRIPLE baselines: prompt-only, inference-agnostic selection (paper section 3.7).
 
 Contextual TRIPLE-SH (Shi et al., NeurIPS 2024) as the paper uses it: successive halving over
-prompts at ``N = 1`` -- the PSST loop (:func:`agents.psst.run_trimming`) restricted to the arms
+prompts at ``N = 1`` -- the PSST loop (:func:`iapo_gym.agents.psst.run_trimming`) restricted to the arms
 ``{(p, 1)}`` with ``R = ceil(log2 |P|)`` rounds, equal per-round budgets, every sample shared across
 contexts, per-context halving. At ``N = 1`` the inference-agnostic utility (paper Eq. 5: the
 per-completion mean of the weighted objectives minus the cost term) equals the single-completion
@@ -12,9 +12,9 @@ Deployment never tailors ``N``:
 * ``TRIPLE(n="one")`` deploys ``(p*_c, 1)``;
 * ``TRIPLE(n="random")`` deploys ``(p*_c, N)`` with ``N`` uniform on ``1..N_max`` redrawn per query
   (the authors redraw on every ``predict``). Its policy is a
-  :class:`agents.base.StochasticPolicy`: ``act`` draws a fresh ``N`` per call from the policy's
+  :class:`iapo_gym.agents.base.StochasticPolicy`: ``act`` draws a fresh ``N`` per call from the policy's
   seeded generator, and its **exact ACR is the average over N** of ``Q(c, (p*_c, N))``
-  (:func:`agents.base.policy_acr`).
+  (:func:`iapo_gym.agents.base.policy_acr`).
 
 Budget rules as PSST (never more than ``T``; carry-forward; last-round random top-up).
 """
@@ -26,11 +26,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from agents._common import BatchAgent, best_arms
-from agents._engine import NestedStats
-from agents._runs import Runs
-from agents.base import Policy, StochasticPolicy, TablePolicy
-from agents.psst import n_rounds, run_trimming
+from iapo_gym.agents._common import BatchAgent, best_arms
+from iapo_gym.agents._engine import NestedStats
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy, StochasticPolicy, TablePolicy
+from iapo_gym.agents.psst import n_rounds, run_trimming
 
 
 @dataclass

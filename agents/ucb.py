@@ -1,6 +1,6 @@
 """UCB baseline (paper section 3.5): fully sequential optimism with nested + cross-context reuse.
 
-Each step (see :mod:`agents._sequential`) picks, among feasible arms, the argmax of
+Each step (see :mod:`iapo_gym.agents._sequential`) picks, among feasible arms, the argmax of
 ``mean(c, a) + c_ucb * sqrt(ln t / n(a))``, where ``n(a)`` counts the arm's samples including
 the virtual samples from nested blocks and ``t`` is the total number of block samples recorded
 (the authors' convention; it is the same for every context because every pull updates every
@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from agents._sequential import SequentialAgent
+from iapo_gym.agents._sequential import SequentialAgent
 
 
 @dataclass

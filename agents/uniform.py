@@ -21,10 +21,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from agents._common import BatchAgent, best_arms, table_policies
-from agents._engine import NestedStats, random_fit
-from agents._runs import Runs
-from agents.base import Policy
+from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
+from iapo_gym.agents._engine import NestedStats, random_fit
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy
 
 
 @dataclass

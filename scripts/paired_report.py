@@ -47,7 +47,7 @@ def task_dir(out: Path, task: str) -> Path:
 
 def run_task(task: str, out: Path, budgets: str, runs: int, progress: bool) -> bool:
     """Fit and evaluate every agent on one task (resumes); False when the task's table is missing."""
-    import train
+    from iapo_gym.experiments import train
 
     argv = [
         "--env", task, "--agents", ",".join(AGENTS), "--budgets", budgets, "--runs", str(runs),
@@ -64,7 +64,7 @@ def run_task(task: str, out: Path, budgets: str, runs: int, progress: bool) -> b
 
 def train_oracle_floor(task: str, seeds: list[int]) -> np.ndarray:
     """Per seed: exact test regret of the arm that is best on the exact train-split Q (per context)."""
-    import train
+    from iapo_gym.experiments import train
     from iapo_gym import oracle
     from iapo_gym.experiments.evaluate import query_subtable
 

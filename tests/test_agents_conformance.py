@@ -1,4 +1,4 @@
-"""Every agent of the zoo passes the public conformance checks (agents.testing), incl. a budget property test."""
+"""Every agent of the zoo passes the public conformance checks (iapo_gym.agents.testing), incl. a budget property test."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents import AGENTS, make_agent
-from agents.testing import AgentCheckError, check_agent, check_policy
-from agents.base import Agent, TablePolicy
+from iapo_gym.agents import AGENTS, make_agent
+from iapo_gym.agents.testing import AgentCheckError, check_agent, check_policy
+from iapo_gym.agents.base import Agent, TablePolicy
 from agents_helpers import make_env, small_table
 
 SB3 = {"ppo", "a2c", "dqn", "maskable_ppo"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents._engine import ContextSplit, NestedStats, block_plan, nested_gains, random_fit, row_utility
+from iapo_gym.agents._engine import ContextSplit, NestedStats, block_plan, nested_gains, random_fit, row_utility
 from iapo_gym.contexts import cost_contexts, preference_contexts
 from iapo_gym.sampling import Pulls
 from iapo_gym.utility import nested_sums, utility

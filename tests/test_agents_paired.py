@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents import AGENTS, make_agent
-from agents.psst_paired import (
+from iapo_gym.agents import AGENTS, make_agent
+from iapo_gym.agents.psst_paired import (
     PairedStats,
     PSSTPaired,
     QueryRuns,
@@ -16,7 +16,7 @@ from agents.psst_paired import (
     run_paired_trimming,
     shrink_to_fit,
 )
-from agents.testing import check_agent
+from iapo_gym.agents.testing import check_agent
 from iapo_gym.oracle import best_arms, q_values
 from iapo_gym.sampling import sample_pulls
 from iapo_gym.tables.format import OutcomeTable
@@ -185,7 +185,7 @@ def test_topk_paired_screens_on_common_queries():
 
 
 def test_psst_paired_on_the_released_math_table(math_pickle):
-    from agents.base import policy_acr
+    from iapo_gym.agents.base import policy_acr
     from iapo_gym.tables.importer import import_released
 
     table = import_released(math_pickle)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents import make_agent
-from agents.psst import n_rounds
+from iapo_gym.agents import make_agent
+from iapo_gym.agents.psst import n_rounds
 from iapo_gym.contexts import cost_contexts
 from iapo_gym.oracle import best_arms, q_values
 from iapo_gym.tables.format import OutcomeTable
@@ -131,7 +131,7 @@ def test_topk_screening_converges_to_the_n1_leader_as_the_budget_grows(deceptive
 # ------------------------------------------------------------------ halving without a sort
 def _halve_by_stable_sort(active: np.ndarray, mean: np.ndarray, runs: np.ndarray) -> np.ndarray:
     """Reference: per (run, context) keep the first max(1, n // 2) active arms of a stable descending sort."""
-    from agents._common import UNSEEN
+    from iapo_gym.agents._common import UNSEEN
 
     out = active.copy()
     for s in np.flatnonzero(runs):
@@ -149,7 +149,7 @@ def _halve_by_stable_sort(active: np.ndarray, mean: np.ndarray, runs: np.ndarray
 def test_halve_matches_a_stable_sort_with_ties_and_unseen_arms():
     """``halve`` ranks by ``np.partition``; it must keep exactly the arms a stable sort keeps
     (ties -> lower index, unseen arms below seen ones), whatever the per-row active counts."""
-    from agents._common import halve
+    from iapo_gym.agents._common import halve
 
     rng = np.random.default_rng(7)
     for case in range(300):

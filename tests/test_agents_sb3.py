@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from agents import make_agent, policy_acr
-from agents.testing import check_agent
+from iapo_gym.agents import make_agent, policy_acr
+from iapo_gym.agents.testing import check_agent
 from agents_helpers import easy_mv_table, make_env, small_table
 from iapo_gym.oracle import q_values
 
@@ -33,7 +33,7 @@ def test_sb3_agents_conform(name):
 
 
 def test_budget_wrapper_clips_unaffordable_actions():
-    from agents.sb3 import BudgetWrapper
+    from iapo_gym.agents.sb3 import BudgetWrapper
 
     env = make_env(small_table("mv"), 0)
     wrapper = BudgetWrapper(env.unwrapped, 5)

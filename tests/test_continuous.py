@@ -107,9 +107,9 @@ def _continuous_env_factory(seed: int):
 
 
 def test_neural_and_psst_grid_pass_conformance_on_continuous_env() -> None:
-    from agents.neural import NeuralAgent
-    from agents.psst_grid import PSSTGrid
-    from agents.testing import check_agent
+    from iapo_gym.agents.neural import NeuralAgent
+    from iapo_gym.agents.psst_grid import PSSTGrid
+    from iapo_gym.agents.testing import check_agent
 
     env = _continuous_env_factory(0)
     assert env.observation_space.dtype == np.float32 and env.observation_space.shape == (3,)
@@ -121,7 +121,7 @@ def test_neural_and_psst_grid_pass_conformance_on_continuous_env() -> None:
 def test_neural_policy_is_exact_in_its_cost_term_and_beats_random() -> None:
     """The learned policy's predicted Q is linear in w_cost with slope -N * measured cost, and with a
     real budget its exact continuous ACR beats a uniformly random arm's."""
-    from agents.neural import NeuralAgent
+    from iapo_gym.agents.neural import NeuralAgent
 
     agent = NeuralAgent(n_directions=16, n_cost_draws=2, hidden=16, threads=1)
     policies = agent.fit_many(_continuous_env_factory, 2_000, [0, 1, 2])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-import train
+from iapo_gym.experiments import train
 from iapo_gym import oracle
 from iapo_gym.experiments.results import Results
 from iapo_gym.tables.testing import example_table

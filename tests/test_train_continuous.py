@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import train
+from iapo_gym.experiments import train
 from iapo_gym.continuous import ContinuousContexts, ContinuousEvaluator
 from iapo_gym.env import IAPOEnv
 from iapo_gym.experiments.evaluate import COST_BINS, ExactEvaluator

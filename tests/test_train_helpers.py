@@ -14,7 +14,7 @@ from iapo_gym.experiments import report, stats
 from iapo_gym.experiments.cliargs import build_parser, field_docs, parse_dataclass
 from iapo_gym.experiments.results import COLUMNS, Results, ResultsError, ResultsFile
 
-import train
+from iapo_gym.experiments import train
 
 
 def make_row(env="E", agent="a", budget=1000, seed=0, acr=0.5, oracle=0.8, n_ctx=3, **kw) -> dict:
@@ -68,7 +68,7 @@ def test_budgets_parse_with_k_suffix_and_reject_nonsense() -> None:
 
 
 def test_unknown_agent_error_lists_the_registered_ones(capsys: pytest.CaptureFixture[str]) -> None:
-    from agents import AGENTS
+    from iapo_gym.agents import AGENTS
 
     assert train.main(["--agents", "psst,nosuchagent", "--out", "unused"]) == 2
     err = capsys.readouterr().err

@@ -3,7 +3,7 @@
 For one run's environment, :class:`ExactEvaluator` computes the exact Q-values of every arm on
 the test split once, ``q = oracle.q_values(env.table, env.test_queries)`` ``(C, P, N_max)``, and
 then scores any policy from its deployment distribution over arms
-(:meth:`agents.base.Policy.arm_probs`; a deterministic policy puts mass 1 on ``act``):
+(:meth:`iapo_gym.agents.base.Policy.arm_probs`; a deterministic policy puts mass 1 on ``act``):
 
 * ``acr = sum_c probs[c] sum_a pi(a|c) q[c, a]``, ``oracle_acr = sum_c probs[c] max_a q[c, a]``,
   ``regret = oracle_acr - acr`` (per context clipped at 0 against rounding);

@@ -58,11 +58,13 @@ class ConfigLogger:
         hparams: dict[str, Any],
         stamp: int | None = None,
     ) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # torch is heavy: import on first use
+        # tensorboardX writes the same event files as torch.utils.tensorboard without needing torch,
+        # so the runner works in the `train` extra alone.
+        from tensorboardX import SummaryWriter
 
         self.name = run_name(env, agent, seeds, stamp)
         self.dir = Path(root) / self.name
-        self.writer = SummaryWriter(log_dir=str(self.dir))
+        self.writer = SummaryWriter(logdir=str(self.dir))
         self.tags = [context_tag(i, n) for i, n in enumerate(context_names)]
         self.hparams = {k: _hparam_value(v) for k, v in hparams.items()}
         self.last: dict[str, float] = {}
@@ -102,7 +104,7 @@ class ConfigLogger:
     def close(self) -> None:
         """Write the HParams summary (with the largest budget's metrics) and close the writer."""
         if self.last:
-            from torch.utils.tensorboard.summary import hparams as hparams_summary
+            from tensorboardX.summary import hparams as hparams_summary
 
             exp, ssi, sei = hparams_summary(self.hparams, self.last)
             fw = self.writer._get_file_writer()

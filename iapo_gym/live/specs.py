@@ -39,7 +39,7 @@ import numpy as np
 from iapo_gym.contexts import ContextSet, cost_contexts, preference_contexts
 from iapo_gym.live.backends import SamplingConfig
 
-ENVS_DATA = Path(__file__).resolve().parents[2] / "envs_data"
+from iapo_gym.envs_data import ROOT as ENVS_DATA
 
 
 @dataclass(frozen=True)

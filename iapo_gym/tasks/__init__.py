@@ -17,7 +17,7 @@ import gymnasium as gym
 from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.tasks.synthetic import make_synth_bernoulli, make_synth_categorical
 
-ENVS_DATA = Path(__file__).resolve().parents[2] / "envs_data"
+from iapo_gym.envs_data import ROOT as ENVS_DATA
 
 
 @dataclass(frozen=True)
