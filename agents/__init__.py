@@ -13,7 +13,8 @@ agent is built). See docs/AGENTS.md for adding an agent in one file.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from iapo_gym.agents.base import Agent, Policy, StochasticPolicy, TablePolicy, policy_acr
 

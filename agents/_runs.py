@@ -25,7 +25,8 @@ the same *in distribution* as ``fit(seed=s)``, not bit-identical (one generator 
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray

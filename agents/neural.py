@@ -168,7 +168,7 @@ class _NetStats:
     returns predicted ``Q`` on the elimination sample, ``(S, E, P, N)`` (NaN for unseen arms).
     """
 
-    def __init__(self, agent: "NeuralAgent", runs: Runs, bank: NDArray[np.float64], elim: ContextSet, writer: Any):
+    def __init__(self, agent: NeuralAgent, runs: Runs, bank: NDArray[np.float64], elim: ContextSet, writer: Any):
         self.agent, self.runs, self.writer = agent, runs, writer
         k = bank.shape[1]
         self.bank = bank  # (U, K) objective-weight directions

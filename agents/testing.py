@@ -20,7 +20,8 @@ only on ``seed`` (e.g. ``lambda s: IAPOEnv(task, split_seed=s, world_seed=s)``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -76,7 +76,7 @@ class ContextSet:
         return {"names": list(self.names), "weights": self.weights.tolist(), "probs": self.probs.tolist()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "ContextSet":
+    def from_json(cls, data: dict) -> ContextSet:
         """Inverse of :meth:`to_json`."""
         return cls(tuple(data["names"]), np.asarray(data["weights"], dtype=np.float64), np.asarray(data["probs"]))
 

@@ -110,7 +110,7 @@ class ContinuousContexts:
         alpha: float | tuple[float, ...] = 1.0,
         cost_range: tuple[float, float] | None = None,
         cost_scale: Literal["uniform", "log"] = "uniform",
-    ) -> "ContinuousContexts":
+    ) -> ContinuousContexts:
         """The default distribution of a task: Dirichlet(alpha) weights, ``w_cost ~ U[0, max finite level]``."""
         if cost_range is None:
             cost_range = (0.0, float(np.max(table.contexts.weights[:, -1])))

@@ -59,7 +59,7 @@ class Pulls:
 
 
 def sample_pulls(
-    table: "OutcomeTable",
+    table: OutcomeTable,
     prompt: NDArray[np.integer],
     query: NDArray[np.integer],
     n: NDArray[np.integer],
@@ -96,7 +96,7 @@ def sample_pulls(
 
 
 def _draw(
-    table: "OutcomeTable",
+    table: OutcomeTable,
     prompt: NDArray[np.int64],
     query: NDArray[np.int64],
     n: NDArray[np.int64],

@@ -64,8 +64,8 @@ def run_task(task: str, out: Path, budgets: str, runs: int, progress: bool) -> b
 
 def train_oracle_floor(task: str, seeds: list[int]) -> np.ndarray:
     """Per seed: exact test regret of the arm that is best on the exact train-split Q (per context)."""
-    from iapo_gym.experiments import train
     from iapo_gym import oracle
+    from iapo_gym.experiments import train
     from iapo_gym.experiments.evaluate import query_subtable
 
     make = train.env_factory(task, 1)
@@ -174,7 +174,7 @@ def report(tables: dict[str, dict[str, Any]], floors: dict[str, float], command:
     lines = [
         "# Query-controlled PSST (`psst_paired`, `topk_paired`) vs PSST, Top-K and Uniform",
         "",
-        f"Reproduce with `python scripts/paired_report.py` (fits and reports; resumable; this file came from",
+        "Reproduce with `python scripts/paired_report.py` (fits and reports; resumable; this file came from",
         f"`{command}`). Every number is exact: the test-split",
         "ACR of each learnt policy from the oracle (no Monte-Carlo noise); runs are paired by seed",
         "(same split / world for every agent). p: paired one-sided Wilcoxon signed-rank test of",

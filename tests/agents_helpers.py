@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -18,13 +18,13 @@ def make_env(table: OutcomeTable, seed: int, budget: int | None = None):
     return IAPOEnv(table, budget=budget, split_seed=seed, world_seed=seed)
 
 
-@lru_cache(maxsize=None)
+@cache
 def small_table(strategy: str, n_prompts: int = 4, n_max: int = 6, n_queries: int = 20, seed: int = 0) -> OutcomeTable:
     """A small random table of either strategy (iapo_gym.tables.testing.example_table)."""
     return example_table(strategy, seed=seed, n_prompts=n_prompts, n_queries=n_queries, n_max=n_max)
 
 
-@lru_cache(maxsize=None)
+@cache
 def easy_mv_table() -> OutcomeTable:
     """Four prompts with clear gaps; every query has the same answer distribution (train Q = test Q).
 

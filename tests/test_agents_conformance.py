@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
+from agents_helpers import make_env, small_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iapo_gym.agents import AGENTS, make_agent
-from iapo_gym.agents.testing import AgentCheckError, check_agent, check_policy
 from iapo_gym.agents.base import Agent, TablePolicy
-from agents_helpers import make_env, small_table
+from iapo_gym.agents.testing import AgentCheckError, check_agent, check_policy
 
 SB3 = {"ppo", "a2c", "dqn", "maskable_ppo"}
 BATCH = ["psst", "topk1", "topk4", "topk8", "uniform", "triple_n1", "triple_nrandom", "seqhalving", "random"]
@@ -92,7 +92,7 @@ def test_checks_catch_broken_agents(agent, message):
         check_agent(agent, lambda s: make_env(table, s), budgets=(1,), seeds=(0,))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _task_tables() -> dict[str, object]:
     """Every task table available here: the registered synthetic tasks, MATH if present, small tables."""
     tables: dict[str, object] = {"small-mv": small_table("mv"), "small-bon": small_table("bon", n_prompts=5, n_max=8)}

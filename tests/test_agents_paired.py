@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from agents_helpers import easy_mv_table, make_env, small_table
 
 from iapo_gym.agents import AGENTS, make_agent
 from iapo_gym.agents.psst_paired import (
@@ -21,7 +22,6 @@ from iapo_gym.oracle import best_arms, q_values
 from iapo_gym.sampling import sample_pulls
 from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.utility import nested_sums
-from agents_helpers import easy_mv_table, make_env, small_table
 
 PAIRED = ["psst_paired", "topk_paired"]
 

@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from agents_helpers import easy_mv_table, make_env, small_table
 
 from iapo_gym.agents import make_agent, policy_acr
 from iapo_gym.agents.psst import maximal_sizes, n_rounds
 from iapo_gym.oracle import best_arms, q_values
 from iapo_gym.tables.testing import example_table
-from agents_helpers import easy_mv_table, make_env, small_table
 
 
 @pytest.fixture(scope="module")

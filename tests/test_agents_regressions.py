@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from agents_helpers import easy_mv_table, make_env
 
 from iapo_gym.agents import make_agent
 from iapo_gym.agents.psst import n_rounds
 from iapo_gym.contexts import cost_contexts
 from iapo_gym.oracle import best_arms, q_values
 from iapo_gym.tables.format import OutcomeTable
-from agents_helpers import easy_mv_table, make_env
 
 
 # ------------------------------------------------------------------ naive Sequential Halving

@@ -7,9 +7,10 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
+from agents_helpers import easy_mv_table, make_env, small_table
+
 from iapo_gym.agents import make_agent, policy_acr
 from iapo_gym.agents.testing import check_agent
-from agents_helpers import easy_mv_table, make_env, small_table
 from iapo_gym.oracle import q_values
 
 

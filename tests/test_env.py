@@ -9,7 +9,6 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import iapo_gym
 from iapo_gym.arms import arm_index
 from iapo_gym.env import IAPOEnv
 from iapo_gym.ledger import BudgetExceededError

@@ -17,7 +17,6 @@ from iapo_gym.live.checkpoint import CheckpointError, CheckpointLog, read_units
 from iapo_gym.live.source import LiveSource, ReplayBackend, recording_to_table
 from iapo_gym.live.specs import ENVS_DATA, arithmetic_queries, load_queries, load_spec, spec_from_dict
 from iapo_gym.tables.io import load_table
-from iapo_gym.tables.testing import assert_tables_equal
 
 SPEC_NAMES = ("math", "commonsenseqa", "helpful_harmless", "summarization", "smolarith")
 

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-
 from live_support import ENGINE_KWARGS, require_live_stack
 
 from iapo_gym.live.backends import GenerationRequest, SamplingConfig

@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-
 from live_support import SERVER_ARGS, require_live_stack
 
 from iapo_gym.live.backends import BackendError, GenerationRequest, OpenAIBackend, SamplingConfig

@@ -13,8 +13,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import iapo_gym  # noqa: F401  (registers the ids)
 from iapo_gym import oracle
 from iapo_gym.live.specs import load_queries, load_spec
-from iapo_gym.tasks import ENVS_DATA, load_task_table
 from iapo_gym.tables.validation import validate_table
+from iapo_gym.tasks import ENVS_DATA, load_task_table
 
 MANIFEST = ENVS_DATA / "smolarith" / "table" / "manifest.json"
 

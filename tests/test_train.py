@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from iapo_gym.experiments import train
 from iapo_gym import oracle
+from iapo_gym.experiments import train
 from iapo_gym.experiments.results import Results
 from iapo_gym.tables.testing import example_table
 

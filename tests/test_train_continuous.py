@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iapo_gym.experiments import train
 from iapo_gym.continuous import ContinuousContexts, ContinuousEvaluator
 from iapo_gym.env import IAPOEnv
+from iapo_gym.experiments import train
 from iapo_gym.experiments.evaluate import COST_BINS, ExactEvaluator
 
 ENV = "IAPO-SynthCategorical-v0"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,11 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from iapo_gym.experiments import report, stats
+from iapo_gym.experiments import report, stats, train
 from iapo_gym.experiments.cliargs import build_parser, field_docs, parse_dataclass
 from iapo_gym.experiments.results import COLUMNS, Results, ResultsError, ResultsFile
-
-from iapo_gym.experiments import train
 
 
 def make_row(env="E", agent="a", budget=1000, seed=0, acr=0.5, oracle=0.8, n_ctx=3, **kw) -> dict:

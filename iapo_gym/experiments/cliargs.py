@@ -18,7 +18,8 @@ import ast
 import dataclasses
 import inspect
 import textwrap
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

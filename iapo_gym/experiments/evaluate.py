@@ -131,7 +131,8 @@ class ExactEvaluator:
     def __init__(self, env: Any, contexts: str = "finite", shared_table: bool = True) -> None:
         """``shared_table``: the env's table serves other runs too (a real task re-split per seed), so
         the oracle's per-table cache pays off; otherwise only the test queries are evaluated.
-        ``contexts``: ``"finite"`` or ``"continuous"`` (see :func:`evaluation_contexts`)."""
+        ``contexts``: ``"finite"`` or ``"continuous"`` (see :func:`evaluation_contexts`).
+        """
         env = getattr(env, "unwrapped", env)
         self.mode = contexts
         self.n_max = int(env.n_max)

@@ -6,8 +6,8 @@ context weights (``contexts.json`` beside ``results.csv``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -351,7 +352,7 @@ def render_report(inp: ReportInputs, path: Path) -> str:
         "  `s`), trains on the 80% and is scored on the 20% with the **exact** oracle ACR (the paper estimates it",
         "  with 10,000 Monte-Carlo test samples; exact values remove that noise). Statistics: paired two-sided",
         f"  Wilcoxon signed-rank tests (alpha = {ALPHA}); ± is the 95% t-interval of the mean over runs.",
-        f"* Fitting time per run (mean over configurations): "
+        "* Fitting time per run (mean over configurations): "
         + ", ".join(f"{label(a)} {res.wall_s[res.agent == a].mean():.3g} s" for a in inp.agents if np.any(res.agent == a))
         + ".",
         "",

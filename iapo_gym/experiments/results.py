@@ -33,9 +33,10 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -127,7 +128,8 @@ class ResultsFile:
 
     def __init__(self, path: str | Path, repair: bool = True) -> None:
         """``repair=False`` reads only: a torn last line is skipped in memory, the file is left alone
-        (for readers while a runner may be appending)."""
+        (for readers while a runner may be appending).
+        """
         self.path = Path(path)
         self._repair = repair
         self.rows: list[dict[str, Any]] = self._load()
@@ -210,7 +212,7 @@ class Results:
     policy: list[dict[str, Any]]
 
     @classmethod
-    def from_rows(cls, rows: Sequence[dict[str, Any]]) -> "Results":
+    def from_rows(cls, rows: Sequence[dict[str, Any]]) -> Results:
         """Columns of ``rows`` (dicts with :data:`COLUMNS`)."""
         cols: dict[str, Any] = {}
         for col in COLUMNS:
@@ -226,7 +228,7 @@ class Results:
         return cls(**cols)
 
     @classmethod
-    def read(cls, path: str | Path) -> "Results":
+    def read(cls, path: str | Path) -> Results:
         """Load ``results.csv``."""
         return cls.from_rows(ResultsFile(path, repair=False).rows)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike

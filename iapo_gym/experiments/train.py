@@ -30,14 +30,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from iapo_gym.experiments.cliargs import build_parser, explicit_fields
-
 
 
 @dataclass
@@ -250,7 +250,8 @@ def is_missing_table(exc: BaseException) -> bool:
 
 def contexts_path(out: Path, mode: str) -> Path:
     """``OUT/contexts.json`` (finite mode) or ``OUT/contexts.continuous.json`` (continuous mode: the
-    cost-weight bins of the evaluation sample), so both modes can share one output directory."""
+    cost-weight bins of the evaluation sample), so both modes can share one output directory.
+    """
     return out / ("contexts.json" if mode == "finite" else f"contexts.{mode}.json")
 
 
@@ -363,8 +364,9 @@ class Runner:
 
     def with_training_log(self, agent: Any, env_id: str, agent_name: str, budget: int) -> Any:
         """``agent`` logging its own training (a ``log_dir`` field, e.g. the neural agent's loss and
-        exploration statistics) under ``OUT/tb`` when tracking; other agents unchanged."""
-        from dataclasses import fields, is_dataclass, replace
+        exploration statistics) under ``OUT/tb`` when tracking; other agents unchanged.
+        """
+        from dataclasses import fields, is_dataclass
 
         if not self.args.track or not is_dataclass(agent) or "log_dir" not in {f.name for f in fields(agent)}:
             return agent

@@ -30,9 +30,10 @@ import hashlib
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,8 @@ from iapo_gym.tables.format import OutcomeTable, resplit
 
 def unit_seed(build_seed: int, prompt: int, query_id: str) -> int:
     """The sampling seed of one (prompt, query) unit: a hash of the build seed, the prompt index
-    and the query id (stable under dataset reordering), in ``[0, 2**31)``."""
+    and the query id (stable under dataset reordering), in ``[0, 2**31)``.
+    """
     digest = hashlib.sha256(f"{int(build_seed)}/{int(prompt)}/{query_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
@@ -152,7 +154,8 @@ class Builder:
 
     def run(self) -> tuple[CheckpointLog, BuildStats]:
         """Generate every unit missing from the checkpoint. Re-raises a backend failure after
-        saving the units that completed (run again to resume)."""
+        saving the units that completed (run again to resume).
+        """
         log = CheckpointLog.open(self.checkpoint, self.header())
         todo = [u for u in self.units() if u not in log.units]
         before = len(log.units)
@@ -323,7 +326,7 @@ def build_table(
         "build_command": command if command is not None else " ".join(["iapo-gym", *sys.argv[1:]]),
         "build_seconds": round(sum(s["seconds"] for s in log.sessions), 1),
         "build_sessions": len(log.sessions),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": f"{platform.machine()} {platform.system()}",
     }
     table, pool = assemble_table(spec, builder.queries, log.units, prov, scorer=builder.scorer)

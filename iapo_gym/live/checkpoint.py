@@ -38,7 +38,7 @@ class CheckpointLog:
     sessions: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: str | Path, header: dict[str, Any]) -> "CheckpointLog":
+    def open(cls, path: str | Path, header: dict[str, Any]) -> CheckpointLog:
         """Open (creating when absent) the log at ``path`` for the build described by ``header``.
 
         Raises:

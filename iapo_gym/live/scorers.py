@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -112,7 +113,8 @@ class AnswerScorer(Protocol):
 
 class NumericScorer:
     """Numeric answers (GSM8K, arithmetic): boxed number, else after ``####`` or ``answer is``,
-    else the last number in the text. Compared exactly as fractions (``0.5`` equals ``1/2``)."""
+    else the last number in the text. Compared exactly as fractions (``0.5`` equals ``1/2``).
+    """
 
     kind = "mv"
     name = "numeric"
@@ -153,7 +155,8 @@ class NumericScorer:
 
 class ChoiceScorer:
     """Multiple-choice letters (CommonsenseQA): ``\\boxed{C}``, ``answer is (C)``, ``Answer: C``,
-    else the last standalone option letter such as ``(C)`` or ``C.``."""
+    else the last standalone option letter such as ``(C)`` or ``C.``.
+    """
 
     kind = "mv"
     name = "choice"
@@ -192,7 +195,8 @@ class ChoiceScorer:
 
 class MathScorer:
     """MATH: the last ``\\boxed{}`` answer, equivalence by math-verify (sympy) with a cheap string
-    normalisation first. Needs ``pip install math-verify`` (in the ``live`` extra)."""
+    normalisation first. Needs ``pip install math-verify`` (in the ``live`` extra).
+    """
 
     kind = "mv"
     name = "math"
@@ -471,7 +475,8 @@ ANSWER_SCORERS = {"math": MathScorer, "numeric": NumericScorer, "gsm8k": Numeric
 def make_scorer(config: dict[str, Any]) -> Any:
     """A scorer from a spec entry such as ``{"name": "math"}``, ``{"name": "choice", "letters": "ABCDE"}``,
     ``{"name": "lexical_proxy", "target_words": 60}`` or ``{"name": "reward_model", "objectives":
-    [{"name": "helpful", "model": "..."}], "batch_size": 16}``."""
+    [{"name": "helpful", "model": "..."}], "batch_size": 16}``.
+    """
     cfg = dict(config)
     name = cfg.pop("name", None)
     if name in ("math", "numeric", "gsm8k"):

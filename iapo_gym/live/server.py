@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def free_port() -> int:
@@ -55,7 +55,7 @@ class VLLMServer:
         """``http://127.0.0.1:<port>``."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 300.0) -> "VLLMServer":
+    def start(self, timeout: float = 300.0) -> VLLMServer:
         """Launch the server and wait until ``/health`` answers (raises ``RuntimeError`` on failure)."""
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                "--host", "127.0.0.1", "--port", str(self.port), *self.args]
@@ -104,7 +104,7 @@ class VLLMServer:
             pass
         self.kill()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -192,7 +193,8 @@ class LiveSource:
         self, prompt: ArrayLike, n: ArrayLike, query: ArrayLike, rng: np.random.Generator, width: int | None = None
     ) -> tuple[Pulls, tuple[int, int]]:
         """The environment's live-backend call: :meth:`pull`, padded to ``width``, with the
-        batch's ``(prompt tokens, completion tokens)`` for the ledger."""
+        batch's ``(prompt tokens, completion tokens)`` for the ledger.
+        """
         live = self.pull(prompt, n, query, rng)
         pulls = live.pulls if width is None else pad_pulls(live.pulls, int(width))
         return pulls, (int(live.prompt_tokens.sum()), int(live.completion_tokens.sum()))
@@ -217,7 +219,8 @@ def pad_pulls(pulls: Pulls, width: int) -> Pulls:
 
 class ReplayBackend:
     """Serves a live recording back: the request with the same messages, ``n`` and seed gets the
-    recorded texts and token counts. A request that was never recorded raises ``KeyError``."""
+    recorded texts and token counts. A request that was never recorded raises ``KeyError``.
+    """
 
     def __init__(self, recording: str | Path, spec: TaskSpec, queries: Sequence[Query], model: str = "replay",
                  sampling: SamplingConfig | None = None) -> None:

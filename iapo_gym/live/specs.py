@@ -30,16 +30,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from iapo_gym.contexts import ContextSet, cost_contexts, preference_contexts
-from iapo_gym.live.backends import SamplingConfig
-
 from iapo_gym.envs_data import ROOT as ENVS_DATA
+from iapo_gym.live.backends import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ class TaskSpec:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the generated outcomes (prompts, dataset, scorer,
-        sampling, pool); a checkpoint from another fingerprint is refused on resume."""
+        sampling, pool); a checkpoint from another fingerprint is refused on resume.
+        """
         payload = json.dumps(
             {
                 "prompts": self.prompts,
@@ -105,7 +106,7 @@ class TaskSpec:
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def with_overrides(self, **changes: Any) -> "TaskSpec":
+    def with_overrides(self, **changes: Any) -> TaskSpec:
         """A copy with some fields replaced (``pool``, ``sampling``, ``dataset`` ...), re-validated."""
         data = {**self.__dict__, **changes}
         out = TaskSpec(**data)

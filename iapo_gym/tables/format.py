@@ -128,7 +128,7 @@ class OutcomeTable:
         """Per-table memo (exact per-query values are stored here by the oracle)."""
         return self._cache  # type: ignore[attr-defined]
 
-    def with_contexts(self, contexts: ContextSet) -> "OutcomeTable":
+    def with_contexts(self, contexts: ContextSet) -> OutcomeTable:
         """The same outcomes under another context set (exact per-query MV values stay cached)."""
         if contexts.n_objectives != self.n_objectives:
             raise ValueError(f"contexts weight {contexts.n_objectives} objectives; the table has {self.n_objectives}")

@@ -54,8 +54,9 @@ import hashlib
 import importlib
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -7,17 +7,17 @@ inside the repository's ``envs_data/``. Users add a task with :func:`register_ta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import gymnasium as gym
 
+from iapo_gym.envs_data import ROOT as ENVS_DATA
 from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.tasks.synthetic import make_synth_bernoulli, make_synth_categorical
-
-from iapo_gym.envs_data import ROOT as ENVS_DATA
 
 
 @dataclass(frozen=True)
