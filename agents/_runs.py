@@ -85,7 +85,7 @@ class Runs:
                 raise ValueError("all envs of a batch must share the same context set")
         self.n_runs = len(self.envs)
         self.seeds = [int(s) for s in seeds]
-        for env, seed in zip(self.envs, self.seeds):
+        for env, seed in zip(self.envs, self.seeds, strict=True):
             # A training run starts at a seeded reset (IAPOEnv: seeds its RNG, clears the ledger).
             if hasattr(env, "reset"):
                 env.reset(seed=seed)
@@ -111,7 +111,7 @@ class Runs:
         else:
             self.table = concat_queries(list(tables))
             offsets = np.asarray(self.table.provenance["world_offsets"][:-1], dtype=np.int64)
-        train = [np.asarray(e.train_queries, dtype=np.int64) + off for e, off in zip(self.envs, offsets)]
+        train = [np.asarray(e.train_queries, dtype=np.int64) + off for e, off in zip(self.envs, offsets, strict=True)]
         self.n_train = np.array([t.size for t in train], dtype=np.int64)
         if np.any(self.n_train == 0):
             raise ValueError("every env needs a non-empty train split")

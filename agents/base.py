@@ -73,6 +73,7 @@ class TablePolicy(Policy):
             raise ValueError(f"need one arm per context ({len(self.contexts)}); got shape {self.arms.shape}")
 
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
+        """The fitted arm of each context row of ``weights``."""
         idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))
         return self.arms[idx]
 
@@ -103,12 +104,14 @@ class StochasticPolicy(Policy):
         self._rng = np.random.default_rng(self.seed)
 
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
+        """One arm per context row of ``weights``, drawn from that context's distribution."""
         idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))
         u = self._rng.random(idx.size)
         arms = (u[:, None] >= self._cdf[idx]).sum(axis=1)
         return np.minimum(arms, self.probs.shape[1] - 1).astype(np.int64)
 
     def arm_probs(self, weights: ArrayLike, n_arms: int) -> NDArray[np.float64]:
+        """The fitted ``(B, n_arms)`` arm distribution of each context row of ``weights``."""
         if int(n_arms) != self.probs.shape[1]:
             raise ValueError(f"this policy is over {self.probs.shape[1]} arms, not {n_arms}")
         idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))

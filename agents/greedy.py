@@ -50,6 +50,7 @@ class EpsilonGreedy(SequentialAgent):
             raise ValueError(f"epsilon must lie in [0, 1]; got {self.epsilon}")
 
     def choose(self, mean, count, feasible, priority, rng) -> NDArray[np.int64]:
+        """The best feasible arm per row, or with probability ``epsilon`` a uniformly random one."""
         explore = rng.random(mean.shape[0]) < float(self.epsilon)
         score = np.where(count > 0, mean, np.inf)
         greedy = self.argmax_tiebreak(np.where(feasible, score, -np.inf), priority)
@@ -68,6 +69,7 @@ class Softmax(SequentialAgent):
             raise ValueError(f"the temperature tau must be > 0; got {self.tau}")
 
     def choose(self, mean, count, feasible, priority, rng) -> NDArray[np.int64]:
+        """An unseen feasible arm first, else a Boltzmann draw at temperature ``tau`` (Gumbel-max)."""
         unseen = feasible & (count == 0)
         gumbel = rng.gumbel(size=mean.shape)
         logits = np.where(feasible, np.nan_to_num(mean, nan=0.0) / float(self.tau) + gumbel, -np.inf)

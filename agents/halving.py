@@ -63,7 +63,7 @@ class SequentialHalving(BatchAgent):
             if last:
                 group = cell_s * c_n + cell_c
                 extra = random_fit(group, arm_cost[cell_a], (avail - lam * m).reshape(-1), runs.rng)
-                rows = [np.r_[x, y[extra]] for x, y in zip(rows, (cell_s, cell_c, cell_a))]
+                rows = [np.r_[x, y[extra]] for x, y in zip(rows, (cell_s, cell_c, cell_a), strict=True)]
             run_rows, ctx_rows, arm_rows = rows
             spent = np.zeros((s_n, c_n), dtype=np.int64)
             for pulls, sel in runs.pull_grouped(run_rows, arm_rows // n_max, arm_rows % n_max + 1):

@@ -108,6 +108,7 @@ class NeuralPolicy(Policy):
         return gain * total[:, None] - w[:, -1:] * cost[None, :]
 
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
+        """The candidate arm with the highest predicted value per context row of ``weights``."""
         v = self.values(weights)
         return np.argmax(np.where(self.candidates[None, :], v, -np.inf), axis=1).astype(np.int64)
 
@@ -143,7 +144,6 @@ class _BatchedMLP:
 
     def train(self, x: Any, target: Any, weight: Any, steps: int) -> list[float]:
         """Full-batch Adam on ``sum weight * (f(x) - target)^2 / sum weight`` per run; returns mean losses."""
-        torch = self.torch
         denom = weight.sum(dim=(1, 2)).clamp_min(1e-12)
         losses = []
         for _ in range(int(steps)):
@@ -217,7 +217,9 @@ class _NetStats:
         torch = self.net.torch
         target, weight, centre, scale = self.targets()
         x = torch.from_numpy(np.broadcast_to(self.bank[None], (self.runs.n_runs, *self.bank.shape)).astype(np.float32))
-        losses = self.net.train(x, torch.from_numpy(target.astype(np.float32)), torch.from_numpy(weight.astype(np.float32)), steps)
+        losses = self.net.train(
+            x, torch.from_numpy(target.astype(np.float32)), torch.from_numpy(weight.astype(np.float32)), steps
+        )
         if self.writer is not None:
             for loss in losses:
                 self.writer.add_scalar("neural/loss", loss, self.step_log)

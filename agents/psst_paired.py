@@ -139,6 +139,7 @@ class QuerySchedule:
         self.pos = np.zeros(self.n_train.size, dtype=np.int64)
 
     def take(self, count: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The next ``count[r]`` queries of each run ``r``'s walk, as ``(run, query)`` arrays."""
         count = np.asarray(count, dtype=np.int64)
         run = np.repeat(np.arange(count.size), count)
         step = np.arange(run.size) - np.repeat(np.cumsum(count) - count, count)
@@ -158,6 +159,7 @@ class PairedStats(NestedStats):
     """
 
     def add(self, pulls: Pulls, run: NDArray[np.int64]) -> None:
+        """Accumulate the gains, counts and costs of ``pulls`` (run ``run[b]`` for pull ``b``)."""
         if len(pulls) == 0:
             return
         gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
@@ -293,7 +295,7 @@ def run_paired_trimming(
 
 @dataclass
 class PSSTPaired(BatchAgent):
-    """PSST on common query sets with paired elimination. **Uses query-controlled pulls.**
+    """PSST on common query sets with paired elimination (uses query-controlled pulls).
 
     Args:
         growth: ratio of consecutive round budgets (1.0: PSST's equal rounds; > 1 spends less in
@@ -334,9 +336,11 @@ class PSSTPaired(BatchAgent):
             raise ValueError(f"screen_n must be >= 1; got {self.screen_n}")
 
     def fit(self, env: Any, budget: int, seed: int) -> Policy:
+        """One run on ``env`` with ``budget`` completions (see :meth:`fit_many`)."""
         return self._fit_runs(QueryRuns([env], budget, [seed], self.name))[0]
 
     def fit_many(self, make_env: Callable[[int], Any], budget: int, seeds: Sequence[int]) -> list[Policy]:
+        """One run per seed, batched over the runs."""
         seeds = list(seeds)
         envs = [make_env(s) for s in seeds]
         policies: list[Policy] = []
@@ -391,7 +395,7 @@ class PSSTPaired(BatchAgent):
 
 @dataclass
 class TopKPaired(PSSTPaired):
-    """Top-K screening (PSST+K) on common queries, then :class:`PSSTPaired`. **Uses query-controlled pulls.**
+    """Top-K screening (PSST+K) on common queries, then :class:`PSSTPaired` (uses query-controlled pulls).
 
     The screening pulls every prompt at ``N = screen_n`` (default 1) on the same
     ``floor(rho * T / (|P| * screen_n))`` queries of the run's walk and keeps, per context, the

@@ -24,6 +24,7 @@ class RandomAgent(Agent):
     name: ClassVar[str] = "random"
 
     def fit(self, env: Any, budget: int, seed: int) -> Policy:
+        """The uniform policy over every arm; spends nothing."""
         env = _unwrap(env)
         n_arms = int(env.n_prompts) * int(env.n_max)
         probs = np.full((len(env.contexts), n_arms), 1.0 / n_arms)

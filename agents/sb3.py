@@ -71,6 +71,7 @@ class BudgetWrapper(gym.Wrapper):
         return self.budget - self.spent
 
     def step(self, action: Any):
+        """Pull ``action``'s arm, with ``N`` clipped to the completions left in the budget."""
         prompt, n = divmod(int(action), self.n_max)
         n += 1
         left = self.remaining
@@ -145,6 +146,7 @@ class ModelPolicy(Policy):
     info: dict[str, Any] = field(default_factory=dict)
 
     def act(self, weights: Any) -> np.ndarray:
+        """The model's deterministic arm per context row of ``weights``."""
         obs = np.atleast_2d(np.asarray(weights, dtype=np.float32))
         if self.algo == "maskable_ppo":
             arms, _ = self.model.predict(obs, deterministic=True, action_masks=np.ones((obs.shape[0], self.n_arms), bool))
@@ -173,6 +175,7 @@ class SB3Agent(Agent):
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {ALGORITHMS}")
 
     def fit(self, env: Any, budget: int, seed: int) -> Policy:
+        """Train the SB3 model on ``env`` until ``budget`` completions are spent."""
         base = _unwrap(env)
         wrapper = BudgetWrapper(base, budget)
         wrapper.start(seed)

@@ -113,13 +113,13 @@ def check_agent(
         if batch:
             envs: dict[int, Any] = {}
 
-            def make(seed: int) -> Any:
+            def make(seed: int, envs: dict[int, Any] = envs) -> Any:  # bind this iteration's dict
                 envs[seed] = env_factory(seed)
                 return envs[seed]
 
             policies = agent.fit_many(make, budget, list(seeds))
             if len(policies) != len(seeds):
                 raise AgentCheckError(f"{who}: fit_many returned {len(policies)} policies for {len(seeds)} seeds")
-            for s, pol in zip(seeds, policies):
+            for s, pol in zip(seeds, policies, strict=True):
                 check_budget(pol, envs[s], budget, f"{who} (fit_many seed {s}, budget {budget})")
                 check_policy(pol, envs[s], f"{who} (fit_many seed {s}, budget {budget})")

@@ -31,6 +31,7 @@ class UCB(SequentialAgent):
             raise ValueError(f"the exploration constant c must be >= 0; got {self.c}")
 
     def choose(self, mean, count, feasible, priority, rng) -> NDArray[np.int64]:
+        """The feasible arm with the highest upper confidence bound (unseen arms first)."""
         t = np.maximum(count.sum(axis=1, keepdims=True), 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             bonus = float(self.c) * np.sqrt(np.log(t) / count)

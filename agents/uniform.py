@@ -49,7 +49,11 @@ class Uniform(BatchAgent):
         active = np.ones((s_n, len(runs.contexts), p_n * n_max), dtype=bool)
         arms = best_arms(active, stats.means().reshape(active.shape))
         infos = [
-            {"pulls_per_prompt": int(lam[s]), "extra_pulls": int(extra[cell_run == s].sum()), "budget_used": int(runs.spent[s])}
+            {
+                "pulls_per_prompt": int(lam[s]),
+                "extra_pulls": int(extra[cell_run == s].sum()),
+                "budget_used": int(runs.spent[s]),
+            }
             for s in range(s_n)
         ]
         return table_policies(runs, arms, infos)

@@ -8,7 +8,8 @@ budget it fits ``--seeds`` runs as ONE vectorised batch (``Agent.fit_many``; rea
 table with per-seed 80/20 splits; synthetic tasks: one world per seed, built before timing) and
 prints the wall time per run (best of ``--repeats`` batches, fresh envs each; also the median and
 the process-CPU rate, since a shared machine's load moves wall times), runs per second, the mean
-budget used, and the speed-up over the paper authors' implementation: ~0.45 s per PSST run at T = 5,000 and ~3.8 s at T = 50,000 on MATH
+budget used, and the speed-up over the paper authors' implementation: ~0.45 s per PSST run at
+T = 5,000 and ~3.8 s at T = 50,000 on MATH
 (single-threaded pure Python/numpy; the reference applies to every agent for comparison, but is
 measured for PSST). Env construction is not timed.
 """
@@ -73,7 +74,7 @@ def bench(task: str, agents: list[str], budgets: list[int], seeds: int, warmup: 
             for _ in range(max(1, repeats)):
                 envs = [make(s) for s in seed_list]  # built outside the timed region
                 t0, c0 = time.perf_counter(), time.process_time()
-                policies = agent.fit_many(lambda s: envs[s], budget, seed_list)
+                policies = agent.fit_many(lambda s, envs=envs: envs[s], budget, seed_list)
                 walls.append((time.perf_counter() - t0) / seeds)
                 cpus.append((time.process_time() - c0) / seeds)
             best = int(np.argmin(walls))

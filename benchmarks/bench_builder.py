@@ -84,7 +84,10 @@ def main() -> None:
     build_s = sum(t for t, _ in builds)
     build_tps = sum(n for _, n in builds) / build_s
     overhead = build_s - inner[0]
-    print(f"requests: {len(reqs)} units x n={args.pool} ({args.queries} queries x {args.prompts} prompts), max_tokens {args.max_tokens}")
+    print(
+        f"requests: {len(reqs)} units x n={args.pool} ({args.queries} queries x {args.prompts} prompts), "
+        f"max_tokens {args.max_tokens}"
+    )
     print("raw LLM.generate: " + ", ".join(f"{n} tok in {t:.1f} s" for t, n in raws) + f" -> {raw_tps:.1f} tok/s")
     print("builder         : " + ", ".join(f"{n} tok in {t:.1f} s" for t, n in builds) + f" -> {build_tps:.1f} tok/s")
     print(f"builder overhead outside the engine: {overhead:.2f} s of {build_s:.1f} s ({100 * overhead / build_s:.2f} %)")

@@ -88,7 +88,9 @@ def main() -> None:
         print(f"  {name:<17} {pull_rate / 1e6:8.2f} M completions/s drawn   "
               f"{all_rate / 1e6:8.2f} M/s drawn + scored under {len(env.contexts)} contexts")
         raw = bench_steps(IAPOEnv(task), args.steps)
-        made = f"{bench_steps(gym.make(f'IAPO-{name}-v0'), args.steps):,.0f}" if makeable else "n/a (not in the data directory)"
+        made = (
+            f"{bench_steps(gym.make(f'IAPO-{name}-v0'), args.steps):,.0f}" if makeable else "n/a (not in the data directory)"
+        )
         print(f"  {'':<17} env.step (N=1): {raw:,.0f} steps/s unwrapped, {made} through gym.make; "
               f"batched / stepped completions: {pull_rate / raw:,.0f}x")
 

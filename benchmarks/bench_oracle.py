@@ -77,7 +77,7 @@ def _naive_mv_row(p: list[float], gold: int, n_max: int) -> list[float]:
             if counts[gold] != top:
                 continue
             prob = math.factorial(n)
-            for c, pi in zip(counts, p):
+            for c, pi in zip(counts, p, strict=True):
                 prob *= pi**c / math.factorial(c)
             total += prob / counts.count(top)
         out.append(total)
@@ -86,7 +86,7 @@ def _naive_mv_row(p: list[float], gold: int, n_max: int) -> list[float]:
 
 def _naive_bon_row(scores: list[float], probs: list[float], n_max: int) -> list[float]:
     """``sum_j s_(j) (F_j^N - F_{j-1}^N)`` for N = 1..n_max in pure Python."""
-    pairs = sorted(zip(scores, probs))
+    pairs = sorted(zip(scores, probs, strict=True))
     out = []
     for n in range(1, n_max + 1):
         total, f_prev = 0.0, 0.0
@@ -118,7 +118,7 @@ def bench_math(repeats: int) -> None:
           f"({p * q} prompt-query rows, {len(rows)} distinct): best {best * 1e3:.1f} ms, median {med * 1e3:.1f} ms")
     print(f"  oracle ACR {oracle.acr(qv, arms, table.contexts.probs):.4f}; best arms "
           + ", ".join(f"{n}=(p{i // table.n_max}, N{i % table.n_max + 1}) {qv.reshape(len(qv), -1)[c, i]:.4f}"
-                      for c, (n, i) in enumerate(zip(table.contexts.names, arms))))
+                      for c, (n, i) in enumerate(zip(table.contexts.names, arms, strict=True))))
     sample = [(0, 0), (4, 7), (12, 100)]
     t0 = time.perf_counter()
     naive = [_naive_mv_row(table.answer_probs[pi, qi].tolist(), int(table.gold[qi]), table.n_max) for pi, qi in sample]

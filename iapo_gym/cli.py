@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iapo-gym", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="run an experiment (agents x tasks x budgets x seeds); see 'iapo-gym train --help'", add_help=False)
+    sub.add_parser(
+        "train", help="run an experiment (agents x tasks x budgets x seeds); see 'iapo-gym train --help'", add_help=False
+    )
     for module_name in FAMILIES:
         try:
             module = importlib.import_module(module_name)

@@ -184,8 +184,9 @@ class ContinuousContexts:
 def _breakpoint_rows(
     table: OutcomeTable, idx: NDArray[np.int64] | slice
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Per (prompt, query) row of queries ``idx``: sorted breakpoints ``x (P, Qs, L)`` in [0, 1]
-    and ``g(x) (P, Qs, L, n_max)``.
+    """Per (prompt, query) row of queries ``idx``: the breakpoints and the values at them.
+
+    The breakpoints ``x (P, Qs, L)`` are sorted, in [0, 1]; the values are ``g(x) (P, Qs, L, n_max)``.
 
     Computed lazily per query and cached in ``table.cache`` (a later split reuses the queries it
     shares). Rows with fewer crossings are padded with the endpoint 1.0 (zero-length segments,

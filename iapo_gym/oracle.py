@@ -91,7 +91,6 @@ def _mv_credit_unique(rows: NDArray[np.float64], n_max: int) -> NDArray[np.float
     u, a = rows.shape
     pg, others = rows[:, 0], rows[:, 1:]
     n_other = a - 1
-    inv_fact = np.array([np.exp(-lgamma(n + 1)) for n in range(n_max + 1)])
     fact = np.array([np.exp(lgamma(n + 1)) for n in range(n_max + 1)])
     # pw[j, n, u] = p_j^n / n!  (the row axis last, so every degree slice is a contiguous block)
     pw = np.empty((n_other, n_max + 1, u))
@@ -438,7 +437,9 @@ def report(table: OutcomeTable, queries: ArrayLike | None = None) -> OracleRepor
     flat = q.reshape(q.shape[0], -1)
     ctx = table.contexts
     rows = [
-        ContextBest(ctx.names[c], ctx.weights[c].tolist(), float(ctx.probs[c]), int(prompt[c]), int(n[c]), float(flat[c, best[c]]))
+        ContextBest(
+            ctx.names[c], ctx.weights[c].tolist(), float(ctx.probs[c]), int(prompt[c]), int(n[c]), float(flat[c, best[c]])
+        )
         for c in range(len(ctx))
     ]
     w0 = ctx.weights[:1].copy()

@@ -116,7 +116,7 @@ def plot_landscape(table: OutcomeTable, out: Path, contexts: list[int] | None = 
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     n = np.arange(1, table.n_max + 1)
     colors = plt.cm.viridis(np.linspace(0, 1, table.n_prompts))
-    for ax, c in zip(axes.flat, chosen):
+    for ax, c in zip(axes.flat, chosen, strict=False):
         for p in range(table.n_prompts):
             is_best = p == bp[c]
             ax.plot(n, q[c, p], color=colors[p], lw=2.2 if is_best else 0.8, alpha=1.0 if is_best else 0.6,

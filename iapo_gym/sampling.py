@@ -74,7 +74,9 @@ def sample_pulls(
 
     Args:
         table: the outcome table.
-        prompt, query, n: ``(B,)`` integer arrays (query = row index into the table).
+        prompt: ``(B,)`` prompt indices.
+        query: ``(B,)`` query row indices into the table.
+        n: ``(B,)`` completions per pull (or one count for every pull).
         rng: the generator that drives the draw.
         width: padded width ``L`` (default ``n.max()``); must be ``>= n.max()``.
     """

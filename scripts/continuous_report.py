@@ -140,7 +140,7 @@ def run_task(task: str, args: argparse.Namespace, rows: list[dict[str, Any]], no
             policies = agent.fit_many(make, budget, seeds[:n_runs])
             dt = time.perf_counter() - t0
             notes[task]["fit_seconds"][f"{name} T={budget:,}"] = dt
-            for s, pol in zip(seeds[:n_runs], policies):
+            for s, pol in zip(seeds[:n_runs], policies, strict=True):
                 m = evaluators[s].evaluate(pol)
                 rows.append({"task": task, "agent": name, "budget": budget, "seed": s,
                              "acr": m["acr"], "oracle_acr": m["oracle_acr"], "regret": m["regret"],
@@ -212,7 +212,7 @@ def plot(task: str, table: dict, agents: list[str], budgets: list[int], path: Pa
         bs = [b for b in budgets if (name, b) in table]
         if not bs:
             continue
-        for ax, key in zip(axes, ("acr", "regret")):
+        for ax, key in zip(axes, ("acr", "regret"), strict=True):
             mean = np.array([table[(name, b)][key].mean() for b in bs])
             half = np.array([ci95(table[(name, b)][key]) for b in bs])
             n = table[(name, bs[0])][key].size
@@ -221,7 +221,7 @@ def plot(task: str, table: dict, agents: list[str], budgets: list[int], path: Pa
             ax.fill_between(bs, mean - half, mean + half, alpha=0.2)
     first = next(iter(table.values()))
     axes[0].axhline(first["oracle_acr"].mean(), color="k", ls="--", lw=0.8, label="oracle (mean)")
-    for ax, title in zip(axes, ("exact ACR (2,000 held-out contexts)", "regret vs per-context oracle")):
+    for ax, title in zip(axes, ("exact ACR (2,000 held-out contexts)", "regret vs per-context oracle"), strict=True):
         ax.set_xscale("log")
         ax.set_xticks(budgets)
         ax.set_xticklabels([f"{b / 1000:g}k" if b >= 1000 else str(b) for b in budgets])
@@ -271,7 +271,11 @@ def verdict(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namespa
             floor = paired(table, "neural", "grid_oracle", b)
             if floor is not None:
                 side = "neural above it" if floor[1] > 0 else "neural below it"
-                where = f"{side}, significant" if floor[0] < 0.05 else f"{side}, not significant: neural matches the best any nearest-grid agent can reach"
+                where = (
+                    f"{side}, significant"
+                    if floor[0] < 0.05
+                    else f"{side}, not significant: neural matches the best any nearest-grid agent can reach"
+                )
                 out.append(f"  Neural vs the grid oracle (the exact best arm at each grid point, the limit of any "
                            f"nearest-grid agent): {floor[1]:+.4f} +- {floor[4]:.4f}, p = {floor[0]:.2g} ({where}).")
     return out + [""]
@@ -283,7 +287,7 @@ def markdown(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namesp
         "# Continuous preference contexts",
         "",
         "The paper restricts contexts to a finite set; here contexts are drawn from a continuous",
-        "distribution (`IAPOEnv(..., contexts=\"continuous\")`, `iapo_gym/continuous.py`): objective",
+        'distribution (`IAPOEnv(..., contexts="continuous")`, `iapo_gym/continuous.py`): objective',
         "weights ~ Dirichlet(alpha = 1) (uniform on the simplex), cost weight ~ Uniform[0, max cost level",
         "of the task's finite contexts] (each task's range is printed in its section). Agents:",
         "",
@@ -316,10 +320,18 @@ def markdown(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namesp
         "`docs/figures/continuous_results.csv` without fitting.",
         "",
         f"Runs: {args.runs} per configuration for neural and PSST (grid)"
-        + (f"; **{args.ppo_runs} for PPO** (one SB3 training per run is ~100x slower than the batched "
-           "agents; its Wilcoxon tests pair the seeds it ran)" if "ppo" in args.agents and args.ppo_runs != args.runs else "")
+        + (
+            f"; **{args.ppo_runs} for PPO** (one SB3 training per run is ~100x slower than the batched "
+            "agents; its Wilcoxon tests pair the seeds it ran)"
+            if "ppo" in args.agents and args.ppo_runs != args.runs
+            else ""
+        )
         + ". Neural hyper-parameters: "
-        + (", ".join(f"{k}={v}" for k, v in args.neural_kwargs.items()) if args.neural_kwargs else "the defaults of `NeuralAgent`")
+        + (
+            ", ".join(f"{k}={v}" for k, v in args.neural_kwargs.items())
+            if args.neural_kwargs
+            else "the defaults of `NeuralAgent`"
+        )
         + ".",
         "",
     ]
@@ -342,7 +354,8 @@ def markdown(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namesp
             f"`{n['distribution']}`. Exact Q of all arms for the 2,000 evaluation contexts: "
             f"**{n['q_seconds_per_run']:.2f} s per run** (BoN K = 2 breakpoint path, single process).",
             "",
-            "| budget | " + " | ".join(f"{AGENT_LABELS.get(a, a)} ACR" for a in args.agents if any((a, b) in table for b in args.budgets))
+            "| budget | "
+            + " | ".join(f"{AGENT_LABELS.get(a, a)} ACR" for a in args.agents if any((a, b) in table for b in args.budgets))
             + " | oracle ACR | neural - PSST(grid) | p (vs PSST grid) | neural wins | p (vs PPO) |",
             "|---|" + "---|" * (sum(1 for a in args.agents if any((a, b) in table for b in args.budgets)) + 5),
         ]
@@ -361,7 +374,9 @@ def markdown(rows: list[dict[str, Any]], tasks: list[str], args: argparse.Namesp
             pp = paired(table, "neural", "ppo", b)
             pg_s = ("-", "-", "-") if pg is None else (f"{pg[1]:+.4f} +- {pg[4]:.4f}", f"{pg[0]:.2g}", f"{pg[3] * 100:.0f}%")
             pp_s = "-" if pp is None else f"{pp[0]:.2g} (diff {pp[1]:+.4f}, n={pp[2]})"
-            out.append(f"| {b:,} | " + " | ".join(cells) + f" | {oracle_acr:.4f} | {pg_s[0]} | {pg_s[1]} | {pg_s[2]} | {pp_s} |")
+            out.append(
+                f"| {b:,} | " + " | ".join(cells) + f" | {oracle_acr:.4f} | {pg_s[0]} | {pg_s[1]} | {pg_s[2]} | {pp_s} |"
+            )
         out += ["", "Regret (oracle ACR - ACR), mean +- 95% CI:", ""]
         out.append("| budget | " + " | ".join(AGENT_LABELS.get(a, a) for a in args.agents) + " |")
         out.append("|---|" + "---|" * len(args.agents))
@@ -388,7 +403,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[5000, 10000, 20000, 50000])
     ap.add_argument("--agents", nargs="+", default=["neural", "psst_grid", "ppo", "grid_oracle"],
                     help="agents (names of agents.AGENTS) and 'grid_oracle' (budget-free reference, see the report)")
-    ap.add_argument("--tasks", nargs="*", default=None, help="default: SynthCategorical + every BoN task whose table is present")
+    ap.add_argument(
+        "--tasks", nargs="*", default=None, help="default: SynthCategorical + every BoN task whose table is present"
+    )
     ap.add_argument("--eval-size", type=int, default=2000, help="held-out evaluation contexts")
     ap.add_argument("--out", default=str(REPO / "docs" / "CONTINUOUS.md"))
     ap.add_argument("--figures", default=str(REPO / "docs" / "figures"))
@@ -396,8 +413,11 @@ def main(argv: list[str] | None = None) -> None:
                     help='JSON overrides of the neural agent\'s hyper-parameters, e.g. \'{"n_directions": 64}\'')
     ap.add_argument("--tensorboard", default=None, help="TensorBoard directory for the neural agent's training")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
-    ap.add_argument("--resume", action="store_true",
-                    help="keep the configurations already in docs/figures/continuous_results.csv and fit only the missing ones")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the configurations already in docs/figures/continuous_results.csv and fit only the missing ones",
+    )
     ap.add_argument("--analyse-only", action="store_true",
                     help="fit nothing: rebuild the report and figures from the CSV / notes of an earlier run")
     args = ap.parse_args(argv)

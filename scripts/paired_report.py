@@ -57,7 +57,7 @@ def run_task(task: str, out: Path, budgets: str, runs: int, progress: bool) -> b
     try:
         args = train.parse_args(argv)
     except SystemExit:  # older runner spellings of boolean flags
-        raise SystemExit(f"train.py did not accept {' '.join(argv)}; check `python train.py --help`")
+        raise SystemExit(f"train.py did not accept {' '.join(argv)}; check `python train.py --help`") from None
     runner, _ = train.run_experiment(args, log=print)
     return task not in runner.skipped_envs
 
@@ -113,7 +113,16 @@ def summarise(rows: list[dict[str, Any]], task: str, runs: int) -> dict[str, Any
         by.setdefault((r["agent"], int(r["budget"])), {})[int(r["seed"])] = r
     budgets = sorted({b for _, b in by})
     agents = [a for a in AGENTS if any((a, b) in by for b in budgets)]
-    table: dict[str, Any] = {"budgets": budgets, "agents": agents, "regret": {}, "se": {}, "acr": {}, "p": {}, "n": {}, "seeds": {}}
+    table: dict[str, Any] = {
+        "budgets": budgets,
+        "agents": agents,
+        "regret": {},
+        "se": {},
+        "acr": {},
+        "p": {},
+        "n": {},
+        "seeds": {},
+    }
     for b in budgets:
         common = set.intersection(*[set(by.get((a, b), {})) for a in agents]) if agents else set()
         seeds = sorted(common)[:runs]
@@ -138,7 +147,7 @@ def plot(tables: dict[str, dict[str, Any]], floors: dict[str, float], path: Path
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 4.2), squeeze=False)
-    for ax, (task, t) in zip(axes[0], tables.items()):
+    for ax, (task, t) in zip(axes[0], tables.items(), strict=True):
         for a in t["agents"]:
             y = np.array([t["regret"][(a, b)] for b in t["budgets"]])
             e = np.array([t["se"][(a, b)] for b in t["budgets"]])

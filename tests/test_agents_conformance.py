@@ -120,7 +120,7 @@ def test_batch_agents_never_exceed_the_budget(data, budget, name):
     table = _task_tables()[task]
     envs = [make_env(table, s, budget=budget) for s in (0, 1)]
     policies = make_agent(name).fit_many(lambda s: envs[s], budget, [0, 1])
-    for env, policy in zip(envs, policies):
+    for env, policy in zip(envs, policies, strict=True):
         spent = env.unwrapped.ledger.spent
         assert spent <= budget and policy.budget_used == spent
         check_policy(policy, env)

@@ -148,7 +148,9 @@ def test_finds_the_optimal_arms_with_a_large_budget():
     best = best_arms(q_values(table))
     for name in PAIRED:
         for s in range(3):
-            np.testing.assert_array_equal(make_agent(name).fit(make_env(table, s), 40_000, s).act(table.contexts.weights), best)
+            np.testing.assert_array_equal(
+                make_agent(name).fit(make_env(table, s), 40_000, s).act(table.contexts.weights), best
+            )
 
 
 def test_round_budgets_and_small_budget_fallback():
@@ -181,7 +183,7 @@ def test_topk_paired_screens_on_common_queries():
     assert pol.info["warmup_spent"] == (400 // 8) * 8  # floor(rho T / P) common queries at N = 1
     assert all(len(row) == 2 for row in pol.info["screened"])
     arm_prompts = pol.act(table.contexts.weights) // 6
-    assert all(int(p) in row for p, row in zip(arm_prompts, pol.info["screened"]))
+    assert all(int(p) in row for p, row in zip(arm_prompts, pol.info["screened"], strict=True))
 
 
 def test_psst_paired_on_the_released_math_table(math_pickle):
@@ -198,7 +200,10 @@ def test_psst_paired_on_the_released_math_table(math_pickle):
         return envs[s]
 
     policies = make_agent("psst_paired").fit_many(make, 5_000, seeds)
-    acr = [policy_acr(p, q_values(table, envs[s].unwrapped.test_queries), table.contexts) for s, p in zip(seeds, policies)]
+    acr = [
+        policy_acr(p, q_values(table, envs[s].unwrapped.test_queries), table.contexts)
+        for s, p in zip(seeds, policies, strict=True)
+    ]
     rand = [q_values(table, envs[s].unwrapped.test_queries).reshape(3, -1).mean(axis=1).mean() for s in seeds]
     assert all(p.budget_used <= 5_000 for p in policies)
     assert np.mean(acr) > np.mean(rand) + 0.05

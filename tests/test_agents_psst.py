@@ -83,8 +83,8 @@ def test_batch_equals_per_seed_fit_in_distribution():
     batch = agent.fit_many(lambda s: make_env(table, s), 400, seeds)
     single = [agent.fit(make_env(table, s), 400, s) for s in seeds]
     qs = {s: q_values(table, envs[s].unwrapped.test_queries) for s in seeds}
-    acr_batch = np.array([policy_acr(p, qs[s], table.contexts) for s, p in zip(seeds, batch)])
-    acr_single = np.array([policy_acr(p, qs[s], table.contexts) for s, p in zip(seeds, single)])
+    acr_batch = np.array([policy_acr(p, qs[s], table.contexts) for s, p in zip(seeds, batch, strict=True)])
+    acr_single = np.array([policy_acr(p, qs[s], table.contexts) for s, p in zip(seeds, single, strict=True)])
     diff = acr_batch - acr_single  # paired by split
     se = diff.std(ddof=1) / math.sqrt(len(seeds))
     assert abs(diff.mean()) < 4 * se + 1e-9
@@ -101,7 +101,7 @@ def test_same_seed_same_policy_and_different_seeds_differ():
     a = agent.fit_many(lambda s: make_env(table, s), 300, [0, 1, 2, 3])
     b = agent.fit_many(lambda s: make_env(table, s), 300, [0, 1, 2, 3])
     w = table.contexts.weights
-    assert all(np.array_equal(x.act(w), y.act(w)) for x, y in zip(a, b))
+    assert all(np.array_equal(x.act(w), y.act(w)) for x, y in zip(a, b, strict=True))
     assert [x.info for x in a] == [y.info for y in b]
     assert len({tuple(x.act(w)) for x in a}) > 1
 
@@ -119,7 +119,10 @@ def test_psst_on_the_released_math_table(math_pickle):
         return envs[s]
 
     policies = make_agent("psst").fit_many(make, 5_000, seeds)
-    acr = [policy_acr(p, q_values(table, envs[s].unwrapped.test_queries), table.contexts) for s, p in zip(seeds, policies)]
+    acr = [
+        policy_acr(p, q_values(table, envs[s].unwrapped.test_queries), table.contexts)
+        for s, p in zip(seeds, policies, strict=True)
+    ]
     rand = [q_values(table, envs[s].unwrapped.test_queries).reshape(3, -1).mean(axis=1).mean() for s in seeds]
     assert all(p.budget_used <= 5_000 for p in policies)
     assert np.mean(acr) > np.mean(rand) + 0.05  # paper: good policies with ~5K calls on MATH

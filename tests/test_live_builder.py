@@ -62,7 +62,11 @@ def test_shipped_specs_validate(name):
 
 def test_real_datasets_load(datasets_dir):
     m = load_queries(load_spec("math"), local_path=datasets_dir / "math500.jsonl", limit=7)
-    assert len(m) == 7 and not m[0].text.startswith("Return your final response") and m[0].gold == r"\left( 3, \frac{\pi}{2} \right)"
+    assert (
+        len(m) == 7
+        and not m[0].text.startswith("Return your final response")
+        and m[0].gold == r"\left( 3, \frac{\pi}{2} \right)"
+    )
     c = load_queries(load_spec("commonsenseqa"), local_path=datasets_dir / "commonsenseqa_200.jsonl")
     assert len(c) == 200 and c[0].gold == "E" and len({q.id for q in c}) == 200
 
@@ -105,7 +109,9 @@ def test_checkpoint_drops_torn_tail_and_refuses_other_builds(tmp_path):
 def test_build_resumes_without_lost_or_duplicated_units(tmp_path, spec, queries):
     full = tmp_path / "full.jsonl"
     _write_recording(full, spec, queries)
-    ref, ref_stats = build_table(spec, ReplayBackend(full, spec, queries), queries, tmp_path / "ref", batch_size=4, progress=False)
+    ref, ref_stats = build_table(
+        spec, ReplayBackend(full, spec, queries), queries, tmp_path / "ref", batch_size=4, progress=False
+    )
     assert ref_stats.units_generated == 15 and ref_stats.units_before == 0
 
     # A backend that dies at unit (1, 2): the units before it in its batch are still checkpointed.

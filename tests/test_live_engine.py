@@ -48,7 +48,7 @@ def test_seeded_generation_and_token_counts(engine):
     alone = engine.generate([reqs[0]])[0]
     assert alone.texts == first[0].texts  # same seed, another batch: same completions
     assert first[2].texts != first[0].texts  # another seed: other completions
-    for r, g in zip(reqs, first):
+    for r, g in zip(reqs, first, strict=True):
         assert len(g.texts) == r.n and g.exact_counts
         assert g.prompt_tokens == len(engine.encode(r.messages))
         assert all(1 <= c <= MAX_TOKENS for c in g.completion_tokens)
@@ -69,7 +69,7 @@ def test_builder_matches_raw_generate(engine, spec, tmp_path):
     params = [vllm.SamplingParams(n=4, seed=unit_seed(5, u["p"], queries[u["q"]].id), temperature=0.8, top_p=0.95,
                                   max_tokens=MAX_TOKENS) for u in units]
     raw = engine.llm.generate(prompts, params, use_tqdm=False)
-    for u, out in zip(units, raw):
+    for u, out in zip(units, raw, strict=True):
         assert u["texts"] == [c.text for c in sorted(out.outputs, key=lambda c: c.index)]
         assert u["completion_tokens"] == [len(c.token_ids) for c in sorted(out.outputs, key=lambda c: c.index)]
     # The table is the answer clustering of those texts.

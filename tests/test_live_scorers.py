@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_math_equivalence_by_math_verify(math_scorer):
 
 def test_math_gold_answers_of_different_problems_differ(math_scorer, datasets_dir):
     gold = [math_scorer.gold_key(r["answer"]) for r in _rows(datasets_dir / "math500.jsonl")[:200]]
-    same = [(a, b) for a, b in zip(gold, gold[1:]) if math_scorer.same(a, b)]
+    same = [(a, b) for a, b in pairwise(gold) if math_scorer.same(a, b)]
     # Only genuinely equal answers of neighbouring problems match: "7" twice, and "5" vs "x=5".
     assert sorted(same) == [("5", "x=5"), ("7", "7")]
 

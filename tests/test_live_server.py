@@ -114,7 +114,9 @@ def test_build_resumes_after_server_sigkill(server_factory, spec, tmp_path):
     assert not (tmp_path / "t").exists()
 
     srv2 = server_factory()
-    table, stats = build_table(spec, _backend(srv2, concurrency=1), queries, tmp_path / "t", seed=3, batch_size=1, progress=False)
+    table, stats = build_table(
+        spec, _backend(srv2, concurrency=1), queries, tmp_path / "t", seed=3, batch_size=1, progress=False
+    )
     after = read_units(ckpt)
     assert stats.units_before == len(before) and stats.units_generated == 8 - len(before)
     assert after[: len(before)] == before  # checkpointed work kept, never regenerated

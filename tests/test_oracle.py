@@ -30,7 +30,7 @@ def brute_mv_credit(p: np.ndarray, gold: int, n: int) -> float:
     total = 0.0
     for counts in _compositions(n, len(p)):
         prob = math.factorial(n)
-        for c, pi in zip(counts, p):
+        for c, pi in zip(counts, p, strict=True):
             prob *= pi**c / math.factorial(c)
         top = max(counts)
         if counts[gold] == top:

@@ -117,7 +117,7 @@ def test_import_synthetic_bon_list(authors_bon_module: types.ModuleType, tmp_pat
     path.write_bytes(pickle.dumps(envs, protocol=4))
     tables = import_released_all(path)
     assert len(tables) == 2
-    for env, t in zip(envs, tables):
+    for env, t in zip(envs, tables, strict=True):
         assert (t.task, t.strategy, t.n_prompts, t.n_queries, t.n_outcomes, t.n_objectives, t.n_max) == (
             "HelpfulHarmless", "bon", 3, 8, 4, 2, 8,
         )

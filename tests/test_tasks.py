@@ -91,6 +91,9 @@ def test_importing_the_package_stays_light() -> None:
     import subprocess
     import sys
 
-    code = "import sys, iapo_gym; print('torch' in sys.modules, 'scipy' in sys.modules, 'IAPO-MATH-v0' in __import__('gymnasium').registry)"
+    code = (
+        "import sys, iapo_gym; "
+        "print('torch' in sys.modules, 'scipy' in sys.modules, 'IAPO-MATH-v0' in __import__('gymnasium').registry)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False", "True"]

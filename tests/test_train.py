@@ -76,7 +76,10 @@ def test_results_csv_has_every_run_and_sane_exact_metrics(experiment) -> None:
     res = Results.read(written["results"])
     assert res.budget_used[res.mask(agent="psst", budget=400)].min() > 300
     for env in (TINY_MV, TINY_SYNTH):
-        assert res.acr[res.mask(env=env, agent="psst", budget=400)].mean() > res.acr[res.mask(env=env, agent="random", budget=400)].mean()
+        assert (
+            res.acr[res.mask(env=env, agent="psst", budget=400)].mean()
+            > res.acr[res.mask(env=env, agent="random", budget=400)].mean()
+        )
 
 
 def test_oracle_columns_match_an_independent_oracle_on_each_seeds_split_and_world(experiment) -> None:

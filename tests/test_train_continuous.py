@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def test_plots_wilcoxon_and_tensorboard(experiment) -> None:
         loss = np.array([e.value for e in ea.Scalars("neural/loss")])
         assert loss.size > 50 and np.all(np.isfinite(loss)) and loss[-10:].mean() < loss[:10].mean()
         active = [e.value for e in ea.Scalars("explore/active_per_context")]
-        assert all(b <= a for a, b in zip(active, active[1:]))  # halving only removes arms
+        assert all(b <= a for a, b in pairwise(active))  # halving only removes arms
         spent = [e.value for e in ea.Scalars("explore/spent")]
         assert spent[-1] <= budget
 

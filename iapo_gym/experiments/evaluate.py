@@ -77,7 +77,9 @@ def evaluation_contexts(env: Any, mode: str = "finite") -> tuple[NDArray[np.floa
     raise ValueError(f"unknown context mode {mode!r}; use one of {', '.join(MODES)}")
 
 
-def cost_bins(weights: NDArray[np.float64], n_bins: int = COST_BINS) -> tuple[NDArray[np.int64], NDArray[np.float64], tuple[str, ...]]:
+def cost_bins(
+    weights: NDArray[np.float64], n_bins: int = COST_BINS
+) -> tuple[NDArray[np.int64], NDArray[np.float64], tuple[str, ...]]:
     """Equal-count bins of the cost weight (last column) of ``weights (C, K+1)``.
 
     Returns ``(bin (C,), mean weight vector of each bin (B, K+1), names (B,))``; contexts are
@@ -93,7 +95,7 @@ def cost_bins(weights: NDArray[np.float64], n_bins: int = COST_BINS) -> tuple[ND
     centre = np.stack([np.bincount(b, weights=w[:, j], minlength=n_bins) for j in range(w.shape[1])], axis=1) / counts[:, None]
     lo = np.array([w[b == i, -1].min() for i in range(n_bins)])
     hi = np.array([w[b == i, -1].max() for i in range(n_bins)])
-    names = tuple(f"cost_{a:.3g}-{z:.3g}" for a, z in zip(lo, hi))
+    names = tuple(f"cost_{a:.3g}-{z:.3g}" for a, z in zip(lo, hi, strict=True))
     return b, centre, names
 
 
@@ -129,7 +131,9 @@ class ExactEvaluator:
     """Exact Q-values of one run's test split, and metrics of any policy on them."""
 
     def __init__(self, env: Any, contexts: str = "finite", shared_table: bool = True) -> None:
-        """``shared_table``: the env's table serves other runs too (a real task re-split per seed), so
+        """Evaluate on ``env``'s test queries.
+
+        ``shared_table``: the env's table serves other runs too (a real task re-split per seed), so
         the oracle's per-table cache pays off; otherwise only the test queries are evaluated.
         ``contexts``: ``"finite"`` or ``"continuous"`` (see :func:`evaluation_contexts`).
         """
@@ -211,7 +215,9 @@ class ExactEvaluator:
             policy=policy_json,
         )
 
-    def _binned_policy(self, mode: NDArray[np.int64], n_mean: NDArray[np.float64], optimal: NDArray[np.float64]) -> dict[str, list]:
+    def _binned_policy(
+        self, mode: NDArray[np.int64], n_mean: NDArray[np.float64], optimal: NDArray[np.float64]
+    ) -> dict[str, list]:
         """Per cost bin: modal prompt / N, mean N, optimal share; the oracle's modal prompt and mean N."""
         n_max, b = self.n_max, self.bins
         n_bins = len(self.bin_names)

@@ -56,7 +56,7 @@ def plot_acr_vs_budget(results: Results, path: str | Path, agents: Sequence[str]
     agents = list(agents) if agents is not None else results.unique("agent")
     fig, axes = _grid(len(envs))
     cmap = plt.get_cmap("tab20" if len(agents) > 10 else "tab10")
-    for ax, env in zip(axes, envs):
+    for ax, env in zip(axes, envs, strict=False):
         m_env = results.mask(env=env)
         budgets = sorted(set(results.budget[m_env].tolist()))
         for i, agent in enumerate(agents):
@@ -103,14 +103,14 @@ def plot_n_vs_cost(
     agents = list(agents) if agents is not None else results.unique("agent")
     fig, axes = _grid(max(len(envs), 1))
     cmap = plt.get_cmap("tab20" if len(agents) > 10 else "tab10")
-    for ax, env in zip(axes, envs):
+    for ax, env in zip(axes, envs, strict=False):
         m_env = results.mask(env=env)
         b = int(results.budget[m_env].max()) if budget is None else int(budget)
         cw = np.asarray(cost_weights[env], dtype=np.float64)
         levels = np.unique(cw)
         spread = 0.004 * max(float(np.ptp(levels)), 1e-9)  # small horizontal offsets keep agents apart
 
-        def by_level(per_context: np.ndarray) -> np.ndarray:
+        def by_level(per_context: np.ndarray, cw: np.ndarray = cw, levels: np.ndarray = levels) -> np.ndarray:
             return np.array([per_context[:, cw == lv].mean() for lv in levels])
 
         oracle_n = None

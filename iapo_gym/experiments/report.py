@@ -29,7 +29,16 @@ from iapo_gym.experiments.plots import short_env
 from iapo_gym.experiments.results import Results, atomic_write_text
 from iapo_gym.experiments.stats import ALPHA, format_p, mean_ci, paired_wilcoxon
 
-__all__ = ["Comparison", "ClaimResult", "check_claims", "ReportInputs", "render_report", "write_report", "HAND_BEGIN", "HAND_END"]
+__all__ = [
+    "Comparison",
+    "ClaimResult",
+    "check_claims",
+    "ReportInputs",
+    "render_report",
+    "write_report",
+    "HAND_BEGIN",
+    "HAND_END",
+]
 
 HAND_BEGIN = "<!-- BEGIN HAND-WRITTEN INTERPRETATION (kept when the report is regenerated) -->"
 HAND_END = "<!-- END HAND-WRITTEN INTERPRETATION -->"
@@ -189,8 +198,20 @@ def check_claims(results: Results) -> list[ClaimResult]:
     """Every claim of the paper's Section 5 on every task of ``results``."""
     out: list[ClaimResult] = []
     for env in results.unique("env"):
-        out.append(_pairwise(results, env, "PSST and Top-K above Uniform, UCB, ε-greedy and Softmax", IAPO_SCREENING, EXPLORATION_BASELINES))
-        out.append(_pairwise(results, env, "IAPO methods (PSST, PSST+K4, PSST+K8) above TRIPLE (N=1), TRIPLE (N=random) and PSST+K1", IAPO_METHODS, DECOUPLED_BASELINES))
+        out.append(
+            _pairwise(
+                results, env, "PSST and Top-K above Uniform, UCB, ε-greedy and Softmax", IAPO_SCREENING, EXPLORATION_BASELINES
+            )
+        )
+        out.append(
+            _pairwise(
+                results,
+                env,
+                "IAPO methods (PSST, PSST+K4, PSST+K8) above TRIPLE (N=1), TRIPLE (N=random) and PSST+K1",
+                IAPO_METHODS,
+                DECOUPLED_BASELINES,
+            )
+        )
         if "SynthBernoulli" in env:
             out.append(_deception(results, env))
         out.append(_pairwise(results, env, "PSST above naive Sequential Halving", ("psst",), ("seqhalving",)))
@@ -230,7 +251,9 @@ def _results_table(res: Results, env: str, agents: Sequence[str]) -> list[str]:
                 cells.append("–")
         if any(c != "–" for c in cells):
             lines.append(f"| {label(agent)} | " + " | ".join(cells) + " |")
-    lines.append("| *oracle* | " + " | ".join(f"{res.oracle_acr[m_env & (res.budget == b)].mean():.4f}" for b in budgets) + " |")
+    lines.append(
+        "| *oracle* | " + " | ".join(f"{res.oracle_acr[m_env & (res.budget == b)].mean():.4f}" for b in budgets) + " |"
+    )
     return lines
 
 

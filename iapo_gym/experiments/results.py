@@ -106,7 +106,7 @@ def _parse(fields: list[str]) -> dict[str, Any]:
     if len(fields) != len(COLUMNS):
         raise ValueError(f"{len(fields)} fields, expected {len(COLUMNS)}")
     row: dict[str, Any] = {}
-    for col, v in zip(COLUMNS, fields):
+    for col, v in zip(COLUMNS, fields, strict=True):
         if col in _INT:
             row[col] = int(v)
         elif col in _FLOAT:
@@ -127,7 +127,9 @@ class ResultsFile:
     """
 
     def __init__(self, path: str | Path, repair: bool = True) -> None:
-        """``repair=False`` reads only: a torn last line is skipped in memory, the file is left alone
+        """Open the results file at ``path``.
+
+        ``repair=False`` reads only: a torn last line is skipped in memory, the file is left alone
         (for readers while a runner may be appending).
         """
         self.path = Path(path)
@@ -257,7 +259,7 @@ class Results:
         out = []
         for agent in (agent_a, agent_b):
             m = self.mask(env=env, budget=budget, agent=agent)
-            out.append(dict(zip(self.seed[m].tolist(), getattr(self, col)[m].tolist())))
+            out.append(dict(zip(self.seed[m].tolist(), getattr(self, col)[m].tolist(), strict=True)))
         seeds = np.array(sorted(set(out[0]) & set(out[1])), dtype=np.int64)
         a = np.array([out[0][s] for s in seeds.tolist()], dtype=np.float64)
         b = np.array([out[1][s] for s in seeds.tolist()], dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Benchmark IAPO agents on IAPO tasks: exact test-split metrics per run, TensorBoard, plots, Wilcoxon.
+r"""Benchmark IAPO agents on IAPO tasks: exact test-split metrics per run, TensorBoard, plots, Wilcoxon.
 
 Single-file experiment runner in the CleanRL style: the ``Args`` dataclass below is the command
 line (each field's docstring is its ``--help``), then the plan (tasks x agents x budgets x seeds),
@@ -7,7 +7,8 @@ the run loop, and the analysis. Heavy lifting lives in small modules of :mod:`ia
     python train.py                                  # demo: Synth-Bernoulli, 6 agents, ~10 s
     python train.py --env IAPO-MATH-v0 --agents psst,topk4,uniform --budgets 1k,5k,20k --runs 50
     python train.py --preset reproduction            # docs/REPRODUCTION.md + docs/figures/
-    python train.py --env IAPO-SynthCategorical-v0 --contexts continuous --agents neural,psst_grid,ppo --budgets 5k,20k --runs 20
+    python train.py --env IAPO-SynthCategorical-v0 --contexts continuous \
+        --agents neural,psst_grid,ppo --budgets 5k,20k --runs 20
     tensorboard --logdir runs/demo/tb
 
 Protocol (the paper's, evaluated exactly): run ``seed`` of a configuration (task, agent, budget)
@@ -31,7 +32,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from iapo_gym.experiments.cliargs import build_parser, explicit_fields
 
 @dataclass
 class Args:
+    """The runner's options: one command-line flag per field, its help text the field's docstring."""
+
     env: str = "IAPO-SynthBernoulli-v0"
     """task ids, comma-separated (any registered IAPO-* id, e.g. IAPO-MATH-v0); 'all' = every registered IAPO task"""
     agents: str = "psst,topk4,uniform,ucb,triple_n1,random"
@@ -55,9 +58,12 @@ class Args:
     out: str = "runs/demo"
     """output directory (results.csv, tb/, wilcoxon tables, figures); re-running resumes from results.csv"""
     reference: str = "psst"
-    """reference agent of the paired Wilcoxon table (every other agent is tested against it); if it is not run, the first agent"""
+    """reference agent of the paired Wilcoxon table (every other agent is tested against it);
+    if it is not run, the first agent"""
     contexts: str = "finite"
-    """context mode: 'finite' (the task's context set, the paper's protocol) or 'continuous' (envs draw contexts from a continuous distribution; every run is scored exactly on its 2,000-context held-out evaluation sample, see docs/CONTINUOUS.md)"""
+    """context mode: 'finite' (the task's context set, the paper's protocol) or 'continuous' (envs draw
+    contexts from a continuous distribution; every run is scored exactly on its 2,000-context held-out
+    evaluation sample, see docs/CONTINUOUS.md)"""
     track: bool = True
     """write TensorBoard event files under OUT/tb"""
     plots: bool = True
@@ -249,8 +255,10 @@ def is_missing_table(exc: BaseException) -> bool:
 
 
 def contexts_path(out: Path, mode: str) -> Path:
-    """``OUT/contexts.json`` (finite mode) or ``OUT/contexts.continuous.json`` (continuous mode: the
-    cost-weight bins of the evaluation sample), so both modes can share one output directory.
+    """Where the contexts of ``mode`` are written, so both modes can share one output directory.
+
+    ``OUT/contexts.json`` (finite mode) or ``OUT/contexts.continuous.json`` (continuous mode: the
+    cost-weight bins of the evaluation sample).
     """
     return out / ("contexts.json" if mode == "finite" else f"contexts.{mode}.json")
 
@@ -271,9 +279,11 @@ class Runner:
         self.first_tables: dict[str, Any] = {}  # env id -> run 0's table (is it shared by every run?)
 
     def key(self, env: str, agent: str, budget: int, seed: int) -> tuple:
+        """The results-file key of one run."""
         return (env, self.args.contexts, agent, int(budget), int(seed))
 
     def todo(self, env: str, agent: str, budget: int) -> list[int]:
+        """The seeds of this cell that the results file does not have yet."""
         return [s for s in self.plan.seeds if not self.results.done(self.key(env, agent, budget, s))]
 
     def check_env(self, env_id: str) -> bool:
@@ -348,14 +358,18 @@ class Runner:
         if len(policies) != len(seeds):
             raise RuntimeError(f"{agent_name}.fit_many returned {len(policies)} policies for {len(seeds)} seeds")
         rows = []
-        for seed, policy in zip(seeds, policies):
+        for seed, policy in zip(seeds, policies, strict=True):
             used = int(policy.budget_used)
             if used > budget:
                 raise RuntimeError(f"agent {agent_name!r} reports {used} completions spent with a budget of {budget}")
             # pop: each run's env (and its world's oracle cache) is freed as soon as it is scored
             metrics = self.evaluator(env_id, seed, built.pop(int(seed), None)).evaluate(policy)
             rows.append(
-                dict(zip(("env", "contexts", "agent", "budget", "seed"), self.key(env_id, agent_name, budget, seed)))
+                dict(
+                    zip(
+                        ("env", "contexts", "agent", "budget", "seed"), self.key(env_id, agent_name, budget, seed), strict=True
+                    )
+                )
                 | {"budget_used": used, "wall_s": wall}
                 | metrics.row()
             )
@@ -363,11 +377,11 @@ class Runner:
         return rows
 
     def with_training_log(self, agent: Any, env_id: str, agent_name: str, budget: int) -> Any:
-        """``agent`` logging its own training (a ``log_dir`` field, e.g. the neural agent's loss and
-        exploration statistics) under ``OUT/tb`` when tracking; other agents unchanged.
-        """
-        from dataclasses import fields, is_dataclass
+        """``agent`` logging its own training under ``OUT/tb`` when tracking; other agents unchanged.
 
+        An agent logs its own training when it has a ``log_dir`` field (e.g. the neural agent's loss
+        and exploration statistics).
+        """
         if not self.args.track or not is_dataclass(agent) or "log_dir" not in {f.name for f in fields(agent)}:
             return agent
         return replace(agent, log_dir=str(self.plan.out / "tb" / f"{env_id}__{agent_name}__training__T{int(budget)}"))
@@ -420,6 +434,7 @@ class Runner:
                         logger.close()
 
     def tb_logger(self, env_id: str, agent_name: str, config: dict[str, Any], stamp: int) -> Any:
+        """A TensorBoard logger for one (env, agent) cell, with its hyperparameters."""
         from iapo_gym.experiments.tblog import ConfigLogger
 
         hparams = {"env": env_id, "agent": agent_name, "runs": len(self.plan.seeds), "first_seed": self.plan.seeds[0]}
@@ -428,6 +443,7 @@ class Runner:
         return ConfigLogger(self.plan.out / "tb", env_id, agent_name, self.plan.seeds, names, hparams, stamp)
 
     def contexts_file(self) -> dict[str, Any]:
+        """The contexts file of this output directory and mode (empty if not written yet)."""
         path = contexts_path(self.plan.out, self.args.contexts)
         return json.loads(path.read_text()) if path.exists() else {}
 
@@ -447,7 +463,9 @@ def selected_results(plan: Plan, args: Args) -> Any:
     return Results.from_rows(rows)
 
 
-def analyse(args: Args, plan: Plan, skipped_envs: dict[str, str] | None = None, log: Callable[[str], None] = print) -> dict[str, Path]:
+def analyse(
+    args: Args, plan: Plan, skipped_envs: dict[str, str] | None = None, log: Callable[[str], None] = print
+) -> dict[str, Path]:
     """Wilcoxon tables, figures, the summary table and (if asked) the report; returns the paths written."""
     from iapo_gym.experiments import stats
     from iapo_gym.experiments.results import atomic_write_text
@@ -551,6 +569,7 @@ def run_experiment(args: Args, log: Callable[[str], None] = print) -> tuple[Runn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``iapo-gym train`` / ``python train.py``: parse ``argv``, run the experiment; the exit status."""
     args = parse_args(argv)
     t0 = time.perf_counter()
     try:

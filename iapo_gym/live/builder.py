@@ -45,8 +45,9 @@ from iapo_gym.tables.format import OutcomeTable, resplit
 
 
 def unit_seed(build_seed: int, prompt: int, query_id: str) -> int:
-    """The sampling seed of one (prompt, query) unit: a hash of the build seed, the prompt index
-    and the query id (stable under dataset reordering), in ``[0, 2**31)``.
+    """The sampling seed of one (prompt, query) unit, in ``[0, 2**31)``.
+
+    A hash of the build seed, the prompt index and the query id (stable under dataset reordering).
     """
     digest = hashlib.sha256(f"{int(build_seed)}/{int(prompt)}/{query_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
@@ -99,7 +100,9 @@ class Builder:
         if self.scorer is None:
             self.scorer = make_scorer(self.spec.scorer)
         if self.scorer.kind != self.spec.strategy:
-            raise ValueError(f"scorer {self.scorer.name!r} is for {self.scorer.kind}; the spec's strategy is {self.spec.strategy}")
+            raise ValueError(
+                f"scorer {self.scorer.name!r} is for {self.scorer.kind}; the spec's strategy is {self.spec.strategy}"
+            )
         if self.spec.strategy == "mv" and any(q.gold is None for q in self.queries):
             raise ValueError("majority-voting tasks need a gold answer for every query")
         self.checkpoint = Path(self.checkpoint)
@@ -127,7 +130,7 @@ class Builder:
 
     def _records(self, keys: list[tuple[int, int]], gens: list[Generation]) -> list[dict[str, Any]]:
         recs = []
-        for (p, q), g in zip(keys, gens):
+        for (p, q), g in zip(keys, gens, strict=True):
             recs.append(
                 {
                     "p": p,
@@ -148,13 +151,14 @@ class Builder:
             qs = [self.queries[r["q"]].text for r in recs for _ in r["texts"]]
             ts = [t for r in recs for t in r["texts"]]
             scores = np.asarray(self.scorer.score(qs, ts), dtype=np.float64).reshape(len(recs), self.spec.pool, -1)
-            for r, s in zip(recs, scores):
+            for r, s in zip(recs, scores, strict=True):
                 r["scores"] = s.tolist()
         return recs
 
     def run(self) -> tuple[CheckpointLog, BuildStats]:
-        """Generate every unit missing from the checkpoint. Re-raises a backend failure after
-        saving the units that completed (run again to resume).
+        """Generate every unit missing from the checkpoint.
+
+        Re-raises a backend failure after saving the units that completed (run again to resume).
         """
         log = CheckpointLog.open(self.checkpoint, self.header())
         todo = [u for u in self.units() if u not in log.units]
@@ -164,7 +168,9 @@ class Builder:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=stats.units_total, initial=before, unit="unit", desc=f"build {self.spec.task}", dynamic_ncols=True)
+            bar = tqdm(
+                total=stats.units_total, initial=before, unit="unit", desc=f"build {self.spec.task}", dynamic_ncols=True
+            )
         t0 = time.perf_counter()
         status = "done"
         try:
@@ -222,7 +228,9 @@ def assemble_table(
     P, Q, M = len(spec.prompts), len(queries), spec.pool
     missing = [(p, q) for q in range(Q) for p in range(P) if (p, q) not in units]
     if missing:
-        raise ValueError(f"{len(missing)} (prompt, query) units are missing (first {missing[:3]}); run the build to completion")
+        raise ValueError(
+            f"{len(missing)} (prompt, query) units are missing (first {missing[:3]}); run the build to completion"
+        )
     bad = [k for k, u in units.items() if len(u["texts"]) != M]
     if bad:
         raise ValueError(f"units {bad[:3]} do not hold pool={M} completions")

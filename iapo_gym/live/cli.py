@@ -1,4 +1,4 @@
-"""``iapo-gym build``: generate a task's table with a live LLM backend.
+r"""``iapo-gym build``: generate a task's table with a live LLM backend.
 
 Examples::
 
@@ -6,7 +6,7 @@ Examples::
     iapo-gym build SmolArith --backend vllm --model smollm2 --queries 24 --pool 32 --out tables/SmolArith
 
     # an OpenAI-compatible server (vllm serve ... --port 8000)
-    iapo-gym build MATH --backend openai --base-url http://127.0.0.1:8000 \\
+    iapo-gym build MATH --backend openai --base-url http://127.0.0.1:8000 \
         --model meta-llama/Llama-3.3-70B-Instruct --queries 316 --pool 128 --out tables/MATH
 
 Running the same command again after an interruption resumes from the checkpoint.
@@ -30,11 +30,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("spec", help="task spec: a spec.json path, a folder holding one, or a task name in envs_data/")
-    p.add_argument("--backend", choices=("vllm", "openai"), default="vllm", help="in-process vLLM or an OpenAI-compatible server")
-    p.add_argument("--model", default="smollm2", help="model: 'smollm2', a local HF folder, or a Hugging Face name (default smollm2)")
+    p.add_argument(
+        "--backend", choices=("vllm", "openai"), default="vllm", help="in-process vLLM or an OpenAI-compatible server"
+    )
+    p.add_argument(
+        "--model", default="smollm2", help="model: 'smollm2', a local HF folder, or a Hugging Face name (default smollm2)"
+    )
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="server address for --backend openai")
     p.add_argument("--served-model-name", default=None, help="model name the server expects (default: the resolved --model)")
-    p.add_argument("--queries", type=int, default=None, help="use the first Q queries of the dataset (default: the spec's limit)")
+    p.add_argument(
+        "--queries", type=int, default=None, help="use the first Q queries of the dataset (default: the spec's limit)"
+    )
     p.add_argument("--pool", type=int, default=None, help="completions per (prompt, query) (default: the spec's pool)")
     p.add_argument("--prompts", type=int, default=None, help="use only the first P prompts of the spec")
     p.add_argument("--max-tokens", type=int, default=None, help="override the spec's max_tokens")
@@ -43,7 +49,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="table directory to write")
     p.add_argument("--checkpoint", default=None, help="checkpoint log (default: <out>.checkpoint.jsonl)")
     p.add_argument("--seed", type=int, default=0, help="build seed (per-unit sampling seeds derive from it)")
-    p.add_argument("--batch-size", type=int, default=None, help="units per batch / checkpoint append (default 16 vllm, 2x concurrency openai)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="units per batch / checkpoint append (default 16 vllm, 2x concurrency openai)",
+    )
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (openai)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (openai)")
     p.add_argument("--retries", type=int, default=5, help="retries per request with exponential backoff (openai)")
@@ -83,7 +94,12 @@ def run_build(args: argparse.Namespace) -> int:
     if args.backend == "vllm":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         backend = VLLMBackend(
-            args.model, spec.sampling, dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=args.enforce_eager, seed=args.seed
+            args.model,
+            spec.sampling,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            enforce_eager=args.enforce_eager,
+            seed=args.seed,
         )
         batch = args.batch_size or 16
     else:

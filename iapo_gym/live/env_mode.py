@@ -82,7 +82,9 @@ def live_source_for(
 
 
 def as_env_backend(table: OutcomeTable, backend: Any, **kwargs: Any) -> Any:
-    """What ``IAPOEnv(backend=...)`` keeps: a :class:`LiveSource` (or any object with the same
+    """What ``IAPOEnv(backend=...)`` keeps.
+
+    A :class:`LiveSource` (or any object with the same
     ``generate(prompt, n, query, rng, width=)`` method) unchanged; a backend object or name
     (``"vllm"``, ``"openai"``) wrapped by :func:`live_source_for` for the env's table.
     """
@@ -92,8 +94,9 @@ def as_env_backend(table: OutcomeTable, backend: Any, **kwargs: Any) -> Any:
 
 
 def spec_table(spec: TaskSpec, queries: list[Query] | None = None) -> OutcomeTable:
-    """A structure-only table (prompts, queries, contexts, n_max, split) for a live run of a task
-    with no built table. Its outcome arrays are uniform placeholders, flagged in
+    """A structure-only table (prompts, queries, contexts, n_max, split) for a live run.
+
+    For a task with no built table. Its outcome arrays are uniform placeholders, flagged in
     ``provenance["placeholder"]``: exact metrics (oracle, regret) need a built table.
     """
     from iapo_gym.live.builder import _split

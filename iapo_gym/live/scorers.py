@@ -1,4 +1,4 @@
-"""Scorers: from completion texts to table outcomes.
+r"""Scorers: from completion texts to table outcomes.
 
 Two families, matching the two strategies:
 
@@ -6,7 +6,7 @@ Two families, matching the two strategies:
   completion (a canonical string, or ``None`` when there is none); ``same(a, b)`` says whether two
   extracted answers are equivalent. :func:`cluster_answers` groups the answers of one query into
   categories with the gold answer's category first (index 0), which is the table's MV encoding.
-  - :class:`MathScorer` (MATH): the last ``\\boxed{...}``, equivalence by math-verify (sympy).
+  - :class:`MathScorer` (MATH): the last ``\boxed{...}``, equivalence by math-verify (sympy).
   - :class:`NumericScorer` (GSM8K, generated arithmetic): the boxed, ``####`` or last number,
     compared as exact fractions.
   - :class:`ChoiceScorer` (CommonsenseQA): the chosen option letter.
@@ -36,7 +36,7 @@ NO_ANSWER = "<no answer>"
 
 # --------------------------------------------------------------------------- text helpers
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched; ``None`` if absent."""
+    r"""Content of the last ``\boxed{...}`` (or ``\fbox{...}``), braces matched; ``None`` if absent."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
@@ -60,7 +60,7 @@ _LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\:|\\ |\$|\\displaystyle
 
 
 def normalise_latex(ans: str) -> str:
-    """Cheap canonical form of a LaTeX answer (spacing, ``dfrac``, ``\\left``, trailing dot)."""
+    r"""Cheap canonical form of a LaTeX answer (spacing, ``dfrac``, ``\left``, trailing dot)."""
     s = _LATEX_NOISE.sub("", ans)
     s = s.replace("dfrac", "frac").replace("tfrac", "frac").replace("^\\circ", "").replace("^{\\circ}", "")
     s = re.sub(r"\s+", "", s).rstrip(".")
@@ -71,7 +71,7 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
 def parse_number(s: str) -> Fraction | None:
-    """An exact :class:`~fractions.Fraction` from ``"1,234"``, ``"-3.5"``, ``"7/2"``, ``"\\frac{7}{2}"``; else ``None``."""
+    r"""An exact :class:`~fractions.Fraction` from ``"1,234"``, ``"-3.5"``, ``"7/2"``, ``"\frac{7}{2}"``; else ``None``."""
     s = s.strip().replace("$", "").replace("\\!", "").replace("{,}", "")
     m = re.fullmatch(r"-?\\[dt]?frac\{(-?\d+)\}\{(\d+)\}", s)
     if m:
@@ -112,8 +112,9 @@ class AnswerScorer(Protocol):
 
 
 class NumericScorer:
-    """Numeric answers (GSM8K, arithmetic): boxed number, else after ``####`` or ``answer is``,
-    else the last number in the text. Compared exactly as fractions (``0.5`` equals ``1/2``).
+    """Numeric answers (GSM8K, arithmetic), compared exactly as fractions (``0.5`` equals ``1/2``).
+
+    The boxed number, else the number after ``####`` or ``answer is``, else the last number in the text.
     """
 
     kind = "mv"
@@ -154,8 +155,10 @@ class NumericScorer:
 
 
 class ChoiceScorer:
-    """Multiple-choice letters (CommonsenseQA): ``\\boxed{C}``, ``answer is (C)``, ``Answer: C``,
-    else the last standalone option letter such as ``(C)`` or ``C.``.
+    r"""Multiple-choice letters (CommonsenseQA).
+
+    ``\boxed{C}``, ``answer is (C)``, ``Answer: C``, else the last standalone option letter such as
+    ``(C)`` or ``C.``.
     """
 
     kind = "mv"
@@ -194,8 +197,9 @@ class ChoiceScorer:
 
 
 class MathScorer:
-    """MATH: the last ``\\boxed{}`` answer, equivalence by math-verify (sympy) with a cheap string
-    normalisation first. Needs ``pip install math-verify`` (in the ``live`` extra).
+    r"""MATH: the last ``\boxed{}`` answer, equivalence by math-verify (sympy).
+
+    A cheap string normalisation comes first. Needs ``pip install math-verify`` (in the ``live`` extra).
     """
 
     kind = "mv"
@@ -211,7 +215,7 @@ class MathScorer:
         self._same: dict[tuple[str, str], bool] = {}
 
     def extract(self, text: str) -> str | None:
-        """Normalised content of the last ``\\boxed{}``, or ``None``."""
+        r"""Normalised content of the last ``\boxed{}``, or ``None``."""
         boxed = last_boxed(text)
         if boxed is None or not boxed.strip():
             return None
@@ -355,7 +359,7 @@ class LexicalProxyScorer:
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> NDArray[np.float64]:
         """``(n, 2)`` coverage and brevity."""
         out = np.zeros((len(texts), 2))
-        for i, (q, t) in enumerate(zip(queries, texts)):
+        for i, (q, t) in enumerate(zip(queries, texts, strict=True)):
             qw = {w.lower() for w in _WORD.findall(q) if len(w) >= 4 and w.lower() not in _STOP}
             tw = [w.lower() for w in _WORD.findall(t)]
             out[i, 0] = len(qw & set(tw)) / len(qw) if qw else 0.0
@@ -439,8 +443,8 @@ class RewardModelScorer:
         """``(n, K)`` logits before normalisation."""
         torch = self._torch
         out = np.zeros((len(texts), len(self.specs)))
-        for k, (spec, (tok, model)) in enumerate(zip(self.specs, self._models)):
-            inputs = [spec.template.format(query=q, response=t) for q, t in zip(queries, texts)]
+        for k, (spec, (tok, model)) in enumerate(zip(self.specs, self._models, strict=True)):
+            inputs = [spec.template.format(query=q, response=t) for q, t in zip(queries, texts, strict=True)]
             for s in range(0, len(inputs), self.batch_size):
                 enc = tok(
                     inputs[s : s + self.batch_size],
@@ -473,7 +477,9 @@ ANSWER_SCORERS = {"math": MathScorer, "numeric": NumericScorer, "gsm8k": Numeric
 
 
 def make_scorer(config: dict[str, Any]) -> Any:
-    """A scorer from a spec entry such as ``{"name": "math"}``, ``{"name": "choice", "letters": "ABCDE"}``,
+    """A scorer from a spec entry.
+
+    For example ``{"name": "math"}``, ``{"name": "choice", "letters": "ABCDE"}``,
     ``{"name": "lexical_proxy", "target_words": 60}`` or ``{"name": "reward_model", "objectives":
     [{"name": "helpful", "model": "..."}], "batch_size": 16}``.
     """

@@ -125,7 +125,7 @@ class LiveSource:
         seeds = rng.integers(0, 2**31, size=p.shape[0])
         reqs = [
             GenerationRequest(self.spec.messages(int(pi), self.queries[int(qi)]), int(ki), int(si))
-            for pi, ki, qi, si in zip(p, k, q, seeds)
+            for pi, ki, qi, si in zip(p, k, q, seeds, strict=True)
         ]
         gens = self.backend.generate(reqs)
         B, L = p.shape[0], int(k.max()) if k.size else 0
@@ -136,7 +136,7 @@ class LiveSource:
         mask = np.arange(L)[None, :] < k[:, None]
         records = []
         if self.strategy == "bon":
-            qs = [self.queries[int(qi)].text for qi, g in zip(q, gens) for _ in g.texts]
+            qs = [self.queries[int(qi)].text for qi, g in zip(q, gens, strict=True) for _ in g.texts]
             flat = np.asarray(self.scorer.score(qs, [t for g in gens for t in g.texts]), dtype=np.float64).reshape(-1, K)
             values[mask] = flat
         for b, g in enumerate(gens):
@@ -192,8 +192,10 @@ class LiveSource:
     def generate(
         self, prompt: ArrayLike, n: ArrayLike, query: ArrayLike, rng: np.random.Generator, width: int | None = None
     ) -> tuple[Pulls, tuple[int, int]]:
-        """The environment's live-backend call: :meth:`pull`, padded to ``width``, with the
-        batch's ``(prompt tokens, completion tokens)`` for the ledger.
+        """The environment's live-backend call.
+
+        :meth:`pull`, padded to ``width``, with the batch's ``(prompt tokens, completion tokens)``
+        for the ledger.
         """
         live = self.pull(prompt, n, query, rng)
         pulls = live.pulls if width is None else pad_pulls(live.pulls, int(width))
@@ -218,8 +220,10 @@ def pad_pulls(pulls: Pulls, width: int) -> Pulls:
 
 
 class ReplayBackend:
-    """Serves a live recording back: the request with the same messages, ``n`` and seed gets the
-    recorded texts and token counts. A request that was never recorded raises ``KeyError``.
+    """Serves a live recording back.
+
+    The request with the same messages, ``n`` and seed gets the recorded texts and token counts. A
+    request that was never recorded raises ``KeyError``.
     """
 
     def __init__(self, recording: str | Path, spec: TaskSpec, queries: Sequence[Query], model: str = "replay",
@@ -231,7 +235,10 @@ class ReplayBackend:
             msgs = spec.messages(int(r["p"]), queries[int(r["q"])])
             key = (json.dumps(msgs), int(r.get("n", len(r["texts"]))), int(r["seed"]))
             self._table[key] = Generation(
-                tuple(r["texts"]), int(r["prompt_tokens"]), tuple(r["completion_tokens"]), exact_counts=bool(r.get("exact_counts", True))
+                tuple(r["texts"]),
+                int(r["prompt_tokens"]),
+                tuple(r["completion_tokens"]),
+                exact_counts=bool(r.get("exact_counts", True)),
             )
 
     def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Generation]]:

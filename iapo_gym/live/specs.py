@@ -90,8 +90,10 @@ class TaskSpec:
         return ({"role": "user", "content": text},)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the generated outcomes (prompts, dataset, scorer,
-        sampling, pool); a checkpoint from another fingerprint is refused on resume.
+        """Hash of everything that changes the generated outcomes.
+
+        That is the prompts, dataset, scorer, sampling and pool; a checkpoint from another
+        fingerprint is refused on resume.
         """
         payload = json.dumps(
             {
@@ -213,7 +215,7 @@ def _commonsenseqa(row: dict[str, Any], i: int) -> Query:
         labels, texts = [c["label"] for c in choices], [c["text"] for c in choices]
     else:  # the Hugging Face "tau/commonsense_qa" layout
         stem, labels, texts = q, row["choices"]["label"], row["choices"]["text"]
-    options = "\n".join(f"{l}. {t}" for l, t in zip(labels, texts))
+    options = "\n".join(f"{lab}. {t}" for lab, t in zip(labels, texts, strict=True))
     return Query(str(row.get("id", i)), f"{stem.strip()}\n{options}", str(row["answerKey"]))
 
 
@@ -308,6 +310,7 @@ def load_queries(spec: TaskSpec, local_path: str | Path | None = None, limit: in
     """The task's queries, in dataset order (first ``limit`` of them, default ``dataset.limit``).
 
     Args:
+        spec: the task spec whose ``dataset`` entry names the source.
         local_path: a JSONL file that overrides the spec's ``dataset.local_path``.
         limit: at most this many queries.
     """

@@ -333,7 +333,7 @@ _RANGE_CANDIDATES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 4.0))
 
 def _bon_context_names(objectives: tuple[str, ...], weights: np.ndarray) -> tuple[str, ...]:
     return tuple(
-        ",".join(f"{o}={x:g}" for o, x in zip(objectives, row[:-1])) + f",cost={row[-1]:g}" for row in weights
+        ",".join(f"{o}={x:g}" for o, x in zip(objectives, row[:-1], strict=True)) + f",cost={row[-1]:g}" for row in weights
     )
 
 

@@ -261,10 +261,14 @@ def _read_arrays(directory: Path, manifest: Mapping[str, Any]) -> dict[str, NDAr
         if name not in checksums:
             raise TableError(f"checksums: no checksum for array {name!r}; re-save the table with save_table")
         if name in shapes and list(arr.shape) != list(shapes[name]):
-            raise TableError(f"{name}: shape {list(arr.shape)} differs from the manifest's {shapes[name]}; the files do not belong together")
+            raise TableError(
+                f"{name}: shape {list(arr.shape)} differs from the manifest's {shapes[name]}; the files do not belong together"
+            )
         dtypes = manifest.get("dtypes", {})
         if name in dtypes and np.dtype(arr.dtype).str != dtypes[name]:
-            raise TableError(f"{name}: dtype {arr.dtype.str} differs from the manifest's {dtypes[name]}; the files do not belong together")
+            raise TableError(
+                f"{name}: dtype {arr.dtype.str} differs from the manifest's {dtypes[name]}; the files do not belong together"
+            )
         if array_checksum(arr) != checksums[name]:
             raise TableError(
                 f"{name}: checksum mismatch (the array in {ARRAYS_FILE} is not the one the manifest describes); "
@@ -293,7 +297,9 @@ def load_table(directory: str | Path) -> OutcomeTable:
         if pool.ndim != 3 or pool.dtype.kind not in "iu":
             raise TableError(f"pool_answers: shape {pool.shape} dtype {pool.dtype}, expected (P, Q, M) integers")
         if pool_size != pool.shape[2]:
-            raise TableError(f"pool_size: is {pool_size} but pool_answers hold {pool.shape[2]} samples; set it to {pool.shape[2]}")
+            raise TableError(
+                f"pool_size: is {pool_size} but pool_answers hold {pool.shape[2]} samples; set it to {pool.shape[2]}"
+            )
         gold = arrays.get("gold")
         n_answers = manifest.get("n_answers")
         if n_answers is None:

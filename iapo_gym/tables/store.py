@@ -145,7 +145,7 @@ def _save_all(tables: list[OutcomeTable], name: str, overwrite: bool) -> list[Pa
                 f"table {existing[0]!r} already exists in {root}; pass overwrite=True (CLI: --force) or choose --name"
             )
     root.mkdir(parents=True, exist_ok=True)
-    return [save_table(t, root / n, overwrite=overwrite) for t, n in zip(tables, names)]
+    return [save_table(t, root / n, overwrite=overwrite) for t, n in zip(tables, names, strict=True)]
 
 
 def import_file(path: str | Path, name: str | None = None, overwrite: bool = False) -> list[Path]:

@@ -210,7 +210,7 @@ def _probabilities(probs: np.ndarray, name: str) -> None:
         )
 
 
-def _check_arrays(
+def _check_arrays(  # noqa: C901 - one flat, ordered list of independent checks
     arrays: Mapping[str, np.ndarray | None],
     *,
     strategy: str,
@@ -256,7 +256,11 @@ def _check_arrays(
         if probs is None:
             probs = np.full(values.shape[:3], 1.0 / m)
         elif probs.shape != values.shape[:3]:
-            _fail("outcome_probs", f"has shape {probs.shape}, expected {values.shape[:3]} like outcome_values", "make it (P, Q, M)")
+            _fail(
+                "outcome_probs",
+                f"has shape {probs.shape}, expected {values.shape[:3]} like outcome_values",
+                "make it (P, Q, M)",
+            )
         if pool_size is not None and m != pool_size:
             _fail("pool_size", f"is {pool_size} but outcome_values hold {m} outcomes", f"set pool_size to {m} or null")
     for name, arr in present.items():
@@ -274,7 +278,11 @@ def _check_arrays(
         n_ans = probs.shape[2]
         if gold.size and (gold.min() < 0 or gold.max() >= n_ans):
             bad = int(np.flatnonzero((gold < 0) | (gold >= n_ans))[0])
-            _fail("gold", f"index {int(gold[bad])} at query {bad} is out of range 0..{n_ans - 1}", "gold must index an answer category")
+            _fail(
+                "gold",
+                f"index {int(gold[bad])} at query {bad} is out of range 0..{n_ans - 1}",
+                "gold must index an answer category",
+            )
         lo, hi = objective_ranges[0]
         if lo > 0 or hi < 1:
             _fail("objective_ranges", f"an MV table scores 0/1, but the range is [{lo:g}, {hi:g}]", "use [[0, 1]]")

@@ -81,13 +81,43 @@ def register_env_id(info: TaskInfo) -> None:
 
 
 for _info in (
-    TaskInfo("SynthBernoulli", "mv", "synthetic", "majority voting, 32 prompts incl. deceptive ones, 520 queries", make_synth_bernoulli),
+    TaskInfo(
+        "SynthBernoulli",
+        "mv",
+        "synthetic",
+        "majority voting, 32 prompts incl. deceptive ones, 520 queries",
+        make_synth_bernoulli,
+    ),
     TaskInfo("MATH", "mv", "real", "MATH (Hendrycks), 25 prompts, 316 queries, Llama-3.3-70B (paper release)", table="MATH"),
     TaskInfo("CommonsenseQA", "mv", "real", "CommonsenseQA, 48 prompts, 1500 queries (paper release)", table="CommonsenseQA"),
-    TaskInfo("SynthCategorical", "bon", "synthetic", "best-of-N, 32 prompts, 512 queries, 2 objectives in [0, 4]", make_synth_categorical),
-    TaskInfo("HelpfulHarmless", "bon", "real", "Anthropic HH, 20 prompts, helpful/harmless reward models (paper release)", table="HelpfulHarmless"),
-    TaskInfo("Summarization", "bon", "real", "TL;DR summarisation, 20 prompts, two reward models (paper release)", table="Summarization"),
-    TaskInfo("SmolArith", "mv", "shipped", "arithmetic answered by SmolLM2-135M on vLLM (CPU), 6 prompts, 24 queries, built by iapo-gym build", table="smolarith/table"),
+    TaskInfo(
+        "SynthCategorical",
+        "bon",
+        "synthetic",
+        "best-of-N, 32 prompts, 512 queries, 2 objectives in [0, 4]",
+        make_synth_categorical,
+    ),
+    TaskInfo(
+        "HelpfulHarmless",
+        "bon",
+        "real",
+        "Anthropic HH, 20 prompts, helpful/harmless reward models (paper release)",
+        table="HelpfulHarmless",
+    ),
+    TaskInfo(
+        "Summarization",
+        "bon",
+        "real",
+        "TL;DR summarisation, 20 prompts, two reward models (paper release)",
+        table="Summarization",
+    ),
+    TaskInfo(
+        "SmolArith",
+        "mv",
+        "shipped",
+        "arithmetic answered by SmolLM2-135M on vLLM (CPU), 6 prompts, 24 queries, built by iapo-gym build",
+        table="smolarith/table",
+    ),
 ):
     register_task(_info)
 
