@@ -37,7 +37,7 @@ def test_import_list_check(data: Path, math_pickle: Path, capsys: pytest.Capture
     assert main(["data", "list"]) == 0
     rows = capsys.readouterr().out.splitlines()
     math_row = next(r for r in rows if r.startswith("MATH "))
-    assert math_row.split() == ["MATH", "MATH", "mv", "25", "316", "3", "32"]
+    assert math_row.split() == ["MATH", "MATH", "mv", "25", "316", "3", "32", "release"]
     assert any(r.startswith("m2 ") for r in rows)
     assert main(["data", "check", "MATH"]) == 0
     assert "ok:" in capsys.readouterr().out
@@ -67,6 +67,8 @@ def test_errors_reach_the_user(data: Path, tmp_path: Path, capsys: pytest.Captur
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(b"cos\nsystem\n(S'echo hi'\ntR.")
     assert main(["data", "import", str(evil)]) == 2
+    assert "evil.pkl: not a file of the IAPO paper's release" in capsys.readouterr().err
+    assert main(["data", "import", str(evil), "--allow-modified"]) == 2
     assert "refused global os.system" in capsys.readouterr().err
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -115,7 +115,7 @@ def test_import_synthetic_bon_list(authors_bon_module: types.ModuleType, tmp_pat
     envs = [_bon_env(authors_bon_module, s) for s in (1, 2)]
     path = tmp_path / "HH_final.pkl"
     path.write_bytes(pickle.dumps(envs, protocol=4))
-    tables = import_released_all(path)
+    tables = import_released_all(path, allow_modified=True)
     assert len(tables) == 2
     for env, t in zip(envs, tables, strict=True):
         assert (t.task, t.strategy, t.n_prompts, t.n_queries, t.n_outcomes, t.n_objectives, t.n_max) == (
@@ -136,8 +136,8 @@ def test_import_synthetic_bon_list(authors_bon_module: types.ModuleType, tmp_pat
     assert tables[0].contexts.names == ("helpful=0.3,harmless=0.7,cost=0.5", "helpful=0.9,harmless=0.1,cost=0")
     assert tables[1].provenance["source_index"] == 1 and tables[1].provenance["source_count"] == 2
     with pytest.raises(TableImportError, match="holds 2 envs; pass index"):
-        import_released(path)
-    assert import_released(path, index=1).provenance["source_index"] == 1
+        import_released(path, allow_modified=True)
+    assert import_released(path, index=1, allow_modified=True).provenance["source_index"] == 1
 
 
 def test_bon_declared_range(authors_bon_module: types.ModuleType, tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_bon_declared_range(authors_bon_module: types.ModuleType, tmp_path: Path
     env.outcome_vectors_test = np.clip(env.outcome_vectors_test, -0.5, 1.0)
     path = tmp_path / "Summarization_final.pkl"
     path.write_bytes(pickle.dumps(env))
-    t = import_released(path)
+    t = import_released(path, allow_modified=True)
     assert t.task == "Summarization" and t.objectives == ("objective-0", "objective-1")
     np.testing.assert_array_equal(t.objective_ranges, [[-1.0, 1.0], [-1.0, 1.0]])
     assert t.provenance["objective_ranges"].startswith("[-1, 1]")
@@ -158,17 +158,17 @@ def test_bon_positive_cost_weight_refused(authors_bon_module: types.ModuleType, 
     path = tmp_path / "x.pkl"
     path.write_bytes(pickle.dumps(env))
     with pytest.raises(TableImportError, match="cost weights"):
-        import_released(path)
+        import_released(path, allow_modified=True)
 
 
 def test_unknown_layout_and_garbage_refused(tmp_path: Path) -> None:
     path = tmp_path / "plain.pkl"
     path.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(TableImportError, match="expected one of the authors' envs"):
-        import_released(path)
+        import_released(path, allow_modified=True)
     path.write_bytes(b"\x80\x04not a pickle")
     with pytest.raises(TableImportError, match="could not unpickle"):
-        import_released(path)
+        import_released(path, allow_modified=True)
 
 
 # ----------------------------------------------------------------------------- malicious pickles
@@ -232,7 +232,7 @@ def test_malicious_pickle_refused_before_it_runs(label: str, tmp_path: Path) -> 
     path = tmp_path / "evil.pkl"
     path.write_bytes(make(marker))
     with pytest.raises(TableImportError, match=f"refused global {global_name.replace('.', '[.]')}"):
-        import_released(path)
+        import_released(path, allow_modified=True)
     assert not marker.exists()
     with pytest.raises(pickle.UnpicklingError):  # also an UnpicklingError for generic callers
         restricted_load(path.read_bytes())
@@ -254,7 +254,7 @@ def test_payload_hidden_inside_a_released_table_refused(math_pickle: Path, tmp_p
     path = tmp_path / "MATH_final.pkl"
     path.write_bytes(tampered)
     with pytest.raises(TableImportError, match="refused global os[.]system"):
-        import_released(path)
+        import_released(path, allow_modified=True)
     assert not marker.exists()
 
 
@@ -308,7 +308,7 @@ def test_import_synthetic_bernoulli(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     )
     path = tmp_path / "SB_final.pkl"
     path.write_bytes(pickle.dumps([env, env], protocol=4))
-    tables = import_released_all(path)
+    tables = import_released_all(path, allow_modified=True)
     t = tables[0]
     assert len(tables) == 2 and (t.task, t.strategy, t.n_outcomes, t.n_queries, t.n_max) == ("SynthBernoulli", "mv", 2, 9, 16)
     assert t.query_ids[:4] == ("train-easy-0", "train-easy-1", "train-easy-2", "train-medium-0")

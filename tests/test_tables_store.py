@@ -108,9 +108,11 @@ def test_multi_env_file_naming(data: Path, tmp_path: Path, monkeypatch: pytest.M
         envs.append(env)
     path = tmp_path / "Toy_final.pkl"
     path.write_bytes(pickle.dumps(envs))
-    assert import_file(path) == [data / "Toy", data / "Toy-1", data / "Toy-2"]
-    assert load_named("Toy-2").cost[1, 0] == pytest.approx(2.2)
-    np.testing.assert_allclose(load_named("Toy").contexts.probs, [0.2, 0.3, 0.5])
+    assert import_file(path, allow_modified=True) == [data / "Toy-modified", data / "Toy-modified-1", data / "Toy-modified-2"]
+    assert load_named("Toy-modified-2").cost[1, 0] == pytest.approx(2.2)
+    np.testing.assert_allclose(load_named("Toy-modified").contexts.probs, [0.2, 0.3, 0.5])
+    assert import_file(path, name="Toy", allow_modified=True, overwrite=True) == [data / "Toy", data / "Toy-1", data / "Toy-2"]
+    assert load_named("Toy-1").provenance["modified"] is True
 
 
 # ----------------------------------------------------------------------------- pull

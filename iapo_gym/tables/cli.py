@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from iapo_gym.tables import store
+from iapo_gym.tables.importer import release_status
 from iapo_gym.tables.io import read_manifest
 from iapo_gym.tables.validation import TableError
 
@@ -30,17 +31,26 @@ def _list(args: argparse.Namespace) -> int:
     if not names:
         print("no tables yet: run `iapo-gym data pull TASK` or `iapo-gym data import FILE`")
         return 0
-    print(f"{'name':<24} {'task':<16} {'strategy':<8} {'prompts':>7} {'queries':>7} {'contexts':>8} {'n_max':>5}")
+    print(
+        f"{'name':<24} {'task':<16} {'strategy':<8} {'prompts':>7} {'queries':>7} {'contexts':>8} {'n_max':>5}  source"
+    )
+    bad = 0
     for name in names:
+        shown = name if name.isprintable() else repr(name)
         try:
+            store._check_name(name)
             m = read_manifest(root / name)
-        except TableError as exc:
-            print(f"{name:<24} invalid: {exc}")
+        except (TableError, ValueError, OSError) as exc:  # one bad table never hides the others
+            bad += 1
+            print(f"{shown:<24} invalid: {exc}")
             continue
+        task = m["task"] if m["task"].isprintable() else repr(m["task"])
         print(
-            f"{name:<24} {m['task']:<16} {m['strategy']:<8} {len(m['prompts']):>7} {len(m['query_ids']):>7} "
-            f"{len(m['contexts']['names']):>8} {m['n_max']:>5}"
+            f"{shown:<24} {task:<16} {m['strategy']:<8} {len(m['prompts']):>7} {len(m['query_ids']):>7} "
+            f"{len(m['contexts']['names']):>8} {m['n_max']:>5}  {release_status(m['provenance'])}"
         )
+    if bad:
+        print(f"{bad} invalid table(s): repair them, or delete their directories and import them again")
     return 0
 
 
@@ -50,8 +60,10 @@ def _path(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    for path in store.import_file(args.file, name=args.name, overwrite=args.force):
-        print(f"imported {path}")
+    for path in store.import_file(args.file, name=args.name, overwrite=args.force, allow_modified=args.allow_modified):
+        status = release_status(read_manifest(path)["provenance"])
+        note = "  (MODIFIED: not the pinned release file)" if status == "MODIFIED" else ""
+        print(f"imported {path}{note}")
     return 0
 
 
@@ -96,6 +108,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("file", type=Path, help="a released *_final.pkl file, or a table directory")
     p.add_argument("--name", help="table name (default: the task, e.g. MATH; multi-env files add -1, -2, ...)")
     p.add_argument("--force", action="store_true", help="replace existing tables of that name")
+    p.add_argument(
+        "--allow-modified",
+        action="store_true",
+        help="import a pickle that does not match the pinned release (corrupted or edited); "
+        "its tables are named <task>-modified and marked MODIFIED",
+    )
     p.set_defaults(func=_import)
 
     p = sub.add_parser("pull", help="download, verify and import the paper's table of a task")

@@ -13,7 +13,8 @@ read ONLY through :class:`RestrictedUnpickler`, whose ``find_class`` allows:
 * the authors' classes (``Envs.catMV.catMV.CategoricalMVEnv``, ``CostContext``,
   ``Envs.catBoN.catBoN.CategoricalBoNEnv``, ``Context``,
   ``Envs.synthBernoulli.synthBernoulli.SyntheticBernoulliEnv``, ...), mapped to inert stand-ins
-  that only store their pickled ``__dict__`` (their module is never imported).
+  that only store their pickled ``__dict__`` (their module is never imported) apart from their
+  own attributes, so pickled state cannot spoof what the importer records (``source_class``).
 
 Every other global is refused with :class:`TableImportError` naming it, *before* it is looked up
 or called.
@@ -43,6 +44,15 @@ Conversion (one :class:`~iapo_gym.tables.format.OutcomeTable` per released env):
 Prompts are ids ``prompt-<i>`` (the release carries no prompt texts). Provenance records the
 source file name, its sha256 and git blob id, the release commit and the original class.
 
+Integrity and resource limits, all checked before anything is unpickled or allocated:
+
+* the bytes are compared with the pinned release (:data:`RELEASE_BLOBS`, :data:`RELEASE_SHA256`);
+  a file matching none is refused (:class:`ReleaseMismatchError`) unless ``allow_modified=True``,
+  and its tables then carry ``provenance["modified"] = True``;
+* :func:`scan_pickle` walks the opcodes first and refuses memo indices beyond the opcode count;
+* arrays are rebuilt only from raw bytes whose length matches the declared shape and dtype
+  (``numpy.ndarray`` cannot be called; object dtypes are refused).
+
 API: :func:`import_released_all` returns every table of a file (HH and SB hold several envs);
 :func:`import_released` returns the single table of a one-env file (MATH, CQA) or the ``index``-th.
 """
@@ -53,7 +63,10 @@ import _compat_pickle
 import hashlib
 import importlib
 import io
+import math
 import pickle
+import pickletools
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,9 +82,15 @@ __all__ = [
     "RELEASE_COMMIT",
     "RELEASE_SHA256",
     "RELEASE_FILES",
+    "MAX_PICKLE_BYTES",
+    "ReleaseMismatchError",
     "RestrictedUnpickler",
     "TableImportError",
     "git_blob_id",
+    "is_modified",
+    "release_match",
+    "release_status",
+    "scan_pickle",
     "import_released",
     "import_released_all",
     "import_released_bytes",
@@ -113,13 +132,24 @@ class TableImportError(TableError, pickle.UnpicklingError):
 class InertObject:
     """Stand-in for a pickled class: accepts any constructor arguments and state, runs nothing.
 
-    ``_pickled_global`` names the global it replaces; the pickled ``__dict__`` lands in ``__dict__``.
+    The class attribute ``_pickled_global`` names the global it replaces; the pickled state lands in
+    the separate dict :attr:`pickled_state` (never in the instance ``__dict__``), so a pickle cannot
+    shadow ``_pickled_global`` or any other attribute the importer reads.
     """
 
     _pickled_global = "?"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.__dict__["_init_args"] = args
+        object.__setattr__(self, "_inert_state", {})
+
+    @property
+    def pickled_state(self) -> dict[str, Any]:
+        """The pickled ``__dict__`` of the authors' object (string keys)."""
+        state = self.__dict__.get("_inert_state")
+        if state is None:  # created by NEWOBJ / _reconstructor without __init__
+            state = {}
+            object.__setattr__(self, "_inert_state", state)
+        return state
 
     def __setstate__(self, state: Any) -> None:
         if (
@@ -129,12 +159,21 @@ class InertObject:
         ):  # the (dict, slots) form
             state = {**(state[0] or {}), **(state[1] or {})}
         if isinstance(state, dict):
-            self.__dict__.update({str(k): v for k, v in state.items()})
+            self.pickled_state.update({str(k): v for k, v in state.items()})
         else:
-            self.__dict__["_state"] = state
+            self.pickled_state["_state"] = state
+
+    def __getattr__(self, name: str) -> Any:  # read access to the pickled attributes, for inspection
+        state = self.__dict__.get("_inert_state") or {}
+        if name in state and not name.startswith("__"):
+            return state[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is an inert stand-in; its attributes cannot be set")
 
     def __repr__(self) -> str:
-        return f"<inert stand-in for {self._pickled_global}>"
+        return f"<inert stand-in for {type(self)._pickled_global}>"
 
 
 _STANDIN_CACHE: dict[tuple[str, str], type] = {}
@@ -168,24 +207,103 @@ def _numpy_attr(modules: tuple[str, ...], name: str) -> Any:
     raise TableImportError(f"this numpy has none of {[f'{m}.{name}' for m in modules]}")
 
 
+#: Most dimensions a released array may have.
+_MAX_NDIM = 32
+
+
+def _checked_dtype(dtype: Any, what: str) -> np.dtype:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.kind not in "biufcSU" or dtype.itemsize == 0:
+        raise TableImportError(f"refused {what} with dtype {dtype!r}: released tables hold numeric arrays only")
+    return dtype
+
+
+def _checked_shape(shape: Any, what: str) -> tuple[int, ...]:
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > _MAX_NDIM
+        or not all(isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise TableImportError(f"refused {what} with shape {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+class _SafeArray(np.ndarray):
+    """What the pickle global ``numpy.ndarray`` resolves to: it cannot be called (an arbitrary shape
+    would allocate before anything is checked); ``_reconstruct`` builds an empty one and BUILD fills
+    it through :meth:`__setstate__`, which checks that the declared shape and dtype describe exactly
+    the raw bytes the pickle carries before numpy sees them. Converted with ``np.asarray`` later."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _SafeArray:
+        raise TableImportError(
+            "refused call of numpy.ndarray(...): released tables rebuild arrays through _reconstruct and BUILD"
+        )
+
+    def __reduce__(self) -> Any:  # never re-pickled as this class
+        return np.asarray(self).__reduce__()
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise TableImportError("refused array state: expected numpy's (version, shape, dtype, fortran, data)")
+        shape, dtype, fortran, raw = state[-4:]
+        shape = _checked_shape(shape, "array state")
+        dtype = _checked_dtype(dtype, "array state")
+        if not isinstance(raw, bytes | bytearray) or isinstance(fortran, np.ndarray):
+            raise TableImportError(f"refused array state: data is a {type(raw).__name__}, expected bytes")
+        if math.prod(shape) * dtype.itemsize != len(raw):
+            raise TableImportError(
+                f"refused array state: shape {shape} x {dtype.itemsize} bytes does not match the {len(raw)} bytes stored"
+            )
+        super().__setstate__(state)
+
+
 def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """``multiarray._reconstruct`` limited to what numpy writes: a plain empty ndarray to fill by BUILD."""
-    if subtype is not np.ndarray:
+    if subtype is not _SafeArray:
         raise TableImportError(f"refused array reconstruction of {subtype!r}: only numpy.ndarray is allowed")
-    if not isinstance(shape, tuple) or int(np.prod(shape, dtype=np.int64)) > 1:
+    if not isinstance(shape, tuple) or len(shape) != 1 or shape[0] != 0:
         raise TableImportError(f"refused array reconstruction with shape {shape!r}: numpy pickles start from (0,)")
-    return _numpy_attr(_MULTIARRAY, "_reconstruct")(subtype, shape, dtype)
+    if not isinstance(dtype, bytes | str):
+        raise TableImportError(f"refused array reconstruction with dtype {dtype!r}: numpy pickles start from b'b'")
+    return _numpy_attr(_MULTIARRAY, "_reconstruct")(_SafeArray, (0,), dtype)
+
+
+def _safe_scalar(dtype: Any, data: Any = None) -> Any:
+    """``multiarray.scalar`` for numeric dtypes whose bytes are exactly one item."""
+    _checked_dtype(dtype, "scalar")
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise TableImportError(f"refused scalar of dtype {dtype!r}: expected {dtype.itemsize} bytes")
+    return _numpy_attr(_MULTIARRAY, "scalar")(dtype, data)
+
+
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """``numeric._frombuffer`` (protocol-5 arrays) when ``shape`` and ``dtype`` describe exactly ``buf``."""
+    dtype = _checked_dtype(dtype, "array buffer")
+    shape = _checked_shape(shape, "array buffer")
+    size = memoryview(buf).nbytes if isinstance(buf, bytes | bytearray | pickle.PickleBuffer) else -1
+    if size != math.prod(shape) * dtype.itemsize or order not in ("C", "F"):
+        raise TableImportError(f"refused array buffer: shape {shape} of {dtype} does not match {size} bytes")
+    return _numpy_attr(_NUMERIC, "_frombuffer")(buf, dtype, shape, order)
+
+
+def _safe_dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    """``numpy.dtype`` for the plain type codes numpy's pickles name (``'f8'``, ``'i8'``, ...)."""
+    if not isinstance(obj, str) or len(obj) > 8 or not isinstance(align, bool) or not isinstance(copy, bool):
+        raise TableImportError(f"refused numpy.dtype({obj!r}, ...): released tables use plain type codes")
+    try:
+        return np.dtype(obj, align, copy)
+    except TypeError as exc:
+        raise TableImportError(f"refused numpy.dtype({obj!r}): {exc}") from exc
 
 
 _MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
 _NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
 #: (module, name) -> how to resolve it (lazily, so a numpy without one spelling still works).
 _NUMPY_ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy", "ndarray"): lambda: _SafeArray,
+    ("numpy", "dtype"): lambda: _safe_dtype,
     **{(m, "_reconstruct"): (lambda: _safe_reconstruct) for m in _MULTIARRAY},
-    **{(m, "scalar"): (lambda: _numpy_attr(_MULTIARRAY, "scalar")) for m in _MULTIARRAY},
-    **{(m, "_frombuffer"): (lambda: _numpy_attr(_NUMERIC, "_frombuffer")) for m in _NUMERIC},
+    **{(m, "scalar"): (lambda: _safe_scalar) for m in _MULTIARRAY},
+    **{(m, "_frombuffer"): (lambda: _safe_frombuffer) for m in _NUMERIC},
 }
 
 #: numpy.random globals a pickled Generator / RandomState may name; all become inert.
@@ -242,8 +360,47 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise TableImportError(f"refused persistent id {pid!r}: released tables carry none")
 
 
+#: Largest released file read (bytes); the released tables are far smaller (MATH: 320 kB).
+MAX_PICKLE_BYTES = 2**30
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def scan_pickle(data: bytes) -> int:
+    """Walk the opcodes of ``data`` without building anything; return how many there are.
+
+    Refuses, before a byte is unpickled, what would make the C unpickler allocate far more than the
+    file holds: a memo index larger than the number of opcodes (``LONG_BINPUT 2**27`` in a 9-byte
+    pickle makes the C unpickler grow its memo to 2 GB; a genuine pickler numbers memo entries
+    0, 1, 2, ...), lengths that run past the end of the file, and files over
+    :data:`MAX_PICKLE_BYTES`.
+    """
+    if len(data) > MAX_PICKLE_BYTES:
+        raise TableImportError(f"the file has {len(data)} bytes, above the limit of {MAX_PICKLE_BYTES}; it is not a released table")
+    count = 0
+    puts: list[int] = []
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            count += 1
+            if op.name in _MEMO_PUTS:
+                puts.append(int(arg))
+    except (ValueError, TypeError, EOFError, struct.error, UnicodeDecodeError) as exc:
+        raise TableImportError(f"could not unpickle the file: malformed pickle ({exc})") from exc
+    if puts and max(puts) >= count:
+        raise TableImportError(
+            f"refused memo index {max(puts)} in a pickle of {count} opcodes: it would make the unpickler "
+            "allocate far more than the file holds; the file is damaged or hostile"
+        )
+    return count
+
+
 def restricted_load(data: bytes) -> Any:
-    """Unpickle ``data`` with :class:`RestrictedUnpickler` (raises :class:`TableImportError`)."""
+    """Scan ``data`` (:func:`scan_pickle`) and unpickle it with :class:`RestrictedUnpickler`.
+
+    Raises:
+        TableImportError: a refused global, memo index or array, or a malformed pickle.
+    """
+    scan_pickle(data)
     try:
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except TableImportError:
@@ -259,9 +416,9 @@ def git_blob_id(data: bytes) -> str:
 
 # ---------------------------------------------------------------------------- conversion helpers
 def _get(env: InertObject, key: str, source: str) -> Any:
-    if key not in env.__dict__:
-        raise TableImportError(f"{source}: the released {env._pickled_global} has no attribute {key!r}")
-    return env.__dict__[key]
+    if key not in env.pickled_state:
+        raise TableImportError(f"{source}: the released {type(env)._pickled_global} has no attribute {key!r}")
+    return env.pickled_state[key]
 
 
 def _array(value: Any, name: str, source: str, ndim: int, dtype: type = np.float64) -> np.ndarray:
@@ -276,7 +433,7 @@ def _array(value: Any, name: str, source: str, ndim: int, dtype: type = np.float
 
 
 def _prompt_ids(env: InertObject, n_prompts: int) -> tuple[str, ...]:
-    prompts = env.__dict__.get("prompts")
+    prompts = env.pickled_state.get("prompts")
     if isinstance(prompts, list | tuple) and len(prompts) == n_prompts and all(isinstance(p, str) for p in prompts):
         return tuple(prompts)
     return tuple(f"prompt-{i}" for i in range(n_prompts))
@@ -350,8 +507,8 @@ def _declared_ranges(values: np.ndarray, k: int) -> tuple[np.ndarray, str]:
 def _convert_bon(env: InertObject, task: str, source: str, provenance: dict) -> OutcomeTable:
     v_tr = _array(_get(env, "outcome_vectors_train", source), "outcome_vectors_train", source, 4)
     p_tr = _array(_get(env, "outcome_probs_train", source), "outcome_probs_train", source, 3)
-    v_te = env.__dict__.get("outcome_vectors_test")
-    p_te = env.__dict__.get("outcome_probs_test")
+    v_te = env.pickled_state.get("outcome_vectors_test")
+    p_te = env.pickled_state.get("outcome_probs_test")
     v_te = v_tr[:, :0] if v_te is None else _array(v_te, "outcome_vectors_test", source, 4)
     p_te = p_tr[:, :0] if p_te is None else _array(p_te, "outcome_probs_test", source, 3)
     if v_tr.shape[0] != v_te.shape[0] or v_tr.shape[2:] != v_te.shape[2:]:
@@ -359,7 +516,7 @@ def _convert_bon(env: InertObject, task: str, source: str, provenance: dict) -> 
     n_p, n_tr, _, k = v_tr.shape
     n_te = v_te.shape[1]
     cost_p = _array(_get(env, "cost_per_prompt", source), "cost_per_prompt", source, 1)
-    raw_w = _get(env, "weights", source) if "weights" in env.__dict__ else None
+    raw_w = _get(env, "weights", source) if "weights" in env.pickled_state else None
     if raw_w is None:  # fall back to the Context objects
         raw_w = [getattr(c, "weights", None) for c in _get(env, "_contexts", source)]
     w = _array([tuple(r) for r in raw_w], "weights", source, 2)
@@ -414,7 +571,7 @@ def _convert_sb(env: InertObject, task: str, source: str, provenance: dict) -> O
     coeffs = _get(env, "cost_coeffs", source)
     names = ("low", "mid", "high")
     dist = _array(_get(env, "context_distribution", source), "context_distribution", source, 1)
-    tier_dist = env.__dict__.get("tier_distribution")
+    tier_dist = env.pickled_state.get("tier_distribution")
     return OutcomeTable(
         task=task,
         strategy="mv",
@@ -447,35 +604,89 @@ def _task_for(path: Path) -> str:
     return RELEASE_FILES.get(path.name, path.name.split("_final")[0].split(".")[0])
 
 
-def import_released_all(path: str | Path, task: str | None = None) -> list[OutcomeTable]:
+def import_released_all(
+    path: str | Path, task: str | None = None, *, allow_modified: bool = False
+) -> list[OutcomeTable]:
     """Import every env of a released pickle as an :class:`OutcomeTable` (order as released).
 
     Args:
         path: a released ``*_final.pkl`` file.
         task: the task name (default: from the file name, e.g. ``MATH_final.pkl`` -> ``"MATH"``).
+        allow_modified: import a file that is not byte-identical to a pinned release file; its
+            tables are marked ``provenance["modified"] = True``.
 
     Raises:
+        ReleaseMismatchError: the file matches no pinned release file and ``allow_modified`` is false.
         TableImportError: a refused global (nothing was executed), an unknown layout or bad arrays.
     """
     path = Path(path)
-    return import_released_bytes(path.read_bytes(), path.name, task=task)
+    return import_released_bytes(path.read_bytes(), path.name, task=task, allow_modified=allow_modified)
 
 
-def import_released_bytes(data: bytes, file_name: str, task: str | None = None) -> list[OutcomeTable]:
-    """:func:`import_released_all` for the bytes of a file named ``file_name`` (e.g. a download)."""
+class ReleaseMismatchError(TableImportError):
+    """A file in the authors' format is not byte-identical to any pinned release file."""
+
+
+def release_match(data: bytes) -> str | None:
+    """The released file ``data`` is (by git blob id and, where pinned, sha256), else ``None``."""
+    blob = git_blob_id(data)
+    sha = hashlib.sha256(data).hexdigest()
+    for name, pinned in RELEASE_BLOBS.items():
+        if pinned == blob and RELEASE_SHA256.get(name, sha) == sha:
+            return name
+    return None
+
+
+def is_modified(provenance: Any) -> bool:
+    """Whether a table's provenance says it comes from a file that is not the pinned release."""
+    if not isinstance(provenance, dict):
+        return False
+    return provenance.get("modified") is True or provenance.get("matches_release") is False
+
+
+def release_status(provenance: Any) -> str:
+    """``"release"`` (verified against the pinned release), ``"MODIFIED"`` or ``"-"`` (not imported)."""
+    if is_modified(provenance):
+        return "MODIFIED"
+    if isinstance(provenance, dict) and provenance.get("matches_release") is True:
+        return "release"
+    return "-"
+
+
+def _mismatch(name: str, data: bytes) -> ReleaseMismatchError:
+    expected = f"; the released {name} has git blob {RELEASE_BLOBS[name]}" if name in RELEASE_BLOBS else ""
+    return ReleaseMismatchError(
+        f"{name}: not a file of the IAPO paper's release (git blob {git_blob_id(data)}, sha256 "
+        f"{hashlib.sha256(data).hexdigest()} match none of the pinned files{expected}); it is corrupted or "
+        "modified and was not read. Re-download it (`iapo-gym data pull TASK`), or import it anyway with "
+        "allow_modified=True (CLI: --allow-modified): its tables are then named and marked as modified"
+    )
+
+
+def import_released_bytes(
+    data: bytes, file_name: str, task: str | None = None, *, allow_modified: bool = False
+) -> list[OutcomeTable]:
+    """:func:`import_released_all` for the bytes of a file named ``file_name`` (e.g. a download).
+
+    The bytes are compared with the pinned release files before anything is unpickled.
+    """
     path = Path(file_name)
+    match = release_match(data)
+    if match is None and not allow_modified:
+        raise _mismatch(path.name, data)
     obj = restricted_load(data)
     envs = list(obj) if isinstance(obj, list | tuple) else [obj]
     if not envs:
         raise TableImportError(f"{path.name}: the file holds an empty list, no tables to import")
-    task = task or _task_for(path)
-    blob = git_blob_id(data)
+    task = task or (RELEASE_FILES[match] if match else _task_for(path))
     base = {
         "source_file": path.name,
         "source_sha256": hashlib.sha256(data).hexdigest(),
-        "source_git_blob": blob,
+        "source_git_blob": git_blob_id(data),
         "release": f"github.com/IAPO-AAAI25/IAPO-PSST@{RELEASE_COMMIT}",
-        "matches_release": RELEASE_BLOBS.get(path.name) == blob,
+        "matches_release": match is not None,
+        "release_file": match,
+        "modified": match is None,
         "importer": "iapo_gym.tables.importer",
     }
     tables = []
@@ -486,25 +697,27 @@ def import_released_bytes(data: bytes, file_name: str, task: str | None = None) 
             raise TableImportError(
                 f"{source}: expected one of the authors' envs {sorted(_CONVERTERS)}; got {type(env).__name__}"
             )
-        prov = {**base, "source_class": env._pickled_global, "source_index": i, "source_count": len(envs)}
+        prov = {**base, "source_class": type(env)._pickled_global, "source_index": i, "source_count": len(envs)}
         try:
             table = _CONVERTERS[cls](env, task, source, prov)
         except TableImportError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
             raise TableImportError(f"{source}: {exc}") from exc
         _validate(table, source)
         tables.append(table)
     return tables
 
 
-def import_released(path: str | Path, index: int | None = None, task: str | None = None) -> OutcomeTable:
+def import_released(
+    path: str | Path, index: int | None = None, task: str | None = None, *, allow_modified: bool = False
+) -> OutcomeTable:
     """Import one table from a released pickle.
 
     A one-env file (MATH, CQA) gives its table; a file with several envs (HH, SB) needs ``index``
     (or use :func:`import_released_all`).
     """
-    tables = import_released_all(path, task=task)
+    tables = import_released_all(path, task=task, allow_modified=allow_modified)
     if index is None:
         if len(tables) > 1:
             raise TableImportError(

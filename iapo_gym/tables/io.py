@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +51,7 @@ from numpy.typing import NDArray
 
 from iapo_gym.contexts import ContextSet
 from iapo_gym.tables.format import SCHEMA_VERSION, OutcomeTable
-from iapo_gym.tables.validation import TableError, validate_arrays, validate_manifest, validate_table
+from iapo_gym.tables.validation import LIMITS, TableError, validate_arrays, validate_manifest, validate_table
 
 __all__ = [
     "ARRAYS_FILE",
@@ -222,8 +225,29 @@ def _with_pool_size(table: OutcomeTable, pool_size: int) -> OutcomeTable:
     return replace(table, pool_size=pool_size)
 
 
+#: Largest ``manifest.json`` read (bytes) and deepest JSON nesting accepted in it.
+MAX_MANIFEST_BYTES = 256 * 2**20
+MAX_MANIFEST_DEPTH = 64
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _json_depth(raw: bytes) -> int:
+    """Deepest ``[`` / ``{`` nesting of JSON text ``raw`` (string contents ignored), without parsing it."""
+    skeleton = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    if not skeleton.size:
+        return 0
+    step = ((skeleton == ord("[")) | (skeleton == ord("{"))).astype(np.int64)
+    step -= ((skeleton == ord("]")) | (skeleton == ord("}"))).astype(np.int64)
+    return int(np.cumsum(step).max(initial=0))
+
+
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """Read and validate ``<directory>/manifest.json`` (raises :class:`TableError`)."""
+    """Read and validate ``<directory>/manifest.json`` (raises :class:`TableError`).
+
+    The file is refused before it is parsed when it is larger than :data:`MAX_MANIFEST_BYTES` or
+    nests deeper than :data:`MAX_MANIFEST_DEPTH`.
+    """
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise TableError(
@@ -231,7 +255,20 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             "(create one with save_table, `iapo-gym data import FILE` or `iapo-gym data pull TASK`)"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise TableError(f"{MANIFEST_FILE}: unreadable ({exc}); check the file's permissions") from exc
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise TableError(f"{MANIFEST_FILE}: larger than {MAX_MANIFEST_BYTES} bytes; this is not a manifest, re-save the table")
+    depth = _json_depth(raw)
+    if depth > MAX_MANIFEST_DEPTH:
+        raise TableError(
+            f"{MANIFEST_FILE}: JSON nested {depth} levels deep (a manifest needs at most 4, the limit is "
+            f"{MAX_MANIFEST_DEPTH}); the file is damaged or hostile, re-save the table"
+        )
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise TableError(
             f"{MANIFEST_FILE}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
@@ -239,44 +276,144 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         ) from exc
     except UnicodeDecodeError as exc:
         raise TableError(f"{MANIFEST_FILE}: not UTF-8 text ({exc}); re-save the table") from exc
+    except RecursionError as exc:  # pragma: no cover - the depth check above comes first
+        raise TableError(f"{MANIFEST_FILE}: JSON nested too deeply; re-save the table") from exc
     validate_manifest(manifest)
     return manifest
 
 
+def _expected_shapes(manifest: Mapping[str, Any]) -> dict[str, tuple[int | str, ...]]:
+    """Array name -> the shape the manifest's sizes imply (a letter: a free axis, bounded separately)."""
+    p, q, k = len(manifest["prompts"]), len(manifest["query_ids"]), len(manifest["objectives"])
+    m = "M" if manifest["pool_size"] is None else manifest["pool_size"]
+    return {
+        "cost": (p, q),
+        "split": (q,),
+        "gold": (q,),
+        "answer_probs": (p, q, "A"),
+        "pool_answers": (p, q, m),
+        "outcome_values": (p, q, m, k),
+        "outcome_probs": (p, q, m),
+    }
+
+
+def _check_declared(name: str, shape: tuple[int, ...], dtype: np.dtype, manifest: Mapping[str, Any]) -> None:
+    """Refuse an ``.npy`` header that disagrees with the manifest, before its data is read."""
+    if dtype.hasobject:
+        raise TableError(
+            f"{ARRAYS_FILE}: unreadable ({name} holds Python objects, which are never unpickled: allow_pickle=False); "
+            "store numeric arrays only"
+        )
+    if dtype.kind not in "biuf":
+        raise TableError(f"{name}: dtype {dtype.str} in {ARRAYS_FILE} is not numeric; store {name} as a numeric array")
+    expected = _expected_shapes(manifest)[name]
+    if len(shape) != len(expected) or any(not isinstance(e, str) and s != e for s, e in zip(shape, expected)):
+        pool = manifest["pool_size"]
+        if pool is not None and len(shape) == len(expected) and len(shape) >= 3 and shape[2] != pool:
+            raise TableError(f"pool_size: is {pool} but {name} hold {shape[2]} outcomes; set pool_size to {shape[2]} or null")
+        raise TableError(f"{name}: has shape {tuple(shape)}, expected {expected}; the files do not belong together")
+    if name == "answer_probs" and shape[2] > LIMITS["n_answers"]:
+        raise TableError(
+            f"answer_probs: {shape[2]} answer categories, above the limit of {LIMITS['n_answers']:g}; "
+            "merge rare answers into one category"
+        )
+    if name in ("pool_answers", "outcome_values", "outcome_probs") and shape[2] > LIMITS["pool_size"]:
+        raise TableError(f"{name}: {shape[2]} outcomes per (prompt, query), above the limit of {LIMITS['pool_size']:g}; store fewer")
+    if "checksums" in manifest and name not in manifest["checksums"]:
+        raise TableError(f"checksums: no checksum for array {name!r}; re-save the table with save_table")
+    declared = manifest["shapes"].get(name)
+    if declared is not None and list(shape) != list(declared):
+        raise TableError(
+            f"{name}: shape {list(shape)} differs from the manifest's {declared}; the files do not belong together"
+        )
+    dtypes = manifest.get("dtypes") or {}
+    if name in dtypes and dtype.str != dtypes[name]:
+        raise TableError(f"{name}: dtype {dtype.str} differs from the manifest's {dtypes[name]}; the files do not belong together")
+
+
+def _member_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(fh)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> NDArray:
+    """Decompress one member into an array allocated at its (already checked) size."""
+    arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+    view = memoryview(arr).cast("B") if arr.size else memoryview(b"")
+    with zf.open(info) as fh:
+        _member_header(fh)
+        pos = 0
+        while pos < len(view):
+            got = fh.readinto(view[pos:])
+            if not got:
+                raise TableError(f"{info.filename}: truncated in {ARRAYS_FILE}; re-import or re-build the table")
+            pos += got
+        if fh.read(1):
+            raise TableError(f"{info.filename}: longer than its header says; re-import or re-build the table")
+    return arr.T if fortran else arr
+
+
 def _read_arrays(directory: Path, manifest: Mapping[str, Any]) -> dict[str, NDArray]:
+    """Read ``arrays.npz`` without trusting it: every member's ``.npy`` header is checked against the
+    manifest (shape, dtype, sizes, the zip's declared length) and the total size against
+    ``LIMITS["table_bytes"]`` before any array data is decompressed; each array is then read into
+    a buffer of exactly its checked size."""
     path = directory / ARRAYS_FILE
     if not path.is_file():
         raise TableError(f"{ARRAYS_FILE}: not found in {directory}; the table is incomplete, re-import or re-build it")
+    checksums = manifest["checksums"]
     arrays: dict[str, NDArray] = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            for name in npz.files:
-                arrays[name] = npz[name]
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        with zipfile.ZipFile(path) as zf:
+            members: dict[str, zipfile.ZipInfo] = {}
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name not in KNOWN_ARRAYS or not info.filename.endswith(".npy"):
+                    raise TableError(f"{name}: unknown array in {ARRAYS_FILE} (known: {', '.join(KNOWN_ARRAYS)}); remove it")
+                if name in members:
+                    raise TableError(f"{name}: stored twice in {ARRAYS_FILE}; re-save the table")
+                members[name] = info
+            headers = {}
+            total = 0
+            for name, info in members.items():
+                with zf.open(info) as fh:
+                    shape, fortran, dtype = _member_header(fh)
+                    header_len = fh.tell()
+                _check_declared(name, shape, dtype, manifest)
+                nbytes = math.prod(shape) * dtype.itemsize
+                if info.file_size != header_len + nbytes:
+                    raise TableError(
+                        f"{name}: the zip entry holds {info.file_size} bytes but its header describes "
+                        f"{header_len + nbytes}; the file is damaged, re-import or re-build the table"
+                    )
+                total += nbytes
+                if name == "pool_answers":  # becomes answer_probs (P, Q, n_answers) float64
+                    total += math.prod(shape[:2]) * int(manifest.get("n_answers") or 1) * 8
+                headers[name] = (shape, fortran, dtype)
+            missing = sorted(set(checksums) - set(members))
+            if missing:
+                raise TableError(f"{missing[0]}: listed in the manifest but missing from {ARRAYS_FILE}; re-save the table")
+            if total > LIMITS["table_bytes"]:
+                raise TableError(
+                    f"{ARRAYS_FILE}: the arrays would take {total} bytes, above the limit of {LIMITS['table_bytes']:g}; "
+                    "this is not a table this version can load"
+                )
+            for name, info in members.items():
+                arrays[name] = _read_member(zf, info, *headers[name])
+    except TableError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise TableError(f"{ARRAYS_FILE}: unreadable ({exc}); re-import or re-build the table") from exc
-    checksums, shapes = manifest["checksums"], manifest["shapes"]
     for name, arr in arrays.items():
-        if name not in KNOWN_ARRAYS:
-            raise TableError(f"{name}: unknown array in {ARRAYS_FILE} (known: {', '.join(KNOWN_ARRAYS)}); remove it")
-        if name not in checksums:
-            raise TableError(f"checksums: no checksum for array {name!r}; re-save the table with save_table")
-        if name in shapes and list(arr.shape) != list(shapes[name]):
-            raise TableError(
-                f"{name}: shape {list(arr.shape)} differs from the manifest's {shapes[name]}; the files do not belong together"
-            )
-        dtypes = manifest.get("dtypes", {})
-        if name in dtypes and np.dtype(arr.dtype).str != dtypes[name]:
-            raise TableError(
-                f"{name}: dtype {arr.dtype.str} differs from the manifest's {dtypes[name]}; the files do not belong together"
-            )
         if array_checksum(arr) != checksums[name]:
             raise TableError(
                 f"{name}: checksum mismatch (the array in {ARRAYS_FILE} is not the one the manifest describes); "
                 "the file is corrupted or was edited: re-import or re-build the table"
             )
-    missing = sorted(set(checksums) - set(arrays))
-    if missing:
-        raise TableError(f"{missing[0]}: listed in the manifest but missing from {ARRAYS_FILE}; re-save the table")
     return arrays
 
 

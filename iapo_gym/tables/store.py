@@ -32,6 +32,8 @@ from iapo_gym.tables.importer import (
     RELEASE_SHA256,
     git_blob_id,
     import_released_bytes,
+    is_modified,
+    release_match,
 )
 from iapo_gym.tables.io import MANIFEST_FILE, load_table, read_manifest, save_table
 
@@ -62,7 +64,9 @@ TASK_FILES: dict[str, str] = {task: file for file, task in RELEASE_FILES.items()
 #: Other spellings accepted by :func:`pull` (case-insensitive).
 _ALIASES = {"cqa": "CommonsenseQA", "hh": "HelpfulHarmless", "sb": "SynthBernoulli", "summ": "Summarization"}
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+#: Longest table name (a directory name on every file system).
+MAX_NAME_LENGTH = 128
 
 
 class TableNotFoundError(FileNotFoundError):
@@ -80,9 +84,10 @@ def data_dir() -> Path:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
         raise ValueError(
-            f"invalid table name {name!r}: use letters, digits, '_', '-', '.', '+' (not starting with '.' or '-')"
+            f"invalid table name {name!r}: use up to {MAX_NAME_LENGTH} letters, digits, '_', '-', '.', '+' "
+            "(not starting with '.' or '-'; no spaces, newlines or other control characters)"
         )
     return name
 
@@ -93,7 +98,8 @@ def table_path(name: str) -> Path:
 
 
 def list_tables() -> list[str]:
-    """Names of the tables in the data directory, sorted."""
+    """Names of the tables in the data directory, sorted (also directories whose name is not a
+    valid table name, so that ``data list`` can report them)."""
     root = data_dir()
     if not root.is_dir():
         return []
@@ -137,6 +143,12 @@ def _names(name: str, count: int) -> list[str]:
 
 def _save_all(tables: list[OutcomeTable], name: str, overwrite: bool) -> list[Path]:
     names = _names(_check_name(name), len(tables))
+    reserved = [n for n, t in zip(names, tables) if is_modified(t.provenance) and n in TASK_FILES]
+    if reserved:
+        raise ValueError(
+            f"table name {reserved[0]!r} is reserved for the verified release of that task, and this table is "
+            f"MODIFIED (it does not match the pinned release file); choose another name, e.g. --name {reserved[0]}-modified"
+        )
     root = data_dir()
     if not overwrite:
         existing = [n for n in names if (root / n).exists()]
@@ -148,8 +160,15 @@ def _save_all(tables: list[OutcomeTable], name: str, overwrite: bool) -> list[Pa
     return [save_table(t, root / n, overwrite=overwrite) for t, n in zip(tables, names, strict=True)]
 
 
-def import_file(path: str | Path, name: str | None = None, overwrite: bool = False) -> list[Path]:
+def import_file(
+    path: str | Path, name: str | None = None, overwrite: bool = False, *, allow_modified: bool = False
+) -> list[Path]:
     """Import a released pickle, or copy a table directory, into the data directory.
+
+    A pickle is compared with the pinned release files first: one that matches none (corrupted or
+    edited) is refused unless ``allow_modified``; then its tables are marked
+    ``provenance["modified"]``, named ``<task>-modified`` by default, and may not take a release
+    task's name (``MATH``, ...), so ``IAPO-MATH-v0`` never runs on a modified table.
 
     Args:
         path: a released ``*_final.pkl`` file (read with the restricted unpickler), or a table
@@ -157,6 +176,7 @@ def import_file(path: str | Path, name: str | None = None, overwrite: bool = Fal
         name: the table name (default: the task of a released file, e.g. ``MATH``; the directory's
             name for a table directory).
         overwrite: replace existing tables of that name.
+        allow_modified: import a pickle that is not byte-identical to a pinned release file.
 
     Returns:
         The written table directories (``<name>``, then ``<name>-1`` ... for multi-env files).
@@ -168,8 +188,11 @@ def import_file(path: str | Path, name: str | None = None, overwrite: bool = Fal
         read_manifest(path)
         table = load_table(path)
         return _save_all([table], name or path.name, overwrite)
-    tables = import_released_bytes(path.read_bytes(), path.name, task=RELEASE_FILES.get(path.name))
-    return _save_all(tables, name or _default_name(path), overwrite)
+    data = path.read_bytes()
+    match = release_match(data)
+    tables = import_released_bytes(data, path.name, task=RELEASE_FILES.get(match or path.name), allow_modified=allow_modified)
+    default = RELEASE_FILES[match] if match else _default_name(path) + "-modified"
+    return _save_all(tables, name or default, overwrite)
 
 
 def release_url() -> str:

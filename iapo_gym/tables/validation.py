@@ -8,6 +8,13 @@ The checks run in a fixed order and stop at the first defect, so one defect give
   :mod:`iapo_gym.tables.io`) on its own: fields present, schema version known, types and sizes.
 * :func:`validate_arrays` checks the arrays of a table against the sizes its manifest declares.
 * :func:`validate_table` checks an in-memory :class:`~iapo_gym.tables.format.OutcomeTable`.
+
+Size limits (:data:`LIMITS`) are checked on the *declared* sizes (manifest fields, array headers)
+before anything of that size is allocated: ``n_max <= 1024``, ``P * n_max <= 2**20`` arms,
+``n_answers <= 4096`` answer categories, ``pool_size <= 2**16`` samples, costs in ``[0, 1e9]``,
+context weights of magnitude ``<= 1e6`` (so a utility ``w * N * cost`` stays far from overflow) and
+at most ``2**32`` bytes (4 GiB) of arrays per table. A table above a limit is refused with a message
+naming the field and the limit.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from iapo_gym.tables.format import SCHEMA_VERSION, STRATEGIES, OutcomeTable
 
 __all__ = [
     "ARRAYS",
+    "LIMITS",
     "MANIFEST_FIELDS",
     "PROB_ATOL",
     "TableError",
@@ -33,6 +41,17 @@ __all__ = [
 
 #: Tolerance on "probabilities sum to 1".
 PROB_ATOL = 1e-6
+
+#: Upper bounds on declared table sizes and values (see the module docstring).
+LIMITS: dict[str, float] = {
+    "n_max": 1024,
+    "arms": 2**20,
+    "n_answers": 4096,
+    "pool_size": 2**16,
+    "cost": 1e9,
+    "weight": 1e6,
+    "table_bytes": 2**32,
+}
 
 #: Fields every manifest must hold (``pool_size`` may be null).
 MANIFEST_FIELDS: tuple[str, ...] = (
@@ -68,6 +87,17 @@ def _fail(field: str, defect: str, fix: str) -> None:
 
 
 # ---------------------------------------------------------------------------- manifest
+def _n_answers(n_answers: Any) -> None:
+    if not _is_int(n_answers) or n_answers < 1:
+        _fail("n_answers", f"is {n_answers!r}, must be an integer >= 1", "set it to the number of answer categories A")
+    if n_answers > LIMITS["n_answers"]:
+        _fail(
+            "n_answers",
+            f"is {n_answers}, above the limit of {LIMITS['n_answers']:g} answer categories",
+            "merge rare answers into one category, or fix n_answers",
+        )
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
@@ -111,17 +141,39 @@ def _contexts(contexts: Any, n_objectives: int) -> ContextSet:
             f"({n_objectives} objectives plus the cost weight)",
             "give each context one weight per objective and the cost weight last",
         )
+    _weights_bounded(cs)
     return cs
 
 
-def _n_max(n_max: Any) -> None:
+def _n_max(n_max: Any, n_prompts: int) -> None:
     if not _is_int(n_max) or n_max < 1:
         _fail("n_max", f"is {n_max!r}, must be an integer >= 1", "set n_max to the largest N of an arm (e.g. 32)")
+    if n_max > LIMITS["n_max"]:
+        _fail("n_max", f"is {n_max}, above the limit of {LIMITS['n_max']:g}", "set n_max to the largest N of an arm (e.g. 32)")
+    if n_prompts * n_max > LIMITS["arms"]:
+        _fail(
+            "n_max",
+            f"{n_prompts} prompts x n_max {n_max} = {n_prompts * n_max} arms, above the limit of {LIMITS['arms']:g}",
+            "use fewer prompts or a smaller n_max",
+        )
 
 
 def _pool_size(pool_size: Any) -> None:
     if pool_size is not None and (not _is_int(pool_size) or pool_size < 1):
         _fail("pool_size", f"is {pool_size!r}", "use null (a distribution table) or the pool's sample count M >= 1")
+    if pool_size is not None and pool_size > LIMITS["pool_size"]:
+        _fail("pool_size", f"is {pool_size}, above the limit of {LIMITS['pool_size']:g}", "store fewer samples per (prompt, query)")
+
+
+def _weights_bounded(cs: ContextSet) -> None:
+    big = np.abs(cs.weights) > LIMITS["weight"]
+    if big.any():
+        c, k = (int(i) for i in np.argwhere(big)[0])
+        _fail(
+            "contexts",
+            f"weight {cs.weights[c, k]:g} of context {c} exceeds the limit of {LIMITS['weight']:g} in magnitude",
+            "rescale the context weights",
+        )
 
 
 def _strategy(strategy: Any) -> None:
@@ -168,8 +220,10 @@ def validate_manifest(manifest: Any) -> None:
     k = len(manifest["objectives"])
     _objective_ranges(manifest["objective_ranges"], k)
     _contexts(manifest["contexts"], k)
-    _n_max(manifest["n_max"])
+    _n_max(manifest["n_max"], len(manifest["prompts"]))
     _pool_size(manifest["pool_size"])
+    if "n_answers" in manifest:
+        _n_answers(manifest["n_answers"])
     if not isinstance(manifest["provenance"], Mapping):
         _fail("provenance", "must be a JSON object", "record model, sampling parameters, date, source as an object")
     for key in ("checksums", "shapes"):
@@ -243,6 +297,7 @@ def _check_arrays(  # noqa: C901 - one flat, ordered list of independent checks
         if probs.ndim != 3 or probs.shape[:2] != pq:
             _fail("answer_probs", f"has shape {probs.shape}, expected {pq + ('A',)}", "make it (prompts, queries, answers)")
         gold = _shape(present, "gold", (n_queries,), f"one gold answer per query = ({n_queries},)")
+        _n_answers(probs.shape[2])
     else:
         values = present["outcome_values"]
         if values.ndim != 4 or values.shape[:2] != pq or values.shape[3] != k:
@@ -252,6 +307,8 @@ def _check_arrays(  # noqa: C901 - one flat, ordered list of independent checks
                 "make it (prompts, queries, outcomes, objectives)",
             )
         m = values.shape[2]
+        if m > LIMITS["pool_size"]:
+            _fail("outcome_values", f"holds {m} outcomes per (prompt, query), above the limit of {LIMITS['pool_size']:g}", "store fewer outcomes")
         probs = present.get("outcome_probs")
         if probs is None:
             probs = np.full(values.shape[:3], 1.0 / m)
@@ -268,6 +325,13 @@ def _check_arrays(  # noqa: C901 - one flat, ordered list of independent checks
     if (cost < 0).any():
         p, q = (int(i) for i in np.argwhere(cost < 0)[0])
         _fail("cost", f"negative cost {cost[p, q]:g} at prompt {p}, query {q}", "costs are magnitudes and must be >= 0")
+    if (cost > LIMITS["cost"]).any():
+        p, q = (int(i) for i in np.argwhere(cost > LIMITS["cost"])[0])
+        _fail(
+            "cost",
+            f"cost {cost[p, q]:g} at prompt {p}, query {q} exceeds the limit of {LIMITS['cost']:g} per completion",
+            "express costs in a larger unit (e.g. tokens/1000)",
+        )
     name = "answer_probs" if strategy == "mv" else "outcome_probs"
     _probabilities(probs, name)
     if strategy == "bon" and pool_size is not None and not np.allclose(probs, 1.0 / pool_size, atol=PROB_ATOL):
@@ -334,7 +398,7 @@ def validate_table(table: OutcomeTable) -> None:
     _unique_ids(table.query_ids, "query_ids")
     ranges = _objective_ranges(table.objective_ranges, table.n_objectives)
     _contexts(table.contexts, table.n_objectives)
-    _n_max(table.n_max)
+    _n_max(table.n_max, table.n_prompts)
     _pool_size(table.pool_size)
     _check_arrays(
         {n: getattr(table, n) for n in ("cost", "split", "answer_probs", "gold", "outcome_values", "outcome_probs")},
