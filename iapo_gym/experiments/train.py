@@ -297,6 +297,12 @@ class Runner:
                 return False
             raise
         self.first_tables[env_id] = env.table
+        from iapo_gym.tables.importer import is_modified
+
+        if is_modified(env.table.provenance):  # the table's manifest says it is not the pinned release
+            prov = env.table.provenance
+            self.log(f"{env_id}: table {env.table.task} is MODIFIED (from {prov.get('source_file')}, "
+                     f"sha256 {prov.get('source_sha256')}, not the pinned release); results do not reproduce the paper")
         if self.args.contexts == "continuous":
             # continuous mode: per-context policy columns are summarised over cost-weight bins of
             # the held-out evaluation sample; record the bins (mean context of each) as the contexts

@@ -228,10 +228,13 @@ def _checked_shape(shape: Any, what: str) -> tuple[int, ...]:
 
 
 class _SafeArray(np.ndarray):
-    """What the pickle global ``numpy.ndarray`` resolves to: it cannot be called (an arbitrary shape
-    would allocate before anything is checked); ``_reconstruct`` builds an empty one and BUILD fills
-    it through :meth:`__setstate__`, which checks that the declared shape and dtype describe exactly
-    the raw bytes the pickle carries before numpy sees them. Converted with ``np.asarray`` later."""
+    """What the pickle global ``numpy.ndarray`` resolves to; it cannot be called.
+
+    Calling ``numpy.ndarray(shape, dtype)`` would allocate an arbitrary shape before anything is
+    checked. ``_reconstruct`` builds an empty one and BUILD fills it through :meth:`__setstate__`,
+    which checks that the declared shape and dtype describe exactly the raw bytes the pickle
+    carries before numpy sees them. Converted with ``np.asarray`` later.
+    """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> _SafeArray:
         raise TableImportError(
@@ -376,7 +379,9 @@ def scan_pickle(data: bytes) -> int:
     :data:`MAX_PICKLE_BYTES`.
     """
     if len(data) > MAX_PICKLE_BYTES:
-        raise TableImportError(f"the file has {len(data)} bytes, above the limit of {MAX_PICKLE_BYTES}; it is not a released table")
+        raise TableImportError(
+            f"the file has {len(data)} bytes, above the limit of {MAX_PICKLE_BYTES}; it is not a released table"
+        )
     count = 0
     puts: list[int] = []
     try:

@@ -307,10 +307,12 @@ def _check_declared(name: str, shape: tuple[int, ...], dtype: np.dtype, manifest
     if dtype.kind not in "biuf":
         raise TableError(f"{name}: dtype {dtype.str} in {ARRAYS_FILE} is not numeric; store {name} as a numeric array")
     expected = _expected_shapes(manifest)[name]
-    if len(shape) != len(expected) or any(not isinstance(e, str) and s != e for s, e in zip(shape, expected)):
+    if len(shape) != len(expected) or any(not isinstance(e, str) and s != e for s, e in zip(shape, expected, strict=True)):
         pool = manifest["pool_size"]
         if pool is not None and len(shape) == len(expected) and len(shape) >= 3 and shape[2] != pool:
-            raise TableError(f"pool_size: is {pool} but {name} hold {shape[2]} outcomes; set pool_size to {shape[2]} or null")
+            raise TableError(
+                f"pool_size: is {pool} but {name} hold {shape[2]} outcomes; set pool_size to {shape[2]} or null"
+            )
         raise TableError(f"{name}: has shape {tuple(shape)}, expected {expected}; the files do not belong together")
     if name == "answer_probs" and shape[2] > LIMITS["n_answers"]:
         raise TableError(
@@ -318,7 +320,9 @@ def _check_declared(name: str, shape: tuple[int, ...], dtype: np.dtype, manifest
             "merge rare answers into one category"
         )
     if name in ("pool_answers", "outcome_values", "outcome_probs") and shape[2] > LIMITS["pool_size"]:
-        raise TableError(f"{name}: {shape[2]} outcomes per (prompt, query), above the limit of {LIMITS['pool_size']:g}; store fewer")
+        raise TableError(
+            f"{name}: {shape[2]} outcomes per (prompt, query), above the limit of {LIMITS['pool_size']:g}; store fewer"
+        )
     if "checksums" in manifest and name not in manifest["checksums"]:
         raise TableError(f"checksums: no checksum for array {name!r}; re-save the table with save_table")
     declared = manifest["shapes"].get(name)
@@ -328,7 +332,9 @@ def _check_declared(name: str, shape: tuple[int, ...], dtype: np.dtype, manifest
         )
     dtypes = manifest.get("dtypes") or {}
     if name in dtypes and dtype.str != dtypes[name]:
-        raise TableError(f"{name}: dtype {dtype.str} differs from the manifest's {dtypes[name]}; the files do not belong together")
+        raise TableError(
+            f"{name}: dtype {dtype.str} differs from the manifest's {dtypes[name]}; the files do not belong together"
+        )
 
 
 def _member_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -340,7 +346,9 @@ def _member_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported .npy format version {version}")
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> NDArray:
+def _read_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple[int, ...], fortran: bool, dtype: np.dtype
+) -> NDArray:
     """Decompress one member into an array allocated at its (already checked) size."""
     arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
     view = memoryview(arr).cast("B") if arr.size else memoryview(b"")
@@ -358,10 +366,12 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple[int, .
 
 
 def _read_arrays(directory: Path, manifest: Mapping[str, Any]) -> dict[str, NDArray]:
-    """Read ``arrays.npz`` without trusting it: every member's ``.npy`` header is checked against the
-    manifest (shape, dtype, sizes, the zip's declared length) and the total size against
-    ``LIMITS["table_bytes"]`` before any array data is decompressed; each array is then read into
-    a buffer of exactly its checked size."""
+    """Read ``arrays.npz`` without trusting it.
+
+    Every member's ``.npy`` header is checked against the manifest (shape, dtype, sizes, the zip's
+    declared length) and the total size against ``LIMITS["table_bytes"]`` before any array data is
+    decompressed; each array is then read into a buffer of exactly its checked size.
+    """
     path = directory / ARRAYS_FILE
     if not path.is_file():
         raise TableError(f"{ARRAYS_FILE}: not found in {directory}; the table is incomplete, re-import or re-build it")

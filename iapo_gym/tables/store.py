@@ -98,8 +98,11 @@ def table_path(name: str) -> Path:
 
 
 def list_tables() -> list[str]:
-    """Names of the tables in the data directory, sorted (also directories whose name is not a
-    valid table name, so that ``data list`` can report them)."""
+    """Names of the tables in the data directory, sorted.
+
+    Directories whose name is not a valid table name are listed too, so that ``data list`` can
+    report them.
+    """
     root = data_dir()
     if not root.is_dir():
         return []
@@ -143,7 +146,7 @@ def _names(name: str, count: int) -> list[str]:
 
 def _save_all(tables: list[OutcomeTable], name: str, overwrite: bool) -> list[Path]:
     names = _names(_check_name(name), len(tables))
-    reserved = [n for n, t in zip(names, tables) if is_modified(t.provenance) and n in TASK_FILES]
+    reserved = [n for n, t in zip(names, tables, strict=True) if is_modified(t.provenance) and n in TASK_FILES]
     if reserved:
         raise ValueError(
             f"table name {reserved[0]!r} is reserved for the verified release of that task, and this table is "

@@ -162,7 +162,8 @@ def _pool_size(pool_size: Any) -> None:
     if pool_size is not None and (not _is_int(pool_size) or pool_size < 1):
         _fail("pool_size", f"is {pool_size!r}", "use null (a distribution table) or the pool's sample count M >= 1")
     if pool_size is not None and pool_size > LIMITS["pool_size"]:
-        _fail("pool_size", f"is {pool_size}, above the limit of {LIMITS['pool_size']:g}", "store fewer samples per (prompt, query)")
+        limit = LIMITS["pool_size"]
+        _fail("pool_size", f"is {pool_size}, above the limit of {limit:g}", "store fewer samples per (prompt, query)")
 
 
 def _weights_bounded(cs: ContextSet) -> None:
@@ -308,7 +309,8 @@ def _check_arrays(  # noqa: C901 - one flat, ordered list of independent checks
             )
         m = values.shape[2]
         if m > LIMITS["pool_size"]:
-            _fail("outcome_values", f"holds {m} outcomes per (prompt, query), above the limit of {LIMITS['pool_size']:g}", "store fewer outcomes")
+            limit = LIMITS["pool_size"]
+            _fail("outcome_values", f"holds {m} outcomes per (prompt, query), above the limit of {limit:g}", "store fewer")
         probs = present.get("outcome_probs")
         if probs is None:
             probs = np.full(values.shape[:3], 1.0 / m)
