@@ -53,6 +53,16 @@ class Policy(ABC):
         out[np.arange(arms.shape[0]), arms] = 1.0
         return out
 
+    def save(self, path: Any, task: Any, **provenance: Any) -> Any:
+        """Write this policy as a versioned document; ``iapo_gym.load_policy(path)`` reads it back.
+
+        ``task`` is the table or env it was learnt on; ``provenance`` takes ``agent``, ``budget``,
+        ``seed``, ``overwrite`` (see :func:`iapo_gym.deploy.policy_io.save_policy`).
+        """
+        from iapo_gym.deploy.policy_io import save_policy
+
+        return save_policy(self, path, task, **provenance)
+
 
 @dataclass(eq=False)
 class TablePolicy(Policy):

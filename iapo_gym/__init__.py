@@ -25,6 +25,17 @@ def register_envs() -> None:
 
 register_envs()
 
+
+
+def __getattr__(name: str) -> object:
+    # load_policy imports the zoo's policy classes: loaded on first use, not at import time
+    if name == "load_policy":
+        from iapo_gym.deploy.policy_io import load_policy
+
+        return load_policy
+    raise AttributeError(f"module 'iapo_gym' has no attribute {name!r}")
+
+
 __all__ = [
     "Arm",
     "BudgetExceededError",
@@ -37,6 +48,7 @@ __all__ = [
     "TaskInfo",
     "arm_from_index",
     "arm_index",
+    "load_policy",
     "load_task_table",
     "register_envs",
     "register_env_id",

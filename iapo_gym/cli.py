@@ -6,6 +6,7 @@ registers its sub-commands and sets ``func`` on them:
 * ``data``   (``iapo_gym.tables.cli``): list, path, import, pull tables
 * ``oracle``, ``plot`` (``iapo_gym.oracle_cli``): exact best arms, ACR, landscapes
 * ``build``  (``iapo_gym.live.cli``): generate a table with a live LLM backend
+* ``serve``  (``iapo_gym.deploy.cli``): serve a saved policy as an OpenAI-compatible router
 * ``train``  (``iapo_gym.experiments.train``): the experiment runner (``python train.py`` in a checkout);
   its options are its own, so everything after ``train`` goes to it unchanged
 """
@@ -18,7 +19,9 @@ import sys
 
 from iapo_gym import __version__
 
-FAMILIES = ("iapo_gym.tables.cli", "iapo_gym.oracle_cli", "iapo_gym.live.cli")
+FAMILIES = (
+    "iapo_gym.tables.cli", "iapo_gym.oracle_cli", "iapo_gym.live.cli", "iapo_gym.deploy.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
