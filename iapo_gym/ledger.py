@@ -1,82 +1,204 @@
 """The budget ledger: completions spent against a fixed training budget.
 
-The budget unit is one LLM completion; a pull of ``(p, N)`` costs ``N`` (DESIGN §2). Live runs
-also record tokens. A charge that does not fit is refused *before* anything is spent or sampled.
+The budget unit is one LLM completion; a pull of ``(p, N)`` costs ``N``. Live runs also record
+tokens. A charge that does not fit is refused *before* anything is spent or sampled.
+
+The ledger is thread-safe: :meth:`BudgetLedger.charge` checks and adds under one lock, so threads
+sharing a ledger (the sub-envs of one vectorised run, an agent pulling from several threads) can
+never overspend together. One ledger object may be shared by several envs (``budget=ledger``): the
+run's budget is then one budget, whatever the number of envs.
+
+Processes: a ledger sent to another process (pickled) would become an independent copy with its
+own budget. A ledger made by user code (to be shared) is therefore refused when pickled (SB3's ``SubprocVecEnv``,
+Gymnasium's ``AsyncVectorEnv``); see ``docs/RL_LIBRARIES.md`` for what to do instead.
 """
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import dataclass
+import threading
+from typing import Any
+
+from iapo_gym._checks import whole_number
+
+__all__ = ["BudgetExceededError", "BudgetLedger"]
 
 
 class BudgetExceededError(RuntimeError):
     """A pull asked for more completions than the ledger has left."""
 
 
-@dataclass
 class BudgetLedger:
-    """Completions spent against ``budget`` (``None`` = unlimited).
+    """Completions spent against ``budget`` (``None`` = unlimited); thread-safe.
 
-    Attributes:
-        budget: total completions allowed, or ``None``.
-        spent: completions charged so far.
-        prompt_tokens, completion_tokens: tokens recorded by live backends.
+    The counters are read-only: only :meth:`charge`, :meth:`charge_at_most`, :meth:`record_tokens`
+    and :meth:`reset` change them.
+
+    Args:
+        budget: total completions allowed (a whole number ``>= 0``), or ``None``.
     """
 
-    budget: int | None = None
-    spent: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    __slots__ = ("_budget", "_spent", "_lifetime", "_prompt_tokens", "_completion_tokens", "_lock", "_shared")
 
-    def __post_init__(self) -> None:
-        if self.budget is not None:
-            b = self.budget
-            whole = isinstance(b, numbers.Integral) or (isinstance(b, numbers.Real) and float(b).is_integer())
-            if isinstance(b, bool) or not whole or b < 0:
-                raise ValueError(f"budget must be a non-negative whole number of completions (or None); got {b!r}")
-            self.budget = int(b)
+    def __init__(self, budget: int | None = None) -> None:
+        if budget is not None:
+            try:
+                budget = whole_number(budget, "budget", minimum=0)
+            except (TypeError, ValueError):
+                msg = f"budget must be a non-negative whole number of completions (or None); got {budget!r}"
+                raise ValueError(msg) from None
+        self._budget = budget
+        self._spent = 0
+        self._lifetime = 0
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._lock = threading.Lock()
+        self._shared = True  # a ledger made by user code is meant to be shared; envs make theirs with owned()
+
+    @classmethod
+    def owned(cls, budget: int | None = None) -> BudgetLedger:
+        """A ledger private to one env (what ``IAPOEnv(budget=T)`` makes); copies of the env copy it."""
+        out = cls(budget)
+        out._shared = False
+        return out
+
+    # ------------------------------------------------------------------ read-only state
+    @property
+    def budget(self) -> int | None:
+        """Total completions allowed, or ``None`` (unlimited)."""
+        return self._budget
+
+    @property
+    def spent(self) -> int:
+        """Completions charged since the last :meth:`reset`."""
+        return self._spent
+
+    @property
+    def lifetime_spent(self) -> int:
+        """Completions charged since the ledger was made (:meth:`reset` does not clear it)."""
+        return self._lifetime
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens recorded by live backends since the last :meth:`reset`."""
+        return self._prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        """Completion tokens recorded by live backends since the last :meth:`reset`."""
+        return self._completion_tokens
 
     @property
     def tokens(self) -> int:
         """Tokens recorded so far (prompt + completion; 0 for simulated pulls)."""
-        return self.prompt_tokens + self.completion_tokens
+        return self._prompt_tokens + self._completion_tokens
 
     @property
     def remaining(self) -> int | None:
         """Completions left, or ``None`` when unlimited."""
-        return None if self.budget is None else self.budget - self.spent
+        b = self._budget
+        return None if b is None else b - self._spent
 
+    def __repr__(self) -> str:
+        return f"BudgetLedger(budget={self._budget}, spent={self._spent}, tokens={self.tokens})"
+
+    # ------------------------------------------------------------------ queries
     def fits(self, n: int) -> bool:
-        """Whether a charge of ``n`` completions fits."""
-        return self.budget is None or self.spent + int(n) <= self.budget
+        """Whether a charge of ``n`` completions fits now.
+
+        Another thread may charge before you do: :meth:`charge` is the atomic check-and-charge.
+        """
+        n = whole_number(n, "n", minimum=0)
+        return self._budget is None or self._spent + n <= self._budget
 
     def affordable_n(self, n_max: int) -> int:
         """Largest ``N <= n_max`` a single pull can still afford (0 when none)."""
-        return n_max if self.budget is None else max(0, min(n_max, self.budget - self.spent))
+        n_max = whole_number(n_max, "n_max", minimum=0)
+        return n_max if self._budget is None else max(0, min(n_max, self._budget - self._spent))
 
+    # ------------------------------------------------------------------ charges
     def charge(self, n: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """Record ``n`` completions (and tokens); raise :class:`BudgetExceededError` if they do not fit."""
-        n = int(n)
-        if n < 0:
-            raise ValueError(f"cannot charge a negative number of completions ({n})")
-        if prompt_tokens < 0 or completion_tokens < 0:
-            raise ValueError(f"token counts must be non-negative; got {prompt_tokens}, {completion_tokens}")
-        if not self.fits(n):
-            raise BudgetExceededError(
-                f"this pull needs {n} completions but only {self.remaining} of the budget of {self.budget} are left; "
-                "check env.unwrapped.ledger.remaining (or info['action_mask']) before pulling"
-            )
-        self.spent += n
-        self.record_tokens(prompt_tokens, completion_tokens)
+        """Atomically check and record ``n`` completions (and tokens).
+
+        Raises:
+            BudgetExceededError: ``n`` does not fit; nothing is charged.
+            TypeError, ValueError: ``n`` or a token count is not a whole number ``>= 0``; nothing is charged.
+        """
+        n = self._count(n, "n (completions to charge)")
+        pt = self._count(prompt_tokens, "prompt_tokens")
+        ct = self._count(completion_tokens, "completion_tokens")
+        with self._lock:
+            if self._budget is not None and self._spent + n > self._budget:
+                raise BudgetExceededError(
+                    f"this pull needs {n} completions but only {self._budget - self._spent} of the budget of "
+                    f"{self._budget} are left; check env.unwrapped.ledger.remaining (or info['action_mask']) before pulling"
+                )
+            self._spent += n
+            self._lifetime += n
+            self._prompt_tokens += pt
+            self._completion_tokens += ct
+
+    def charge_at_most(self, n: int) -> int:
+        """Atomically charge ``min(n, remaining)`` completions and return how many were charged."""
+        n = self._count(n, "n (completions to charge)")
+        with self._lock:
+            if self._budget is not None:
+                n = min(n, self._budget - self._spent)
+            self._spent += n
+            self._lifetime += n
+            return n
 
     def record_tokens(self, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """Add tokens of completions already charged (live backends learn them after generating)."""
-        if prompt_tokens < 0 or completion_tokens < 0:
-            raise ValueError(f"token counts must be non-negative; got {prompt_tokens}, {completion_tokens}")
-        self.prompt_tokens += int(prompt_tokens)
-        self.completion_tokens += int(completion_tokens)
+        pt = self._count(prompt_tokens, "prompt_tokens")
+        ct = self._count(completion_tokens, "completion_tokens")
+        with self._lock:
+            self._prompt_tokens += pt
+            self._completion_tokens += ct
+
+    def _refund(self, n: int) -> None:
+        """Take back ``n`` completions charged for a pull that returned no result (the env's own use)."""
+        with self._lock:
+            back = min(int(n), self._spent)
+            self._spent -= back
+            self._lifetime -= min(int(n), self._lifetime)
 
     def reset(self) -> None:
-        """Forget all charges (a new training run on the same env)."""
-        self.spent = self.prompt_tokens = self.completion_tokens = 0
+        """Forget all charges and tokens (a new training run); :attr:`lifetime_spent` is kept."""
+        with self._lock:
+            self._spent = self._prompt_tokens = self._completion_tokens = 0
+
+    @staticmethod
+    def _count(value: Any, name: str) -> int:
+        return whole_number(value, name, minimum=0)
+
+    # ------------------------------------------------------------------ sharing
+    @property
+    def shared(self) -> bool:
+        """Whether the ledger may be shared by several envs (made by user code, not by :meth:`owned`).
+
+        A shared ledger cannot be pickled into another process.
+        """
+        return self._shared
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._shared:
+            raise TypeError(
+                "this BudgetLedger is shared by several envs of one run and cannot be sent to another process "
+                "(each process would spend its own copy of the budget); with subprocess vector envs give each "
+                "sub-env its own part of the budget (budget=T // n_envs) or use DummyVecEnv / gym.make_vec"
+            )
+        with self._lock:
+            return {s: getattr(self, s) for s in self.__slots__ if s != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> BudgetLedger:
+        """An independent copy (same budget and counters, not shared)."""
+        with self._lock:
+            state = {s: getattr(self, s) for s in self.__slots__ if s != "_lock"}
+        out = BudgetLedger.__new__(BudgetLedger)
+        out.__setstate__({**state, "_shared": False})
+        return out

@@ -134,7 +134,7 @@ def test_world_and_split_seeds_change_the_task(math_data_dir) -> None:
     assert np.intersect1d(e1.train_queries, e1.test_queries).size == 0
 
 
-def test_make_vec_resets_in_the_same_step() -> None:
+def test_make_vec_resets_in_the_same_step_and_shares_one_ledger() -> None:
     venv = gym.make_vec("IAPO-SynthBernoulli-v0", num_envs=4, budget=1000)
     obs, _ = venv.reset(seed=0)
     assert obs.shape == (4, 2)
@@ -142,8 +142,9 @@ def test_make_vec_resets_in_the_same_step() -> None:
     for step in range(1, 4):
         obs, reward, term, trunc, info = venv.step(actions)
         assert term.all() and not trunc.any()
-        np.testing.assert_array_equal(info["budget_used"], 3 * step)
+        np.testing.assert_array_equal(info["budget_used"], 4 * 3 * step)  # one ledger: the run's total
     assert np.any(reward != 0)
+    assert venv.unwrapped.ledger.spent == 36 and all(e.ledger is venv.unwrapped.ledger for e in venv.unwrapped.envs)
 
 
 def test_sb3_dummy_vec_env_accepts_the_env() -> None:
@@ -156,8 +157,8 @@ def test_sb3_dummy_vec_env_accepts_the_env() -> None:
 
 
 def test_bad_arguments_are_clear() -> None:
-    with pytest.raises(ValueError, match="render modes"):
-        IAPOEnv("SynthBernoulli", render_mode="human")
+    with pytest.raises(TypeError, match="render_mode must be a string"):
+        IAPOEnv("SynthBernoulli", render_mode=3)
     with pytest.raises(ValueError, match="contexts must be"):
         IAPOEnv("SynthBernoulli", contexts="sometimes")
     with pytest.raises(ValueError, match="budget must be"):

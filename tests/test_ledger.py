@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from thread_helpers import run_threads, yield_on_every_line
 
 from iapo_gym.ledger import BudgetExceededError, BudgetLedger
 
@@ -71,8 +72,87 @@ def test_whole_numpy_and_float_budgets_are_accepted() -> None:
 
 def test_negative_charges_are_refused() -> None:
     ledger = BudgetLedger(5)
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match=r"n \(completions to charge\) must be >= 0"):
         ledger.charge(-1)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="prompt_tokens must be >= 0"):
         ledger.charge(1, prompt_tokens=-3)
     assert ledger.spent == 0 and ledger.tokens == 0
+
+
+# ---------------------------------------------------------------------- strict types, atomicity, sharing
+@pytest.mark.parametrize("bad", [1.9, "5", True, None, float("nan"), [2]])
+def test_charge_refuses_non_whole_counts_and_spends_nothing(bad: object) -> None:
+    ledger = BudgetLedger(10)
+    with pytest.raises((TypeError, ValueError), match="n \\(completions to charge\\)"):
+        ledger.charge(bad)  # type: ignore[arg-type]
+    with pytest.raises((TypeError, ValueError), match="n \\(completions to charge\\)"):
+        ledger.charge_at_most(bad)  # type: ignore[arg-type]
+    assert (ledger.spent, ledger.lifetime_spent) == (0, 0)
+    ledger.charge(2.0)  # a whole float is a whole number
+    assert ledger.spent == 2
+
+
+def test_counters_are_read_only() -> None:
+    ledger = BudgetLedger(10)
+    for attr in ("budget", "spent", "lifetime_spent", "prompt_tokens", "completion_tokens"):
+        with pytest.raises(AttributeError):
+            setattr(ledger, attr, 0)
+    assert ledger.budget == 10 and ledger.spent == 0
+
+
+def test_charge_at_most_clips_to_what_is_left_and_lifetime_survives_reset() -> None:
+    ledger = BudgetLedger(10)
+    assert ledger.charge_at_most(7) == 7 and ledger.charge_at_most(7) == 3 and ledger.charge_at_most(7) == 0
+    assert ledger.spent == 10
+    ledger.reset()
+    ledger.charge(4)
+    assert (ledger.spent, ledger.lifetime_spent) == (4, 14)
+    assert BudgetLedger(None).charge_at_most(10**6) == 10**6
+
+
+def test_threads_never_overspend_and_every_granted_charge_is_counted() -> None:
+    import threading
+
+    import numpy as np
+
+    import iapo_gym.ledger
+
+    tracer = yield_on_every_line(iapo_gym.ledger)
+    overspent = 0
+    for trial in range(6):
+        ledger = BudgetLedger(300)
+        granted = [0] * 8
+        start = threading.Barrier(8)
+
+        def worker(i: int, ledger=ledger, granted=granted, start=start, seed=trial) -> None:
+            rng = np.random.default_rng([seed, i])
+            start.wait()
+            for n in rng.integers(1, 9, size=60):
+                try:
+                    ledger.charge(int(n))
+                    granted[i] += int(n)
+                except BudgetExceededError:
+                    pass
+
+        run_threads(worker, 8, tracer)
+        overspent += ledger.spent > 300
+        assert sum(granted) == ledger.spent == ledger.lifetime_spent
+        assert ledger.spent >= 300 - 8  # the threads wanted far more: only the last charges can miss
+    assert overspent == 0
+
+
+def test_pickling_copies_an_env_ledger_but_refuses_a_shared_one() -> None:
+    import copy
+    import pickle
+
+    own = BudgetLedger.owned(20)
+    own.charge(5)
+    back = pickle.loads(pickle.dumps(own))
+    back.charge(15)  # the copy has its own lock and counters
+    assert (back.spent, own.spent) == (20, 5)
+    shared = BudgetLedger(20)
+    with pytest.raises(TypeError, match="cannot be sent to another process"):
+        pickle.dumps(shared)
+    clone = copy.deepcopy(shared)
+    clone.charge(3)
+    assert (clone.spent, shared.spent) == (3, 0)

@@ -75,7 +75,7 @@ def register_env_id(info: TaskInfo) -> None:
         gym.register(
             id=info.env_id,
             entry_point="iapo_gym.env:IAPOEnv",
-            vector_entry_point="iapo_gym.env:make_vector_env",
+            vector_entry_point="iapo_gym.vector:make_vector_env",
             kwargs={"task": info.name},
         )
 
