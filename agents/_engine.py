@@ -257,7 +257,8 @@ class NestedStats:
         cell_run, cell_prompt = np.divmod(present, self.n_prompts)
 
         def tally(x: NDArray) -> NDArray[np.float64]:
-            return np.bincount(flat, weights=x.reshape(-1), minlength=size).reshape(present.size, width)
+            sums = np.bincount(flat, weights=x.reshape(-1), minlength=size)  # float64: weighted counts
+            return sums.astype(np.float64, copy=False).reshape(present.size, width)
 
         for u in range(gain.shape[0]):
             self.gain[cell_run, u, cell_prompt, :width] += tally(gain[u])

@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from iapo_gym.contexts import ContextSet
 from iapo_gym.sampling import Pulls
+from iapo_gym.tables.format import OutcomeTable
 
 
 def agent_rng(seeds: Sequence[int], salt: str) -> np.random.Generator:
@@ -100,16 +101,17 @@ class Runs:
     def _prepare_table(self) -> None:
         from iapo_gym.tables.format import concat_queries
 
-        tables = [getattr(e, "table", None) for e in self.envs]
-        if any(t is None for t in tables):
+        tables: list[OutcomeTable] = [t for t in (getattr(e, "table", None) for e in self.envs) if t is not None]
+        if len(tables) != len(self.envs):
             raise ValueError(
                 "fit_many needs table-backed envs (env.table); for live envs call fit(env, budget, seed) per seed"
             )
+        self.table: OutcomeTable
         if all(t is tables[0] for t in tables):
             self.table = tables[0]
             offsets = np.zeros(self.n_runs, dtype=np.int64)
         else:
-            self.table = concat_queries(list(tables))
+            self.table = concat_queries(tables)
             offsets = np.asarray(self.table.provenance["world_offsets"][:-1], dtype=np.int64)
         train = [np.asarray(e.train_queries, dtype=np.int64) + off for e, off in zip(self.envs, offsets, strict=True)]
         self.n_train = np.array([t.size for t in train], dtype=np.int64)

@@ -49,7 +49,14 @@ class EpsilonGreedy(SequentialAgent):
         if not 0.0 <= float(self.epsilon) <= 1.0:
             raise ValueError(f"epsilon must lie in [0, 1]; got {self.epsilon}")
 
-    def choose(self, mean, count, feasible, priority, rng) -> NDArray[np.int64]:
+    def choose(
+        self,
+        mean: NDArray[np.float64],
+        count: NDArray[np.int64],
+        feasible: NDArray[np.bool_],
+        priority: NDArray[np.float64],
+        rng: np.random.Generator,
+    ) -> NDArray[np.int64]:
         """The best feasible arm per row, or with probability ``epsilon`` a uniformly random one."""
         explore = rng.random(mean.shape[0]) < float(self.epsilon)
         score = np.where(count > 0, mean, np.inf)
@@ -68,7 +75,14 @@ class Softmax(SequentialAgent):
         if float(self.tau) <= 0:
             raise ValueError(f"the temperature tau must be > 0; got {self.tau}")
 
-    def choose(self, mean, count, feasible, priority, rng) -> NDArray[np.int64]:
+    def choose(
+        self,
+        mean: NDArray[np.float64],
+        count: NDArray[np.int64],
+        feasible: NDArray[np.bool_],
+        priority: NDArray[np.float64],
+        rng: np.random.Generator,
+    ) -> NDArray[np.int64]:
         """An unseen feasible arm first, else a Boltzmann draw at temperature ``tau`` (Gumbel-max)."""
         unseen = feasible & (count == 0)
         gumbel = rng.gumbel(size=mean.shape)

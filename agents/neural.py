@@ -157,7 +157,7 @@ class _BatchedMLP:
 
     def numpy(self, s: int) -> tuple[NDArray[np.float64], ...]:
         """Run ``s``'s parameters as numpy arrays ``(w1, b1, w2, b2, ws)``."""
-        return tuple(p.detach()[s].numpy().astype(np.float64) for p in self.params)  # type: ignore[return-value]
+        return tuple(p.detach()[s].numpy().astype(np.float64) for p in self.params)
 
 
 # --------------------------------------------------------------------------------- the agent

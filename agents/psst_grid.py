@@ -14,7 +14,7 @@ weight vector).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class PSSTGrid(BatchAgent):
         if int(self.n_weights) < 1 or int(self.n_costs) < 1:
             raise ValueError("n_weights and n_costs must be >= 1")
 
-    def grid_contexts(self, env: object) -> ContextSet:
+    def grid_contexts(self, env: Any) -> ContextSet:
         """The finite grid this agent runs PSST on for ``env``."""
         if self.grid == "finite":
             return getattr(env, "unwrapped", env).contexts

@@ -25,7 +25,7 @@ Runs are seeded (``seed`` goes to the algorithm and to ``env.reset``); PyTorch r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -47,7 +47,7 @@ class BudgetWrapper(gym.Wrapper):
 
     def __init__(self, env: gym.Env, budget: int) -> None:
         super().__init__(env)
-        base = env.unwrapped
+        base: Any = env.unwrapped  # an IAPOEnv (n_max, ledger)
         self.n_max = int(base.n_max)
         self.budget = int(budget)
         self._start = int(base.ledger.spent)
@@ -56,21 +56,22 @@ class BudgetWrapper(gym.Wrapper):
     def start(self, seed: int) -> None:
         """Begin a training run: seeded reset (IAPOEnv clears its ledger), then fix the budget."""
         self.env.reset(seed=int(seed))
-        base = self.env.unwrapped
+        base: Any = self.env.unwrapped
         self._start = int(base.ledger.spent)
         self.budget = int(min(self.budget, _remaining(base)))
 
     @property
     def spent(self) -> int:
         """Completions spent through this wrapper."""
-        return int(self.env.unwrapped.ledger.spent) - self._start
+        base: Any = self.env.unwrapped
+        return int(base.ledger.spent) - self._start
 
     @property
     def remaining(self) -> int:
         """Completions left for training."""
         return self.budget - self.spent
 
-    def step(self, action: Any):
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Pull ``action``'s arm, with ``N`` clipped to the completions left in the budget."""
         prompt, n = divmod(int(action), self.n_max)
         n += 1
@@ -84,11 +85,13 @@ class BudgetWrapper(gym.Wrapper):
 
     def action_masks(self) -> np.ndarray:
         """Affordable arms (for MaskablePPO): ``N <= remaining``."""
-        n_arms = int(self.env.action_space.n)
+        space = self.env.action_space
+        assert isinstance(space, gym.spaces.Discrete), "IAPO envs have a Discrete action space"
+        n_arms = int(space.n)
         return (np.arange(n_arms) % self.n_max + 1) <= max(self.remaining, 1)
 
 
-def _stop_callback(wrapper: BudgetWrapper):
+def _stop_callback(wrapper: BudgetWrapper) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
 
     class StopOnBudget(BaseCallback):
@@ -114,7 +117,7 @@ def _defaults(algo: str, budget: int, n_max: int) -> dict[str, Any]:
     raise ValueError(f"unknown algorithm {algo!r}; choose one of {ALGORITHMS}")
 
 
-def _algorithm_class(algo: str):
+def _algorithm_class(algo: str) -> Any:
     if algo == "ppo":
         from stable_baselines3 import PPO
 

@@ -48,9 +48,9 @@ class TRIPLE(BatchAgent):
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         c_n = len(runs.contexts)
         stats = NestedStats(s_n, p_n, n_max, runs.contexts)
-        active = np.zeros((s_n, c_n, p_n, n_max), dtype=bool)
-        active[..., 0] = True
-        active = active.reshape(s_n, c_n, p_n * n_max)
+        n_one = np.zeros((s_n, c_n, p_n, n_max), dtype=bool)
+        n_one[..., 0] = True  # the trimming runs on the N = 1 arm of each prompt
+        active = n_one.reshape(s_n, c_n, p_n * n_max)
         infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(p_n))
         prompts = best_arms(active, stats.means().reshape(active.shape)) // n_max  # (S, C)
         policies: list[Policy] = []

@@ -30,7 +30,14 @@ class UCB(SequentialAgent):
         if float(self.c) < 0:
             raise ValueError(f"the exploration constant c must be >= 0; got {self.c}")
 
-    def choose(self, mean, count, feasible, priority, rng) -> NDArray[np.int64]:
+    def choose(
+        self,
+        mean: NDArray[np.float64],
+        count: NDArray[np.int64],
+        feasible: NDArray[np.bool_],
+        priority: NDArray[np.float64],
+        rng: np.random.Generator,
+    ) -> NDArray[np.int64]:
         """The feasible arm with the highest upper confidence bound (unseen arms first)."""
         t = np.maximum(count.sum(axis=1, keepdims=True), 1)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -7,7 +7,8 @@ the project that is indexed by arm uses the flat index ``a = p * n_max + (N - 1)
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -30,6 +31,12 @@ def arm_index(prompt: ArrayLike, n: ArrayLike, n_max: int) -> NDArray[np.int64] 
     return int(out) if out.ndim == 0 else out
 
 
+@overload
+def arm_from_index(index: int | np.integer, n_max: int) -> Arm: ...
+@overload
+def arm_from_index(index: NDArray[np.integer] | Sequence[int], n_max: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]: ...
+@overload
+def arm_from_index(index: ArrayLike, n_max: int) -> Arm | tuple[NDArray[np.int64], NDArray[np.int64]]: ...
 def arm_from_index(index: ArrayLike, n_max: int) -> Arm | tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Inverse of :func:`arm_index`: ``(prompt, n)``; an :class:`Arm` for a scalar index."""
     a = np.asarray(index, dtype=np.int64)

@@ -26,7 +26,7 @@ class ContextSet:
 
     names: tuple[str, ...]
     weights: NDArray[np.float64]
-    probs: NDArray[np.float64] = field(default=None)  # type: ignore[assignment]
+    probs: NDArray[np.float64] = field(default=None)  # type: ignore[arg-type]  # None: uniform, set in __post_init__
 
     def __post_init__(self) -> None:
         w = np.ascontiguousarray(self.weights, dtype=np.float64)

@@ -174,7 +174,7 @@ class ContinuousContexts:
         return {
             "kind": "continuous",
             "n_objectives": self.n_objectives,
-            "alpha": list(self.alpha),
+            "alpha": [float(a) for a in np.atleast_1d(self.alpha)],
             "cost_range": [self.cost_low, self.cost_high],
             "cost_scale": self.cost_scale,
         }
@@ -192,7 +192,7 @@ def _breakpoint_rows(
     shares). Rows with fewer crossings are padded with the endpoint 1.0 (zero-length segments,
     which contribute nothing).
     """
-    vals, probs = table.outcome_values, table.outcome_probs
+    vals, probs = table.bon_arrays()
     p, q, m, _ = vals.shape
     n_pts = m * (m - 1) // 2 + 2
     cache = table.cache.get(_PL_CACHE_KEY)

@@ -191,9 +191,10 @@ def _table_mv_credit(table: OutcomeTable) -> NDArray[np.float64]:
     """Cached ``(P, Q, n_max)`` exact MV credit of a table."""
     cached = table.cache.get(_MV_CACHE_KEY)
     if cached is None:
-        p, q, a = table.answer_probs.shape
-        gold = np.broadcast_to(table.gold[None, :], (p, q)).reshape(-1)
-        cached = mv_credit(table.answer_probs.reshape(p * q, a), gold, table.n_max).reshape(p, q, table.n_max)
+        answer_probs, gold_q = table.mv_arrays()
+        p, q, a = answer_probs.shape
+        gold = np.broadcast_to(gold_q[None, :], (p, q)).reshape(-1)
+        cached = mv_credit(answer_probs.reshape(p * q, a), gold, table.n_max).reshape(p, q, table.n_max)
         cached.setflags(write=False)
         table.cache[_MV_CACHE_KEY] = cached
     return cached
@@ -256,7 +257,7 @@ def bon_expected_max(
 
 def _bon_per_query(table: OutcomeTable, w: NDArray[np.float64]) -> NDArray[np.float64]:
     """Exact BoN per-query utilities ``(C, P, Q, n_max)`` for weights ``(C, K+1)``, context-chunked."""
-    vals, probs = table.outcome_values, table.outcome_probs
+    vals, probs = table.bon_arrays()
     p, q, m, _ = vals.shape
     c, n_max = w.shape[0], table.n_max
     out = np.empty((c, p, q, n_max))
@@ -336,7 +337,7 @@ def q_values(
         return w[:, 0, None, None] * credit[None] - w[:, -1, None, None] * (cost[:, None] * n)[None]
     if weights is None:
         return per_query_values(table)[:, :, idx].mean(axis=2)
-    p, q, m, _ = table.outcome_values.shape
+    p, q, m, _ = table.bon_arrays()[0].shape
     step = max(1, _BON_CHUNK_ELEMENTS // max(p * q * m, 1))
     out = np.empty((w.shape[0], p, table.n_max))
     for start in range(0, w.shape[0], step):
@@ -445,7 +446,8 @@ def report(table: OutcomeTable, queries: ArrayLike | None = None) -> OracleRepor
     w0 = ctx.weights[:1].copy()
     w0[:, -1] = 0.0
     single = float(q_values(table, queries, weights=w0)[0, :, 0].max())
-    n_q = table.n_queries if queries is None else int(np.size(_query_index(table, queries)))
+    idx = _query_index(table, queries)
+    n_q = table.n_queries if isinstance(idx, slice) else int(idx.size)
     return OracleReport(
         task=table.task,
         strategy=table.strategy,

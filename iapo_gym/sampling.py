@@ -106,7 +106,7 @@ def _draw(
     L: int,
 ) -> Pulls:
     """:func:`sample_pulls` on arguments already checked (``(B,)`` int64 arrays, ``L >= n.max()``)."""
-    probs = table.answer_probs if table.strategy == "mv" else table.outcome_probs
+    probs = table.mv_arrays()[0] if table.strategy == "mv" else table.bon_arrays()[1]
     cdf = np.cumsum(probs[prompt, query], axis=-1)  # (B, A)
     cdf[:, -1] = 1.0  # guard against rounding: every uniform falls in some outcome
     u = rng.random((prompt.size, L))
@@ -123,11 +123,11 @@ def _draw(
     safe = np.where(mask, outcome, 0)
 
     if table.strategy == "mv":
-        gold = table.gold[query].astype(np.int64)
+        gold = table.mv_arrays()[1][query].astype(np.int64)
         values = ((safe == gold[:, None]) & mask)[:, :, None].astype(np.float64)
     else:
         gold = np.full(prompt.size, -1, dtype=np.int64)
-        values = table.outcome_values[prompt[:, None], query[:, None], safe]  # (B, L, K)
+        values = table.bon_arrays()[0][prompt[:, None], query[:, None], safe]  # (B, L, K)
         values = np.where(mask[:, :, None], values, 0.0)
     cost = np.where(mask, table.cost[prompt, query][:, None], 0.0)
     return Pulls(

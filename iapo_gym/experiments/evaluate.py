@@ -141,9 +141,10 @@ class ExactEvaluator:
         self.mode = contexts
         self.n_max = int(env.n_max)
         self.weights, self.probs, self.names = evaluation_contexts(env, contexts)
-        table, queries = env.table, np.asarray(env.test_queries, dtype=np.int64)
+        table, test_queries = env.table, np.asarray(env.test_queries, dtype=np.int64)
+        queries: NDArray[np.int64] | None = test_queries
         if not shared_table:
-            table, queries = query_subtable(table, queries), None
+            table, queries = query_subtable(table, test_queries), None
         if contexts == "continuous":
             from iapo_gym.continuous import exact_q_values
 

@@ -6,7 +6,7 @@ context weights (``contexts.json`` beside ``results.csv``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -65,13 +65,15 @@ def plot_acr_vs_budget(results: Results, path: str | Path, agents: Sequence[str]
                 m = m_env & results.mask(agent=agent, budget=b)
                 if m.any():
                     mu, h = mean_ci(results.acr[m])
-                    xs.append(b), mean.append(mu), half.append(h)
+                    xs.append(b)
+                    mean.append(mu)
+                    half.append(h)
             if not xs:
                 continue
-            mu, h = np.array(mean), np.array(half)
+            mus, hs = np.array(mean), np.array(half)
             color = cmap(i % cmap.N)
-            ax.plot(xs, mu, marker="o", ms=3, lw=1.4, color=color, label=agent)
-            ax.fill_between(xs, mu - h, mu + h, color=color, alpha=0.18, lw=0)
+            ax.plot(xs, mus, marker="o", ms=3, lw=1.4, color=color, label=agent)
+            ax.fill_between(xs, mus - hs, mus + hs, color=color, alpha=0.18, lw=0)
         oracle = [results.oracle_acr[m_env & (results.budget == b)].mean() for b in budgets]
         ax.plot(budgets, oracle, "k--", lw=1, label="oracle")
         if len(budgets) > 1:
@@ -90,7 +92,7 @@ def plot_acr_vs_budget(results: Results, path: str | Path, agents: Sequence[str]
 def plot_n_vs_cost(
     results: Results,
     path: str | Path,
-    cost_weights: dict[str, Sequence[float]],
+    cost_weights: Mapping[str, Sequence[float]],
     budget: int | None = None,
     agents: Sequence[str] | None = None,
 ) -> Path:

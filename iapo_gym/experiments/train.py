@@ -235,7 +235,7 @@ def env_factory(env_id: str, budget: int, contexts: str = "finite") -> Callable[
     """``make_env(seed)``: the unwrapped env of run ``seed`` (its split, its world, its ledger)."""
     import gymnasium as gym
 
-    extra = {} if contexts == "finite" else {"contexts": contexts}
+    extra: dict[str, Any] = {} if contexts == "finite" else {"contexts": contexts}
 
     def make_env(seed: int) -> Any:
         return gym.make(env_id, budget=int(budget), split_seed=int(seed), world_seed=int(seed), **extra).unwrapped
@@ -247,10 +247,11 @@ def is_missing_table(exc: BaseException) -> bool:
     """Whether ``exc`` says a task's outcome table is not installed."""
     from iapo_gym.tables.store import TableNotFoundError
 
-    while exc is not None:
-        if isinstance(exc, TableNotFoundError):
+    cur: BaseException | None = exc
+    while cur is not None:
+        if isinstance(cur, TableNotFoundError):
             return True
-        exc = exc.__cause__ or exc.__context__  # gym.make may wrap the loader's error
+        cur = cur.__cause__ or cur.__context__  # gym.make may wrap the loader's error
     return False
 
 
@@ -388,7 +389,9 @@ class Runner:
         An agent logs its own training when it has a ``log_dir`` field (e.g. the neural agent's loss
         and exploration statistics).
         """
-        if not self.args.track or not is_dataclass(agent) or "log_dir" not in {f.name for f in fields(agent)}:
+        if not self.args.track or not is_dataclass(agent) or isinstance(agent, type):
+            return agent
+        if "log_dir" not in {f.name for f in fields(agent)}:
             return agent
         return replace(agent, log_dir=str(self.plan.out / "tb" / f"{env_id}__{agent_name}__training__T{int(budget)}"))
 

@@ -163,23 +163,23 @@ class VLLMBackend(_CollectMixin):
         self.model = model
         self.sampling = sampling or SamplingConfig()
         self._vllm = vllm
-        kwargs = dict(model=resolve_model(model), dtype=dtype, enforce_eager=enforce_eager, seed=seed)
+        kwargs: dict[str, Any] = dict(model=resolve_model(model), dtype=dtype, enforce_eager=enforce_eager, seed=seed)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if _on_cpu():
             kwargs.update(cpu_engine_args(max_model_len or 2048))
         kwargs.update(engine_kwargs)
-        self.llm = vllm.LLM(**kwargs)
+        self.llm: Any = vllm.LLM(**kwargs)  # Any: close() drops it
         self.tokenizer = self.llm.get_tokenizer()
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of the conversation with the model's chat template and generation prompt."""
-        ids = self.tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=True)
+        ids: Any = self.tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
             ids = ids["input_ids"]
         return [int(t) for t in ids]
 
-    def sampling_params(self, request: GenerationRequest):
+    def sampling_params(self, request: GenerationRequest) -> Any:
         """The ``vllm.SamplingParams`` of one request."""
         s = self.sampling
         return self._vllm.SamplingParams(
@@ -190,14 +190,14 @@ class VLLMBackend(_CollectMixin):
         """One ``LLM.generate`` call for the whole batch; yields every result when it returns."""
         if not requests:
             return
-        prompts = [{"prompt_token_ids": self.encode(r.messages)} for r in requests]
+        prompts: list[Any] = [{"prompt_token_ids": self.encode(r.messages)} for r in requests]  # vllm TokensPrompt
         params = [self.sampling_params(r) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         for i, out in enumerate(outputs):
             comps = sorted(out.outputs, key=lambda c: c.index)
             yield i, Generation(
                 texts=tuple(c.text for c in comps),
-                prompt_tokens=len(out.prompt_token_ids),
+                prompt_tokens=len(prompts[i]["prompt_token_ids"]),  # the ids we sent
                 completion_tokens=tuple(len(c.token_ids) for c in comps),
                 finish_reasons=tuple(str(c.finish_reason) for c in comps),
             )

@@ -129,7 +129,7 @@ class Builder:
         return GenerationRequest(self.spec.messages(p, query), self.spec.pool, unit_seed(self.seed, p, query.id))
 
     def _records(self, keys: list[tuple[int, int]], gens: list[Generation]) -> list[dict[str, Any]]:
-        recs = []
+        recs: list[dict[str, Any]] = []
         for (p, q), g in zip(keys, gens, strict=True):
             recs.append(
                 {
@@ -251,7 +251,7 @@ def assemble_table(
         "dataset": spec.dataset,
         **(provenance or {}),
     }
-    common = dict(
+    common: dict[str, Any] = dict(
         task=spec.task,
         strategy=spec.strategy,
         prompts=spec.prompts,

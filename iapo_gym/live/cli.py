@@ -93,7 +93,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     if args.backend == "vllm":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        backend = VLLMBackend(
+        backend: VLLMBackend | OpenAIBackend = VLLMBackend(
             args.model,
             spec.sampling,
             dtype=args.dtype,

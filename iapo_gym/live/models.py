@@ -79,7 +79,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
     if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
         raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
-    model = model.to(torch.bfloat16)
+    model = model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers' functools.wraps on .to misleads mypy
     model.save_pretrained(out_dir)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     if not getattr(tok, "chat_template", None):

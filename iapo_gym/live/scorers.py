@@ -178,11 +178,11 @@ class ChoiceScorer:
             m = self._boxed.match(re.sub(r"\\text\{([^}]*)\}", r"\1", boxed).strip())
             if m:
                 return m.group(1)
-        m = self._stated.findall(text)
-        if m:
-            return m[-1]
-        m = self._loose.findall(text)
-        return m[-1] if m else None
+        stated = self._stated.findall(text)
+        if stated:
+            return stated[-1]
+        loose = self._loose.findall(text)
+        return loose[-1] if loose else None
 
     def gold_key(self, gold: str) -> str:
         """The gold letter."""

@@ -122,7 +122,7 @@ class LiveSource:
         q = np.atleast_1d(np.asarray(query, dtype=np.int64))
         if not (p.shape == k.shape == q.shape):
             raise ValueError("prompt, n and query must have the same shape")
-        seeds = rng.integers(0, 2**31, size=p.shape[0])
+        seeds = rng.integers(0, 2**31, size=(p.shape[0],))
         reqs = [
             GenerationRequest(self.spec.messages(int(pi), self.queries[int(qi)]), int(ki), int(si))
             for pi, ki, qi, si in zip(p, k, q, seeds, strict=True)
@@ -286,7 +286,7 @@ def recording_to_table(recording: str | Path, spec: TaskSpec, queries: Sequence[
 
     tokens = np.array([[np.mean(gather(p, q, "completion_tokens")) for q in keep] for p in range(P)])
     counts = np.array([[len(gather(p, q, "texts")) for q in keep] for p in range(P)])
-    common = dict(
+    common: dict[str, Any] = dict(
         task=spec.task, strategy=spec.strategy, prompts=spec.prompts,
         query_ids=tuple(queries[q].id for q in keep), objectives=spec.objectives,
         objective_ranges=np.array(spec.objective_ranges, dtype=np.float64), contexts=spec.context_set(),

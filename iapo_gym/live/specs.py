@@ -80,7 +80,10 @@ class TaskSpec:
             return cost_contexts(c["levels"])
         if c["type"] == "preference":
             steps = tuple(c.get("steps", (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)))
-            return preference_contexts(tuple(self.objectives), c["levels"], steps)
+            if len(self.objectives) != 2:
+                raise ValueError(f"contexts.type 'preference' weighs two objectives; the spec has {len(self.objectives)}")
+            first, second = self.objectives
+            return preference_contexts((first, second), c["levels"], steps)
         raise ValueError(f"contexts.type must be 'cost' or 'preference'; got {c['type']!r}")
 
     def messages(self, prompt: int, query: Query) -> tuple[dict[str, str], ...]:
@@ -152,7 +155,7 @@ def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> TaskSpec:
             dataset=dict(data["dataset"]),
             scorer=dict(data["scorer"]),
             objectives=tuple(data.get("objectives", ["correct"])),
-            objective_ranges=tuple(tuple(float(x) for x in r) for r in data.get("objective_ranges", [[0, 1]])),
+            objective_ranges=tuple((float(lo), float(hi)) for lo, hi in data.get("objective_ranges", [[0, 1]])),
             contexts=dict(data["contexts"]),
             n_max=int(data["n_max"]),
             pool=int(data["pool"]),

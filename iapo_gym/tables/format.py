@@ -74,6 +74,8 @@ class OutcomeTable:
     cost_unit: str = "cost"
     provenance: dict[str, Any] = field(default_factory=dict)
     pool_size: int | None = None
+    # Per-table memo behind :attr:`cache`; not an init argument, so ``replace`` starts a fresh one.
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Freeze every array so a table can be shared between envs, seeds and caches safely.
@@ -86,7 +88,6 @@ class OutcomeTable:
         object.__setattr__(self, "prompts", tuple(self.prompts))
         object.__setattr__(self, "query_ids", tuple(self.query_ids))
         object.__setattr__(self, "objectives", tuple(self.objectives))
-        object.__setattr__(self, "_cache", {})
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -112,8 +113,20 @@ class OutcomeTable:
     @property
     def n_outcomes(self) -> int:
         """Categories ``A`` (MV) or outcomes ``M`` (BoN) per (prompt, query)."""
-        arr = self.answer_probs if self.strategy == "mv" else self.outcome_probs
+        arr = self.mv_arrays()[0] if self.strategy == "mv" else self.bon_arrays()[1]
         return int(arr.shape[2])
+
+    def mv_arrays(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+        """``(answer_probs, gold)`` of a majority-voting table; ``ValueError`` for any other table."""
+        if self.answer_probs is None or self.gold is None:
+            raise ValueError(f"table {self.task!r} ({self.strategy}) has no answer_probs/gold: not a majority-voting table")
+        return self.answer_probs, self.gold
+
+    def bon_arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``(outcome_values, outcome_probs)`` of a best-of-N table; ``ValueError`` for any other table."""
+        if self.outcome_values is None or self.outcome_probs is None:
+            raise ValueError(f"table {self.task!r} ({self.strategy}) has no outcome_values/probs: not a best-of-N table")
+        return self.outcome_values, self.outcome_probs
 
     def train_queries(self) -> NDArray[np.int64]:
         """Indices of the released train split."""
@@ -126,7 +139,7 @@ class OutcomeTable:
     @property
     def cache(self) -> dict[str, Any]:
         """Per-table memo (exact per-query values are stored here by the oracle)."""
-        return self._cache  # type: ignore[attr-defined]
+        return self._cache
 
     def with_contexts(self, contexts: ContextSet) -> OutcomeTable:
         """The same outcomes under another context set (exact per-query MV values stay cached)."""
@@ -152,7 +165,7 @@ def concat_queries(tables: list[OutcomeTable], task: str | None = None) -> Outco
         ):
             raise ValueError("tables to stack must share strategy, prompts, n_max and outcome shapes")
 
-    def cat(name: str, axis: int) -> NDArray | None:
+    def cat(name: str, axis: int) -> NDArray[Any] | None:
         arrs = [getattr(t, name) for t in tables]
         return None if arrs[0] is None else np.concatenate(arrs, axis=axis)
 
@@ -162,8 +175,8 @@ def concat_queries(tables: list[OutcomeTable], task: str | None = None) -> Outco
         first,
         task=task or first.task,
         query_ids=tuple(f"w{s}:{q}" for s, t in enumerate(tables) for q in t.query_ids),
-        cost=cat("cost", 1),
-        split=cat("split", 0),
+        cost=np.concatenate([t.cost for t in tables], axis=1),
+        split=np.concatenate([t.split for t in tables], axis=0),
         answer_probs=cat("answer_probs", 1),
         gold=cat("gold", 0),
         outcome_values=cat("outcome_values", 1),

@@ -115,15 +115,15 @@ def _json_default(obj: Any) -> Any:
 def _table_arrays(table: OutcomeTable, mv_pool: NDArray | None) -> dict[str, NDArray]:
     arrays: dict[str, NDArray] = {"cost": table.cost, "split": table.split}
     if table.strategy == "mv":
-        arrays["gold"] = table.gold
+        answer_probs, arrays["gold"] = table.mv_arrays()
         if mv_pool is None:
-            arrays["answer_probs"] = table.answer_probs
+            arrays["answer_probs"] = answer_probs
         else:
             arrays["pool_answers"] = mv_pool
     else:
-        arrays["outcome_values"] = table.outcome_values
-        if table.pool_size is None or not np.allclose(table.outcome_probs, 1.0 / table.pool_size):
-            arrays["outcome_probs"] = table.outcome_probs
+        arrays["outcome_values"], outcome_probs = table.bon_arrays()
+        if table.pool_size is None or not np.allclose(outcome_probs, 1.0 / table.pool_size):
+            arrays["outcome_probs"] = outcome_probs
     return {n: np.ascontiguousarray(a, dtype=_DTYPES[n]) for n, a in arrays.items()}
 
 
@@ -147,7 +147,7 @@ def table_to_manifest(table: OutcomeTable, arrays: Mapping[str, NDArray]) -> dic
         "dtypes": {n: a.dtype.str for n, a in arrays.items()},
     }
     if "pool_answers" in arrays:
-        manifest["n_answers"] = int(table.answer_probs.shape[2])
+        manifest["n_answers"] = int(table.mv_arrays()[0].shape[2])
     return manifest
 
 
@@ -180,8 +180,9 @@ def save_table(
         mv_pool = np.asarray(mv_pool)
         if mv_pool.ndim != 3 or mv_pool.shape[:2] != (table.n_prompts, table.n_queries):
             raise TableError(f"mv_pool: shape {mv_pool.shape}, expected (P, Q, M) = ({table.n_prompts}, {table.n_queries}, M)")
-        probs = mv_probs_from_pool(mv_pool, table.answer_probs.shape[2])
-        if not np.allclose(probs, table.answer_probs, atol=1e-12, rtol=0):
+        answer_probs = table.mv_arrays()[0]
+        probs = mv_probs_from_pool(mv_pool, answer_probs.shape[2])
+        if not np.allclose(probs, answer_probs, atol=1e-12, rtol=0):
             raise TableError("mv_pool: the pool's answer frequencies differ from table.answer_probs; pass the matching pool")
         table = _with_pool_size(table, mv_pool.shape[2])
     arrays = _table_arrays(table, mv_pool)
@@ -193,7 +194,8 @@ def save_table(
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0o700; a table dir gets the usual mode
         with open(tmp / ARRAYS_FILE, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            named: dict[str, Any] = arrays  # the arrays are keywords only (mypy: not allow_pickle)
+            np.savez_compressed(fh, **named)
             fh.flush()
             os.fsync(fh.fileno())
         with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:

@@ -293,6 +293,7 @@ def _check_arrays(  # noqa: C901 - one flat, ordered list of independent checks
     pq = (n_prompts, n_queries)
     cost = _shape(present, "cost", pq, f"(prompts, queries) = {pq}")
     split = _shape(present, "split", (n_queries,), f"one entry per query = ({n_queries},)")
+    probs: np.ndarray | None  # a BoN pool may omit outcome_probs
     if strategy == "mv":
         probs = present["answer_probs"]
         if probs.ndim != 3 or probs.shape[:2] != pq:

@@ -151,15 +151,17 @@ def load_task_table(task: str, world_seed: int | None = None) -> OutcomeTable:
             message names ``iapo-gym data pull`` and ``iapo-gym data import``.
     """
     info = TASKS[task_name(task)]
-    if info.kind == "synthetic":
-        return info.generator(0 if world_seed is None else int(world_seed))  # type: ignore[misc]
+    if info.kind == "synthetic" and info.generator is not None:
+        return info.generator(0 if world_seed is None else int(world_seed))
+    if info.table is None:
+        raise ValueError(f"task {info.name} ({info.kind}) names neither a generator nor a table")
     if info.kind == "shipped":
-        path = Path(info.table)  # type: ignore[arg-type]
+        path = Path(info.table)
         path = path if path.is_absolute() else ENVS_DATA / path
         return _load_stored(str(path), (path / "manifest.json").stat().st_mtime)
     from iapo_gym.tables.store import load_named, table_path
 
-    manifest = table_path(info.table) / "manifest.json"  # type: ignore[arg-type]
+    manifest = table_path(info.table) / "manifest.json"
     if not manifest.exists():
         return load_named(info.table)  # raises TableNotFoundError with the fix
     return _load_stored(str(manifest.parent), manifest.stat().st_mtime)
