@@ -165,3 +165,32 @@ def test_save_refuses_a_policy_that_does_not_fit_the_task(psst_policy, smolarith
     with pytest.raises(ValueError, match="must end in .json"):
         psst_policy.save(tmp_path / "x.policy", "SmolArith")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("mode", ["best", "all"])
+def test_train_saves_policies_that_reload_with_the_reported_acr(mode, tmp_path):
+    import csv
+
+    from iapo_gym.experiments import train
+
+    args = train.Args(env="IAPO-SmolArith-v0", agents="psst,random", budgets="400", runs=3, out=str(tmp_path),
+                      track=False, plots=False, progress=False, save_policies=mode)
+    train.run_experiment(args, log=lambda s: None)
+    with open(tmp_path / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    table = load_task_table("SmolArith")
+    for agent in ("psst", "random"):
+        runs = {int(r["seed"]): float(r["acr"]) for r in rows if r["agent"] == agent}
+        files = sorted((tmp_path / "policies" / "IAPO-SmolArith-v0" / agent / "T400").glob("seed*.json"))
+        seeds = [int(f.stem.removeprefix("seed")) for f in files]
+        assert seeds == ([max(runs, key=runs.get)] if mode == "best" else [0, 1, 2])
+        for f, seed in zip(files, seeds, strict=True):
+            policy = iapo_gym.load_policy(f, spec="smolarith")
+            assert policy.deployment.provenance["agent"] == agent and policy.deployment.provenance["seed"] == seed
+            env = gym.make("IAPO-SmolArith-v0", budget=400, split_seed=seed).unwrapped
+            test = np.zeros(table.n_queries, bool)
+            test[env.test_queries] = True
+            acr = policy_acr(policy, q_values(table, test), table.contexts)
+            assert acr == pytest.approx(runs[seed], abs=1e-12)
+    with pytest.raises(train.ArgumentError, match="--save-policies must be 'all' or 'best'"):
+        train.make_plan(train.Args(save_policies="some"))

@@ -320,6 +320,7 @@ def save_policy(
     task: Any,
     *,
     agent: Any = None,
+    agent_name: str | None = None,
     budget: int | None = None,
     seed: int | None = None,
     overwrite: bool = False,
@@ -332,6 +333,7 @@ def save_policy(
             ``ModelPolicy``).
         task: what the policy was learnt on: the ``OutcomeTable``, the env, or a task name.
         agent: the agent (its name and configuration are recorded) or an agent name.
+        agent_name: the name to record instead of the agent's own (e.g. its registry name ``"topk4"``).
         budget: the training budget in completions.
         seed: the run's seed.
         overwrite: replace an existing document (default: refuse).
@@ -351,9 +353,9 @@ def save_policy(
         raise ValueError(f"the policy decodes arms with n_max={n_max}; the task has n_max={identity.n_max}")
     kind, body = _policy_body(policy, identity, path)
     if isinstance(agent, str) or agent is None:
-        agent_name, agent_config = agent, None
+        agent_name, agent_config = agent_name or agent, None
     else:
-        agent_name, agent_config = getattr(agent, "name", type(agent).__name__), _jsonable(agent.config())
+        agent_name, agent_config = agent_name or getattr(agent, "name", type(agent).__name__), _jsonable(agent.config())
     from iapo_gym import __version__
 
     doc = {

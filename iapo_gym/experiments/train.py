@@ -78,6 +78,9 @@ class Args:
     """fit nothing: rebuild the tables, figures and report from OUT/results.csv"""
     progress: bool = True
     """show a progress bar"""
+    save_policies: str = ""
+    """save fitted policies as documents under OUT/policies/ENV/AGENT/T<budget>/seed<k>.json (iapo-gym
+    serve reads them): 'all' runs, or the 'best' run (highest test ACR) per task x agent x budget; empty = none"""
     preset: str = ""
     """named settings that fill every option not given explicitly: 'reproduction' (the paper's protocol)"""
 
@@ -213,6 +216,8 @@ def make_plan(args: Args) -> Plan:
 
     if args.contexts not in MODES:
         raise ArgumentError(f"--contexts must be one of {', '.join(MODES)}; got {args.contexts!r}")
+    if args.save_policies not in ("", "all", "best"):
+        raise ArgumentError(f"--save-policies must be 'all' or 'best' (or empty for none); got {args.save_policies!r}")
     agents, missing = parse_agents(args.agents, lenient=bool(args.preset))
     budgets = parse_budgets(args.budgets)
     envs = parse_envs(args.env)
@@ -365,12 +370,19 @@ class Runner:
         if len(policies) != len(seeds):
             raise RuntimeError(f"{agent_name}.fit_many returned {len(policies)} policies for {len(seeds)} seeds")
         rows = []
+        best: tuple[float, int, Any, Any] | None = None  # --save-policies best: (acr, seed, policy, env)
         for seed, policy in zip(seeds, policies, strict=True):
             used = int(policy.budget_used)
             if used > budget:
                 raise RuntimeError(f"agent {agent_name!r} reports {used} completions spent with a budget of {budget}")
             # pop: each run's env (and its world's oracle cache) is freed as soon as it is scored
-            metrics = self.evaluator(env_id, seed, built.pop(int(seed), None)).evaluate(policy)
+            env = built.pop(int(seed), None)
+            metrics = self.evaluator(env_id, seed, env).evaluate(policy)
+            keep = self.args.save_policies
+            if keep == "all" or (keep == "best" and (best is None or metrics.acr > best[0])):
+                best = (metrics.acr, seed, policy, env)
+                if keep == "all":
+                    self.save_policy(env_id, agent_name, agent, budget, *best[1:])
             rows.append(
                 dict(
                     zip(
@@ -380,8 +392,16 @@ class Runner:
                 | {"budget_used": used, "wall_s": wall}
                 | metrics.row()
             )
+        if best is not None and self.args.save_policies == "best":
+            self.save_policy(env_id, agent_name, agent, budget, *best[1:])
         self.results.append(rows)
         return rows
+
+    def save_policy(self, env_id: str, agent_name: str, agent: Any, budget: int, seed: int, policy: Any, env: Any) -> None:
+        """Write one run's policy document (``--save-policies``) under ``OUT/policies``."""
+        env = env if env is not None else env_factory(env_id, budget, self.args.contexts)(seed)
+        path = self.plan.out / "policies" / env_id / agent_name / f"T{int(budget)}" / f"seed{int(seed)}.json"
+        policy.save(path, env, agent=agent, agent_name=agent_name, budget=budget, seed=seed, overwrite=True)
 
     def with_training_log(self, agent: Any, env_id: str, agent_name: str, budget: int) -> Any:
         """``agent`` logging its own training under ``OUT/tb`` when tracking; other agents unchanged.
