@@ -149,6 +149,7 @@ class _LedgerView:
     tokens = property(lambda self: self._ledger.tokens)
     prompt_tokens = property(lambda self: self._ledger.prompt_tokens)
     completion_tokens = property(lambda self: self._ledger.completion_tokens)
+    lifetime_spent = property(lambda self: self._ledger.lifetime_spent)
 
     def fits(self, n: int) -> bool:  # noqa: D102 - the ledger's own
         return bool(self._ledger.fits(n))
@@ -267,6 +268,7 @@ def fit_guarded(agent: Agent, env: Any, budget: int, seed: int, who: str = "agen
     """
     base = _base(env)
     budget_before = base.ledger.budget
+    lifetime_before = getattr(base.ledger, "lifetime_spent", None)
     view = DeploymentView(env)
     try:
         policy = agent.fit(view, budget, seed)
@@ -279,6 +281,11 @@ def fit_guarded(agent: Agent, env: Any, budget: int, seed: int, who: str = "agen
     if base.ledger.budget != budget_before:
         raise AgentCheckError(f"{who}: the ledger's budget changed from {budget_before} to {base.ledger.budget} during fit")
     spent = int(base.ledger.spent)
+    if lifetime_before is not None and int(base.ledger.lifetime_spent) - int(lifetime_before) != spent:
+        raise AgentCheckError(
+            f"{who}: {int(base.ledger.lifetime_spent) - int(lifetime_before)} completions were charged during fit "
+            f"but the ledger shows {spent} (it was cleared)"
+        )
     if view.drawn + view.engine_charged != spent:
         raise AgentCheckError(
             f"{who}: the ledger shows {spent} completions but {view.drawn + view.engine_charged} were drawn through the env"
