@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from iapo_gym.live.builder import assemble_table, build_table, unit_seed
-from iapo_gym.live.checkpoint import CheckpointError, CheckpointLog, read_units
+from iapo_gym.live.builder import assemble_table, build_table, prompt_id, unit_seed
+from iapo_gym.live.checkpoint import read_units, seal
 from iapo_gym.live.source import LiveSource, ReplayBackend, recording_to_table
 from iapo_gym.live.specs import ENVS_DATA, arithmetic_queries, load_queries, load_spec, spec_from_dict
 from iapo_gym.tables.io import load_table
@@ -44,9 +44,9 @@ def _write_recording(path, spec, queries, seed=0, skip=()):
                 if (p, q) in skip:
                     continue
                 texts = _answer_texts(p, q, query.gold, spec.pool)
-                rec = {"kind": "unit", "p": p, "q": q, "n": spec.pool, "seed": unit_seed(seed, p, query.id),
+                rec = {"kind": "unit", "p": p, "q": q, "n": spec.pool, "seed": unit_seed(seed, prompt_id(spec.prompts[p]), query.id),
                        "texts": texts, "prompt_tokens": 20 + p, "completion_tokens": [5 + p + i for i in range(spec.pool)]}
-                f.write(json.dumps(rec) + "\n")
+                f.write(json.dumps(seal(rec)) + "\n")
 
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
@@ -87,23 +87,6 @@ def test_unit_seed_is_stable_and_distinct():
     assert unit_seed(0, 1, "q7") == unit_seed(0, 1, "q7")
     seeds = {unit_seed(s, p, f"q{q}") for s in range(2) for p in range(4) for q in range(50)}
     assert len(seeds) == 400 and all(0 <= x < 2**31 for x in seeds)
-
-
-def test_checkpoint_drops_torn_tail_and_refuses_other_builds(tmp_path):
-    path = tmp_path / "c.jsonl"
-    log = CheckpointLog.open(path, {"task": "t", "seed": 0})
-    log.add_units([{"p": 0, "q": 0, "texts": ["a"]}, {"p": 1, "q": 0, "texts": ["b"]}])
-    with open(path, "a") as f:
-        f.write('{"kind":"unit","p":0,"q":1,"te')  # a crash in the middle of a write
-    log2 = CheckpointLog.open(path, {"task": "t", "seed": 0})
-    assert sorted(log2.units) == [(0, 0), (1, 0)]
-    assert path.read_text().endswith('"texts":["b"]}\n')  # torn line truncated away
-    log2.add_units([{"p": 0, "q": 1, "texts": ["c"]}])
-    assert [(u["p"], u["q"]) for u in read_units(path)] == [(0, 0), (1, 0), (0, 1)]
-    with pytest.raises(CheckpointError, match="already in"):
-        log2.add_units([{"p": 0, "q": 1, "texts": ["again"]}])
-    with pytest.raises(CheckpointError, match=r"differs in \['seed'\]"):
-        CheckpointLog.open(path, {"task": "t", "seed": 1})
 
 
 def test_build_resumes_without_lost_or_duplicated_units(tmp_path, spec, queries):
@@ -175,8 +158,8 @@ def test_live_source_records_and_replays(tmp_path, spec, queries):
     with open(full, "w") as f:
         for b in range(4):
             texts = _answer_texts(int(prompt[b]), int(query[b]), queries[query[b]].gold, 4)[: n[b]]
-            f.write(json.dumps({"kind": "unit", "p": int(prompt[b]), "q": int(query[b]), "n": int(n[b]), "seed": int(seeds[b]),
-                                "texts": texts, "prompt_tokens": 10, "completion_tokens": [3] * int(n[b])}) + "\n")
+            f.write(json.dumps(seal({"kind": "unit", "p": int(prompt[b]), "q": int(query[b]), "n": int(n[b]), "seed": int(seeds[b]),
+                                     "texts": texts, "prompt_tokens": 10, "completion_tokens": [3] * int(n[b])})) + "\n")
     rec = tmp_path / "run.jsonl"
     src = LiveSource(spec, ReplayBackend(full, spec, queries), queries, record=rec)
     pulls, ptoks, ctoks = src.pull(prompt, n, query, np.random.default_rng(3))

@@ -9,7 +9,7 @@ import pytest
 from live_support import ENGINE_KWARGS, require_live_stack
 
 from iapo_gym.live.backends import GenerationRequest, SamplingConfig
-from iapo_gym.live.builder import build_table, unit_seed
+from iapo_gym.live.builder import build_table, prompt_id, unit_seed
 from iapo_gym.live.checkpoint import read_units
 from iapo_gym.live.scorers import NumericScorer, cluster_answers
 from iapo_gym.live.source import LiveSource, ReplayBackend
@@ -66,7 +66,8 @@ def test_builder_matches_raw_generate(engine, spec, tmp_path):
     import vllm
 
     prompts = [{"prompt_token_ids": engine.encode(spec.messages(u["p"], queries[u["q"]]))} for u in units]
-    params = [vllm.SamplingParams(n=4, seed=unit_seed(5, u["p"], queries[u["q"]].id), temperature=0.8, top_p=0.95,
+    assert all(u["seed"] == unit_seed(5, prompt_id(spec.prompts[u["p"]]), queries[u["q"]].id) for u in units)
+    params = [vllm.SamplingParams(n=4, seed=u["seed"], temperature=0.8, top_p=0.95,
                                   max_tokens=MAX_TOKENS) for u in units]
     raw = engine.llm.generate(prompts, params, use_tqdm=False)
     for u, out in zip(units, raw, strict=True):

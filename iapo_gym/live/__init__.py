@@ -7,7 +7,11 @@ or ``'iapo-gym[vllm]'`` on GPU).
 * :mod:`~iapo_gym.live.backends`: :class:`VLLMBackend`, :class:`OpenAIBackend`
 * :mod:`~iapo_gym.live.scorers`: MATH, numeric, multiple-choice, reward-model and proxy scorers
 * :mod:`~iapo_gym.live.specs`: :class:`TaskSpec`, :func:`load_spec`, :func:`load_queries`
-* :mod:`~iapo_gym.live.builder`: :func:`build_table` (``iapo-gym build``)
+* :mod:`~iapo_gym.live.builder`: :func:`build_table` (``iapo-gym build``); content keys
+* :mod:`~iapo_gym.live.scheduler`: continuous scheduling of work units over a backend
+* :mod:`~iapo_gym.live.checkpoint`: the checksummed, append-only checkpoint; :func:`repair`
+* :mod:`~iapo_gym.live.plan`: :func:`plan_build` (``--dry-run``)
+* :mod:`~iapo_gym.live.testserver`: a local OpenAI-compatible server that misbehaves on demand
 * :mod:`~iapo_gym.live.source`: :class:`LiveSource` (``gym.make(ID, backend=...)``), replay
 * :mod:`~iapo_gym.live.models`: SmolLM2 preparation, model references
 """
@@ -26,6 +30,17 @@ _EXPORTS = {
     "SamplingConfig": "backends",
     "VLLMBackend": "backends",
     "make_backend": "backends",
+    "RequestRejected": "backends",
+    "derive_seed": "backends",
+    "BuildIncomplete": "builder",
+    "content_key": "builder",
+    "CheckpointError": "checkpoint",
+    "CheckpointLog": "checkpoint",
+    "read_units": "checkpoint",
+    "repair": "checkpoint",
+    "plan_build": "plan",
+    "WorkUnit": "scheduler",
+    "run_units": "scheduler",
     "Builder": "builder",
     "assemble_table": "builder",
     "build_table": "builder",

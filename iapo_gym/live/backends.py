@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -236,8 +234,130 @@ def cpu_engine_args(max_model_len: int, max_num_seqs: int = 64) -> dict[str, int
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible server
+class RequestRejected(BackendError):
+    """The server refused one request for a reason retrying will not change.
+
+    For example an HTTP 400 from a content filter or for a context that is too long, or a body
+    that stayed malformed through every retry. The builder quarantines the unit.
+
+    Attributes:
+        status: the HTTP status (or ``0`` for a response that never became usable).
+        body: what the server sent (truncated).
+    """
+
+    def __init__(self, message: str, status: int = 0, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection, timeout, 408/429/5xx, a malformed body)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, malformed: bool = False, status: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.malformed = malformed
+        self.status = status
+
+
+_N_PARAM = __import__("re").compile(r"(?<![\w-])n(?![\w-])")  # an error body that names the 'n' parameter
+MAX_BODY = 64 * 2**20  # a response larger than this is refused (bounded memory)
+
+
+def _quote(body: bytes | str, limit: int = 300) -> str:
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import datetime as _dt
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - _dt.datetime.now(when.tzinfo or _dt.UTC)).total_seconds())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _post_once(url: str, data: bytes, headers: dict[str, str], timeout: float) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP POST whose *whole* duration (connect, headers, body) is bounded by ``timeout``.
+
+    ``urllib``'s timeout bounds each socket operation, so a server that drips a byte at a time
+    could hold a request for ever; a timer closes the socket at the deadline instead.
+    """
+    import http.client
+    import socket
+    import threading
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = cls(u.hostname, u.port, timeout=timeout)
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(timeout, kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        path = u.path + (f"?{u.query}" if u.query else "")
+        conn.request("POST", path, body=data, headers=headers)
+        resp = conn.getresponse()
+        chunks, size = [], 0
+        while True:
+            chunk = resp.read1(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise _Transient(f"response larger than {MAX_BODY} bytes", malformed=True)
+            chunks.append(chunk)
+        if expired.is_set():
+            raise TimeoutError
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, b"".join(chunks)
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            raise TimeoutError(f"no complete response within {timeout:g} s") from None
+        raise exc
+    finally:
+        timer.cancel()
+        conn.close()
+
+
+def derive_seed(seed: int, offset: int) -> int:
+    """The seed of completion ``offset`` of a stream that starts with ``seed``.
+
+    ``offset=0`` gives ``seed`` itself. Used for requests split into several (a server that
+    rejects ``n > 1``, a pool grown later); a hash, so nearby offsets give unrelated seeds.
+    """
+    if offset == 0:
+        return int(seed)
+    import hashlib
+
+    digest = hashlib.sha256(f"{int(seed)}+{int(offset)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 class OpenAIBackend(_CollectMixin):
-    """Any OpenAI-compatible ``/v1/chat/completions`` server (``vllm serve`` and friends).
+    """Any OpenAI-compatible ``/v1/chat/completions`` server (``vllm serve``, hosted APIs).
 
     Args:
         model: the model name the server serves (``--served-model-name``; for vLLM by default the
@@ -245,14 +365,34 @@ class OpenAIBackend(_CollectMixin):
         base_url: e.g. ``"http://127.0.0.1:8000"`` (``/v1`` is appended when missing).
         sampling: decoding parameters.
         concurrency: requests in flight at once.
-        timeout: seconds per HTTP request.
-        max_retries: retries of a failed request (connection refused or reset, timeout, HTTP
-            429/5xx) with exponential backoff ``backoff * 2**attempt`` seconds; other HTTP errors
-            fail at once. After the last retry :class:`BackendError` is raised.
-        api_key: sent as a bearer token (default ``$OPENAI_API_KEY`` or ``"EMPTY"``).
+        timeout: seconds for a whole HTTP request (connect, wait, and the full body), not per read.
+        max_retries: retries of a transient failure: connection refused or reset, timeout, HTTP
+            408/409/429/5xx, or a body that is not a well-formed completion (non-JSON, wrong
+            shape, ``null`` content, missing or negative ``usage``). The wait is the server's
+            ``Retry-After`` when it sends one, else exponential backoff with full jitter
+            (uniform in ``[0, min(max_backoff, backoff * 2**attempt)]``), so threads do not retry
+            in lockstep. A refusal (other 4xx) is not retried: :class:`RequestRejected`.
+        api_key: the bearer token; default: the environment variable named by ``api_key_env``.
+        api_key_env: the environment variable holding the key (default ``OPENAI_API_KEY``; no key
+            -> ``"EMPTY"``, which local vLLM servers accept).
+        headers: extra HTTP headers (``{"OpenAI-Organization": ...}``, a gateway's routing header).
+        extra_body: extra JSON fields for every request (``{"top_k": 20}``, provider options);
+            they change outcomes, so they are part of every unit's content key.
+        max_tokens_field: ``"max_tokens"`` or ``"max_completion_tokens"`` (reasoning models on
+            the OpenAI API refuse the former).
+        n_per_request: ``None`` sends ``"n": N`` and falls back to ``N`` requests of ``n = 1``
+            (completion ``i`` seeded with :func:`derive_seed` ``(seed, i)``) when the server
+            rejects ``n > 1`` (an HTTP 400 whose body names ``n``, answered with ``n = 1`` on a
+            probe); ``1`` always does the latter.
+
+    Why the standard library and not the official ``openai`` package: the builder needs a bound
+    on the *whole* request (the SDK's timeout bounds phases), the raw body of every bad response
+    to quote in errors and quarantine records, its own ``Retry-After``/jitter policy shared with
+    the scheduler, and no extra dependency for a core path. The wire format is the same; the
+    tests drive the real vLLM server with it.
 
     A server may return fewer choices than asked for (``llama_cpp.server`` ignores ``n``); the
-    backend then asks again for the rest with a derived seed until it has ``n``.
+    backend then asks again for the rest with derived seeds until it has ``n``.
     """
 
     def __init__(
@@ -265,97 +405,164 @@ class OpenAIBackend(_CollectMixin):
         timeout: float = 600.0,
         max_retries: int = 5,
         backoff: float = 1.0,
+        max_backoff: float = 60.0,
         api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        headers: dict[str, str] | None = None,
+        extra_body: dict[str, Any] | None = None,
+        max_tokens_field: str = "max_tokens",
+        n_per_request: int | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+        import random
+        import threading
+
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an integer >= 1; got {concurrency!r}")
+        if not timeout > 0 or max_retries < 0:
+            raise ValueError("timeout must be > 0 and max_retries >= 0")
+        if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+            raise ValueError(f"max_tokens_field must be 'max_tokens' or 'max_completion_tokens'; got {max_tokens_field!r}")
+        if n_per_request not in (None, 1):
+            raise ValueError("n_per_request must be None (n per request, with fallback) or 1")
         self.model = model
         self.sampling = sampling or SamplingConfig()
         base = base_url.rstrip("/")
         self.url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
         self.concurrency = concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY", "EMPTY")
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.api_key = api_key or os.environ.get(api_key_env) or "EMPTY"
+        self.headers = dict(headers or {})
+        self.extra_body = dict(extra_body or {})
+        self.max_tokens_field = max_tokens_field
+        self.single = n_per_request == 1
+        self._rng = random.Random()  # retry jitter only; never touches results
+        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="iapo-openai")
         self.requests_sent = 0  # HTTP requests attempted (retries included), for accounting
+        self.retries = 0
+
+    def outcome_params(self) -> dict[str, Any]:
+        """Everything besides the messages, model and seed that changes what is sampled."""
+        return {**self.sampling.to_json(), "extra_body": self.extra_body}
+
+    def _sleep(self, attempt: int, retry_after: float | None) -> None:
+        if retry_after is not None:
+            time.sleep(min(retry_after, self.max_backoff * 10))
+        else:
+            time.sleep(self._rng.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1))))
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()
-        last: Exception | None = None
+        headers = {
+            "Content-Type": "application/json",
+            "Accept-Encoding": "identity",
+            "Authorization": f"Bearer {self.api_key}",
+            **self.headers,
+        }
+        last: _Transient | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(
-                self.url,
-                data=data,
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
-            )
-            self.requests_sent += 1
+                with self._lock:
+                    self.retries += 1
+                self._sleep(attempt, last.retry_after if last else None)
+            with self._lock:
+                self.requests_sent += 1
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode(errors="replace")[:500]
-                if exc.code not in (408, 429) and exc.code < 500:
-                    raise BackendError(f"{self.url} answered HTTP {exc.code}: {detail}") from exc
+                return self._attempt(data, headers, body)
+            except _Transient as exc:
                 last = exc
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-                last = exc
+        assert last is not None
+        if last.malformed:  # the server keeps answering this request with garbage: quarantine it
+            raise RequestRejected(f"{self.url}: {last} (after {self.max_retries + 1} attempts)", last.status, str(last))
         raise BackendError(
             f"{self.url} failed after {self.max_retries + 1} attempts ({last}); is the server running? "
             "A build resumes from its checkpoint when run again."
-        ) from last
+        )
+
+    def _attempt(self, data: bytes, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            status, rh, raw = _post_once(self.url, data, headers, self.timeout)
+        except TimeoutError as exc:
+            raise _Transient(f"timeout: {exc or f'no complete response within {self.timeout:g} s'}") from None
+        except OSError as exc:
+            raise _Transient(f"connection failed: {exc}") from None
+        if rh.get("content-encoding", "identity").lower() not in ("identity", ""):
+            raw = _decode_body(raw, rh["content-encoding"])
+        if status in (408, 409, 429) or status >= 500:
+            raise _Transient(f"HTTP {status}: {_quote(raw)}", _retry_after(rh.get("retry-after")), status=status)
+        if status >= 400 or status < 200:
+            body_text = raw[:2000].decode("utf-8", "replace")
+            raise RequestRejected(f"{self.url} answered HTTP {status}: {_quote(raw)}", status, body_text)
+        return _parse_completion(raw, body["n"], status)
+
+    def _single_round(self, request: GenerationRequest, start: int, want: int) -> dict[str, Any]:
+        s = self.sampling
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(request.messages),
+            "n": want,
+            "seed": derive_seed(request.seed, start),
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            self.max_tokens_field: s.max_tokens,
+            **self.extra_body,
+        }
+        return self._post(body)
 
     def _one(self, request: GenerationRequest) -> Generation:
-        s = self.sampling
         texts: list[str] = []
         reasons: list[str] = []
         prompt_tokens = 0
         completion_total = 0
-        round_ = 0
         while len(texts) < request.n:
-            want = request.n - len(texts)
-            body = {
-                "model": self.model,
-                "messages": list(request.messages),
-                "n": want,
-                "seed": int(request.seed if round_ == 0 else (request.seed + 7919 * round_) % 2**31),
-                "temperature": s.temperature,
-                "top_p": s.top_p,
-                "max_tokens": s.max_tokens,
-            }
-            resp = self._post(body)
-            choices = sorted(resp.get("choices", []), key=lambda c: c.get("index", 0))[:want]
-            if not choices:
-                raise BackendError(f"{self.url} returned no choices: {str(resp)[:300]}")
-            texts += [(c.get("message") or {}).get("content") or "" for c in choices]
+            want = 1 if self.single else request.n - len(texts)
+            try:
+                resp = self._single_round(request, len(texts), want)
+            except RequestRejected as exc:
+                if want == 1 or exc.status != 400 or self.single or not _N_PARAM.search(exc.body):
+                    raise
+                resp = self._single_round(request, len(texts), 1)  # does the server reject n > 1?
+                self.single = True  # it answered n = 1: send n = 1 from now on (sticky, per backend)
+            choices = resp["choices"][:want]
+            texts += [c["message"]["content"] for c in choices]
             reasons += [str(c.get("finish_reason")) for c in choices]
-            usage = resp.get("usage") or {}
-            prompt_tokens = int(usage.get("prompt_tokens", prompt_tokens))
-            completion_total += int(usage.get("completion_tokens", 0))
-            round_ += 1
+            prompt_tokens = resp["usage"]["prompt_tokens"]
+            completion_total += resp["usage"]["completion_tokens"]
+        exact = len(texts) == 1
         base, extra = divmod(completion_total, request.n)
         counts = tuple(base + (1 if i < extra else 0) for i in range(request.n))
-        return Generation(tuple(texts), prompt_tokens, counts, tuple(reasons), exact_counts=request.n == 1)
+        return Generation(tuple(texts), prompt_tokens, counts, tuple(reasons), exact_counts=exact)
+
+    def submit(self, request: GenerationRequest) -> Future:
+        """Start one request on the backend's pool; the future holds its :class:`Generation`."""
+        return self._pool.submit(self._one, request)
 
     def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Generation]]:
         """Send every request (``concurrency`` in flight); yield each as it completes.
 
-        On a failure the results already yielded stay valid; the others are cancelled and the
-        first error is raised.
+        On a failure the requests still in flight are waited for and their results yielded
+        (nothing finished is dropped); then the first error is raised.
         """
-        futures: dict[Future, int] = {self._pool.submit(self._one, r): i for i, r in enumerate(requests)}
+        futures: dict[Future, int] = {self.submit(r): i for i, r in enumerate(requests)}
         pending = set(futures)
+        first: BaseException | None = None
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                errors = [f for f in done if f.exception() is not None]
-                for fut in sorted(set(done) - set(errors), key=futures.__getitem__):
-                    yield futures[fut], fut.result()
-                if errors:
-                    raise min(errors, key=futures.__getitem__).exception()  # type: ignore[misc]
+                for fut in sorted(done, key=futures.__getitem__):
+                    exc = fut.exception()
+                    if exc is None:
+                        yield futures[fut], fut.result()
+                    elif first is None:
+                        first = exc
+                        for f in pending:  # do not start the rest; finish what is running
+                            f.cancel()
+                        pending = {f for f in pending if not f.cancelled()}
+            if first is not None:
+                raise first
         finally:
             for fut in pending:
                 fut.cancel()
@@ -363,6 +570,59 @@ class OpenAIBackend(_CollectMixin):
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode_body(raw: bytes, encoding: str) -> bytes:
+    import zlib
+
+    enc = encoding.lower().strip()
+    if enc not in ("gzip", "deflate", "x-gzip"):
+        raise _Transient(f"unsupported Content-Encoding {encoding!r}", malformed=True)
+    d = zlib.decompressobj(47)  # gzip or zlib header, detected
+    try:
+        out = d.decompress(raw, MAX_BODY + 1)
+    except zlib.error as exc:
+        raise _Transient(f"undecodable {encoding} body ({exc}): {_quote(raw)}", malformed=True) from None
+    if len(out) > MAX_BODY:
+        raise _Transient(f"{encoding} body inflates beyond {MAX_BODY} bytes", malformed=True)
+    return out
+
+
+def _parse_completion(raw: bytes, n: int, status: int) -> dict[str, Any]:
+    """Validate a chat-completion body.
+
+    Anything unusable is a (retried) malformed response whose message quotes what the server sent.
+    """
+
+    def bad(why: str) -> _Transient:
+        return _Transient(f"malformed response (HTTP {status}, {why}): {_quote(raw)}", malformed=True, status=status)
+
+    try:
+        resp = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise bad("not JSON") from None
+    if not isinstance(resp, dict):
+        raise bad("not a JSON object")
+    choices = resp.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise bad("'choices' is not a non-empty list")
+    for c in choices:
+        if not isinstance(c, dict) or not isinstance(c.get("message"), dict):
+            raise bad("a choice has no 'message' object")
+        if not isinstance(c["message"].get("content"), str):
+            raise bad("a choice's message content is null or missing")
+        idx = c.get("index", 0)
+        if not isinstance(idx, int) or isinstance(idx, bool):
+            raise bad("a choice index is not an integer")
+    usage = resp.get("usage")
+    if not isinstance(usage, dict):
+        raise bad("no 'usage' (token counts are needed for costs)")
+    for k in ("prompt_tokens", "completion_tokens"):
+        v = usage.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise bad(f"usage.{k} is not an integer >= 0")
+    resp["choices"] = sorted(choices, key=lambda c: c.get("index", 0))
+    return resp
 
 
 def make_backend(kind: str, model: str, sampling: SamplingConfig | None = None, **kwargs: Any) -> Backend:

@@ -9,16 +9,23 @@ Examples::
     iapo-gym build MATH --backend openai --base-url http://127.0.0.1:8000 \
         --model meta-llama/Llama-3.3-70B-Instruct --queries 316 --pool 128 --out tables/MATH
 
-Running the same command again after an interruption resumes from the checkpoint.
+    # what it would send and cost, first
+    iapo-gym build MATH --backend openai --model gpt-4o-mini --base-url https://api.openai.com \
+        --api-key-env OPENAI_API_KEY --queries 500 --pool 32 --dry-run --price-in 0.15 --price-out 0.6
+
+Running the same command again after an interruption resumes from the checkpoint; with more
+prompts, queries or a larger pool it generates only what is new.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,50 +37,91 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("spec", help="task spec: a spec.json path, a folder holding one, or a task name in envs_data/")
-    p.add_argument(
-        "--backend", choices=("vllm", "openai"), default="vllm", help="in-process vLLM or an OpenAI-compatible server"
-    )
-    p.add_argument(
-        "--model", default="smollm2", help="model: 'smollm2', a local HF folder, or a Hugging Face name (default smollm2)"
-    )
+    p.add_argument("--backend", choices=("vllm", "openai"), default="vllm",
+                   help="in-process vLLM or an OpenAI-compatible server")
+    p.add_argument("--model", default="smollm2", help="'smollm2', a local HF folder, or a Hugging Face name (default smollm2)")
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="server address for --backend openai")
     p.add_argument("--served-model-name", default=None, help="model name the server expects (default: the resolved --model)")
-    p.add_argument(
-        "--queries", type=int, default=None, help="use the first Q queries of the dataset (default: the spec's limit)"
-    )
+    p.add_argument("--queries", type=int, default=None,
+                   help="use the first Q queries of the dataset (default: the spec's limit)")
     p.add_argument("--pool", type=int, default=None, help="completions per (prompt, query) (default: the spec's pool)")
     p.add_argument("--prompts", type=int, default=None, help="use only the first P prompts of the spec")
     p.add_argument("--max-tokens", type=int, default=None, help="override the spec's max_tokens")
     p.add_argument("--temperature", type=float, default=None, help="override the spec's temperature")
-    p.add_argument("--dataset-path", default=None, help="a local JSONL overriding the spec's dataset")
+    p.add_argument("--dataset-path", default=None, help="a local JSONL/Parquet/CSV file instead of the spec's dataset")
     p.add_argument("--out", required=True, help="table directory to write")
     p.add_argument("--checkpoint", default=None, help="checkpoint log (default: <out>.checkpoint.jsonl)")
     p.add_argument("--seed", type=int, default=0, help="build seed (per-unit sampling seeds derive from it)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="units per batch / checkpoint append (default 16 vllm, 2x concurrency openai)",
-    )
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (openai)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (openai)")
-    p.add_argument("--retries", type=int, default=5, help="retries per request with exponential backoff (openai)")
-    p.add_argument("--dtype", default="auto", help="vLLM dtype (float32 on CPUs without AVX-512 bf16)")
-    p.add_argument("--max-model-len", type=int, default=None, help="vLLM max_model_len")
-    p.add_argument("--enforce-eager", action="store_true", help="vLLM enforce_eager (recommended on CPU)")
+    p.add_argument("--batch-size", type=int, default=64, help="units per engine call for --backend vllm (default 64)")
+    g = p.add_argument_group("OpenAI-compatible client (--backend openai)")
+    g.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    g.add_argument("--timeout", type=float, default=600.0, help="seconds for a whole request (default 600)")
+    g.add_argument("--retries", type=int, default=5,
+                   help="retries of transient failures (Retry-After, else backoff with jitter)")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    g.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra HTTP header (repeatable)")
+    g.add_argument("--extra-body", default=None, metavar="JSON", help="extra request fields, e.g. '{\"top_k\": 20}'")
+    g.add_argument("--max-tokens-field", choices=("max_tokens", "max_completion_tokens"), default="max_tokens",
+                   help="field name for the token limit (reasoning models need max_completion_tokens)")
+    g.add_argument("--n-per-request", type=int, choices=(1,), default=None,
+                   help="1: never send n > 1 (default: n per request, falling back to n = 1 when the server refuses)")
+    f = p.add_argument_group("failures, budgets, planning")
+    f.add_argument("--retry-failed", action="store_true", help="retry units the server refused in earlier sessions")
+    f.add_argument("--exclude-failed", action="store_true",
+                   help="assemble without queries that have refused units (named in the manifest)")
+    f.add_argument("--max-tokens-total", type=int, default=None, help="stop cleanly once this run used this many tokens")
+    f.add_argument("--dry-run", action="store_true", help="print units, requests, tokens and cost; generate nothing")
+    f.add_argument("--price-in", type=float, default=None, help="dollars per million prompt tokens (dry run)")
+    f.add_argument("--price-out", type=float, default=None, help="dollars per million completion tokens (dry run)")
+    f.add_argument("--probe", type=int, default=0, help="dry run: measure tokens with this many real n=1 requests")
+    v = p.add_argument_group("in-process vLLM (--backend vllm)")
+    v.add_argument("--dtype", default="auto", help="vLLM dtype (float32 on CPUs without AVX-512 bf16)")
+    v.add_argument("--max-model-len", type=int, default=None, help="vLLM max_model_len")
+    v.add_argument("--enforce-eager", action="store_true", help="vLLM enforce_eager (recommended on CPU)")
     p.add_argument("--force", action="store_true", help="overwrite an existing table at --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_build)
 
 
-def run_build(args: argparse.Namespace) -> int:
-    """Execute ``iapo-gym build``."""
-    from iapo_gym.live.backends import OpenAIBackend, SamplingConfig, VLLMBackend
-    from iapo_gym.live.builder import build_table
-    from iapo_gym.live.specs import load_queries, load_spec
+def _headers(items: list[str]) -> dict[str, str]:
+    out = {}
+    for h in items:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header {h!r}: expected 'NAME: VALUE'")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _extra_body(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--extra-body is not JSON ({exc.msg}); e.g. --extra-body '{{\"top_k\": 20}}'") from None
+    if not isinstance(body, dict):
+        raise ValueError("--extra-body must be a JSON object, e.g. '{\"top_k\": 20}'")
+    return body
+
+
+class _PlanBackend:
+    """The in-process backend's identity for a dry run (starts no engine)."""
+
+    def __init__(self, model: str, sampling: Any) -> None:
+        self.model, self.sampling = model, sampling
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from iapo_gym.live.backends import SamplingConfig
+    from iapo_gym.live.specs import load_spec
 
     spec = load_spec(args.spec)
-    changes = {}
+    changes: dict[str, Any] = {}
+    for name in ("queries", "pool", "prompts", "max_tokens", "max_tokens_total", "concurrency", "probe"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "probe" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {v}")
     if args.pool is not None:
         changes["pool"] = args.pool
     if args.prompts is not None:
@@ -85,42 +133,63 @@ def run_build(args: argparse.Namespace) -> int:
             s.top_p,
             args.max_tokens if args.max_tokens is not None else s.max_tokens,
         )
-    if changes:
-        spec = spec.with_overrides(**changes)
+    return spec.with_overrides(**changes) if changes else spec
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Execute ``iapo-gym build``."""
+    from iapo_gym.live.backends import OpenAIBackend, VLLMBackend
+    from iapo_gym.live.builder import build_table
+    from iapo_gym.live.specs import load_queries
+
+    spec = _spec(args)
     queries = load_queries(spec, local_path=args.dataset_path, limit=args.queries)
     out = Path(args.out)
-    if out.exists() and not args.force:
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint.jsonl")
+    if out.exists() and not args.force and not args.dry_run:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
-    if args.backend == "vllm":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        backend: VLLMBackend | OpenAIBackend = VLLMBackend(
-            args.model,
-            spec.sampling,
-            dtype=args.dtype,
-            max_model_len=args.max_model_len,
-            enforce_eager=args.enforce_eager,
-            seed=args.seed,
-        )
-        batch = args.batch_size or 16
-    else:
+    if args.backend == "openai":
         from iapo_gym.live.models import resolve_model
 
-        name = args.served_model_name or resolve_model(args.model)
-        backend = OpenAIBackend(
-            name, args.base_url, spec.sampling, concurrency=args.concurrency, timeout=args.timeout, max_retries=args.retries
+        name = args.served_model_name or (args.model if args.dry_run else resolve_model(args.model))
+        backend: Any = OpenAIBackend(
+            name, args.base_url, spec.sampling, concurrency=args.concurrency, timeout=args.timeout, max_retries=args.retries,
+            api_key_env=args.api_key_env, headers=_headers(args.header), extra_body=_extra_body(args.extra_body),
+            max_tokens_field=args.max_tokens_field, n_per_request=args.n_per_request,
         )
-        batch = args.batch_size or 2 * args.concurrency
-    command = "iapo-gym build " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+    elif args.dry_run and not args.probe:
+        backend = _PlanBackend(args.model, spec.sampling)
+    else:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        backend = VLLMBackend(
+            args.model, spec.sampling, dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=args.enforce_eager,
+            seed=args.seed,
+        )
     try:
+        if args.dry_run:
+            from iapo_gym.live.plan import plan_build
+
+            plan = plan_build(spec, backend, queries, checkpoint=ckpt, seed=args.seed, retry_failed=args.retry_failed,
+                              price_in=args.price_in, price_out=args.price_out, probe=args.probe)
+            print(plan.render())
+            return 0
+        command = "iapo-gym build " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
         table, stats = build_table(
-            spec, backend, queries, out, checkpoint=args.checkpoint, seed=args.seed, batch_size=batch,
+            spec, backend, queries, out, checkpoint=ckpt, seed=args.seed, batch_size=args.batch_size,
+            retry_failed=args.retry_failed, exclude_failed=args.exclude_failed, max_tokens_total=args.max_tokens_total,
             progress=not args.no_progress, overwrite=args.force, command=command,
         )
     finally:
-        backend.close()
-    print(
-        f"wrote {stats.table_dir}: {table.n_prompts} prompts x {table.n_queries} queries x pool {spec.pool}; "
-        f"{stats.units_generated} units generated now ({stats.units_before} resumed), "
-        f"{stats.completion_tokens} completion tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.1f} tok/s)"
-    )
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+    done = (f"{stats.units_generated} units generated now ({stats.units_before} resumed), "
+            f"{stats.completion_tokens} completion tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.1f} tok/s)")
+    if table is None:
+        print(f"stopped at --max-tokens-total {args.max_tokens_total}: {done}; run the same command again to continue")
+        return 0
+    print(f"wrote {stats.table_dir}: {table.n_prompts} prompts x {table.n_queries} queries x pool {spec.pool}; {done}")
+    if stats.failed:
+        print(f"excluded {len(table.provenance.get('excluded_queries', []))} queries with {len(stats.failed)} refused units "
+              "(listed in the manifest under provenance.excluded_queries)")
     return 0

@@ -104,7 +104,7 @@ def spec_table(spec: TaskSpec, queries: list[Query] | None = None) -> OutcomeTab
     qs = queries if queries is not None else load_queries(spec)
     P, Q = len(spec.prompts), len(qs)
     common: dict[str, Any] = dict(
-        task=spec.task, strategy=spec.strategy, prompts=spec.prompts, query_ids=tuple(q.id for q in qs),
+        task=spec.task, strategy=spec.strategy, prompts=spec.prompt_labels(), query_ids=tuple(q.id for q in qs),
         objectives=spec.objectives, objective_ranges=np.array(spec.objective_ranges, dtype=np.float64),
         contexts=spec.context_set(), n_max=spec.n_max, cost=np.zeros((P, Q)), split=_split(spec, Q),
         cost_unit="placeholder", provenance={"placeholder": True, "spec": str(spec.path or spec.task)},

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from iapo_gym.live.backends import Backend, Generation, GenerationRequest, SamplingConfig
-from iapo_gym.live.checkpoint import read_units
+from iapo_gym.live.checkpoint import CheckpointError, read_units, seal
 from iapo_gym.live.scorers import NO_ANSWER, cluster_answers, make_scorer
 from iapo_gym.live.specs import Query, TaskSpec, load_queries
 from iapo_gym.sampling import Pulls
@@ -178,7 +178,7 @@ class LiveSource:
         self.prompt_tokens += sum(g.prompt_tokens for g in gens)
         self.completion_tokens += sum(g.total_completion_tokens for g in gens)
         if self.record is not None and records:
-            data = "".join(json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n" for r in records)
+            data = "".join(json.dumps(seal(r), separators=(",", ":"), allow_nan=False) + "\n" for r in records)
             with open(self.record, "a", encoding="utf-8") as f:
                 f.write(data)
                 f.flush()
@@ -227,11 +227,11 @@ class ReplayBackend:
     """
 
     def __init__(self, recording: str | Path, spec: TaskSpec, queries: Sequence[Query], model: str = "replay",
-                 sampling: SamplingConfig | None = None) -> None:
+                 sampling: SamplingConfig | None = None, on_damage: str = "raise") -> None:
         self.model = model
         self.sampling = sampling or spec.sampling
         self._table: dict[tuple[str, int, int], Generation] = {}
-        for r in read_units(recording):
+        for r in read_units(recording, on_damage=on_damage):
             msgs = spec.messages(int(r["p"]), queries[int(r["q"])])
             key = (json.dumps(msgs), int(r.get("n", len(r["texts"]))), int(r["seed"]))
             self._table[key] = Generation(
@@ -258,7 +258,7 @@ class ReplayBackend:
 
 
 def recording_to_table(recording: str | Path, spec: TaskSpec, queries: Sequence[Query],
-                       cost_per_token: float | None = None) -> OutcomeTable:
+                       cost_per_token: float | None = None, on_damage: str = "raise") -> OutcomeTable:
     """An :class:`OutcomeTable` of the empirical outcome distributions in a live recording.
 
     Only queries on which every prompt was pulled at least once are kept (a table needs every
@@ -267,10 +267,24 @@ def recording_to_table(recording: str | Path, spec: TaskSpec, queries: Sequence[
     zero-probability outcomes to the largest cell). Costs are mean completion tokens times
     ``cost_per_token`` (the live source's default when ``None``).
 
+    A recording with damaged lines (a crash mid-write, an edited or corrupted record) is refused
+    with the line numbers; ``on_damage="skip"`` uses every valid record (also those after a bad
+    line) and names the skipped lines in the table's provenance.
+
     Raises:
         ValueError: no query was pulled under every prompt.
+        CheckpointError: the recording has damaged lines and ``on_damage="raise"``.
     """
-    units = read_units(recording)
+    from iapo_gym.live.checkpoint import scan
+
+    s = scan(recording, keyed=False, with_header=False)
+    if s.damaged and on_damage == "raise":
+        raise CheckpointError(s.report() + "; pass on_damage='skip' to build from the valid records")
+    units = [r for r in s.records if r.get("kind") == "unit"]
+    for r in units:
+        if not (0 <= int(r["p"]) < len(spec.prompts) and 0 <= int(r["q"]) < len(queries)):
+            raise ValueError(f"{recording}: a record names prompt {r['p']} / query {r['q']}, outside this spec's "
+                             f"{len(spec.prompts)} prompts and {len(queries)} queries: is it the right spec?")
     P = len(spec.prompts)
     cells: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for r in units:
@@ -287,12 +301,13 @@ def recording_to_table(recording: str | Path, spec: TaskSpec, queries: Sequence[
     tokens = np.array([[np.mean(gather(p, q, "completion_tokens")) for q in keep] for p in range(P)])
     counts = np.array([[len(gather(p, q, "texts")) for q in keep] for p in range(P)])
     common: dict[str, Any] = dict(
-        task=spec.task, strategy=spec.strategy, prompts=spec.prompts,
+        task=spec.task, strategy=spec.strategy, prompts=spec.prompt_labels(),
         query_ids=tuple(queries[q].id for q in keep), objectives=spec.objectives,
         objective_ranges=np.array(spec.objective_ranges, dtype=np.float64), contexts=spec.context_set(),
         n_max=spec.n_max, cost=tokens * cost_per_token, split=np.zeros(len(keep), dtype=np.int8),
         cost_unit=f"tokens*{cost_per_token:.6g}",
-        provenance={"source": "live recording", "recording": Path(recording).name, "completions_per_cell": counts.tolist()},
+        provenance={"source": "live recording", "recording": Path(recording).name, "completions_per_cell": counts.tolist(),
+                    "damaged_lines_skipped": [list(d) for d in s.damaged]},
     )
     M = int(counts.max())
     if spec.strategy == "mv":

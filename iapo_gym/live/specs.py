@@ -51,13 +51,64 @@ class Query:
     gold: str | None = None
 
 
+Message = dict[str, str]
+PromptTemplate = str | tuple[Message, ...]
+ROLES = ("system", "user", "assistant", "developer")
+
+
+def _template(p: Any) -> PromptTemplate:
+    if isinstance(p, str):
+        return p
+    if isinstance(p, list | tuple):
+        return tuple(dict(m) if isinstance(m, dict) else m for m in p)
+    return p
+
+
+def check_template(template: Any) -> str | None:
+    """Why ``template`` is not a valid prompt, or ``None``.
+
+    A prompt is a string, or a list of chat messages ``{"role": ..., "content": ...}`` (system,
+    few-shot user/assistant turns) whose last message is the user turn; ``{query}`` in any
+    message's content marks where the query goes (required for message lists).
+    """
+    if isinstance(template, str):
+        return None if template.strip() else "is an empty string"
+    if not isinstance(template, tuple) or not template:
+        return "must be a string or a non-empty list of chat messages"
+    for j, m in enumerate(template):
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            return f"message {j} must be an object with exactly 'role' and 'content'"
+        if m["role"] not in ROLES or not isinstance(m["content"], str):
+            return f"message {j} needs a role in {ROLES} and a string content"
+    if template[-1]["role"] != "user":
+        return "must end with the user turn"
+    if not any("{query}" in m["content"] for m in template):
+        return "has no '{query}' placeholder in any message"
+    return None
+
+
+def render(template: PromptTemplate, query: str) -> tuple[Message, ...]:
+    """The chat messages of a prompt template applied to ``query``.
+
+    A string becomes one user message: ``{query}`` is replaced by the query, or, without a
+    placeholder, the query follows the text after a blank line. In a message list every
+    ``{query}`` is replaced; the roles and the other text are kept as they are. Both backends
+    (in-process vLLM and OpenAI-compatible servers) send exactly these messages through the
+    model's chat template.
+    """
+    if isinstance(template, str):
+        text = template.replace("{query}", query) if "{query}" in template else f"{template}\n\n{query}"
+        return ({"role": "user", "content": text},)
+    return tuple({"role": m["role"], "content": m["content"].replace("{query}", query)} for m in template)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A validated task spec (see the module docstring for the JSON layout)."""
 
     task: str
     strategy: str
-    prompts: tuple[str, ...]
+    prompts: tuple[PromptTemplate, ...]
     dataset: dict[str, Any]
     scorer: dict[str, Any]
     objectives: tuple[str, ...]
@@ -87,10 +138,12 @@ class TaskSpec:
         raise ValueError(f"contexts.type must be 'cost' or 'preference'; got {c['type']!r}")
 
     def messages(self, prompt: int, query: Query) -> tuple[dict[str, str], ...]:
-        """The chat conversation of ``prompts[prompt]`` applied to ``query`` (one user message)."""
-        template = self.prompts[prompt]
-        text = template.replace("{query}", query.text) if "{query}" in template else f"{template}\n\n{query.text}"
-        return ({"role": "user", "content": text},)
+        """The chat conversation of ``prompts[prompt]`` applied to ``query`` (see :func:`render`)."""
+        return render(self.prompts[prompt], query.text)
+
+    def prompt_labels(self) -> tuple[str, ...]:
+        """One string per prompt (the text, or the JSON of a message list), for tables."""
+        return tuple(p if isinstance(p, str) else json.dumps(list(p), ensure_ascii=False) for p in self.prompts)
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the generated outcomes.
@@ -113,6 +166,8 @@ class TaskSpec:
 
     def with_overrides(self, **changes: Any) -> TaskSpec:
         """A copy with some fields replaced (``pool``, ``sampling``, ``dataset`` ...), re-validated."""
+        if "prompts" in changes:
+            changes["prompts"] = tuple(_template(p) for p in changes["prompts"])
         data = {**self.__dict__, **changes}
         out = TaskSpec(**data)
         _validate(out)
@@ -123,8 +178,15 @@ def _validate(spec: TaskSpec) -> None:
     where = f"spec {spec.path or spec.task}"
     if spec.strategy not in ("mv", "bon"):
         raise ValueError(f"{where}: strategy must be 'mv' or 'bon'; got {spec.strategy!r}")
-    if len(spec.prompts) < 1 or len(set(spec.prompts)) != len(spec.prompts):
-        raise ValueError(f"{where}: prompts must be a non-empty list of distinct strings")
+    if len(spec.prompts) < 1:
+        raise ValueError(f"{where}: prompts must be a non-empty list")
+    for i, p in enumerate(spec.prompts):
+        why = check_template(p)
+        if why:
+            raise ValueError(f"{where}: prompts[{i}] {why}")
+    labels = spec.prompt_labels()
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{where}: prompts must be distinct")
     if spec.n_max < 1 or spec.pool < 1:
         raise ValueError(f"{where}: n_max and pool must be >= 1")
     if len(spec.objectives) != len(spec.objective_ranges):
@@ -151,7 +213,7 @@ def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> TaskSpec:
         spec = TaskSpec(
             task=str(data["task"]),
             strategy=str(data["strategy"]),
-            prompts=tuple(str(p) for p in data["prompts"]),
+            prompts=tuple(_template(p) for p in data["prompts"]),
             dataset=dict(data["dataset"]),
             scorer=dict(data["scorer"]),
             objectives=tuple(data.get("objectives", ["correct"])),

@@ -1,0 +1,153 @@
+"""The builder's scheduling against a local OpenAI-compatible test server: no batch barrier,
+quarantine of refused units, tables that grow (content keys), token caps, and no finished unit
+lost when the server fails.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from iapo_gym.live.backends import BackendError, OpenAIBackend, derive_seed
+from iapo_gym.live.builder import BuildIncomplete, build_table
+from iapo_gym.live.checkpoint import read_units, scan
+from iapo_gym.live.specs import arithmetic_queries, load_spec
+from iapo_gym.live.testserver import FakeChatServer, Fault
+from iapo_gym.tables.io import load_table
+
+
+def _spec(P=3, pool=4):
+    s = load_spec("smolarith")
+    return s.with_overrides(prompts=s.prompts[:P], pool=pool)
+
+
+def _be(srv, spec, **kw):
+    kw.setdefault("backoff", 0.01)
+    kw.setdefault("max_retries", 1)
+    return OpenAIBackend("fake-model", srv.base_url, spec.sampling, **kw)
+
+
+def test_no_batch_barrier_a_slow_unit_does_not_hold_back_the_others(tmp_path):
+    spec, queries = _spec(3), arithmetic_queries(6)
+    slow = queries[0].text  # the first query's three units are slow
+    with FakeChatServer(latency=0.02, faults=[Fault("slow", match=slow, delay=1.5, times=None)]) as srv:
+        be = _be(srv, spec, concurrency=4)
+        _, stats = build_table(spec, be, queries, tmp_path / "t", progress=False)
+        be.close()
+    units = read_units(tmp_path / "t.checkpoint.jsonl")
+    order = [u["q"] for u in units]
+    # The 3 slow units were submitted first; the 15 others finished and were checkpointed while
+    # they ran (a batch barrier would have held everything behind them).
+    assert order[-3:] == [0, 0, 0] and sorted(order[:-3]) == sorted(q for q in range(1, 6) for _ in range(3))
+    assert stats.units_generated == 18 and len(srv.requests) == 18
+
+
+def test_refused_units_are_quarantined_reported_and_retried(tmp_path):
+    spec, queries = _spec(3), arithmetic_queries(4)
+    bad = queries[2].text
+    fault = Fault("status", match=bad, status=400, body='{"error": {"message": "flagged by the content filter"}}', times=None)
+    ckpt = tmp_path / "c.jsonl"
+    with FakeChatServer(faults=[fault]) as srv:
+        be = _be(srv, spec, concurrency=3)
+        with pytest.raises(BuildIncomplete, match=r"3 unit\(s\) were refused.*HTTP 400.*content filter.*--exclude-failed"):
+            build_table(spec, be, queries, tmp_path / "t", checkpoint=ckpt, progress=False)
+        assert len(srv.requests) == 12  # not retried: a refusal is final
+        failed = [r for r in scan(ckpt).records if r["kind"] == "failed"]
+        assert {(f["p"], f["query_id"], f["status"]) for f in failed} == {(p, queries[2].id, 400) for p in range(3)}
+        assert all("flagged by the content filter" in f["message"] for f in failed)
+        # A rerun skips them (no new requests) and still refuses to assemble.
+        with pytest.raises(BuildIncomplete):
+            build_table(spec, be, queries, tmp_path / "t", checkpoint=ckpt, progress=False)
+        assert len(srv.requests) == 12
+        # Explicit exclusion: the table lacks query 2, and the manifest names it and why.
+        table, stats = build_table(spec, be, queries, tmp_path / "t", checkpoint=ckpt, exclude_failed=True, progress=False)
+        assert table.query_ids == tuple(q.id for i, q in enumerate(queries) if i != 2)
+        prov = load_table(tmp_path / "t").provenance
+        assert prov["excluded_queries"][0]["query_id"] == queries[2].id and prov["excluded_by"] == "--exclude-failed"
+        assert len(stats.failed) == 3 and len(srv.requests) == 12
+        srv.faults.clear()  # the filter is lifted: --retry-failed generates exactly the 3
+        table, stats = build_table(spec, be, queries, tmp_path / "t2", checkpoint=ckpt, retry_failed=True, progress=False)
+        be.close()
+    assert stats.units_generated == 3 and len(srv.requests) == 15 and table.n_queries == 4 and not stats.failed
+
+
+def test_table_grows_from_2x4_to_3x6_generating_only_new_units(tmp_path):
+    s = load_spec("smolarith")
+    small = s.with_overrides(prompts=s.prompts[:2], pool=4)
+    big = s.with_overrides(prompts=s.prompts[:3], pool=4)
+    ckpt = tmp_path / "grow.jsonl"
+    with FakeChatServer() as srv:
+        be = _be(srv, small, concurrency=4)
+        t1, s1 = build_table(small, be, arithmetic_queries(4), tmp_path / "t1", checkpoint=ckpt, progress=False)
+        n1 = len(srv.requests)
+        t2, s2 = build_table(big, be, arithmetic_queries(6), tmp_path / "t2", checkpoint=ckpt, progress=False)
+        n2 = len(srv.requests) - n1
+        # a larger pool asks only for the extra completions of each unit
+        bigger = big.with_overrides(pool=6)
+        t3, s3 = build_table(bigger, be, arithmetic_queries(6), tmp_path / "t3", checkpoint=ckpt, progress=False)
+        new3 = srv.requests[n1 + n2:]
+        be.close()
+    assert (n1, s1.units_generated) == (8, 8)
+    assert (n2, s2.units_generated, s2.units_before) == (10, 10, 8)  # 18 - 8: only the new units
+    # the gold probability of every old cell is unchanged (category 0 is the gold answer)
+    np.testing.assert_array_equal(t2.answer_probs[:2, :4, 0], t1.answer_probs[:, :, 0])
+    np.testing.assert_array_equal(t2.cost[:2, :4] / t2.provenance["cost_scale_per_token"],
+                                  t1.cost / t1.provenance["cost_scale_per_token"])
+    # a larger pool asks only for the 2 extra completions of each unit, continuing its seed stream
+    assert len(new3) == 18 and {r["body"]["n"] for r in new3} == {2}
+    units = read_units(ckpt)
+    first = {u["key"]: u for u in units if u["start"] == 0}
+    extra = [u for u in units if u["start"] == 4]
+    assert len(first) == 18 and len(extra) == 18 and s3.units_generated == 18
+    assert all(u["seed"] == derive_seed(first[u["key"]]["seed"], 4) and u["n"] == 2 for u in extra)
+    assert t3.pool_size == 6 and t3.provenance["spec_fingerprint"] == bigger.fingerprint() != big.fingerprint()
+    np.testing.assert_allclose(t3.answer_probs.sum(-1), 1.0)
+
+
+def test_changing_the_model_or_sampling_does_not_reuse_units(tmp_path):
+    spec, queries = _spec(2, pool=2), arithmetic_queries(2)
+    ckpt = tmp_path / "c.jsonl"
+    with FakeChatServer() as srv:
+        for kw in ({}, {"extra_body": {"top_k": 5}}, {}):
+            be = _be(srv, spec, **kw)
+            build_table(spec, be, queries, tmp_path / f"t{len(srv.requests)}", checkpoint=ckpt, progress=False)
+            be.close()
+    assert len(srv.requests) == 8  # 4, then 4 new for top_k, then 0: both stay in the checkpoint
+
+
+def test_finished_in_flight_units_are_checkpointed_when_the_server_fails(tmp_path):
+    spec, queries = _spec(3), arithmetic_queries(4)
+    fault = Fault("status", match=queries[1].text, status=503, body="upstream down", times=None)
+    with FakeChatServer(latency=0.3, faults=[fault]) as srv:
+        be = _be(srv, spec, concurrency=6, max_retries=0)
+        with pytest.raises(BackendError, match="503"):
+            build_table(spec, be, queries, tmp_path / "t", progress=False)
+        be.close()
+        time.sleep(0.1)
+        answered = srv.served
+    units = read_units(tmp_path / "t.checkpoint.jsonl")
+    assert len(units) == answered >= 3  # every request the server answered is in the checkpoint
+    session = [r for r in scan(tmp_path / "t.checkpoint.jsonl").records if r["kind"] == "session"][-1]
+    assert "upstream down" in session["status"]
+
+
+def test_token_cap_stops_cleanly_and_resumes(tmp_path):
+    spec, queries = _spec(3), arithmetic_queries(6)
+    ckpt = tmp_path / "c.jsonl"
+    with FakeChatServer(tokens_per_completion=10) as srv:
+        be = _be(srv, spec, concurrency=2)
+        table, stats = build_table(spec, be, queries, tmp_path / "t", checkpoint=ckpt, max_tokens_total=200, progress=False)
+        assert table is None and stats.stopped_at_cap and not (tmp_path / "t").exists()
+        first = stats.units_generated
+        # each unit costs 40 completion tokens plus its prompt: the cap is reached after 4 units;
+        # at most `concurrency` more were in flight
+        assert 4 <= first <= 4 + 2 and stats.prompt_tokens + stats.completion_tokens >= 200
+        table, stats = build_table(spec, be, queries, tmp_path / "t", checkpoint=ckpt, progress=False)
+        be.close()
+    assert stats.units_before == first and stats.units_generated == 18 - first and len(srv.requests) == 18
+    sessions = [r for r in scan(ckpt).records if r["kind"] == "session"]
+    assert "token cap" in sessions[0]["status"] and sessions[1]["status"] == "done"
+    assert json.loads(json.dumps(table.provenance["build_sessions"])) == 2
