@@ -148,8 +148,8 @@ class TaskSpec:
     def fingerprint(self) -> str:
         """Hash of everything that changes the generated outcomes.
 
-        That is the prompts, dataset, scorer, sampling and pool; a checkpoint from another
-        fingerprint is refused on resume.
+        That is the prompts, dataset, scorer, sampling and pool; recorded in the manifest of every
+        built table (a checkpoint's units are matched by content key, not by fingerprint).
         """
         payload = json.dumps(
             {
