@@ -9,7 +9,7 @@ import json
 import pytest
 
 from iapo_gym.cli import main
-from iapo_gym.live.testserver import Fault, FakeChatServer
+from iapo_gym.live.testserver import FakeChatServer, Fault
 
 
 def _build(srv, tmp_path, *extra):

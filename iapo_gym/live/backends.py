@@ -302,6 +302,8 @@ def _post_once(url: str, data: bytes, headers: dict[str, str], timeout: float) -
 
     u = urllib.parse.urlsplit(url)
     cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    if not u.hostname:
+        raise OSError(f"no host in {url!r}")
     conn = cls(u.hostname, u.port, timeout=timeout)
     expired = threading.Event()
 

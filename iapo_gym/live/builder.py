@@ -157,7 +157,7 @@ class _Writer(threading.Thread):
     def __init__(self, builder: Builder, log: CheckpointLog, stats: BuildStats, bar: Any) -> None:
         super().__init__(name="iapo-build-writer", daemon=True)
         self.b, self.log, self.stats, self.bar = builder, log, stats, bar
-        self.q: queue.Queue = queue.Queue(maxsize=max(64, 4 * builder.concurrency))
+        self.q: queue.Queue = queue.Queue(maxsize=max(64, 4 * builder.n_in_flight))
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -255,7 +255,9 @@ class Builder:
         if self.max_tokens_total is not None and self.max_tokens_total < 1:
             raise ValueError(f"max_tokens_total must be >= 1; got {self.max_tokens_total}")
         self.checkpoint = Path(self.checkpoint)
-        self.concurrency = int(self.concurrency or getattr(self.backend, "concurrency", 8))
+        self.n_in_flight: int = int(self.concurrency or getattr(self.backend, "concurrency", None) or 8)
+        if self.n_in_flight < 1:
+            raise ValueError(f"concurrency must be >= 1; got {self.concurrency}")
         self._params = outcome_params(self.backend)
         self._prompt_ids = [prompt_id(t) for t in self.spec.prompts]
 
@@ -353,7 +355,7 @@ class Builder:
         t0 = time.perf_counter()
         status = "done"
         try:
-            finished = run_units(self.backend, units, on_result, on_failure, concurrency=self.concurrency,
+            finished = run_units(self.backend, units, on_result, on_failure, concurrency=self.n_in_flight,
                                  chunk=self.batch_size, should_stop=stop)
             if not finished:
                 stats.stopped_at_cap = True

@@ -143,7 +143,7 @@ def _check_record(rec: Any, keyed: bool) -> str | None:
         if not isinstance(rec.get("key"), str) or not _is_count(rec.get("start")) or not isinstance(rec.get("scorer"), str):
             return "a score record needs 'key', 'start' and 'scorer'"
         n = rec.get("n")
-        if not _is_count(n) or n < 1:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             return "a score record needs n >= 1"
         if "answers" not in rec and "scores" not in rec:
             return "a score record needs 'answers' or 'scores'"

@@ -60,7 +60,7 @@ class BuildPlan:
             + ("(probe mean)" if self.probe else f"(rendered characters / {CHARS_PER_TOKEN:g}; counted once per request)"),
             f"  completion tokens  <= {self.completion_tokens_max:,.0f} (max_tokens per completion)",
         ]
-        if self.completion_tokens_est is not None:
+        if self.completion_tokens_est is not None and self.probe is not None:
             lines.append(f"  completion tokens  ~{self.completion_tokens_est:,.0f} (probe mean "
                          f"{self.probe['mean_completion_tokens']:.1f} per completion over {self.probe['completions']})")
         upper = self.cost(self.completion_tokens_max)

@@ -329,7 +329,7 @@ def recording_to_table(recording: str | Path, spec: TaskSpec, queries: Sequence[
     probs = np.zeros((P, len(keep), M))
     for p in range(P):
         for j, q in enumerate(keep):
-            s = np.asarray(gather(p, q, "scores"), dtype=np.float64).reshape(-1, K)
-            values[p, j, : len(s)] = s
-            probs[p, j, : len(s)] = 1.0 / len(s)
+            sc = np.asarray(gather(p, q, "scores"), dtype=np.float64).reshape(-1, K)
+            values[p, j, : len(sc)] = sc
+            probs[p, j, : len(sc)] = 1.0 / len(sc)
     return OutcomeTable(**common, outcome_values=values, outcome_probs=probs)
