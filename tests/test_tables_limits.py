@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 import types
@@ -145,6 +146,30 @@ def test_pool_table_with_huge_n_answers_is_refused(tmp_path: Path) -> None:
     load_table(directory)
     edit_manifest(directory, n_answers=20000)
     with pytest.raises(TableError, match="n_answers: is 20000, above the limit"):
+        load_table(directory)
+    # without n_answers, the largest category decides the size: bounded too
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    del manifest["n_answers"]
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    load_table(directory)
+    big = pool.copy()
+    big[0, 0, 0] = 10**12
+    directory = save_table(example_table("mv"), tmp_path / "t2")
+    with np.load(directory / ARRAYS_FILE) as npz:
+        arrays = {n: npz[n] for n in npz.files if n != "answer_probs"}
+    arrays["pool_answers"] = big
+    np.savez(directory / ARRAYS_FILE, **arrays)
+    from iapo_gym.tables.io import array_checksum
+
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    for key in ("checksums", "shapes", "dtypes"):
+        manifest[key].pop("answer_probs")
+    manifest["checksums"]["pool_answers"] = array_checksum(big)
+    manifest["shapes"]["pool_answers"] = list(big.shape)
+    manifest["dtypes"]["pool_answers"] = big.dtype.str
+    manifest["pool_size"] = 4
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(TableError, match="pool_answers: category 1000000000000 implies 1000000000001 answer categories"):
         load_table(directory)
 
 

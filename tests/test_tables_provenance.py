@@ -144,3 +144,27 @@ def test_provenance_fields_of_a_verified_release(math_pickle: Path) -> None:
     prov = import_released(math_pickle).provenance
     assert (prov["matches_release"], prov["modified"], prov["release_file"]) == (True, False, "MATH_final.pkl")
     assert release_status({}) == "-" and release_status({"matches_release": False}) == "MODIFIED"
+
+
+def test_train_log_names_a_modified_table(tmp_path: Path) -> None:
+    """The runner's log says when a task's table is not the pinned release."""
+    from dataclasses import replace
+
+    import gymnasium as gym
+
+    from iapo_gym.experiments import train
+    from iapo_gym.tables.testing import example_table
+
+    table = example_table("mv", seed=3, n_prompts=3, n_queries=20, n_max=4)
+    table = replace(table, provenance={"modified": True, "matches_release": False, "source_file": "MATH_final.pkl",
+                                       "source_sha256": "ab" * 32})
+    env_id = "IAPO-TestModifiedTable-v0"
+    gym.register(env_id, entry_point="iapo_gym.env:IAPOEnv", kwargs={"task": table})
+    lines: list[str] = []
+    try:
+        args = train.Args(env=env_id, agents="random", budgets="8", runs=1, out=str(tmp_path / "out"), progress=False)
+        train.run_experiment(args, log=lines.append)
+    finally:
+        gym.registry.pop(env_id, None)
+    flagged = [line for line in lines if "MODIFIED" in line]
+    assert len(flagged) == 1 and flagged[0].startswith(f"{env_id}: table Example-mv is MODIFIED (from MATH_final.pkl")

@@ -453,6 +453,11 @@ def load_table(directory: str | Path) -> OutcomeTable:
         n_answers = manifest.get("n_answers")
         if n_answers is None:
             n_answers = int(max(pool.max(initial=0), 0 if gold is None or not gold.size else gold.max())) + 1
+            if n_answers > LIMITS["n_answers"]:  # checked before the (P, Q, n_answers) counts are allocated
+                raise TableError(
+                    f"pool_answers: category {n_answers - 1} implies {n_answers} answer categories, above the limit of "
+                    f"{LIMITS['n_answers']:g}; number the answer categories 0, 1, 2, ..."
+                )
         arrays["answer_probs"] = mv_probs_from_pool(pool, int(n_answers))
     validate_arrays(arrays, manifest)
     if manifest["strategy"] == "bon" and "outcome_probs" not in arrays:
