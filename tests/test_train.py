@@ -66,7 +66,9 @@ def test_results_csv_has_every_run_and_sane_exact_metrics(experiment) -> None:
     keys = {(r["env"], r["agent"], int(r["budget"]), int(r["seed"])) for r in rows}
     assert keys == {(e, a, b, s) for e in (TINY_MV, TINY_SYNTH) for a in AGENTS for b in BUDGETS for s in range(RUNS)}
     assert len(rows) == len(keys)
-    assert runner.fits == 2 * len(AGENTS) * len(BUDGETS)  # one vectorised batch per configuration
+    # batched agents fit a configuration's seeds as one chunk, one-seed-at-a-time agents per run
+    assert [runner.chunk_size(a) for a in AGENTS] == [train.BATCH_CHUNK, train.BATCH_CHUNK, 1]
+    assert runner.fits == 2 * len(BUDGETS) * (1 + 1 + RUNS)
     for r in rows:
         acr, best, regret = float(r["acr"]), float(r["oracle_acr"]), float(r["regret"])
         assert acr <= best + 1e-12 and regret >= 0 and regret == pytest.approx(best - acr, abs=1e-12)
@@ -110,17 +112,26 @@ def test_tensorboard_event_files_hold_the_csv_means(experiment) -> None:
     runs = sorted(p for p in (written["tensorboard"]).iterdir() if p.is_dir())
     assert len(runs) == 2 * len(AGENTS)
     for run in runs:
-        env, agent, seeds, _stamp = run.name.split("__")
-        assert seeds == f"0x{RUNS}"
-        ea = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+        env, agent, seeds, mode = run.name.split("__")  # stable: the same directory on every resume
+        assert seeds == f"0x{RUNS}" and mode == "finite"
+        ea = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
         ea.Reload()
         tags = ea.Tags()["scalars"]
         assert {"charts/acr", "charts/regret", "charts/oracle_acr", "charts/optimal_frac", "charts/budget_used"} <= set(tags)
         n_contexts = len(gym.make(env, budget=1).unwrapped.contexts)
-        for family in ("policy/n/", "policy/prompt/", "policy/optimal/"):
-            assert sorted(t.split("/")[2].split("_")[0] for t in tags if t.startswith(family)) == sorted(
+        for family, kind in (("policy/n/", "scalars"), ("policy/prompt/", "histograms"), ("policy/optimal/", "scalars")):
+            assert sorted(t.split("/")[2].split("_")[0] for t in ea.Tags()[kind] if t.startswith(family)) == sorted(
                 f"c{i}" for i in range(n_contexts)
             )
+        assert not any(t.startswith("policy/prompt/") for t in tags)  # a categorical id is not a line
+        # the prompt histogram counts the runs deploying each prompt (context 0, largest budget)
+        prompt_tag = next(t for t in ea.Tags()["histograms"] if t.startswith("policy/prompt/c0_"))
+        last = ea.Histograms(prompt_tag)[-1]
+        idx = np.flatnonzero(res.mask(env=env, agent=agent, budget=BUDGETS[-1]))
+        counts = np.bincount([res.policy[i]["prompt"][0] for i in idx], minlength=3)
+        assert last.step == BUDGETS[-1] and last.histogram_value.num == RUNS
+        got = dict(zip(np.round(np.array(last.histogram_value.bucket_limit), 6), last.histogram_value.bucket, strict=True))
+        assert [got.get(round(p + 0.5, 6), 0.0) for p in range(3)] == counts.tolist()
         for tag, col in (("charts/acr", res.acr), ("charts/regret", res.regret)):
             got = {e.step: e.value for e in ea.Scalars(tag)}
             want = {b: col[res.mask(env=env, agent=agent, budget=b)].mean() for b in BUDGETS}

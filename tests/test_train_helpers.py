@@ -206,14 +206,16 @@ def test_tensorboard_scalars_read_back_equal_the_rows(tmp_path: Path) -> None:
     for b, rs in rows.items():
         logger.log_budget(b, rs)
     logger.close()
-    assert logger.dir.name.startswith("IAPO-X-v0__psst__0x4__")
-    ea = EventAccumulator(str(logger.dir), size_guidance={"scalars": 0})
+    assert logger.dir.name == "IAPO-X-v0__psst__0x4__finite"
+    ea = EventAccumulator(str(logger.dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     ea.Reload()
     acr = {e.step: e.value for e in ea.Scalars("charts/acr")}
     assert acr == pytest.approx({b: np.mean([r["acr"] for r in rs]) for b, rs in rows.items()}, rel=1e-6)
     n = {e.step: e.value for e in ea.Scalars("policy/n/c2_high_cost")}
     assert n == pytest.approx({b: np.mean([r["policy"]["n_mean"][2] for r in rs]) for b, rs in rows.items()})
-    assert "policy/prompt/c0_low" in ea.Tags()["scalars"]
+    assert "policy/prompt/c0_low" in ea.Tags()["histograms"] and "policy/prompt/c0_low" not in ea.Tags()["scalars"]
+    text = {e.step: e.tensor_proto.string_val[0].decode() for e in ea.Tensors("policy/choices/text_summary")}
+    assert sorted(text) == [1000, 5000] and "| c2_high_cost | 0 (50%), 1 (25%), 2 (25%) | 2.50 |" in text[5000]
     assert "hparams" in ea.PluginTagToContent("hparams") or ea.PluginTagToContent("hparams")
 
 
@@ -238,3 +240,90 @@ def test_read_only_access_never_rewrites_a_file_being_appended(tmp_path: Path) -
     torn = path.read_text() + "E,finite,a,10"
     path.write_text(torn)
     assert len(Results.read(path)) == 1 and path.read_text() == torn
+
+
+# --------------------------------------------------------------------------- results.csv under damage (issue 12, item 7)
+def test_empty_results_file_gets_its_header_on_the_first_append(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text("")
+    ResultsFile(path).append([make_row(seed=0)])
+    assert path.read_text().splitlines()[0].split(",") == list(COLUMNS)
+    assert [r["seed"] for r in ResultsFile(path).rows] == [0]
+
+
+@pytest.mark.parametrize("damage", ["no line end after the header", "no header"])
+def test_damaged_header_is_repaired_losslessly_and_the_original_kept(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "results.csv"
+    ResultsFile(path).append([make_row(seed=0), make_row(seed=1)])
+    good = path.read_text()
+    header, body = good.split("\n", 1)
+    bad = header + body if damage == "no line end after the header" else body
+    path.write_text(bad)
+    store = ResultsFile(path, repair=False)  # a reader repairs in memory only
+    assert [r["seed"] for r in store.rows] == [0, 1] and path.read_text() == bad
+    store = ResultsFile(path)
+    assert [r["seed"] for r in store.rows] == [0, 1] and path.read_text() == good
+    kept = list(tmp_path.glob("results.csv.damaged-*"))
+    assert len(kept) == 1 and kept[0].read_text() == bad and kept[0].name in store.repaired
+
+
+def test_non_finite_metrics_are_refused_on_append_and_on_read(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    store = ResultsFile(path)
+    with pytest.raises(ResultsError, match=r"refusing to record acr=nan .*seed=3"):
+        store.append([make_row(seed=2), make_row(seed=3, acr=float("nan"))])
+    assert not path.exists()  # nothing of the batch was written
+    store.append([make_row(seed=0), make_row(seed=1)])
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1].replace(",0.5,", ",inf,", 1) + lines[2])
+    with pytest.raises(ResultsError, match="line 2 is corrupt .*acr is inf"):
+        ResultsFile(path)
+
+
+def test_duplicate_keys_are_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    ResultsFile(path).append([make_row(seed=0, acr=0.1), make_row(seed=1)])
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines + [lines[1].replace(",0.1,", ",0.7,", 1), lines[2]]))  # two writers appended
+    store = ResultsFile(path)
+    assert store.duplicates == 2 and [(r["seed"], r["acr"]) for r in store.rows] == [(0, 0.1), (1, 0.5)]
+    assert len(Results.read(path)) == 2
+
+
+def test_legacy_files_without_agent_config_are_read_and_upgraded(tmp_path: Path) -> None:
+    import csv as _csv
+    import io
+
+    path = tmp_path / "results.csv"
+    ResultsFile(path).append([make_row(seed=0), make_row(seed=1)])
+    buf = io.StringIO()
+    _csv.writer(buf, lineterminator="\n").writerows(r[:-1] for r in _csv.reader(path.read_text().splitlines()))
+    path.write_text(buf.getvalue())  # the columns before agent_config existed
+    assert [r["seed"] for r in ResultsFile(path, repair=False).rows] == [0, 1]
+    store = ResultsFile(path)
+    store.append([make_row(seed=2, agent_config={"agent": "a", "source": "zoo", "config": {}})])
+    again = ResultsFile(path)
+    assert [r["seed"] for r in again.rows] == [0, 1, 2] and again.rows[2]["agent_config"].startswith('{"agent":"a"')
+    assert path.read_text().splitlines()[0].split(",") == list(COLUMNS)
+
+
+def test_output_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from iapo_gym.experiments.results import OutputLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from iapo_gym.experiments.results import OutputLock; "
+         f"OutputLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ResultsError, match=f"another train.py \\(pid {holder.pid}\\) is writing to"):
+            OutputLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputLock(tmp_path):  # the kernel dropped the dead holder's lock
+        pass

@@ -1,7 +1,7 @@
-"""PNG figures of an experiment: ACR against budget, deployed N against cost weight.
+"""PNG figures of an experiment: ACR against budget, paired regret differences, deployed N against cost.
 
-Both read a :class:`~iapo_gym.experiments.results.Results`; the second also needs each task's
-context weights (``contexts.json`` beside ``results.csv``).
+All read a :class:`~iapo_gym.experiments.results.Results`; the N-vs-cost figure also needs each
+task's context weights (``contexts.json`` beside ``results.csv``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from iapo_gym.experiments.results import Results  # noqa: E402
 from iapo_gym.experiments.stats import mean_ci  # noqa: E402
 
-__all__ = ["plot_acr_vs_budget", "plot_n_vs_cost", "short_env"]
+__all__ = ["plot_acr_vs_budget", "plot_n_vs_cost", "plot_regret_difference", "short_env"]
 
 
 def short_env(env: str) -> str:
@@ -50,7 +50,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def plot_acr_vs_budget(results: Results, path: str | Path, agents: Sequence[str] | None = None) -> Path:
     """One panel per task: mean exact test ACR against budget per agent, 95% t-interval bands.
 
-    The dashed black line is the mean oracle ACR (the best achievable).
+    The dashed black line is the mean oracle ACR (the best achievable); with a single budget it is
+    drawn across the panel and each agent is a point with its 95% interval.
     """
     envs = results.unique("env")
     agents = list(agents) if agents is not None else results.unique("agent")
@@ -72,11 +73,19 @@ def plot_acr_vs_budget(results: Results, path: str | Path, agents: Sequence[str]
                 continue
             mus, hs = np.array(mean), np.array(half)
             color = cmap(i % cmap.N)
-            ax.plot(xs, mus, marker="o", ms=3, lw=1.4, color=color, label=agent)
-            ax.fill_between(xs, mus - hs, mus + hs, color=color, alpha=0.18, lw=0)
+            if len(budgets) == 1:  # one budget: agents side by side with error bars
+                x = np.array(xs, dtype=np.float64) * (1 + 0.02 * (i - (len(agents) - 1) / 2))
+                ax.errorbar(x, mus, yerr=hs, fmt="o", ms=4, capsize=3, color=color, label=agent)
+            else:
+                ax.plot(xs, mus, marker="o", ms=3, lw=1.4, color=color, label=agent)
+                ax.fill_between(xs, mus - hs, mus + hs, color=color, alpha=0.18, lw=0)
         oracle = [results.oracle_acr[m_env & (results.budget == b)].mean() for b in budgets]
-        ax.plot(budgets, oracle, "k--", lw=1, label="oracle")
-        if len(budgets) > 1:
+        if len(budgets) == 1:
+            ax.axhline(oracle[0], color="k", ls="--", lw=1, label="oracle")
+            ax.set_xticks(budgets)
+            ax.set_xlim(budgets[0] * 0.85, budgets[0] * 1.15)
+        else:
+            ax.plot(budgets, oracle, "k--", lw=1, label="oracle")
             ax.set_xscale("log")
         ax.set_title(short_env(env))
         ax.set_xlabel("training budget (completions)")
@@ -95,11 +104,13 @@ def plot_n_vs_cost(
     cost_weights: Mapping[str, Sequence[float]],
     budget: int | None = None,
     agents: Sequence[str] | None = None,
+    binned: bool = False,
 ) -> Path:
     """One panel per task: deployed N against each context's cost weight, at ``budget`` (default the largest).
 
     Points are means over seeds (and over the contexts sharing a cost weight); the black dashed line
-    is the oracle's N.
+    is the oracle's N. ``binned`` (continuous contexts: the "contexts" are cost-weight bins) labels
+    the x axis with the bins' mean cost weights at two significant digits, rotated, at most eight.
     """
     envs = [e for e in results.unique("env") if e in cost_weights]
     agents = list(agents) if agents is not None else results.unique("agent")
@@ -126,13 +137,69 @@ def plot_n_vs_cost(
             oracle_n = np.array([results.policy[j]["best_n"] for j in idx], dtype=np.float64)
         if oracle_n is not None:
             ax.plot(levels, by_level(oracle_n), "k--", marker="x", lw=1, label="oracle")
-        ax.set_xticks(levels)
+        ticks = levels if levels.size <= 8 else levels[:: int(np.ceil(levels.size / 8))]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:.2g}" for t in ticks], rotation=45 if binned or ticks.size > 5 else 0,
+                           ha="right" if binned or ticks.size > 5 else "center")
         ax.set_title(f"{short_env(env)} (budget {b})")
-        ax.set_xlabel("cost weight of the context")
+        ax.set_xlabel("mean cost weight of the bin" if binned else "cost weight of the context")
         ax.set_ylabel("deployed N")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("chosen N against cost weight (mean over runs)")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_regret_difference(
+    results: Results, path: str | Path, reference: str, agents: Sequence[str] | None = None
+) -> Path:
+    """One panel per task: mean paired regret difference ``agent - reference`` against budget.
+
+    Runs are paired by seed (same split / world), so the 95% t-interval of the *difference* is
+    much narrower than the per-agent ACR bands of :func:`plot_acr_vs_budget`, which can overlap
+    while the paired Wilcoxon test finds a significant difference. Below zero: lower regret than
+    the reference. Filled markers: paired two-sided Wilcoxon ``p < 0.05``.
+    """
+    from iapo_gym.experiments.stats import ALPHA, paired_wilcoxon
+
+    envs = results.unique("env")
+    agents = [a for a in (list(agents) if agents is not None else results.unique("agent")) if a != reference]
+    fig, axes = _grid(len(envs))
+    cmap = plt.get_cmap("tab20" if len(agents) > 10 else "tab10")
+    for ax, env in zip(axes, envs, strict=False):
+        budgets = sorted(set(results.budget[results.mask(env=env)].tolist()))
+        for i, agent in enumerate(agents):
+            xs, mean, half, sig = [], [], [], []
+            for b in budgets:
+                _, a, r = results.paired("regret", env, b, agent, reference)
+                if a.size:
+                    mu, h = mean_ci(a - r)
+                    xs.append(b)
+                    mean.append(mu)
+                    half.append(h)
+                    sig.append(paired_wilcoxon(a, r)[1] < ALPHA)
+            if not xs:
+                continue
+            color = cmap(i % cmap.N)
+            x = np.array(xs, dtype=np.float64) * (1 + 0.015 * (i - (len(agents) - 1) / 2))
+            ax.errorbar(x, mean, yerr=half, color=color, lw=1.2, capsize=2, marker="none", label=agent,
+                        ls="-" if len(xs) > 1 else "none")
+            s = np.array(sig)
+            ax.scatter(x[s], np.array(mean)[s], color=color, s=22, zorder=3)
+            ax.scatter(x[~s], np.array(mean)[~s], facecolor="white", edgecolor=color, s=22, zorder=3)
+        ax.axhline(0.0, color="k", lw=1, ls="--")
+        if len(budgets) > 1:
+            ax.set_xscale("log")
+        else:
+            ax.set_xticks(budgets)
+        ax.set_title(short_env(env))
+        ax.set_xlabel("training budget (completions)")
+        ax.set_ylabel(f"regret minus {reference}'s (paired)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(f"paired regret difference vs {reference} (mean, 95% CI; filled: Wilcoxon p < 0.05)")
     fig.tight_layout()
     return _save(fig, Path(path))

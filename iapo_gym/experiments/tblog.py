@@ -1,20 +1,30 @@
 """TensorBoard logging of one configuration (task x agent over many seeds), CleanRL style.
 
-One run directory per configuration and invocation, ``{env}__{agent}__{seed}x{runs}__{time}``,
-with the training budget as the step axis:
+One run directory per configuration, ``{env}__{agent}__{first_seed}x{runs}__{contexts}``, stable
+across invocations: a resumed or extended experiment appends to the same run (a new event file in
+the same directory, which TensorBoard merges), with the training budget as the step axis:
 
 * ``charts/acr``, ``charts/acr_ci95``, ``charts/oracle_acr``, ``charts/regret``,
   ``charts/optimal_frac``, ``charts/budget_used``, ``charts/wall_s``: means over the seeds;
-* ``policy/prompt/<ctx>`` (modal prompt over seeds), ``policy/n/<ctx>`` (mean deployed N),
-  ``policy/optimal/<ctx>`` (share of runs deploying an optimal arm), ``<ctx>`` = ``c{i}_{name}``;
+* ``policy/n/<ctx>`` (mean deployed N), ``policy/optimal/<ctx>`` (share of runs deploying an
+  optimal arm), ``<ctx>`` = ``c{i}_{name}``;
+* ``policy/prompt/<ctx>``: the deployed prompt is categorical, so it is a *histogram* over the
+  runs (one bin per prompt id), not a line; ``policy/choices`` is a text table per budget (each
+  context's prompts with their share of runs, mean N, optimal share);
 * ``runs/acr``: histogram of the per-seed ACR;
 * ``hyperparameters`` (text table) and the HParams plugin (agent config, final ACR and regret).
+
+Which budgets a run directory already shows is kept in ``logged.json`` beside the event files, so
+a configuration whose runs finished before a kill is logged on resume. Points are written in
+increasing step order: when a later invocation adds a budget smaller than one already shown, the
+run's event files are rewritten from the results (everything in them is derived from
+``results.csv``), since TensorBoard would otherwise draw the line back and forth.
 """
 
 from __future__ import annotations
 
+import json
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +36,10 @@ from iapo_gym.experiments.stats import mean_ci
 __all__ = ["run_name", "context_tag", "ConfigLogger"]
 
 
-def run_name(env: str, agent: str, seeds: Sequence[int], stamp: int | None = None) -> str:
-    """CleanRL-style run name ``{env}__{agent}__{first_seed}x{runs}__{time}``."""
-    stamp = int(time.time()) if stamp is None else int(stamp)
+def run_name(env: str, agent: str, seeds: Sequence[int], contexts: str = "finite") -> str:
+    """Stable run name ``{env}__{agent}__{first_seed}x{runs}__{contexts}`` (the same on every resume)."""
     first = int(seeds[0]) if len(seeds) else 0
-    return f"{env}__{agent}__{first}x{len(seeds)}__{stamp}"
+    return f"{env}__{agent}__{first}x{len(seeds)}__{contexts}"
 
 
 def context_tag(index: int, name: str) -> str:
@@ -57,20 +66,53 @@ class ConfigLogger:
         seeds: Sequence[int],
         context_names: Sequence[str],
         hparams: dict[str, Any],
-        stamp: int | None = None,
+        contexts: str = "finite",
+        n_prompts: int | None = None,
     ) -> None:
-        # tensorboardX writes the same event files as torch.utils.tensorboard without needing torch,
-        # so the runner works in the `train` extra alone.
-        from tensorboardX import SummaryWriter
-
-        self.name = run_name(env, agent, seeds, stamp)
+        self.name = run_name(env, agent, seeds, contexts)
         self.dir = Path(root) / self.name
-        self.writer = SummaryWriter(logdir=str(self.dir))
         self.tags = [context_tag(i, n) for i, n in enumerate(context_names)]
         self.hparams = {k: _hparam_value(v) for k, v in hparams.items()}
+        self.n_prompts = n_prompts
         self.last: dict[str, float] = {}
-        table = "\n".join(f"|{k}|{v}|" for k, v in self.hparams.items())
-        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self._writer: Any = None
+        self._ledger = self.dir / "logged.json"
+        self.logged: set[int] = set(json.loads(self._ledger.read_text())) if self._ledger.exists() else set()
+
+    @property
+    def writer(self) -> Any:
+        """The event writer, opened on first use (a resume that logs nothing adds no file)."""
+        if self._writer is None:
+            # tensorboardX writes the same event files as torch.utils.tensorboard without needing
+            # torch, so the runner works in the `train` extra alone.
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=str(self.dir))
+            table = "\n".join(f"|{k}|{v}|" for k, v in self.hparams.items())
+            self._writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        return self._writer
+
+    def log_budgets(self, complete: dict[int, Sequence[dict[str, Any]]]) -> list[int]:
+        """Log every budget of ``complete`` (budget -> all its rows) not shown yet; returns those written.
+
+        A budget smaller than one already shown makes every larger one be written again after it
+        (larger budgets already shown make the run be rewritten in step order).
+        """
+        new = sorted(b for b in complete if int(b) not in self.logged)
+        if not new:
+            return []
+        if self.logged and new[0] < max(self.logged):  # out of step order: rewrite the run in order
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            for old in self.dir.glob("events.out.tfevents.*"):
+                old.unlink()
+            self.logged = set()
+            self.last = {}
+            new = sorted(complete)
+        for b in new:
+            self.log_budget(b, complete[b])
+        return new
 
     def log_budget(self, budget: int, rows: Sequence[dict[str, Any]]) -> None:
         """Log the runs ``rows`` (results rows of this configuration at ``budget``) at step ``budget``."""
@@ -90,27 +132,41 @@ class ConfigLogger:
         }
         for tag, v in scalars.items():
             w.add_scalar(tag, v, step)
-        prompts = np.array([r["policy"]["prompt"] for r in rows])  # (S, C)
+        prompts = np.array([r["policy"]["prompt"] for r in rows], dtype=np.int64)  # (S, C)
         n_mean = np.array([r["policy"]["n_mean"] for r in rows])
         optimal = np.array([r["policy"]["optimal"] for r in rows])
+        n_prompts = int(self.n_prompts or prompts.max() + 1)
+        edges = np.arange(n_prompts + 1, dtype=np.float64) - 0.5  # one bin per prompt id
+        lines = ["| context | deployed prompts (share of runs) | mean N | optimal share |", "|---|---|---:|---:|"]
         for c, tag in enumerate(self.tags):
-            w.add_scalar(f"policy/prompt/{tag}", float(np.bincount(prompts[:, c]).argmax()), step)
+            w.add_histogram(f"policy/prompt/{tag}", prompts[:, c].astype(np.float64), step, bins=edges)
             w.add_scalar(f"policy/n/{tag}", float(n_mean[:, c].mean()), step)
             w.add_scalar(f"policy/optimal/{tag}", float(optimal[:, c].mean()), step)
+            counts = np.bincount(prompts[:, c], minlength=n_prompts)
+            order = np.argsort(-counts, kind="stable")[: int((counts > 0).sum())]
+            shares = ", ".join(f"{p} ({counts[p] / len(rows):.0%})" for p in order)
+            lines.append(f"| {tag} | {shares} | {n_mean[:, c].mean():.2f} | {optimal[:, c].mean():.2f} |")
+        w.add_text("policy/choices", "\n".join(lines), step)
         if acr.size > 1:
             w.add_histogram("runs/acr", acr, step)
-        self.last = {"hparam/acr": scalars["charts/acr"], "hparam/regret": scalars["charts/regret"]}
+        if not self.last or step >= self.last["step"]:
+            self.last = {"step": step, "hparam/acr": scalars["charts/acr"], "hparam/regret": scalars["charts/regret"]}
         w.flush()
+        self.logged.add(step)
+        self._ledger.write_text(json.dumps(sorted(self.logged)))
 
     def close(self) -> None:
         """Write the HParams summary (with the largest budget's metrics) and close the writer."""
+        if self._writer is None:
+            return
         if self.last:
             from tensorboardX.summary import hparams as hparams_summary
 
-            exp, ssi, sei = hparams_summary(self.hparams, self.last)
+            metrics = {k: v for k, v in self.last.items() if k != "step"}
+            exp, ssi, sei = hparams_summary(self.hparams, metrics)
             fw = self.writer._get_file_writer()
             for summary in (exp, ssi, sei):
                 fw.add_summary(summary)
-            for k, v in self.last.items():
-                self.writer.add_scalar(k, v)
+            for k, v in metrics.items():
+                self.writer.add_scalar(k, v, int(self.last["step"]))
         self.writer.close()

@@ -6,9 +6,12 @@ the run loop, and the analysis. Heavy lifting lives in small modules of :mod:`ia
 
     python train.py                                  # demo: Synth-Bernoulli, 6 agents, ~10 s
     python train.py --env IAPO-MATH-v0 --agents psst,topk4,uniform --budgets 1k,5k,20k --runs 50
-    python train.py --preset reproduction            # docs/REPRODUCTION.md + docs/figures/
-    python train.py --env IAPO-SynthCategorical-v0 --contexts continuous \
-        --agents neural,psst_grid,ppo --budgets 5k,20k --runs 20
+    python train.py --agents psst,my_agent:BestOfFirstPull          # your agent, from my_agent.py
+    python train.py --agents topk4,k2=topk4 --agent-args "k2:k=2,rho=0.1"   # a variant, named k2
+    python train.py --config experiment.toml         # options and agents from a TOML file
+    python train.py --preset reproduction            # the paper's protocol, into runs/reproduction
+    python train.py --env IAPO-SynthCategorical-v0 --contexts continuous --agents neural,psst_grid,ppo \
+                    --budgets 5k,20k --runs 20
     tensorboard --logdir runs/demo/tb
 
 Protocol (the paper's, evaluated exactly): run ``seed`` of a configuration (task, agent, budget)
@@ -17,18 +20,41 @@ re-split their queries 80/20 from the seed; synthetic tasks draw a fresh world f
 agent with at most ``budget`` completions on the train split, and scores the learnt policy on the
 test split with the exact oracle (no Monte-Carlo noise). Every agent sees the same seeds, so runs
 are paired for the Wilcoxon signed-rank tests. All seeds of a configuration are fitted as one
-vectorised batch (``Agent.fit_many``).
+vectorised batch (``Agent.fit_many``), in chunks of ``--chunk`` seeds so that progress and
+``results.csv`` advance while a slow configuration runs.
 
 Outputs under ``--out``: ``results.csv`` (one row per run, see
-:mod:`iapo_gym.experiments.results`; re-running skips finished runs), ``contexts.json`` (``contexts.continuous.json`` with
-``--contexts continuous``),
-``tb/`` (TensorBoard), ``wilcoxon.csv`` / ``wilcoxon.md`` (every agent against ``--reference``),
-``acr_vs_budget.png`` and ``n_vs_cost.png`` (or under ``--figures``), and ``--report`` if set.
+:mod:`iapo_gym.experiments.results`; re-running skips finished runs), ``contexts.json``
+(``contexts.continuous.json`` with ``--contexts continuous``), ``tb/`` (TensorBoard, one stable run
+per configuration), ``wilcoxon.csv`` / ``wilcoxon.md`` (every agent against ``--reference``),
+``acr_vs_budget.png``, ``regret_diff.png`` and ``n_vs_cost.png`` (or under ``--figures``), and
+``--report`` if set. Tables, figures and the summary cover *every* run recorded in ``results.csv``
+for the context mode (so invocations with other agents or budgets accumulate), or only this
+invocation's plan with ``--only-plan``. Ctrl-C keeps every finished chunk; the same command resumes.
+
+Agents (:mod:`iapo_gym.experiments.agentspec`): zoo names, entry points of the
+``iapo_gym.agents`` group, or import paths ``module:Class``, each ``[label=]target``; hyper-parameters
+with ``--agent-args label:key=value,...`` or an ``[agents.<label>]`` table of ``--config``. An
+experiment file (TOML) holds any option as a top-level key::
+
+    env = "IAPO-MATH-v0"
+    budgets = "1k,5k,20k"          # or a list: [1000, 5000, 20000]
+    runs = 50
+    [agents.psst]
+    [agents.topk_k2]
+    agent = "topk4"                # zoo name, entry point or module:Class (default: the label)
+    k = 2
+    [agents.mine]
+    agent = "my_agent:BestOfFirstPull"
+    n = 8
+
+Options on the command line override the file, which overrides ``--preset``.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,17 +64,28 @@ from typing import Any
 
 import numpy as np
 
+from iapo_gym.experiments.agentspec import AgentSpec, AgentSpecError, resolve_agents
 from iapo_gym.experiments.cliargs import build_parser, explicit_fields
+from iapo_gym.experiments.results import KEY, ResultsError
 
 
 @dataclass
 class Args:
-    """The runner's options: one command-line flag per field, its help text the field's docstring."""
+    """The command line of train.py (each field's docstring is its --help)."""
 
     env: str = "IAPO-SynthBernoulli-v0"
-    """task ids, comma-separated (any registered IAPO-* id, e.g. IAPO-MATH-v0); 'all' = every registered IAPO task"""
+    """task ids, comma-separated (any registered IAPO-* id, e.g. IAPO-MATH-v0); 'all' = every registered
+    IAPO task"""
     agents: str = "psst,topk4,uniform,ucb,triple_n1,random"
-    """agent names from iapo_gym.agents.AGENTS, comma-separated; 'all' = every registered agent"""
+    """agents, comma-separated, each [label=]target: a zoo name (iapo_gym.agents.AGENTS), an entry point of
+    the 'iapo_gym.agents' group, or an import path module:Class (file.py:Class); 'all' = every zoo and
+    entry-point agent"""
+    agent_args: str = ""
+    """per-agent hyper-parameters, 'label:key=value,key=value;label2:...' (Python literals, e.g.
+    topk4:k=2,rho=0.1); recorded in results.csv and TensorBoard"""
+    config: str = ""
+    """TOML experiment file: any option as a top-level key, agents as [agents.<label>] tables (agent =
+    target, then hyper-parameters); the command line overrides it"""
     budgets: str = "1k,5k,20k"
     """training budgets in completions, comma-separated; a 'k' suffix multiplies by 1000 (5k = 5000)"""
     runs: int = 50
@@ -57,9 +94,9 @@ class Args:
     """first seed"""
     out: str = "runs/demo"
     """output directory (results.csv, tb/, wilcoxon tables, figures); re-running resumes from results.csv"""
-    reference: str = "psst"
-    """reference agent of the paired Wilcoxon table (every other agent is tested against it);
-    if it is not run, the first agent"""
+    reference: str = ""
+    """reference agent (label) of the paired Wilcoxon tables and the regret-difference figure; empty = psst
+    if it is in the results, else the first agent"""
     contexts: str = "finite"
     """context mode: 'finite' (the task's context set, the paper's protocol) or 'continuous' (envs draw
     contexts from a continuous distribution; every run is scored exactly on its 2,000-context held-out
@@ -76,13 +113,27 @@ class Args:
     """skip tasks whose outcome table is not installed (instead of stopping with an error)"""
     analyse_only: bool = False
     """fit nothing: rebuild the tables, figures and report from OUT/results.csv"""
+    only_plan: bool = False
+    """analyse only this invocation's tasks x agents x budgets x seeds (default: every run of the context
+    mode in results.csv)"""
     progress: bool = True
-    """show a progress bar"""
+    """show the progress line (runs done/total, ETA over the whole experiment)"""
+    threads: int = 1
+    """CPU threads for torch and BLAS (1 suits a shared machine; 0 = the libraries' defaults, one per core)"""
+    chunk: int = 0
+    """seeds fitted per batch (results.csv and the progress line advance per chunk); 0 = 1 for agents that
+    fit one seed at a time, 25 for batched agents"""
+    preset: str = ""
+    """named settings that fill every option not given explicitly: 'reproduction' (the paper's protocol;
+    writes under --out unless --write-docs)"""
     save_policies: str = ""
     """save fitted policies as documents under OUT/policies/ENV/AGENT/T<budget>/seed<k>.json (iapo-gym
     serve reads them): 'all' runs, or the 'best' run (highest test ACR) per task x agent x budget; empty = none"""
-    preset: str = ""
-    """named settings that fill every option not given explicitly: 'reproduction' (the paper's protocol)"""
+    write_docs: bool = False
+    """with --preset reproduction: write the report and figures into the checkout's docs/
+    (docs/REPRODUCTION.md, docs/figures/)"""
+
+
 
 
 #: Every agent the paper's two experiments compare (Fig. 4 and Fig. 5), plus naive Sequential
@@ -108,11 +159,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         runs=200,
         seed=0,
         out="runs/reproduction",
-        report=str(Path("docs") / "REPRODUCTION.md"),
-        figures=str(Path("docs") / "figures"),
+        report=str(Path("runs") / "reproduction" / "REPRODUCTION.md"),
+        figures=str(Path("runs") / "reproduction" / "figures"),
         skip_missing=True,
     ),
 }
+#: Where a preset writes with ``--write-docs`` (the checkout's committed report and figures).
+PRESET_DOCS: dict[str, dict[str, str]] = {
+    "reproduction": dict(report=str(Path("docs") / "REPRODUCTION.md"), figures=str(Path("docs") / "figures")),
+}
+#: Seeds per chunk for agents that fit many seeds as one vectorised batch (``--chunk 0``).
+BATCH_CHUNK = 25
 
 
 # --------------------------------------------------------------------------- argument handling
@@ -120,18 +177,81 @@ class ArgumentError(ValueError):
     """An invalid command line (the message names the fix)."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) stopped the runs; everything finished is in ``results.csv``."""
+
+    def __init__(self, out: Path, saved: int) -> None:
+        super().__init__(f"interrupted: {saved} run(s) finished in this invocation are saved in {out / 'results.csv'}")
+        self.out, self.saved = out, saved
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Options of a TOML experiment file, as ``Args`` fields (``[agents.*]`` become agents / agent_args)."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArgumentError(f"--config: no file {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ArgumentError(f"--config {path}: not valid TOML ({exc})") from None
+    fields = {f for f in Args.__dataclass_fields__ if f != "config"}
+    out: dict[str, Any] = {}
+    agents = data.pop("agents", None)
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise ArgumentError(f"--config {path}: unknown option {key!r}; options: {', '.join(sorted(fields))}")
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        want = type(getattr(Args, name))
+        bad_int = want is int and (not isinstance(value, int) or isinstance(value, bool))
+        if bad_int or want is bool and not isinstance(value, bool):
+            raise ArgumentError(f"--config {path}: {key} = {value!r} must be a {want.__name__}")
+        out[name] = value if want is not str else str(value)
+    if agents is not None:
+        if not isinstance(agents, dict) or not all(isinstance(v, dict) for v in agents.values()):
+            raise ArgumentError(
+                f"--config {path}: write agents as [agents.<label>] tables (agent = target, then hyper-parameters)"
+            )
+        items, params = [], []
+        for label, table in agents.items():
+            table = dict(table)
+            target = str(table.pop("agent", label))
+            items.append(label if target == label else f"{label}={target}")
+            if table:
+                params.append(f"{label}:" + ",".join(f"{k}={v!r}" for k, v in table.items()))
+        if "agents" in out:
+            raise ArgumentError(f"--config {path}: give the agents either as 'agents = ...' or as [agents.*] tables, not both")
+        out["agents"] = ",".join(items)
+        if params:
+            out["agent_args"] = ";".join(params + ([out["agent_args"]] if out.get("agent_args") else []))
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    """Parse ``argv``: explicit options override the preset, which overrides the defaults."""
+    """Parse ``argv``: explicit options override ``--config``, which overrides the preset, then the defaults."""
     paragraphs = __doc__.split("\n\n")
     head, examples = paragraphs[0], paragraphs[2]
     parser = build_parser(Args, prog="train.py", description=head, epilog="examples:\n" + examples)
     given = explicit_fields(parser, argv)
-    preset = given.get("preset", "")
+    try:
+        from_file = load_config(given["config"]) if given.get("config") else {}
+    except ArgumentError as exc:
+        parser.error(str(exc))
+    merged = {**from_file, **given}
+    preset = merged.get("preset", "")
     if preset:
         if preset not in PRESETS:
             parser.error(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
-        given = {**PRESETS[preset], **given}
-    return Args(**given)
+        base = dict(PRESETS[preset])
+        if merged.get("write_docs"):
+            base.update(PRESET_DOCS.get(preset, {}))
+        elif "out" in merged and preset in PRESET_DOCS:  # a preset's report and figures follow --out
+            base.update(report=str(Path(merged["out"]) / "REPRODUCTION.md"), figures=str(Path(merged["out"]) / "figures"))
+        merged = {**base, **merged}
+    return Args(**merged)
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -177,20 +297,18 @@ def parse_envs(text: str) -> list[str]:
     return list(dict.fromkeys(n.split(":")[-1] for n in names))
 
 
-def parse_agents(text: str, *, lenient: bool = False) -> tuple[list[str], list[str]]:
-    """Agent names -> ``(known, missing)``; unknown names raise (listing the valid ones) unless ``lenient``."""
-    from iapo_gym.agents import AGENTS
+def parse_agents(text: str, *, lenient: bool = False, agent_args: str = "") -> tuple[list[str], list[str]]:
+    """Agents -> ``(labels, missing)``; unknown names raise (listing the valid ones) unless ``lenient``."""
+    specs, missing = parse_agent_specs(text, lenient=lenient, agent_args=agent_args)
+    return [s.label for s in specs], missing
 
-    names = [a.strip() for a in text.split(",") if a.strip()]
-    if names == ["all"]:
-        return list(AGENTS), []
-    missing = [n for n in names if n not in AGENTS]
-    if missing and not lenient:
-        raise ArgumentError(f"--agents: unknown agent(s) {', '.join(missing)}; available: {', '.join(sorted(AGENTS))}")
-    known = [n for n in dict.fromkeys(names) if n in AGENTS]
-    if not known:
-        raise ArgumentError(f"--agents names no registered agent; available: {', '.join(sorted(AGENTS))}")
-    return known, missing
+
+def parse_agent_specs(text: str, *, lenient: bool = False, agent_args: str = "") -> tuple[list[AgentSpec], list[str]]:
+    """``--agents`` / ``--agent-args`` -> ``(specs, missing)`` (see :mod:`iapo_gym.experiments.agentspec`)."""
+    try:
+        return resolve_agents(text, agent_args, lenient=lenient)
+    except AgentSpecError as exc:
+        raise ArgumentError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -206,22 +324,34 @@ class Plan:
     report: Path | None
     missing_agents: list[str]
     reference: str
+    specs: list[AgentSpec]
 
 
 def make_plan(args: Args) -> Plan:
     """Validate ``args`` into a :class:`Plan` (raises :class:`ArgumentError` naming the fix)."""
     if args.runs < 1:
         raise ArgumentError(f"--runs must be >= 1; got {args.runs}")
+    if args.threads < 0:
+        raise ArgumentError(f"--threads must be >= 0 (0 = the libraries' defaults); got {args.threads}")
+    if args.chunk < 0:
+        raise ArgumentError(f"--chunk must be >= 0 (0 = automatic); got {args.chunk}")
+    if args.write_docs and args.preset not in PRESET_DOCS:
+        raise ArgumentError(f"--write-docs only applies to a preset that writes docs (--preset {', '.join(PRESET_DOCS)})")
+    if args.figures and not args.plots:
+        raise ArgumentError("--figures has no effect with --no-plots; drop one of them")
     from iapo_gym.experiments.evaluate import MODES
 
     if args.contexts not in MODES:
         raise ArgumentError(f"--contexts must be one of {', '.join(MODES)}; got {args.contexts!r}")
     if args.save_policies not in ("", "all", "best"):
         raise ArgumentError(f"--save-policies must be 'all' or 'best' (or empty for none); got {args.save_policies!r}")
-    agents, missing = parse_agents(args.agents, lenient=bool(args.preset))
+    specs, missing = parse_agent_specs(args.agents, lenient=bool(args.preset), agent_args=args.agent_args)
+    agents = [s.label for s in specs]
     budgets = parse_budgets(args.budgets)
     envs = parse_envs(args.env)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--out {out} is a file; pass a directory")
     return Plan(
         envs=envs,
         agents=agents,
@@ -231,7 +361,8 @@ def make_plan(args: Args) -> Plan:
         figures=Path(args.figures) if args.figures else out,
         report=Path(args.report) if args.report else None,
         missing_agents=missing,
-        reference=args.reference if args.reference in agents else agents[0],
+        reference=args.reference or ("psst" if "psst" in agents else agents[0]),
+        specs=specs,
     )
 
 
@@ -261,36 +392,86 @@ def is_missing_table(exc: BaseException) -> bool:
 
 
 def contexts_path(out: Path, mode: str) -> Path:
-    """Where the contexts of ``mode`` are written, so both modes can share one output directory.
+    """``OUT/contexts.json`` (finite mode) or ``OUT/contexts.continuous.json`` (continuous mode).
 
-    ``OUT/contexts.json`` (finite mode) or ``OUT/contexts.continuous.json`` (continuous mode: the
-    cost-weight bins of the evaluation sample).
+    Continuous mode records the cost-weight bins of the evaluation sample; both modes can share one
+    output directory.
     """
     return out / ("contexts.json" if mode == "finite" else f"contexts.{mode}.json")
 
 
 # --------------------------------------------------------------------------- the run loop
 class Runner:
-    """Runs every (task, agent, budget) configuration of a plan, skipping finished runs."""
+    """Runs every (task, agent, budget) configuration of a plan in chunks of seeds, skipping finished runs."""
 
     def __init__(self, args: Args, plan: Plan, log: Callable[[str], None] = print) -> None:
         from iapo_gym.experiments.results import ResultsFile
 
         self.args, self.plan, self.log = args, plan, log
         self.results = ResultsFile(plan.out / "results.csv", repair=not args.analyse_only)
+        if self.results.repaired:
+            log(f"note: {self.results.path}: {self.results.repaired}")
+        if self.results.duplicates:
+            log(f"note: {self.results.path} holds {self.results.duplicates} duplicate run(s) (the same env, contexts, "
+                "agent, budget and seed twice, e.g. from two processes before the output lock); each is counted once")
+        self.specs = {s.label: s for s in plan.specs}
+        self.records = {s.label: s.record() for s in plan.specs}  # the agent_config column
         self.evaluators: dict[tuple[str, int], Any] = {}
         self.fits = 0  # fit_many calls made by this runner (a resumed, finished plan makes none)
+        self.new_runs = 0  # runs recorded by this runner
         self.skipped_envs: dict[str, str] = {}
         self.contexts: dict[str, dict[str, Any]] = {}
         self.first_tables: dict[str, Any] = {}  # env id -> run 0's table (is it shared by every run?)
 
     def key(self, env: str, agent: str, budget: int, seed: int) -> tuple:
-        """The results-file key of one run."""
+        """The results key (:data:`~iapo_gym.experiments.results.KEY` order) of one run."""
         return (env, self.args.contexts, agent, int(budget), int(seed))
 
     def todo(self, env: str, agent: str, budget: int) -> list[int]:
-        """The seeds of this cell that the results file does not have yet."""
+        """The plan's seeds of one configuration not recorded yet."""
         return [s for s in self.plan.seeds if not self.results.done(self.key(env, agent, budget, s))]
+
+    def chunk_size(self, label: str) -> int:
+        """Seeds per ``fit_many`` call: ``--chunk``, else 1 for agents fitting one seed at a time, else :data:`BATCH_CHUNK`."""
+        if self.args.chunk > 0:
+            return int(self.args.chunk)
+        from iapo_gym.agents.base import Agent
+
+        agent = self.specs[label].build()
+        return 1 if type(agent).fit_many is Agent.fit_many else BATCH_CHUNK
+
+    def chunks(self, env: str, label: str, budget: int) -> list[list[int]]:
+        """The pending seeds of one configuration, in chunks aligned to the plan's seeds.
+
+        A resumed experiment fits exactly the chunks an uninterrupted one would.
+        """
+        size, seeds = self.chunk_size(label), self.plan.seeds
+        out = []
+        for i in range(0, len(seeds), size):
+            todo = [s for s in seeds[i:i + size] if not self.results.done(self.key(env, label, budget, s))]
+            if todo:
+                out.append(todo)
+        return out
+
+    def check_recorded_configs(self) -> None:
+        """Refuse to add runs under a label whose recorded runs used other hyper-parameters."""
+        recorded: dict[str, str] = {}
+        for r in self.results.rows:
+            if r["agent"] in self.records and r.get("agent_config"):
+                recorded.setdefault(r["agent"], r["agent_config"])
+        for label, text in recorded.items():
+            try:
+                old = json.loads(text).get("config")
+            except (ValueError, AttributeError):
+                continue
+            new = self.records[label]["config"]
+            if old != new:
+                keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+                raise ArgumentError(
+                    f"{self.results.path} holds runs of agent {label!r} with other hyper-parameters ({diff}); "
+                    f"name this variant (e.g. --agents {label}_v2={self.specs[label].target}) or use another --out"
+                )
 
     def check_env(self, env_id: str) -> bool:
         """Build run 0's env once: records its contexts; a missing table skips or stops."""
@@ -352,9 +533,10 @@ class Runner:
 
     def run_config(self, env_id: str, agent_name: str, budget: int, seeds: list[int]) -> list[dict[str, Any]]:
         """Fit ``seeds`` as one batch, evaluate exactly, append to results.csv; returns the new rows."""
-        from iapo_gym.agents import make_agent
+        from iapo_gym.experiments.threads import apply_torch_threads
 
-        agent = self.with_training_log(make_agent(agent_name), env_id, agent_name, budget)
+        apply_torch_threads(self.args.threads)  # an agent may have imported torch since the last call
+        agent = self.with_training_log(self.specs[agent_name].build(), env_id, agent_name, budget)
         base = env_factory(env_id, budget, self.args.contexts)
         built: dict[int, Any] = {}
 
@@ -369,6 +551,7 @@ class Runner:
         self.fits += 1
         if len(policies) != len(seeds):
             raise RuntimeError(f"{agent_name}.fit_many returned {len(policies)} policies for {len(seeds)} seeds")
+        record = json.dumps(self.records[agent_name], sort_keys=True, separators=(",", ":"), default=str)
         rows = []
         best: tuple[float, int, Any, Any] | None = None  # --save-policies best: (acr, seed, policy, env)
         for seed, policy in zip(seeds, policies, strict=True):
@@ -384,17 +567,15 @@ class Runner:
                 if keep == "all":
                     self.save_policy(env_id, agent_name, agent, budget, *best[1:])
             rows.append(
-                dict(
-                    zip(
-                        ("env", "contexts", "agent", "budget", "seed"), self.key(env_id, agent_name, budget, seed), strict=True
-                    )
-                )
+                dict(zip(KEY, self.key(env_id, agent_name, budget, seed), strict=True))
                 | {"budget_used": used, "wall_s": wall}
                 | metrics.row()
+                | {"agent_config": record}
             )
         if best is not None and self.args.save_policies == "best":
             self.save_policy(env_id, agent_name, agent, budget, *best[1:])
         self.results.append(rows)
+        self.new_runs += len(rows)
         return rows
 
     def save_policy(self, env_id: str, agent_name: str, agent: Any, budget: int, seed: int, policy: Any, env: Any) -> None:
@@ -404,10 +585,10 @@ class Runner:
         policy.save(path, env, agent=agent, agent_name=agent_name, budget=budget, seed=seed, overwrite=True)
 
     def with_training_log(self, agent: Any, env_id: str, agent_name: str, budget: int) -> Any:
-        """``agent`` logging its own training under ``OUT/tb`` when tracking; other agents unchanged.
+        """``agent`` logging its own training under ``OUT/tb`` when tracking.
 
-        An agent logs its own training when it has a ``log_dir`` field (e.g. the neural agent's loss
-        and exploration statistics).
+        Applies to agents with a ``log_dir`` field (e.g. the neural agent's loss and exploration
+        statistics); other agents are returned unchanged.
         """
         if not self.args.track or not is_dataclass(agent) or isinstance(agent, type):
             return agent
@@ -425,71 +606,102 @@ class Runner:
             and r["contexts"] == self.args.contexts
         ]
 
-    def run(self) -> None:
-        """Every configuration of the plan (finished runs skipped), with a progress bar and TensorBoard."""
-        from tqdm.auto import tqdm
+    def complete(self, env: str, agent: str) -> dict[int, list[dict[str, Any]]]:
+        """Budgets of the plan whose every seed is recorded -> their rows."""
+        out = {}
+        for b in self.plan.budgets:
+            rows = self.rows_of(env, agent, b)
+            if len(rows) == len(self.plan.seeds):
+                out[b] = rows
+        return out
 
-        from iapo_gym.agents import make_agent
+    def run(self) -> None:
+        """Every configuration of the plan (finished runs skipped), with the progress line and TensorBoard."""
+        from iapo_gym.experiments.progress import Progress
         from iapo_gym.experiments.results import atomic_write_text
 
         plan = self.plan
+        self.check_recorded_configs()
         envs = [e for e in plan.envs if self.check_env(e)]
         known = self.contexts_file()
         known.update(self.contexts)
         atomic_write_text(contexts_path(plan.out, self.args.contexts), json.dumps(known, indent=1))
-        total = sum(len(self.todo(e, a, b)) for e in envs for a in plan.agents for b in plan.budgets)
+        work = [(e, a, b, c) for e in envs for a in plan.agents for b in plan.budgets for c in self.chunks(e, a, b)]
+        total = sum(len(c) for *_, c in work)
         self.log(
             f"{len(envs)} task(s) x {len(plan.agents)} agent(s) x {len(plan.budgets)} budget(s) x {len(plan.seeds)} runs: "
             f"{total} to run, {len(envs) * len(plan.agents) * len(plan.budgets) * len(plan.seeds) - total} already in "
             f"{plan.out / 'results.csv'}"
         )
-        stamp = int(time.time())
-        with tqdm(total=total, disable=not self.args.progress or total == 0, unit="run", dynamic_ncols=True) as bar:
+        n_chunks: dict[tuple, int] = {}
+        for e, a, b, _ in work:
+            n_chunks[(e, a, b)] = n_chunks.get((e, a, b), 0) + 1
+        with Progress(((a, b, len(c)) for _, a, b, c in work), enabled=self.args.progress) as bar:
             for env_id in envs:
-                for agent_name in plan.agents:
-                    logger = None
-                    for budget in plan.budgets:
-                        seeds = self.todo(env_id, agent_name, budget)
-                        if not seeds:
-                            continue
-                        bar.set_description(f"{env_id.removeprefix('IAPO-')} {agent_name} T={budget}")
-                        self.run_config(env_id, agent_name, budget, seeds)
-                        bar.update(len(seeds))
-                        if self.args.track:
-                            if logger is None:
-                                logger = self.tb_logger(env_id, agent_name, make_agent(agent_name).config(), stamp)
-                            logger.log_budget(budget, self.rows_of(env_id, agent_name, budget))
-                    if logger is not None:
-                        logger.close()
+                for label in plan.agents:
+                    logger = self.tb_logger(env_id, label) if self.args.track else None
+                    try:
+                        for budget in plan.budgets:
+                            mine = [c for e, a, b, c in work if (e, a, b) == (env_id, label, budget)]
+                            for i, seeds in enumerate(mine, 1):
+                                part = f" chunk {i}/{len(mine)}" if len(mine) > 1 else ""
+                                bar.describe(f"{env_id.removeprefix('IAPO-').removesuffix('-v0')} {label} T={budget}{part}")
+                                t0 = time.perf_counter()
+                                self.run_config(env_id, label, budget, seeds)
+                                bar.advance(label, budget, len(seeds), time.perf_counter() - t0)
+                            if logger is not None:
+                                logger.log_budgets(self.complete(env_id, label))
+                    finally:
+                        if logger is not None:
+                            logger.close()
 
-    def tb_logger(self, env_id: str, agent_name: str, config: dict[str, Any], stamp: int) -> Any:
-        """A TensorBoard logger for one (env, agent) cell, with its hyperparameters."""
+    def tb_logger(self, env_id: str, label: str) -> Any:
+        """The TensorBoard logger of one (task, agent) configuration (its stable run directory)."""
         from iapo_gym.experiments.tblog import ConfigLogger
 
-        hparams = {"env": env_id, "agent": agent_name, "runs": len(self.plan.seeds), "first_seed": self.plan.seeds[0]}
-        hparams.update({f"agent.{k}": v for k, v in config.items()})
-        names = self.contexts[env_id]["names"]
-        return ConfigLogger(self.plan.out / "tb", env_id, agent_name, self.plan.seeds, names, hparams, stamp)
+        spec, record = self.specs[label], self.records[label]
+        hparams = {"env": env_id, "agent": label, "agent.target": spec.target, "agent.source": spec.source,
+                   "contexts": self.args.contexts, "runs": len(self.plan.seeds), "first_seed": self.plan.seeds[0]}
+        hparams.update({f"agent.{k}": v for k, v in record["config"].items()})
+        ctx = self.contexts[env_id]
+        return ConfigLogger(self.plan.out / "tb", env_id, label, self.plan.seeds, ctx["names"], hparams,
+                            contexts=self.args.contexts, n_prompts=ctx.get("n_prompts"))
 
     def contexts_file(self) -> dict[str, Any]:
-        """The contexts file of this output directory and mode (empty if not written yet)."""
+        """The recorded contexts of every task of this output directory and mode."""
         path = contexts_path(self.plan.out, self.args.contexts)
         return json.loads(path.read_text()) if path.exists() else {}
 
 
 # --------------------------------------------------------------------------- analysis
 def selected_results(plan: Plan, args: Args) -> Any:
-    """The recorded rows that belong to this plan (other rows of the same file are left out)."""
+    """The recorded rows to analyse.
+
+    Every run of the context mode in ``results.csv`` (so separate invocations accumulate), or only
+    this plan's runs with ``--only-plan``.
+    """
     from iapo_gym.experiments.results import Results, ResultsFile
 
-    envs, agents, budgets, seeds = set(plan.envs), set(plan.agents), set(plan.budgets), set(plan.seeds)
-    rows = [
-        r
-        for r in ResultsFile(plan.out / "results.csv", repair=False).rows
-        if r["env"] in envs and r["agent"] in agents and r["budget"] in budgets and r["seed"] in seeds
-        and r["contexts"] == args.contexts
-    ]
+    rows = [r for r in ResultsFile(plan.out / "results.csv", repair=False).rows if r["contexts"] == args.contexts]
+    if args.only_plan:
+        envs, agents, budgets, seeds = set(plan.envs), set(plan.agents), set(plan.budgets), set(plan.seeds)
+        rows = [r for r in rows if r["env"] in envs and r["agent"] in agents and r["budget"] in budgets and r["seed"] in seeds]
     return Results.from_rows(rows)
+
+
+def resolve_reference(args: Args, plan: Plan, recorded: Sequence[str]) -> str:
+    """``--reference`` checked against this plan's agents and the recorded ones.
+
+    The default is psst when it is run or recorded, else the plan's first agent.
+    """
+    if args.reference:
+        if args.reference not in plan.agents and args.reference not in recorded:
+            known = list(dict.fromkeys([*plan.agents, *recorded]))
+            raise ArgumentError(
+                f"--reference {args.reference!r} is not an agent of this experiment; pick one of {', '.join(known)}"
+            )
+        return args.reference
+    return "psst" if "psst" in plan.agents or "psst" in recorded else plan.agents[0]
 
 
 def analyse(
@@ -504,20 +716,25 @@ def analyse(
     if len(res) == 0:
         log("no results to analyse")
         return written
-    agents = [a for a in plan.agents if a in set(res.agent.tolist())]
-    rows = stats.wilcoxon_table(res, reference=plan.reference)
+    recorded = res.unique("agent")
+    reference = resolve_reference(args, plan, recorded)
+    agents = [a for a in plan.agents if a in set(recorded)] + [a for a in recorded if a not in plan.agents]
+    rows = stats.wilcoxon_table(res, reference=reference)
     written["wilcoxon_csv"] = atomic_write_text(plan.out / "wilcoxon.csv", stats.wilcoxon_csv(rows))
     written["wilcoxon_md"] = atomic_write_text(plan.out / "wilcoxon.md", stats.wilcoxon_markdown(rows))
     ctx_path = contexts_path(plan.out, args.contexts)
     contexts = json.loads(ctx_path.read_text()) if ctx_path.exists() else {}
     if args.plots:
-        from iapo_gym.experiments.plots import plot_acr_vs_budget, plot_n_vs_cost
+        from iapo_gym.experiments.plots import plot_acr_vs_budget, plot_n_vs_cost, plot_regret_difference
 
         written["acr_plot"] = plot_acr_vs_budget(res, plan.figures / "acr_vs_budget.png", agents)
+        if any(a != reference for a in agents) and reference in recorded:
+            written["diff_plot"] = plot_regret_difference(res, plan.figures / "regret_diff.png", reference, agents)
         cost_w = {e: [w[-1] for w in c["weights"]] for e, c in contexts.items()}
         if any(e in cost_w for e in res.unique("env")):
-            written["n_plot"] = plot_n_vs_cost(res, plan.figures / "n_vs_cost.png", cost_w, agents=agents)
-    log(summary_table(res, agents, plan.reference))
+            written["n_plot"] = plot_n_vs_cost(res, plan.figures / "n_vs_cost.png", cost_w, agents=agents,
+                                               binned=args.contexts != "finite")
+    log(summary_table(res, agents, reference))
     if plan.report is not None:
         from iapo_gym.experiments.report import ReportInputs, write_report
 
@@ -530,7 +747,7 @@ def analyse(
                 contexts=contexts,
                 figures={k: v for k, v in written.items() if k.endswith("_plot")},
                 command=command_line(args),
-                reference=plan.reference,
+                reference=reference,
             ),
             plan.report,
         )
@@ -568,48 +785,98 @@ def summary_table(res: Any, agents: Sequence[str], reference: str) -> str:
 def command_line(args: Args) -> str:
     """The shortest command that regenerates this experiment."""
     if args.preset:
-        return f"python train.py --preset {args.preset}"
+        return f"python train.py --preset {args.preset}" + (" --write-docs" if args.write_docs else "")
     defaults = Args()
     parts = ["python train.py"]
     for k, v in asdict(args).items():
-        if v != getattr(defaults, k):
+        if v != getattr(defaults, k) and k not in ("progress", "threads", "chunk"):
             flag = "--" + k.replace("_", "-")
-            parts.append(flag if v is True else f"--no-{flag[2:]}" if v is False else f"{flag} {v}")
+            text = str(v)
+            if any(c in text for c in " ;'\"[]"):
+                text = "'" + text.replace("'", "'\\''") + "'"
+            parts.append(flag if v is True else f"--no-{flag[2:]}" if v is False else f"{flag} {text}")
     return " ".join(parts)
 
 
 # --------------------------------------------------------------------------- entry point
 def run_experiment(args: Args, log: Callable[[str], None] = print) -> tuple[Runner, dict[str, Path]]:
-    """Validate, run (skipping finished runs) and analyse; returns the runner and the paths written."""
+    """Validate, run (skipping finished runs) and analyse; returns the runner and the paths written.
+
+    Raises :class:`ArgumentError` / :class:`ResultsError` (one line naming the fix) and
+    :class:`Interrupted` when Ctrl-C stops the runs (everything finished is saved).
+    """
+    from iapo_gym.experiments.results import OutputLock
+    from iapo_gym.experiments.threads import limit_threads
+
     plan = make_plan(args)
+    if args.write_docs and not Path("docs").is_dir():
+        raise ArgumentError(
+            "--write-docs writes the checkout's docs/ (REPRODUCTION.md, figures/); run it from the repository root"
+        )
     plan.out.mkdir(parents=True, exist_ok=True)
     if plan.missing_agents:
         log(f"note: agents not registered yet, left out: {', '.join(plan.missing_agents)}")
-    runner = Runner(args, plan, log)
-    if not args.analyse_only:
-        runner.run()
-    else:
-        for env_id in plan.envs:  # record skipped tasks for the report
-            runner.check_env(env_id)
-    written = analyse(args, plan, runner.skipped_envs, log)
+    with limit_threads(args.threads), OutputLock(plan.out):
+        runner = Runner(args, plan, log)
+        if args.reference:  # an unknown reference is an error before anything runs
+            resolve_reference(args, plan, sorted({r["agent"] for r in runner.results.rows}))
+        if not args.analyse_only:
+            try:
+                runner.run()
+            except KeyboardInterrupt:
+                raise Interrupted(plan.out, runner.new_runs) from None
+        else:
+            for env_id in plan.envs:  # record skipped tasks for the report
+                runner.check_env(env_id)
+        written = analyse(args, plan, runner.skipped_envs, log)
     if args.track and (plan.out / "tb").exists():
         written["tensorboard"] = plan.out / "tb"
     return runner, written
 
 
+def _missing_table_message(exc: BaseException) -> str:
+    from iapo_gym.tables.store import TableNotFoundError
+
+    while exc is not None and not isinstance(exc, TableNotFoundError):
+        exc = exc.__cause__ or exc.__context__
+    return str(exc).splitlines()[0] + "; or pass --skip-missing to run the other tasks"
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # a polite kill stops like Ctrl-C: finished chunks are kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``iapo-gym train`` / ``python train.py``: parse ``argv``, run the experiment; the exit status."""
+    """The command line: one line on stderr for every expected failure, exit 2 (130 when interrupted)."""
     args = parse_args(argv)
     t0 = time.perf_counter()
+    old = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
         _, written = run_experiment(args)
-    except ArgumentError as exc:
+    except (ArgumentError, ResultsError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"train.py: {exc}; run the same command again to resume (finished runs are skipped)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if is_missing_table(exc):
+            print(f"train.py: error: {_missing_table_message(exc)}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     print(f"\nfinished in {time.perf_counter() - t0:.1f} s; wrote:")
     for name, path in written.items():
         print(f"  {name:<14} {path}")
     return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":
