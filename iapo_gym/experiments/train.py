@@ -419,6 +419,7 @@ class Runner:
         self.evaluators: dict[tuple[str, int], Any] = {}
         self.fits = 0  # fit_many calls made by this runner (a resumed, finished plan makes none)
         self.new_runs = 0  # runs recorded by this runner
+        self._best: dict[tuple[str, str, int], float] = {}  # --save-policies best: ACR of the kept policy
         self.skipped_envs: dict[str, str] = {}
         self.contexts: dict[str, dict[str, Any]] = {}
         self.first_tables: dict[str, Any] = {}  # env id -> run 0's table (is it shared by every run?)
@@ -572,11 +573,26 @@ class Runner:
                 | metrics.row()
                 | {"agent_config": record}
             )
-        if best is not None and self.args.save_policies == "best":
+        if best is not None and self.args.save_policies == "best" and best[0] > self.best_saved(env_id, agent_name, budget):
+            # the configuration's best so far (over every chunk and earlier invocations) replaces the old one
+            folder = self.plan.out / "policies" / env_id / agent_name / f"T{int(budget)}"
+            for old in folder.glob("seed*.json") if folder.exists() else []:
+                old.unlink()
             self.save_policy(env_id, agent_name, agent, budget, *best[1:])
+            self._best[(env_id, agent_name, int(budget))] = best[0]
         self.results.append(rows)
         self.new_runs += len(rows)
         return rows
+
+    def best_saved(self, env_id: str, agent_name: str, budget: int) -> float:
+        """Test ACR of the policy ``--save-policies best`` keeps for one configuration (-inf if none)."""
+        key = (env_id, agent_name, int(budget))
+        if key not in self._best:
+            folder = self.plan.out / "policies" / env_id / agent_name / f"T{int(budget)}"
+            saved = {int(f.stem.removeprefix("seed")) for f in folder.glob("seed*.json")} if folder.exists() else set()
+            acrs = [r["acr"] for r in self.rows_of(env_id, agent_name, budget) if r["seed"] in saved]
+            self._best[key] = max(acrs, default=float("-inf"))
+        return self._best[key]
 
     def save_policy(self, env_id: str, agent_name: str, agent: Any, budget: int, seed: int, policy: Any, env: Any) -> None:
         """Write one run's policy document (``--save-policies``) under ``OUT/policies``."""
