@@ -8,8 +8,11 @@ adapter makes the training respect the same budget of completions as every other
   completions. When fewer than ``N`` completions remain, the action is clipped to ``(p, remaining)``
   (the largest affordable ``N`` of the same prompt), so a step never exceeds the budget and the
   last completions are not wasted. The env's own ledger is charged by the env itself.
-* **Stop callback**: training stops as soon as the budget is spent (``learn`` gets
-  ``total_timesteps = T``, an upper bound since every step costs at least one completion).
+* **Stop callback** (:class:`iapo_gym.sb3.BudgetCallback`): training stops as soon as the budget
+  is spent (``learn`` gets ``total_timesteps = T``, an upper bound since every step costs at least
+  one completion). With ``log_dir`` set (``train.py --track`` sets it), the algorithm logs to
+  TensorBoard and the callback adds ``budget/spent`` and ``budget/remaining`` with completions
+  spent as the x-axis.
 * **Deployment policy** = the trained policy's deterministic action for each context of the task's
   finite set (:class:`iapo_gym.agents.base.TablePolicy`; other weight vectors use the nearest context).
 
@@ -91,16 +94,6 @@ class BudgetWrapper(gym.Wrapper):
         return (np.arange(n_arms) % self.n_max + 1) <= max(self.remaining, 1)
 
 
-def _stop_callback(wrapper: BudgetWrapper) -> Any:
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class StopOnBudget(BaseCallback):
-        def _on_step(self) -> bool:
-            return wrapper.remaining > 0
-
-    return StopOnBudget()
-
-
 def _defaults(algo: str, budget: int, n_max: int) -> dict[str, Any]:
     expected_steps = max(1, int(2 * budget / (n_max + 1)))
     if algo in ("ppo", "maskable_ppo"):
@@ -166,11 +159,13 @@ class SB3Agent(Agent):
         algo: ``"ppo"``, ``"a2c"``, ``"dqn"`` or ``"maskable_ppo"``.
         algo_kwargs: overrides of the algorithm's constructor arguments (see ``_defaults``).
         policy: SB3 policy name (``"MlpPolicy"``).
+        log_dir: TensorBoard directory of the algorithm's training logs (None: no logging).
     """
 
     algo: str = "ppo"
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     policy: str = "MlpPolicy"
+    log_dir: str | None = None
     name: ClassVar[str] = "sb3"
 
     def __post_init__(self) -> None:
@@ -187,8 +182,14 @@ class SB3Agent(Agent):
             return TablePolicy(base.contexts, arms, int(base.n_max), 0, {"algo": self.algo, "steps": 0})
         kwargs = {**_defaults(self.algo, wrapper.budget, wrapper.n_max), **self.algo_kwargs}
         cls = _algorithm_class(self.algo)
-        model = cls(self.policy, wrapper, seed=int(seed), device="cpu", verbose=0, **kwargs)
-        model.learn(total_timesteps=wrapper.budget, callback=_stop_callback(wrapper))
+        from iapo_gym.sb3 import BudgetCallback
+
+        model = cls(self.policy, wrapper, seed=int(seed), device="cpu", verbose=0, tensorboard_log=self.log_dir, **kwargs)
+        model.learn(
+            total_timesteps=wrapper.budget,
+            callback=BudgetCallback(budget=wrapper.budget),
+            tb_log_name=f"{base.task}__{self.algo}__seed{int(seed)}__T{wrapper.budget}",
+        )
         obs = base.contexts.weights.astype(np.float32)
         if self.algo == "maskable_ppo":
             masks = np.ones((obs.shape[0], int(base.n_prompts) * int(base.n_max)), dtype=bool)

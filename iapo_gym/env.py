@@ -91,9 +91,11 @@ class IAPOEnv(gym.Env):
     * ``live``: options for a live backend given by object or name (``record=`` path of the
       generation log, ``model=``, ``base_url=``, ``spec=``, ``dataset_path=``; docs/LIVE.md).
 
-    * ``render_mode``: the env draws nothing; any mode is accepted and :meth:`render` returns
-      ``None`` (as Gymnasium documents for envs without rendering; ``gym.make`` warns for a mode
-      not in ``metadata["render_modes"]``).
+    * ``render_mode``: the env draws nothing (``metadata["render_modes"] == []``). Any mode is
+      accepted so that callers that always pass one (SB3's ``make_vec_env`` passes
+      ``"rgb_array"``) work; as Gymnasium expects of an env without render modes,
+      ``env.render_mode`` stays ``None`` and :meth:`render` returns ``None`` (``gym.make`` warns
+      that the mode is not supported).
 
     The batched structural API on ``env.unwrapped`` (:meth:`pull`, :meth:`score`) draws many
     pulls at once, optionally on chosen training queries, and charges the same ledger.
@@ -126,7 +128,9 @@ class IAPOEnv(gym.Env):
         # every argument is checked before anything is loaded, allocated or charged
         if render_mode is not None and not isinstance(render_mode, str):
             raise TypeError(f"render_mode must be a string or None; got {render_mode!r}")
-        self.render_mode = render_mode
+        # No render modes (metadata["render_modes"] == []): as Gymnasium's checker expects, render_mode
+        # stays None whatever is asked (SB3's make_vec_env asks for "rgb_array"; gym.make warns about it).
+        self.render_mode = None
         if on_exhausted not in ("raise", "truncate"):
             raise ValueError(f"on_exhausted must be 'raise' or 'truncate'; got {on_exhausted!r}")
         self.on_exhausted = on_exhausted
@@ -173,7 +177,8 @@ class IAPOEnv(gym.Env):
             raise ValueError(f"task {self.task} has no training queries; pass split_seed= to re-split the pooled queries")
 
         self.context_source = self._context_source(contexts)
-        self.contexts: ContextSet = self.table.contexts if not isinstance(self.context_source, ContextSet) else self.context_source
+        finite = isinstance(self.context_source, ContextSet)
+        self.contexts: ContextSet = self.context_source if finite else self.table.contexts
         if isinstance(self.context_source, ContextSet):
             low = np.zeros(self.n_objectives + 1, dtype=np.float32)
             high = np.maximum(1.0, self.context_source.weights.max(axis=0)).astype(np.float32)
