@@ -90,8 +90,7 @@ class BudgetCallback(BaseCallback):
                 "to give the run ONE budget pass one ledger: env_kwargs={'budget': iapo_gym.BudgetLedger(T)}",
                 stacklevel=2,
             )
-        modes = set(env.get_attr("on_exhausted"))
-        if "raise" in modes and self.budget is None:
+        if self.budget is None and "raise" in set(env.get_attr("on_exhausted")):
             warnings.warn(
                 "a step that does not fit the budget raises BudgetExceededError inside learn(); make the env with "
                 "on_exhausted='truncate' to clip the last step instead",
