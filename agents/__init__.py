@@ -34,6 +34,7 @@ AGENTS: dict[str, Callable[..., Agent]] = {
     "psst": _factory("iapo_gym.agents.psst", "PSST"),
     "psst_paired": _factory("iapo_gym.agents.psst_paired", "PSSTPaired"),
     "topk_paired": _factory("iapo_gym.agents.psst_paired", "TopKPaired"),
+    "psst_model": _factory("iapo_gym.agents.psst_model", "PSSTModel"),
     "topk1": _factory("iapo_gym.agents.topk", "TopK", k=1, rho=0.2),
     "topk4": _factory("iapo_gym.agents.topk", "TopK", k=4, rho=0.2),
     "topk8": _factory("iapo_gym.agents.topk", "TopK", k=8, rho=0.2),

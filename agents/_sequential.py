@@ -10,7 +10,15 @@ Every step, each run that still has budget (all ``S`` runs of a batch at once):
 
 The loop ends when every run has spent its budget exactly (an ``N = 1`` arm is always feasible
 while budget remains), so these agents never exceed ``T`` and waste nothing. The deployed arm of a
-context is the arm with the highest empirical mean (unseen arms rank last).
+context is the arm with the highest empirical mean (unseen arms rank last): the paper's and the
+authors' rule, kept as the default (``lcb = 0``).
+
+That rule has a winner's curse that makes these agents *lose* ACR as the budget grows on MATH
+(docs/BEYOND.md, "The UCB / epsilon-greedy / Softmax anomaly"): the adaptive loop leaves many
+large-``N`` arms with a handful of blocks from a handful of queries, their means sit near the
+maximal credit, and the empirical best over all ``|P| N_max`` arms picks one of them once the
+well-sampled arms have regressed towards their true values. ``lcb > 0`` deploys the arm with the
+highest ``mean - lcb / sqrt(count)`` instead (a lower confidence bound on the utility scale).
 
 Ties in the selection rule are broken by a per-run random priority over arms drawn once from the
 seed (the authors flip coins; both are uniform over tied arms for a run).
@@ -18,6 +26,7 @@ seed (the authors flip coins; both are uniform over tied arms for a run).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,8 +38,16 @@ from iapo_gym.agents._runs import Runs
 from iapo_gym.agents.base import Policy
 
 
+@dataclass(kw_only=True)
 class SequentialAgent(BatchAgent):
-    """Base of the online baselines: subclasses implement :meth:`choose`."""
+    """Base of the online baselines: subclasses implement :meth:`choose`.
+
+    Args:
+        lcb: deployment rule. 0 (default, the paper's): the empirical-best arm per context;
+            ``> 0``: the arm with the highest ``mean - lcb / sqrt(count)`` (count = nested blocks).
+    """
+
+    lcb: float = 0.0
 
     def choose(
         self,
@@ -70,8 +87,21 @@ class SequentialAgent(BatchAgent):
             stats.add(pulls, live)
             steps[live] += 1
         active = np.ones((s_n, len(runs.contexts), a_n), dtype=bool)
-        arms = best_arms(active, stats.means().reshape(active.shape))
+        mean = stats.means()
+        if float(self.lcb) > 0:
+            with np.errstate(divide="ignore"):
+                mean = mean - float(self.lcb) / np.sqrt(stats.count[:, None])
+        arms = best_arms(active, mean.reshape(active.shape))
+        emp = stats.means().reshape(s_n, len(runs.contexts), a_n)
+        counts = stats.count.reshape(s_n, a_n)
         infos: list[dict[str, Any]] = [
-            {"steps": int(steps[s]), "budget_used": int(runs.spent[s])} for s in range(s_n)
+            {
+                "steps": int(steps[s]),
+                "budget_used": int(runs.spent[s]),
+                # per context: the deployed arm's empirical mean and its nested-block count
+                "deployed_mean": emp[s, np.arange(arms.shape[1]), arms[s]].tolist(),
+                "deployed_count": counts[s, arms[s]].tolist(),
+            }
+            for s in range(s_n)
         ]
         return table_policies(runs, arms, infos)

@@ -1,0 +1,466 @@
+"""PSST-Model: model-based estimation of every arm from per-query outcome counts, paired prompt halving.
+
+**This agent uses query-controlled pulls** (``uses_query_control = True``, as
+:mod:`iapo_gym.agents.psst_paired`): it names the training query of every pull.
+
+Why a model: ``Q(c, p, N)`` is a *known* function of the per-query outcome distributions. For
+majority voting, ``Q(c, p, N) = w_1 E_q[credit_N(pi_{p,q})] - w_cost N cost_p`` with ``credit_N``
+the exact tie-aware MV credit of ``N`` i.i.d. votes from the answer distribution ``pi_{p,q}``
+(:func:`iapo_gym.oracle.mv_credit`); for Best-of-N, ``E_q[E max of N draws of w . v]``
+(:func:`iapo_gym.oracle.bon_expected_max`). PSST learns each ``(p, N)`` from disjoint nested
+blocks, so an ``N = 32`` arm needs whole 32-completion pulls. Here every completion of a prompt on
+a query updates that query's outcome counts, and the counts inform **every** ``N`` at once through
+the plug-in ``credit_N(counts / m)``, bias-corrected by the jackknife
+``m f(c / m) - (m - 1) mean_i f(c_{-i} / (m - 1))`` (first-order bias ``O(1/m)`` -> ``O(1/m^2)``;
+leave-one-out per observed category, so ``1 + A`` exact evaluations per distinct count vector).
+Count vectors repeat massively (small ``m``, few categories), so each distinct one is evaluated
+once.
+
+The loop (all seeds of a batch at once):
+
+* ``R = ceil(log2 |P|) + 1`` rounds (at least 2) with budgets growing by ``growth`` per round,
+  PSST's carry-forward, and never more than ``T``;
+* round ``r`` takes the next ``q_r`` queries of the run's seeded walk through its train split
+  (:class:`iapo_gym.agents.psst_paired.QuerySchedule`) and pulls **every** surviving prompt
+  ``m_r`` times on **each** of them (``m_r = m`` doubling every round, at most ``N_max``;
+  ``q_r = floor(avail / (|S_r| m_r))``; a round that affords no query shrinks ``m_r`` to fit one
+  query, and pulls nothing below one completion per survivor). All survivors therefore share one
+  query design, so comparisons between them are paired: the query effect cancels;
+* per context, each surviving prompt is scored by its best arm ``max_N Qhat(c, p, N)``; a prompt
+  survives a round if it ranks in the top ``floor(n / 2)`` (at least one) of *some* context;
+* the deployed arm of a context is the surviving ``(p, N)`` with the highest ``Qhat``.
+
+Cost per completion is the observed mean cost of the prompt's completions (the tables' cost is
+deterministic per (prompt, query), so this is exact on the queries seen).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from iapo_gym import oracle
+from iapo_gym.agents._common import BatchAgent, _chunks, table_policies
+from iapo_gym.agents._runs import Runs
+from iapo_gym.agents.base import Policy
+from iapo_gym.agents.psst_paired import QueryRuns, QuerySchedule
+from iapo_gym.sampling import Pulls
+
+__all__ = ["CountStats", "PSSTModel", "PlugInSums", "jackknife_bon_max", "jackknife_mv_credit"]
+
+
+# ------------------------------------------------------------------------------ count tallies
+class CountStats:
+    """Per (run, prompt, train column) outcome counts, observed outcome values and costs.
+
+    Arrays: ``counts (S, P, W, A)`` int32 (``W`` the widest train split, ``A`` answer categories
+    or BoN outcomes), ``gold (S, W)`` (MV; -1 unseen), ``values (S, P, W, A, K)`` float32 (BoN:
+    the objective values of each observed outcome), ``cost (S, P)`` summed completion costs and
+    ``completions (S, P)``.
+    """
+
+    def __init__(self, n_runs: int, n_prompts: int, width: int, n_outcomes: int, n_objectives: int, strategy: str) -> None:
+        self.strategy = strategy
+        self.shape = (int(n_runs), int(n_prompts), int(width), int(n_outcomes))
+        self.counts = np.zeros(self.shape, dtype=np.int32)
+        self.gold = np.full((n_runs, width), -1, dtype=np.int64)
+        self.values = np.zeros(self.shape + (int(n_objectives),), dtype=np.float32) if strategy == "bon" else None
+        self.cost = np.zeros((n_runs, n_prompts))
+        self.completions = np.zeros((n_runs, n_prompts), dtype=np.int64)
+
+    def add(self, pulls: Pulls, run: NDArray[np.int64], col: NDArray[np.int64]) -> None:
+        """Record every completion of ``pulls`` (row ``b`` belongs to run ``run[b]``, train column ``col[b]``)."""
+        if len(pulls) == 0:
+            return
+        s_n, p_n, w_n, a_n = self.shape
+        mask = pulls.mask
+        b_idx, slot = np.nonzero(mask)
+        out = pulls.outcome[b_idx, slot]
+        cell = (run[b_idx] * p_n + pulls.prompt[b_idx]) * w_n + col[b_idx]
+        flat = cell * a_n + out
+        self.counts.reshape(-1)[:] += np.bincount(flat, minlength=self.counts.size).astype(np.int32)
+        if self.strategy == "mv":
+            self.gold[run, col] = pulls.gold
+        else:
+            vals = self.values.reshape(-1, self.values.shape[-1])
+            vals[flat] = pulls.values[b_idx, slot]
+        rp = run * p_n + pulls.prompt
+        self.cost.reshape(-1)[:] += np.bincount(rp, weights=np.where(mask, pulls.cost, 0.0).sum(axis=1), minlength=s_n * p_n)
+        self.completions.reshape(-1)[:] += np.bincount(rp, weights=pulls.n, minlength=s_n * p_n).astype(np.int64)
+
+
+# ------------------------------------------------------------------------- bias-corrected plug-in
+def _unique_int_rows(rows: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1)
+
+
+def jackknife_mv_credit(counts: NDArray[np.int64], n_max: int, jackknife: bool = True) -> NDArray[np.float64]:
+    """Bias-corrected plug-in estimate of the MV credit ``(R, n_max)`` from gold-first counts ``(R, A)``.
+
+    Row ``r`` holds the vote counts of ``m_r = counts[r].sum() >= 1`` i.i.d. completions on one
+    query, gold category first. The plug-in is ``credit_N(counts / m)`` (exact,
+    :func:`iapo_gym.oracle.mv_credit`); with ``jackknife`` (and ``m >= 2``) it becomes
+    ``m f(c/m) - (m - 1) sum_a (c_a / m) f((c - e_a) / (m - 1))``. Distinct count rows (after
+    sorting the non-gold counts, which the credit is symmetric in) are evaluated once.
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    if c.shape[0] == 0:
+        return np.zeros((0, n_max))
+    c = np.concatenate([c[:, :1], -np.sort(-c[:, 1:], axis=1)], axis=1)
+    # categories never voted for in any row contribute nothing: drop them (tasks with many answers)
+    width = max(2, int((c > 0).sum(axis=1).max()) + 1)
+    c = c[:, : min(width, c.shape[1])]
+    uniq, inverse = _unique_int_rows(c)
+    m = uniq.sum(axis=1)
+    gold0 = np.zeros(uniq.shape[0], dtype=np.int64)
+    base = oracle.mv_credit(uniq / m[:, None], gold0, n_max)
+    if not jackknife:
+        return base[inverse]
+    est = base.copy()
+    jk = (m >= 2)
+    if jk.any():
+        a_n = uniq.shape[1]
+        loo = np.zeros((int(jk.sum()), n_max))
+        sub, msub = uniq[jk], m[jk]
+        for a in range(a_n):  # leave one completion of category a out (A is small)
+            has = sub[:, a] > 0
+            if not has.any():
+                continue
+            red = sub[has].copy()
+            red[:, a] -= 1
+            f = oracle.mv_credit(red / (msub[has] - 1)[:, None], np.zeros(int(has.sum()), np.int64), n_max)
+            loo[has] += (sub[has, a] / msub[has])[:, None] * f
+        est[jk] = msub[:, None] * base[jk] - (msub - 1)[:, None] * loo
+    return est[inverse]
+
+
+def jackknife_bon_max(
+    scores: NDArray[np.float64], counts: NDArray[np.int64], n_max: int, jackknife: bool = True
+) -> NDArray[np.float64]:
+    """Bias-corrected plug-in ``E[max of N draws]`` ``(R, n_max)`` from outcome ``scores (R, M)`` and ``counts (R, M)``.
+
+    The plug-in draws from the empirical distribution ``counts / m``:
+    ``E = s_(M) - sum_{j<M} (s_(j+1) - s_(j)) F_j^N`` over the scores sorted ascending with
+    empirical cumulative shares ``F_j`` (the oracle's formula; outcomes never observed have share
+    0, so they never count as the maximum). The jackknife is as in :func:`jackknife_mv_credit`:
+    leaving one completion of the outcome at sorted position ``i`` out lowers ``F_j`` for
+    ``j >= i`` by ``1 / (m - 1)`` after rescaling; all ``M`` leave-one-out variants are evaluated
+    in one vectorised pass (rows in blocks, bounded memory).
+    """
+    sc = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(counts, dtype=np.float64)
+    r_n, m_n = sc.shape
+    out = np.empty((r_n, n_max))
+    if r_n == 0:
+        return out
+    order = np.argsort(sc, axis=1, kind="stable")
+    st = np.take_along_axis(sc, order, axis=1)
+    ct = np.take_along_axis(c, order, axis=1)
+    cum = np.cumsum(ct, axis=1)  # (R, M)
+    m = cum[:, -1]
+    ds = np.diff(st, axis=1)  # (R, M - 1)
+    top = st[:, -1]
+    step = max(1, (1 << 20) // (m_n * m_n * max(n_max, 1)))
+    for lo in range(0, r_n, step):
+        hi = min(lo + step, r_n)
+        mm = m[lo:hi, None]
+        f = cum[lo:hi, :-1] / mm  # (B, M - 1)
+        d = ds[lo:hi]
+        base = np.empty((hi - lo, n_max))
+        power = f.copy()
+        for n in range(n_max):
+            base[:, n] = np.einsum("bj,bj->b", d, power)
+            power *= f
+        est = top[lo:hi, None] - base
+        if jackknife:
+            mj = m[lo:hi]
+            ok = mj >= 2
+            # F^(i)_j = (C_j - [j >= i]) / (m - 1) for every left-out sorted position i: (B, M, M - 1)
+            shift = (np.arange(m_n)[None, :, None] <= np.arange(m_n - 1)[None, None, :]).astype(np.float64)
+            fl = (cum[lo:hi, None, :-1] - shift) / np.maximum(mj - 1, 1)[:, None, None]
+            fl = np.clip(fl, 0.0, 1.0)
+            w = ct[lo:hi] / mm  # (B, M) weight of leaving out position i
+            loo = np.zeros((hi - lo, n_max))
+            power = fl.copy()
+            for n in range(n_max):
+                loo[:, n] = np.einsum("bi,bi->b", w, np.matmul(power, d[:, :, None])[..., 0])
+                power *= fl
+            loo = top[lo:hi, None] - loo
+            # a left-out top outcome with count 1 leaves the next observed score as the maximum:
+            # handled by F = 1 above it (its ds term subtracts the gap)
+            jk = mj[:, None] * est - (mj - 1)[:, None] * loo
+            est = np.where(ok[:, None], jk, est)
+        out[lo:hi] = est
+    return out
+
+
+#: Grid of success probabilities of the empirical-Bayes estimator (binary majority voting).
+NPMLE_GRID = np.linspace(0.005, 0.995, 100)
+NPMLE_ITERS = 300
+
+
+def npmle_binary_q(
+    k: NDArray[np.int64], m: NDArray[np.int64], group: NDArray[np.int64], n_groups: int, n_max: int
+) -> NDArray[np.float64]:
+    """Empirical-Bayes estimate of ``E_q[credit_N(theta_q)]`` per group from binomial counts, ``(G, n_max)``.
+
+    Each group (a run's prompt) holds cells ``(k successes of m)`` (one per query). The
+    distribution of the success probability ``theta`` across the group's queries is estimated by
+    nonparametric maximum likelihood on :data:`NPMLE_GRID` (Kiefer-Wolfowitz; EM iterations,
+    vectorised over groups), and the estimate is ``sum_g w_g credit_N(theta_g)`` with the exact
+    binary MV credit. Unlike the plug-in, it uses the spread of the counts across queries, so a
+    prompt that is consistently right with probability 0.62 and one that is right on 70 % of the
+    queries and wrong on the rest get very different large-``N`` values even from 3 votes per query.
+    """
+    grid = NPMLE_GRID
+    cells = np.stack([k, m], axis=1)
+    pairs, code = np.unique(cells, axis=0, return_inverse=True)
+    code = code.reshape(-1)
+    from scipy.stats import binom
+
+    lik = binom.pmf(pairs[:, 0][None, :], pairs[:, 1][None, :], grid[:, None])  # (Grid, K)
+    hist = np.bincount(group * pairs.shape[0] + code, minlength=n_groups * pairs.shape[0]).reshape(n_groups, -1)
+    hist = hist.astype(np.float64)
+    n = hist.sum(axis=1, keepdims=True)
+    w = np.full((n_groups, grid.size), 1.0 / grid.size)
+    for _ in range(NPMLE_ITERS):
+        denom = w @ lik  # (G, K)
+        w = w * ((hist / np.maximum(denom, 1e-300)) @ lik.T) / np.maximum(n, 1.0)
+    f = oracle.mv_credit(np.stack([grid, 1.0 - grid], axis=1), np.zeros(grid.size, np.int64), n_max)  # (Grid, n_max)
+    return w @ f
+
+
+class PlugInSums:
+    """Running sums over train columns of the per-query bias-corrected plug-in values.
+
+    ``acc (S, P, U, n_max)``: for each run and prompt, the sum over the columns it was pulled on of
+    the per-query estimate (MV: credit, ``U = 1``; BoN: expected best score under each of the ``U``
+    distinct objective-weight rows); ``cells (S, P)``: how many columns. Only the cells a round
+    touches are re-evaluated (their old value is subtracted first), so each round costs in
+    proportion to its own pulls.
+    """
+
+    def __init__(
+        self, stats: CountStats, weights: NDArray[np.float64], n_max: int, jackknife: bool, npmle: bool = False
+    ) -> None:
+        self.stats, self.n_max, self.jackknife = stats, int(n_max), bool(jackknife)
+        self.npmle = bool(npmle) and stats.strategy == "mv" and stats.shape[3] == 2
+        s_n, p_n, _, _ = stats.shape
+        if stats.strategy == "mv":
+            self.obj_w = weights[:1, :1] * 0 + 1.0
+            self.group = np.zeros(weights.shape[0], dtype=np.int64)
+        else:
+            self.obj_w, group = np.unique(weights[:, :-1], axis=0, return_inverse=True)
+            self.group = group.reshape(-1)
+        self.acc = np.zeros((s_n, p_n, self.obj_w.shape[0], self.n_max))
+        self.cells = np.zeros((s_n, p_n), dtype=np.int64)
+
+    def values(self, s_i: NDArray[np.int64], p_i: NDArray[np.int64], w_i: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Per-query estimates ``(R, U, n_max)`` of the given (non-empty) cells from their current counts."""
+        st = self.stats
+        counts = st.counts[s_i, p_i, w_i].astype(np.int64)  # (R, A)
+        if st.strategy == "mv":
+            a_n = counts.shape[1]
+            gold = st.gold[s_i, w_i]
+            own = counts[np.arange(counts.shape[0]), gold]
+            others = np.where(np.arange(a_n)[None, :] == gold[:, None], -1, counts)
+            others = -np.sort(-others, axis=1)[:, : a_n - 1]
+            gf = np.concatenate([own[:, None], np.maximum(others, 0)], axis=1)
+            return jackknife_mv_credit(gf, self.n_max, self.jackknife)[:, None, :]
+        vals = st.values[s_i, p_i, w_i].astype(np.float64)  # (R, M, K)
+        return np.stack(
+            [jackknife_bon_max(vals @ self.obj_w[u], counts, self.n_max, self.jackknife) for u in range(self.obj_w.shape[0])],
+            axis=1,
+        )
+
+    def remove(self, cells: tuple[NDArray[np.int64], ...]) -> None:
+        """Subtract the current values of ``cells`` (call before new counts are added to them)."""
+        s_i, p_i, w_i = cells
+        seen = self.stats.counts[s_i, p_i, w_i].sum(axis=1) > 0
+        if seen.any():
+            s_i, p_i, w_i = s_i[seen], p_i[seen], w_i[seen]
+            np.subtract.at(self.acc, (s_i, p_i), self.values(s_i, p_i, w_i))
+            np.subtract.at(self.cells, (s_i, p_i), 1)
+
+    def add(self, cells: tuple[NDArray[np.int64], ...]) -> None:
+        """Add the values of ``cells`` from their (updated) counts."""
+        s_i, p_i, w_i = cells
+        seen = self.stats.counts[s_i, p_i, w_i].sum(axis=1) > 0
+        if seen.any():
+            s_i, p_i, w_i = s_i[seen], p_i[seen], w_i[seen]
+            np.add.at(self.acc, (s_i, p_i), self.values(s_i, p_i, w_i))
+            np.add.at(self.cells, (s_i, p_i), 1)
+
+    def _npmle_mean(self, alive: NDArray[np.bool_]) -> NDArray[np.float64]:
+        """Per (run, prompt) empirical-Bayes credit ``(S, P, 1, n_max)`` (binary MV; NaN where unseen)."""
+        st = self.stats
+        s_n, p_n, _, _ = st.shape
+        tot = st.counts.sum(axis=-1)
+        s_i, p_i, w_i = np.nonzero(alive[:, :, None] & (tot > 0))
+        out = np.full((s_n, p_n, 1, self.n_max), np.nan)
+        if s_i.size == 0:
+            return out
+        gold = st.gold[s_i, w_i]
+        k = st.counts[s_i, p_i, w_i, gold].astype(np.int64)
+        grp, inv = np.unique(s_i * p_n + p_i, return_inverse=True)
+        est = npmle_binary_q(k, tot[s_i, p_i, w_i].astype(np.int64), inv.reshape(-1), grp.size, self.n_max)
+        out.reshape(s_n * p_n, self.n_max)[grp] = est
+        return out
+
+    def q(self, alive: NDArray[np.bool_], weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``Qhat (S, C, P, n_max)``; NaN for prompts not in ``alive (S, P)`` or never pulled."""
+        st = self.stats
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.acc / self.cells[:, :, None, None]  # (S, P, U, n_max)
+            cost = st.cost / st.completions  # (S, P) mean cost per completion
+        if self.npmle:
+            mean = self._npmle_mean(alive)
+        gain = np.moveaxis(mean[:, :, self.group], 2, 1)  # (S, C, P, n_max)
+        if st.strategy == "mv":
+            gain = gain * weights[:, 0][None, :, None, None]
+        n_arr = np.arange(1, self.n_max + 1)
+        q = gain - weights[:, -1][None, :, None, None] * (cost[:, None, :, None] * n_arr)
+        bad = ~(alive & (self.cells > 0))
+        q[np.broadcast_to(bad[:, None, :, None], q.shape)] = np.nan
+        return q
+
+
+# ------------------------------------------------------------------------------------- the agent
+def _keep_top(score: NDArray[np.float64], alive: NDArray[np.bool_], strict: bool = True) -> NDArray[np.bool_]:
+    """Per run, the surviving prompts after one halving by ``score (S, C, P)`` (higher is better).
+
+    Each alive prompt's rank in each context (0 = best; unseen alive prompts rank below seen ones).
+    ``strict``: keep the ``max(1, floor(n / 2))`` prompts with the best rank in their best context
+    (ties: the smaller mean rank), so the survivors at least halve however many contexts there are.
+    Otherwise keep every prompt in the top ``max(1, floor(n / 2))`` of *some* context (the union can
+    hold almost every prompt when contexts are many).
+    """
+    s_n, c_n, p_n = score.shape
+    n_alive = alive.sum(axis=1)
+    k = np.maximum(1, n_alive // 2)
+    key = np.where(alive[:, None, :] & np.isfinite(score), score, -np.inf)
+    key = np.where(alive[:, None, :] & ~np.isfinite(score), -1e300, key)  # unseen alive: below seen
+    rank = np.argsort(np.argsort(-key, axis=-1, kind="stable"), axis=-1, kind="stable")  # 0 = best
+    if not strict:
+        return (rank < k[:, None, None]).any(axis=1) & alive
+    best = rank.min(axis=1).astype(np.float64) + rank.mean(axis=1) / (c_n * p_n + 1.0)  # (S, P)
+    best = np.where(alive, best, np.inf)
+    order = np.argsort(best, axis=1, kind="stable")
+    keep = np.zeros_like(alive)
+    np.put_along_axis(keep, order, np.arange(p_n)[None, :] < k[:, None], axis=1)
+    return keep & alive
+
+
+@dataclass
+class PSSTModel(BatchAgent):
+    """Model-based paired prompt halving; **uses query-controlled pulls** (see the module docstring).
+
+    Args:
+        m: completions per (surviving prompt, query) in the first round; doubles each round
+            (capped at ``N_max``).
+        growth: ratio of consecutive round budgets.
+        extra_rounds: rounds beyond ``ceil(log2 |P|)`` (rounds that refine the survivors' estimates).
+        jackknife: bias-correct the per-query plug-in (see :func:`jackknife_mv_credit`).
+    """
+
+    m: int = 3
+    growth: float = 1.0
+    extra_rounds: int = 1
+    jackknife: bool = True
+    double_m: bool = True
+    strict: bool = False
+    npmle: bool = True
+    name: ClassVar[str] = "psst_model"
+    uses_query_control: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if int(self.m) < 1:
+            raise ValueError(f"m must be >= 1 completion per (prompt, query); got {self.m}")
+        if not float(self.growth) > 0:
+            raise ValueError(f"growth must be > 0; got {self.growth}")
+        if int(self.extra_rounds) < 0:
+            raise ValueError(f"extra_rounds must be >= 0; got {self.extra_rounds}")
+
+    def fit(self, env: Any, budget: int, seed: int) -> Policy:
+        """One run (a batch of one) with query-controlled pulls."""
+        return self._fit_runs(QueryRuns([env], budget, [seed], self.name))[0]
+
+    def fit_many(self, make_env: Callable[[int], Any], budget: int, seeds: Sequence[int]) -> list[Policy]:
+        """All ``seeds`` as vectorised batches (synthetic worlds in chunks of bounded memory)."""
+        seeds = list(seeds)
+        envs = [make_env(s) for s in seeds]
+        policies: list[Policy] = []
+        for lo, hi in _chunks(envs) if envs else []:
+            policies += self._fit_runs(QueryRuns(envs[lo:hi], budget, seeds[lo:hi], self.name))
+        return policies
+
+    def _fit_runs(self, runs: Runs) -> list[Policy]:
+        if not isinstance(runs, QueryRuns):
+            raise TypeError("PSSTModel needs QueryRuns (query-controlled pulls); call fit or fit_many")
+        s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
+        weights = np.asarray(runs.contexts.weights, dtype=np.float64)
+        env0 = runs.envs[0]
+        table = env0.table
+        stats = CountStats(s_n, p_n, int(runs.n_train.max()), table.n_outcomes, table.n_objectives, runs.strategy)
+        schedule = QuerySchedule(runs.n_train, runs.rng)
+        sums = PlugInSums(stats, weights, n_max, bool(self.jackknife), bool(self.npmle))
+        alive = np.ones((s_n, p_n), dtype=bool)
+        rounds = max(2, math.ceil(math.log2(max(p_n, 1))) + int(self.extra_rounds))
+        share = float(self.growth) ** np.arange(rounds)
+        plan = np.floor(runs.budgets[:, None] * (share / share.sum())[None, :] + 1e-9).astype(np.int64)
+        carry = np.zeros(s_n, dtype=np.int64)
+        log_q = np.zeros((s_n, rounds), dtype=np.int64)
+        log_m = np.zeros((s_n, rounds), dtype=np.int64)
+        q_hat = None
+        for r in range(rounds):
+            last = r == rounds - 1
+            avail = runs.remaining if last else np.minimum(plan[:, r] + carry, runs.remaining)
+            n_alive = alive.sum(axis=1)
+            m_r = np.full(s_n, min(n_max, int(self.m) * (2**r if self.double_m else 1)), dtype=np.int64)
+            q_r = avail // (n_alive * m_r)
+            short = q_r == 0
+            m_r = np.where(short, np.minimum(m_r, avail // n_alive), m_r)  # one query at a smaller m
+            q_r = np.where(short & (m_r >= 1), 1, q_r)
+            m_r = np.maximum(m_r, 1)
+            q_run, q_col = schedule.take(q_r)
+            row_q, row_p = np.nonzero(alive[q_run])
+            run_rows, col_rows = q_run[row_q], q_col[row_q]
+            before = runs.spent.copy()
+            if run_rows.size:
+                key = np.unique((run_rows * p_n + row_p) * stats.shape[2] + col_rows)
+                rp, w_i = np.divmod(key, stats.shape[2])
+                cells = (rp // p_n, rp % p_n, w_i)
+                sums.remove(cells)
+                n_rows = m_r[run_rows]
+                for pulls, rows in runs.pull_at_grouped(run_rows, row_p, n_rows, col_rows):
+                    stats.add(pulls, run_rows[rows], col_rows[rows])
+                sums.add(cells)
+            spent = runs.spent - before
+            carry = avail - spent
+            log_q[:, r], log_m[:, r] = q_r, m_r
+            q_hat = sums.q(alive, weights)
+            if not last:
+                pulled = q_r >= 1
+                best = np.nanmax(np.where(np.isnan(q_hat), -np.inf, q_hat), axis=-1)  # (S, C, P)
+                best = np.where(np.isinf(best), np.nan, best)
+                keep = _keep_top(best, alive, bool(self.strict))
+                alive = np.where(pulled[:, None], keep, alive)
+        flat = np.where(np.isnan(q_hat), -np.inf, q_hat).reshape(s_n, len(runs.contexts), p_n * n_max)
+        arms = np.argmax(flat, axis=-1).astype(np.int64)  # no data at all: arm 0 (p = 0, N = 1)
+        infos = [
+            {
+                "rounds": rounds,
+                "queries_per_round": log_q[s].tolist(),
+                "m_per_round": log_m[s].tolist(),
+                "survivors": np.flatnonzero(alive[s]).tolist(),
+                "budget_used": int(runs.spent[s]),
+            }
+            for s in range(s_n)
+        ]
+        return table_policies(runs, arms, infos)

@@ -1,0 +1,145 @@
+"""psst_model: bias-corrected plug-in estimators (against exact expectations), conformance, behaviour."""
+
+from __future__ import annotations
+
+from itertools import product
+from math import factorial
+
+import numpy as np
+import pytest
+from agents_helpers import easy_mv_table, make_env, small_table
+
+from iapo_gym import oracle
+from iapo_gym.agents import AGENTS, make_agent
+from iapo_gym.agents.psst_model import PSSTModel, jackknife_bon_max, jackknife_mv_credit
+from iapo_gym.agents.testing import check_agent
+from iapo_gym.contexts import cost_contexts
+from iapo_gym.tables.format import OutcomeTable
+
+
+def _multinomial_expectation(estimator, probs: np.ndarray, m: int, n_max: int) -> np.ndarray:
+    """Exact ``E[estimator(counts)]`` over ``counts ~ Multinomial(m, probs)`` (enumerates every count vector)."""
+    a = probs.size
+    rows, weights = [], []
+    for c in product(range(m + 1), repeat=a):
+        if sum(c) != m:
+            continue
+        w = factorial(m) * np.prod([probs[j] ** c[j] / factorial(c[j]) for j in range(a)])
+        rows.append(c)
+        weights.append(w)
+    est = estimator(np.array(rows, dtype=np.int64), n_max)
+    return np.asarray(weights) @ est
+
+
+PI = np.array([0.5, 0.3, 0.2])  # gold first
+
+
+def test_mv_plugin_without_jackknife_is_the_exact_credit_of_the_empirical_distribution():
+    counts = np.array([[3, 1, 0], [1, 2, 1], [0, 4, 0]])
+    est = jackknife_mv_credit(counts, 7, jackknife=False)
+    np.testing.assert_allclose(est, oracle.mv_credit(counts / 4, np.zeros(3, np.int64), 7))
+
+
+def test_mv_jackknife_reduces_the_bias_of_the_plugin():
+    truth = oracle.mv_credit(PI[None], np.zeros(1, np.int64), 9)[0]
+    m = 4
+    plug = _multinomial_expectation(lambda c, n: jackknife_mv_credit(c, n, jackknife=False), PI, m, 9)
+    jack = _multinomial_expectation(lambda c, n: jackknife_mv_credit(c, n, jackknife=True), PI, m, 9)
+    # N = 1 and N = 2 credits are linear in pi (a 1-1 tie pays 1/2): both estimators are unbiased
+    np.testing.assert_allclose(plug[:2], truth[:2], atol=1e-12)
+    np.testing.assert_allclose(jack[:2], truth[:2], atol=1e-12)
+    # larger N: the plug-in is biased and the jackknife removes most of it
+    for n in (3, 5, 9):
+        assert abs(plug[n - 1] - truth[n - 1]) > 5e-3
+        assert abs(jack[n - 1] - truth[n - 1]) < 0.6 * abs(plug[n - 1] - truth[n - 1])
+
+
+def test_bon_jackknife_matches_a_brute_force_leave_one_out():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(30, 5))
+    counts = rng.integers(0, 3, size=(30, 5))
+    counts[:, 0] += 1
+    n_max = 9
+    plug = oracle.bon_expected_max(scores, counts / counts.sum(1, keepdims=True), n_max)
+    np.testing.assert_allclose(jackknife_bon_max(scores, counts, n_max, jackknife=False), plug, atol=1e-12)
+    m = counts.sum(1)
+    want = plug.copy()
+    for r in range(30):
+        if m[r] < 2:
+            continue
+        loo = np.zeros(n_max)
+        for j in np.flatnonzero(counts[r]):
+            c = counts[r].astype(float)
+            c[j] -= 1
+            loo += counts[r, j] / m[r] * oracle.bon_expected_max(scores[r : r + 1], (c / c.sum())[None], n_max)[0]
+        want[r] = m[r] * plug[r] - (m[r] - 1) * loo
+    np.testing.assert_allclose(jackknife_bon_max(scores, counts, n_max, jackknife=True), want, atol=1e-10)
+
+
+def test_bon_jackknife_reduces_the_bias_of_the_plugin_max():
+    probs = np.array([0.6, 0.3, 0.1])
+    scores = np.array([0.0, 1.0, 3.0])
+    truth = oracle.bon_expected_max(scores[None], probs[None], 6)[0]
+
+    def est(jk):
+        return lambda c, n: jackknife_bon_max(np.broadcast_to(scores, c.shape), c, n, jackknife=jk)
+
+    plug = _multinomial_expectation(est(False), probs, 5, 6)
+    jack = _multinomial_expectation(est(True), probs, 5, 6)
+    np.testing.assert_allclose(jack[0], truth[0], atol=1e-12)  # E[max of 1] is linear: unbiased
+    for n in (2, 4, 6):
+        assert abs(jack[n - 1] - truth[n - 1]) < abs(plug[n - 1] - truth[n - 1])
+
+
+def test_registered_and_flagged():
+    assert "psst_model" in AGENTS
+    agent = make_agent("psst_model")
+    assert isinstance(agent, PSSTModel) and agent.uses_query_control
+    with pytest.raises(ValueError, match="m must be"):
+        PSSTModel(m=0)
+
+
+@pytest.mark.parametrize("strategy", ["mv", "bon"])
+def test_conforms(strategy):
+    table = small_table(strategy)
+    check_agent(make_agent("psst_model"), lambda s: make_env(table, s), budgets=(0, 1, 5, 23, 400, 3000), seeds=(0, 5, 9))
+
+
+def test_finds_the_optimal_arms_of_an_easy_table():
+    table = easy_mv_table()
+    best = oracle.best_arms(oracle.q_values(table))
+    pols = make_agent("psst_model").fit_many(lambda s: make_env(table, s), 4000, list(range(10)))
+    hits = np.mean([np.array_equal(p.act(table.contexts.weights), best) for p in pols])
+    assert hits >= 0.8
+
+
+def test_large_n_estimates_see_through_deceptive_prompts():
+    """Prompt 1 is best at N = 1 but saturates under voting; prompt 2 (0.62 on every query) wins at
+    large N. The model estimates every N from per-query counts, so it deploys prompt 2 at N_max."""
+    q, n_max = 60, 15
+    hard = np.arange(q) % 3 == 0
+    theta = np.stack([np.full(q, 0.45), np.where(hard, 0.3, 0.95), np.full(q, 0.62)])
+    table = OutcomeTable(
+        task="Deceptive",
+        strategy="mv",
+        prompts=("filler", "deceptive", "consistent"),
+        query_ids=tuple(f"q{j}" for j in range(q)),
+        objectives=("correct",),
+        objective_ranges=np.array([[0.0, 1.0]]),
+        contexts=cost_contexts({"free": 0.0}),
+        n_max=n_max,
+        cost=np.full((3, q), 0.1),
+        split=np.zeros(q, np.int8),
+        answer_probs=np.stack([theta, 1.0 - theta], axis=-1),
+        gold=np.zeros(q, np.int64),
+    )
+    qv = oracle.q_values(table)
+    assert np.argmax(qv[0, :, 0]) == 1 and oracle.best_arms(qv)[0] == 2 * n_max + n_max - 1
+
+    def consistent_share(name: str, budget: int) -> float:
+        pols = make_agent(name).fit_many(lambda s: make_env(table, s), budget, list(range(20)))
+        return float(np.mean([p.act(table.contexts.weights)[0] // n_max == 2 for p in pols]))
+
+    assert consistent_share("topk1", 3000) <= 0.2  # N = 1 screening keeps the deceptive prompt
+    assert consistent_share("psst_model", 3000) >= 0.7
+    assert consistent_share("psst_model", 10_000) >= 0.95
