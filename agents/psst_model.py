@@ -58,25 +58,37 @@ __all__ = ["CountStats", "PSSTModel", "PlugInSums", "jackknife_bon_max", "jackkn
 class CountStats:
     """Per (run, prompt, train column) outcome counts, observed outcome values and costs.
 
-    Arrays: ``counts (S, P, W, A)`` int32 (``W`` the widest train split, ``A`` answer categories
+    Arrays (allocated at the first pulls): ``counts (S, P, W, A)`` int32 (``W`` the widest train split, ``A`` answer categories
     or BoN outcomes), ``gold (S, W)`` (MV; -1 unseen), ``values (S, P, W, A, K)`` float32 (BoN:
     the objective values of each observed outcome), ``cost (S, P)`` summed completion costs and
     ``completions (S, P)``.
     """
 
-    def __init__(self, n_runs: int, n_prompts: int, width: int, n_outcomes: int, n_objectives: int, strategy: str) -> None:
+    def __init__(self, n_runs: int, n_prompts: int, width: int, n_objectives: int, strategy: str) -> None:
         self.strategy = strategy
-        self.shape = (int(n_runs), int(n_prompts), int(width), int(n_outcomes))
+        self.n_objectives = int(n_objectives)
+        # the number of answer categories / outcomes is learnt from the first pulls (a deployment
+        # sees it in its completions, not in a table), so the count arrays are allocated then
+        self.shape = (int(n_runs), int(n_prompts), int(width), 0)
         self.counts = np.zeros(self.shape, dtype=np.int32)
         self.gold = np.full((n_runs, width), -1, dtype=np.int64)
-        self.values = np.zeros(self.shape + (int(n_objectives),), dtype=np.float32) if strategy == "bon" else None
+        self.values: NDArray[np.float32] | None = None
         self.cost = np.zeros((n_runs, n_prompts))
         self.completions = np.zeros((n_runs, n_prompts), dtype=np.int64)
+
+    def _allocate(self, n_outcomes: int) -> None:
+        s_n, p_n, w_n, _ = self.shape
+        self.shape = (s_n, p_n, w_n, int(n_outcomes))
+        self.counts = np.zeros(self.shape, dtype=np.int32)
+        if self.strategy == "bon":
+            self.values = np.zeros(self.shape + (self.n_objectives,), dtype=np.float32)
 
     def add(self, pulls: Pulls, run: NDArray[np.int64], col: NDArray[np.int64]) -> None:
         """Record every completion of ``pulls`` (row ``b`` belongs to run ``run[b]``, train column ``col[b]``)."""
         if len(pulls) == 0:
             return
+        if self.shape[3] == 0:
+            self._allocate(int(pulls.n_categories))
         s_n, p_n, w_n, a_n = self.shape
         mask = pulls.mask
         b_idx, slot = np.nonzero(mask)
@@ -250,7 +262,7 @@ class PlugInSums:
         self, stats: CountStats, weights: NDArray[np.float64], n_max: int, jackknife: bool, npmle: bool = False
     ) -> None:
         self.stats, self.n_max, self.jackknife = stats, int(n_max), bool(jackknife)
-        self.npmle = bool(npmle) and stats.strategy == "mv" and stats.shape[3] == 2
+        self.npmle = bool(npmle) and stats.strategy == "mv"  # used when the answers are binary
         s_n, p_n, _, _ = stats.shape
         if stats.strategy == "mv":
             self.obj_w = weights[:1, :1] * 0 + 1.0
@@ -319,7 +331,7 @@ class PlugInSums:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = self.acc / self.cells[:, :, None, None]  # (S, P, U, n_max)
             cost = st.cost / st.completions  # (S, P) mean cost per completion
-        if self.npmle:
+        if self.npmle and st.shape[3] == 2:
             mean = self._npmle_mean(alive)
         gain = np.moveaxis(mean[:, :, self.group], 2, 1)  # (S, C, P, n_max)
         if st.strategy == "mv":
@@ -405,9 +417,8 @@ class PSSTModel(BatchAgent):
             raise TypeError("PSSTModel needs QueryRuns (query-controlled pulls); call fit or fit_many")
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         weights = np.asarray(runs.contexts.weights, dtype=np.float64)
-        env0 = runs.envs[0]
-        table = env0.table
-        stats = CountStats(s_n, p_n, int(runs.n_train.max()), table.n_outcomes, table.n_objectives, runs.strategy)
+        n_objectives = int(runs.contexts.weights.shape[1]) - 1
+        stats = CountStats(s_n, p_n, int(runs.n_train.max()), n_objectives, runs.strategy)
         schedule = QuerySchedule(runs.n_train, runs.rng)
         sums = PlugInSums(stats, weights, n_max, bool(self.jackknife), bool(self.npmle))
         alive = np.ones((s_n, p_n), dtype=bool)
