@@ -168,3 +168,28 @@ def test_train_log_names_a_modified_table(tmp_path: Path) -> None:
         gym.registry.pop(env_id, None)
     flagged = [line for line in lines if "MODIFIED" in line]
     assert len(flagged) == 1 and flagged[0].startswith(f"{env_id}: table Example-mv is MODIFIED (from MATH_final.pkl")
+
+
+def test_edited_release_table_directory_is_marked_modified(math_pickle: Path, data: Path, capsys) -> None:
+    """A table directory that claims to be the release but holds other arrays shows as MODIFIED."""
+    import json
+
+    from iapo_gym.tables.io import ARRAYS_FILE, MANIFEST_FILE, array_checksum
+
+    import_file(math_pickle)
+    assert load_named("MATH").provenance["modified"] is False
+    directory = data / "MATH"
+    with np.load(directory / ARRAYS_FILE) as npz:
+        arrays = {n: npz[n] for n in npz.files}
+    arrays["gold"] = (arrays["gold"] + 1) % 5  # every gold answer changed, checksums made consistent
+    np.savez_compressed(directory / ARRAYS_FILE, **arrays)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest["checksums"]["gold"] = array_checksum(arrays["gold"])
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    table = load_named("MATH")
+    assert table.provenance["modified"] is True and "differ from the pinned release" in table.provenance["modified_reason"]
+    assert main(["data", "list"]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("MATH "))
+    assert row.split()[-1] == "MODIFIED"
+    with pytest.raises(ValueError, match="reserved"):
+        import_file(directory, name="MATH", overwrite=True)

@@ -47,7 +47,7 @@ def _list(args: argparse.Namespace) -> int:
         task = m["task"] if m["task"].isprintable() else repr(m["task"])
         print(
             f"{shown:<24} {task:<16} {m['strategy']:<8} {len(m['prompts']):>7} {len(m['query_ids']):>7} "
-            f"{len(m['contexts']['names']):>8} {m['n_max']:>5}  {release_status(m['provenance'])}"
+            f"{len(m['contexts']['names']):>8} {m['n_max']:>5}  {release_status(m['provenance'], m['checksums'])}"
         )
     if bad:
         print(f"{bad} invalid table(s): repair them, or delete their directories and import them again")
@@ -61,7 +61,8 @@ def _path(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     for path in store.import_file(args.file, name=args.name, overwrite=args.force, allow_modified=args.allow_modified):
-        status = release_status(read_manifest(path)["provenance"])
+        manifest = read_manifest(path)
+        status = release_status(manifest["provenance"], manifest["checksums"])
         note = "  (MODIFIED: not the pinned release file)" if status == "MODIFIED" else ""
         print(f"imported {path}{note}")
     return 0

@@ -88,6 +88,7 @@ __all__ = [
     "TableImportError",
     "git_blob_id",
     "is_modified",
+    "release_arrays_match",
     "release_match",
     "release_status",
     "scan_pickle",
@@ -121,6 +122,20 @@ RELEASE_BLOBS: dict[str, str] = {
 #: sha256 digests known for some released files.
 RELEASE_SHA256: dict[str, str] = {
     "MATH_final.pkl": "1979a97ee6dc9cb35e3071651c40be42b281c215081195ef0d8b1ef9b334d7d9",
+}
+
+
+#: sha256 of the arrays of each converted release table (the ``checksums`` of its manifest), per
+#: released file and env index: a table directory that claims to be a release is checked against them.
+RELEASE_TABLE_CHECKSUMS: dict[str, tuple[dict[str, str], ...]] = {
+    "MATH_final.pkl": (
+        {
+            "cost": "b183d2430beaf955b7f4b1ee5bca194563c1864f989ef5e0b62371fc84b53359",
+            "split": "f1114ec355dff65f46a7d943e15d3cb9bf74f10d4f46ee65ea7933ec1141c1e6",
+            "gold": "251e279507a314220b5dfda4d5067955b77e806dcb328992fdbf0d2be27984ad",
+            "answer_probs": "a5278b62ea3aa996e8957c53e82a3ad4779c502f802c2c9836d08a49d4b6a2d6",
+        },
+    ),
 }
 
 
@@ -649,9 +664,29 @@ def is_modified(provenance: Any) -> bool:
     return provenance.get("modified") is True or provenance.get("matches_release") is False
 
 
-def release_status(provenance: Any) -> str:
-    """``"release"`` (verified against the pinned release), ``"MODIFIED"`` or ``"-"`` (not imported)."""
-    if is_modified(provenance):
+def release_arrays_match(provenance: Any, checksums: Any) -> bool | None:
+    """Whether array ``checksums`` equal the pinned ones of the release table ``provenance`` claims.
+
+    ``None`` when no claim is made or nothing is pinned for that file (only MATH is pinned so far).
+    """
+    if not isinstance(provenance, dict) or provenance.get("matches_release") is not True:
+        return None
+    pinned = RELEASE_TABLE_CHECKSUMS.get(str(provenance.get("release_file") or provenance.get("source_file")))
+    if pinned is None or not isinstance(checksums, dict):
+        return None
+    index = provenance.get("source_index", 0)
+    if not isinstance(index, int) or not 0 <= index < len(pinned):
+        return False
+    return all(checksums.get(name) == digest for name, digest in pinned[index].items())
+
+
+def release_status(provenance: Any, checksums: Any = None) -> str:
+    """``"release"`` (verified against the pinned release), ``"MODIFIED"`` or ``"-"`` (not imported).
+
+    With the manifest's array ``checksums``, a table that claims to be a pinned release table but
+    holds other arrays (an edited table directory) is ``"MODIFIED"`` too.
+    """
+    if is_modified(provenance) or release_arrays_match(provenance, checksums) is False:
         return "MODIFIED"
     if isinstance(provenance, dict) and provenance.get("matches_release") is True:
         return "release"

@@ -460,6 +460,11 @@ def load_table(directory: str | Path) -> OutcomeTable:
                 )
         arrays["answer_probs"] = mv_probs_from_pool(pool, int(n_answers))
     validate_arrays(arrays, manifest)
+    provenance = dict(manifest["provenance"])
+    from iapo_gym.tables.importer import release_arrays_match
+
+    if release_arrays_match(provenance, manifest["checksums"]) is False:  # claims the release, holds other arrays
+        provenance.update(modified=True, modified_reason="the arrays differ from the pinned release table")
     if manifest["strategy"] == "bon" and "outcome_probs" not in arrays:
         arrays["outcome_probs"] = np.full(arrays["outcome_values"].shape[:3], 1.0 / arrays["outcome_values"].shape[2])
     table = OutcomeTable(
@@ -478,7 +483,7 @@ def load_table(directory: str | Path) -> OutcomeTable:
         outcome_values=arrays.get("outcome_values"),
         outcome_probs=arrays.get("outcome_probs"),
         cost_unit=manifest["cost_unit"],
-        provenance=dict(manifest["provenance"]),
+        provenance=provenance,
         pool_size=pool_size,
     )
     return table
