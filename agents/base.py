@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from iapo_gym._checks import finite_weights
 from iapo_gym.contexts import ContextSet
 
 
@@ -84,7 +85,7 @@ class TablePolicy(Policy):
 
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
         """The fitted arm of each context row of ``weights``."""
-        idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))
+        idx = np.atleast_1d(self.contexts.index_of(finite_weights(weights, self.contexts.n_objectives)))
         return self.arms[idx]
 
 
@@ -115,7 +116,7 @@ class StochasticPolicy(Policy):
 
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
         """One arm per context row of ``weights``, drawn from that context's distribution."""
-        idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))
+        idx = np.atleast_1d(self.contexts.index_of(finite_weights(weights, self.contexts.n_objectives)))
         u = self._rng.random(idx.size)
         arms = (u[:, None] >= self._cdf[idx]).sum(axis=1)
         return np.minimum(arms, self.probs.shape[1] - 1).astype(np.int64)
@@ -124,7 +125,7 @@ class StochasticPolicy(Policy):
         """The fitted ``(B, n_arms)`` arm distribution of each context row of ``weights``."""
         if int(n_arms) != self.probs.shape[1]:
             raise ValueError(f"this policy is over {self.probs.shape[1]} arms, not {n_arms}")
-        idx = np.atleast_1d(self.contexts.index_of(np.atleast_2d(np.asarray(weights, dtype=np.float64))))
+        idx = np.atleast_1d(self.contexts.index_of(finite_weights(weights, self.contexts.n_objectives)))
         return self.probs[idx]
 
 

@@ -25,6 +25,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from iapo_gym._checks import finite_real
 from iapo_gym.agents._sequential import SequentialAgent
 
 
@@ -72,8 +73,7 @@ class Softmax(SequentialAgent):
     name: ClassVar[str] = "softmax"
 
     def __post_init__(self) -> None:
-        if float(self.tau) <= 0:
-            raise ValueError(f"the temperature tau must be > 0; got {self.tau}")
+        finite_real(self.tau, "the temperature tau", minimum=0.0, strict=True)
 
     def choose(
         self,

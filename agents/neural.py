@@ -58,6 +58,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from iapo_gym._checks import finite_weights
 from iapo_gym.agents._common import BatchAgent
 from iapo_gym.agents._engine import NestedStats
 from iapo_gym.agents._runs import Runs
@@ -97,7 +98,7 @@ class NeuralPolicy(Policy):
 
     def values(self, weights: ArrayLike) -> NDArray[np.float64]:
         """Predicted ``Q(c, a)`` for contexts ``(B, K + 1)`` -> ``(B, A)`` (all arms, candidates or not)."""
-        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        w = finite_weights(weights, self.w1.shape[0])
         obj = w[:, :-1]
         total = obj.sum(axis=1)
         direction = np.divide(obj, total[:, None], out=np.full_like(obj, 1.0 / obj.shape[1]), where=total[:, None] > 0)

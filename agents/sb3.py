@@ -33,6 +33,7 @@ from typing import Any, ClassVar, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
+from iapo_gym._checks import finite_weights
 from iapo_gym.agents._runs import _remaining, _unwrap
 from iapo_gym.agents.base import Agent, Policy, TablePolicy
 from iapo_gym.contexts import ContextSet
@@ -143,7 +144,7 @@ class ModelPolicy(Policy):
 
     def act(self, weights: Any) -> np.ndarray:
         """The model's deterministic arm per context row of ``weights``."""
-        obs = np.atleast_2d(np.asarray(weights, dtype=np.float32))
+        obs = finite_weights(weights, int(self.model.observation_space.shape[0]) - 1).astype(np.float32)
         if self.algo == "maskable_ppo":
             arms, _ = self.model.predict(obs, deterministic=True, action_masks=np.ones((obs.shape[0], self.n_arms), bool))
         else:

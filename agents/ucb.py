@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from iapo_gym._checks import finite_real
 from iapo_gym.agents._sequential import SequentialAgent
 
 
@@ -27,8 +28,7 @@ class UCB(SequentialAgent):
     name: ClassVar[str] = "ucb"
 
     def __post_init__(self) -> None:
-        if float(self.c) < 0:
-            raise ValueError(f"the exploration constant c must be >= 0; got {self.c}")
+        finite_real(self.c, "the exploration constant c", minimum=0.0)
 
     def choose(
         self,

@@ -39,6 +39,18 @@ def whole_number(value: Any, name: str, *, minimum: int | None = None, maximum: 
     return out
 
 
+def finite_real(value: Any, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
+    """``value`` as a finite ``float`` (not a bool or string), ``>= minimum`` (``> minimum`` if ``strict``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number; got {value!r} ({type(value).__name__})")
+    f = float(value)
+    if not np.isfinite(f):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    if minimum is not None and (f <= minimum if strict else f < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}; got {value!r}")
+    return f
+
+
 def whole_array(value: Any, name: str) -> NDArray[np.int64]:
     """``value`` as an int64 array if every entry is a whole number (integer dtype or whole floats).
 
@@ -83,6 +95,10 @@ def finite_weights(weights: Any, n_objectives: int, name: str = "weights") -> ND
         )
     if not np.all(np.isfinite(w)):
         raise ValueError(f"{name} must be finite; got NaN or inf (drop or replace those contexts)")
+    from iapo_gym.tables.validation import LIMITS
+
+    if w.size and np.abs(w).max() > LIMITS["weight"]:
+        raise ValueError(f"{name} must have magnitude <= {LIMITS['weight']:g}; got {np.abs(w).max():g} (rescale the weights)")
     if np.any(w[:, -1] < 0):
         raise ValueError(f"the cost weight (last column of {name}) is a magnitude and must be >= 0; pass -w_cost")
     return w

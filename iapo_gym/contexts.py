@@ -67,6 +67,11 @@ class ContextSet:
     def index_of(self, weights: NDArray[np.floating]) -> NDArray[np.int64] | int:
         """Index of the context whose weight vector is nearest to ``weights`` (``(K+1,)`` or ``(B, K+1)``)."""
         w = np.asarray(weights, dtype=np.float64)
+        if w.shape[-1:] != (self.weights.shape[1],) or not np.all(np.isfinite(w)):
+            raise ValueError(
+                f"weights must be finite vectors of {self.weights.shape[1]} numbers (K objective weights, then the "
+                f"cost weight); got shape {w.shape}" + ("" if np.all(np.isfinite(w)) else " with NaN or inf")
+            )
         d = np.abs(w[..., None, :] - self.weights).sum(-1)
         idx = d.argmin(-1)
         return int(idx) if idx.ndim == 0 else idx

@@ -208,3 +208,27 @@ def test_step_and_reset_from_threads_never_leave_a_charged_pull_without_its_resu
 
     run_threads(worker, 6, yield_on_every_line(iapo_gym.env, iapo_gym.ledger))
     assert sum(delivered) == env.ledger.spent <= 400
+
+
+# ---------------------------------------------------------------------- policies and agents
+@pytest.mark.parametrize("weights", [[np.nan, 0.2], [np.inf, 0.2], [1.0, -0.2], [1.0, 1e300], [[1.0, 0.2, 0.3]], "x"])
+def test_policy_act_refuses_bad_weights_instead_of_mapping_them_to_context_0(weights) -> None:
+    from iapo_gym.agents import make_agent
+
+    env = IAPOEnv("SynthBernoulli", budget=64)
+    policy = make_agent("uniform").fit(env, 64, 0)
+    with pytest.raises((TypeError, ValueError), match="weights"):
+        policy.act(weights)
+    with pytest.raises((TypeError, ValueError), match="weights"):
+        env.contexts.index_of(np.asarray([np.nan, 0.2]))
+    assert policy.act([1.0, 0.2]).shape == (1,)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("ucb", {"c": float("nan")}), ("ucb", {"c": float("inf")}),
+                                              ("ucb", {"c": "0.1"}), ("ucb", {"c": -1.0}),
+                                              ("softmax", {"tau": float("nan")}), ("softmax", {"tau": 0.0})])
+def test_agent_constants_must_be_finite_numbers(name, kwargs) -> None:
+    from iapo_gym.agents import make_agent
+
+    with pytest.raises((TypeError, ValueError), match="must be"):
+        make_agent(name, **kwargs)
