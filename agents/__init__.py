@@ -1,9 +1,16 @@
 """The agent zoo: ``make_agent(name, **overrides)`` builds any agent by name.
 
+>>> import gymnasium as gym
 >>> from iapo_gym.agents import AGENTS, make_agent
+>>> def make_env(seed):  # the env of run ``seed``: its world, its split, its ledger
+...     return gym.make("IAPO-SynthBernoulli-v0", budget=5000, world_seed=seed).unwrapped
 >>> agent = make_agent("psst")
->>> policy = agent.fit(env, budget=5000, seed=0)          # env: an IAPOEnv (unwrapped)
->>> policies = agent.fit_many(make_env, 5000, range(200))  # 200 seeds as one vectorised batch
+>>> policy = agent.fit(make_env(0), budget=5000, seed=0)
+>>> 0 < policy.budget_used <= 5000
+True
+>>> policies = agent.fit_many(make_env, 5000, range(8))  # 8 seeds as one vectorised batch
+>>> len(policies), policy.act(make_env(0).contexts.weights).shape
+(8, (3,))
 
 ``AGENTS`` maps each name to a factory taking keyword overrides of the agent's hyper-parameters.
 Factories import their module lazily, so ``import agents`` stays cheap (no torch until an SB3

@@ -1,8 +1,10 @@
 """Public conformance checks for agents (ours and yours).
 
+>>> from iapo_gym.env import IAPOEnv
+>>> from iapo_gym.agents import make_agent
 >>> from iapo_gym.agents.testing import check_agent
->>> check_agent(MyAgent(), lambda seed: IAPOEnv("SynthBernoulli", split_seed=seed, world_seed=seed),
-...             budgets=(1, 100, 5000))
+>>> check_agent(make_agent("uniform"), lambda seed: IAPOEnv("SynthBernoulli", split_seed=seed, world_seed=seed),
+...             budgets=(1, 100, 5000))  # None; AgentCheckError names the first rule an agent breaks
 
 :func:`check_agent` raises :class:`AgentCheckError` naming the first violated rule:
 

@@ -1,10 +1,13 @@
 """A command line from a dataclass whose field docstrings are the help (as CleanRL's ``Args``).
 
+>>> from dataclasses import dataclass
+>>> from iapo_gym.experiments.cliargs import parse_dataclass
 >>> @dataclass
 ... class Args:
 ...     runs: int = 20
 ...     \"\"\"independent runs (seeds) per configuration\"\"\"
->>> args = parse_dataclass(Args, ["--runs", "5"])
+>>> parse_dataclass(Args, ["--runs", "5"])
+Args(runs=5)
 
 Each field becomes ``--field-name`` (underscores to dashes). ``bool`` fields become
 ``--flag / --no-flag``. A field's help is the string literal right below it in the class body.

@@ -213,9 +213,17 @@ class OutputLock:
 class ResultsFile:
     """The results CSV of one output directory: read (repairing a torn tail), append, resume.
 
+    >>> import pathlib, tempfile
+    >>> out = pathlib.Path(tempfile.mkdtemp())
     >>> store = ResultsFile(out / "results.csv")
-    >>> store.done(("IAPO-MATH-v0", "finite", "psst", 5000, 3))
-    >>> store.append([row, ...])
+    >>> key = ("IAPO-MATH-v0", "finite", "psst", 5000, 3)
+    >>> store.done(key)
+    False
+    >>> metrics = {"acr": 0.41, "oracle_acr": 0.45, "regret": 0.04, "optimal_frac": 0.5,
+    ...            "budget_used": 4998, "wall_s": 0.3, "policy": {"arms": [3, 3, 0]}}
+    >>> store.append([dict(zip(KEY, key, strict=True)) | metrics])
+    >>> ResultsFile(out / "results.csv").done(key)  # a later run resumes past it
+    True
     """
 
     def __init__(self, path: str | Path, repair: bool = True) -> None:
