@@ -16,7 +16,7 @@ The algorithm, as in the paper:
 
 Budget decisions (the paper's ``floor`` can spend nothing when ``n_r < M``, e.g. MATH at
 ``T = 5,000``: ``n_r = 500 < M = 800``; the authors' code forces one pull per maximal arm and then
-overspends ``T``; see PAPER.md 3.9):
+overspends ``T``; the arithmetic follows from Eq. 6 of the paper):
 
 * **Never more than T.** Each round may spend ``n_r`` plus whatever earlier rounds left unspent
   (carry-forward); the last round may spend everything left, including ``T - R * floor(T / R)``.

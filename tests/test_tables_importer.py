@@ -47,7 +47,7 @@ def test_import_math_release(math_pickle: Path) -> None:
     assert t.objectives == ("correct",)
     np.testing.assert_array_equal(t.objective_ranges, [[0.0, 1.0]])
     assert t.gold.min() >= 0 and t.gold.max() < 5
-    # the reference value of SOURCES.md: best single-sample accuracy over all 316 queries
+    # the reference value published with the release: best single-sample accuracy over all 316 queries
     acc = np.take_along_axis(t.answer_probs, np.broadcast_to(t.gold[None, :, None], (25, 316, 1)), 2)[..., 0]
     assert acc.mean(1).max() == pytest.approx(0.7747, abs=5e-5)
     prov = t.provenance

@@ -166,8 +166,13 @@ class OutputLock:
     naming the holder's pid. The kernel releases the lock when its holder exits, however it exits
     (a SIGKILL included), so a stale lock file never blocks a resume.
 
-    >>> with OutputLock(out):
-    ...     ...  # append to out/results.csv, write tables and figures
+    >>> import pathlib, tempfile
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> with OutputLock(out):  # append to out/results.csv, write tables and figures ...
+    ...     OutputLock(out).acquire()  # ... while a second writer is refused
+    Traceback (most recent call last):
+    iapo_gym.experiments.results.ResultsError: another train.py (pid ...) is writing to ...
+    >>> OutputLock(out).acquire().release()  # free again once the holder is done
     """
 
     def __init__(self, directory: str | Path) -> None:

@@ -1,7 +1,7 @@
 """Synthetic IAPO tasks, drawn fresh from a seed (one world per run, as in the paper).
 
-The paper's appendix generators were not available; these follow its stated design (PAPER §4.3)
-and every parameter is a module constant documented here.
+The paper's appendix generators were not available; these follow its stated design (the environment
+descriptions of arXiv 2508.10030) and every parameter is a module constant documented here.
 
 **Synth-Bernoulli** (majority voting, binary correctness = 2 answer categories, gold = 0):
 32 prompts, 520 queries (416 train / 104 test, split drawn from the seed), ``N_max = 32``,
