@@ -314,7 +314,7 @@ class NeuralAgent(BatchAgent):
             return None
         from torch.utils.tensorboard import SummaryWriter
 
-        task = getattr(getattr(runs.envs[0], "table", None), "task", "env")
+        task = getattr(runs.envs[0], "task", "env")  # the env's task name (not its table: check_agent's view)
         seeds = f"{runs.seeds[0]}" if runs.n_runs == 1 else f"{runs.seeds[0]}-{runs.seeds[-1]}"
         return SummaryWriter(str(Path(self.log_dir) / f"{task}__{self.name}__{seeds}__{int(time.time())}"))
 

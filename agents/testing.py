@@ -25,8 +25,9 @@
    (:func:`check_repeatable`) and fits in fresh interpreters with other ``PYTHONHASHSEED`` values
    (:func:`check_across_processes`) deploy the same arms.
 
-``fit_many`` is checked on the envs themselves: the library's batch engine reads their tables to
-draw many runs at once (it charges every ledger for exactly what it draws).
+``fit_many`` is checked the same way (:func:`fit_many_guarded`); only the library's batch engine
+may read the views' tables, to draw many runs at once (it charges every ledger for exactly what it
+draws).
 
 ``env_factory(seed)`` must build a fresh, unwrapped or wrapped IAPO env whose split / world depends
 only on ``seed`` (e.g. ``lambda s: IAPOEnv(task, split_seed=s, world_seed=s)``).
@@ -56,6 +57,7 @@ __all__ = [
     "check_policy_off_contexts",
     "check_repeatable",
     "fit_guarded",
+    "fit_many_guarded",
 ]
 
 
@@ -114,9 +116,10 @@ def check_determinism(
 
 # ---------------------------------------------------------------------------- the deployment view
 #: Modules of the library's batch engine: they may read the table behind a guarded env (to draw
-#: many runs' pulls at once) and charge its ledger, because they charge exactly what they draw.
+#: many runs' pulls at once) and charge its ledger, because they charge exactly what they draw
+#: (``iapo_gym.agents.psst_paired`` holds the query-controlled engine ``QueryRuns``).
 TRUSTED_ENGINE_MODULES = frozenset(
-    {"iapo_gym.runs", "iapo_gym.agents._runs", "iapo_gym.agents._common", "iapo_gym.sampling"}
+    {"iapo_gym.runs", "iapo_gym.agents._runs", "iapo_gym.agents._common", "iapo_gym.agents.psst_paired", "iapo_gym.sampling"}
 )
 
 #: What an agent may read from its env during ``fit``: what a deployment sees.
@@ -261,23 +264,9 @@ class DeploymentView(gym.Env):
         pass
 
 
-def fit_guarded(agent: Agent, env: Any, budget: int, seed: int, who: str = "agent") -> Policy:
-    """``agent.fit`` on a :class:`DeploymentView` of ``env``; then the spend is reconciled.
-
-    Fails when the agent used the env beyond its deployment interface (even if it caught the
-    error), changed the ledger's budget, or when the completions drawn through the env (plus those
-    the trusted batch engine charged) differ from the ledger's spend.
-    """
+def _reconcile(env: Any, view: DeploymentView, budget_before: Any, lifetime_before: Any, who: str) -> None:
+    """After a guarded fit: no violation, the budget untouched, draws == charges == the ledger's spend."""
     base = _base(env)
-    budget_before = base.ledger.budget
-    lifetime_before = getattr(base.ledger, "lifetime_spent", None)
-    view = DeploymentView(env)
-    try:
-        policy = agent.fit(view, budget, seed)
-    except Exception as exc:  # an error caused by a refused access reports the access
-        if view.violations:
-            raise AgentCheckError(f"{who}: during fit the agent {view.violations[0]}, which a deployment cannot do") from exc
-        raise
     if view.violations:
         raise AgentCheckError(f"{who}: during fit the agent {view.violations[0]}, which a deployment cannot do")
     if base.ledger.budget != budget_before:
@@ -292,7 +281,63 @@ def fit_guarded(agent: Agent, env: Any, budget: int, seed: int, who: str = "agen
         raise AgentCheckError(
             f"{who}: the ledger shows {spent} completions but {view.drawn + view.engine_charged} were drawn through the env"
         )
+
+
+def _ledger_marks(env: Any) -> tuple[Any, Any]:
+    ledger = _base(env).ledger
+    return ledger.budget, getattr(ledger, "lifetime_spent", None)
+
+
+def fit_guarded(agent: Agent, env: Any, budget: int, seed: int, who: str = "agent") -> Policy:
+    """``agent.fit`` on a :class:`DeploymentView` of ``env``; then the spend is reconciled.
+
+    Fails when the agent used the env beyond its deployment interface (even if it caught the
+    error), changed the ledger's budget, or when the completions drawn through the env (plus those
+    the trusted batch engine charged) differ from the ledger's spend.
+    """
+    marks = _ledger_marks(env)
+    view = DeploymentView(env)
+    try:
+        policy = agent.fit(view, budget, seed)
+    except Exception as exc:  # an error caused by a refused access reports the access
+        if view.violations:
+            raise AgentCheckError(f"{who}: during fit the agent {view.violations[0]}, which a deployment cannot do") from exc
+        raise
+    _reconcile(env, view, *marks, who)
     return policy
+
+
+def fit_many_guarded(
+    agent: Agent, env_factory: Callable[[int], Any], budget: int, seeds: Sequence[int], who: str = "agent"
+) -> tuple[list[Policy], dict[int, Any]]:
+    """``agent.fit_many`` where ``make_env`` hands out :class:`DeploymentView` s; every run is reconciled.
+
+    The library's batch engine may still read the views' tables (it draws many runs at once and
+    charges each ledger for exactly what it draws); the agent's own code may not.
+
+    Returns:
+        The policies and the real envs by seed (to check their ledgers).
+    """
+    envs: dict[int, Any] = {}
+    views: dict[int, DeploymentView] = {}
+    marks: dict[int, tuple[Any, Any]] = {}
+
+    def make(seed: int) -> DeploymentView:
+        envs[seed] = env_factory(seed)
+        marks[seed] = _ledger_marks(envs[seed])
+        views[seed] = DeploymentView(envs[seed])
+        return views[seed]
+
+    try:
+        policies = agent.fit_many(make, budget, list(seeds))
+    except Exception as exc:
+        bad = next((v.violations[0] for v in views.values() if v.violations), None)
+        if bad is not None:
+            raise AgentCheckError(f"{who}: during fit_many the agent {bad}, which a deployment cannot do") from exc
+        raise
+    for seed, view in views.items():
+        _reconcile(envs[seed], view, *marks[seed], f"{who} (fit_many seed {seed})")
+    return policies, envs
 
 
 def check_policy_off_contexts(policy: Policy, env: Any, n: int = 64, seed: int = 0, who: str = "agent") -> None:
@@ -466,13 +511,7 @@ def check_agent(
         if determinism:
             check_repeatable(agent, env_factory, budget, seeds[0], repeats, who)
         if batch:
-            envs: dict[int, Any] = {}
-
-            def make(seed: int, envs: dict[int, Any] = envs) -> Any:  # bind this iteration's dict
-                envs[seed] = env_factory(seed)
-                return envs[seed]
-
-            policies = agent.fit_many(make, budget, list(seeds))
+            policies, envs = fit_many_guarded(agent, env_factory, budget, seeds, f"{who} (budget {budget})")
             if len(policies) != len(seeds):
                 raise AgentCheckError(f"{who}: fit_many returned {len(policies)} policies for {len(seeds)} seeds")
             for s, pol in zip(seeds, policies, strict=True):

@@ -227,3 +227,21 @@ def test_zoo_fits_the_same_in_fresh_processes() -> None:
     jobs = [(make_agent(n), factory, 40, 3) for n in names if n in AGENTS]
     assert len(jobs) == len(names)
     check_across_processes(jobs, hash_seeds=(1, 2))
+
+
+class BatchCheat(Agent):
+    """Honest fit, but fit_many reads each env's test split (the batch path is guarded too)."""
+
+    name = "batch-cheat"
+
+    def fit(self, env, budget, seed):
+        return _policy(env.unwrapped, np.zeros(len(env.unwrapped.contexts)))
+
+    def fit_many(self, make_env, budget, seeds):
+        envs = [make_env(s) for s in seeds]
+        return [_policy(e, np.full(len(e.contexts), int(e.test_queries[0]) % e.n_arms)) for e in envs]
+
+
+def test_fit_many_is_guarded_too() -> None:
+    with pytest.raises(AgentCheckError, match=r"batch-cheat \(budget 5\): during fit_many the agent read env.test_queries"):
+        check_agent(BatchCheat(), factory, budgets=(5,), seeds=(0, 1), hash_seeds=())
