@@ -14,7 +14,9 @@ the plug-in ``credit_N(counts / m)``, bias-corrected by the jackknife
 ``m f(c / m) - (m - 1) mean_i f(c_{-i} / (m - 1))`` (first-order bias ``O(1/m)`` -> ``O(1/m^2)``;
 leave-one-out per observed category, so ``1 + A`` exact evaluations per distinct count vector).
 Count vectors repeat massively (small ``m``, few categories), so each distinct one is evaluated
-once.
+once. For binary majority voting (two answer categories) the per-query plug-in is replaced by an
+empirical-Bayes estimate (:func:`npmle_binary_q`): the distribution of the success probability
+across a prompt's queries, by nonparametric maximum likelihood, pushed through the exact credit.
 
 The loop (all seeds of a batch at once):
 
@@ -22,7 +24,8 @@ The loop (all seeds of a batch at once):
   PSST's carry-forward, and never more than ``T``;
 * round ``r`` takes the next ``q_r`` queries of the run's seeded walk through its train split
   (:class:`iapo_gym.agents.psst_paired.QuerySchedule`) and pulls **every** surviving prompt
-  ``m_r`` times on **each** of them (``m_r = m`` doubling every round, at most ``N_max``;
+  ``m_r`` times on **each** of them (``m_r = m`` doubling every round, at most ``N_max``; ``m`` is 2
+  for majority voting and 3 for Best-of-N by default;
   ``q_r = floor(avail / (|S_r| m_r))``; a round that affords no query shrinks ``m_r`` to fit one
   query, and pulls nothing below one completion per survivor). All survivors therefore share one
   query design, so comparisons between them are paired: the query effect cancels;
@@ -375,13 +378,16 @@ class PSSTModel(BatchAgent):
 
     Args:
         m: completions per (surviving prompt, query) in the first round; doubles each round
-            (capped at ``N_max``).
+            (capped at ``N_max``). 0 (default): 2 for majority voting, 3 for Best-of-N. Two votes
+            per query already identify the spread of the success probability across queries (the
+            NPMLE's input) and keep the query count high; a Best-of-N maximum needs the upper tail
+            of each query's outcomes, and the jackknife of a 2-sample maximum extrapolates wildly.
         growth: ratio of consecutive round budgets.
         extra_rounds: rounds beyond ``ceil(log2 |P|)`` (rounds that refine the survivors' estimates).
         jackknife: bias-correct the per-query plug-in (see :func:`jackknife_mv_credit`).
     """
 
-    m: int = 3
+    m: int = 0
     growth: float = 1.0
     extra_rounds: int = 1
     jackknife: bool = True
@@ -392,8 +398,8 @@ class PSSTModel(BatchAgent):
     uses_query_control: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if int(self.m) < 1:
-            raise ValueError(f"m must be >= 1 completion per (prompt, query); got {self.m}")
+        if int(self.m) < 0:
+            raise ValueError(f"m must be >= 1 completion per (prompt, query), or 0 for the default; got {self.m}")
         if not float(self.growth) > 0:
             raise ValueError(f"growth must be > 0; got {self.growth}")
         if int(self.extra_rounds) < 0:
@@ -422,6 +428,7 @@ class PSSTModel(BatchAgent):
         schedule = QuerySchedule(runs.n_train, runs.rng)
         sums = PlugInSums(stats, weights, n_max, bool(self.jackknife), bool(self.npmle))
         alive = np.ones((s_n, p_n), dtype=bool)
+        m0 = int(self.m) or (2 if runs.strategy == "mv" else 3)
         rounds = max(2, math.ceil(math.log2(max(p_n, 1))) + int(self.extra_rounds))
         share = float(self.growth) ** np.arange(rounds)
         plan = np.floor(runs.budgets[:, None] * (share / share.sum())[None, :] + 1e-9).astype(np.int64)
@@ -433,7 +440,7 @@ class PSSTModel(BatchAgent):
             last = r == rounds - 1
             avail = runs.remaining if last else np.minimum(plan[:, r] + carry, runs.remaining)
             n_alive = alive.sum(axis=1)
-            m_r = np.full(s_n, min(n_max, int(self.m) * (2**r if self.double_m else 1)), dtype=np.int64)
+            m_r = np.full(s_n, min(n_max, m0 * (2**r if self.double_m else 1)), dtype=np.int64)
             q_r = avail // (n_alive * m_r)
             short = q_r == 0
             m_r = np.where(short, np.minimum(m_r, avail // n_alive), m_r)  # one query at a smaller m

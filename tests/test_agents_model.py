@@ -96,7 +96,7 @@ def test_registered_and_flagged():
     agent = make_agent("psst_model")
     assert isinstance(agent, PSSTModel) and agent.uses_query_control
     with pytest.raises(ValueError, match="m must be"):
-        PSSTModel(m=0)
+        PSSTModel(m=-1)
 
 
 @pytest.mark.parametrize("strategy", ["mv", "bon"])

@@ -79,6 +79,7 @@ def test_preset_fills_only_what_was_not_given() -> None:
     assert args.runs == 3
     assert args.budgets == "1k,2k,5k,10k,20k,50k"
     assert args.report.endswith("REPRODUCTION.md") and args.skip_missing
+    assert "psst_model" in args.agents.split(",")  # the model-based agent is part of the reproduction
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "nope"])
 

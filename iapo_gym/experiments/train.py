@@ -137,10 +137,11 @@ class Args:
 
 
 #: Every agent the paper's two experiments compare (Fig. 4 and Fig. 5), plus naive Sequential
-#: Halving and Random. The Stable-Baselines3 agents (ppo, a2c, dqn) are not part of it: they learn
-#: a single-step RL policy from step() rewards, are ~100x slower and are not in the paper.
+#: Halving, Random and the model-based ``psst_model`` (docs/BEYOND.md; it uses query-controlled
+#: pulls). The Stable-Baselines3 agents (ppo, a2c, dqn) are not part of it: they learn a
+#: single-step RL policy from step() rewards, are ~100x slower and are not in the paper.
 REPRODUCTION_AGENTS = (
-    "psst,topk1,topk4,topk8,uniform,ucb,egreedy,softmax,triple_n1,triple_nrandom,seqhalving,random"
+    "psst,topk1,topk4,topk8,uniform,ucb,egreedy,softmax,triple_n1,triple_nrandom,seqhalving,random,psst_model"
 )
 #: Task order of the paper's Table 1.
 TASK_ORDER = (
