@@ -15,6 +15,7 @@ ledger when the vector env made it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -48,27 +49,30 @@ class IAPOVectorEnv(gym.vector.SyncVectorEnv):
         kwargs.pop("max_episode_steps", None)  # one-step episodes; gym.make_vec may forward the spec's value
         first = IAPOEnv(budget=self.ledger, **kwargs)  # the first sub-env checks every argument once
         envs = [first] + [IAPOEnv(budget=self.ledger, **kwargs) for _ in range(num_envs - 1)]
-        super().__init__([(lambda e=e: e) for e in envs], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        super().__init__([_returns(e) for e in envs], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.iapo_envs: list[IAPOEnv] = envs
         self.on_exhausted = first.on_exhausted
 
-    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         """Reset every sub-env; a seeded reset starts a new run (clears the ledger the vector env made)."""
         if seed is not None and self._owns_ledger:
             self.ledger.reset()
         return super().reset(seed=seed, options=options)
 
-    def step(self, actions: Any):
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every sub-env; the whole step is checked and charged before any sub-env draws."""
         try:
             acts = whole_array(actions, "actions")
         except (TypeError, ValueError) as err:
             raise ValueError(f"{err}; actions must be {self.num_envs} arm indices (ints)") from None
-        first: IAPOEnv = self.envs[0]
+        first = self.iapo_envs[0]
         if acts.shape != (self.num_envs,) or acts.min() < 0 or acts.max() >= first.n_arms:
             raise ValueError(
                 f"actions must be {self.num_envs} arm indices in 0..{first.n_arms - 1}; got {np.asarray(actions)!r}"
             )
-        if any(env._weights is None for env in self.envs):
+        if any(env._weights is None for env in self.iapo_envs):
             raise gym.error.ResetNeeded("call reset() before step()")
         n = acts % first.n_max + 1
         total = int(n.sum())
@@ -79,15 +83,20 @@ class IAPOVectorEnv(gym.vector.SyncVectorEnv):
         else:
             self.ledger.charge(total)  # raises before any sub-env draws when the step does not fit
             charged = n
-        for env, c in zip(self.envs, charged, strict=True):
+        for env, c in zip(self.iapo_envs, charged, strict=True):
             env._prepaid = int(c)
         try:
             return super().step(acts)
         finally:
-            for env in self.envs:  # a sub-env that failed before drawing gives its charge back
+            for env in self.iapo_envs:  # a sub-env that failed before drawing gives its charge back
                 if env._prepaid is not None:
                     self.ledger._refund(env._prepaid)
                     env._prepaid = None
+
+
+def _returns(env: IAPOEnv) -> Callable[[], IAPOEnv]:
+    """An env factory that returns the already-made ``env`` (SyncVectorEnv calls factories)."""
+    return lambda: env
 
 
 def make_vector_env(num_envs: int = 1, **kwargs: Any) -> IAPOVectorEnv:

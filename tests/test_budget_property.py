@@ -59,7 +59,11 @@ vector = st.one_of(
     st.lists(small, min_size=0, max_size=5),
     st.lists(scalar, min_size=1, max_size=3),
     st.lists(st.lists(small, min_size=1, max_size=2), min_size=1, max_size=2),  # 2-D
-    st.builds(lambda xs, dt: np.asarray(xs, dtype=np.int64).astype(dt), st.lists(small, max_size=4), st.sampled_from(["i8", "f8", "u2", "?"])),
+    st.builds(
+        lambda xs, dt: np.asarray(xs, dtype=np.int64).astype(dt),
+        st.lists(small, max_size=4),
+        st.sampled_from(["i8", "f8", "u2", "?"]),
+    ),
     scalar,
 )
 pull_args = st.fixed_dictionaries(
@@ -67,12 +71,16 @@ pull_args = st.fixed_dictionaries(
 )
 op = st.one_of(
     st.tuples(st.just("pull"), pull_args),
-    st.tuples(st.just("pull_ok"), st.lists(st.tuples(st.integers(0, 31), st.integers(1, 32)), min_size=1, max_size=4)),
+    st.tuples(
+        st.just("pull_ok"), st.lists(st.tuples(st.integers(0, 31), st.integers(1, 32)), min_size=1, max_size=4)
+    ),
     st.tuples(st.just("step"), st.one_of(scalar, st.integers(0, 32 * 32 - 1))),
     st.tuples(st.just("reset"), st.fixed_dictionaries({
         "seed": st.one_of(st.none(), st.integers(0, 5), scalar),
         "options": st.one_of(st.none(), st.fixed_dictionaries({"context": scalar}),
-                             st.fixed_dictionaries({"weights": st.one_of(vector, st.lists(st.floats(), min_size=2, max_size=2))}),
+                             st.fixed_dictionaries(
+                                 {"weights": st.one_of(vector, st.lists(st.floats(), min_size=2, max_size=2))}
+                             ),
                              st.just("bad")),
     })),
 )
@@ -198,6 +206,8 @@ def test_threads_sharing_envs_and_a_ledger_keep_the_budget_rule(budget, n_envs, 
 def test_ledger_charges_with_any_argument_keep_the_budget_rule(budget, charges) -> None:
     ledger = BudgetLedger(budget)
     granted = 0
+    COUNTS["ledger_sequences"] += 1
+    COUNTS["ledger_calls"] += len(charges)
     for kind, n in charges:
         before = ledger.spent
         try:
