@@ -59,6 +59,8 @@ class FakeChatServer:
         reject_n_gt_1: answer ``n > 1`` with HTTP 400, like providers without ``n``.
         faults: scripted faults, consumed in order.
         seed: seeds the latency draws.
+        latency_per_request: draw each request's latency from a generator seeded by a hash of its
+            body (and ``seed``), so the same request waits the same time in every run and order.
         tokens_per_completion: completion tokens reported per choice (``None``: 5-14 by hash).
     """
 
@@ -67,6 +69,7 @@ class FakeChatServer:
     faults: list[Fault] = field(default_factory=list)
     seed: int = 0
     tokens_per_completion: int | None = None
+    latency_per_request: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
 
@@ -148,7 +151,11 @@ class FakeChatServer:
         entry = {"body": body, "headers": headers, "t": time.monotonic(), "status": None}
         with self._lock:
             self.requests.append(entry)
-            delay = self.latency(self._rng) if callable(self.latency) else float(self.latency)
+            rng = self._rng
+            if self.latency_per_request:
+                digest = hashlib.sha256(raw + str(self.seed).encode()).digest()
+                rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            delay = self.latency(rng) if callable(self.latency) else float(self.latency)
         fault = self._take_fault(raw)
         entry["fault"] = None if fault is None else fault.kind
         if fault is not None and fault.kind == "slow":
@@ -156,6 +163,7 @@ class FakeChatServer:
         if delay > 0:
             time.sleep(delay)
         entry["status"] = self._answer(handler, body, fault)
+        entry["t_end"] = time.monotonic()
 
     def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], fault: Fault | None) -> int:
         n = int(body.get("n", 1))
@@ -219,3 +227,29 @@ class FakeChatServer:
         """Requests answered with a usable completion (HTTP 200 with a valid body)."""
         with self._lock:
             return sum(1 for r in self.requests if r["status"] == 200)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in a process of its own (for benchmarks): prints the port, serves until stdin closes
+    or ``--max-seconds`` pass.
+    """
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="local OpenAI-compatible test server (127.0.0.1 only)")
+    ap.add_argument("--median", type=float, default=0.2, help="lognormal latency median (s)")
+    ap.add_argument("--sigma", type=float, default=1.0, help="lognormal latency log-sigma")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=3600.0, help="stop after this long in any case")
+    args = ap.parse_args(argv)
+    srv = FakeChatServer(latency=FakeChatServer.lognormal(args.median, args.sigma), latency_per_request=True, seed=args.seed)
+    srv.start()
+    print(srv.port, flush=True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    done.wait(args.max_seconds)
+    srv.stop()
+
+
+if __name__ == "__main__":
+    main()
