@@ -126,7 +126,7 @@ def main() -> None:
 
         times: dict[str, list[float]] = {"raw": [], "builder": [], "barrier": []}
         for rep in range(args.repeats):
-            for name, fn in (("raw", raw), ("builder", lambda: builder(rep)), ("barrier", barrier)):
+            for name, fn in (("raw", raw), ("builder", lambda rep=rep: builder(rep)), ("barrier", barrier)):
                 if name == "barrier" and args.no_barrier:
                     continue
                 t0 = time.monotonic()

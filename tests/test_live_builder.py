@@ -44,7 +44,8 @@ def _write_recording(path, spec, queries, seed=0, skip=()):
                 if (p, q) in skip:
                     continue
                 texts = _answer_texts(p, q, query.gold, spec.pool)
-                rec = {"kind": "unit", "p": p, "q": q, "n": spec.pool, "seed": unit_seed(seed, prompt_id(spec.prompts[p]), query.id),
+                useed = unit_seed(seed, prompt_id(spec.prompts[p]), query.id)
+                rec = {"kind": "unit", "p": p, "q": q, "n": spec.pool, "seed": useed,
                        "texts": texts, "prompt_tokens": 20 + p, "completion_tokens": [5 + p + i for i in range(spec.pool)]}
                 f.write(json.dumps(seal(rec)) + "\n")
 
@@ -57,7 +58,7 @@ def test_shipped_specs_validate(name):
     assert s.env_id and s.env_id.startswith("IAPO-")
     assert len(s.context_set()) == (3 if s.strategy == "mv" else 27)
     if s.strategy == "bon":
-        assert load_queries(s)[0].gold is None  # the shipped sample queries load offline
+        assert load_queries(s, local_path="sample")[0].gold is None  # the shipped sample, only when asked for
 
 
 def test_real_datasets_load(datasets_dir):
@@ -136,7 +137,7 @@ def test_assembled_bon_table(tmp_path):
     spec = load_spec("helpful_harmless").with_overrides(
         prompts=load_spec("helpful_harmless").prompts[:2], pool=3, scorer={"name": "lexical_proxy", "target_words": 10}
     )
-    qs = load_queries(spec, limit=2)
+    qs = load_queries(spec, local_path="sample", limit=2)
     units = {}
     for p in range(2):
         for q in range(2):
@@ -158,7 +159,8 @@ def test_live_source_records_and_replays(tmp_path, spec, queries):
     with open(full, "w") as f:
         for b in range(4):
             texts = _answer_texts(int(prompt[b]), int(query[b]), queries[query[b]].gold, 4)[: n[b]]
-            f.write(json.dumps(seal({"kind": "unit", "p": int(prompt[b]), "q": int(query[b]), "n": int(n[b]), "seed": int(seeds[b]),
+            f.write(json.dumps(seal({"kind": "unit", "p": int(prompt[b]), "q": int(query[b]), "n": int(n[b]),
+                                     "seed": int(seeds[b]),
                                      "texts": texts, "prompt_tokens": 10, "completion_tokens": [3] * int(n[b])})) + "\n")
     rec = tmp_path / "run.jsonl"
     src = LiveSource(spec, ReplayBackend(full, spec, queries), queries, record=rec)
@@ -176,3 +178,67 @@ def test_live_source_records_and_replays(tmp_path, spec, queries):
         np.testing.assert_array_equal(getattr(again, name), getattr(pulls, name))
     with pytest.raises(ValueError, match="no query was pulled under all 3 prompts"):
         recording_to_table(rec, spec, queries)
+
+
+@pytest.mark.parametrize("name", ["helpful_harmless", "summarization"])
+def test_sample_file_is_never_used_silently_instead_of_the_named_dataset(name, monkeypatch):
+    import sys
+
+    spec = load_spec(name)
+    assert spec.dataset["hf_name"] and spec.dataset["local_path"] is None and spec.dataset["sample_path"]
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
+    with pytest.raises(RuntimeError, match="reads the Hugging Face dataset"):
+        load_queries(spec)  # the named dataset is wanted, not the 8-10 row sample
+    assert 5 <= len(load_queries(spec, local_path="sample")) <= 12
+    base = json.loads((ENVS_DATA / name / "spec.json").read_text())
+    with pytest.raises(ValueError, match="names both hf_name and local_path"):
+        spec_from_dict({**base, "dataset": {**base["dataset"], "local_path": "queries.sample.jsonl"}})
+
+
+def test_field_mapping_over_local_jsonl_parquet_and_csv(tmp_path):
+    import csv
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    rows = [{"uid": f"u{i}", "prob": {"text": f"What is {i} + {i}?"}, "sol": str(2 * i)} for i in range(5)]
+    flat = [{"uid": r["uid"], "prob": r["prob"]["text"], "sol": r["sol"]} for r in rows]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["uid", "prob", "sol"])
+        w.writeheader()
+        w.writerows(flat)
+    base = json.loads((ENVS_DATA / "smolarith" / "spec.json").read_text())
+    nested = {"format": "fields", "question_field": "prob.text", "answer_field": "sol", "id_field": "uid"}
+    for fname, ds in (("d.jsonl", nested), ("d.parquet", nested), ("d.csv", {**nested, "question_field": "prob"})):
+        spec = spec_from_dict({**base, "dataset": {**ds, "local_path": str(tmp_path / fname)}})
+        qs = load_queries(spec, limit=4)
+        assert [(q.id, q.text, q.gold) for q in qs] == [(f"u{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(4)]
+    bad = spec_from_dict({**base, "dataset": {**nested, "question_field": "problem", "local_path": str(tmp_path / "d.jsonl")}})
+    with pytest.raises(ValueError, match="no field 'problem'.*fix question_field"):
+        load_queries(bad)
+    with pytest.raises(ValueError, match="needs dataset.answer_field"):
+        spec_from_dict({**base, "dataset": {"format": "fields", "question_field": "q", "local_path": "x.jsonl"}})
+
+
+def test_hugging_face_dataset_with_field_mapping_and_pinned_revision(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    # a dataset repository laid out as on the Hub (data/test-*.parquet), loaded by the real `datasets`
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1), "idx": 100 + i} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "repo" / "data" / "test-00000-of-00001.parquet")
+    seen = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: seen.append(kw.get("revision")) or real(*a, **kw))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    base = json.loads((ENVS_DATA / "smolarith" / "spec.json").read_text())
+    spec = spec_from_dict({**base, "dataset": {"format": "fields", "hf_name": str(tmp_path / "repo"), "hf_split": "test",
+                                                "revision": "main", "question_field": "question", "answer_field": "answer",
+                                                "id_field": "idx"}})
+    qs = load_queries(spec)
+    assert [(q.id, q.text, q.gold) for q in qs] == [(str(100 + i), f"What is {i} + 1?", str(i + 1)) for i in range(3)]
+    assert seen == ["main"]  # the pinned revision reaches datasets.load_dataset

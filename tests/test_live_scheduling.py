@@ -151,3 +151,34 @@ def test_token_cap_stops_cleanly_and_resumes(tmp_path):
     sessions = [r for r in scan(ckpt).records if r["kind"] == "session"]
     assert "token cap" in sessions[0]["status"] and sessions[1]["status"] == "done"
     assert json.loads(json.dumps(table.provenance["build_sessions"])) == 2
+
+
+def test_message_template_prompts_reach_the_server_as_rendered(tmp_path):
+    from iapo_gym.live.source import LiveSource
+    from iapo_gym.live.specs import check_template, render
+
+    s = load_spec("smolarith")
+    chat = [
+        {"role": "system", "content": "You are a careful calculator."},
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "Answer: 5"},
+        {"role": "user", "content": "{query}\nReply as 'Answer: <number>'."},
+    ]
+    spec = s.with_overrides(prompts=[s.prompts[0], chat], pool=2)
+    queries = arithmetic_queries(3)
+    with FakeChatServer() as srv:
+        be = _be(srv, spec, concurrency=2)
+        table, _ = build_table(spec, be, queries, tmp_path / "t", progress=False)
+        src = LiveSource(spec, be, queries)
+        src.pull(np.array([1]), np.array([2]), np.array([2]), np.random.default_rng(0))
+        be.close()
+    sent = [r["body"]["messages"] for r in srv.requests]
+    assert sorted(len(m) for m in sent[:-1]) == [1, 1, 1, 4, 4, 4]
+    chats = sorted((msgs for msgs in sent[:-1] if len(msgs) == 4), key=lambda m: m[3]["content"])
+    assert chats == sorted((list(render(tuple(chat), q.text)) for q in queries), key=lambda m: m[3]["content"])
+    assert sent[-1] == list(render(tuple(chat), queries[2].text))  # the live source renders the same way
+    assert table.prompts[1] == json.dumps(chat) and table.n_prompts == 2
+    assert check_template(tuple(chat[:3])) == "must end with the user turn"
+    assert "no '{query}'" in check_template(({"role": "user", "content": "hi"},))
+    with pytest.raises(ValueError, match=r"prompts\[1\] message 0 needs a role"):
+        s.with_overrides(prompts=[s.prompts[0], [{"role": "robot", "content": "{query}"}]])

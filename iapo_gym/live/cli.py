@@ -48,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=int, default=None, help="use only the first P prompts of the spec")
     p.add_argument("--max-tokens", type=int, default=None, help="override the spec's max_tokens")
     p.add_argument("--temperature", type=float, default=None, help="override the spec's temperature")
-    p.add_argument("--dataset-path", default=None, help="a local JSONL/Parquet/CSV file instead of the spec's dataset")
+    p.add_argument("--dataset-path", default=None,
+                   help="a local JSONL/JSON/Parquet/CSV file instead of the spec's dataset; 'sample' for its sample file")
     p.add_argument("--out", required=True, help="table directory to write")
     p.add_argument("--checkpoint", default=None, help="checkpoint log (default: <out>.checkpoint.jsonl)")
     p.add_argument("--seed", type=int, default=0, help="build seed (per-unit sampling seeds derive from it)")

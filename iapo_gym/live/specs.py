@@ -193,6 +193,14 @@ def _validate(spec: TaskSpec) -> None:
         raise ValueError(f"{where}: one objective range per objective")
     if spec.strategy == "mv" and len(spec.objectives) != 1:
         raise ValueError(f"{where}: majority-voting tasks have the one objective 'correct'")
+    ds = spec.dataset
+    if ds.get("local_path") and ds.get("hf_name"):
+        raise ValueError(f"{where}: dataset names both hf_name and local_path; keep one (a small sample file goes under "
+                         "sample_path and is used only with --dataset-path sample)")
+    if ds.get("format") == "fields" and not isinstance(ds.get("question_field"), str):
+        raise ValueError(f"{where}: dataset format 'fields' needs question_field (and answer_field for majority voting)")
+    if ds.get("format") == "fields" and spec.strategy == "mv" and not ds.get("answer_field"):
+        raise ValueError(f"{where}: a majority-voting task needs dataset.answer_field (the gold answer)")
     if "format" not in spec.dataset:
         raise ValueError(f"{where}: dataset.format is required (one of {sorted(FORMATS)})")
     if spec.dataset["format"] not in FORMATS:
@@ -303,6 +311,40 @@ def _summarize(row: dict[str, Any], i: int) -> Query:
     return Query(str(row.get("id", i)), (f"Title: {title}\n\n{text}" if title else text).strip())
 
 
+def _get(row: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if isinstance(row, dict) and part in row:
+            row = row[part]
+        elif isinstance(row, list) and part.isdigit() and int(part) < len(row):
+            row = row[int(part)]
+        else:
+            raise KeyError(dotted)
+    return row
+
+
+def _fields(ds: dict[str, Any]) -> Callable[[dict[str, Any], int], Query]:
+    """A converter from any dataset's rows to queries, by field names.
+
+    ``question_field`` / ``answer_field`` / ``id_field`` are dotted paths for nested fields
+    (e.g. ``"choices.0.text"``).
+    """
+    qf, af, idf = ds["question_field"], ds.get("answer_field"), ds.get("id_field")
+
+    def convert(row: dict[str, Any], i: int) -> Query:
+        try:
+            text = _get(row, qf)
+            answer = None if af is None else _get(row, af)
+            qid = i if idf is None else _get(row, idf)
+        except KeyError as exc:
+            raise ValueError(f"dataset row {i} has no field {exc.args[0]!r} (fields: {sorted(row)}); "
+                             "fix question_field / answer_field / id_field in the spec") from None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"dataset row {i}: field {qf!r} is not a non-empty string")
+        return Query(str(qid), text.strip(), None if answer is None else str(answer).strip())
+
+    return convert
+
+
 def _generic(row: dict[str, Any], i: int) -> Query:
     return Query(str(row.get("id", i)), str(row["question"]), None if row.get("answer") is None else str(row["answer"]))
 
@@ -344,31 +386,85 @@ FORMATS: dict[str, Callable[[dict[str, Any], int], Query] | None] = {
     "hh": _hh,
     "summarization": _summarize,
     "jsonl": _generic,
+    "fields": None,  # question_field / answer_field / id_field mapping (see _fields)
     "arithmetic": None,
 }
 
 
+def _resolve(spec: TaskSpec, path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_absolute() and spec.path is not None and not p.exists():
+        p = spec.path.parent / p
+    return p
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a local dataset file.
+
+    JSON lines (``.jsonl``, also gzipped), a JSON array (``.json``), Parquet (``.parquet``,
+    through ``pyarrow``) or CSV (``.csv``, header row).
+
+    Raises:
+        ValueError: an unknown extension or a row that is not an object, naming the file.
+    """
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    if suffix in (".jsonl", ".jsonl.gz"):
+        import gzip
+
+        opener = gzip.open if suffix.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    elif suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = rows.get("data", rows) if isinstance(rows, dict) else rows
+    elif suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise RuntimeError(f"{path}: reading Parquet needs pyarrow (`pip install 'iapo-gym[live]'` brings it "
+                               "through datasets)") from None
+        rows = pq.read_table(path).to_pylist()
+    elif suffix == ".csv":
+        import csv
+
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise ValueError(f"dataset file {path}: unknown format {suffix!r}; use .jsonl, .json, .parquet or .csv")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"dataset file {path}: expected one JSON object per row")
+    return rows
+
+
 def _load_rows(spec: TaskSpec, local_path: str | Path | None) -> Iterable[dict[str, Any]]:
+    """The dataset's rows.
+
+    From ``local_path`` (``"sample"``: the spec's ``sample_path``) when given, else from the spec's
+    ``local_path`` or Hugging Face dataset (exactly one of them is named).
+    """
     ds = spec.dataset
+    if local_path is not None and str(local_path) == "sample":
+        if not ds.get("sample_path"):
+            raise FileNotFoundError(f"task {spec.task} ships no sample file (dataset.sample_path); give a file path")
+        local_path = ds["sample_path"]
     path = local_path if local_path is not None else ds.get("local_path")
     if path is not None:
-        p = Path(path)
-        if not p.is_absolute() and spec.path is not None and not p.exists():
-            p = spec.path.parent / p
-        if p.is_file():
-            return _read_jsonl(p)
-        if local_path is not None or not ds.get("hf_name"):
+        p = _resolve(spec, path)
+        if not p.is_file():
             raise FileNotFoundError(f"dataset file {p} not found (task {spec.task})")
+        return read_rows(p)
     if ds.get("hf_name"):
         try:
             import datasets
-        except ImportError as exc:
+        except ImportError:
             raise RuntimeError(
-                f"task {spec.task} reads the Hugging Face dataset {ds['hf_name']!r}: `pip install datasets`, "
-                "or pass a local JSONL with --dataset-path"
-            ) from exc
-        return datasets.load_dataset(ds["hf_name"], ds.get("hf_config"), split=ds.get("hf_split", "test"))
-    raise FileNotFoundError(f"task {spec.task}: the dataset has neither a local_path nor an hf_name")
+                f"task {spec.task} reads the Hugging Face dataset {ds['hf_name']!r}: `pip install 'iapo-gym[live]'` "
+                "(or `pip install datasets`), or pass a local file with --dataset-path"
+            ) from None
+        return datasets.load_dataset(ds["hf_name"], ds.get("hf_config"), split=ds.get("hf_split", "test"),
+                                     revision=ds.get("revision"))
+    hint = " (a sample ships with it: --dataset-path sample)" if ds.get("sample_path") else ""
+    raise FileNotFoundError(f"task {spec.task}: the dataset names neither a local_path nor an hf_name{hint}")
 
 
 def load_queries(spec: TaskSpec, local_path: str | Path | None = None, limit: int | None = None) -> list[Query]:
@@ -376,7 +472,8 @@ def load_queries(spec: TaskSpec, local_path: str | Path | None = None, limit: in
 
     Args:
         spec: the task spec whose ``dataset`` entry names the source.
-        local_path: a JSONL file that overrides the spec's ``dataset.local_path``.
+        local_path: a local file (JSONL, JSON, Parquet or CSV) used instead of the spec's dataset;
+            ``"sample"`` for the spec's ``sample_path`` (never used otherwise).
         limit: at most this many queries.
     """
     ds = spec.dataset
@@ -384,7 +481,7 @@ def load_queries(spec: TaskSpec, local_path: str | Path | None = None, limit: in
     if ds["format"] == "arithmetic":
         params = ds.get("params", {})
         return arithmetic_queries(int(limit or params.get("n", 24)), int(params.get("seed", 0)))
-    convert = FORMATS[ds["format"]]
+    convert = _fields(ds) if ds["format"] == "fields" else FORMATS[ds["format"]]
     assert convert is not None
     out: list[Query] = []
     for i, row in enumerate(_load_rows(spec, local_path)):

@@ -230,8 +230,9 @@ class FakeChatServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve in a process of its own (for benchmarks): prints the port, serves until stdin closes
-    or ``--max-seconds`` pass.
+    """Serve in a process of its own (for benchmarks).
+
+    Prints the port, then serves until stdin closes or ``--max-seconds`` pass.
     """
     import argparse
     import sys
@@ -246,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     srv.start()
     print(srv.port, flush=True)
     done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    def wait_stdin() -> None:
+        sys.stdin.read()
+        done.set()
+
+    threading.Thread(target=wait_stdin, daemon=True).start()
     done.wait(args.max_seconds)
     srv.stop()
 
