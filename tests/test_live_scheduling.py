@@ -182,3 +182,72 @@ def test_message_template_prompts_reach_the_server_as_rendered(tmp_path):
     assert "no '{query}'" in check_template(({"role": "user", "content": "hi"},))
     with pytest.raises(ValueError, match=r"prompts\[1\] message 0 needs a role"):
         s.with_overrides(prompts=[s.prompts[0], [{"role": "robot", "content": "{query}"}]])
+
+
+def test_scoring_never_stalls_generation(tmp_path):
+    """The scorer blocks until the server has received every request: with scoring inline between
+    batches this would dead-lock (caught by the timeout); the writer thread scores while the
+    scheduler keeps generating."""
+    import threading
+
+    from iapo_gym.live.scorers import make_scorer
+
+    s = load_spec("helpful_harmless")
+    spec = s.with_overrides(prompts=s.prompts[:3], pool=2, scorer={"name": "lexical_proxy", "target_words": 10})
+    queries = load_queries_sample(spec, 4)
+    base = make_scorer(spec.scorer)
+    all_sent = threading.Event()
+
+    class Blocking:
+        kind, name, objectives = base.kind, "blocking", base.objectives
+
+        def score(self, qs, ts):
+            if not all_sent.wait(20):
+                raise TimeoutError("generation stalled while scoring")
+            return base.score(qs, ts)
+
+    with FakeChatServer(latency=0.05) as srv:
+        be = _be(srv, spec, concurrency=3)
+        def watch() -> None:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if len(srv.requests) >= 12:
+                    all_sent.set()
+                    return
+                time.sleep(0.01)
+
+        threading.Thread(target=watch, daemon=True).start()
+        table, stats = build_table(spec, be, queries, tmp_path / "t", scorer=Blocking(), progress=False)
+        be.close()
+    assert stats.units_generated == 12 and table.outcome_values.shape == (3, 4, 2, 2)
+
+
+def load_queries_sample(spec, n):
+    from iapo_gym.live.specs import load_queries
+
+    return load_queries(spec, local_path="sample", limit=n)
+
+
+def test_reward_models_through_a_pooling_endpoint(tmp_path):
+    from iapo_gym.live.scorers import make_scorer
+
+    s = load_spec("helpful_harmless")
+    with FakeChatServer() as srv:
+        scorer_cfg = {"name": "reward_endpoint", "base_url": srv.base_url + "/v1", "batch_size": 5, "objectives": [
+            {"name": "helpful", "model": "rm-helpful", "template": "H: {query} A: {response}"},
+            {"name": "harmless", "model": "rm-harmless", "normalise": "none", "template": "{response}"}]}
+        spec = s.with_overrides(prompts=s.prompts[:2], pool=3, scorer=scorer_cfg, objective_ranges=((0.0, 1.0), (-2.0, 2.0)))
+        queries = load_queries_sample(spec, 3)
+        be = _be(srv, spec, concurrency=2)
+        table, _ = build_table(spec, be, queries, tmp_path / "t", progress=False)
+        be.close()
+        pooled = [r for r in srv.requests if "input" in r["body"]]
+    units = {(u["p"], u["q"]): u for u in read_units(tmp_path / "t.checkpoint.jsonl")}
+    for (p, q), u in units.items():
+        want_h = [1 / (1 + np.exp(-FakeChatServer.reward(f"H: {queries[q].text} A: {t}"))) for t in u["texts"]]
+        want_s = [FakeChatServer.reward(t) for t in u["texts"]]
+        np.testing.assert_allclose(table.outcome_values[p, q, :, 0], want_h)
+        np.testing.assert_allclose(table.outcome_values[p, q, :, 1], want_s)
+    assert {r["body"]["model"] for r in pooled} == {"rm-helpful", "rm-harmless"}
+    assert max(len(r["body"]["input"]) for r in pooled) <= 5
+    assert make_scorer(scorer_cfg).ranges.tolist() == [[0.0, 1.0], [-np.inf, np.inf]]

@@ -456,7 +456,7 @@ class OpenAIBackend(_CollectMixin):
         else:
             time.sleep(self._rng.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1))))
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, body: dict[str, Any], parse: bool = True) -> Any:
         data = json.dumps(body).encode()
         headers = {
             "Content-Type": "application/json",
@@ -473,7 +473,7 @@ class OpenAIBackend(_CollectMixin):
             with self._lock:
                 self.requests_sent += 1
             try:
-                return self._attempt(data, headers, body)
+                return self._attempt(data, headers, body, parse)
             except _Transient as exc:
                 last = exc
         assert last is not None
@@ -484,7 +484,11 @@ class OpenAIBackend(_CollectMixin):
             "A build resumes from its checkpoint when run again."
         )
 
-    def _attempt(self, data: bytes, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    def _post_raw(self, body: dict[str, Any]) -> Any:
+        """POST ``body`` to :attr:`url` with the same timeout and retries; the parsed JSON reply."""
+        return self._post(body, parse=False)
+
+    def _attempt(self, data: bytes, headers: dict[str, str], body: dict[str, Any], parse: bool = True) -> Any:
         try:
             status, rh, raw = _post_once(self.url, data, headers, self.timeout)
         except TimeoutError as exc:
@@ -498,6 +502,11 @@ class OpenAIBackend(_CollectMixin):
         if status >= 400 or status < 200:
             body_text = raw[:2000].decode("utf-8", "replace")
             raise RequestRejected(f"{self.url} answered HTTP {status}: {_quote(raw)}", status, body_text)
+        if not parse:
+            try:
+                return json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise _Transient(f"malformed response (HTTP {status}, not JSON): {_quote(raw)}", malformed=True) from None
         return _parse_completion(raw, body["n"], status)
 
     def _single_round(self, request: GenerationRequest, start: int, want: int) -> dict[str, Any]:

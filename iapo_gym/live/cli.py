@@ -75,6 +75,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--price-in", type=float, default=None, help="dollars per million prompt tokens (dry run)")
     f.add_argument("--price-out", type=float, default=None, help="dollars per million completion tokens (dry run)")
     f.add_argument("--probe", type=int, default=0, help="dry run: measure tokens with this many real n=1 requests")
+    m = p.add_argument_group("existing generations (build a table without generating)")
+    m.add_argument("--from-lm-eval", nargs="+", metavar="SAMPLES", default=None,
+                   help="lm-evaluation-harness --log_samples files, one per prompt, in prompt order")
+    m.add_argument("--tokenizer", default=None, help="with --from-lm-eval: count tokens with this tokenizer (else chars / 4)")
+    m.add_argument("--from-openai-batch", nargs=2, metavar=("INPUT", "OUTPUT"), default=None,
+                   help="an OpenAI Batch API input file and its output file")
+    m.add_argument("--write-openai-batch", metavar="FILE", default=None,
+                   help="write the Batch API input file for this build (with --served-model-name or --model) and stop")
+    m.add_argument("--scorer-device", default=None, help="device for reward-model scorers (cpu, cuda, cuda:1, mps)")
     v = p.add_argument_group("in-process vLLM (--backend vllm)")
     v.add_argument("--dtype", default="auto", help="vLLM dtype (float32 on CPUs without AVX-512 bf16)")
     v.add_argument("--max-model-len", type=int, default=None, help="vLLM max_model_len")
@@ -144,7 +153,11 @@ def run_build(args: argparse.Namespace) -> int:
     from iapo_gym.live.specs import load_queries
 
     spec = _spec(args)
+    if args.from_lm_eval:
+        return _import(args, spec, None)
     queries = load_queries(spec, local_path=args.dataset_path, limit=args.queries)
+    if args.write_openai_batch or args.from_openai_batch:
+        return _import(args, spec, queries)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint.jsonl")
     if out.exists() and not args.force and not args.dry_run:
@@ -175,10 +188,15 @@ def run_build(args: argparse.Namespace) -> int:
             print(plan.render())
             return 0
         command = "iapo-gym build " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+        scorer = None
+        if args.scorer_device is not None:
+            from iapo_gym.live.scorers import make_scorer
+
+            scorer = make_scorer(spec.scorer, device=args.scorer_device)
         table, stats = build_table(
             spec, backend, queries, out, checkpoint=ckpt, seed=args.seed, batch_size=args.batch_size,
             retry_failed=args.retry_failed, exclude_failed=args.exclude_failed, max_tokens_total=args.max_tokens_total,
-            progress=not args.no_progress, overwrite=args.force, command=command,
+            progress=not args.no_progress, overwrite=args.force, command=command, scorer=scorer,
         )
     finally:
         close = getattr(backend, "close", None)
@@ -193,4 +211,32 @@ def run_build(args: argparse.Namespace) -> int:
     if stats.failed:
         print(f"excluded {len(table.provenance.get('excluded_queries', []))} queries with {len(stats.failed)} refused units "
               "(listed in the manifest under provenance.excluded_queries)")
+    return 0
+
+
+def _import(args: argparse.Namespace, spec: Any, queries: Any) -> int:
+    """``--from-lm-eval``, ``--from-openai-batch`` and ``--write-openai-batch``."""
+    from iapo_gym.live import importers
+    from iapo_gym.live.scorers import make_scorer
+    from iapo_gym.tables.io import save_table
+
+    if args.write_openai_batch:
+        model = args.served_model_name or args.model
+        n = importers.write_openai_batch(spec, queries, args.write_openai_batch, model, seed=args.seed,
+                                         n_per_request=args.n_per_request)
+        print(f"wrote {args.write_openai_batch}: {n} requests for model {model!r}; upload it to the Batch API, then "
+              f"build with --from-openai-batch {args.write_openai_batch} <output file>")
+        return 0
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    scorer = make_scorer(spec.scorer, device=args.scorer_device)
+    if args.from_lm_eval:
+        table = importers.from_lm_eval(spec, args.from_lm_eval, tokenizer=args.tokenizer, scorer=scorer,
+                                       exclude_incomplete=args.exclude_failed)
+    else:
+        inp, outp = args.from_openai_batch
+        table = importers.from_openai_batch(spec, queries, inp, outp, scorer=scorer, exclude_incomplete=args.exclude_failed)
+    path = save_table(table, out, overwrite=args.force, mv_pool=None)
+    print(f"wrote {path}: {table.n_prompts} prompts x {table.n_queries} queries x pool {spec.pool} from existing generations")
     return 0

@@ -392,6 +392,14 @@ class RewardObjective:
     label: int = 0
 
 
+def _normalise(specs: Sequence[RewardObjective], raw: NDArray[np.float64]) -> NDArray[np.float64]:
+    out = np.array(raw, dtype=np.float64, copy=True)
+    for k, spec in enumerate(specs):
+        if spec.normalise == "sigmoid":
+            out[:, k] = 1.0 / (1.0 + np.exp(-(out[:, k] - spec.shift) / spec.scale))
+    return out
+
+
 class RewardModelScorer:
     """Reward-model objectives: any Hugging Face ``AutoModelForSequenceClassification`` per objective.
 
@@ -460,11 +468,97 @@ class RewardModelScorer:
 
     def normalise(self, raw: NDArray[np.float64]) -> NDArray[np.float64]:
         """Apply each objective's normalisation to ``(n, K)`` logits."""
-        out = np.array(raw, dtype=np.float64, copy=True)
-        for k, spec in enumerate(self.specs):
-            if spec.normalise == "sigmoid":
-                out[:, k] = 1.0 / (1.0 + np.exp(-(out[:, k] - spec.shift) / spec.scale))
+        return _normalise(self.specs, raw)
+
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> NDArray[np.float64]:
+        """``(n, K)`` normalised rewards."""
+        return self.normalise(self.raw_scores(queries, texts))
+
+
+class RewardEndpointScorer:
+    """Reward models served by vLLM's pooling API.
+
+    ``vllm serve MODEL --runner pooling``, one server per reward model, so scoring runs on the
+    serving GPUs and never in the build process.
+
+    Each objective's inputs (its ``template`` over query and response) go in batches of
+    ``batch_size`` to ``POST {base_url}/pooling`` (``{"model", "input": [...]}``; the reward is
+    element ``label`` of each item's ``data``, the last token's for per-token outputs) or, with
+    ``endpoint="classify"``, to ``/classify`` (the reward is ``probs[label]``). Normalisation as in
+    :class:`RewardModelScorer`. Requests go through the same whole-request timeout and retry policy
+    as generation (:class:`~iapo_gym.live.backends.OpenAIBackend`).
+
+    Args:
+        objectives: the objectives (``model`` is the served model name).
+        base_url: the server (``http://host:port``; ``/v1`` is not used by these routes), or one
+            per objective as ``base_urls``.
+        endpoint: ``"pooling"`` or ``"classify"``.
+        batch_size: inputs per request.
+        timeout, max_retries, api_key_env: as for the OpenAI backend.
+    """
+
+    kind = "bon"
+    name = "reward_endpoint"
+
+    def __init__(
+        self,
+        objectives: Sequence[RewardObjective],
+        base_url: str | None = None,
+        *,
+        base_urls: Sequence[str] | None = None,
+        endpoint: str = "pooling",
+        batch_size: int = 64,
+        timeout: float = 300.0,
+        max_retries: int = 3,
+        api_key_env: str = "OPENAI_API_KEY",
+    ) -> None:
+        from iapo_gym.live.backends import OpenAIBackend
+
+        if not objectives:
+            raise ValueError("a reward-endpoint scorer needs at least one objective")
+        if endpoint not in ("pooling", "classify"):
+            raise ValueError(f"endpoint must be 'pooling' or 'classify'; got {endpoint!r}")
+        urls = list(base_urls) if base_urls is not None else [base_url] * len(objectives)
+        if len(urls) != len(objectives) or any(not u for u in urls):
+            raise ValueError("give base_url, or one of base_urls per objective")
+        self.specs = tuple(objectives)
+        self.objectives = tuple(o.name for o in objectives)
+        self.endpoint = endpoint
+        self.batch_size = int(batch_size)
+        self.ranges = np.array([[0.0, 1.0] if o.normalise == "sigmoid" else [-np.inf, np.inf] for o in objectives])
+        self._clients = []
+        for o, url in zip(objectives, urls, strict=True):
+            c = OpenAIBackend(o.model, str(url), concurrency=1, timeout=timeout, max_retries=max_retries,
+                              api_key_env=api_key_env)
+            c.url = str(url).rstrip("/").removesuffix("/v1") + f"/{endpoint}"
+            self._clients.append(c)
+
+    def raw_scores(self, queries: Sequence[str], texts: Sequence[str]) -> NDArray[np.float64]:
+        """``(n, K)`` rewards before normalisation."""
+        from iapo_gym.live.backends import BackendError
+
+        out = np.zeros((len(texts), len(self.specs)))
+        for k, (spec, client) in enumerate(zip(self.specs, self._clients, strict=True)):
+            inputs = [spec.template.format(query=q, response=t) for q, t in zip(queries, texts, strict=True)]
+            for s in range(0, len(inputs), self.batch_size):
+                chunk = inputs[s : s + self.batch_size]
+                resp = client._post_raw({"model": spec.model, "input": chunk})
+                data = resp.get("data") if isinstance(resp, dict) else None
+                if not isinstance(data, list) or len(data) != len(chunk):
+                    raise BackendError(f"{client.url}: expected {len(chunk)} items in 'data'; got {str(resp)[:300]}")
+                for item in data:
+                    idx = item.get("index")
+                    val = item.get("probs") if self.endpoint == "classify" else item.get("data")
+                    while isinstance(val, list) and val and isinstance(val[-1], list):
+                        val = val[-1]  # per-token outputs: the last token's
+                    if not isinstance(idx, int) or not isinstance(val, list) or len(val) <= spec.label:
+                        raise BackendError(f"{client.url}: malformed item {str(item)[:200]}")
+                    out[s + idx, k] = float(val[spec.label])
         return out
+
+    def normalise(self, raw: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Apply each objective's normalisation to ``(n, K)`` rewards."""
+        return _normalise(self.specs, raw)
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> NDArray[np.float64]:
         """``(n, K)`` normalised rewards."""
@@ -476,8 +570,11 @@ Scorer = AnswerScorer | ObjectiveScorer
 ANSWER_SCORERS = {"math": MathScorer, "numeric": NumericScorer, "gsm8k": NumericScorer, "choice": ChoiceScorer}
 
 
-def make_scorer(config: dict[str, Any]) -> Any:
+def make_scorer(config: dict[str, Any], device: str | None = None) -> Any:
     """A scorer from a spec entry.
+
+    ``device`` places reward models (``"cuda"``, ``"cuda:1"``, ``"mps"``; default the spec's
+    ``device`` or CPU); other scorers ignore it.
 
     For example ``{"name": "math"}``, ``{"name": "choice", "letters": "ABCDE"}``,
     ``{"name": "lexical_proxy", "target_words": 60}`` or ``{"name": "reward_model", "objectives":
@@ -495,7 +592,12 @@ def make_scorer(config: dict[str, Any]) -> Any:
         return LexicalProxyScorer(**cfg)
     if name == "reward_model":
         objs = [RewardObjective(**o) for o in cfg.pop("objectives", [])]
+        if device is not None:
+            cfg["device"] = device
         return RewardModelScorer(objs, **cfg)
+    if name == "reward_endpoint":
+        objs = [RewardObjective(**o) for o in cfg.pop("objectives", [])]
+        return RewardEndpointScorer(objs, **cfg)
     raise ValueError(
-        f"unknown scorer {name!r}; choose one of math, numeric, gsm8k, choice, lexical_proxy, reward_model"
+        f"unknown scorer {name!r}; choose one of math, numeric, gsm8k, choice, lexical_proxy, reward_model, reward_endpoint"
     )

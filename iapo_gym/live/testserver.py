@@ -165,8 +165,17 @@ class FakeChatServer:
         entry["status"] = self._answer(handler, body, fault)
         entry["t_end"] = time.monotonic()
 
+    @staticmethod
+    def reward(text: str) -> float:
+        """The deterministic reward the ``/pooling`` route gives ``text`` (in [-2, 2])."""
+        h = hashlib.sha256(text.encode()).digest()
+        return (int.from_bytes(h[:2], "little") / 65535.0) * 4.0 - 2.0
+
     def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], fault: Fault | None) -> int:
         n = int(body.get("n", 1))
+        if handler.path.rstrip("/").endswith("/pooling"):  # vLLM's pooling API for reward models
+            items = [{"index": i, "object": "pooling", "data": [self.reward(t)]} for i, t in enumerate(body.get("input", []))]
+            return self._send(handler, 200, json.dumps({"object": "list", "data": items, "model": body.get("model")}).encode())
         if fault is not None and fault.kind == "status":
             return self._send(handler, fault.status, fault.body.encode(), retry_after=fault.retry_after)
         if fault is not None and fault.kind == "body":
