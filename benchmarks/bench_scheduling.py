@@ -7,16 +7,17 @@ same :class:`~iapo_gym.live.backends.OpenAIBackend` with ``concurrency`` in flig
   (the best a hand-written client can do);
 * **builder**: :func:`~iapo_gym.live.builder.build_table` into a fresh checkpoint (scheduling,
   scoring, fsync'd checkpoint appends, table assembly included);
-* **barrier** (reference): the same requests in batches of ``concurrency``, each batch waited for
-  (what the builder did before continuous scheduling).
+* **barrier** (reference): the same requests in batches of ``2 x concurrency``, each batch waited
+  for (what the builder did before continuous scheduling, with its default batch size).
 
 Servers:
 
 * ``--server fake`` (default): the local test server with long-tailed latency (lognormal, median
   ``--median`` s, log-sigma ``--sigma``); each request's latency is a hash of its body, so every
   side faces the same latencies.
-* ``--server URL --model NAME``: a running OpenAI-compatible server (e.g. the vLLM CPU server with
-  SmolLM2).
+* ``--server vllm``: starts the real vLLM OpenAI-compatible server (CPU build, SmolLM2-135M,
+  float32) for the run and stops it after;
+* ``--server URL --model NAME``: a running OpenAI-compatible server.
 
 Runs alternate (raw, builder, barrier, raw, ...) so drift in the machine's load cancels; prints
 each run's wall time, mean requests in flight (fake server) and the ratios.
@@ -32,8 +33,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
+
+
+def _start_server(args: argparse.Namespace) -> tuple[str, Callable[[], None]]:
+    """The server's URL and how to stop it (see the module docstring)."""
+    if args.server == "fake":  # its own process, so it does not compete with the client for the GIL
+        proc = subprocess.Popen([sys.executable, "-m", "iapo_gym.live.testserver", "--median", str(args.median),
+                                 "--sigma", str(args.sigma), "--max-seconds", "1800"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        return f"http://127.0.0.1:{int(proc.stdout.readline())}", lambda: proc.communicate(timeout=30) and None
+    if args.server == "vllm":
+        from iapo_gym.live.server import VLLMServer
+
+        vsrv = VLLMServer("smollm2", args=["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0",
+                                           "--max-num-seqs", "64", "--max-num-batched-tokens", str(64 * 1024),
+                                           "--disable-log-stats", "--no-enable-prefix-caching"]).start()
+        args.model = vsrv.model
+        return vsrv.base_url, vsrv.stop
+    return args.server, lambda: None
 
 
 def main() -> None:
@@ -62,15 +83,7 @@ def main() -> None:
                                sampling=SamplingConfig(0.8, 0.95, args.max_tokens))
     queries = arithmetic_queries(args.units // args.prompts, seed=1)
 
-    proc = None
-    if args.server == "fake":  # its own process, so it does not compete with the client for the GIL
-        proc = subprocess.Popen([sys.executable, "-m", "iapo_gym.live.testserver", "--median", str(args.median),
-                                 "--sigma", str(args.sigma), "--max-seconds", "1800"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        url = f"http://127.0.0.1:{int(proc.stdout.readline())}"
-    else:
-        url = args.server
+    url, stop = _start_server(args)
     spans: list[tuple[float, float]] = []
 
     class Timed(OpenAIBackend):
@@ -90,7 +103,7 @@ def main() -> None:
         probe.backend.close()
         fake = f"fake lognormal median {args.median:.2f} s sigma {args.sigma:.1f}"
         print(f"{len(reqs)} requests (n={args.pool}, max_tokens={args.max_tokens}), concurrency {args.concurrency}, "
-              f"server {fake if proc else url}")
+              f"server {fake if args.server == 'fake' else url}")
 
         def in_flight(t0: float, t1: float) -> float:  # mean requests in flight, client side
             return sum(b - a for a, b in spans if a >= t0 - 1e-6) / (t1 - t0)
@@ -116,8 +129,8 @@ def main() -> None:
             be = backend()
             t0 = time.monotonic()
             toks = 0
-            for s in range(0, len(reqs), args.concurrency):
-                futs = [be.submit(r) for r in reqs[s : s + args.concurrency]]
+            for s in range(0, len(reqs), 2 * args.concurrency):
+                futs = [be.submit(r) for r in reqs[s : s + 2 * args.concurrency]]
                 done, _ = wait(futs, return_when=FIRST_COMPLETED)
                 toks += sum(f.result().total_completion_tokens for f in futs)
             dt = time.monotonic() - t0
@@ -134,8 +147,7 @@ def main() -> None:
                 times[name].append(dt)
                 print(f"  rep {rep} {name:8s} {dt:7.2f} s  {toks / dt:9.1f} completion tok/s  "
                       f"in flight {in_flight(t0, t0 + dt):5.1f}")
-    if proc is not None:
-        proc.communicate(timeout=30)  # closing stdin stops it
+    stop()
     r, b = statistics.median(times["raw"]), statistics.median(times["builder"])
     print(f"median wall: raw {r:.2f} s, builder {b:.2f} s -> builder throughput = {r / b:.3f} x raw")
     if times["barrier"]:
