@@ -166,3 +166,58 @@ def test_router_refuses_mismatched_backend_sampling_and_unknown_task(spec, polic
         bare = TablePolicy(load_task_table("SmolArith").contexts, np.zeros(3, np.int64), 16)
         with pytest.raises(ValueError, match="carries no task identity"):
             Router(bare, spec, _backend(up, spec))
+
+
+def _tiny_reward_model(folder, seed):
+    """A 1-layer GPT-2 sequence-classification model and a word-level tokenizer, built offline."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    words = "[PAD] [UNK] plants light sugar water green photosynthesis make use the and in from".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(words), n_positions=128, n_embd=16, n_layer=1, n_head=2, num_labels=1,
+                        pad_token_id=0)
+    GPT2ForSequenceClassification(config).eval().save_pretrained(folder)
+    return str(folder)
+
+
+def test_best_of_n_with_the_specs_reward_models(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from iapo_gym.live.scorers import make_scorer
+
+    scorer_cfg = {"name": "reward_model", "max_length": 64, "objectives": [
+        {"name": "helpful", "model": _tiny_reward_model(tmp_path / "rm1", 1), "template": "{query} {response}",
+         "scale": 0.05},
+        {"name": "harmless", "model": _tiny_reward_model(tmp_path / "rm2", 2), "template": "{query} {response}",
+         "scale": 0.05}]}
+    spec = spec_from_dict({
+        "task": "ToyRM", "strategy": "bon", "prompts": ["{query}"], "dataset": {"format": "jsonl"}, "scorer": scorer_cfg,
+        "objectives": ["helpful", "harmless"], "objective_ranges": [[0, 1], [0, 1]],
+        "contexts": {"type": "preference", "levels": {"low": 0.0}, "steps": [0.1, 0.9]},
+        "n_max": 4, "pool": 4, "sampling": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 64},
+    })
+    contexts = spec.context_set()
+    table = OutcomeTable(task="ToyRM", strategy="bon", prompts=spec.prompts, query_ids=("q0",),
+                         objectives=spec.objectives, objective_ranges=np.array([[0.0, 1.0], [0.0, 1.0]]),
+                         contexts=contexts, n_max=4, cost=np.array([[0.01]]), split=np.zeros(1, np.int8),
+                         outcome_values=np.zeros((1, 1, 1, 2)), outcome_probs=np.ones((1, 1, 1)))
+    texts = ("green plants use light", "sugar and water", "photosynthesis in the green plants make sugar from light",
+             "light light light")
+    query = "how do plants make sugar"
+    with FakeUpstream(cycle_responder(texts)) as up:
+        router = Router(TablePolicy(contexts, np.full(len(contexts), 3), 4), spec, _backend(up, spec), table=table)
+        values = make_scorer(scorer_cfg).score([query] * 4, list(texts))  # an independent load of the models
+        assert np.ptp(values, axis=0).min() > 1e-3  # the completions are told apart by both models
+        seen = []
+        for name, w in zip(contexts.names, contexts.weights, strict=True):
+            ans = router.answer(query, name)
+            assert ans.scores == pytest.approx(tuple(values @ w[:-1]), abs=1e-6)
+            assert ans.chosen == int(np.argmax(values @ w[:-1])) and ans.text == texts[ans.chosen]
+            seen.append(ans.scores)
+        assert seen[0] != pytest.approx(seen[1])

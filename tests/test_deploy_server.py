@@ -201,3 +201,54 @@ def test_serve_command_end_to_end(policy_path, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "iapo_gym.cli", "serve", str(tmp_path / "missing.json"), "--upstream",
                           "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no policy document" in bad.stderr
+
+
+class OneCallAtATime:
+    """Delegates to a real backend and records how it is called (as the in-process engine must be)."""
+
+    def __init__(self, backend):
+        self.backend, self.model, self.sampling = backend, backend.model, backend.sampling
+        self.active = self.most_active = 0
+        self.batches: list[int] = []
+        self.lock = threading.Lock()
+
+    def generate(self, requests):
+        with self.lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            self.batches.append(len(requests))
+            return self.backend.generate(requests)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def stream(self, requests):
+        yield from enumerate(self.generate(requests))
+
+    def close(self):
+        self.backend.close()
+
+
+def test_backend_that_is_not_thread_safe_gets_batches_one_at_a_time(policy_path):
+    spec = load_spec("smolarith")
+    with FakeUpstream(sum_responder, latency=0.3) as up:
+        real = OpenAIBackend(up.model, up.base_url, SamplingConfig(**spec.sampling.to_json()), concurrency=16)
+        guarded = OneCallAtATime(real)
+        router = Router(iapo_gym.load_policy(policy_path, spec=spec), spec, guarded)
+        with ServerThread(create_app(router, max_concurrency=16)) as srv:
+            client = _client(srv)
+            results = []
+
+            def ask(i):
+                r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"What is {i} + 5?"}],
+                                                   extra_body={"context": "mid"}, seed=i)
+                results.append((i, r.model_extra["iapo"]["answer"], r.model_extra["iapo"]["seed"]))
+
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(10)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+    assert sorted(results) == [(i, str(i + 5), i) for i in range(10)]
+    assert guarded.most_active == 1 and sum(guarded.batches) == 10 and max(guarded.batches) > 1

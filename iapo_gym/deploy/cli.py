@@ -21,7 +21,8 @@ from typing import Any
 def add_parser(sub: Any) -> None:
     """Register ``serve``."""
     p = sub.add_parser("serve", help="serve a saved policy as an OpenAI-compatible router (needs iapo-gym[serve])",
-                       description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Serve a saved policy as an OpenAI-compatible endpoint.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("policy", help="policy document (.json) written by policy.save / train.py --save-policies")
     p.add_argument("--spec", default=None,

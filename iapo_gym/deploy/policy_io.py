@@ -397,7 +397,7 @@ def _policy_body(policy: Any, identity: TaskIdentity, path: Path) -> tuple[str, 
         return "stochastic", {"contexts": policy.contexts.to_json(), "probs": probs.tolist(), "seed": int(policy.seed)}
     cls = type(policy).__name__
     if cls == "NeuralPolicy":
-        arrays = {k: np.asarray(getattr(policy, k)) for k in _NEURAL_ARRAYS}
+        arrays: dict[str, Any] = {k: np.asarray(getattr(policy, k)) for k in _NEURAL_ARRAYS}
         side = _side_path(path, ".weights.npz")
         fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".npz", dir=side.parent)
         os.close(fd)
@@ -481,7 +481,7 @@ def load_policy(path: str | Path, spec: Any = None) -> Any:
     identity = TaskIdentity.from_json(doc["task"])
     n_max = int(doc["n_max"])
     body = doc["policy"]
-    kwargs = {"budget_used": int(doc.get("budget_used", 0)), "info": dict(doc.get("info") or {})}
+    kwargs: dict[str, Any] = {"budget_used": int(doc.get("budget_used", 0)), "info": dict(doc.get("info") or {})}
     kind = doc["kind"]
     if kind == "table":
         from iapo_gym.agents.base import TablePolicy
@@ -503,7 +503,7 @@ def load_policy(path: str | Path, spec: Any = None) -> Any:
 
         side = _side_file(path, body["weights"])
         with np.load(side, allow_pickle=False) as z:
-            arrays = {k: np.array(z[k]) for k in _NEURAL_ARRAYS}
+            arrays: dict[str, Any] = {k: np.array(z[k]) for k in _NEURAL_ARRAYS}
         policy = NeuralPolicy(**{k: arrays[k] for k in _NEURAL_ARRAYS if k != "candidates"},
                               candidates=arrays["candidates"].astype(bool), scale=float(body["scale"]), n_max=n_max,
                               **kwargs)

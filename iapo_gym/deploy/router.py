@@ -324,15 +324,14 @@ class Router:
                     *, seeds: Sequence[int] | None = None) -> list[Answer]:
         """Answer many queries in one backend batch; ``contexts`` is one context or one per query."""
         queries = list(queries)
-        if isinstance(contexts, str | Mapping) or _is_vector(contexts):
-            contexts = [contexts] * len(queries)  # type: ignore[list-item]
-        contexts = list(contexts)  # type: ignore[arg-type]
-        if len(contexts) != len(queries):
-            raise ContextError(f"got {len(contexts)} contexts for {len(queries)} queries; give one, or one per query")
+        per_query: list[Any] = ([contexts] * len(queries) if isinstance(contexts, str | Mapping) or _is_vector(contexts)
+                                else list(contexts))
+        if len(per_query) != len(queries):
+            raise ContextError(f"got {len(per_query)} contexts for {len(queries)} queries; give one, or one per query")
         if seeds is not None and len(seeds) != len(queries):
             raise ValueError(f"got {len(seeds)} seeds for {len(queries)} queries")
         built = [self._request(q, c, None if seeds is None else seeds[i])
-                 for i, (q, c) in enumerate(zip(queries, contexts, strict=True))]
+                 for i, (q, c) in enumerate(zip(queries, per_query, strict=True))]
         gens = self.backend.generate([r for r, _ in built])
         return [self._aggregate(g, meta) for g, (_, meta) in zip(gens, built, strict=True)]
 
