@@ -228,12 +228,12 @@ class DeploymentView(gym.Env):
         return self._ledger_view
 
     @property
-    def spec(self) -> Any:  # noqa: D102
-        return self._env.spec
-
-    @property
     def np_random(self) -> Any:  # noqa: D102
         raise self._forbid("used env.np_random; seed your own generator from fit's seed")
+
+    @np_random.setter
+    def np_random(self, value: Any) -> None:
+        raise self._forbid("set env.np_random")
 
     def pull(self, prompt: Any, n: Any, query: Any = None, **kwargs: Any) -> Any:  # noqa: D102
         pulls = self._env.pull(prompt, n, query, **kwargs)
@@ -444,7 +444,7 @@ def check_across_processes(
     import pickle
     import subprocess
 
-    import cloudpickle
+    import cloudpickle  # type: ignore[import-untyped]
 
     jobs = list(jobs)
     here = []

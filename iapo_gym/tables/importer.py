@@ -402,7 +402,7 @@ def scan_pickle(data: bytes) -> int:
     try:
         for op, arg, _pos in pickletools.genops(data):
             count += 1
-            if op.name in _MEMO_PUTS:
+            if op.name in _MEMO_PUTS and isinstance(arg, int | str):
                 puts.append(int(arg))
     except (ValueError, TypeError, EOFError, struct.error, UnicodeDecodeError) as exc:
         raise TableImportError(f"could not unpickle the file: malformed pickle ({exc})") from exc

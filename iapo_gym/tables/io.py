@@ -44,7 +44,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -353,8 +353,9 @@ def _read_member(
 ) -> NDArray:
     """Decompress one member into an array allocated at its (already checked) size."""
     arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
-    view = memoryview(arr).cast("B") if arr.size else memoryview(b"")
-    with zf.open(info) as fh:
+    view = arr.data.cast("B") if arr.size else memoryview(bytearray())
+    with zf.open(info) as member:
+        fh = cast(Any, member)  # a zipfile.ZipExtFile: readinto decompresses into our buffer
         _member_header(fh)
         pos = 0
         while pos < len(view):
