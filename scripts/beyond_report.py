@@ -327,33 +327,35 @@ def plot_pareto(task: str, out: Path, seeds: list[int], path: Path) -> bool:
     shared = "Synth" not in task  # synthetic tasks: a world per seed, so only run seeds[0] is drawn
     keep = [s for s in seeds if shared or s == seeds[0]]
     n = np.arange(1, table.n_max + 1)
-    ctx = [0] if table.strategy == "mv" else [int(np.argmin(np.abs(w[:, 0] - 0.5)))]
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    c = ctx[0]
-    for p in range(table.n_prompts):
-        ax.plot(n, quality[c, p], color="0.8", lw=0.6, zorder=1)
+    c = 0 if table.strategy == "mv" else int(np.argmin(np.abs(w[:, 0] - 0.5)))
+    shown = (NEW, "psst", "topk4")
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.0 * len(shown), 3.6), sharey=True, squeeze=False)
     front = quality[c].max(axis=0)
-    ax.plot(n, front, color="k", lw=1.2, label="Pareto front (best prompt per N)", zorder=2)
-    markers = {NEW: "o", "psst": "s", "topk4": "^", "topk8": "v", "topk1": "x"}
-    for agent in AGENTS:
+    lo = float(np.quantile(quality[c], 0.2))
+    for ax, agent in zip(axes[0], shown, strict=True):
+        for p in range(table.n_prompts):
+            ax.plot(n, quality[c, p], color="0.82", lw=0.6, zorder=1)
+        ax.plot(n, front, color="k", lw=1.2, label="best prompt per N (front)", zorder=2)
         m = (res.agent == agent) & (res.budget == PARETO_BUDGET) & np.isin(res.seed, keep) & (res.contexts == "finite")
-        picks: dict[tuple[int, int], int] = {}
+        picks: dict[tuple[int, int, int], int] = {}
         for pol in [res.policy[i] for i in np.flatnonzero(m)]:
-            for prompt, nn in zip(pol.get("prompt", []), pol.get("n", []), strict=False):
-                picks[(int(prompt), int(nn))] = picks.get((int(prompt), int(nn)), 0) + 1
-        if not picks:
-            continue
-        tot = sum(picks.values())
-        xs = [k[1] for k in picks]
-        ys = [quality[c, k[0], k[1] - 1] for k in picks]
-        ax.scatter(xs, ys, s=[20 + 200 * v / tot for v in picks.values()], marker=markers.get(agent, "o"),
-                   facecolors="none", edgecolors=f"C{AGENTS.index(agent)}", label=f"{agent} (deployed)", zorder=3)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("expected completions per query (N)")
-    what = " (MV accuracy)" if table.strategy == "mv" else f" (weights {w[c, :-1].round(2).tolist()})"
-    ax.set_ylabel("exact quality, cost excluded" + what)
-    ax.set_title(f"{short(task)}: every arm; deployed arms at T = {PARETO_BUDGET:,} (all contexts)", fontsize=8)
-    ax.legend(fontsize=6)
+            for ci, (prompt, nn) in enumerate(zip(pol.get("prompt", []), pol.get("n", []), strict=False)):
+                key = (min(ci, 2) if table.strategy == "mv" else 0, int(prompt), int(nn))
+                picks[key] = picks.get(key, 0) + 1
+        tot = max(1, sum(picks.values()))
+        for level in sorted({k[0] for k in picks}):
+            keys = [k for k in picks if k[0] == level]
+            label = f"context {table.contexts.names[level]}" if table.strategy == "mv" else "all contexts"
+            ax.scatter([k[2] for k in keys], [quality[c, k[1], k[2] - 1] for k in keys],
+                       s=[15 + 400 * picks[k] / tot for k in keys], alpha=0.55, color=f"C{level}", label=label, zorder=3)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=lo)
+        ax.set_xlabel("expected completions per query (N)")
+        ax.set_title(f"{agent}: deployed arms at T = {PARETO_BUDGET:,}", fontsize=8)
+    what = "MV accuracy" if table.strategy == "mv" else f"E[best of N], weights {w[c, :-1].round(2).tolist()}"
+    axes[0][0].set_ylabel(f"exact quality, cost excluded ({what})", fontsize=8)
+    axes[0][0].legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"{short(task)}: every arm (grey: one line per prompt); marker area = share of deployments", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
