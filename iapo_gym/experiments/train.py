@@ -66,7 +66,7 @@ import numpy as np
 
 from iapo_gym.experiments.agentspec import AgentSpec, AgentSpecError, resolve_agents
 from iapo_gym.experiments.cliargs import build_parser, explicit_fields
-from iapo_gym.experiments.results import KEY, ResultsError
+from iapo_gym.experiments.results import ResultsError
 
 
 @dataclass
@@ -129,6 +129,12 @@ class Args:
     save_policies: str = ""
     """save fitted policies as documents under OUT/policies/ENV/AGENT/T<budget>/seed<k>.json (iapo-gym
     serve reads them): 'all' runs, or the 'best' run (highest test ACR) per task x agent x budget; empty = none"""
+    executor: str = "local"
+    """where the cells (chunks of seeds of one task x agent x budget) run: 'local' (this process) or 'ray'
+    (Ray tasks; pip install 'iapo-gym[ray]'); rows are identical either way"""
+    ray_address: str = ""
+    """with --executor ray: the cluster to join ('auto' or host:port from 'ray start --head');
+    empty starts a private local Ray instance"""
     write_docs: bool = False
     """with --preset reproduction: write the report and figures into the checkout's docs/
     (docs/REPRODUCTION.md, docs/figures/)"""
@@ -346,6 +352,15 @@ def make_plan(args: Args) -> Plan:
         raise ArgumentError(f"--contexts must be one of {', '.join(MODES)}; got {args.contexts!r}")
     if args.save_policies not in ("", "all", "best"):
         raise ArgumentError(f"--save-policies must be 'all' or 'best' (or empty for none); got {args.save_policies!r}")
+    if args.executor not in ("local", "ray"):
+        raise ArgumentError(f"--executor must be 'local' or 'ray'; got {args.executor!r}")
+    if args.ray_address and args.executor != "ray":
+        raise ArgumentError("--ray-address only applies with --executor ray; add --executor ray or drop it")
+    if args.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ArgumentError("--executor ray needs Ray: pip install 'iapo-gym[ray]'")
     specs, missing = parse_agent_specs(args.agents, lenient=bool(args.preset), agent_args=args.agent_args)
     agents = [s.label for s in specs]
     budgets = parse_budgets(args.budgets)
@@ -423,7 +438,6 @@ class Runner:
         self._best: dict[tuple[str, str, int], float] = {}  # --save-policies best: ACR of the kept policy
         self.skipped_envs: dict[str, str] = {}
         self.contexts: dict[str, dict[str, Any]] = {}
-        self.first_tables: dict[str, Any] = {}  # env id -> run 0's table (is it shared by every run?)
 
     def key(self, env: str, agent: str, budget: int, seed: int) -> tuple:
         """The results key (:data:`~iapo_gym.experiments.results.KEY` order) of one run."""
@@ -485,7 +499,6 @@ class Runner:
                 self.log(f"skipping {env_id}: its outcome table is not installed ({self.skipped_envs[env_id]})")
                 return False
             raise
-        self.first_tables[env_id] = env.table
         from iapo_gym.tables.importer import is_modified
 
         if is_modified(env.table.provenance):  # the table's manifest says it is not the pinned release
@@ -529,58 +542,45 @@ class Runner:
         if key not in self.evaluators:
             if env is None:
                 env = env_factory(env_id, 0, self.args.contexts)(seed)
-            shared = env.table is self.first_tables.get(env_id)
+            from iapo_gym.experiments.executors import shares_table
+
+            shared = shares_table(env_id)
             self.evaluators[key] = ExactEvaluator(env, self.args.contexts, shared_table=shared)
         return self.evaluators[key]
 
-    def run_config(self, env_id: str, agent_name: str, budget: int, seeds: list[int]) -> list[dict[str, Any]]:
-        """Fit ``seeds`` as one batch, evaluate exactly, append to results.csv; returns the new rows."""
-        from iapo_gym.experiments.threads import apply_torch_threads
+    def cell(self, env_id: str, agent_name: str, budget: int, seeds: Sequence[int]) -> Any:
+        """The :class:`~iapo_gym.experiments.executors.Cell` of one chunk of seeds (runnable anywhere)."""
+        from iapo_gym.experiments.executors import Cell, record_text
 
-        apply_torch_threads(self.args.threads)  # an agent may have imported torch since the last call
         agent = self.with_training_log(self.specs[agent_name].build(), env_id, agent_name, budget)
-        base = env_factory(env_id, budget, self.args.contexts)
-        built: dict[int, Any] = {}
+        return Cell(env_id, agent_name, agent, record_text(self.records[agent_name]), int(budget),
+                    tuple(int(s) for s in seeds), self.args.contexts, self.args.threads, bool(self.args.save_policies))
 
-        def make_env(seed: int) -> Any:
-            env = base(seed)
-            built[int(seed)] = env
-            return env
+    def run_config(self, env_id: str, agent_name: str, budget: int, seeds: list[int]) -> list[dict[str, Any]]:
+        """Fit ``seeds`` as one batch here, evaluate exactly, append to results.csv; returns the new rows."""
+        from iapo_gym.experiments.executors import LocalExecutor
 
-        t0 = time.perf_counter()
-        policies = agent.fit_many(make_env, budget, seeds)
-        wall = (time.perf_counter() - t0) / len(seeds)
+        (result,) = LocalExecutor(self.evaluator).run([self.cell(env_id, agent_name, budget, seeds)])
+        return self.consume(result)
+
+    def consume(self, result: Any) -> list[dict[str, Any]]:
+        """Record one finished cell: save its policies (``--save-policies``) and append its rows."""
+        cell, rows = result.cell, result.rows
+        env_id, agent_name, budget = cell.env_id, cell.label, cell.budget
         self.fits += 1
-        if len(policies) != len(seeds):
-            raise RuntimeError(f"{agent_name}.fit_many returned {len(policies)} policies for {len(seeds)} seeds")
-        record = json.dumps(self.records[agent_name], sort_keys=True, separators=(",", ":"), default=str)
-        rows = []
-        best: tuple[float, int, Any, Any] | None = None  # --save-policies best: (acr, seed, policy, env)
-        for seed, policy in zip(seeds, policies, strict=True):
-            used = int(policy.budget_used)
-            if used > budget:
-                raise RuntimeError(f"agent {agent_name!r} reports {used} completions spent with a budget of {budget}")
-            # pop: each run's env (and its world's oracle cache) is freed as soon as it is scored
-            env = built.pop(int(seed), None)
-            metrics = self.evaluator(env_id, seed, env).evaluate(policy)
-            keep = self.args.save_policies
-            if keep == "all" or (keep == "best" and (best is None or metrics.acr > best[0])):
-                best = (metrics.acr, seed, policy, env)
-                if keep == "all":
-                    self.save_policy(env_id, agent_name, agent, budget, *best[1:])
-            rows.append(
-                dict(zip(KEY, self.key(env_id, agent_name, budget, seed), strict=True))
-                | {"budget_used": used, "wall_s": wall}
-                | metrics.row()
-                | {"agent_config": record}
-            )
-        if best is not None and self.args.save_policies == "best" and best[0] > self.best_saved(env_id, agent_name, budget):
-            # the configuration's best so far (over every chunk and earlier invocations) replaces the old one
-            folder = self.plan.out / "policies" / env_id / agent_name / f"T{int(budget)}"
-            for old in folder.glob("seed*.json") if folder.exists() else []:
-                old.unlink()
-            self.save_policy(env_id, agent_name, agent, budget, *best[1:])
-            self._best[(env_id, agent_name, int(budget))] = best[0]
+        keep = self.args.save_policies
+        if keep == "all":
+            for seed, policy in result.policies.items():
+                self.save_policy(env_id, agent_name, cell.agent, budget, seed, policy, None)
+        elif keep == "best" and result.policies:
+            acr, seed = max((r["acr"], r["seed"]) for r in rows)
+            if acr > self.best_saved(env_id, agent_name, budget):
+                # the configuration's best so far (over every chunk and earlier invocations) replaces the old one
+                folder = self.plan.out / "policies" / env_id / agent_name / f"T{int(budget)}"
+                for old in folder.glob("seed*.json") if folder.exists() else []:
+                    old.unlink()
+                self.save_policy(env_id, agent_name, cell.agent, budget, seed, result.policies[seed], None)
+                self._best[(env_id, agent_name, int(budget))] = acr
         self.results.append(rows)
         self.new_runs += len(rows)
         return rows
@@ -650,27 +650,50 @@ class Runner:
             f"{total} to run, {len(envs) * len(plan.agents) * len(plan.budgets) * len(plan.seeds) - total} already in "
             f"{plan.out / 'results.csv'}"
         )
+        from iapo_gym.experiments.executors import make_executor
+
         n_chunks: dict[tuple, int] = {}
         for e, a, b, _ in work:
             n_chunks[(e, a, b)] = n_chunks.get((e, a, b), 0) + 1
-        with Progress(((a, b, len(c)) for _, a, b, c in work), enabled=self.args.progress) as bar:
+        executor = make_executor(self.args.executor, self.args.ray_address, evaluator=self.evaluator)
+
+        cells = [self.cell(e, a, b, c) for e, a, b, c in work]
+        left = dict(n_chunks)  # chunks still to finish per (task, agent, budget)
+        configs = {(e, a) for e, a, _, _ in work}
+        loggers: dict[tuple[str, str], Any] = {}
+        if self.args.track:  # configurations with nothing to run still get their TensorBoard run (catch-up)
             for env_id in envs:
                 for label in plan.agents:
-                    logger = self.tb_logger(env_id, label) if self.args.track else None
-                    try:
-                        for budget in plan.budgets:
-                            mine = [c for e, a, b, c in work if (e, a, b) == (env_id, label, budget)]
-                            for i, seeds in enumerate(mine, 1):
-                                part = f" chunk {i}/{len(mine)}" if len(mine) > 1 else ""
-                                bar.describe(f"{env_id.removeprefix('IAPO-').removesuffix('-v0')} {label} T={budget}{part}")
-                                t0 = time.perf_counter()
-                                self.run_config(env_id, label, budget, seeds)
-                                bar.advance(label, budget, len(seeds), time.perf_counter() - t0)
-                            if logger is not None:
-                                logger.log_budgets(self.complete(env_id, label))
-                    finally:
-                        if logger is not None:
-                            logger.close()
+                    if (env_id, label) not in configs:
+                        logger = self.tb_logger(env_id, label)
+                        logger.log_budgets(self.complete(env_id, label))
+                        logger.close()
+        try:
+            with Progress(((a, b, len(c)) for _, a, b, c in work), enabled=self.args.progress) as bar:
+                local = executor.name == "local"
+                if cells:
+                    bar.describe(self._describe(cells[0]) if local else f"{len(cells)} cells on Ray")
+                for done, result in enumerate(executor.run(cells), 1):
+                    cell = result.cell
+                    self.consume(result)
+                    bar.advance(cell.label, cell.budget, len(cell.seeds), result.seconds)
+                    left[(cell.env_id, cell.label, cell.budget)] -= 1
+                    if self.args.track and left[(cell.env_id, cell.label, cell.budget)] == 0:
+                        key = (cell.env_id, cell.label)
+                        if key not in loggers:
+                            loggers[key] = self.tb_logger(*key)
+                        loggers[key].log_budgets(self.complete(*key))
+                    if local and done < len(cells):
+                        bar.describe(self._describe(cells[done]))
+        finally:
+            for logger in loggers.values():
+                logger.close()
+            executor.close()
+
+    @staticmethod
+    def _describe(cell: Any) -> str:
+        task = cell.env_id.removeprefix("IAPO-").removesuffix("-v0")
+        return f"{task} {cell.label} T={cell.budget} seeds {cell.seeds[0]}..{cell.seeds[-1]}"
 
     def tb_logger(self, env_id: str, label: str) -> Any:
         """The TensorBoard logger of one (task, agent) configuration (its stable run directory)."""

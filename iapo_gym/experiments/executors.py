@@ -1,0 +1,233 @@
+"""Where an experiment's cells run: in this process (the default) or as tasks on a Ray cluster.
+
+A *cell* is one chunk of seeds of one (task, agent, budget) configuration. :func:`fit_cell` fits
+the chunk with ``Agent.fit_many`` and scores every run exactly; it touches no file, so it can run
+anywhere. The driver (:class:`iapo_gym.experiments.train.Runner`) stays the only writer of
+``results.csv``, TensorBoard and saved policies: it consumes :class:`CellResult` objects in the
+order the executor yields them.
+
+* :class:`LocalExecutor` runs the cells one after another in this process (the runner's default;
+  it shares exact evaluators between agents of the same seed).
+* :class:`RayExecutor` submits every cell as a Ray task and yields results as they finish. Ray
+  is the scheduler (placement, retries when a worker or node dies, the multi-node cluster): we do
+  not write one. A task whose worker dies is retried by Ray (``max_retries``); a cell is a pure
+  function of its inputs (a seed determines its run), so a retried cell gives the same rows.
+
+Ray is an optional extra (``pip install iapo-gym[ray]``); nothing else in the package imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from iapo_gym.experiments.results import KEY
+
+__all__ = ["Cell", "CellResult", "LocalExecutor", "RayExecutor", "fit_cell", "make_executor"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One chunk of seeds of one configuration, with everything needed to run it anywhere.
+
+    Attributes:
+        env_id: the task's Gymnasium id.
+        label: the agent's label (results.csv ``agent``).
+        agent: the configured agent object (picklable; its class must be importable where it runs).
+        record: the ``agent_config`` column (JSON text).
+        budget: training budget in completions.
+        seeds: the run seeds of this chunk.
+        contexts: ``"finite"`` or ``"continuous"``.
+        threads: torch / BLAS threads inside the cell.
+        keep_policies: return the fitted policies (``--save-policies``).
+    """
+
+    env_id: str
+    label: str
+    agent: Any
+    record: str
+    budget: int
+    seeds: tuple[int, ...]
+    contexts: str = "finite"
+    threads: int = 1
+    keep_policies: bool = False
+
+
+@dataclass
+class CellResult:
+    """What a cell returns to the driver: one results row per seed (and the policies if kept)."""
+
+    cell: Cell
+    rows: list[dict[str, Any]]
+    seconds: float
+    policies: dict[int, Any] = field(default_factory=dict)
+
+
+def shares_table(env_id: str) -> bool:
+    """Whether every run of ``env_id`` re-splits one table (real and shipped tasks) or draws its own world.
+
+    It decides how :class:`~iapo_gym.experiments.evaluate.ExactEvaluator` sums a run's exact values
+    (through the table's cached oracle, or on the run's test queries alone), so it must depend on
+    the task only, never on which seed ran first or where: the same run gives the same bits anywhere.
+    """
+    import gymnasium as gym
+
+    from iapo_gym.tasks import TASKS
+
+    spec = gym.spec(env_id)
+    info = TASKS.get(str((spec.kwargs or {}).get("task", "")))
+    return info is None or info.kind != "synthetic"
+
+
+def fit_cell(cell: Cell, evaluator: Callable[[int, Any], Any] | None = None) -> CellResult:
+    """Fit ``cell.seeds`` as one ``fit_many`` batch and score each run exactly (no file is written).
+
+    Args:
+        cell: the work.
+        evaluator: ``(seed, env or None) -> ExactEvaluator``; the local executor passes the runner's
+            cache, a remote cell builds its own.
+
+    Returns:
+        One row per seed (the :data:`~iapo_gym.experiments.results.KEY` columns, ``budget_used``,
+        ``wall_s``, the exact metrics and ``agent_config``).
+    """
+    from iapo_gym.experiments.evaluate import ExactEvaluator
+    from iapo_gym.experiments.threads import apply_torch_threads
+    from iapo_gym.experiments.train import env_factory
+
+    apply_torch_threads(cell.threads)
+    base = env_factory(cell.env_id, cell.budget, cell.contexts)
+    built: dict[int, Any] = {}
+
+    def make_env(seed: int) -> Any:
+        env = base(seed)
+        built[int(seed)] = env
+        return env
+
+    if evaluator is None:
+        shared = shares_table(cell.env_id)
+
+        def evaluator(seed: int, env: Any) -> Any:
+            env = env if env is not None else env_factory(cell.env_id, 0, cell.contexts)(seed)
+            return ExactEvaluator(env, cell.contexts, shared_table=shared)
+
+    t0 = time.perf_counter()
+    policies = cell.agent.fit_many(make_env, cell.budget, list(cell.seeds))
+    seconds = time.perf_counter() - t0
+    wall = seconds / len(cell.seeds)
+    if len(policies) != len(cell.seeds):
+        raise RuntimeError(f"{cell.label}.fit_many returned {len(policies)} policies for {len(cell.seeds)} seeds")
+    rows, kept = [], {}
+    for seed, policy in zip(cell.seeds, policies, strict=True):
+        used = int(policy.budget_used)
+        if used > cell.budget:
+            raise RuntimeError(f"agent {cell.label!r} reports {used} completions spent with a budget of {cell.budget}")
+        # pop: each run's env (and its world's oracle cache) is freed as soon as it is scored
+        metrics = evaluator(int(seed), built.pop(int(seed), None)).evaluate(policy)
+        key = (cell.env_id, cell.contexts, cell.label, int(cell.budget), int(seed))
+        rows.append(
+            dict(zip(KEY, key, strict=True))
+            | {"budget_used": used, "wall_s": wall}
+            | metrics.row()
+            | {"agent_config": cell.record}
+        )
+        if cell.keep_policies:
+            kept[int(seed)] = policy
+    return CellResult(cell, rows, seconds, kept)
+
+
+class LocalExecutor:
+    """Runs cells in order in this process; ``evaluator`` is the runner's shared evaluator cache."""
+
+    name = "local"
+
+    def __init__(self, evaluator: Callable[[str, int, Any], Any] | None = None) -> None:
+        self.evaluator = evaluator
+
+    def run(self, cells: Iterable[Cell]) -> Iterator[CellResult]:
+        """Yield each cell's result as soon as it is computed, in the order given."""
+        for cell in cells:
+            yield fit_cell(cell, None if self.evaluator is None else partial(self.evaluator, cell.env_id))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise ImportError("--executor ray needs Ray: pip install 'iapo-gym[ray]'") from None
+    return ray
+
+
+class RayExecutor:
+    """Runs cells as Ray tasks (one CPU each) and yields their results as they finish.
+
+    Args:
+        address: a running cluster (``ray start --head`` prints it; ``"auto"`` finds a local one);
+            empty starts a private local instance on 127.0.0.1 with ``num_cpus`` CPUs.
+        num_cpus: CPUs of the private local instance (ignored when joining a cluster).
+        max_retries: Ray re-runs a cell whose worker process or node died this many times.
+        max_in_flight: cells submitted at once (bounds the driver's memory of pending results).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str = "", num_cpus: int | None = None, max_retries: int = 3,
+                 max_in_flight: int = 256) -> None:
+        ray = _ray()
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            self.started = True
+        self.remote = ray.remote(num_cpus=1, max_retries=int(max_retries), retry_exceptions=False)(fit_cell)
+        self.max_in_flight = max(1, int(max_in_flight))
+
+    def run(self, cells: Iterable[Cell]) -> Iterator[CellResult]:
+        """Submit cells (at most ``max_in_flight`` pending) and yield each result when it is done."""
+        ray, pending = self.ray, list(cells)
+        queue = iter(pending)
+        in_flight = []
+        try:
+            for cell in queue:
+                in_flight.append(self.remote.remote(cell))
+                if len(in_flight) >= self.max_in_flight:
+                    break
+            while in_flight:
+                done, in_flight = ray.wait(in_flight, num_returns=1)
+                yield ray.get(done[0])
+                nxt = next(queue, None)
+                if nxt is not None:
+                    in_flight.append(self.remote.remote(nxt))
+        finally:
+            for ref in in_flight:  # interrupted: nothing pending keeps running for nobody
+                ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        """Shut down the private local instance this executor started (a joined cluster stays up)."""
+        if self.started:
+            self.ray.shutdown()
+
+
+def make_executor(name: str, address: str = "", evaluator: Callable[[str, int, Any], Any] | None = None,
+                  num_cpus: int | None = None) -> LocalExecutor | RayExecutor:
+    """The executor called ``name`` (``"local"`` or ``"ray"``)."""
+    if name == "local":
+        return LocalExecutor(evaluator)
+    if name == "ray":
+        return RayExecutor(address, num_cpus=num_cpus)
+    raise ValueError(f"unknown --executor {name!r}: use 'local' or 'ray'")
+
+
+def record_text(record: dict[str, Any]) -> str:
+    """The ``agent_config`` column text of an agent record (stable JSON)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
