@@ -328,3 +328,56 @@ def test_output_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path: 
         holder.wait()
     with OutputLock(tmp_path):  # the kernel dropped the dead holder's lock
         pass
+
+
+# --------------------------------------------------------------------------- figures
+def _captured(monkeypatch: pytest.MonkeyPatch) -> list:
+    from iapo_gym.experiments import plots
+
+    figs: list = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or Path(path))
+    return figs
+
+
+def test_acr_plot_has_the_oracle_line_with_a_single_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iapo_gym.experiments.plots import plot_acr_vs_budget
+
+    figs = _captured(monkeypatch)
+    res = Results.from_rows([make_row(agent=a, seed=s, acr=0.3 + 0.1 * s, oracle=0.9) for a in ("a", "b") for s in range(4)])
+    plot_acr_vs_budget(res, "unused.png")
+    ax = figs[0].axes[0]
+    oracle = [ln for ln in ax.get_lines() if ln.get_label() == "oracle"]
+    assert len(oracle) == 1 and list(oracle[0].get_ydata()) == [0.9, 0.9]  # drawn across the panel
+    assert {c.get_label() for c in ax.containers} == {"a", "b"}  # each agent a point with its interval
+
+
+def test_binned_cost_labels_are_short_and_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iapo_gym.experiments.plots import plot_n_vs_cost
+
+    figs = _captured(monkeypatch)
+    rng = np.random.default_rng(0)
+    cw = np.sort(rng.uniform(0, 1, 12))  # twelve bins with long-decimal centres
+    rows = [make_row(env="E", seed=s, n_ctx=12) for s in range(3)]
+    plot_n_vs_cost(Results.from_rows(rows), "unused.png", {"E": cw.tolist()}, binned=True)
+    labels = [t.get_text() for t in figs[0].axes[0].get_xticklabels()]
+    assert 1 < len(labels) <= 8 and all(len(t) <= 6 for t in labels)  # two significant digits
+    assert all(t.get_rotation() == 45 for t in figs[0].axes[0].get_xticklabels())
+
+
+def test_regret_difference_panel_is_the_paired_mean_and_marks_significance(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iapo_gym.experiments.plots import plot_regret_difference
+
+    figs = _captured(monkeypatch)
+    rows = []
+    for s in range(20):
+        rows.append(make_row(agent="ref", seed=s, acr=0.5 + 0.01 * s, oracle=0.9))
+        rows.append(make_row(agent="a", seed=s, acr=0.5 + 0.01 * s - 0.02 - 0.001 * s, oracle=0.9))  # always worse
+    plot_regret_difference(Results.from_rows(rows), "unused.png", "ref")
+    ax = figs[0].axes[0]
+    (bar,) = ax.containers
+    y = bar.lines[0].get_ydata()[0]
+    assert y == pytest.approx(np.mean([0.02 + 0.001 * s for s in range(20)]))
+    from matplotlib.collections import PathCollection
+
+    points = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+    assert len(points) == 1 and points[0].get_facecolor()[0][:3].tolist() != [1.0, 1.0, 1.0]  # p < 0.05: filled

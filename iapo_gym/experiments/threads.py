@@ -2,8 +2,9 @@
 
 torch and the BLAS behind numpy/scipy start one thread per core by default. On a shared machine
 (another experiment, a test suite or a build holding a core) that oversubscribes the CPU: every
-parallel region waits for its slowest thread, and a small PPO run measured 10x slower with two
-threads than with one while a second CPU-bound process ran. The runner therefore limits threads
+parallel region waits for its slowest thread: with a second CPU-bound process running on 2 cores,
+a small PPO run took 1.9x and a neural-agent run 6x as long with two threads as with one
+(``benchmarks/bench_threads.py``). The runner therefore limits threads
 deliberately; ``--threads 1`` (the default) is right for small per-run models on a shared laptop
 or CI box, ``--threads 0`` leaves every library's own default.
 
