@@ -62,7 +62,7 @@ class Progress:
             smoothing=0,
             file=file,
             ascii=None if file is None else True,
-            bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {percentage:3.0f}% {postfix}",
+            bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {percentage:3.0f}% {elapsed} elapsed{postfix}",
         )
         self._set_postfix()
 
@@ -89,8 +89,7 @@ class Progress:
         return sum(w * (self.seconds[a] / self.work[a] if self.work[a] else overall) for a, w in self.remaining.items())
 
     def _set_postfix(self) -> None:
-        elapsed = format_seconds(time.perf_counter() - self.t0)
-        self.bar.set_postfix_str(f"{elapsed} elapsed, ETA {format_seconds(self.eta())}", refresh=True)
+        self.bar.set_postfix_str(f"ETA {format_seconds(self.eta())}", refresh=True)  # tqdm prefixes ", "
 
     def close(self) -> None:
         """Leave the final line on screen."""
