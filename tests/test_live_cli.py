@@ -66,3 +66,19 @@ def test_bad_arguments_get_one_clear_line(tmp_path, capsys, extra, message):
         assert _build(srv, tmp_path, *extra) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_repair_checkpoint_from_the_command_line(tmp_path, capsys):
+    from iapo_gym.live.checkpoint import read_units, scan
+
+    with FakeChatServer() as srv:
+        assert _build(srv, tmp_path) == 0
+    ckpt = tmp_path / "t.checkpoint.jsonl"
+    lines = ckpt.read_text().splitlines()
+    lines[2] = lines[2].replace("answer", "ANSWER")
+    ckpt.write_text("\n".join(lines) + "\n")
+    assert len(scan(ckpt).damaged) == 1
+    assert main(["build", "smolarith", "--out", str(tmp_path / "t"), "--repair-checkpoint"]) == 0
+    assert "damaged lines in t.checkpoint.jsonl.damaged-" in capsys.readouterr().out
+    assert scan(ckpt).damaged == [] and len(read_units(ckpt)) == 7
+    assert sorted(p.name.split(".")[-1].split("-")[0] for p in tmp_path.glob("t.checkpoint.jsonl.*")) == ["damaged", "orig"]

@@ -72,6 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="assemble without queries that have refused units (named in the manifest)")
     f.add_argument("--max-tokens-total", type=int, default=None, help="stop cleanly once this run used this many tokens")
     f.add_argument("--dry-run", action="store_true", help="print units, requests, tokens and cost; generate nothing")
+    f.add_argument("--repair-checkpoint", action="store_true",
+                   help="rewrite the checkpoint without its damaged lines (original and damaged lines kept beside it)")
     f.add_argument("--price-in", type=float, default=None, help="dollars per million prompt tokens (dry run)")
     f.add_argument("--price-out", type=float, default=None, help="dollars per million completion tokens (dry run)")
     f.add_argument("--probe", type=int, default=0, help="dry run: measure tokens with this many real n=1 requests")
@@ -153,6 +155,15 @@ def run_build(args: argparse.Namespace) -> int:
     from iapo_gym.live.specs import load_queries
 
     spec = _spec(args)
+    if args.repair_checkpoint:
+        from iapo_gym.live.checkpoint import repair
+
+        out = Path(args.out)
+        ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint.jsonl")
+        orig, bad = repair(ckpt)
+        kept = f", damaged lines in {bad.name}" if bad else ", no damaged lines"
+        print(f"repaired {ckpt}: original kept as {orig.name}{kept}")
+        return 0
     if args.from_lm_eval:
         return _import(args, spec, None)
     queries = load_queries(spec, local_path=args.dataset_path, limit=args.queries)
