@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -130,3 +131,82 @@ def test_served_accuracy_and_cost_match_the_exact_q_of_the_deployed_arm(tmp_path
     if out:
         with open(out, "w") as f:
             json.dump(report, f, indent=1)
+
+
+def _marked_processes(marker: str) -> list[int]:
+    """PIDs of live processes whose environment holds ``IAPO_TEST_MARK=marker``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"IAPO_TEST_MARK={marker}".encode() in f.read().split(b"\0"):
+                    with open(f"/proc/{entry}/stat") as st:
+                        if st.read().split(")")[-1].split()[0] != "Z":
+                            out.append(int(entry))
+        except OSError:
+            continue
+    return out
+
+
+def test_serve_with_the_in_process_engine_batches_concurrent_requests(tmp_path):
+    """``iapo-gym serve --engine vllm``: the engine in the server process, concurrent requests batched."""
+    require_live_stack()
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    import openai
+
+    import iapo_gym.agents.base as base
+
+    table = load_task_table("SmolArith")
+    arms = np.array([2 * 16 + 3, 1 * 16 + 1, 5 * 16 + 0])  # low (2, 4), mid (1, 2), high (5, 1)
+    path = base.TablePolicy(table.contexts, arms, 16).save(tmp_path / "hand.json", table, agent="hand")
+    port = free_port()
+    marker = f"deploy-live-{os.getpid()}-{time.time_ns()}"
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iapo_gym.cli", "serve", str(path), "--engine", "vllm", "--model", "smollm2",
+         "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--port", str(port), "--log-level", "debug"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "IAPO_TEST_MARK": marker})
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+        queries = load_queries(load_spec("smolarith"))[:6]
+
+        def ask(i):
+            name = table.contexts.names[i % 3]
+            return name, client.chat.completions.create(
+                model="iapo-smolarith", messages=[{"role": "user", "content": queries[i].text}],
+                extra_body={"context": name}, seed=100 + i)
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(ask, range(6)))
+        again = ask(0)[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+        time.sleep(2)
+        left = _marked_processes(marker)  # the engine's worker process must go with the server
+        for pid in left:
+            os.kill(pid, 9)
+    assert left == [], "the in-process engine outlived iapo-gym serve"
+    batches = [int(b) for b in re.findall(r"answering a batch of (\d+) requests", (tmp_path / "serve.log").read_text())]
+    assert sum(batches) == 7 and max(batches) > 1  # the 6 concurrent requests shared engine calls
+    want = {"low": (2, 4), "mid": (1, 2), "high": (5, 1)}
+    for name, resp in results:
+        iapo = resp.model_extra["iapo"]
+        assert (iapo["prompt"], iapo["n"]) == want[name]
+        assert resp.usage.completion_tokens == iapo["completion_tokens"] > 0 and resp.choices[0].message.content
+    # the engine is deterministic per request seed: the same request gives the same answer and votes
+    first = results[0][1].model_extra["iapo"]
+    assert (again.model_extra["iapo"]["votes"], again.choices[0].message.content) == (
+        first["votes"], results[0][1].choices[0].message.content)

@@ -221,3 +221,46 @@ def test_best_of_n_with_the_specs_reward_models(tmp_path):
             assert ans.chosen == int(np.argmax(values @ w[:-1])) and ans.text == texts[ans.chosen]
             seen.append(ans.scores)
         assert seen[0] != pytest.approx(seen[1])
+
+
+def _toy_bon():
+    spec = spec_from_dict({
+        "task": "ToyBoN", "strategy": "bon", "prompts": ["Answer: {query}", "Briefly: {query}"],
+        "dataset": {"format": "jsonl"}, "scorer": {"name": "lexical_proxy", "target_words": 20},
+        "objectives": ["coverage", "brevity"], "objective_ranges": [[0, 1], [0, 1]],
+        "contexts": {"type": "preference", "levels": {"low": 0.0, "high": 1.0}, "steps": [0.1, 0.9]},
+        "n_max": 4, "pool": 4, "sampling": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 64}, "cost": {"max_cost": 0.01},
+    })
+    table = OutcomeTable(task="ToyBoN", strategy="bon", prompts=spec.prompts, query_ids=("q0",),
+                         objectives=spec.objectives, objective_ranges=np.array([[0.0, 1.0], [0.0, 1.0]]),
+                         contexts=spec.context_set(), n_max=4, cost=np.array([[0.01], [0.004]]),
+                         split=np.zeros(1, np.int8), outcome_values=np.zeros((2, 1, 1, 2)), outcome_probs=np.ones((2, 1, 1)))
+    return spec, table
+
+
+def test_continuous_weights_reach_a_neural_policy(tmp_path):
+    from iapo_gym.agents.neural import NeuralPolicy
+
+    spec, table = _toy_bon()
+    ws = np.full((2, 8), -1.0)  # the linear skip alone: value = direction @ ws (directions sum to 1)
+    ws[:, 1] = [1.0, 0.0]  # (p0, N2): the coverage weight's share
+    ws[:, 7] = [0.0, 1.0]  # (p1, N4): the brevity weight's share; every other arm -1
+    policy = NeuralPolicy(np.zeros((2, 1)), np.zeros(1), np.zeros((1, 8)), np.zeros(8), ws, np.zeros(8), 1.0,
+                          np.zeros(2), np.ones(8, bool), 4)
+    path = policy.save(tmp_path / "neural.json", table)
+    loaded = iapo_gym.load_policy(path, spec=spec)
+    query = "Explain photosynthesis"
+    with FakeUpstream(cycle_responder(("Light to sugar.",))) as up:
+        router = Router(loaded, spec, _backend(up, spec))
+        for weights, (p, n) in (([0.8, 0.2, 0.3], (0, 2)), ([0.25, 0.75, 0.0], (1, 4)), ([3.0, 1.0, 0.05], (0, 2))):
+            ans = router.answer(query, weights)
+            assert (ans.prompt, ans.n, ans.context_name, ans.context) == (p, n, None, tuple(weights))
+            assert up.requests[-1][1]["n"] == n
+            assert up.requests[-1][1]["messages"][0]["content"] == spec.prompts[p].replace("{query}", query)
+        named = table.contexts.names[0]  # a named context is its weight vector; it keeps its name
+        ans = router.answer(query, named)
+        w = table.contexts.weights[0]
+        assert ans.context_name == named and ans.context == tuple(w)
+        assert (ans.prompt, ans.n) == ((0, 2) if w[0] > w[1] else (1, 4))
+        with pytest.raises(ContextError, match="must be 3 numbers"):
+            router.answer(query, [0.5, 0.5])

@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     router, backend, upstream_key = build_router(args)
     app = create_app(router, model_name=args.served_model_name, api_keys=keys, max_concurrency=args.max_concurrency,
                      max_pending=args.max_pending, max_body_bytes=args.max_body_bytes,
-                     default_context=args.default_context, secrets=[upstream_key] if upstream_key != "EMPTY" else [])
+                     default_context=args.default_context, secrets=[upstream_key] if upstream_key != "EMPTY" else [],
+                     on_shutdown=backend.close)
     task = router.deployment.task
     logging.getLogger("iapo_gym.serve").info(
         "serving %s (task %s, fingerprint %s, %s policy) on http://%s:%d, upstream model %s",
@@ -115,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
         args.host, args.port, backend.model)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
-    finally:
-        app.state.executor.shutdown(wait=False, cancel_futures=True)
+    finally:  # reached when uvicorn returns without a signal (the lifespan closed the backend on a signal)
         backend.close()
     return 0

@@ -30,13 +30,14 @@ The upstream API key is never logged nor returned: it is scrubbed from every err
 # No "from __future__ import annotations": FastAPI reads the endpoints' annotations (Request) at runtime,
 # and they are imported inside create_app so the ASGI stack loads only when an app is built.
 import asyncio
+import contextlib
 import functools
 import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -141,6 +142,7 @@ class _Batcher:
                 continue
             call = functools.partial(self.router.answer_many, [it[0] for it in items], [it[1] for it in items],
                                      seeds=[it[2] for it in items])
+            log.debug("answering a batch of %d requests", len(items))
             try:
                 answers = await loop.run_in_executor(self.executor, call)
             except Exception as exc:  # one failure fails the batch: every waiting request gets it
@@ -311,6 +313,7 @@ def create_app(
     default_context: Any = None,
     secrets: Sequence[str] = (),
     thread_safe_backend: bool | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> Any:
     """The ASGI app (FastAPI) serving ``router``.
 
@@ -325,6 +328,10 @@ def create_app(
         secrets: strings never to reveal (the upstream API key): scrubbed from error messages and logs.
         thread_safe_backend: whether the backend may be called from several threads at once
             (default: backends with a ``concurrency`` attribute, i.e. HTTP clients).
+        on_shutdown: called when the server shuts down (e.g. ``backend.close``: the in-process
+            engine's worker process must not outlive the server). It runs in the app's lifespan,
+            because uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so code after
+            ``uvicorn.run`` never runs.
     """
     try:
         from fastapi import FastAPI, Request
@@ -334,7 +341,17 @@ def create_app(
     service = _Service(router, model_name=model_name, api_keys=api_keys, max_concurrency=max_concurrency,
                        max_pending=max_pending, max_body_bytes=max_body_bytes, default_context=default_context,
                        secrets=secrets, thread_safe_backend=thread_safe_backend)
-    app = FastAPI(title="iapo-gym router", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            service.executor.shutdown(wait=False, cancel_futures=True)
+            if on_shutdown is not None:
+                on_shutdown()
+
+    app = FastAPI(title="iapo-gym router", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
     app.state.executor = service.executor
 
