@@ -2,64 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym.agents._runs import Runs
-from iapo_gym.agents.base import Agent, Policy, TablePolicy
+from iapo_gym.agents.base import BatchAgent, Policy, TablePolicy
+from iapo_gym.runs import RunBatch
+
+__all__ = ["BatchAgent", "best_arms", "halve", "ranking_key", "table_policies"]
 
 UNSEEN = -1e300  # rank of an active arm without data: below every seen arm, above inactive arms
-
-
-class BatchAgent(Agent):
-    """An agent whose :meth:`fit` is a batch of one: subclasses implement :meth:`_fit_runs`.
-
-    ``fit_many(make_env, budget, seeds)`` builds one env per seed and runs all seeds as one
-    vectorised batch (see :mod:`iapo_gym.agents._runs`).
-    """
-
-    def fit(self, env: Any, budget: int, seed: int) -> Policy:
-        return self._fit_runs(Runs([env], budget, [seed], self.name))[0]
-
-    def fit_many(self, make_env: Callable[[int], Any], budget: int, seeds: Sequence[int]) -> list[Policy]:
-        seeds = list(seeds)
-        if not seeds:
-            return []
-        envs = [make_env(s) for s in seeds]
-        policies: list[Policy] = []
-        for lo, hi in _chunks(envs):
-            policies += self._fit_runs(Runs(envs[lo:hi], budget, seeds[lo:hi], self.name))
-        return policies
-
-    def _fit_runs(self, runs: Runs) -> list[Policy]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-#: Largest stacked table (bytes) one batch builds when every run has its own table (synthetic worlds).
-STACK_BYTES = 256 * 2**20
-
-
-def _table_bytes(table: Any) -> int:
-    return sum(
-        a.nbytes for a in (table.answer_probs, table.gold, table.outcome_values, table.outcome_probs, table.cost)
-        if a is not None
-    )
-
-
-def _chunks(envs: Sequence[Any]) -> list[tuple[int, int]]:
-    """Split a batch so that stacking per-run tables never exceeds :data:`STACK_BYTES`.
-
-    Runs that share one table (real tasks) stay one batch; per-seed worlds of a large synthetic
-    task (Synth-Categorical: ~3 MB each) run in chunks of ``STACK_BYTES // table size`` seeds.
-    """
-    tables = [getattr(getattr(e, "unwrapped", e), "table", None) for e in envs]
-    if len(envs) <= 1 or any(t is None for t in tables) or all(t is tables[0] for t in tables):
-        return [(0, len(envs))]
-    size = max(1, STACK_BYTES // max(1, _table_bytes(tables[0])))
-    return [(lo, min(lo + size, len(envs))) for lo in range(0, len(envs), size)]
 
 
 def ranking_key(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -126,7 +79,7 @@ def best_arms(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[n
     return np.argmax(ranking_key(active, mean), axis=-1).astype(np.int64)
 
 
-def table_policies(runs: Runs, arms: NDArray[np.int64], infos: list[dict[str, Any]]) -> list[Policy]:
+def table_policies(runs: RunBatch, arms: NDArray[np.int64], infos: list[dict[str, Any]]) -> list[Policy]:
     """One :class:`TablePolicy` per run from ``arms (S, C)``."""
     return [
         TablePolicy(runs.contexts, arms[s], runs.n_max, budget_used=int(runs.spent[s]), info=infos[s])

@@ -189,7 +189,8 @@ def row_utility(pulls: Pulls, weights: NDArray[np.float64]) -> NDArray[np.float6
     Used by agents without nested or cross-context reuse (naive Sequential Halving).
     """
     mask = pulls.mask
-    cost = np.where(mask, pulls.cost, 0.0).sum(axis=1)
+    # a sequential sum (cumsum), not numpy's pairwise sum: the result must not depend on the padding width
+    cost = np.cumsum(np.where(mask, pulls.cost, 0.0), axis=1)[:, -1]
     if pulls.strategy == "mv":
         a = int(pulls.n_categories)
         rel = np.where(mask, (pulls.outcome - pulls.gold[:, None]) % a, a)
@@ -289,16 +290,17 @@ class NestedStats:
 
 
 def random_fit(
-    group: NDArray[np.int64], cost: NDArray[np.int64], allowance: NDArray[np.int64], rng: np.random.Generator
+    group: NDArray[np.int64], cost: NDArray[np.int64], allowance: NDArray[np.int64], keys: NDArray[np.float64]
 ) -> NDArray[np.bool_]:
     """Pick, per group, a uniformly random subset of items whose total cost fits the group's allowance.
 
-    Items of each group are visited in a random order and the longest prefix that fits is taken
+    Items of each group are visited in the order of their random ``keys`` (one uniform per item,
+    drawn by the caller from the item's run stream) and the longest prefix that fits is taken
     (``group (I,)`` item -> group id, ``cost (I,)``, ``allowance (G,)``). Returns the ``(I,)`` mask.
     """
     if group.size == 0:
         return np.zeros(0, dtype=bool)
-    order = np.lexsort((rng.random(group.size), group))
+    order = np.lexsort((keys, group))
     g, c = group[order], cost[order]
     csum = np.cumsum(c)
     first = np.r_[True, g[1:] != g[:-1]]

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
 from iapo_gym.agents._engine import NestedStats
-from iapo_gym.agents._runs import Runs
+from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
 
 
@@ -66,25 +66,26 @@ class SequentialAgent(BatchAgent):
         best = score.max(axis=1, keepdims=True)
         return np.argmax(np.where(score == best, priority, -1.0), axis=1)
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         a_n = p_n * n_max
-        rng = runs.rng
         stats = NestedStats(s_n, p_n, n_max, runs.contexts)
-        priority = rng.random((s_n, a_n))
+        priority = runs.streams.random_rows(np.arange(s_n), a_n)
         arm_n = np.arange(a_n) % n_max + 1
         steps = np.zeros(s_n, dtype=np.int64)
         while True:
             live = np.flatnonzero(runs.remaining > 0)
             if live.size == 0:
                 break
+            # every draw of a step comes from the live runs' own streams (RowGenerator)
+            rng = runs.streams.rows(live)
             ctx = np.asarray(runs.contexts.sample(rng, size=live.size), dtype=np.int64)
             mean = stats.means_in(live, ctx).reshape(live.size, a_n)
             count = stats.count[live].reshape(live.size, a_n)
             feasible = arm_n[None, :] <= runs.remaining[live, None]
             arm = self.choose(mean, count, feasible, priority[live], rng)
-            pulls = runs.pull(live, arm // n_max, arm % n_max + 1)
-            stats.add(pulls, live)
+            for pulls, rows in runs.pull(live, arm // n_max, arm % n_max + 1):
+                stats.add(pulls, live[rows])
             steps[live] += 1
         active = np.ones((s_n, len(runs.contexts), a_n), dtype=bool)
         mean = stats.means()

@@ -169,3 +169,42 @@ class Agent(ABC):
     def config(self) -> dict[str, Any]:
         """Hyper-parameters, for logging."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class BatchAgent(Agent):
+    """An agent that fits many runs as one vectorised batch: subclasses implement :meth:`fit_runs`.
+
+    :meth:`fit` is a batch of one; :meth:`fit_many` builds the envs lazily and fits them in chunks
+    that fit the memory budget (:func:`iapo_gym.runs.iter_chunks`). ``fit_runs`` receives an
+    :class:`iapo_gym.runs.RunBatch` and must draw every random number from ``batch.streams`` and
+    every pull through ``batch.pull``: then a run's policy depends on its seed only, whatever the
+    batch (``iapo_gym.agents.testing.check_invariance`` checks it).
+    """
+
+    def fit(self, env: Any, budget: int, seed: int) -> Policy:
+        from iapo_gym.runs import RunBatch
+
+        return self.fit_runs(RunBatch([env], budget, [seed], self.name))[0]
+
+    def fit_many(
+        self,
+        make_env: Callable[[int], Any],
+        budget: int,
+        seeds: Sequence[int],
+        memory_budget: int | None = None,
+    ) -> list[Policy]:
+        """Fit every seed; runs are batched in chunks within ``memory_budget`` bytes (see :mod:`iapo_gym.runs`)."""
+        from iapo_gym.runs import RunBatch, iter_chunks, resolve_memory_budget
+
+        mem = resolve_memory_budget(memory_budget)
+        policies: list[Policy] = []
+        for envs, chunk in iter_chunks(make_env, list(seeds), mem):
+            policies += self.fit_runs(RunBatch(envs, budget, chunk, self.name, memory_budget=mem))
+        return policies
+
+    def fit_runs(self, batch: Any) -> list[Policy]:
+        """One policy per run of ``batch`` (an :class:`iapo_gym.runs.RunBatch`), in run order."""
+        return self._fit_runs(batch)
+
+    def _fit_runs(self, runs: Any) -> list[Policy]:  # pragma: no cover - the zoo's older name
+        raise NotImplementedError(f"{type(self).__name__} must implement fit_runs(batch)")

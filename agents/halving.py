@@ -26,7 +26,7 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
 from iapo_gym.agents._engine import random_fit, row_utility
-from iapo_gym.agents._runs import Runs
+from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds
 
@@ -37,7 +37,7 @@ class SequentialHalving(BatchAgent):
 
     name: ClassVar[str] = "seqhalving"
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         c_n = len(runs.contexts)
         a_n = p_n * n_max
@@ -62,11 +62,12 @@ class SequentialHalving(BatchAgent):
             rows = [np.repeat(x, reps) for x in (cell_s, cell_c, cell_a)]
             if last:
                 group = cell_s * c_n + cell_c
-                extra = random_fit(group, arm_cost[cell_a], (avail - lam * m).reshape(-1), runs.rng)
+                keys = runs.streams.random(np.bincount(cell_s, minlength=s_n))  # cells are run-major
+                extra = random_fit(group, arm_cost[cell_a], (avail - lam * m).reshape(-1), keys)
                 rows = [np.r_[x, y[extra]] for x, y in zip(rows, (cell_s, cell_c, cell_a), strict=True)]
             run_rows, ctx_rows, arm_rows = rows
             spent = np.zeros((s_n, c_n), dtype=np.int64)
-            for pulls, sel in runs.pull_grouped(run_rows, arm_rows // n_max, arm_rows % n_max + 1):
+            for pulls, sel in runs.pull(run_rows, arm_rows // n_max, arm_rows % n_max + 1):
                 s, c, a = run_rows[sel], ctx_rows[sel], arm_rows[sel]
                 u = row_utility(pulls, weights[c])
                 flat = (s * c_n + c) * a_n + a

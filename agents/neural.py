@@ -36,11 +36,15 @@ round). An arm survives while it is in the top half somewhere in the sample.
 ``argmax_a f(w)[a] * sum(w) - w_cost * N * cost(p)`` over the *candidates*: arms still active for
 some context of the elimination sample and observed at least once.
 
-**Seeding.** The bank, the elimination sample and the pull queries come from the batch generator
-(:func:`iapo_gym.agents._runs.agent_rng`); network initialisation uses a local ``torch.Generator`` seeded
-from the run seeds; training is full-batch and deterministic (no global torch state is touched
-except ``torch.set_num_threads`` when ``threads`` is given). The bank is shared by the runs of one
-batch (it is a draw of the distribution, the same in distribution as a per-run draw).
+**Seeding.** A run depends on its seed only (whatever batch it is fitted in). The bank and the
+elimination sample are a fixed draw of the context distribution, seeded by the agent's name (the
+same quadrature for every run: the runs of a batch share one tally per bank direction). Pull
+queries and completions come from the run's own stream (:class:`iapo_gym.runs.RunStreams`);
+each run's network is initialised from its own ``torch.Generator`` (seeded from the run's seed);
+training is full-batch, and runs are independent networks (the loss is a sum over runs, so a
+run's gradients never see another run). Training runs on one torch thread
+(``threads``; the previous setting is restored afterwards): torch splits reductions across
+threads by tensor shape, which would make a run's sums depend on its batch.
 
 **TensorBoard.** With ``log_dir`` set, training loss per gradient step (``neural/loss``) and the
 exploration statistics per round (``explore/spent``, ``explore/pulls``, ``explore/candidates``,
@@ -61,7 +65,7 @@ from numpy.typing import ArrayLike, NDArray
 from iapo_gym._checks import finite_weights
 from iapo_gym.agents._common import BatchAgent
 from iapo_gym.agents._engine import NestedStats
-from iapo_gym.agents._runs import Runs
+from iapo_gym.runs import RunBatch as Runs
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds, run_trimming
 from iapo_gym.contexts import ContextSet
@@ -118,20 +122,25 @@ class NeuralPolicy(Policy):
 class _BatchedMLP:
     """``S`` independent MLPs trained as one batched network (torch, CPU)."""
 
-    def __init__(self, n_runs: int, n_in: int, hidden: int, n_out: int, seed: int, lr: float, weight_decay: float):
+    def __init__(self, seeds: list[int], n_in: int, hidden: int, n_out: int, lr: float, weight_decay: float):
         import torch
 
         self.torch = torch
-        gen = torch.Generator().manual_seed(int(seed))
+        n_runs = len(seeds)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]  # one generator per run
         lim1 = 1.0 / np.sqrt(n_in)
         lim2 = 1.0 / np.sqrt(hidden)
+        draws = [
+            [torch.rand(shape, generator=g, dtype=torch.float32) for shape in ((n_in, hidden), (1, hidden), (hidden, n_out))]
+            for g in gens
+        ]
 
-        def uniform(shape: tuple[int, ...], lim: float) -> Any:
-            return ((torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * lim).requires_grad_()
+        def uniform(i: int, lim: float) -> Any:
+            return ((torch.stack([d[i] for d in draws]) * 2 - 1) * lim).requires_grad_()
 
-        self.w1 = uniform((n_runs, n_in, hidden), lim1)
-        self.b1 = uniform((n_runs, 1, hidden), lim1)
-        self.w2 = uniform((n_runs, hidden, n_out), lim2 * 0.1)
+        self.w1 = uniform(0, lim1)
+        self.b1 = uniform(1, lim1)
+        self.w2 = uniform(2, lim2 * 0.1)
         self.b2 = torch.zeros((n_runs, 1, n_out), dtype=torch.float32, requires_grad=True)
         self.ws = torch.zeros((n_runs, n_in, n_out), dtype=torch.float32, requires_grad=True)
         self.params = [self.w1, self.b1, self.w2, self.b2, self.ws]
@@ -181,10 +190,8 @@ class _NetStats:
         self.elim_dir = np.asarray(elim.weights[:, :k])
         self.elim_cost = np.asarray(elim.weights[:, -1])
         self.elim_bank = np.asarray([int(i) for i in range(self.elim_dir.shape[0])]) % bank.shape[0]
-        seed = zlib.crc32(repr(runs.seeds).encode())
-        self.net = _BatchedMLP(
-            runs.n_runs, k, agent.hidden, runs.n_prompts * runs.n_max, seed, agent.lr, agent.weight_decay
-        )
+        seeds = [runs.streams.child_seed(s, 1) for s in range(runs.n_runs)]
+        self.net = _BatchedMLP(seeds, k, agent.hidden, runs.n_prompts * runs.n_max, agent.lr, agent.weight_decay)
         self.fitted_steps = 0
         self.step_log = 0
         self.active: NDArray[np.bool_] | None = None
@@ -284,7 +291,8 @@ class NeuralAgent(BatchAgent):
             balances rarely and often observed arms).
         eliminate: ``"net"`` ranks arms by the network at each halving (default); ``"empirical"``
             by the exact empirical means on the elimination sample (an ablation).
-        threads: ``torch.set_num_threads`` for training (None: leave torch's setting alone).
+        threads: torch threads for training (None: 1, which keeps every run independent of its
+            batch bit for bit; more threads are faster but make float sums depend on the batch shape).
         log_dir: TensorBoard directory (None: no logging).
     """
 
@@ -318,14 +326,23 @@ class NeuralAgent(BatchAgent):
         seeds = f"{runs.seeds[0]}" if runs.n_runs == 1 else f"{runs.seeds[0]}-{runs.seeds[-1]}"
         return SummaryWriter(str(Path(self.log_dir) / f"{task}__{self.name}__{seeds}__{int(time.time())}"))
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
+    def fit_runs(self, runs: Runs) -> list[Policy]:
         import torch
 
-        if self.threads is not None:
-            torch.set_num_threads(int(self.threads))
+        # torch splits a reduction across threads by the tensor's shape, so with several threads a
+        # run's float sums (hence its policy) would depend on how many runs share the batch.
+        previous = torch.get_num_threads()
+        torch.set_num_threads(int(self.threads) if self.threads is not None else 1)
+        try:
+            return self._fit(runs)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _fit(self, runs: Runs) -> list[Policy]:
         dist = distribution_of(runs.envs[0])
         k = dist.n_objectives
-        draws = dist.sample(runs.rng, int(self.n_directions) * int(self.n_cost_draws))
+        bank_rng = np.random.default_rng([zlib.crc32(f"{self.name}/bank".encode())])  # fixed quadrature, see Seeding
+        draws = dist.sample(bank_rng, int(self.n_directions) * int(self.n_cost_draws))
         bank = draws[: int(self.n_directions), :k] if k > 1 else np.ones((1, 1))
         # elimination sample: context e pairs bank direction e % U with its own cost draw
         u = bank.shape[0]

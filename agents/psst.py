@@ -51,7 +51,7 @@ from numpy.typing import NDArray
 
 from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
 from iapo_gym.agents._engine import NestedStats, random_fit
-from iapo_gym.agents._runs import Runs
+from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
 
 
@@ -70,7 +70,7 @@ def maximal_sizes(active: NDArray[np.bool_], n_max: int) -> NDArray[np.int64]:
 
 
 def run_trimming(
-    runs: Runs,
+    runs: RunBatch,
     stats: NestedStats,
     active: NDArray[np.bool_],
     budgets: NDArray[np.int64],
@@ -106,12 +106,13 @@ def run_trimming(
         prompt_rows = np.repeat(cell_prompt, reps)
         n_rows = np.repeat(cell_n, reps)
         if last:
-            extra = random_fit(cell_run, cell_n, avail - lam * m, runs.rng)
+            keys = runs.streams.random(np.bincount(cell_run, minlength=n_runs))  # cells are run-major
+            extra = random_fit(cell_run, cell_n, avail - lam * m, keys)
             run_rows = np.r_[run_rows, cell_run[extra]]
             prompt_rows = np.r_[prompt_rows, cell_prompt[extra]]
             n_rows = np.r_[n_rows, cell_n[extra]]
         before = runs.spent.copy()
-        for pulls, rows in runs.pull_grouped(run_rows, prompt_rows, n_rows):
+        for pulls, rows in runs.pull(run_rows, prompt_rows, n_rows):
             stats.add(pulls, run_rows[rows])
         spent = runs.spent - before
         spend_log[:, r] = spent
@@ -139,7 +140,7 @@ class PSST(BatchAgent):
 
     name: ClassVar[str] = "psst"
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
         n_arms = runs.n_prompts * runs.n_max
         stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, runs.contexts)
         active = np.ones((runs.n_runs, len(runs.contexts), n_arms), dtype=bool)

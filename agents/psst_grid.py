@@ -20,7 +20,7 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms
 from iapo_gym.agents._engine import NestedStats
-from iapo_gym.agents._runs import Runs
+from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy, TablePolicy
 from iapo_gym.agents.psst import n_rounds, run_trimming
 from iapo_gym.contexts import ContextSet
@@ -54,7 +54,7 @@ class PSSTGrid(BatchAgent):
             return getattr(env, "unwrapped", env).contexts
         return distribution_of(env).grid(int(self.n_weights), int(self.n_costs))
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
         grid = self.grid_contexts(runs.envs[0])
         n_arms = runs.n_prompts * runs.n_max
         stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, grid)

@@ -48,80 +48,23 @@ Everything is vectorised over the seeds of a batch (``fit_many``): one permutati
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym.agents._common import BatchAgent, _chunks, best_arms, halve, ranking_key, table_policies
+from iapo_gym.agents._common import BatchAgent, best_arms, halve, ranking_key, table_policies
 from iapo_gym.agents._engine import NestedStats, nested_gains
-from iapo_gym.agents._runs import Runs
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import maximal_sizes, n_rounds
+from iapo_gym.runs import RunBatch, RunStreams
 from iapo_gym.sampling import Pulls
 
-__all__ = ["PSSTPaired", "PairedStats", "QueryRuns", "QuerySchedule", "TopKPaired", "round_budgets", "run_paired_trimming"]
+__all__ = ["PSSTPaired", "PairedStats", "QuerySchedule", "TopKPaired", "round_budgets", "run_paired_trimming"]
 
 
 # ------------------------------------------------------------------------------- query control
-class QueryRuns(Runs):
-    """:class:`iapo_gym.agents._runs.Runs` whose pulls name their training query (a column of the train split)."""
-
-    def __init__(self, envs: Sequence[Any], budget: int, seeds: Sequence[int], salt: str) -> None:
-        super().__init__(envs, budget, seeds, salt)
-        if self._own_pull:
-            train = np.asarray(self.envs[0].train_queries, dtype=np.int64)
-            if train.size == 0:
-                raise ValueError("the env needs a non-empty train split (env.unwrapped.train_queries)")
-            self.n_train = np.array([train.size], dtype=np.int64)
-            self.train = train[None, :]
-
-    def pull_at(
-        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64]
-    ) -> Pulls:
-        """One pull per row on query ``train[run, col]`` (``col``: position in the run's train split)."""
-        from iapo_gym.sampling import sample_pulls
-
-        run, prompt, n, col = (np.asarray(a, dtype=np.int64) for a in (run, prompt, n, col))
-        charge = np.bincount(run, weights=n, minlength=self.n_runs).astype(np.int64)
-        over = self.spent + charge > self.budgets
-        if np.any(over):
-            bad = int(np.flatnonzero(over)[0])
-            raise RuntimeError(
-                f"internal error: run {bad} would spend {int(self.spent[bad] + charge[bad])} > budget "
-                f"{int(self.budgets[bad])}; this is an agent bug, please report it"
-            )
-        if np.any((col < 0) | (col >= self.n_train[run])):
-            raise RuntimeError("internal error: a train-split column outside the run's train split")
-        query = self.train[run, col]
-        if self._own_pull:
-            pulls = self.envs[0].pull(prompt, n, query=query)
-        else:
-            pulls = sample_pulls(self.table, prompt, query, n, self.rng)
-            for s in np.flatnonzero(charge):
-                self.envs[s].ledger.charge(int(charge[s]))
-        self.spent += charge
-        return pulls
-
-    def pull_at_grouped(
-        self,
-        run: NDArray[np.int64],
-        prompt: NDArray[np.int64],
-        n: NDArray[np.int64],
-        col: NDArray[np.int64],
-        fill: float = 0.7,
-    ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
-        """:meth:`pull_at` in a few batches of similar ``n`` (as :meth:`Runs.pull_grouped`)."""
-        sizes = np.unique(n)[::-1]
-        while sizes.size:
-            members = sizes[sizes >= fill * sizes[0]]
-            sizes = sizes[members.size :]
-            rows = np.flatnonzero(np.isin(n, members))
-            yield self.pull_at(run[rows], prompt[rows], n[rows], col[rows]), rows
-
-
 class QuerySchedule:
     """Per run, a seeded random permutation of its train split, walked cyclically.
 
@@ -130,11 +73,12 @@ class QuerySchedule:
     times after any number of draws.
     """
 
-    def __init__(self, n_train: NDArray[np.int64], rng: np.random.Generator) -> None:
+    def __init__(self, n_train: NDArray[np.int64], streams: RunStreams) -> None:
         self.n_train = np.asarray(n_train, dtype=np.int64)
         width = int(self.n_train.max())
-        key = rng.random((self.n_train.size, width))
-        key[np.arange(width)[None, :] >= self.n_train[:, None]] = np.inf
+        key = np.full((self.n_train.size, width), np.inf)
+        inside = np.arange(width)[None, :] < self.n_train[:, None]
+        key[inside] = streams.random(self.n_train)  # each run's own stream, n_train[s] keys
         self.perm = np.argsort(key, axis=1)  # the first n_train[s] entries of row s: a permutation
         self.pos = np.zeros(self.n_train.size, dtype=np.int64)
 
@@ -216,7 +160,7 @@ def round_budgets(budgets: NDArray[np.int64], rounds: int, growth: float) -> NDA
 
 
 def run_paired_trimming(
-    runs: QueryRuns,
+    runs: RunBatch,
     stats: PairedStats,
     active: NDArray[np.bool_],
     budgets: NDArray[np.int64],
@@ -234,7 +178,7 @@ def run_paired_trimming(
         budgets: ``(S,)`` completions this phase may spend per run.
         rounds: ``R``.
         growth: ratio of consecutive round budgets (1: equal rounds).
-        schedule: the runs' query walk (default: a fresh one from ``runs.rng``); continuing the
+        schedule: the runs' query walk (default: a fresh one from ``runs.streams``); continuing the
             walk of an earlier phase keeps the coverage of the train split even.
         min_queries: a round pulls only if it affords at least this many common queries
             (otherwise it carries its budget forward and does not halve).
@@ -243,7 +187,7 @@ def run_paired_trimming(
     """
     n_runs = runs.n_runs
     plan = round_budgets(budgets, rounds, growth)
-    schedule = schedule or QuerySchedule(runs.n_train, runs.rng)
+    schedule = schedule or QuerySchedule(runs.n_train, runs.streams)
     start_spent = runs.spent.copy()
     carry = np.zeros(n_runs, dtype=np.int64)
     spend_log = np.zeros((n_runs, rounds), dtype=np.int64)
@@ -266,7 +210,7 @@ def run_paired_trimming(
         run_rows, col_rows = q_run[row_q], q_col[row_q]
         n_rows = sizes[run_rows, row_p]
         before = runs.spent.copy()
-        for pulls, rows in runs.pull_at_grouped(run_rows, row_p, n_rows, col_rows):
+        for pulls, rows in runs.pull(run_rows, row_p, n_rows, col_rows):
             stats.add(pulls, run_rows[rows])
         spent = runs.spent - before
         spend_log[:, r] = spent
@@ -276,7 +220,9 @@ def run_paired_trimming(
         if trim.any():
             mean = stats.means().reshape(active.shape)
             # random tie-breaking (paired means on few queries tie often; a stable sort would favour low indices)
-            halve(active, mean + 1e-9 * runs.rng.random(mean.shape), trim)
+            jitter = np.zeros(mean.shape)
+            jitter[trim] = runs.streams.random(mean[0].size, np.flatnonzero(trim)).reshape(-1, *mean.shape[1:])
+            halve(active, mean + 1e-9 * jitter, trim)
             halvings += trim
     unspent = budgets - (runs.spent - start_spent)
     return [
@@ -335,30 +281,16 @@ class PSSTPaired(BatchAgent):
         if int(self.screen_n) < 1:
             raise ValueError(f"screen_n must be >= 1; got {self.screen_n}")
 
-    def fit(self, env: Any, budget: int, seed: int) -> Policy:
-        """One run on ``env`` with ``budget`` completions (see :meth:`fit_many`)."""
-        return self._fit_runs(QueryRuns([env], budget, [seed], self.name))[0]
-
-    def fit_many(self, make_env: Callable[[int], Any], budget: int, seeds: Sequence[int]) -> list[Policy]:
-        """One run per seed, batched over the runs."""
-        seeds = list(seeds)
-        envs = [make_env(s) for s in seeds]
-        policies: list[Policy] = []
-        for lo, hi in _chunks(envs) if envs else []:
-            policies += self._fit_runs(QueryRuns(envs[lo:hi], budget, seeds[lo:hi], self.name))
-        return policies
-
-    def _screen(self, runs: QueryRuns, stats: PairedStats, schedule: QuerySchedule) -> NDArray[np.bool_]:
+    def _screen(self, runs: RunBatch, stats: PairedStats, schedule: QuerySchedule) -> NDArray[np.bool_]:
         """Paired Top-``k`` screening: every prompt at ``N = screen_n`` on the same queries; ``(S, C, P)`` kept."""
         s_n, p_n, n_max, c_n = runs.n_runs, runs.n_prompts, runs.n_max, len(runs.contexts)
         n0 = min(int(self.screen_n), n_max)
         warm = np.floor(float(self.rho) * runs.budgets).astype(np.int64)
         q_run, q_col = schedule.take(warm // (p_n * n0))
         run_rows = np.repeat(q_run, p_n)
-        if run_rows.size:
-            prompt_rows = np.tile(np.arange(p_n), q_run.size)
-            pulls = runs.pull_at(run_rows, prompt_rows, np.full(run_rows.size, n0), np.repeat(q_col, p_n))
-            stats.add(pulls, run_rows)
+        prompt_rows = np.tile(np.arange(p_n), q_run.size)
+        for pulls, rows in runs.pull(run_rows, prompt_rows, np.full(run_rows.size, n0), np.repeat(q_col, p_n)):
+            stats.add(pulls, run_rows[rows])
         # a prompt's score: its best arm (p, N <= screen_n); unseen prompts rank last, ties -> lower index
         key = ranking_key(np.ones((s_n, c_n, p_n, n0), bool), stats.means()[..., :n0]).max(axis=-1)
         top = np.argsort(-key, axis=-1, kind="stable")[..., : min(int(self.k), p_n)]
@@ -366,12 +298,10 @@ class PSSTPaired(BatchAgent):
         np.put_along_axis(keep, top, True, axis=-1)
         return keep
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
-        if not isinstance(runs, QueryRuns):
-            raise TypeError("PSSTPaired needs QueryRuns (query-controlled pulls); call fit or fit_many")
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
         s_n, p_n, n_max, c_n = runs.n_runs, runs.n_prompts, runs.n_max, len(runs.contexts)
         stats = PairedStats(s_n, p_n, n_max, runs.contexts)
-        schedule = QuerySchedule(runs.n_train, runs.rng)
+        schedule = QuerySchedule(runs.n_train, runs.streams)
         keep = np.ones((s_n, c_n, p_n), dtype=bool)
         screened = 0
         if int(self.k) > 0:

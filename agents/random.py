@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from iapo_gym.agents._runs import _unwrap
+from iapo_gym.runs import _unwrap
 from iapo_gym.agents.base import Agent, Policy, StochasticPolicy
 
 

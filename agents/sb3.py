@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 
 from iapo_gym._checks import finite_weights
-from iapo_gym.agents._runs import _remaining, _unwrap
+from iapo_gym.runs import RunBatch, _unwrap
 from iapo_gym.agents.base import Agent, Policy, TablePolicy
 from iapo_gym.contexts import ContextSet
 
@@ -62,7 +62,7 @@ class BudgetWrapper(gym.Wrapper):
         self.env.reset(seed=int(seed))
         base: Any = self.env.unwrapped
         self._start = int(base.ledger.spent)
-        self.budget = int(min(self.budget, _remaining(base)))
+        self.budget = int(min(self.budget, RunBatch._ledger_room(base)))
 
     @property
     def spent(self) -> int:

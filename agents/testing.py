@@ -24,6 +24,9 @@
 6. **hidden nondeterminism** -- repeated fits under different global RNG states
    (:func:`check_repeatable`) and fits in fresh interpreters with other ``PYTHONHASHSEED`` values
    (:func:`check_across_processes`) deploy the same arms.
+7. **invariance** -- a seed determines its run: the policy of seed ``s`` is bit-identical whether it
+   is fitted alone or inside ``fit_many`` batches of other seeds, in any order, in any chunking
+   (:func:`check_invariance`).
 
 ``fit_many`` is checked the same way (:func:`fit_many_guarded`); only the library's batch engine
 may read the views' tables, to draw many runs at once (it charges every ledger for exactly what it
@@ -53,6 +56,7 @@ __all__ = [
     "check_agent",
     "check_budget",
     "check_determinism",
+    "check_invariance",
     "check_policy",
     "check_policy_off_contexts",
     "check_repeatable",
@@ -485,6 +489,7 @@ def check_agent(
     repeats: int = 2,
     hash_seeds: Sequence[int] = (1, 2),
     probes: int = 64,
+    invariance: bool = True,
 ) -> None:
     """Run every conformance rule on ``agent`` for each budget.
 
@@ -499,6 +504,7 @@ def check_agent(
         repeats: fits per budget compared by :func:`check_repeatable`.
         hash_seeds: ``PYTHONHASHSEED`` values of the fresh processes (``()``: skip that check).
         probes: contexts outside the finite set on which the policy is probed.
+        invariance: also check rule 7 (:func:`check_invariance`) at the largest budget (with ``batch``).
     """
     who = getattr(agent, "name", type(agent).__name__)
     for budget in budgets:
@@ -520,3 +526,55 @@ def check_agent(
     if determinism and hash_seeds:
         positive = [int(b) for b in budgets if int(b) > 0] or [0]
         check_across_processes([(agent, env_factory, min(positive), seeds[0])], hash_seeds)
+    if invariance and batch:
+        check_invariance(agent, env_factory, max(int(b) for b in budgets), seeds, who)
+
+
+def _fingerprint(policy: Policy, env: Any) -> tuple[bytes, bytes, int, str]:
+    """What must not change between fits of one seed.
+
+    The deployment on the task's contexts and on fixed off-grid weights, the spend and the diagnostics.
+    """
+    import json
+
+    base = _base(env)
+    n_arms = int(base.n_prompts) * int(base.n_max)
+    w = np.asarray(base.contexts.weights, dtype=np.float64)
+    probe = np.random.default_rng(12345).random((16, w.shape[1])) * np.maximum(w.max(axis=0), 1.0)
+    off = np.asarray(policy.act(probe), dtype=np.int64)
+    info = json.dumps(getattr(policy, "info", {}), sort_keys=True, default=repr)
+    return np.asarray(policy.arm_probs(w, n_arms)).tobytes(), off.tobytes(), int(policy.budget_used), info
+
+
+def check_invariance(
+    agent: Agent,
+    env_factory: Callable[[int], Any],
+    budget: int,
+    seeds: Sequence[int] = (0, 1, 2),
+    who: str = "agent",
+) -> None:
+    """Rule 7: seed ``s`` gives the same policy alone (``fit``), in batches, in any order and chunking.
+
+    Compares, bit for bit, each seed's deployment distribution on the task's contexts, its arms on
+    fixed off-grid weight vectors, its spend and its ``info`` across: ``fit`` per seed;
+    ``fit_many(seeds)``; ``fit_many`` in reverse order with two extra seeds interleaved; and, when
+    ``fit_many`` accepts ``memory_budget=``, the same batch with a 1 MiB budget (many small chunks
+    and calls).
+    """
+    import inspect
+
+    seeds = [int(s) for s in seeds]
+    extra = [max(seeds) + 7, max(seeds) + 11]
+    alone = {s: _fingerprint(agent.fit(env_factory(s), budget, s), env_factory(s)) for s in seeds}
+    mixed = [extra[0], *reversed(seeds), extra[1]]
+    batches: list[tuple[str, list[int], dict[str, Any]]] = [("fit_many", seeds, {}), ("reordered batch", mixed, {})]
+    if "memory_budget" in inspect.signature(agent.fit_many).parameters:
+        batches.append(("1 MiB chunks", mixed, {"memory_budget": 1 << 20}))
+    for label, batch, kwargs in batches:
+        policies = agent.fit_many(env_factory, budget, batch, **kwargs)
+        for s, pol in zip(batch, policies, strict=True):
+            if s in alone and _fingerprint(pol, env_factory(s)) != alone[s]:
+                raise AgentCheckError(
+                    f"{who}: seed {s} (budget {budget}) gives a different policy in {label} {batch} than fitted alone; "
+                    "draw every random number from the run's own stream (RunBatch.streams)"
+                )

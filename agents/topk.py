@@ -25,7 +25,7 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms, ranking_key, table_policies
 from iapo_gym.agents._engine import NestedStats, random_fit
-from iapo_gym.agents._runs import Runs
+from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds, run_trimming
 
@@ -51,7 +51,7 @@ class TopK(BatchAgent):
         if not 0.0 <= float(self.rho) < 1.0:
             raise ValueError(f"rho must lie in [0, 1); got {self.rho}")
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         c_n = len(runs.contexts)
         k = min(int(self.k), p_n)
@@ -60,12 +60,12 @@ class TopK(BatchAgent):
         per = warm // p_n
         cell_run = np.repeat(np.arange(s_n), p_n)
         cell_prompt = np.tile(np.arange(p_n), s_n)
-        extra = random_fit(cell_run, np.ones(cell_run.size, np.int64), warm - per * p_n, runs.rng)
+        keys = runs.streams.random(np.full(s_n, p_n))
+        extra = random_fit(cell_run, np.ones(cell_run.size, np.int64), warm - per * p_n, keys)
         reps = per[cell_run] + extra
         run_rows = np.repeat(cell_run, reps)
-        if run_rows.size:
-            pulls = runs.pull(run_rows, np.repeat(cell_prompt, reps), np.ones(run_rows.size, np.int64))
-            stats.add(pulls, run_rows)
+        for pulls, rows in runs.pull(run_rows, np.repeat(cell_prompt, reps), np.ones(run_rows.size, np.int64)):
+            stats.add(pulls, run_rows[rows])
         warm_spent = runs.spent.copy()
         # Top-k prompts per context by the N = 1 estimate; unseen prompts rank last, ties -> lower index.
         key = ranking_key(np.ones((s_n, c_n, p_n), bool), stats.means()[..., 0])

@@ -28,7 +28,7 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms
 from iapo_gym.agents._engine import NestedStats
-from iapo_gym.agents._runs import Runs
+from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy, StochasticPolicy, TablePolicy
 from iapo_gym.agents.psst import n_rounds, run_trimming
 
@@ -44,7 +44,7 @@ class TRIPLE(BatchAgent):
         if self.n not in ("one", "random"):
             raise ValueError(f"n must be 'one' or 'random'; got {self.n!r}")
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         c_n = len(runs.contexts)
         stats = NestedStats(s_n, p_n, n_max, runs.contexts)

@@ -23,7 +23,7 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
 from iapo_gym.agents._engine import NestedStats, random_fit
-from iapo_gym.agents._runs import Runs
+from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
 
 
@@ -33,19 +33,19 @@ class Uniform(BatchAgent):
 
     name: ClassVar[str] = "uniform"
 
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         stats = NestedStats(s_n, p_n, n_max, runs.contexts)
         lam = runs.budgets // (p_n * n_max)
         cell_run = np.repeat(np.arange(s_n), p_n)
         cell_prompt = np.tile(np.arange(p_n), s_n)
-        extra = random_fit(cell_run, np.full(cell_run.size, n_max), runs.budgets - lam * p_n * n_max, runs.rng)
+        keys = runs.streams.random(np.full(s_n, p_n))
+        extra = random_fit(cell_run, np.full(cell_run.size, n_max), runs.budgets - lam * p_n * n_max, keys)
         reps = lam[cell_run] + extra
         run_rows = np.repeat(cell_run, reps)
         prompt_rows = np.repeat(cell_prompt, reps)
-        if run_rows.size:
-            pulls = runs.pull(run_rows, prompt_rows, np.full(run_rows.size, n_max))
-            stats.add(pulls, run_rows)
+        for pulls, rows in runs.pull(run_rows, prompt_rows, np.full(run_rows.size, n_max)):
+            stats.add(pulls, run_rows[rows])
         active = np.ones((s_n, len(runs.contexts), p_n * n_max), dtype=bool)
         arms = best_arms(active, stats.means().reshape(active.shape))
         infos = [

@@ -106,10 +106,27 @@ def _draw(
     L: int,
 ) -> Pulls:
     """:func:`sample_pulls` on arguments already checked (``(B,)`` int64 arrays, ``L >= n.max()``)."""
+    return draw_pulls(table, prompt, query, n, rng.random((prompt.size, L)))
+
+
+def draw_pulls(
+    table: OutcomeTable,
+    prompt: NDArray[np.int64],
+    query: NDArray[np.int64],
+    n: NDArray[np.int64],
+    u: NDArray[np.float64],
+) -> Pulls:
+    """Pulls from given uniforms: completion ``j < n[b]`` of row ``b`` is the inverse-CDF draw of ``u[b, j]``.
+
+    The engine of :func:`sample_pulls`, for callers that own the random streams
+    (:class:`iapo_gym.runs.RunBatch` draws each run's uniforms from that run's stream). Arguments are
+    not checked: ``(B,)`` int64 indices inside the table, ``u`` of shape ``(B, L)`` with
+    ``L >= n.max()``; entries of ``u`` past ``n[b]`` are ignored.
+    """
+    L = u.shape[1]
     probs = table.mv_arrays()[0] if table.strategy == "mv" else table.bon_arrays()[1]
     cdf = np.cumsum(probs[prompt, query], axis=-1)  # (B, A)
     cdf[:, -1] = 1.0  # guard against rounding: every uniform falls in some outcome
-    u = rng.random((prompt.size, L))
     if cdf.shape[1] <= 16:
         # Few outcomes: count the thresholds each uniform passes, one (B, L) pass per outcome
         # (same result as the (B, L, A) comparison below, without the 3-D temporary).

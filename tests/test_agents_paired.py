@@ -10,7 +10,6 @@ from iapo_gym.agents import AGENTS, make_agent
 from iapo_gym.agents.psst_paired import (
     PairedStats,
     PSSTPaired,
-    QueryRuns,
     QuerySchedule,
     TopKPaired,
     round_budgets,
@@ -19,6 +18,7 @@ from iapo_gym.agents.psst_paired import (
 )
 from iapo_gym.agents.testing import check_agent
 from iapo_gym.oracle import best_arms, q_values
+from iapo_gym.runs import RunBatch, RunStreams
 from iapo_gym.sampling import sample_pulls
 from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.utility import nested_sums
@@ -76,7 +76,7 @@ def test_conforms(name, strategy):
 
 
 def test_query_schedule_walks_each_train_split_evenly():
-    rng = np.random.default_rng(0)
+    rng = RunStreams([0, 1, 2], "test")
     n_train = np.array([5, 7, 3])
     sched = QuerySchedule(n_train, rng)
     for s, n in enumerate(n_train):  # each row starts with a permutation of the run's columns
@@ -119,7 +119,7 @@ def test_paired_stats_weight_every_query_equally():
 def test_every_active_arm_is_averaged_over_the_same_queries():
     table = small_table("mv", n_prompts=6, n_max=8, n_queries=30)
     envs = [make_env(table, s) for s in range(4)]
-    runs = QueryRuns(envs, 3000, list(range(4)), "psst_paired")
+    runs = RunBatch(envs, 3000, list(range(4)), "psst_paired")
     stats = PairedStats(4, 6, 8, table.contexts)
     active = np.ones((4, len(table.contexts), 48), dtype=bool)
     infos = run_paired_trimming(runs, stats, active, runs.budgets.copy(), rounds=6)

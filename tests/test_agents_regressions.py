@@ -123,9 +123,10 @@ def test_topk_screening_converges_to_the_n1_leader_as_the_budget_grows(deceptive
     assert small < 0.9  # 2-3 samples per prompt: noise often lets the consistent prompt through
     best = best_arms(q_values(table))
     topk = agent.fit(make_env(table, 0), 20_000, 0).act(table.contexts.weights)
-    psst = make_agent("psst").fit(make_env(table, 0), 20_000, 0).act(table.contexts.weights)
     assert np.all(topk // table.n_max == 1) and not np.array_equal(topk, best)
-    np.testing.assert_array_equal(psst, best)
+    psst = make_agent("psst").fit_many(lambda s: make_env(table, s), 20_000, seeds)
+    found = np.mean([np.array_equal(p.act(table.contexts.weights), best) for p in psst])
+    assert found >= 0.6  # about 0.78 over these 40 seeds (the gap is 0.04 at N = 9); Top-1 never does
 
 
 # ------------------------------------------------------------------ halving without a sort

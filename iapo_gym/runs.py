@@ -1,0 +1,494 @@
+"""Many training runs of one agent as one vectorised batch: the public engine for batched agents.
+
+A :class:`RunBatch` holds ``S`` runs (one env and one seed each) and owns everything an agent
+must not touch itself:
+
+* **the runs' tables and splits** -- real tasks share one table with a per-run train split;
+  synthetic tasks (one world per seed) are stacked along the query axis so that one sampler call
+  serves every run;
+* **the budget** -- every pull is checked against each run's budget and each env's ledger (the
+  env's one budget rule, :meth:`iapo_gym.ledger.BudgetLedger.fits`) *before* anything is drawn,
+  then each ledger is charged with exactly what its run used;
+* **one random stream per run** (:class:`RunStreams`) -- every uniform a run consumes (queries,
+  completions, tie-breaks, random subsets) comes from that run's own generator, seeded by
+  ``(seed, agent name)``, in an order fixed by the run alone.
+
+Together with fixed pull-size classes and tallies that never mix two runs' partial sums, this
+makes a run's result depend on its seed only: ``fit(seed=s)`` and run ``s`` of any
+``fit_many`` batch (any other seeds, any order, any chunking, any memory budget) agree bit for bit.
+``iapo_gym.agents.testing.check_invariance`` checks it for any agent.
+
+Memory: pulls are drawn and handed to the agent in calls of at most :func:`call_completions`
+completions, so a batch's working memory stays near ``memory_budget`` bytes whatever the number
+of runs or the budget (:data:`DEFAULT_MEMORY_BUDGET`, overridable with the
+``IAPO_GYM_MEMORY_BUDGET`` environment variable, in bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from iapo_gym.contexts import ContextSet
+from iapo_gym.sampling import Pulls, draw_pulls
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "PIECE_COMPLETIONS",
+    "RunBatch",
+    "RunStreams",
+    "call_completions",
+    "iter_chunks",
+    "run_state_bytes",
+    "resolve_memory_budget",
+    "size_classes",
+]
+
+#: Working memory one batch aims to stay within (bytes): 1 GiB, room to spare on a 2-core, 24 GB machine.
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+#: A run's pulls of one size class are cut into pieces of at most this many completions (a fixed
+#: constant, never derived from the batch, so the cut -- and hence every float sum -- is the same
+#: whatever else shares the batch).
+PIECE_COMPLETIONS = 1 << 22
+
+#: Ratio between consecutive pull-size classes: a call's padded width wastes at most 30%.
+SIZE_CLASS_RATIO = 0.7
+
+_BUFFER = 4096  # per-run buffer of small draws (refilled from the run's generator)
+
+
+def resolve_memory_budget(value: int | None = None) -> int:
+    """The batch working-memory budget in bytes: ``value``, else ``$IAPO_GYM_MEMORY_BUDGET``, else the default."""
+    if value is None:
+        env = os.environ.get("IAPO_GYM_MEMORY_BUDGET")
+        if env is None:
+            return DEFAULT_MEMORY_BUDGET
+        try:
+            value = int(float(env))
+        except ValueError:
+            raise ValueError(f"IAPO_GYM_MEMORY_BUDGET must be a number of bytes; got {env!r}") from None
+    if int(value) < 1 << 20:
+        raise ValueError(f"the memory budget must be at least 1 MiB (1048576 bytes); got {value}")
+    return int(value)
+
+
+def call_completions(budget_bytes: int, strategy: str, n_max: int, n_objective_rows: int = 1) -> int:
+    """Most completions one sampler + nested-block call may hold within ``budget_bytes``.
+
+    Per completion the call holds the raw pull (outcome, values, cost, mask, uniforms: ~60 bytes)
+    and about ``H(n_max) ~ ln(n_max) + 1`` nested blocks per completion, each with a few 4-byte
+    temporaries (MV) or a sparse table of ``log2(n_max)`` levels per objective-weight row (BoN).
+    Half the budget is left for the runs' statistics.
+    """
+    blocks = float(np.log(max(n_max, 1)) + 1.0)
+    if strategy == "bon":
+        per = 96 + 4 * n_objective_rows * (np.log2(max(n_max, 2)) + 4 * blocks)
+    else:
+        per = 96 + 24 * blocks
+    return max(1024, int(budget_bytes // 2 // per))
+
+
+def size_classes(n: NDArray[np.int64], n_max: int) -> NDArray[np.int64]:
+    """Fixed class of each pull size: class ``j`` holds ``n`` in ``(n_max * 0.7^(j+1), n_max * 0.7^j]``.
+
+    Classes depend on ``n`` and ``n_max`` only (never on the other pulls of a batch), so a run's
+    pulls are grouped the same way whatever shares its batch.
+    """
+    ratio = np.log(float(n_max) / np.asarray(n, dtype=np.float64)) / -np.log(SIZE_CLASS_RATIO)
+    return np.floor(ratio + 1e-9).astype(np.int64)
+
+
+class RunStreams:
+    """One random stream per run: ``numpy`` PCG64 seeded by ``SeedSequence([seed, crc32(salt)])``.
+
+    :meth:`random` hands out the next uniforms of many runs at once. Each run's values are always
+    the next ones of its own generator, in order, however the requests are batched (small requests
+    are served from a per-run buffer refilled from the same generator; large ones go to the
+    generator directly), so a run's draws never depend on the other runs.
+    """
+
+    def __init__(self, seeds: Sequence[int], salt: str) -> None:
+        self.seeds = [int(s) for s in seeds]
+        if any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be non-negative integers; got {self.seeds}")
+        self.salt = str(salt)
+        crc = zlib.crc32(self.salt.encode())
+        self.generators = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([s, crc]))) for s in self.seeds]
+        self._buf = np.empty((len(self.seeds), _BUFFER))
+        self._pos = np.full(len(self.seeds), _BUFFER, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def child_seed(self, run: int, tag: int) -> int:
+        """A 63-bit seed for a library that needs its own generator (e.g. ``torch``), fixed by (seed, salt, tag)."""
+        crc = zlib.crc32(self.salt.encode())
+        ss = np.random.SeedSequence([self.seeds[run], crc, int(tag)])
+        return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+    def random(self, counts: ArrayLike, runs: ArrayLike | None = None) -> NDArray[np.float64]:
+        """The next ``counts[i]`` uniforms in ``[0, 1)`` of run ``runs[i]`` (default: every run), concatenated.
+
+        ``runs`` must not repeat a run. Returns a flat ``(sum(counts),)`` array.
+        """
+        runs_a = np.arange(len(self.seeds)) if runs is None else np.asarray(runs, dtype=np.int64).reshape(-1)
+        counts_a = np.broadcast_to(np.asarray(counts, dtype=np.int64), runs_a.shape)
+        if counts_a.size and counts_a.min() < 0:
+            raise ValueError("counts must be non-negative")
+        ends = np.cumsum(counts_a)
+        out = np.empty(int(ends[-1]) if ends.size else 0)
+        starts = ends - counts_a
+        pos = self._pos[runs_a]
+        cheap = counts_a <= _BUFFER - pos
+        if cheap.any():
+            r, c, st, p = runs_a[cheap], counts_a[cheap], starts[cheap], pos[cheap]
+            step = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
+            out[np.repeat(st, c) + step] = self._buf[np.repeat(r, c), np.repeat(p, c) + step]
+            self._pos[r] += c
+        for i in np.flatnonzero(~cheap).tolist():
+            s, c, st = int(runs_a[i]), int(counts_a[i]), int(starts[i])
+            left = _BUFFER - int(self._pos[s])
+            out[st : st + left] = self._buf[s, self._pos[s] :]
+            need = c - left
+            gen = self.generators[s]
+            if need <= _BUFFER // 2:  # small: refill the buffer and serve from it
+                self._buf[s] = gen.random(_BUFFER)
+                out[st + left : st + c] = self._buf[s, :need]
+                self._pos[s] = need
+            else:  # large: straight from the generator (the buffer stays empty)
+                out[st + left : st + c] = gen.random(need)
+                self._pos[s] = _BUFFER
+        return out
+
+    def random_rows(self, runs: ArrayLike, k: int) -> NDArray[np.float64]:
+        """``(len(runs), k)``: the next ``k`` uniforms of each run in ``runs``."""
+        runs_a = np.asarray(runs, dtype=np.int64).reshape(-1)
+        return self.random(np.full(runs_a.size, int(k)), runs_a).reshape(runs_a.size, int(k))
+
+    def rows(self, runs: ArrayLike) -> RowGenerator:
+        """A ``numpy.random.Generator``-like view whose row ``i`` draws from run ``runs[i]`` (see :class:`RowGenerator`)."""
+        return RowGenerator(self, np.asarray(runs, dtype=np.int64).reshape(-1))
+
+
+class RowGenerator:
+    """``random(size)`` / ``gumbel(size)`` for a batch whose row ``i`` belongs to run ``runs[i]``.
+
+    ``size`` must start with ``len(runs)``; row ``i`` takes ``prod(size[1:])`` uniforms from its own
+    run's stream. Lets per-step rules written against ``numpy.random.Generator`` stay unchanged.
+    """
+
+    def __init__(self, streams: RunStreams, runs: NDArray[np.int64]) -> None:
+        self.streams, self.runs = streams, runs
+
+    def random(self, size: int | tuple[int, ...] | None = None) -> NDArray[np.float64]:
+        """Uniforms in ``[0, 1)`` of shape ``size`` (first axis: one row per run)."""
+        shape = (self.runs.size,) if size is None else (size,) if isinstance(size, int) else tuple(size)
+        if shape[0] != self.runs.size:
+            raise ValueError(f"the first axis must have one row per run ({self.runs.size}); got size={size}")
+        k = int(np.prod(shape[1:], dtype=np.int64))
+        return self.streams.random_rows(self.runs, k).reshape(shape)
+
+    def gumbel(self, size: int | tuple[int, ...] | None = None) -> NDArray[np.float64]:
+        """Standard Gumbel variates ``-log(-log(1 - u))`` of shape ``size``."""
+        with np.errstate(divide="ignore"):
+            return -np.log(-np.log1p(-self.random(size)))
+
+
+def _unwrap(env: Any) -> Any:
+    return getattr(env, "unwrapped", env)
+
+
+class RunBatch:
+    """``S`` runs of one agent (one env and one seed each), pulled as one vectorised batch.
+
+    Every run starts with ``env.reset(seed=seed)`` (a new training run: the env's RNG is seeded
+    and its ledger cleared). Runs may spend ``min(budget, ledger.remaining)`` completions.
+
+    Args:
+        envs: one IAPO env per run (wrapped or not). Several envs must be table-backed; a single
+            env with a live backend is pulled through its own :meth:`~iapo_gym.env.IAPOEnv.pull`.
+        budget: completions each run may spend.
+        seeds: one seed per run (non-negative).
+        salt: names the agent; seeds the per-run streams together with the seed.
+        memory_budget: working-memory budget in bytes (default :func:`resolve_memory_budget`).
+
+    Attributes:
+        n_runs, seeds, contexts, strategy, n_prompts, n_max: the batch and its task.
+        budgets: ``(S,)`` completions each run may spend.
+        spent: ``(S,)`` completions spent so far.
+        n_train: ``(S,)`` size of each run's train split.
+        streams: the per-run random streams (:class:`RunStreams`).
+    """
+
+    def __init__(
+        self,
+        envs: Sequence[Any],
+        budget: int,
+        seeds: Sequence[int],
+        salt: str,
+        memory_budget: int | None = None,
+    ) -> None:
+        if len(envs) == 0:
+            raise ValueError("a batch needs at least one env")
+        if len(envs) != len(seeds):
+            raise ValueError(f"got {len(envs)} envs for {len(seeds)} seeds")
+        if int(budget) < 0:
+            raise ValueError(f"budget must be >= 0 completions; got {budget}")
+        self.envs = [_unwrap(e) for e in envs]
+        first = self.envs[0]
+        self.contexts: ContextSet = first.contexts
+        self.n_prompts, self.n_max, self.strategy = int(first.n_prompts), int(first.n_max), str(first.strategy)
+        for e in self.envs[1:]:
+            if (int(e.n_prompts), int(e.n_max), str(e.strategy)) != (self.n_prompts, self.n_max, self.strategy):
+                raise ValueError("all envs of a batch must share prompts, n_max and strategy")
+            if e.contexts.weights.shape != self.contexts.weights.shape or not np.array_equal(
+                e.contexts.weights, self.contexts.weights
+            ):
+                raise ValueError("all envs of a batch must share the same context set")
+        self.n_runs = len(self.envs)
+        self.seeds = [int(s) for s in seeds]
+        self.streams = RunStreams(self.seeds, salt)
+        for env, seed in zip(self.envs, self.seeds, strict=True):
+            if hasattr(env, "reset"):
+                env.reset(seed=seed)  # a new training run: seeded RNG, cleared ledger
+        self.budgets = np.array([min(int(budget), self._ledger_room(e)) for e in self.envs], dtype=np.int64)
+        self.spent = np.zeros(self.n_runs, dtype=np.int64)
+        self.memory_budget = resolve_memory_budget(memory_budget)
+        self._live = self.n_runs == 1 and getattr(first, "backend", None) is not None
+        self._prepare_table()
+
+    @staticmethod
+    def _ledger_room(env: Any) -> float:
+        ledger = getattr(env, "ledger", None)
+        rem = None if ledger is None else getattr(ledger, "remaining", None)
+        return float("inf") if rem is None else float(rem)
+
+    def _prepare_table(self) -> None:
+        from iapo_gym.tables.format import concat_queries
+
+        tables = [getattr(e, "table", None) for e in self.envs]
+        if any(t is None for t in tables):
+            raise ValueError(
+                "a batch of runs needs table-backed envs (env.table); for other envs call fit(env, budget, seed) per seed"
+            )
+        if all(t is tables[0] for t in tables):
+            self.table = tables[0]
+            offsets = np.zeros(self.n_runs, dtype=np.int64)
+        else:
+            self.table = concat_queries(list(tables))
+            offsets = np.asarray(self.table.provenance["world_offsets"][:-1], dtype=np.int64)
+        train = [np.asarray(e.train_queries, dtype=np.int64) + off for e, off in zip(self.envs, offsets, strict=True)]
+        self.n_train = np.array([t.size for t in train], dtype=np.int64)
+        if np.any(self.n_train == 0):
+            raise ValueError("every env needs a non-empty train split (env.unwrapped.train_queries)")
+        self.train = np.zeros((self.n_runs, int(self.n_train.max())), dtype=np.int64)
+        for s, t in enumerate(train):
+            self.train[s, : t.size] = t
+        self._offsets = offsets
+
+    # ------------------------------------------------------------------ budget
+    @property
+    def remaining(self) -> NDArray[np.int64]:
+        """``(S,)`` completions each run may still spend."""
+        return self.budgets - self.spent
+
+    def _charge(self, run: NDArray[np.int64], n: NDArray[np.int64]) -> None:
+        """Check every run's budget and ledger, then charge them all (nothing is charged if one refuses)."""
+        charge = np.bincount(run, weights=n, minlength=self.n_runs).astype(np.int64)
+        over = self.spent + charge > self.budgets
+        if over.any():
+            bad = int(np.flatnonzero(over)[0])
+            raise RuntimeError(
+                f"run {bad} (seed {self.seeds[bad]}) would spend {int(self.spent[bad] + charge[bad])} completions "
+                f"> its budget {int(self.budgets[bad])}; the agent must check batch.remaining before pulling"
+            )
+        charged = np.flatnonzero(charge)
+        if self._live:
+            self.spent += charge  # the live env's own pull() charges its ledger
+            return
+        ledgers = [getattr(self.envs[s], "ledger", None) for s in charged.tolist()]
+        for s, ledger in zip(charged.tolist(), ledgers, strict=True):
+            if ledger is not None and not ledger.fits(int(charge[s])):
+                raise RuntimeError(f"run {s}: the env's ledger refuses {int(charge[s])} more completions")
+        for s, ledger in zip(charged.tolist(), ledgers, strict=True):
+            if ledger is not None:
+                ledger.charge(int(charge[s]))
+        self.spent += charge
+
+    # ------------------------------------------------------------------ pulling
+    def pull(
+        self,
+        run: ArrayLike,
+        prompt: ArrayLike,
+        n: ArrayLike,
+        col: ArrayLike | None = None,
+    ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
+        """Draw one pull per row: ``n[i]`` completions of ``prompt[i]`` for run ``run[i]``.
+
+        The charge is checked and made at once (all runs or none); the draws follow lazily, one
+        call at a time: the returned iterator yields ``(pulls, rows)`` where ``rows`` indexes the
+        input arrays. Consume it fully. Calls group pulls of similar size (fixed classes,
+        :func:`size_classes`) and hold at most :func:`call_completions` completions (a single
+        run's piece may exceed that when one run alone needs more).
+
+        Args:
+            run: ``(B,)`` run index of each pull.
+            prompt: ``(B,)`` prompt index of each pull.
+            n: ``(B,)`` completions of each pull.
+            col: ``(B,)`` position of each pull's query in its run's train split (query-controlled
+                pulls); default a uniformly drawn train query per pull from the run's stream.
+        """
+        run_a = np.asarray(run, dtype=np.int64).reshape(-1)
+        prompt_a = np.asarray(prompt, dtype=np.int64).reshape(-1)
+        n_a = np.broadcast_to(np.asarray(n, dtype=np.int64), run_a.shape)
+        col_a = None if col is None else np.broadcast_to(np.asarray(col, dtype=np.int64), run_a.shape)
+        if not run_a.shape == prompt_a.shape:
+            raise ValueError(f"run, prompt and n need one entry per pull; got {run_a.shape}, {prompt_a.shape}")
+        if run_a.size:
+            if run_a.min() < 0 or run_a.max() >= self.n_runs:
+                raise ValueError(f"run indices must lie in 0..{self.n_runs - 1}")
+            if prompt_a.min() < 0 or prompt_a.max() >= self.n_prompts:
+                raise ValueError(f"prompt indices must lie in 0..{self.n_prompts - 1}")
+            if n_a.min() < 1 or n_a.max() > self.n_max:
+                raise ValueError(f"N must lie in 1..{self.n_max}")
+            if col_a is not None and np.any((col_a < 0) | (col_a >= self.n_train[run_a])):
+                raise ValueError("every col must be a position in its run's train split (0..n_train - 1)")
+        self._charge(run_a, n_a)
+        return self._draw_calls(run_a, prompt_a, n_a, col_a)
+
+    def _draw_calls(
+        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
+    ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
+        if run.size == 0:
+            return
+        cap = call_completions(self.memory_budget, self.strategy, self.n_max, self._objective_rows())
+        cls = size_classes(n, self.n_max)
+        for c in np.unique(cls).tolist():
+            rows = np.flatnonzero(cls == c)
+            rows = rows[np.argsort(run[rows], kind="stable")]  # run-major, each run's rows in request order
+            for call in _pack(run[rows], n[rows], cap):
+                sel = rows[call]
+                yield self._draw(run[sel], prompt[sel], n[sel], None if col is None else col[sel]), sel
+
+    def _objective_rows(self) -> int:
+        w = self.contexts.weights[:, :-1]
+        return int(np.unique(w, axis=0).shape[0]) if w.size else 1
+
+    def _draw(
+        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
+    ) -> Pulls:
+        """One call: each run draws (query uniforms, then completion uniforms) from its own stream."""
+        bounds = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])  # rows are run-major
+        runs_here = run[bounds]
+        rows_per = np.diff(np.r_[bounds, run.size])
+        comp_per = np.add.reduceat(n, bounds) if run.size else n[:0]
+        q_per = rows_per if col is None else np.zeros_like(rows_per)
+        u = self.streams.random(q_per + comp_per, runs_here)
+        base = np.repeat(np.cumsum(q_per + comp_per) - (q_per + comp_per), rows_per)  # each row's run block
+        within = np.arange(run.size) - np.repeat(bounds, rows_per)  # row index within its run
+        if col is None:
+            uq = u[base + within]
+            col = np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
+        # completion uniforms of a row: after its run's query uniforms, after earlier rows of the run
+        csum = np.cumsum(n) - n
+        first_of_run = np.repeat(csum[bounds], rows_per)
+        start = base + np.repeat(q_per, rows_per) + (csum - first_of_run)
+        width = int(n.max())
+        idx = np.minimum(start[:, None] + np.arange(width)[None, :], u.size - 1)
+        query = self.train[run, col]
+        if self._live:
+            env = self.envs[0]
+            return env.pull(prompt, n, query=query - self._offsets[0], width=width)
+        return draw_pulls(self.table, prompt, query, n, u[idx])
+
+
+def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArray[np.int64]]:
+    """Split run-major rows into calls of about ``cap`` completions, never splitting a run's piece.
+
+    A run's rows are cut into pieces of :data:`PIECE_COMPLETIONS` (by its own cumulative count);
+    a call holds whole pieces, at most one per run, so each run's partial sums are formed the
+    same way whatever else is in the batch.
+    """
+    if run.size == 0:
+        return []
+    bounds = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
+    rows_per = np.diff(np.r_[bounds, run.size])
+    before = np.cumsum(n) - n
+    within = before - np.repeat(before[bounds], rows_per)  # completions of the run before this row
+    piece = within // PIECE_COMPLETIONS
+    if not piece.any():  # common case: one piece per run; cut between runs by cumulative size
+        unit_size = np.add.reduceat(n, bounds)
+        unit_call = (np.cumsum(unit_size) - unit_size) // max(int(cap), 1)
+        call = np.repeat(unit_call, rows_per)
+        cuts = np.flatnonzero(np.r_[True, call[1:] != call[:-1]])
+        return np.split(np.arange(run.size), cuts[1:])
+    unit_key = np.r_[True, (run[1:] != run[:-1]) | (piece[1:] != piece[:-1])]
+    starts = np.flatnonzero(unit_key)
+    sizes = np.add.reduceat(n, starts)
+    calls: list[NDArray[np.int64]] = []
+    cur: list[tuple[int, int]] = []
+    cur_runs: set[int] = set()
+    cur_size = 0
+    ends = np.r_[starts[1:], run.size]
+    for st, en, sz in zip(starts.tolist(), ends.tolist(), sizes.tolist(), strict=True):
+        r = int(run[st])
+        if cur and (r in cur_runs or cur_size + sz > cap):
+            calls.append(np.concatenate([np.arange(a, b) for a, b in cur]))
+            cur, cur_runs, cur_size = [], set(), 0
+        cur.append((st, en))
+        cur_runs.add(r)
+        cur_size += sz
+    if cur:
+        calls.append(np.concatenate([np.arange(a, b) for a, b in cur]))
+    return calls
+
+
+def run_state_bytes(env: Any) -> int:
+    """Rough bytes one run of a batch keeps between calls on ``env``'s task: tallies, flags, means."""
+    base = _unwrap(env)
+    arms = int(base.n_prompts) * int(base.n_max)
+    w = base.contexts.weights
+    rows = int(np.unique(w[:, :-1], axis=0).shape[0]) if w.size else 1
+    return 8 * arms * (rows + 2) + 40 * len(base.contexts) * arms + 8 * int(getattr(base.train_queries, "size", 0))
+
+
+def _table_bytes(table: Any) -> int:
+    names = ("answer_probs", "gold", "outcome_values", "outcome_probs", "cost")
+    return sum(int(getattr(getattr(table, k, None), "nbytes", 0)) for k in names)
+
+
+def iter_chunks(
+    make_env: Any, seeds: Sequence[int], memory_budget: int | None = None
+) -> Iterator[tuple[list[Any], list[int]]]:
+    """Yield ``(envs, seeds)`` chunks of runs whose per-run state and own tables fit half of ``memory_budget``.
+
+    Envs are built lazily (``make_env(seed)``), one chunk at a time, so a synthetic task's
+    per-seed worlds are never all in memory. Runs are independent (one stream each), so the
+    chunking changes no result.
+    """
+    budget = resolve_memory_budget(memory_budget) // 2
+    envs: list[Any] = []
+    chunk: list[int] = []
+    used = 0
+    for seed in seeds:
+        env = make_env(int(seed))
+        table = getattr(_unwrap(env), "table", None)
+        own = _table_bytes(table) if table is not None and not any(
+            getattr(_unwrap(e), "table", None) is table for e in envs[:1]
+        ) else 0
+        need = run_state_bytes(env) + own
+        if envs and used + need > budget:
+            yield envs, chunk
+            envs, chunk, used = [], [], 0
+            need = run_state_bytes(env) + (_table_bytes(table) if table is not None else 0)
+        envs.append(env)
+        chunk.append(int(seed))
+        used += need
+    if envs:
+        yield envs, chunk

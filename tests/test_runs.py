@@ -1,0 +1,173 @@
+"""The public batch engine (iapo_gym.runs): per-run streams, the budget rule, bounded calls, invariance."""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from agents_helpers import make_env, small_table
+
+from iapo_gym.agents import make_agent
+from iapo_gym.agents.base import BatchAgent, Policy, TablePolicy
+from iapo_gym.agents.testing import AgentCheckError, check_invariance
+from iapo_gym.env import IAPOEnv
+from iapo_gym.runs import PIECE_COMPLETIONS, RunBatch, RunStreams, _pack, iter_chunks, size_classes
+
+
+def _reference(seed: int, salt: str, n: int) -> np.ndarray:
+    ss = np.random.SeedSequence([seed, zlib.crc32(salt.encode())])
+    return np.random.Generator(np.random.PCG64(ss)).random(n)
+
+
+def test_each_run_reads_its_own_generator_in_order_however_requests_are_cut():
+    streams = RunStreams([3, 8, 0], "psst")
+    got: dict[int, list[np.ndarray]] = {0: [], 1: [], 2: []}
+    # small (buffered), large (direct), zero and mixed requests, runs in any order
+    for counts, runs in [([5, 2, 0], [0, 1, 2]), ([3000], [1]), ([7, 1], [2, 0]), ([9000, 4, 1], [0, 2, 1]), ([1], [1])]:
+        out = streams.random(counts, runs)
+        assert out.shape == (sum(counts),)
+        pos = 0
+        for c, r in zip(counts, runs, strict=True):
+            got[r].append(out[pos : pos + c])
+            pos += c
+    for run, seed in enumerate([3, 8, 0]):
+        drawn = np.concatenate(got[run])
+        np.testing.assert_array_equal(drawn, _reference(seed, "psst", drawn.size))
+    assert not np.array_equal(_reference(3, "psst", 4), _reference(3, "topk", 4))  # the agent name salts the stream
+
+
+def test_row_generator_gives_row_i_the_stream_of_run_i():
+    a, b = RunStreams([4, 5], "x"), RunStreams([5], "x")
+    rows = a.rows(np.array([1, 0])).random((2, 3))
+    np.testing.assert_array_equal(rows[0], b.random([3]))
+    with pytest.raises(ValueError, match="one row per run"):
+        a.rows(np.array([0])).random((2, 3))
+
+
+def test_a_refused_pull_charges_no_ledger_and_draws_nothing():
+    table = small_table("mv")
+    envs = [make_env(table, s, budget=50) for s in range(3)]
+    batch = RunBatch(envs, 10, [0, 1, 2], "t")
+    with pytest.raises(RuntimeError, match="would spend 11 completions > its budget 10"):
+        batch.pull([0, 1, 0], [0, 0, 1], [6, 1, 5])  # run 0 asks 11
+    assert [e.ledger.spent for e in envs] == [0, 0, 0] and batch.spent.tolist() == [0, 0, 0]
+    assert batch.streams.random([1], [0])[0] == _reference(0, "t", 1)[0]  # stream untouched
+    got = {int(r): int(n) for pulls, rows in batch.pull([2, 0], [1, 3], [4, 6]) for r, n in zip(rows, pulls.n, strict=True)}
+    assert got == {0: 4, 1: 6} and [e.ledger.spent for e in envs] == [6, 0, 4]
+    with pytest.raises(ValueError, match="prompt indices"):
+        batch.pull([0], [9], [1])
+    with pytest.raises(ValueError, match="train split"):
+        batch.pull([0], [0], [1], col=[10_000])
+
+
+def test_calls_respect_the_cap_and_never_split_or_merge_a_runs_piece():
+    rng = np.random.default_rng(0)
+    run = np.sort(rng.integers(0, 40, 500))
+    n = rng.integers(1, 33, 500)
+    calls = _pack(run, n, cap=300)
+    assert np.array_equal(np.concatenate(calls), np.arange(500))
+    sizes = [int(n[c].sum()) for c in calls]
+    per_run = np.bincount(run, weights=n)
+    assert all(s <= 300 + per_run.max() for s in sizes)  # a call overshoots by at most one run
+    assert all(np.unique(run[c]).size == np.unique(run[c]).size for c in calls)
+    owners = [set(run[c].tolist()) for c in calls]
+    assert all(sum(r in o for o in owners) == 1 for r in np.unique(run).tolist())  # a run's rows: one call
+    # one run bigger than a piece: cut by its own cumulative count, one piece per call
+    big = np.full(3, PIECE_COMPLETIONS // 2 + 1)
+    calls = _pack(np.zeros(3, np.int64), big, cap=10)
+    assert [c.tolist() for c in calls] == [[0, 1], [2]]
+    assert size_classes(np.array([32, 23, 22, 1]), 32).tolist() == [0, 0, 1, 9]
+
+
+def test_chunks_build_envs_lazily_within_the_memory_budget():
+    built: list[int] = []
+
+    def factory(seed: int) -> IAPOEnv:
+        built.append(seed)
+        return IAPOEnv("SynthCategorical", world_seed=seed, split_seed=seed)
+
+    chunks = iter_chunks(factory, range(6), memory_budget=1 << 20)
+    envs, seeds = next(chunks)
+    assert len(seeds) < 6 and built == seeds + [len(seeds)]  # only the next chunk's first env is built ahead
+    rest = [s for _, chunk in chunks for s in chunk]
+    assert seeds + rest == list(range(6))
+
+
+ZOO = ["psst", "topk4", "uniform", "triple_nrandom", "seqhalving", "psst_paired", "topk_paired", "ucb", "softmax", "egreedy"]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_a_seed_determines_its_run_on_per_seed_worlds(name):
+    """Synthetic tasks stack one world per seed: the run must not depend on its neighbours' worlds."""
+    check_invariance(make_agent(name), lambda s: IAPOEnv("SynthBernoulli", world_seed=s, split_seed=s), 1500, (0, 3, 4))
+
+
+def test_invariance_holds_on_the_real_math_table(math_data_dir):
+    """MATH (a shared table, per-seed 80/20 re-split): PSST and Top-K at T = 5,000."""
+    for name in ("psst", "topk4"):
+        check_invariance(make_agent(name), lambda s: IAPOEnv("MATH", split_seed=s), 5000, (0, 1))
+
+
+@dataclass
+class _Leaky(BatchAgent):
+    """A batch agent that draws from ONE generator for the whole batch: its runs depend on the batch."""
+
+    name: ClassVar[str] = "leaky"
+
+    def fit_runs(self, batch: RunBatch) -> list[Policy]:
+        rng = np.random.default_rng(batch.seeds)  # wrong: seeded by the whole batch
+        arms = rng.integers(0, batch.n_prompts * batch.n_max, (batch.n_runs, len(batch.contexts)))
+        return [TablePolicy(batch.contexts, arms[s], batch.n_max) for s in range(batch.n_runs)]
+
+
+def test_check_invariance_catches_a_batch_dependent_agent():
+    table = small_table("mv")
+    with pytest.raises(AgentCheckError, match="than fitted alone"):
+        check_invariance(_Leaky(), lambda s: make_env(table, s), 10, (0, 1))
+
+
+# ----------------------------------------------------------------- train.py: resume == uninterrupted
+TINY = "IAPO-TestRunsTinyBoN-v0"
+
+
+@pytest.fixture()
+def tiny_synth():
+    import iapo_gym
+    from iapo_gym.tables.testing import example_table
+    from iapo_gym.tasks import TASKS, TaskInfo, register_task
+
+    register_task(TaskInfo("TestRunsTinyBoN", "bon", "synthetic", "test world",
+                           lambda seed: example_table("bon", seed=seed, n_prompts=3, n_queries=20, n_max=4)))
+    iapo_gym.register_envs()
+    try:
+        yield TINY
+    finally:
+        TASKS.pop("TestRunsTinyBoN", None)
+        gym.registry.pop(TINY, None)
+
+
+def _rows(path: Path) -> dict[tuple[str, str, str], list[str]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {(r["agent"], r["budget"], r["seed"]): [v for k, v in r.items() if k != "wall_s"] for r in rows}
+
+
+def test_an_interrupted_and_resumed_experiment_writes_the_same_rows(tiny_synth, tmp_path):
+    from iapo_gym.experiments import train
+
+    def run(out: Path, runs: int) -> None:
+        args = train.Args(env=tiny_synth, agents="psst,ucb,psst_paired", budgets="60,300", runs=runs, out=str(out),
+                          reference="psst", progress=False, report="")
+        train.run_experiment(args, log=lambda s: None)
+
+    run(tmp_path / "whole", 5)
+    run(tmp_path / "resumed", 2)  # interrupted after two seeds...
+    run(tmp_path / "resumed", 5)  # ...and resumed: seeds 2..4 are fitted in a batch of their own
+    whole, resumed = _rows(tmp_path / "whole" / "results.csv"), _rows(tmp_path / "resumed" / "results.csv")
+    assert len(whole) == 3 * 2 * 5 and whole == resumed
