@@ -78,7 +78,7 @@ class SequentialAgent(BatchAgent):
             if live.size == 0:
                 break
             # every draw of a step comes from the live runs' own streams (RowGenerator)
-            rng = runs.streams.rows(live)
+            rng: Any = runs.streams.rows(live)  # numpy-Generator-like: random(size), gumbel(size)
             ctx = np.asarray(runs.contexts.sample(rng, size=live.size), dtype=np.int64)
             mean = stats.means_in(live, ctx).reshape(live.size, a_n)
             count = stats.count[live].reshape(live.size, a_n)

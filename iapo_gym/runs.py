@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from iapo_gym.contexts import ContextSet
 from iapo_gym.sampling import Pulls, draw_pulls
+from iapo_gym.tables.format import OutcomeTable
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -147,22 +148,22 @@ class RunStreams:
         pos = self._pos[runs_a]
         cheap = counts_a <= _BUFFER - pos
         if cheap.any():
-            r, c, st, p = runs_a[cheap], counts_a[cheap], starts[cheap], pos[cheap]
+            r, c, first, p = runs_a[cheap], counts_a[cheap], starts[cheap], pos[cheap]
             step = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
-            out[np.repeat(st, c) + step] = self._buf[np.repeat(r, c), np.repeat(p, c) + step]
+            out[np.repeat(first, c) + step] = self._buf[np.repeat(r, c), np.repeat(p, c) + step]
             self._pos[r] += c
         for i in np.flatnonzero(~cheap).tolist():
-            s, c, st = int(runs_a[i]), int(counts_a[i]), int(starts[i])
+            s, c1, st = int(runs_a[i]), int(counts_a[i]), int(starts[i])
             left = _BUFFER - int(self._pos[s])
             out[st : st + left] = self._buf[s, self._pos[s] :]
-            need = c - left
+            need = c1 - left
             gen = self.generators[s]
             if need <= _BUFFER // 2:  # small: refill the buffer and serve from it
                 self._buf[s] = gen.random(_BUFFER)
-                out[st + left : st + c] = self._buf[s, :need]
+                out[st + left : st + c1] = self._buf[s, :need]
                 self._pos[s] = need
             else:  # large: straight from the generator (the buffer stays empty)
-                out[st + left : st + c] = gen.random(need)
+                out[st + left : st + c1] = gen.random(need)
                 self._pos[s] = _BUFFER
         return out
 
@@ -272,16 +273,17 @@ class RunBatch:
     def _prepare_table(self) -> None:
         from iapo_gym.tables.format import concat_queries
 
-        tables = [getattr(e, "table", None) for e in self.envs]
-        if any(t is None for t in tables):
+        tables: list[OutcomeTable] = [t for t in (getattr(e, "table", None) for e in self.envs) if t is not None]
+        if len(tables) != self.n_runs:
             raise ValueError(
                 "a batch of runs needs table-backed envs (env.table); for other envs call fit(env, budget, seed) per seed"
             )
+        self.table: OutcomeTable
         if all(t is tables[0] for t in tables):
             self.table = tables[0]
             offsets = np.zeros(self.n_runs, dtype=np.int64)
         else:
-            self.table = concat_queries(list(tables))
+            self.table = concat_queries(tables)
             offsets = np.asarray(self.table.provenance["world_offsets"][:-1], dtype=np.int64)
         train = [np.asarray(e.train_queries, dtype=np.int64) + off for e, off in zip(self.envs, offsets, strict=True)]
         self.n_train = np.array([t.size for t in train], dtype=np.int64)
@@ -312,13 +314,18 @@ class RunBatch:
         if self._live:
             self.spent += charge  # the live env's own pull() charges its ledger
             return
-        ledgers = [getattr(self.envs[s], "ledger", None) for s in charged.tolist()]
-        for s, ledger in zip(charged.tolist(), ledgers, strict=True):
-            if ledger is not None and not ledger.fits(int(charge[s])):
-                raise RuntimeError(f"run {s}: the env's ledger refuses {int(charge[s])} more completions")
-        for s, ledger in zip(charged.tolist(), ledgers, strict=True):
+        # the env's own rule: every ledger must accept its runs' total before any is charged
+        # (envs may share one ledger, e.g. the sub-envs of a vector env: their charges add up)
+        per_ledger: dict[int, tuple[Any, int]] = {}
+        for s in charged.tolist():
+            ledger = getattr(self.envs[s], "ledger", None)
             if ledger is not None:
-                ledger.charge(int(charge[s]))
+                per_ledger[id(ledger)] = (ledger, per_ledger.get(id(ledger), (ledger, 0))[1] + int(charge[s]))
+        for ledger, total in per_ledger.values():
+            if not ledger.fits(total):
+                raise RuntimeError(f"an env's ledger refuses {total} more completions (remaining: {ledger.remaining})")
+        for ledger, total in per_ledger.values():
+            ledger.charge(total)
         self.spent += charge
 
     # ------------------------------------------------------------------ pulling
