@@ -40,18 +40,17 @@ deterministic per (prompt, query), so this is exact on the queries seen).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym import oracle
-from iapo_gym.agents._common import BatchAgent, _chunks, table_policies
-from iapo_gym.agents._runs import Runs
+from iapo_gym.agents._common import BatchAgent, table_policies
 from iapo_gym.agents.base import Policy
-from iapo_gym.agents.psst_paired import QueryRuns, QuerySchedule
+from iapo_gym.agents.psst_paired import QuerySchedule
+from iapo_gym.runs import RunBatch
 from iapo_gym.sampling import Pulls
 
 __all__ = ["CountStats", "PSSTModel", "PlugInSums", "jackknife_bon_max", "jackknife_mv_credit"]
@@ -405,27 +404,13 @@ class PSSTModel(BatchAgent):
         if int(self.extra_rounds) < 0:
             raise ValueError(f"extra_rounds must be >= 0; got {self.extra_rounds}")
 
-    def fit(self, env: Any, budget: int, seed: int) -> Policy:
-        """One run (a batch of one) with query-controlled pulls."""
-        return self._fit_runs(QueryRuns([env], budget, [seed], self.name))[0]
-
-    def fit_many(self, make_env: Callable[[int], Any], budget: int, seeds: Sequence[int]) -> list[Policy]:
-        """All ``seeds`` as vectorised batches (synthetic worlds in chunks of bounded memory)."""
-        seeds = list(seeds)
-        envs = [make_env(s) for s in seeds]
-        policies: list[Policy] = []
-        for lo, hi in _chunks(envs) if envs else []:
-            policies += self._fit_runs(QueryRuns(envs[lo:hi], budget, seeds[lo:hi], self.name))
-        return policies
-
-    def _fit_runs(self, runs: Runs) -> list[Policy]:
-        if not isinstance(runs, QueryRuns):
-            raise TypeError("PSSTModel needs QueryRuns (query-controlled pulls); call fit or fit_many")
+    def fit_runs(self, runs: RunBatch) -> list[Policy]:
+        """Every run of the batch, with query-controlled pulls (``RunBatch.pull(..., col=)``)."""
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         weights = np.asarray(runs.contexts.weights, dtype=np.float64)
         n_objectives = int(runs.contexts.weights.shape[1]) - 1
         stats = CountStats(s_n, p_n, int(runs.n_train.max()), n_objectives, runs.strategy)
-        schedule = QuerySchedule(runs.n_train, runs.rng)
+        schedule = QuerySchedule(runs.n_train, runs.streams)
         sums = PlugInSums(stats, weights, n_max, bool(self.jackknife), bool(self.npmle))
         alive = np.ones((s_n, p_n), dtype=bool)
         m0 = int(self.m) or (2 if runs.strategy == "mv" else 3)
@@ -456,7 +441,7 @@ class PSSTModel(BatchAgent):
                 cells = (rp // p_n, rp % p_n, w_i)
                 sums.remove(cells)
                 n_rows = m_r[run_rows]
-                for pulls, rows in runs.pull_at_grouped(run_rows, row_p, n_rows, col_rows):
+                for pulls, rows in runs.pull(run_rows, row_p, n_rows, col_rows):
                     stats.add(pulls, run_rows[rows], col_rows[rows])
                 sums.add(cells)
             spent = runs.spent - before

@@ -99,7 +99,7 @@ def test_chunks_build_envs_lazily_within_the_memory_budget():
     assert seeds + rest == list(range(6))
 
 
-ZOO = ["psst", "topk4", "uniform", "triple_nrandom", "seqhalving", "psst_paired", "topk_paired", "ucb", "softmax", "egreedy"]
+ZOO = ["psst", "psst_model", "topk4", "uniform", "triple_nrandom", "seqhalving", "psst_paired", "topk_paired", "ucb", "softmax", "egreedy"]
 
 
 @pytest.mark.parametrize("name", ZOO)
