@@ -1,108 +1,178 @@
-"""Throughput of the agent zoo: runs per second of one (task, agent, budget) configuration.
+"""Throughput of the agent zoo, this engine against a previous one, interleaved in one run.
 
-Run: ``python benchmarks/bench_agents.py [--seeds 200] [--agents psst,topk4,...] [--budgets 5000,50000]``.
+Run::
 
-For every task (MATH -- the paper's released table, skipped when it is neither in the data
-directory nor at ``../shared/data/published/MATH_final.pkl`` -- and Synth-Categorical), agent and
-budget it fits ``--seeds`` runs as ONE vectorised batch (``Agent.fit_many``; real tasks: one shared
-table with per-seed 80/20 splits; synthetic tasks: one world per seed, built before timing) and
-prints the wall time per run (best of ``--repeats`` batches, fresh envs each; also the median and
-the process-CPU rate, since a shared machine's load moves wall times), runs per second, the mean
-budget used, and the speed-up over the paper authors' implementation: ~0.45 s per PSST run at
-T = 5,000 and ~3.8 s at T = 50,000 on MATH
-(single-threaded pure Python/numpy; the reference applies to every agent for comparison, but is
-measured for PSST). Env construction is not timed.
+    git worktree add /tmp/old-engine <previous commit>
+    python benchmarks/bench_agents.py --old /tmp/old-engine [--seeds 200] [--agents psst,topk4,...]
+
+For every task (MATH -- the paper's released table from the data directory, skipped when absent:
+``iapo-gym data import MATH_final.pkl`` -- and Synth-Categorical), agent and budget it fits
+``--seeds`` runs as vectorised batches (``Agent.fit_many``; MATH: one shared table with per-seed
+80/20 splits; synthetic tasks: one world per seed, built before timing) in two long-lived worker
+processes, one per engine (``--old`` checkout and this one), **alternating** old and new for each
+repeat so that both see the same machine load. It prints runs per second (best of ``--repeats``:
+the least disturbed by other load), the new/old ratio and, for MATH, the speed-up over the paper
+authors' per-run time for PSST (0.45 s at T = 5,000 and 3.8 s at T = 50,000; measured for PSST
+only, so the column is labelled ``x PSST ref`` and applies PSST's reference to every agent). Env
+construction is not timed. Without ``--old`` only this engine is timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
-
-import numpy as np
-
-from iapo_gym.agents import make_agent
-from iapo_gym.env import IAPOEnv
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_MATH = REPO.parent / "shared" / "data" / "published" / "MATH_final.pkl"
-REFERENCE_S = {5_000: 0.45, 50_000: 3.8}  # authors' PSST, seconds per run on MATH
+REFERENCE_S = {5_000: 0.45, 50_000: 3.8}  # the authors' PSST, seconds per run on MATH
 
 
-def math_table():
-    """MATH from the data directory, else from ../shared; ``None`` when absent."""
-    try:
-        from iapo_gym.tasks import load_task_table
+def load_engine(root: Path) -> None:
+    """Import ``iapo_gym`` (with its ``agents`` / ``envs_data`` folders) from the checkout ``root``."""
+    import importlib.abc
+    import importlib.util
 
-        return load_task_table("MATH")
-    except Exception:
-        if not SHARED_MATH.exists():
+    root = root.resolve()
+
+    class Folders(importlib.abc.MetaPathFinder):
+        """Map ``iapo_gym.agents`` / ``iapo_gym.envs_data`` to the checkout's top-level folders."""
+
+        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+            for sub in ("agents", "envs_data"):
+                if name == f"iapo_gym.{sub}" and (root / sub / "__init__.py").exists():
+                    return importlib.util.spec_from_file_location(
+                        name, root / sub / "__init__.py", submodule_search_locations=[str(root / sub)]
+                    )
             return None
-        from iapo_gym.tables.importer import import_released
 
-        t = import_released(SHARED_MATH)
-        return t[0] if isinstance(t, list) else t
+    sys.meta_path[:] = [Folders()] + [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, str(root))
+    import iapo_gym
+
+    if not Path(iapo_gym.__file__).resolve().is_relative_to(root):
+        raise SystemExit(f"could not import iapo_gym from {root} (got {iapo_gym.__file__})")
 
 
-def bench(task: str, agents: list[str], budgets: list[int], seeds: int, warmup: bool = True, repeats: int = 3) -> None:
-    """Time every (agent, budget) on ``task``: ``repeats`` batches of ``seeds`` runs, fresh envs each.
+def worker(root: str) -> None:
+    """Serve timing requests (one JSON line each) on stdin; answer one JSON line each on stdout."""
+    load_engine(Path(root))
+    import numpy as np
 
-    Reports the best and the median wall time over the repeats (the best is the least disturbed by
-    other load on a shared machine) and the process CPU time of the best repeat.
-    """
-    seed_list = list(range(seeds))
-    if task == "MATH":
-        table = math_table()
-        if table is None:
-            print(f"MATH: skipped (no table in the data directory or at {SHARED_MATH})")
-            return
-        make = lambda s: IAPOEnv(table, split_seed=s)  # noqa: E731
-    else:
-        from iapo_gym.tasks import load_task_table
+    from iapo_gym.agents import make_agent
+    from iapo_gym.env import IAPOEnv
+    from iapo_gym.tasks import load_task_table
 
-        worlds = {s: load_task_table(task, world_seed=s) for s in seed_list}
-        make = lambda s: IAPOEnv(worlds[s], world_seed=s)  # noqa: E731
-    print(f"\n{task}: {seeds} seeds per batch, best of {repeats} batches")
-    print(f"{'agent':>15} {'T':>7} {'ms/run':>9} {'runs/s':>9} {'median':>9} {'cpu r/s':>9} {'used':>8} {'x ref':>8}")
-    for name in agents:
-        agent = make_agent(name)
-        if warmup:
-            agent.fit_many(make, 500, [0])
-        for budget in budgets:
-            walls, cpus = [], []
-            for _ in range(max(1, repeats)):
-                envs = [make(s) for s in seed_list]  # built outside the timed region
-                t0, c0 = time.perf_counter(), time.process_time()
-                policies = agent.fit_many(lambda s, envs=envs: envs[s], budget, seed_list)
-                walls.append((time.perf_counter() - t0) / seeds)
-                cpus.append((time.process_time() - c0) / seeds)
-            best = int(np.argmin(walls))
-            dt, med = walls[best], float(np.median(walls))
-            used = np.mean([p.budget_used for p in policies])
-            ref = REFERENCE_S.get(budget)
-            ratio = f"{ref / dt:8.0f}" if ref else "       -"
-            print(
-                f"{name:>15} {budget:>7} {dt * 1e3:9.2f} {1 / dt:9.1f} {1 / med:9.1f} {1 / cpus[best]:9.1f} "
-                f"{used:8.0f} {ratio}",
-                flush=True,
-            )
+    worlds: dict[tuple[str, int], Any] = {}
+    math: list[Any] = []
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        task, seeds = req["task"], list(range(int(req["seeds"])))
+        try:
+            if task == "MATH":
+                if not math:
+                    math.append(load_task_table("MATH"))
+                envs = [IAPOEnv(math[0], split_seed=s) for s in seeds]
+            else:
+                for s in seeds:
+                    if (task, s) not in worlds:
+                        worlds[(task, s)] = load_task_table(task, world_seed=s)
+                envs = [IAPOEnv(worlds[(task, s)], world_seed=s) for s in seeds]
+        except Exception as exc:  # the task's data is absent here
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            continue
+        agent = make_agent(req["agent"])
+        if req.get("warmup"):
+            agent.fit_many(lambda s, envs=envs: envs[s], 500, [0])
+            envs[0] = IAPOEnv(math[0], split_seed=0) if task == "MATH" else IAPOEnv(worlds[(task, 0)], world_seed=0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        policies = agent.fit_many(lambda s, envs=envs: envs[s], int(req["budget"]), seeds)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        used = float(np.mean([p.budget_used for p in policies]))
+        print(json.dumps({"wall": wall / len(seeds), "cpu": cpu / len(seeds), "used": used}), flush=True)
+
+
+class Worker:
+    """A worker process for one engine checkout."""
+
+    def __init__(self, root: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert json.loads(self.ask_line())["ready"]
+
+    def ask_line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit("a benchmark worker died (see its error above)")
+        return line
+
+    def ask(self, **req: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return dict(json.loads(self.ask_line()))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--old", help="a checkout of the previous engine (git worktree add /tmp/old-engine <commit>)")
     parser.add_argument("--seeds", type=int, default=200, help="runs per batch")
     parser.add_argument(
-        "--agents", default="psst,topk1,topk4,topk8,uniform,triple_n1,triple_nrandom,seqhalving,ucb,egreedy,softmax,random",
+        "--agents",
+        default="psst,topk1,topk4,topk8,uniform,triple_n1,triple_nrandom,seqhalving,psst_paired,ucb,egreedy,softmax,random",
         help="comma-separated agent names (SB3 agents are per-seed and slow; add them explicitly)",
     )
     parser.add_argument("--budgets", default="5000,50000", help="comma-separated budgets in completions")
     parser.add_argument("--tasks", default="MATH,SynthCategorical", help="comma-separated tasks")
-    parser.add_argument("--repeats", type=int, default=3, help="batches timed per configuration (best is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches per configuration and engine (best is reported)")
     args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+    engines = {"new": Worker(REPO)}
+    if args.old:
+        engines = {"old": Worker(Path(args.old)), **engines}
     budgets = [int(b) for b in args.budgets.split(",")]
-    for task in args.tasks.split(","):
-        bench(task, args.agents.split(","), budgets, args.seeds, repeats=args.repeats)
+    try:
+        for task in args.tasks.split(","):
+            print(f"\n{task}: {args.seeds} seeds per batch, best of {args.repeats}, engines interleaved")
+            head = f"{'agent':>15} {'T':>7}" + "".join(f" {k + ' r/s':>10}" for k in engines)
+            head += f" {'new/old':>8} {'used':>7} {'x PSST ref':>10}"
+            print(head)
+            for name in args.agents.split(","):
+                for budget in budgets:
+                    best: dict[str, dict[str, Any]] = {}
+                    for rep in range(max(1, args.repeats)):
+                        for key, w in engines.items():
+                            r = w.ask(task=task, agent=name, budget=budget, seeds=args.seeds, warmup=rep == 0)
+                            if "error" in r:
+                                best[key] = r
+                            elif key not in best or r["wall"] < best[key]["wall"]:
+                                best[key] = r
+                    if any("error" in r for r in best.values()):
+                        print(f"{name:>15} {budget:>7} skipped: {next(r['error'] for r in best.values() if 'error' in r)}")
+                        continue
+                    rates = {k: 1.0 / r["wall"] for k, r in best.items()}
+                    ratio = f"{rates['new'] / rates['old']:8.2f}" if "old" in rates else "       -"
+                    ref = REFERENCE_S.get(budget) if task == "MATH" else None
+                    xref = f"{ref * rates['new']:10.0f}" if ref else "         -"
+                    row = f"{name:>15} {budget:>7}" + "".join(f" {rates[k]:10.1f}" for k in engines)
+                    print(f"{row} {ratio} {best['new']['used']:7.0f} {xref}", flush=True)
+    finally:
+        for w in engines.values():
+            w.close()
 
 
 if __name__ == "__main__":
