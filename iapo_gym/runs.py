@@ -162,8 +162,8 @@ class RunStreams:
                 self._buf[s] = gen.random(_BUFFER)
                 out[st + left : st + c1] = self._buf[s, :need]
                 self._pos[s] = need
-            else:  # large: straight from the generator (the buffer stays empty)
-                out[st + left : st + c1] = gen.random(need)
+            else:  # large: straight from the generator into the output (the buffer stays empty)
+                gen.random(out=out[st + left : st + c1])
                 self._pos[s] = _BUFFER
         return out
 
@@ -260,6 +260,9 @@ class RunBatch:
                 env.reset(seed=seed)  # a new training run: seeded RNG, cleared ledger
         self.budgets = np.array([min(int(budget), self._ledger_room(e)) for e in self.envs], dtype=np.int64)
         self.spent = np.zeros(self.n_runs, dtype=np.int64)
+        self._ledgers = [getattr(e, "ledger", None) for e in self.envs]
+        self._ledger_by_id = {id(led): led for led in self._ledgers if led is not None}
+        self._shared_ledgers = len(self._ledger_by_id) < sum(led is not None for led in self._ledgers)
         self.memory_budget = resolve_memory_budget(memory_budget)
         self._live = self.n_runs == 1 and getattr(first, "backend", None) is not None
         self._prepare_table()
@@ -316,15 +319,21 @@ class RunBatch:
             return
         # the env's own rule: every ledger must accept its runs' total before any is charged
         # (envs may share one ledger, e.g. the sub-envs of a vector env: their charges add up)
-        per_ledger: dict[int, tuple[Any, int]] = {}
-        for s in charged.tolist():
-            ledger = getattr(self.envs[s], "ledger", None)
-            if ledger is not None:
-                per_ledger[id(ledger)] = (ledger, per_ledger.get(id(ledger), (ledger, 0))[1] + int(charge[s]))
-        for ledger, total in per_ledger.values():
-            if not ledger.fits(total):
-                raise RuntimeError(f"an env's ledger refuses {total} more completions (remaining: {ledger.remaining})")
-        for ledger, total in per_ledger.values():
+        idx = charged.tolist()
+        if self._shared_ledgers:
+            totals: dict[int, int] = {}
+            for s in idx:
+                if self._ledgers[s] is not None:
+                    key = id(self._ledgers[s])
+                    totals[key] = totals.get(key, 0) + int(charge[s])
+            todo = [(self._ledger_by_id[k], t) for k, t in totals.items()]
+        else:
+            todo = [(self._ledgers[s], int(charge[s])) for s in idx if self._ledgers[s] is not None]
+        for ledger, total in todo:
+            room = ledger.remaining
+            if room is not None and total > room:
+                raise RuntimeError(f"an env's ledger refuses {total} more completions (remaining: {room})")
+        for ledger, total in todo:
             ledger.charge(total)
         self.spent += charge
 
@@ -375,10 +384,19 @@ class RunBatch:
         if run.size == 0:
             return
         cap = call_completions(self.memory_budget, self.strategy, self.n_max, self._objective_rows())
-        cls = size_classes(n, self.n_max)
-        for c in np.unique(cls).tolist():
-            rows = np.flatnonzero(cls == c)
-            rows = rows[np.argsort(run[rows], kind="stable")]  # run-major, each run's rows in request order
+        one_each = run.size <= self.n_runs and np.bincount(run, minlength=self.n_runs).max() <= 1
+        if one_each or int(n.min()) == int(n.max()):
+            # One group: every pull the same size (warm-ups, Uniform, PSST's first round), or at most
+            # one pull per run (sequential agents' steps), where a run's sums cannot depend on the
+            # grouping (a single row's tallies are the same in any call).
+            groups = [np.arange(n.size)]
+        else:
+            cls = size_classes(n, self.n_max)
+            groups = [np.flatnonzero(cls == c) for c in np.flatnonzero(np.bincount(cls)).tolist()]
+        for rows in groups:
+            r = run[rows]
+            if r.size > 1 and bool(np.any(r[1:] < r[:-1])):  # make it run-major (stable: request order kept)
+                rows = rows[np.argsort(r, kind="stable")]
             for call in _pack(run[rows], n[rows], cap):
                 sel = rows[call]
                 yield self._draw(run[sel], prompt[sel], n[sel], None if col is None else col[sel]), sel
@@ -390,29 +408,24 @@ class RunBatch:
     def _draw(
         self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
     ) -> Pulls:
-        """One call: each run draws (query uniforms, then completion uniforms) from its own stream."""
+        """One call: each run draws its query uniforms, then its completion uniforms, from its own stream."""
         bounds = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])  # rows are run-major
         runs_here = run[bounds]
         rows_per = np.diff(np.r_[bounds, run.size])
-        comp_per = np.add.reduceat(n, bounds) if run.size else n[:0]
-        q_per = rows_per if col is None else np.zeros_like(rows_per)
-        u = self.streams.random(q_per + comp_per, runs_here)
-        base = np.repeat(np.cumsum(q_per + comp_per) - (q_per + comp_per), rows_per)  # each row's run block
-        within = np.arange(run.size) - np.repeat(bounds, rows_per)  # row index within its run
         if col is None:
-            uq = u[base + within]
+            uq = self.streams.random(rows_per, runs_here)  # one per row, rows in order within each run
             col = np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
-        # completion uniforms of a row: after its run's query uniforms, after earlier rows of the run
-        csum = np.cumsum(n) - n
-        first_of_run = np.repeat(csum[bounds], rows_per)
-        start = base + np.repeat(q_per, rows_per) + (csum - first_of_run)
-        width = int(n.max())
-        idx = np.minimum(start[:, None] + np.arange(width)[None, :], u.size - 1)
         query = self.train[run, col]
-        if self._live:
-            env = self.envs[0]
-            return env.pull(prompt, n, query=query - self._offsets[0], width=width)
-        return draw_pulls(self.table, prompt, query, n, u[idx])
+        width = int(n.max())
+        if self._live:  # the live env generates (its own RNG, its own ledger)
+            return self.envs[0].pull(prompt, n, query=query - self._offsets[0], width=width)
+        u = self.streams.random(np.add.reduceat(n, bounds), runs_here)  # completions, row after row
+        if int(n.min()) == width:  # every row full (PSST's maximal arms, Uniform): no gather
+            uu = u.reshape(run.size, width)
+        else:
+            start = np.cumsum(n) - n
+            uu = u[np.minimum(start[:, None] + np.arange(width)[None, :], u.size - 1)]
+        return draw_pulls(self.table, prompt, query, n, uu)
 
 
 def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArray[np.int64]]:

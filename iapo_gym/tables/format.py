@@ -35,6 +35,10 @@ Strategy = Literal["mv", "bon"]
 STRATEGIES: tuple[str, ...] = ("mv", "bon")
 
 
+#: Oracle cache entries that do not depend on the context set (kept by :meth:`OutcomeTable.with_contexts`).
+CONTEXT_FREE_CACHE_KEYS = frozenset({"oracle/mv_credit"})
+
+
 @dataclass(frozen=True, eq=False)
 class OutcomeTable:
     """Outcome distributions of one task (see the module docstring for the layout).
@@ -142,11 +146,17 @@ class OutcomeTable:
         return self._cache
 
     def with_contexts(self, contexts: ContextSet) -> OutcomeTable:
-        """The same outcomes under another context set (exact per-query MV values stay cached)."""
+        """The same outcomes under another context set.
+
+        The new table gets its own oracle cache holding only context-free entries (the exact MV
+        credit per prompt, query and N); values that depend on the contexts (BoN's per-query
+        values under the table's contexts) are recomputed for the new ones.
+        """
         if contexts.n_objectives != self.n_objectives:
             raise ValueError(f"contexts weight {contexts.n_objectives} objectives; the table has {self.n_objectives}")
         table = replace(self, contexts=contexts)
-        object.__setattr__(table, "_cache", self._cache)  # per-query values are keyed by the weights they used
+        context_free = {k: v for k, v in self._cache.items() if k in CONTEXT_FREE_CACHE_KEYS}
+        object.__setattr__(table, "_cache", context_free)
         return table
 
 
