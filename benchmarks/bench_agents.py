@@ -106,6 +106,7 @@ class Worker:
         assert json.loads(self.ask_line())["ready"]
 
     def ask_line(self) -> str:
+        """The worker's next answer line."""
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -113,12 +114,14 @@ class Worker:
         return line
 
     def ask(self, **req: Any) -> dict[str, Any]:
+        """Send one request, return its answer."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         return dict(json.loads(self.ask_line()))
 
     def close(self) -> None:
+        """End the worker (it exits when its stdin closes)."""
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self.proc.wait(timeout=60)

@@ -33,7 +33,8 @@ def fit(runs: int, budget: int, memory_budget: int | None) -> dict[str, object]:
     table = example_table("mv", seed=0, n_prompts=48, n_queries=1500, n_outcomes=5, n_max=32)
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    policies = make_agent("psst").fit_many(lambda s: IAPOEnv(table, split_seed=s), budget, range(runs), memory_budget=memory_budget)
+    agent = make_agent("psst")
+    policies = agent.fit_many(lambda s: IAPOEnv(table, split_seed=s), budget, range(runs), memory_budget=memory_budget)
     wall = time.perf_counter() - t0
     hashes = [
         hashlib.sha256(p.arms.tobytes() + json.dumps(p.info, sort_keys=True).encode()).hexdigest()[:16]  # type: ignore[attr-defined]

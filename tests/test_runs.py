@@ -99,7 +99,8 @@ def test_chunks_build_envs_lazily_within_the_memory_budget():
     assert seeds + rest == list(range(6))
 
 
-ZOO = ["psst", "psst_model", "topk4", "uniform", "triple_nrandom", "seqhalving", "psst_paired", "topk_paired", "ucb", "softmax", "egreedy"]
+ZOO = ["psst", "psst_model", "topk4", "uniform", "triple_nrandom", "seqhalving", "psst_paired", "topk_paired",
+       "ucb", "softmax", "egreedy"]
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -171,3 +172,12 @@ def test_an_interrupted_and_resumed_experiment_writes_the_same_rows(tiny_synth, 
     run(tmp_path / "resumed", 5)  # ...and resumed: seeds 2..4 are fitted in a batch of their own
     whole, resumed = _rows(tmp_path / "whole" / "results.csv"), _rows(tmp_path / "resumed" / "results.csv")
     assert len(whole) == 3 * 2 * 5 and whole == resumed
+
+
+def test_the_batched_agent_example_in_the_docs_passes_the_checks():
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "AGENTS.md").read_text()
+    code = re.findall(r"```python\n# my_batched_agent.py\n(.*?)```", doc, re.S)[0]
+    assert "from iapo_gym.agents._" not in code  # public API only
+    exec(compile(code, "docs/AGENTS.md", "exec"), {})  # defines the agent and runs check_agent (incl. invariance)
