@@ -149,8 +149,13 @@ class RunStreams:
         cheap = counts_a <= _BUFFER - pos
         if cheap.any():
             r, c, first, p = runs_a[cheap], counts_a[cheap], starts[cheap], pos[cheap]
-            step = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
-            out[np.repeat(first, c) + step] = self._buf[np.repeat(r, c), np.repeat(p, c) + step]
+            packed = np.cumsum(c) - c  # where each run's values start among the cheap ones
+            flat = np.arange(int(c.sum()))
+            src = np.repeat(r * _BUFFER + p - packed, c) + flat  # positions in the flattened buffer
+            if cheap.all():  # the usual case: the cheap values fill ``out`` in order
+                np.take(self._buf.reshape(-1), src, out=out)
+            else:
+                out[np.repeat(first - packed, c) + flat] = self._buf.reshape(-1)[src]
             self._pos[r] += c
         for i in np.flatnonzero(~cheap).tolist():
             s, c1, st = int(runs_a[i]), int(counts_a[i]), int(starts[i])
@@ -266,6 +271,7 @@ class RunBatch:
         self.memory_budget = resolve_memory_budget(memory_budget)
         self._live = self.n_runs == 1 and getattr(first, "backend", None) is not None
         self._prepare_table()
+        self._cap = call_completions(self.memory_budget, self.strategy, self.n_max, self._objective_rows())
 
     @staticmethod
     def _ledger_room(env: Any) -> float:
@@ -383,7 +389,7 @@ class RunBatch:
     ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
         if run.size == 0:
             return
-        cap = call_completions(self.memory_budget, self.strategy, self.n_max, self._objective_rows())
+        cap = self._cap
         one_each = run.size <= self.n_runs and np.bincount(run, minlength=self.n_runs).max() <= 1
         if one_each or int(n.min()) == int(n.max()):
             # One group: every pull the same size (warm-ups, Uniform, PSST's first round), or at most
@@ -409,9 +415,8 @@ class RunBatch:
         self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
     ) -> Pulls:
         """One call: each run draws its query uniforms, then its completion uniforms, from its own stream."""
-        bounds = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])  # rows are run-major
+        bounds, rows_per = _segments(run)  # rows are run-major
         runs_here = run[bounds]
-        rows_per = np.diff(np.r_[bounds, run.size])
         if col is None:
             uq = self.streams.random(rows_per, runs_here)  # one per row, rows in order within each run
             col = np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
@@ -428,6 +433,12 @@ class RunBatch:
         return draw_pulls(self.table, prompt, query, n, uu)
 
 
+def _segments(run: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """First row and row count of each run's segment of run-major rows (``np.r_`` is slow here)."""
+    bounds = np.concatenate(([0], np.flatnonzero(run[1:] != run[:-1]) + 1))
+    return bounds, np.diff(np.append(bounds, run.size))
+
+
 def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArray[np.int64]]:
     """Split run-major rows into calls of about ``cap`` completions, never splitting a run's piece.
 
@@ -437,8 +448,7 @@ def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArra
     """
     if run.size == 0:
         return []
-    bounds = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
-    rows_per = np.diff(np.r_[bounds, run.size])
+    bounds, rows_per = _segments(run)
     before = np.cumsum(n) - n
     within = before - np.repeat(before[bounds], rows_per)  # completions of the run before this row
     piece = within // PIECE_COMPLETIONS
@@ -446,16 +456,16 @@ def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArra
         unit_size = np.add.reduceat(n, bounds)
         unit_call = (np.cumsum(unit_size) - unit_size) // max(int(cap), 1)
         call = np.repeat(unit_call, rows_per)
-        cuts = np.flatnonzero(np.r_[True, call[1:] != call[:-1]])
-        return np.split(np.arange(run.size), cuts[1:])
-    unit_key = np.r_[True, (run[1:] != run[:-1]) | (piece[1:] != piece[:-1])]
+        cuts = np.flatnonzero(call[1:] != call[:-1]) + 1
+        return np.split(np.arange(run.size), cuts)
+    unit_key = np.concatenate(([True], (run[1:] != run[:-1]) | (piece[1:] != piece[:-1])))
     starts = np.flatnonzero(unit_key)
     sizes = np.add.reduceat(n, starts)
     calls: list[NDArray[np.int64]] = []
     cur: list[tuple[int, int]] = []
     cur_runs: set[int] = set()
     cur_size = 0
-    ends = np.r_[starts[1:], run.size]
+    ends = np.append(starts[1:], run.size)
     for st, en, sz in zip(starts.tolist(), ends.tolist(), sizes.tolist(), strict=True):
         r = int(run[st])
         if cur and (r in cur_runs or cur_size + sz > cap):
