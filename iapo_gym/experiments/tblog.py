@@ -14,6 +14,9 @@ the same directory, which TensorBoard merges), with the training budget as the s
 * ``runs/acr``: histogram of the per-seed ACR;
 * ``hyperparameters`` (text table) and the HParams plugin (agent config, final ACR and regret).
 
+With ``trackers`` (``train.py --tracker wandb,mlflow``) every scalar above is also sent, same tag and
+step, to one wandb / MLflow run per configuration (:mod:`iapo_gym.experiments.tracking`).
+
 Which budgets a run directory already shows is kept in ``logged.json`` beside the event files, so
 a configuration whose runs finished before a kill is logged on resume. Points are written in
 increasing step order: when a later invocation adds a budget smaller than one already shown, the
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from iapo_gym.experiments.stats import mean_ci
+from iapo_gym.experiments.tracking import Mirror
 
 __all__ = ["run_name", "context_tag", "ConfigLogger"]
 
@@ -68,6 +72,7 @@ class ConfigLogger:
         hparams: dict[str, Any],
         contexts: str = "finite",
         n_prompts: int | None = None,
+        trackers: Sequence[str] = (),
     ) -> None:
         self.name = run_name(env, agent, seeds, contexts)
         self.dir = Path(root) / self.name
@@ -78,6 +83,8 @@ class ConfigLogger:
         self._writer: Any = None
         self._ledger = self.dir / "logged.json"
         self.logged: set[int] = set(json.loads(self._ledger.read_text())) if self._ledger.exists() else set()
+        # every scalar below also goes to the optional trackers (wandb / MLflow), same tag and step
+        self.mirror = Mirror(trackers, self.dir, self.name, self.hparams)
 
     @property
     def writer(self) -> Any:
@@ -132,6 +139,7 @@ class ConfigLogger:
         }
         for tag, v in scalars.items():
             w.add_scalar(tag, v, step)
+        mirrored = dict(scalars)
         prompts = np.array([r["policy"]["prompt"] for r in rows], dtype=np.int64)  # (S, C)
         n_mean = np.array([r["policy"]["n_mean"] for r in rows])
         optimal = np.array([r["policy"]["optimal"] for r in rows])
@@ -140,8 +148,10 @@ class ConfigLogger:
         lines = ["| context | deployed prompts (share of runs) | mean N | optimal share |", "|---|---|---:|---:|"]
         for c, tag in enumerate(self.tags):
             w.add_histogram(f"policy/prompt/{tag}", prompts[:, c].astype(np.float64), step, bins=edges)
-            w.add_scalar(f"policy/n/{tag}", float(n_mean[:, c].mean()), step)
-            w.add_scalar(f"policy/optimal/{tag}", float(optimal[:, c].mean()), step)
+            mirrored[f"policy/n/{tag}"] = float(n_mean[:, c].mean())
+            mirrored[f"policy/optimal/{tag}"] = float(optimal[:, c].mean())
+            w.add_scalar(f"policy/n/{tag}", mirrored[f"policy/n/{tag}"], step)
+            w.add_scalar(f"policy/optimal/{tag}", mirrored[f"policy/optimal/{tag}"], step)
             counts = np.bincount(prompts[:, c], minlength=n_prompts)
             order = np.argsort(-counts, kind="stable")[: int((counts > 0).sum())]
             shares = ", ".join(f"{p} ({counts[p] / len(rows):.0%})" for p in order)
@@ -152,12 +162,14 @@ class ConfigLogger:
         if not self.last or step >= self.last["step"]:
             self.last = {"step": step, "hparam/acr": scalars["charts/acr"], "hparam/regret": scalars["charts/regret"]}
         w.flush()
+        self.mirror.log(mirrored, step)
         self.logged.add(step)
         self._ledger.write_text(json.dumps(sorted(self.logged)))
 
     def close(self) -> None:
-        """Write the HParams summary (with the largest budget's metrics) and close the writer."""
+        """Write the HParams summary (with the largest budget's metrics) and close the writer and trackers."""
         if self._writer is None:
+            self.mirror.close()
             return
         if self.last:
             from tensorboardX.summary import hparams as hparams_summary
@@ -169,4 +181,6 @@ class ConfigLogger:
                 fw.add_summary(summary)
             for k, v in metrics.items():
                 self.writer.add_scalar(k, v, int(self.last["step"]))
+            self.mirror.log(metrics, int(self.last["step"]))
         self.writer.close()
+        self.mirror.close()

@@ -103,6 +103,10 @@ class Args:
     evaluation sample, see docs/CONTINUOUS.md)"""
     track: bool = True
     """write TensorBoard event files under OUT/tb"""
+    tracker: str = ""
+    """also send the TensorBoard scalars to experiment trackers, comma-separated: 'wandb' (pip install
+    'iapo-gym[wandb]'), 'mlflow' (pip install 'iapo-gym[mlflow]'); one run per task x agent, configured by
+    their own environment variables (WANDB_PROJECT, WANDB_MODE, MLFLOW_TRACKING_URI, ...); empty = none"""
     plots: bool = True
     """write the PNG figures"""
     figures: str = ""
@@ -435,6 +439,7 @@ class Runner:
         self.evaluators: dict[tuple[str, int], Any] = {}
         self.fits = 0  # fit_many calls made by this runner (a resumed, finished plan makes none)
         self.new_runs = 0  # runs recorded by this runner
+        self.trackers: tuple[str, ...] = ()  # --tracker names (check_trackers), mirrored by the TensorBoard loggers
         self._best: dict[tuple[str, str, int], float] = {}  # --save-policies best: ACR of the kept policy
         self.skipped_envs: dict[str, str] = {}
         self.contexts: dict[str, dict[str, Any]] = {}
@@ -705,7 +710,7 @@ class Runner:
         hparams.update({f"agent.{k}": v for k, v in record["config"].items()})
         ctx = self.contexts[env_id]
         return ConfigLogger(self.plan.out / "tb", env_id, label, self.plan.seeds, ctx["names"], hparams,
-                            contexts=self.args.contexts, n_prompts=ctx.get("n_prompts"))
+                            contexts=self.args.contexts, n_prompts=ctx.get("n_prompts"), trackers=self.trackers)
 
     def contexts_file(self) -> dict[str, Any]:
         """The recorded contexts of every task of this output directory and mode."""
@@ -839,6 +844,21 @@ def command_line(args: Args) -> str:
 
 
 # --------------------------------------------------------------------------- entry point
+def check_trackers(args: Args) -> tuple[str, ...]:
+    """The ``--tracker`` names, each library imported now (a missing one stops before anything runs)."""
+    from iapo_gym.experiments.tracking import TrackerError, parse_trackers, require
+
+    try:
+        names = parse_trackers(args.tracker)
+        if names and not args.track:
+            raise TrackerError("--tracker mirrors the TensorBoard scalars; drop --no-track to use it")
+        for name in names:
+            require(name)
+    except TrackerError as exc:
+        raise ArgumentError(str(exc)) from None
+    return names
+
+
 def run_experiment(args: Args, log: Callable[[str], None] = print) -> tuple[Runner, dict[str, Path]]:
     """Validate, run (skipping finished runs) and analyse; returns the runner and the paths written.
 
@@ -849,6 +869,7 @@ def run_experiment(args: Args, log: Callable[[str], None] = print) -> tuple[Runn
     from iapo_gym.experiments.threads import limit_threads
 
     plan = make_plan(args)
+    trackers = check_trackers(args)
     if args.write_docs and not Path("docs").is_dir():
         raise ArgumentError(
             "--write-docs writes the checkout's docs/ (REPRODUCTION.md, figures/); run it from the repository root"
@@ -858,6 +879,7 @@ def run_experiment(args: Args, log: Callable[[str], None] = print) -> tuple[Runn
         log(f"note: agents not registered yet, left out: {', '.join(plan.missing_agents)}")
     with limit_threads(args.threads), OutputLock(plan.out):
         runner = Runner(args, plan, log)
+        runner.trackers = trackers
         if args.reference:  # an unknown reference is an error before anything runs
             resolve_reference(args, plan, sorted({r["agent"] for r in runner.results.rows}))
         if not args.analyse_only:
@@ -888,6 +910,8 @@ def _sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: one line on stderr for every expected failure, exit 2 (130 when interrupted)."""
+    from iapo_gym.experiments.tracking import TrackerError
+
     args = parse_args(argv)
     t0 = time.perf_counter()
     old = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
@@ -899,6 +923,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"train.py: {exc}; run the same command again to resume (finished runs are skipped)", file=sys.stderr)
         return 130
+    except TrackerError as exc:  # a tracker failed mid-run: finished runs are saved in results.csv
+        print(f"train.py: error: {exc}; finished runs are saved, run again to resume", file=sys.stderr)
+        return 2
     except Exception as exc:
         if is_missing_table(exc):
             print(f"train.py: error: {_missing_table_message(exc)}", file=sys.stderr)
