@@ -101,6 +101,7 @@ class CountStats:
         if self.strategy == "mv":
             self.gold[run, col] = pulls.gold
         else:
+            assert self.values is not None  # allocated with the first pulls of a BoN task
             vals = self.values.reshape(-1, self.values.shape[-1])
             vals[flat] = pulls.values[b_idx, slot]
         rp = run * p_n + pulls.prompt
@@ -287,6 +288,7 @@ class PlugInSums:
             others = -np.sort(-others, axis=1)[:, : a_n - 1]
             gf = np.concatenate([own[:, None], np.maximum(others, 0)], axis=1)
             return jackknife_mv_credit(gf, self.n_max, self.jackknife)[:, None, :]
+        assert st.values is not None  # a BoN task's stats hold values once anything was pulled
         vals = st.values[s_i, p_i, w_i].astype(np.float64)  # (R, M, K)
         return np.stack(
             [jackknife_bon_max(vals @ self.obj_w[u], counts, self.n_max, self.jackknife) for u in range(self.obj_w.shape[0])],
@@ -454,6 +456,7 @@ class PSSTModel(BatchAgent):
                 best = np.where(np.isinf(best), np.nan, best)
                 keep = _keep_top(best, alive, bool(self.strict))
                 alive = np.where(pulled[:, None], keep, alive)
+        assert q_hat is not None  # set by every round, and there are at least two
         flat = np.where(np.isnan(q_hat), -np.inf, q_hat).reshape(s_n, len(runs.contexts), p_n * n_max)
         arms = np.argmax(flat, axis=-1).astype(np.int64)  # no data at all: arm 0 (p = 0, N = 1)
         infos = [

@@ -308,9 +308,9 @@ class ResultsFile:
             return self._repaired(text, _HEADER + "\n" + text, "the header was missing"), COLUMNS
         if self._parses(first, LEGACY_COLUMNS):
             return self._repaired(text, _LEGACY_HEADER + "\n" + text, "the header was missing"), LEGACY_COLUMNS
-        header = next(csv.reader([first]), [])
+        found = next(csv.reader([first]), [])
         raise ResultsError(
-            f"{self.path} has columns {header[:len(COLUMNS) + 1]}, not this runner's {list(COLUMNS)}; "
+            f"{self.path} has columns {found[:len(COLUMNS) + 1]}, not this runner's {list(COLUMNS)}; "
             "pass another --out directory or move the old file away"
         )
 

@@ -24,7 +24,8 @@ computation.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TypeGuard
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -65,7 +66,7 @@ def iqm_ci(
         method: ``scipy.stats.bootstrap`` method (rliable: ``"percentile"``).
     """
     groups = samples if _is_ragged(samples) else [samples]
-    strata = [np.asarray(g, dtype=np.float64).reshape(-1) for g in groups]  # type: ignore[union-attr]
+    strata = [np.asarray(g, dtype=np.float64).reshape(-1) for g in groups]
     if any(s.size == 0 for s in strata):
         raise ValueError("every stratum needs at least one run")
     point = iqm(np.concatenate(strata))
@@ -145,7 +146,7 @@ def probability_of_improvement(
     return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _is_ragged(x: object) -> bool:
+def _is_ragged(x: object) -> TypeGuard[Iterable[ArrayLike]]:
     """Whether ``x`` is a sequence of per-task arrays rather than one array of runs."""
     if isinstance(x, np.ndarray):
         return x.dtype == object or x.ndim == 2

@@ -899,9 +899,10 @@ def run_experiment(args: Args, log: Callable[[str], None] = print) -> tuple[Runn
 def _missing_table_message(exc: BaseException) -> str:
     from iapo_gym.tables.store import TableNotFoundError
 
-    while exc is not None and not isinstance(exc, TableNotFoundError):
-        exc = exc.__cause__ or exc.__context__
-    return str(exc).splitlines()[0] + "; or pass --skip-missing to run the other tasks"
+    cur: BaseException | None = exc
+    while cur is not None and not isinstance(cur, TableNotFoundError):
+        cur = cur.__cause__ or cur.__context__
+    return str(cur).splitlines()[0] + "; or pass --skip-missing to run the other tasks"
 
 
 def _sigterm(signum: int, frame: Any) -> None:
