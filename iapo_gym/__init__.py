@@ -9,7 +9,7 @@ from __future__ import annotations
 from iapo_gym.arms import Arm, arm_from_index, arm_index
 from iapo_gym.contexts import ContextSet
 from iapo_gym.env import IAPOEnv
-from iapo_gym.ledger import BudgetExceededError, BudgetLedger
+from iapo_gym.ledger import BudgetExceededError, BudgetLedger, ProcessBudgetLedger
 from iapo_gym.sampling import Pulls, sample_pulls
 from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.tasks import TASKS, TaskInfo, load_task_table, register_env_id, register_task
@@ -43,6 +43,7 @@ __all__ = [
     "ContextSet",
     "IAPOEnv",
     "OutcomeTable",
+    "ProcessBudgetLedger",
     "Pulls",
     "TASKS",
     "TaskInfo",

@@ -20,7 +20,7 @@ from typing import Any
 
 from iapo_gym._checks import whole_number
 
-__all__ = ["BudgetExceededError", "BudgetLedger"]
+__all__ = ["BudgetExceededError", "BudgetLedger", "ProcessBudgetLedger"]
 
 
 class BudgetExceededError(RuntimeError):
@@ -53,6 +53,11 @@ class BudgetLedger:
         self._completion_tokens = 0
         self._lock = threading.Lock()
         self._shared = True  # a ledger made by user code is meant to be shared; envs make theirs with owned()
+
+    @staticmethod
+    def across_processes(budget: int | None = None) -> ProcessBudgetLedger:
+        """A ledger that several processes share (subprocess vector envs); see :class:`ProcessBudgetLedger`."""
+        return ProcessBudgetLedger(budget)
 
     @classmethod
     def owned(cls, budget: int | None = None) -> BudgetLedger:
@@ -184,8 +189,8 @@ class BudgetLedger:
         if self._shared:
             raise TypeError(
                 "this BudgetLedger is shared by several envs of one run and cannot be sent to another process "
-                "(each process would spend its own copy of the budget); with subprocess vector envs give each "
-                "sub-env its own part of the budget (budget=T // n_envs) or use DummyVecEnv / gym.make_vec"
+                "(each process would spend its own copy of the budget); for subprocess vector envs pass "
+                "BudgetLedger.across_processes(T), or use DummyVecEnv / gym.make_vec"
             )
         with self._lock:
             return {s: getattr(self, s) for s in self.__slots__ if s != "_lock"}
@@ -202,3 +207,184 @@ class BudgetLedger:
         out = BudgetLedger.__new__(BudgetLedger)
         out.__setstate__({**state, "_shared": False})
         return out
+
+
+class ProcessBudgetLedger(BudgetLedger):
+    """A ledger shared by several processes (SB3's ``SubprocVecEnv``, Gymnasium's ``AsyncVectorEnv``).
+
+    The counters live in a small file guarded by ``fcntl.flock``: every process that unpickles the
+    ledger opens the same file, and a charge is one atomic check-and-charge across all of them
+    (and across threads). Made with :meth:`BudgetLedger.across_processes`; the file is removed when
+    the ledger that made it is garbage collected. POSIX only (Linux, macOS).
+    """
+
+    __slots__ = ("_path", "_fd", "_pid", "_owner", "__weakref__")
+    _FIELDS = 5  # budget (-1: unlimited), spent, lifetime, prompt tokens, completion tokens
+
+    def __init__(self, budget: int | None = None) -> None:
+        import os
+        import tempfile
+        import weakref
+
+        try:
+            import fcntl  # noqa: F401
+        except ImportError:  # pragma: no cover - Windows
+            raise OSError("a ledger shared between processes needs fcntl (Linux or macOS)") from None
+        super().__init__(budget)
+        fd, path = tempfile.mkstemp(prefix="iapo-ledger-", suffix=".bin")
+        os.write(fd, self._pack(-1 if self._budget is None else self._budget, 0, 0, 0, 0))
+        self._path, self._fd, self._pid, self._owner = path, fd, os.getpid(), True
+        weakref.finalize(self, _remove_file, path, fd)
+
+    @property
+    def path(self) -> str:
+        """The file that holds the counters (the same in every process sharing the ledger)."""
+        return self._path
+
+    # ------------------------------------------------------------------ file access
+    @staticmethod
+    def _pack(*values: int) -> bytes:
+        import struct
+
+        return struct.pack("<5q", *values)
+
+    def _handle(self) -> int:
+        import os
+
+        if self._pid != os.getpid():  # a forked child: its own open file (flock is per open file)
+            self._fd, self._pid = os.open(self._path, os.O_RDWR), os.getpid()
+        return self._fd
+
+    def _read(self, exclusive: bool = False) -> list[int]:
+        import fcntl
+        import os
+        import struct
+
+        fd = self._handle()
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            return list(struct.unpack("<5q", os.pread(fd, 40, 0)))
+        finally:
+            if not exclusive:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _update(self, change: Any) -> Any:
+        """Apply ``change(values) -> (new values, result)`` atomically across threads and processes."""
+        import fcntl
+        import os
+
+        with self._lock:
+            fd = self._handle()
+            values = self._read(exclusive=True)
+            try:
+                new, result = change(values)
+                os.pwrite(fd, self._pack(*new), 0)
+                return result
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ the ledger on the file
+    @property
+    def spent(self) -> int:  # noqa: D102 - the ledger's own
+        return self._read()[1]
+
+    @property
+    def lifetime_spent(self) -> int:  # noqa: D102
+        return self._read()[2]
+
+    @property
+    def prompt_tokens(self) -> int:  # noqa: D102
+        return self._read()[3]
+
+    @property
+    def completion_tokens(self) -> int:  # noqa: D102
+        return self._read()[4]
+
+    @property
+    def tokens(self) -> int:  # noqa: D102
+        v = self._read()
+        return v[3] + v[4]
+
+    @property
+    def remaining(self) -> int | None:  # noqa: D102
+        return None if self._budget is None else self._budget - self.spent
+
+    def fits(self, n: int) -> bool:  # noqa: D102
+        n = whole_number(n, "n", minimum=0)
+        return self._budget is None or self.spent + n <= self._budget
+
+    def affordable_n(self, n_max: int) -> int:  # noqa: D102
+        n_max = whole_number(n_max, "n_max", minimum=0)
+        return n_max if self._budget is None else max(0, min(n_max, self._budget - self.spent))
+
+    def charge(self, n: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:  # noqa: D102
+        n = self._count(n, "n (completions to charge)")
+        pt = self._count(prompt_tokens, "prompt_tokens")
+        ct = self._count(completion_tokens, "completion_tokens")
+
+        def change(v: list[int]) -> tuple[list[int], None]:
+            if self._budget is not None and v[1] + n > self._budget:
+                raise BudgetExceededError(
+                    f"this pull needs {n} completions but only {self._budget - v[1]} of the budget of "
+                    f"{self._budget} are left; check env.unwrapped.ledger.remaining (or info['action_mask']) before pulling"
+                )
+            return [v[0], v[1] + n, v[2] + n, v[3] + pt, v[4] + ct], None
+
+        self._update(change)
+
+    def charge_at_most(self, n: int) -> int:  # noqa: D102
+        n = self._count(n, "n (completions to charge)")
+
+        def change(v: list[int]) -> tuple[list[int], int]:
+            got = n if self._budget is None else min(n, self._budget - v[1])
+            return [v[0], v[1] + got, v[2] + got, v[3], v[4]], got
+
+        return int(self._update(change))
+
+    def record_tokens(self, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:  # noqa: D102
+        pt = self._count(prompt_tokens, "prompt_tokens")
+        ct = self._count(completion_tokens, "completion_tokens")
+        self._update(lambda v: ([v[0], v[1], v[2], v[3] + pt, v[4] + ct], None))
+
+    def _refund(self, n: int) -> None:
+        k = int(n)
+        self._update(lambda v: ([v[0], v[1] - min(k, v[1]), v[2] - min(k, v[2]), v[3], v[4]], None))
+
+    def reset(self) -> None:  # noqa: D102
+        self._update(lambda v: ([v[0], 0, v[2], 0, 0], None))
+
+    def __repr__(self) -> str:
+        return f"ProcessBudgetLedger(budget={self._budget}, spent={self.spent}, path={self._path!r})"
+
+    # ------------------------------------------------------------------ crossing process boundaries
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_budget": self._budget, "_path": self._path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import os
+
+        self._budget, self._path = state["_budget"], state["_path"]
+        self._spent = self._lifetime = self._prompt_tokens = self._completion_tokens = 0  # unused: the file counts
+        self._lock, self._shared, self._owner = threading.Lock(), True, False
+        try:
+            self._fd = os.open(self._path, os.O_RDWR)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"the shared ledger file {self._path} is gone: the process that made the ledger released it; "
+                "keep that ledger alive while other processes use it"
+            ) from None
+        self._pid = os.getpid()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ProcessBudgetLedger:
+        """The same ledger: a handle to counters shared by processes is not copied."""
+        return self
+
+
+def _remove_file(path: str, fd: int) -> None:
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)

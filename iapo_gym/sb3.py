@@ -21,9 +21,8 @@
 * SB3's ``make_vec_env`` calls ``gym.make`` once per sub-env: ``env_kwargs={"budget": T}`` (an
   int) gives EACH sub-env its own budget of ``T``; pass one :class:`~iapo_gym.ledger.BudgetLedger`
   to give the run one budget (the callback warns when it sees separate ledgers).
-  ``SubprocVecEnv`` cannot share a ledger between processes (pickling a shared ledger is
-  refused with a clear error); give each process its own part (``budget=T // n_envs``) or use
-  ``DummyVecEnv`` (the IAPO env is cheap: subprocesses do not speed it up).
+  ``SubprocVecEnv``: pass ``BudgetLedger.across_processes(T)``, whose counters every process
+  shares (a plain ``BudgetLedger`` refuses to be pickled into another process).
 
 Needs the ``rl`` extra (``pip install iapo-gym[rl]``).
 """
@@ -83,7 +82,7 @@ class BudgetCallback(BaseCallback):
         except AttributeError:
             raise TypeError("BudgetCallback needs IAPO envs (whose unwrapped env has a budget ledger)") from None
         n = len(ledgers)
-        self.shared = n > 1 and all(ledger is ledgers[0] for ledger in ledgers)
+        self.shared = n > 1 and all(_same_ledger(ledger, ledgers[0]) for ledger in ledgers)
         if n > 1 and not self.shared and any(ledger.budget is not None for ledger in ledgers):
             warnings.warn(
                 f"the {n} sub-envs have separate budget ledgers, so the run may spend the sum of their budgets; "
@@ -144,3 +143,9 @@ class BudgetCallback(BaseCallback):
         if self._writer is not None:  # x-axis: completions spent
             self._writer.add_scalar("budget/spent", self.spent, global_step=self.spent)
             self._writer.add_scalar("budget/remaining", remaining, global_step=self.spent)
+
+
+def _same_ledger(a: Any, b: Any) -> bool:
+    """One ledger: the same object, or the same process-shared ledger seen from two processes."""
+    path = getattr(a, "path", None)
+    return a is b or (path is not None and path == getattr(b, "path", None))

@@ -172,9 +172,10 @@ def test_vector_steps_keep_the_budget_rule(num_envs, budget, truncate, steps) ->
     budget=st.integers(0, 400),
     n_envs=st.integers(1, 3),
     programs=st.lists(st.lists(op, min_size=1, max_size=10), min_size=2, max_size=6),
+    across_processes=st.booleans(),
 )
-def test_threads_sharing_envs_and_a_ledger_keep_the_budget_rule(budget, n_envs, programs) -> None:
-    ledger = BudgetLedger(budget)
+def test_threads_sharing_envs_and_a_ledger_keep_the_budget_rule(budget, n_envs, programs, across_processes) -> None:
+    ledger = BudgetLedger.across_processes(budget) if across_processes else BudgetLedger(budget)
     envs = [IAPOEnv(TABLE, budget=ledger) for _ in range(n_envs)]
     for i, env in enumerate(envs):
         env.reset(seed=i)

@@ -156,3 +156,42 @@ def test_pickling_copies_an_env_ledger_but_refuses_a_shared_one() -> None:
     clone = copy.deepcopy(shared)
     clone.charge(3)
     assert (clone.spent, shared.spent) == (3, 0)
+
+
+# ---------------------------------------------------------------------- processes
+def _charge_many(args: tuple) -> int:
+    """Worker of the multi-process test: charge a process-shared ledger; returns what was granted."""
+    import numpy as np
+
+    ledger, seed = args
+    granted = 0
+    for n in np.random.default_rng(seed).integers(1, 9, size=80):
+        try:
+            ledger.charge(int(n))
+            granted += int(n)
+        except BudgetExceededError:
+            pass
+    return granted
+
+
+def test_a_process_ledger_is_one_budget_for_several_processes() -> None:
+    import multiprocessing
+    import os
+
+    ledger = BudgetLedger.across_processes(500)
+    ledger.charge(20, prompt_tokens=7)
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        granted = pool.map(_charge_many, [(ledger, seed) for seed in range(6)])
+    assert ledger.spent == 20 + sum(granted) <= 500 and ledger.spent >= 500 - 8
+    assert ledger.lifetime_spent == ledger.spent and ledger.prompt_tokens == 7
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # forked children reopen the file
+        more = pool.map(_charge_many, [(ledger, 9), (ledger, 10)])
+    assert sum(more) == 0 and ledger.remaining == 500 - ledger.spent
+    ledger.reset()
+    assert ledger.spent == 0 and ledger.lifetime_spent >= 492
+    path = ledger.path
+    del ledger
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(path)  # the maker's ledger removes its file

@@ -88,20 +88,23 @@ def test_budget_callback_cap_and_raise_mode_warning() -> None:
         A2C("MlpPolicy", gym.make(ID, budget=5000), n_steps=4, device="cpu").learn(8, callback=BudgetCallback())
 
 
-def test_subprocess_vec_env_refuses_a_shared_ledger_and_counts_separate_ones() -> None:
+def test_subprocess_vec_env_refuses_an_in_process_ledger_and_shares_a_process_ledger_exactly() -> None:
     ledger = BudgetLedger(100)
     with pytest.raises(TypeError, match="cannot be sent to another process"):
         make_vec_env(ID, n_envs=2, env_kwargs={"budget": ledger}, vec_env_cls=SubprocVecEnv,
                      vec_env_kwargs={"start_method": "spawn"})
     assert ledger.spent == 0
+    T = 300
+    shared = BudgetLedger.across_processes(T)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        venv = make_vec_env("iapo_gym:" + ID, n_envs=2, seed=0, env_kwargs={"budget": 60, "on_exhausted": "truncate"},
+        venv = make_vec_env("iapo_gym:" + ID, n_envs=3, seed=0, env_kwargs={"budget": shared, "on_exhausted": "truncate"},
                             vec_env_cls=SubprocVecEnv, vec_env_kwargs={"start_method": "spawn"})
         try:
             callback = BudgetCallback()
             A2C("MlpPolicy", venv, n_steps=4, seed=0, device="cpu").learn(10**6, callback=callback)
-            assert callback.spent == 120 and [led.spent for led in venv.get_attr("ledger")] == [60, 60]
+            assert shared.spent == T == callback.spent and callback.shared and callback.remaining == 0
+            assert [led.spent for led in venv.get_attr("ledger")] == [T] * 3  # one budget seen from 3 processes
         finally:
             venv.close()
 
