@@ -34,8 +34,8 @@ from numpy.typing import NDArray
 
 from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
 from iapo_gym.agents._engine import NestedStats
-from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
+from iapo_gym.runs import RunBatch
 
 
 @dataclass(kw_only=True)

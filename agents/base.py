@@ -182,6 +182,7 @@ class BatchAgent(Agent):
     """
 
     def fit(self, env: Any, budget: int, seed: int) -> Policy:
+        """One run: a batch of one (the same bits as inside any batch; see :meth:`fit_runs`)."""
         from iapo_gym.runs import RunBatch
 
         return self.fit_runs(RunBatch([env], budget, [seed], self.name))[0]

@@ -26,9 +26,9 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
 from iapo_gym.agents._engine import random_fit, row_utility
-from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds
+from iapo_gym.runs import RunBatch
 
 
 @dataclass
@@ -38,6 +38,7 @@ class SequentialHalving(BatchAgent):
     name: ClassVar[str] = "seqhalving"
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
+        """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         c_n = len(runs.contexts)
         a_n = p_n * n_max

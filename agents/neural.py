@@ -65,11 +65,11 @@ from numpy.typing import ArrayLike, NDArray
 from iapo_gym._checks import finite_weights
 from iapo_gym.agents._common import BatchAgent
 from iapo_gym.agents._engine import NestedStats
-from iapo_gym.runs import RunBatch as Runs
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds, run_trimming
 from iapo_gym.contexts import ContextSet
 from iapo_gym.continuous import distribution_of
+from iapo_gym.runs import RunBatch as Runs
 
 __all__ = ["NeuralAgent", "NeuralPolicy"]
 
@@ -327,6 +327,7 @@ class NeuralAgent(BatchAgent):
         return SummaryWriter(str(Path(self.log_dir) / f"{task}__{self.name}__{seeds}__{int(time.time())}"))
 
     def fit_runs(self, runs: Runs) -> list[Policy]:
+        """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         import torch
 
         # torch splits a reduction across threads by the tensor's shape, so with several threads a

@@ -51,8 +51,8 @@ from numpy.typing import NDArray
 
 from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
 from iapo_gym.agents._engine import NestedStats, random_fit
-from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
+from iapo_gym.runs import RunBatch
 
 
 def n_rounds(n_arms: int) -> int:
@@ -141,6 +141,7 @@ class PSST(BatchAgent):
     name: ClassVar[str] = "psst"
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
+        """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         n_arms = runs.n_prompts * runs.n_max
         stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, runs.contexts)
         active = np.ones((runs.n_runs, len(runs.contexts), n_arms), dtype=bool)

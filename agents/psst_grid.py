@@ -20,11 +20,11 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms
 from iapo_gym.agents._engine import NestedStats
-from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy, TablePolicy
 from iapo_gym.agents.psst import n_rounds, run_trimming
 from iapo_gym.contexts import ContextSet
 from iapo_gym.continuous import distribution_of
+from iapo_gym.runs import RunBatch
 
 
 @dataclass
@@ -55,6 +55,7 @@ class PSSTGrid(BatchAgent):
         return distribution_of(env).grid(int(self.n_weights), int(self.n_costs))
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
+        """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         grid = self.grid_contexts(runs.envs[0])
         n_arms = runs.n_prompts * runs.n_max
         stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, grid)

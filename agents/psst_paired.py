@@ -299,6 +299,7 @@ class PSSTPaired(BatchAgent):
         return keep
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
+        """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         s_n, p_n, n_max, c_n = runs.n_runs, runs.n_prompts, runs.n_max, len(runs.contexts)
         stats = PairedStats(s_n, p_n, n_max, runs.contexts)
         schedule = QuerySchedule(runs.n_train, runs.streams)

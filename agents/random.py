@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from iapo_gym.runs import _unwrap
 from iapo_gym.agents.base import Agent, Policy, StochasticPolicy
+from iapo_gym.runs import _unwrap
 
 
 @dataclass

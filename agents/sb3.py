@@ -34,9 +34,9 @@ import gymnasium as gym
 import numpy as np
 
 from iapo_gym._checks import finite_weights
-from iapo_gym.runs import RunBatch, _unwrap
 from iapo_gym.agents.base import Agent, Policy, TablePolicy
 from iapo_gym.contexts import ContextSet
+from iapo_gym.runs import RunBatch, _unwrap
 
 ALGORITHMS = ("ppo", "a2c", "dqn", "maskable_ppo")
 

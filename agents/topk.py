@@ -25,9 +25,9 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms, ranking_key, table_policies
 from iapo_gym.agents._engine import NestedStats, random_fit
-from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds, run_trimming
+from iapo_gym.runs import RunBatch
 
 
 @dataclass
@@ -52,6 +52,7 @@ class TopK(BatchAgent):
             raise ValueError(f"rho must lie in [0, 1); got {self.rho}")
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
+        """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         c_n = len(runs.contexts)
         k = min(int(self.k), p_n)

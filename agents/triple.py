@@ -28,9 +28,9 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms
 from iapo_gym.agents._engine import NestedStats
-from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy, StochasticPolicy, TablePolicy
 from iapo_gym.agents.psst import n_rounds, run_trimming
+from iapo_gym.runs import RunBatch
 
 
 @dataclass
@@ -45,6 +45,7 @@ class TRIPLE(BatchAgent):
             raise ValueError(f"n must be 'one' or 'random'; got {self.n!r}")
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
+        """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         c_n = len(runs.contexts)
         stats = NestedStats(s_n, p_n, n_max, runs.contexts)

