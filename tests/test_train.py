@@ -143,6 +143,41 @@ def test_tensorboard_event_files_hold_the_csv_means(experiment) -> None:
         assert ea.PluginTagToContent("hparams")  # hyper-parameters for the HParams dashboard
 
 
+def test_tensorboard_holds_every_seed(experiment) -> None:
+    """Per-seed scalars, the regret histogram and the worst-seeds table, read back from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from iapo_gym.experiments.tblog import WORST_SEEDS, seed_tag
+
+    _, _, written = experiment
+    res = Results.read(written["results"])
+    for run in sorted(p for p in (written["tensorboard"]).iterdir() if p.is_dir()):
+        env, agent, _, _ = run.name.split("__")
+        ea = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
+        ea.Reload()
+        tags = set(ea.Tags()["scalars"])
+        assert {t for t in tags if t.startswith("seeds/")} == {seed_tag(m, s) for m in ("acr", "regret") for s in range(RUNS)}
+        for s in range(RUNS):
+            for metric, col in (("acr", res.acr), ("regret", res.regret)):
+                got = {e.step: e.value for e in ea.Scalars(seed_tag(metric, s))}
+                want = {b: float(col[res.mask(env=env, agent=agent, budget=b) & (res.seed == s)][0]) for b in BUDGETS}
+                assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+        # the regret histogram holds every run: its count, sum and extremes are the CSV's
+        for b in BUDGETS:
+            reg = res.regret[res.mask(env=env, agent=agent, budget=b)]
+            h = next(e for e in ea.Histograms("runs/regret") if e.step == b).histogram_value
+            assert h.num == RUNS and h.sum == pytest.approx(reg.sum(), rel=1e-5, abs=1e-9)
+            assert (h.min, h.max) == pytest.approx((reg.min(), reg.max()), rel=1e-5, abs=1e-9)
+        # the worst-seeds table names the seeds with the largest regret, largest first
+        from tensorboard.util import tensor_util
+
+        text = tensor_util.make_ndarray(ea.Tensors("seeds/worst/text_summary")[-1].tensor_proto).item().decode()
+        mask = res.mask(env=env, agent=agent, budget=BUDGETS[-1])
+        order = np.lexsort((res.seed[mask], -res.regret[mask]))[:WORST_SEEDS]
+        listed = [int(line.split("|")[1]) for line in text.splitlines()[2:]]
+        assert listed == res.seed[mask][order].tolist()
+
+
 def test_wilcoxon_table_equals_scipy_on_the_csv(experiment) -> None:
     _, _, written = experiment
     res = Results.read(written["results"])

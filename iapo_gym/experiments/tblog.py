@@ -11,7 +11,12 @@ the same directory, which TensorBoard merges), with the training budget as the s
 * ``policy/prompt/<ctx>``: the deployed prompt is categorical, so it is a *histogram* over the
   runs (one bin per prompt id), not a line; ``policy/choices`` is a text table per budget (each
   context's prompts with their share of runs, mean N, optimal share);
-* ``runs/acr``: histogram of the per-seed ACR;
+* ``runs/acr``, ``runs/regret``: histograms of the per-seed ACR and simple regret over the runs;
+* ``seeds/acr/s{seed}``, ``seeds/regret/s{seed}``: **per-seed scalars** (one line per seed against
+  the budget, so an outlier run can be found by its seed and re-run alone: ``--seed S --runs 1``),
+  and ``seeds/worst`` (text): the :data:`WORST_SEEDS` runs with the largest regret at each budget,
+  with their deployed prompts and N. Per-seed tags stay in TensorBoard (they are not mirrored to
+  the trackers: a tracker run with a key per seed is unreadable);
 * ``hyperparameters`` (text table) and the HParams plugin (agent config, final ACR and regret).
 
 With ``trackers`` (``train.py --tracker wandb,mlflow``) every scalar above is also sent, same tag and
@@ -37,7 +42,10 @@ import numpy as np
 from iapo_gym.experiments.stats import mean_ci
 from iapo_gym.experiments.tracking import Mirror
 
-__all__ = ["run_name", "context_tag", "ConfigLogger"]
+__all__ = ["run_name", "context_tag", "seed_tag", "ConfigLogger", "WORST_SEEDS"]
+
+#: How many of the worst runs (largest regret) ``seeds/worst`` lists at each budget.
+WORST_SEEDS = 5
 
 
 def run_name(env: str, agent: str, seeds: Sequence[int], contexts: str = "finite") -> str:
@@ -49,6 +57,11 @@ def run_name(env: str, agent: str, seeds: Sequence[int], contexts: str = "finite
 def context_tag(index: int, name: str) -> str:
     """TensorBoard-safe label of context ``index``: ``c{index}_{name}`` with odd characters as ``_``."""
     return f"c{index}_" + re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(name)).strip("_")
+
+
+def seed_tag(metric: str, seed: int) -> str:
+    """Tag of one seed's scalar: ``seeds/{metric}/s{seed}`` (zero-padded to 4 digits, so tags sort by seed)."""
+    return f"seeds/{metric}/s{int(seed):04d}"
 
 
 def _hparam_value(v: Any) -> int | float | str | bool:
@@ -157,8 +170,20 @@ class ConfigLogger:
             shares = ", ".join(f"{p} ({counts[p] / len(rows):.0%})" for p in order)
             lines.append(f"| {tag} | {shares} | {n_mean[:, c].mean():.2f} | {optimal[:, c].mean():.2f} |")
         w.add_text("policy/choices", "\n".join(lines), step)
+        regret = np.array([r["regret"] for r in rows])
         if acr.size > 1:
             w.add_histogram("runs/acr", acr, step)
+            w.add_histogram("runs/regret", regret, step)
+        seeds = np.array([int(r["seed"]) for r in rows], dtype=np.int64)
+        for s_, a_, g_ in zip(seeds.tolist(), acr.tolist(), regret.tolist(), strict=True):
+            w.add_scalar(seed_tag("acr", s_), a_, step)
+            w.add_scalar(seed_tag("regret", s_), g_, step)
+        worst = np.lexsort((seeds, -regret))[:WORST_SEEDS]  # largest regret first, ties by seed
+        table = ["| seed | regret | ACR | deployed prompt per context | N per context |", "|---:|---:|---:|---|---|"]
+        for i in worst:
+            pol = rows[i]["policy"]
+            table.append(f"| {seeds[i]} | {regret[i]:.4f} | {acr[i]:.4f} | {list(pol['prompt'])} | {list(pol.get('n', []))} |")
+        w.add_text("seeds/worst", "\n".join(table), step)
         if not self.last or step >= self.last["step"]:
             self.last = {"step": step, "hparam/acr": scalars["charts/acr"], "hparam/regret": scalars["charts/regret"]}
         w.flush()
