@@ -19,12 +19,17 @@ BASE = ["--env", ENV, "--agents", "psst", "--runs", "3", "--no-plots", "--no-pro
 
 
 def _tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series of one TensorBoard run, read back with TensorBoard's own reader."""
+    """Every mirrored scalar series of one TensorBoard run, read back with TensorBoard's own reader.
+
+    The per-seed scalars (``seeds/...``) stay TensorBoard-only (checked to be there and not mirrored).
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     ea.Reload()
-    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+    tags = ea.Tags()["scalars"]
+    assert any(t.startswith("seeds/regret/") for t in tags)
+    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in tags if not tag.startswith("seeds/")}
 
 
 def _same(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
