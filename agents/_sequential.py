@@ -22,6 +22,14 @@ highest ``mean - lcb / sqrt(count)`` instead (a lower confidence bound on the ut
 
 Ties in the selection rule are broken by a per-run random priority over arms drawn once from the
 seed (the authors flip coins; both are uniform over tied arms for a run).
+
+Speed: the loop keeps every run's per-context means, counts (as floats), total count and number of
+unseen arms up to date *incrementally*: a step touches one prompt per run, so only those
+``(run, prompt)`` rows are recomputed (with the same floating-point operations as a full
+recomputation, hence the same bits). A step then costs one gather of the drawn contexts' means
+plus the agent's rule on ``(B, |P| N_max)`` arrays; rows with a feasible unseen arm or a budget
+below ``N_max`` (the endgame) take separate, smaller paths, and the runs' ledgers are charged in
+one call (:func:`iapo_gym.ledger.charge_many`).
 """
 
 from __future__ import annotations
@@ -33,9 +41,133 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
-from iapo_gym.agents._engine import NestedStats
+from iapo_gym.agents._engine import NestedStats, nested_gains
 from iapo_gym.agents.base import Policy
 from iapo_gym.runs import RunBatch
+
+
+@dataclass
+class Step:
+    """What a run's selection rule sees at one step, for the ``B`` live runs (row ``i`` = run ``live[i]``).
+
+    Attributes:
+        mean: ``(B, A)`` empirical means under each row's drawn context, NaN where unseen (a fresh
+            array the rule may overwrite).
+        count: ``(B, A)`` nested-block counts as floats (read only).
+        total: ``(B,)`` total block count of each run (the sum of ``count``).
+        limit: ``(B,)`` largest feasible ``N`` (``min(remaining budget, N_max)``): arm ``(p, N)`` is
+            feasible when ``N <= limit``.
+        n_unseen: ``(B,)`` number of unseen arms (feasible or not).
+        priority: ``(B, A)`` the runs' tie-break priorities (read only).
+        rng: the rows' random streams (:class:`iapo_gym.runs.RowGenerator`).
+        n_max: ``N_max``.
+    """
+
+    mean: NDArray[np.float64]
+    count: NDArray[np.float64]
+    total: NDArray[np.int64]
+    limit: NDArray[np.int64]
+    n_unseen: NDArray[np.int64]
+    priority: NDArray[np.float64]
+    rng: Any
+    n_max: int
+
+    @property
+    def constrained(self) -> NDArray[np.int64]:
+        """Rows whose remaining budget rules out some arms (``limit < N_max``)."""
+        return np.flatnonzero(self.limit < self.n_max)
+
+    def feasible_rows(self, rows: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """``(len(rows), A)`` feasibility of every arm for the given rows."""
+        n_idx = np.arange(self.mean.shape[1]) % self.n_max
+        return n_idx[None, :] < self.limit[rows, None]
+
+    def mask_infeasible(self, score: NDArray[np.float64], fill: float = -np.inf) -> None:
+        """Set the infeasible arms of ``score`` (``(B, A)``, in place) to ``fill``."""
+        rows = self.constrained
+        if rows.size:
+            sub = score[rows]
+            np.copyto(sub, fill, where=~self.feasible_rows(rows))
+            score[rows] = sub
+
+    def unseen_choice(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Rows with a feasible unseen arm, and for each the one with the highest priority.
+
+        What ``argmax_tiebreak`` gives when every feasible unseen arm scores ``+inf``.
+        """
+        rows = np.flatnonzero(self.n_unseen > 0)
+        if rows.size == 0:
+            return rows, rows
+        cand = self.count[rows] == 0
+        limited = self.limit[rows] < self.n_max
+        if limited.any():
+            cand &= self.feasible_rows(rows)
+            keep = cand.any(axis=1)
+            rows, cand = rows[keep], cand[keep]
+        return rows, np.argmax(np.where(cand, self.priority[rows], -1.0), axis=1)
+
+    def random_feasible(self, u: NDArray[np.float64]) -> NDArray[np.int64]:
+        """The ``floor(u * k)``-th of a row's ``k`` feasible arms in index order (one uniform per row)."""
+        m = self.limit
+        k = (self.mean.shape[1] // self.n_max) * m
+        j = np.minimum((u * k).astype(np.int64), k - 1)
+        return (j // m) * self.n_max + j % m
+
+
+def argmax_tiebreak(score: NDArray[np.float64], priority: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Row-wise argmax of ``score`` (no NaN); among tied maxima the highest ``priority`` wins.
+
+    The same arm as ``argmax(where(score == max, priority, -1))``, without a full pass over the
+    priorities unless a row has a tie.
+    """
+    arm = np.argmax(score, axis=1)
+    best = score[np.arange(score.shape[0]), arm]
+    tied = score == best[:, None]
+    rows = np.flatnonzero(np.count_nonzero(tied, axis=1) > 1)
+    if rows.size:
+        arm[rows] = np.argmax(np.where(tied[rows], priority[rows], -1.0), axis=1)
+    return arm
+
+
+class _OnlineStats:
+    """Nested tallies (:class:`NestedStats`) plus incrementally kept per-context means and counts."""
+
+    def __init__(self, runs: RunBatch) -> None:
+        s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
+        self.p_n, self.n_max = p_n, n_max
+        self.stats = NestedStats(s_n, p_n, n_max, runs.contexts)
+        self.c_n = len(runs.contexts)
+        self.mean = np.full((s_n, self.c_n, p_n * n_max), np.nan)  # (S, C, A)
+        self.countf = np.zeros((s_n, p_n * n_max))  # (S, A)
+        self.total = np.zeros(s_n, dtype=np.int64)
+        self.n_unseen = np.full(s_n, p_n * n_max, dtype=np.int64)
+
+    def record(self, runs: RunBatch, live: NDArray[np.int64], arm: NDArray[np.int64]) -> None:
+        """Pull ``arm`` for every live run (one pull each) and refresh the touched ``(run, prompt)`` rows."""
+        st, n_max = self.stats, self.n_max
+        prompt = arm // n_max
+        old = st.count[live, prompt]  # (B, N_max) copy
+        for pulls, rows in runs.pull(live, prompt, arm % n_max + 1):
+            # One pull per run, so per (run, prompt) cell: NestedStats.add's per-cell sums are the
+            # pull's own rows (0.0 + x == x); added here directly, the same bits without the
+            # cell bookkeeping a batch of many pulls per cell needs.
+            r, p = live[rows], prompt[rows]
+            gain, count, cost = nested_gains(pulls, st.split.obj_weights, n_max)
+            width = gain.shape[-1]
+            st.gain[r, :, p, :width] += gain.transpose(1, 0, 2)
+            st.cost[r, p, :width] += cost
+            st.count[r, p, :width] += count
+        new = st.count[live, prompt]
+        self.total[live] += (new - old).sum(axis=1)
+        self.n_unseen[live] -= np.count_nonzero((old == 0) & (new > 0), axis=1)
+        self.countf.reshape(-1, self.p_n, n_max)[live, prompt] = new
+        # the means of the touched rows under every context, exactly as NestedStats.means computes them
+        split = st.split
+        total = st.gain[live, :, prompt][:, split.group]  # (B, C, N_max)
+        total -= split.cost_weight[None, :, None] * st.cost[live, prompt][:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total /= new[:, None]
+        self.mean.reshape(-1, self.c_n, self.p_n, n_max)[live, :, prompt] = total
 
 
 @dataclass(kw_only=True)
@@ -49,43 +181,41 @@ class SequentialAgent(BatchAgent):
 
     lcb: float = 0.0
 
-    def choose(
-        self,
-        mean: NDArray[np.float64],
-        count: NDArray[np.int64],
-        feasible: NDArray[np.bool_],
-        priority: NDArray[np.float64],
-        rng: np.random.Generator,
-    ) -> NDArray[np.int64]:
-        """Flat arm per run: ``mean`` (B, A) under the step's context (NaN unseen), ``count`` (B, A)."""
+    def choose(self, step: Step) -> NDArray[np.int64]:
+        """The flat arm each live run pulls at this step (a feasible one; see :class:`Step`)."""
         raise NotImplementedError
 
     @staticmethod
     def argmax_tiebreak(score: NDArray[np.float64], priority: NDArray[np.float64]) -> NDArray[np.int64]:
-        """Row-wise argmax of ``score``; among tied maxima the highest ``priority`` wins."""
-        best = score.max(axis=1, keepdims=True)
-        return np.argmax(np.where(score == best, priority, -1.0), axis=1)
+        """Row-wise argmax of ``score`` (no NaN); among tied maxima the highest ``priority`` wins."""
+        return argmax_tiebreak(score, priority)
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         a_n = p_n * n_max
-        stats = NestedStats(s_n, p_n, n_max, runs.contexts)
+        online = _OnlineStats(runs)
+        stats = online.stats
         priority = runs.streams.random_rows(np.arange(s_n), a_n)
-        arm_n = np.arange(a_n) % n_max + 1
         steps = np.zeros(s_n, dtype=np.int64)
         while True:
             live = np.flatnonzero(runs.remaining > 0)
             if live.size == 0:
                 break
+            every = live.size == s_n  # all runs live: views instead of gathers
             # every draw of a step comes from the live runs' own streams (RowGenerator)
             rng: Any = runs.streams.rows(live)  # numpy-Generator-like: random(size), gumbel(size)
             ctx = np.asarray(runs.contexts.sample(rng, size=live.size), dtype=np.int64)
-            mean = stats.means_in(live, ctx).reshape(live.size, a_n)
-            count = stats.count[live].reshape(live.size, a_n)
-            feasible = arm_n[None, :] <= runs.remaining[live, None]
-            arm = self.choose(mean, count, feasible, priority[live], rng)
-            for pulls, rows in runs.pull(live, arm // n_max, arm % n_max + 1):
-                stats.add(pulls, live[rows])
+            step = Step(
+                mean=online.mean[live, ctx],
+                count=online.countf if every else online.countf[live],
+                total=online.total[live],
+                limit=np.minimum(runs.remaining[live], n_max),
+                n_unseen=online.n_unseen[live],
+                priority=priority if every else priority[live],
+                rng=rng,
+                n_max=n_max,
+            )
+            online.record(runs, live, self.choose(step))
             steps[live] += 1
         active = np.ones((s_n, len(runs.contexts), a_n), dtype=bool)
         mean = stats.means()

@@ -26,17 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym._checks import finite_real
-from iapo_gym.agents._sequential import SequentialAgent
-
-
-def _random_feasible(feasible: NDArray[np.bool_], rng: np.random.Generator) -> NDArray[np.int64]:
-    """A uniformly random feasible arm per row (feasible sets are ``{(p, N): N <= m}``)."""
-    n_arms = feasible.shape[1]
-    k = feasible.sum(axis=1)
-    j = np.minimum((rng.random(feasible.shape[0]) * k).astype(np.int64), k - 1)
-    # The j-th feasible arm in index order: feasible arms form the prefix N <= m of every prompt.
-    order = np.cumsum(feasible, axis=1)
-    return np.argmax(order > j[:, None], axis=1) % n_arms
+from iapo_gym.agents._sequential import SequentialAgent, Step
 
 
 @dataclass
@@ -50,19 +40,15 @@ class EpsilonGreedy(SequentialAgent):
         if not 0.0 <= float(self.epsilon) <= 1.0:
             raise ValueError(f"epsilon must lie in [0, 1]; got {self.epsilon}")
 
-    def choose(
-        self,
-        mean: NDArray[np.float64],
-        count: NDArray[np.int64],
-        feasible: NDArray[np.bool_],
-        priority: NDArray[np.float64],
-        rng: np.random.Generator,
-    ) -> NDArray[np.int64]:
+    def choose(self, step: Step) -> NDArray[np.int64]:
         """The best feasible arm per row, or with probability ``epsilon`` a uniformly random one."""
-        explore = rng.random(mean.shape[0]) < float(self.epsilon)
-        score = np.where(count > 0, mean, np.inf)
-        greedy = self.argmax_tiebreak(np.where(feasible, score, -np.inf), priority)
-        return np.where(explore, _random_feasible(feasible, rng), greedy)
+        u = step.rng.random((step.mean.shape[0], 2))  # per run: the explore coin, then the random arm
+        rows, first_unseen = step.unseen_choice()
+        score = step.mean
+        step.mask_infeasible(score)
+        greedy = self.argmax_tiebreak(score, step.priority)
+        greedy[rows] = first_unseen
+        return np.where(u[:, 0] < float(self.epsilon), step.random_feasible(u[:, 1]), greedy)
 
 
 @dataclass
@@ -75,18 +61,14 @@ class Softmax(SequentialAgent):
     def __post_init__(self) -> None:
         finite_real(self.tau, "the temperature tau", minimum=0.0, strict=True)
 
-    def choose(
-        self,
-        mean: NDArray[np.float64],
-        count: NDArray[np.int64],
-        feasible: NDArray[np.bool_],
-        priority: NDArray[np.float64],
-        rng: np.random.Generator,
-    ) -> NDArray[np.int64]:
+    def choose(self, step: Step) -> NDArray[np.int64]:
         """An unseen feasible arm first, else a Boltzmann draw at temperature ``tau`` (Gumbel-max)."""
-        unseen = feasible & (count == 0)
-        gumbel = rng.gumbel(size=mean.shape)
-        logits = np.where(feasible, np.nan_to_num(mean, nan=0.0) / float(self.tau) + gumbel, -np.inf)
-        sampled = np.argmax(logits, axis=1)
-        first_unseen = self.argmax_tiebreak(np.where(unseen, 1.0, -np.inf), priority)
-        return np.where(unseen.any(axis=1), first_unseen, sampled)
+        gumbel = step.rng.gumbel(size=step.mean.shape)
+        rows, first_unseen = step.unseen_choice()
+        logits = step.mean
+        logits /= float(self.tau)
+        logits += gumbel
+        step.mask_infeasible(logits)
+        arm = np.argmax(logits, axis=1)
+        arm[rows] = first_unseen
+        return arm

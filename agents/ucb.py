@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym._checks import finite_real
-from iapo_gym.agents._sequential import SequentialAgent
+from iapo_gym.agents._sequential import SequentialAgent, Step
 
 
 @dataclass
@@ -30,18 +30,19 @@ class UCB(SequentialAgent):
     def __post_init__(self) -> None:
         finite_real(self.c, "the exploration constant c", minimum=0.0)
 
-    def choose(
-        self,
-        mean: NDArray[np.float64],
-        count: NDArray[np.int64],
-        feasible: NDArray[np.bool_],
-        priority: NDArray[np.float64],
-        rng: np.random.Generator,
-    ) -> NDArray[np.int64]:
+    def choose(self, step: Step) -> NDArray[np.int64]:
         """The feasible arm with the highest upper confidence bound (unseen arms first)."""
-        t = np.maximum(count.sum(axis=1, keepdims=True), 1)
+        rows, first_unseen = step.unseen_choice()
+        if rows.size == step.mean.shape[0]:  # every row still has a feasible unseen arm
+            return first_unseen
+        logt = np.log(np.maximum(step.total, 1))
+        score = step.mean
         with np.errstate(divide="ignore", invalid="ignore"):
-            bonus = float(self.c) * np.sqrt(np.log(t) / count)
-        score = np.where(count > 0, mean + bonus, np.inf)
-        score = np.where(feasible, score, -np.inf)
-        return self.argmax_tiebreak(score, priority)
+            bonus = np.divide(logt[:, None], step.count)
+            np.sqrt(bonus, out=bonus)
+        bonus *= float(self.c)
+        score += bonus  # mean + c * sqrt(ln t / n), the same bits as written that way
+        step.mask_infeasible(score)
+        arm = self.argmax_tiebreak(score, step.priority)
+        arm[rows] = first_unseen
+        return arm

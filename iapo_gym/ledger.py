@@ -16,11 +16,19 @@ Gymnasium's ``AsyncVectorEnv``); see ``docs/RL_LIBRARIES.md`` for what to do ins
 from __future__ import annotations
 
 import threading
+from collections import deque
+from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from iapo_gym._checks import whole_number
 
-__all__ = ["BudgetExceededError", "BudgetLedger", "ProcessBudgetLedger"]
+__all__ = ["BudgetExceededError", "BudgetLedger", "LedgerGroup", "ProcessBudgetLedger", "charge_many"]
+
+# Taken by every multi-ledger charge before it takes the ledgers' own locks: two such charges never
+# hold locks of one another's ledgers in opposite orders, and a single charge holds one lock only.
+_MANY_LOCK = threading.Lock()
 
 
 class BudgetExceededError(RuntimeError):
@@ -378,6 +386,104 @@ class ProcessBudgetLedger(BudgetLedger):
     def __deepcopy__(self, memo: dict[int, Any]) -> ProcessBudgetLedger:
         """The same ledger: a handle to counters shared by processes is not copied."""
         return self
+
+
+def charge_many(ledgers: Sequence[BudgetLedger], amounts: Sequence[int] | Any) -> None:
+    """Charge ``amounts[i]`` completions to ``ledgers[i]`` for every ``i``: all of them or none.
+
+    The many-runs form of :meth:`BudgetLedger.charge`; see :class:`LedgerGroup` (which a caller
+    charging the same ledgers repeatedly should keep).
+
+    Raises:
+        BudgetExceededError: some ledger cannot take its total; nothing is charged.
+        ValueError: ``amounts`` does not hold one whole number ``>= 0`` per ledger; nothing is charged.
+    """
+    LedgerGroup(ledgers).charge(amounts)
+
+
+class LedgerGroup:
+    """Many ledgers charged together (a batch of training runs charges every run's ledger per step).
+
+    :meth:`charge` checks the amounts once as a whole (whole numbers ``>= 0``), requires every
+    ledger to accept its total (a ledger listed twice is charged the sum), then charges all of
+    them. Plain ledgers are checked and charged with all their locks held, so no other thread
+    charges in between; other ledgers (e.g. :class:`ProcessBudgetLedger`) are checked, then charged
+    one by one. The loops over ledgers run in C (``map``): a step of 200 runs costs tens of
+    microseconds.
+
+    Args:
+        ledgers: the ledgers, in the order of the amounts :meth:`charge` will receive.
+    """
+
+    def __init__(self, ledgers: Sequence[BudgetLedger]) -> None:
+        import numpy as np
+
+        self.size = len(ledgers)
+        first: dict[int, int] = {}
+        slot = [first.setdefault(id(led), len(first)) for led in ledgers]
+        self._slot = np.asarray(slot, dtype=np.int64)
+        self._merge = len(first) < self.size  # a ledger shared by several runs: charge its sum
+        self.ledgers: list[BudgetLedger] = list({id(led): led for led in ledgers}.values())
+        self._plain = all(type(led) is BudgetLedger for led in self.ledgers)
+        if self._plain:
+            self._locks = list(map(_LOCK_OF, self.ledgers))
+            # read-only after construction: None (unlimited) -> NaN, which no total exceeds
+            self._budget = np.array(list(map(_BUDGET_OF, self.ledgers)), dtype=np.float64)
+
+    def charge(self, amounts: Sequence[int] | Any) -> None:
+        """Charge ``amounts[i]`` completions to ledger ``i`` of the group: all or none.
+
+        Raises:
+            BudgetExceededError: some ledger cannot take its total; nothing is charged.
+            ValueError: ``amounts`` does not hold one whole number ``>= 0`` per ledger; nothing is charged.
+        """
+        import numpy as np
+
+        arr = np.asarray(amounts)
+        if arr.shape != (self.size,) or (arr.size and arr.dtype.kind not in "iu"):
+            raise ValueError(f"amounts must be one whole number per ledger ({self.size}); got shape {arr.shape}")
+        if arr.size == 0:
+            return
+        if int(arr.min()) < 0:
+            raise ValueError("amounts must be >= 0 completions")
+        totals = arr.astype(np.int64)
+        if self._merge:
+            totals = np.bincount(self._slot, weights=totals, minlength=len(self.ledgers)).astype(np.int64)
+        if not self._plain:
+            for led, n in zip(self.ledgers, totals.tolist(), strict=True):
+                room = led.remaining
+                if room is not None and n > room:
+                    raise BudgetExceededError(f"a ledger refuses {n} more completions (remaining: {room})")
+            for led, n in zip(self.ledgers, totals.tolist(), strict=True):
+                led.charge(n)
+            return
+        todo, count = self.ledgers, len(self.ledgers)
+        with _MANY_LOCK:
+            _consume(map(_LOCK_TYPE.acquire, self._locks))
+            try:
+                spent = np.fromiter(map(_SPENT_OF, todo), dtype=np.int64, count=count)
+                new = spent + totals
+                over = np.flatnonzero(new > self._budget)
+                if over.size:
+                    i = int(over[0])
+                    raise BudgetExceededError(
+                        f"a ledger refuses {int(totals[i])} more completions "
+                        f"(remaining: {int(self._budget[i]) - int(spent[i])})"
+                    )
+                lifetime = np.fromiter(map(_LIFETIME_OF, todo), dtype=np.int64, count=count) + totals
+                _consume(map(setattr, todo, repeat("_spent"), new.tolist()))
+                _consume(map(setattr, todo, repeat("_lifetime"), lifetime.tolist()))
+            finally:
+                _consume(map(_LOCK_TYPE.release, self._locks))
+
+
+def _consume(iterator: Any) -> None:
+    deque(iterator, maxlen=0)
+
+
+_LOCK_TYPE = type(threading.Lock())
+_LOCK_OF, _SPENT_OF = attrgetter("_lock"), attrgetter("_spent")
+_BUDGET_OF, _LIFETIME_OF = attrgetter("_budget"), attrgetter("_lifetime")
 
 
 def _remove_file(path: str, fd: int) -> None:

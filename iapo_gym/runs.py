@@ -35,6 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from iapo_gym.contexts import ContextSet
+from iapo_gym.ledger import LedgerGroup
 from iapo_gym.sampling import Pulls, draw_pulls
 from iapo_gym.tables.format import OutcomeTable
 
@@ -175,7 +176,25 @@ class RunStreams:
     def random_rows(self, runs: ArrayLike, k: int) -> NDArray[np.float64]:
         """``(len(runs), k)``: the next ``k`` uniforms of each run in ``runs``."""
         runs_a = np.asarray(runs, dtype=np.int64).reshape(-1)
-        return self.random(np.full(runs_a.size, int(k)), runs_a).reshape(runs_a.size, int(k))
+        k = int(k)
+        pos = self._pos[runs_a]
+        cheap = pos + k <= _BUFFER
+        if k < 16 or not cheap.any():
+            return self.random(np.full(runs_a.size, k), runs_a).reshape(runs_a.size, k)
+        # Equal counts: the rows served from the buffers are one broadcast gather (the values are
+        # still each run's next ``k``, in order; the others take the general path).
+        out = np.empty((runs_a.size, k))
+        rows = np.flatnonzero(cheap) if not cheap.all() else None
+        r, p = (runs_a, pos) if rows is None else (runs_a[rows], pos[rows])
+        src = (r * _BUFFER + p)[:, None] + np.arange(k)[None, :]
+        if rows is None:
+            np.take(self._buf.reshape(-1), src, out=out)
+        else:
+            out[rows] = self._buf.reshape(-1)[src]
+            rest = np.flatnonzero(~cheap)
+            out[rest] = self.random(np.full(rest.size, k), runs_a[rest]).reshape(rest.size, k)
+        self._pos[r] += k
+        return out
 
     def rows(self, runs: ArrayLike) -> RowGenerator:
         """A ``numpy.random.Generator``-like view whose row ``i`` draws from run ``runs[i]`` (see :class:`RowGenerator`)."""
@@ -266,8 +285,8 @@ class RunBatch:
         self.budgets = np.array([min(int(budget), self._ledger_room(e)) for e in self.envs], dtype=np.int64)
         self.spent = np.zeros(self.n_runs, dtype=np.int64)
         self._ledgers = [getattr(e, "ledger", None) for e in self.envs]
-        self._ledger_by_id = {id(led): led for led in self._ledgers if led is not None}
-        self._shared_ledgers = len(self._ledger_by_id) < sum(led is not None for led in self._ledgers)
+        self._ledger_runs = np.array([s for s, led in enumerate(self._ledgers) if led is not None], dtype=np.int64)
+        self._ledger_group = LedgerGroup([self._ledgers[s] for s in self._ledger_runs.tolist()])
         self.memory_budget = resolve_memory_budget(memory_budget)
         self._live = self.n_runs == 1 and getattr(first, "backend", None) is not None
         self._prepare_table()
@@ -319,28 +338,14 @@ class RunBatch:
                 f"run {bad} (seed {self.seeds[bad]}) would spend {int(self.spent[bad] + charge[bad])} completions "
                 f"> its budget {int(self.budgets[bad])}; the agent must check batch.remaining before pulling"
             )
-        charged = np.flatnonzero(charge)
         if self._live:
             self.spent += charge  # the live env's own pull() charges its ledger
             return
-        # the env's own rule: every ledger must accept its runs' total before any is charged
-        # (envs may share one ledger, e.g. the sub-envs of a vector env: their charges add up)
-        idx = charged.tolist()
-        if self._shared_ledgers:
-            totals: dict[int, int] = {}
-            for s in idx:
-                if self._ledgers[s] is not None:
-                    key = id(self._ledgers[s])
-                    totals[key] = totals.get(key, 0) + int(charge[s])
-            todo = [(self._ledger_by_id[k], t) for k, t in totals.items()]
-        else:
-            todo = [(self._ledgers[s], int(charge[s])) for s in idx if self._ledgers[s] is not None]
-        for ledger, total in todo:
-            room = ledger.remaining
-            if room is not None and total > room:
-                raise RuntimeError(f"an env's ledger refuses {total} more completions (remaining: {room})")
-        for ledger, total in todo:
-            ledger.charge(total)
+        # the env's own rule: every ledger must accept its runs' total before any is charged (one
+        # call for the whole batch; envs may share one ledger, e.g. the sub-envs of a vector env:
+        # their charges add up)
+        if self._ledger_runs.size:
+            self._ledger_group.charge(charge[self._ledger_runs])
         self.spent += charge
 
     # ------------------------------------------------------------------ pulling

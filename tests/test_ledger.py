@@ -195,3 +195,70 @@ def test_a_process_ledger_is_one_budget_for_several_processes() -> None:
 
     gc.collect()
     assert not os.path.exists(path)  # the maker's ledger removes its file
+
+
+def test_charge_many_charges_all_or_none_and_sums_a_shared_ledger() -> None:
+    import numpy as np
+
+    from iapo_gym.ledger import charge_many
+
+    a, b, shared = BudgetLedger(10), BudgetLedger(None), BudgetLedger(9)
+    charge_many([a, b, shared, shared], np.array([4, 100, 5, 4]))
+    assert (a.spent, b.spent, shared.spent, shared.remaining) == (4, 100, 9, 0)
+    with pytest.raises(BudgetExceededError, match="refuses 7 more completions \\(remaining: 6\\)"):
+        charge_many([b, a], np.array([1, 7]))  # b fits, a does not: neither is charged
+    assert (a.spent, b.spent) == (4, 100)
+    with pytest.raises(BudgetExceededError):
+        charge_many([shared, a], [1, 0])
+    for bad in ([1.5, 1], [-1, 1], [1]):
+        with pytest.raises(ValueError, match="amounts"):
+            charge_many([a, b], np.array(bad))
+    assert (a.spent, b.spent, a.lifetime_spent) == (4, 100, 4)
+    charge_many([], np.array([], dtype=np.int64))
+
+
+def test_charge_many_with_a_process_ledger_checks_every_ledger_first() -> None:
+    import numpy as np
+
+    from iapo_gym.ledger import charge_many
+
+    proc, plain = BudgetLedger.across_processes(5), BudgetLedger(5)
+    with pytest.raises(BudgetExceededError):
+        charge_many([proc, plain], np.array([2, 6]))
+    assert (proc.spent, plain.spent) == (0, 0)
+    charge_many([proc, plain], np.array([2, 5]))
+    assert (proc.spent, plain.spent) == (2, 5)
+
+
+def test_charge_many_never_lets_threads_overspend() -> None:
+    import threading
+
+    import numpy as np
+
+    import iapo_gym.ledger as ledger_module
+    from iapo_gym.ledger import charge_many
+
+    ledgers = [BudgetLedger(300) for _ in range(4)]
+    done = {"many": 0, "single": 0}
+    count_lock = threading.Lock()
+
+    def work(_: int) -> None:
+        for _ in range(40):
+            try:
+                charge_many(ledgers, np.array([1, 2, 3, 1]))
+                with count_lock:
+                    done["many"] += 1
+            except BudgetExceededError:
+                pass
+            try:
+                ledgers[2].charge(2)
+                with count_lock:
+                    done["single"] += 1
+            except BudgetExceededError:
+                pass
+
+    run_threads(work, 4, yield_on_every_line(ledger_module))
+    n, single = done["many"], done["single"]
+    # all or none: every ledger saw the same number of batch charges; the third is the binding one
+    assert [led.spent for led in ledgers] == [n, 2 * n, 3 * n + 2 * single, n]
+    assert ledgers[2].spent <= 300 and ledgers[2].spent >= 297 and n < 160
