@@ -51,7 +51,9 @@ class BlockPlan:
     """All nested blocks of a pull of width ``L``: block ``i`` is ``[start[i], end[i])`` of size ``size[i]``.
 
     Blocks are ordered by size (``k = 1..L``) and, within a size, by position, so that
-    ``np.add.reduceat(x, size_start, axis=-1)`` sums them per size.
+    ``np.add.reduceat(x, size_start, axis=-1)`` sums them per size. Tables indexed by a pull's
+    completion count ``n = 0..L``: ``count[n]`` (``n // k`` per size), ``used[n]`` (``(n // k) * k``,
+    the completions its blocks of size ``k`` cover) and ``real[n]`` (the blocks inside ``[0, n)``).
     """
 
     width: int
@@ -61,6 +63,9 @@ class BlockPlan:
     size_start: NDArray[np.int64]
     level: NDArray[np.int64]  # floor(log2(size)): sparse-table level of the block
     n_levels: int
+    count: NDArray[np.int64]  # (L + 1, L)
+    used: NDArray[np.int64]  # (L + 1, L)
+    real: NDArray[np.bool_]  # (L + 1, n_blocks)
 
 
 @lru_cache(maxsize=256)
@@ -75,52 +80,109 @@ def block_plan(width: int) -> BlockPlan:
     j = np.arange(size.size) - np.repeat(first, per)
     start = j * size
     level = np.floor(np.log2(size)).astype(np.int64)
-    arrays = [size, start, start + size, first, level]
+    n = np.arange(width + 1)
+    count = n[:, None] // ks[None, :]
+    used = count * ks[None, :]
+    real = start[None, :] + size[None, :] <= n[:, None]
+    arrays = [size, start, start + size, first, level, count, used, real]
     for a in arrays:
         a.setflags(write=False)
-    return BlockPlan(width, size, start, start + size, first, level, int(level.max()) + 1)
+    return BlockPlan(width, size, start, start + size, first, level, int(level.max()) + 1, count, used, real)
 
 
 # ------------------------------------------------------------------------------- block gains
-def _mv_block_credit(pulls: Pulls, plan: BlockPlan) -> NDArray[np.float32]:
-    """Expected MV credit of every block of every pull, ``(B, n_blocks)`` (unreal blocks included)."""
+def _mv_size_sums(pulls: Pulls, plan: BlockPlan, n: NDArray[np.int64]) -> NDArray[np.float64]:
+    """MV credit summed over each pull's real blocks per size: ``(B, L)`` (size ``k`` in column ``k - 1``).
+
+    Only blocks inside the first ``n[b]`` completions count (the ``n // k`` real blocks of each
+    size); completions past ``n[b]`` may hold anything.
+
+    * Sizes 1 and 2 need only the gold votes: a block's credit is ``gold / k`` (size 2 with one
+      gold vote is a 1-1 tie, credit 1/2), so their sums come from the cumulative gold count.
+    * Larger blocks compare gold with every other answer (paper Eq. 2): :func:`_mv_tail_credit`.
+
+    Every credit is a float32 ``1 / t``, a multiple of ``2 ** -(26 + log2 A)``, so every partial
+    sum is exact in float64: the sums do not depend on the order of addition.
+    """
     a = int(pulls.n_categories)
     width = plan.width
-    rel = pulls.outcome[:, :width] - pulls.gold[:, None]
-    rel %= a  # gold -> category 0; masked entries (-1) become some category but are never read
+    if a == 1:  # one answer: every block is won
+        return plan.count[n].astype(np.float64)
+    out = np.empty((len(pulls), width))
+    diff = pulls.outcome[:, :width] - pulls.gold[:, None]  # 0 <=> gold; entries past n: never read
+    gold_cum = np.zeros((len(pulls), width + 1), dtype=np.int8 if width < 127 else np.int32)
+    np.cumsum(diff == 0, axis=1, out=gold_cum[:, 1:])
+    out[:, 0] = np.take_along_axis(gold_cum, n[:, None], axis=1)[:, 0]
+    if width >= 2:
+        out[:, 1] = np.take_along_axis(gold_cum, plan.used[n, 1:2], axis=1)[:, 0]
+        out[:, 1] *= 0.5
+    if width < 3:
+        return out
+    tail = int(plan.size_start[2])
+    credit = _mv_tail_credit(diff, gold_cum, plan, a, tail)  # (B, n_blocks - tail)
+    if int(n.min()) < width:  # rows of several sizes: no credit for blocks past a row's n
+        credit *= plan.real[n, tail:]
+    out[:, 2:] = np.add.reduceat(credit, plan.size_start[2:] - tail, axis=1)
+    return out
+
+
+def _mv_tail_credit(
+    diff: NDArray[np.int64], gold_cum: NDArray, plan: BlockPlan, a: int, tail: int
+) -> NDArray[np.float64]:
+    """Credit (float32 values, held in float64) of blocks ``tail:`` (sizes >= 3) of every pull.
+
+    Packed votes (SIMD within a register): with ``r = (answer - gold) mod A``, a completion adds
+    ``1 << (bits * (r - 1))`` for another answer and ``-ones`` (minus one in every field) for the
+    gold one. A block's word, the difference of two cumulative words, is then
+    ``sum_c (v_c - g) << (bits * c)``; adding a guard bit ``2 ** (bits - 1)`` to each field makes
+    every field ``2 ** (bits - 1) + v_c - g``, in ``[0, 2 ** bits)`` since counts are at most the
+    width, so no borrow crosses a field and the guard of field ``c`` is set iff ``v_c >= g``;
+    subtracting ``ones`` once more tests ``v_c > g``. Gold wins iff no answer beats it and shares
+    the win with the answers equal to it: credit ``1 / (1 + ties)`` (paper Eq. 2). Too many
+    answers for one word: one pass per answer instead.
+    """
+    width = plan.width
+    ends, starts = plan.end[tail:], plan.start[tail:]
+    bits = width.bit_length() + 1  # a block's count of one answer (<= width) plus a guard bit
+    if (a - 1) * bits > 62:
+        gold = np.take(gold_cum, ends, axis=1)
+        gold -= np.take(gold_cum, starts, axis=1)
+        return _mv_tail_credit_by_answer(diff, gold, plan, a, tail)
+    dtype = np.int32 if (a - 1) * bits <= 30 else np.int64
+    ones = sum(1 << (bits * c) for c in range(a - 1))
+    guards = dtype(ones << (bits - 1))
+    word = np.array([-ones] + [1 << (bits * (r - 1)) for r in range(1, a)], dtype=dtype)
+    cum = np.zeros((diff.shape[0], width + 1), dtype=dtype)
+    np.cumsum(np.take(word, diff, mode="wrap"), axis=1, out=cum[:, 1:])  # r = diff mod A
+    d = np.take(cum, ends, axis=1)
+    d -= np.take(cum, starts, axis=1)
+    d += guards  # guard of field c set iff v_c >= g
+    ties = np.bitwise_count(d & guards)
+    d -= dtype(ones)  # guard of field c set iff v_c > g
+    d &= guards
+    lut = (1.0 / np.arange(1, a + 1)).astype(np.float32).astype(np.float64)  # 1 / (1 + ties)
+    credit = np.take(lut, ties)
+    credit *= d == 0  # beaten: no credit
+    return credit
+
+
+def _mv_tail_credit_by_answer(
+    diff: NDArray[np.int64], gold: NDArray, plan: BlockPlan, a: int, tail: int
+) -> NDArray[np.float64]:
+    """:func:`_mv_tail_credit` for many answers: one cumulative count per answer."""
+    width = plan.width
     dtype = np.int8 if width < 127 else np.int16 if width < 32_000 else np.int32
-    cum = np.zeros((rel.shape[0], width + 1), dtype=dtype)
-
-    # Blocks of size 1 and 2 (the first ``tail`` blocks) need only the gold votes: their credit is
-    # ``gold / k`` (size 2 with one gold vote is a 1-1 tie, credit 1/2). Larger blocks need every
-    # category's votes; only their columns are gathered.
-    tail = int(plan.size_start[2]) if width >= 3 else int(plan.size.size)
-    end_tail, start_tail = plan.end[tail:], plan.start[tail:]
-
-    def votes(category: int, ends: NDArray, starts: NDArray) -> NDArray:
-        # Category-major loop (A is small): elementwise ops on (B, n_blocks) arrays are far faster
-        # than reductions over a trailing axis of length A.
-        np.cumsum(rel == category, axis=1, dtype=dtype, out=cum[:, 1:])
-        return np.take(cum, ends, axis=1) - np.take(cum, starts, axis=1)
-
-    out = np.empty((rel.shape[0], plan.size.size), dtype=np.float32)
-    if a == 1:
-        out.fill(1.0)
-        return out
-    gold = votes(0, plan.end, plan.start)
-    np.divide(gold[:, :tail], plan.size[:tail].astype(np.float32), out=out[:, :tail])
-    if tail == out.shape[1]:
-        return out
-    gold = np.ascontiguousarray(gold[:, tail:])
+    cum = np.zeros((diff.shape[0], width + 1), dtype=dtype)
+    rel = diff % a
     top_other = np.zeros_like(gold)
     ties = np.zeros(gold.shape, dtype=np.int8 if a < 127 else np.int32)
     for category in range(1, a):
-        v = votes(category, end_tail, start_tail)
+        np.cumsum(rel == category, axis=1, dtype=dtype, out=cum[:, 1:])
+        v = np.take(cum, plan.end[tail:], axis=1) - np.take(cum, plan.start[tail:], axis=1)
         np.maximum(top_other, v, out=top_other)
         ties += v == gold
     recip = (1.0 / np.arange(1, a + 1)).astype(np.float32)
-    out[:, tail:] = np.where(gold >= top_other, recip[ties], np.float32(0.0))
-    return out
+    return np.where(gold >= top_other, recip[ties], np.float32(0.0)).astype(np.float64)
 
 
 def _bon_block_max(pulls: Pulls, obj_weights: NDArray[np.float64], plan: BlockPlan) -> NDArray[np.float32]:
@@ -160,23 +222,23 @@ def nested_gains(
     n = np.minimum(pulls.n.astype(np.int64), n_max)
     width = int(min(pulls.width, n_max, max(int(n.max(initial=0)), 1)))
     plan = block_plan(width)
-    ks = np.arange(1, width + 1)
-    count = n[:, None] // ks[None, :]
+    count = plan.count[n]
+    # The blocks of size k cost the first (n // k) * k completions: a gather from the running cost.
+    # A pull with one cost per completion (table draws) needs no per-completion costs: its running
+    # cost is the running sum of that constant (summed in sequence, not ``m * c``: the same bits
+    # as summing the completions' costs, so every decision stays the same).
     csum = np.zeros((len(pulls), width + 1))
-    np.cumsum(np.where(pulls.mask[:, :width], pulls.cost[:, :width], 0.0), axis=1, out=csum[:, 1:])
-    cost = np.take_along_axis(csum, count * ks[None, :], axis=1)
-    full = bool(n.min(initial=0) >= width)  # every block real (rows of one size): skip masking
-    real = None if full else plan.end[None, :] <= n[:, None]  # (B, nb)
+    if pulls.unit_cost is not None:
+        np.cumsum(np.broadcast_to(pulls.unit_cost[:, None], (len(pulls), width)), axis=1, out=csum[:, 1:])
+    else:
+        np.cumsum(np.where(pulls.mask[:, :width], pulls.cost[:, :width], 0.0), axis=1, out=csum[:, 1:])
+    cost = np.take(csum.reshape(-1), plan.used[n] + (np.arange(len(pulls)) * (width + 1))[:, None])
     if pulls.strategy == "mv":
-        credit = _mv_block_credit(pulls, plan)
-        if real is not None:
-            credit = np.where(real, credit, np.float32(0.0))
-        per_size = np.add.reduceat(credit, plan.size_start, axis=1, dtype=np.float64)  # (B, L)
-        gain = obj_weights[:, :1, None] * per_size[None]
+        gain = obj_weights[:, :1, None] * _mv_size_sums(pulls, plan, n)[None]
     elif pulls.strategy == "bon":
         best = _bon_block_max(pulls, obj_weights, plan)
-        if real is not None:
-            best = np.where(real[None], best, np.float32(0.0))
+        if int(n.min(initial=0)) < width:  # rows of several sizes: zero the blocks past each row's n
+            best = np.where(plan.real[n][None], best, np.float32(0.0))
         gain = np.add.reduceat(best, plan.size_start, axis=2, dtype=np.float64)
     else:
         raise ValueError(f"unknown strategy {pulls.strategy!r}; expected 'mv' or 'bon'")
@@ -248,10 +310,17 @@ class NestedStats:
         width = gain.shape[-1]
         # Pulls -> dense ids of the (run, prompt) cells they touch (no sort: a mark array over all
         # S * P cells), then one bincount per tally over (cell id, k) and one scatter-add.
-        cell = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
+        run = np.asarray(run, dtype=np.int64)
+        cell = run * self.n_prompts + pulls.prompt
         mark = np.zeros(self.n_runs * self.n_prompts, dtype=np.int64)
         mark[cell] = 1
         present = np.flatnonzero(mark)
+        if present.size == cell.size:  # one pull per cell: the tallies are the pulls' own sums
+            for u in range(gain.shape[0]):
+                self.gain[run, u, pulls.prompt, :width] += gain[u]
+            self.cost[run, pulls.prompt, :width] += cost
+            self.count[run, pulls.prompt, :width] += count
+            return
         mark[present] = np.arange(present.size)
         flat = (mark[cell][:, None] * width + np.arange(width)[None, :]).reshape(-1)
         size = present.size * width
@@ -273,10 +342,8 @@ class NestedStats:
         else:
             gain, cost, count = self.gain[runs], self.cost[runs], self.count[runs]
         w = self.split.cost_weight[None, :, None, None]
-        if gain.shape[1] == 1:
-            total = gain - w * cost[:, None]
-        else:
-            total = gain[:, self.split.group] - w * cost[:, None]
+        total = np.multiply(w, cost[:, None])  # (S, C, P, N): one buffer, every step in place
+        np.subtract(gain if gain.shape[1] == 1 else gain[:, self.split.group], total, out=total)
         with np.errstate(invalid="ignore", divide="ignore"):
             total /= count[:, None]
         return total

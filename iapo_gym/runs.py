@@ -165,7 +165,7 @@ class RunStreams:
             need = c1 - left
             gen = self.generators[s]
             if need <= _BUFFER // 2:  # small: refill the buffer and serve from it
-                self._buf[s] = gen.random(_BUFFER)
+                gen.random(out=self._buf[s])
                 out[st + left : st + c1] = self._buf[s, :need]
                 self._pos[s] = need
             else:  # large: straight from the generator into the output (the buffer stays empty)

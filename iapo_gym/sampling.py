@@ -7,7 +7,6 @@ marks the real completions (the first ``n[b]`` of row ``b``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,9 +16,8 @@ if TYPE_CHECKING:
     from iapo_gym.tables.format import OutcomeTable
 
 
-@dataclass(frozen=True, eq=False)
 class Pulls:
-    """Raw outcomes of ``B`` pulls, padded to width ``L``.
+    """Raw outcomes of ``B`` pulls, padded to width ``L`` (read-only after construction).
 
     Attributes:
         strategy: ``"mv"`` or ``"bon"``.
@@ -31,21 +29,60 @@ class Pulls:
         gold: ``(B,)`` int64 gold category (MV); -1 for BoN.
         mask: ``(B, L)`` bool, True for real completions.
         n_categories: answer categories ``A`` (MV), outcomes ``M`` (BoN).
+        unit_cost: ``(B,)`` cost of every completion of each pull when it is one constant per pull
+            (table draws: the table's per-(prompt, query) cost), else None (live pulls: costs vary).
+
+    ``values`` and ``cost`` may be passed as None when they follow from the rest (MV values from
+    ``outcome == gold``; costs from ``unit_cost``): they are then built on first access only, so
+    a consumer that never reads them (the nested-block statistics) never pays for them.
     """
 
-    strategy: str
-    prompt: NDArray[np.int64]
-    n: NDArray[np.int64]
-    query: NDArray[np.int64]
-    outcome: NDArray[np.int64]
-    values: NDArray[np.float64]
-    cost: NDArray[np.float64]
-    gold: NDArray[np.int64]
-    mask: NDArray[np.bool_]
-    n_categories: int
+    __slots__ = (
+        "strategy", "prompt", "n", "query", "outcome", "_values", "_cost", "gold", "mask", "n_categories", "unit_cost",
+    )
+
+    def __init__(
+        self,
+        strategy: str,
+        prompt: NDArray[np.int64],
+        n: NDArray[np.int64],
+        query: NDArray[np.int64],
+        outcome: NDArray[np.int64],
+        values: NDArray[np.float64] | None,
+        cost: NDArray[np.float64] | None,
+        gold: NDArray[np.int64],
+        mask: NDArray[np.bool_],
+        n_categories: int,
+        unit_cost: NDArray[np.float64] | None = None,
+    ) -> None:
+        if values is None and strategy != "mv":
+            raise ValueError("best-of-N pulls need their values (only MV values follow from outcome and gold)")
+        if cost is None and unit_cost is None:
+            raise ValueError("pulls need cost, or unit_cost to derive it from")
+        self.strategy, self.prompt, self.n, self.query, self.outcome = strategy, prompt, n, query, outcome
+        self._values, self._cost = values, cost
+        self.gold, self.mask, self.n_categories, self.unit_cost = gold, mask, n_categories, unit_cost
+
+    @property
+    def values(self) -> NDArray[np.float64]:
+        """``(B, L, K)`` objective values per completion (built on first access for MV)."""
+        if self._values is None:
+            self._values = ((self.outcome == self.gold[:, None]) & self.mask)[:, :, None].astype(np.float64)
+        return self._values
+
+    @property
+    def cost(self) -> NDArray[np.float64]:
+        """``(B, L)`` cost per completion, 0 where masked (built on first access from ``unit_cost``)."""
+        if self._cost is None:
+            assert self.unit_cost is not None
+            self._cost = np.where(self.mask, self.unit_cost[:, None], 0.0)
+        return self._cost
 
     def __len__(self) -> int:
         return int(self.prompt.shape[0])
+
+    def __repr__(self) -> str:
+        return f"Pulls({self.strategy!r}, B={len(self)}, L={self.width})"
 
     @property
     def width(self) -> int:
@@ -130,23 +167,26 @@ def draw_pulls(
     if cdf.shape[1] <= 16:
         # Few outcomes: count the thresholds each uniform passes, one (B, L) pass per outcome
         # (same result as the (B, L, A) comparison below, without the 3-D temporary).
-        outcome = np.zeros(u.shape, dtype=np.int64)
+        passed = np.zeros(u.shape, dtype=np.int8)
+        above = np.empty(u.shape, dtype=bool)
         for j in range(cdf.shape[1] - 1):  # u < 1 = cdf[:, -1] always
-            outcome += u >= cdf[:, j : j + 1]
+            passed += np.greater_equal(u, cdf[:, j : j + 1], out=above)
+        outcome = passed.astype(np.int64)
     else:
         outcome = (u[:, :, None] >= cdf[:, None, :]).sum(-1).astype(np.int64)  # (B, L)
     mask = np.arange(L)[None, :] < n[:, None]
-    outcome = np.where(mask, outcome, -1)
-    safe = np.where(mask, outcome, 0)
-
+    full = bool(n.size == 0 or int(n.min()) == L)
+    if not full:
+        np.copyto(outcome, -1, where=~mask)
+    unit_cost = table.cost[prompt, query]
+    values: NDArray[np.float64] | None = None  # MV: built on first access (from outcome == gold)
     if table.strategy == "mv":
         gold = table.mv_arrays()[1][query].astype(np.int64)
-        values = ((safe == gold[:, None]) & mask)[:, :, None].astype(np.float64)
     else:
         gold = np.full(prompt.size, -1, dtype=np.int64)
-        values = table.bon_arrays()[0][prompt[:, None], query[:, None], safe]  # (B, L, K)
-        values = np.where(mask[:, :, None], values, 0.0)
-    cost = np.where(mask, table.cost[prompt, query][:, None], 0.0)
+        values = table.bon_arrays()[0][prompt[:, None], query[:, None], np.maximum(outcome, 0)]  # (B, L, K)
+        if not full:
+            values[~mask] = 0.0
     return Pulls(
         strategy=table.strategy,
         prompt=prompt,
@@ -154,8 +194,9 @@ def draw_pulls(
         query=query,
         outcome=outcome,
         values=values,
-        cost=cost,
+        cost=None,  # built on first access from unit_cost
         gold=gold,
         mask=mask,
         n_categories=table.n_outcomes,
+        unit_cost=unit_cost,
     )
