@@ -292,9 +292,25 @@ class NestedStats:
     ``count`` ``(S, P, n_max)`` (context-free). ``add(pulls, run)`` records a batch of pulls
     (``run (B,)`` says which run each pull belongs to); ``means()`` returns ``(S, C, P, n_max)``
     per-context empirical means (NaN where unseen).
+
+    Two weightings (the zoo's one tally mechanism for both):
+
+    * ``"block"`` (PSST): every nested block is one sample: a pull of ``(p, N)`` adds, for each
+      ``k <= N``, the sums over its ``floor(N / k)`` blocks and a count of ``floor(N / k)``.
+    * ``"query"`` (paired agents): every pull is one sample: it adds the MEAN of its blocks of each
+      size and a count of 1, so an arm's mean weights each query it was pulled on equally.
+
+    Within one ``add``, the pulls of a (run, prompt) cell are summed in row order (``"block"``) or
+    by ``np.add.reduceat`` over the rows sorted by cell (``"query"``); both orders are part of the
+    agents' pinned decisions (``tests/test_policy_fingerprints.py``).
     """
 
-    def __init__(self, n_runs: int, n_prompts: int, n_max: int, contexts: ContextSet) -> None:
+    def __init__(
+        self, n_runs: int, n_prompts: int, n_max: int, contexts: ContextSet, weighting: str = "block"
+    ) -> None:
+        if weighting not in ("block", "query"):
+            raise ValueError(f"weighting must be 'block' or 'query'; got {weighting!r}")
+        self.weighting = weighting
         self.split = ContextSplit(contexts)
         self.n_runs, self.n_prompts, self.n_max = int(n_runs), int(n_prompts), int(n_max)
         u = self.split.obj_weights.shape[0]
@@ -307,6 +323,9 @@ class NestedStats:
         if len(pulls) == 0:
             return
         gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
+        if self.weighting == "query":
+            self._add_per_query(gain, count, cost, pulls, run)
+            return
         width = gain.shape[-1]
         # Pulls -> dense ids of the (run, prompt) cells they touch (no sort: a mark array over all
         # S * P cells), then one bincount per tally over (cell id, k) and one scatter-add.
@@ -334,6 +353,25 @@ class NestedStats:
             self.gain[cell_run, u, cell_prompt, :width] += tally(gain[u])
         self.cost[cell_run, cell_prompt, :width] += tally(cost)
         self.count[cell_run, cell_prompt, :width] += tally(count).astype(np.int64)
+
+    def _add_per_query(
+        self, gain: NDArray[np.float64], count: NDArray[np.int64], cost: NDArray[np.float64], pulls: Pulls, run: NDArray
+    ) -> None:
+        """``"query"`` weighting: each pull adds its per-size block means and a count of 1."""
+        width = gain.shape[-1]
+        inv = np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0)  # (B, L)
+        gain = gain * inv[None]
+        cost = cost * inv
+        count = (count > 0).astype(np.int64)
+        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
+        g = np.add.reduceat(gain[:, order], starts, axis=1)  # (U, G, L)
+        self.gain[cell_run, :, cell_prompt, :width] += g.transpose(1, 0, 2)
+        self.cost[cell_run, cell_prompt, :width] += np.add.reduceat(cost[order], starts, axis=0)
+        self.count[cell_run, cell_prompt, :width] += np.add.reduceat(count[order], starts, axis=0)
 
     def means(self, runs: NDArray[np.int64] | None = None) -> NDArray[np.float64]:
         """Per-context means ``(S', C, P, n_max)`` for ``runs`` (default all); NaN where unseen."""

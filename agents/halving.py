@@ -23,12 +23,73 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
 from iapo_gym.agents._engine import random_fit, row_utility
+from iapo_gym.agents._rounds import Rows, equal_rounds, run_rounds
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds
 from iapo_gym.runs import RunBatch
+from iapo_gym.sampling import Pulls
+
+
+@dataclass
+class PerContext:
+    """Naive Sequential Halving's allocation for :func:`iapo_gym.agents._rounds.run_rounds`: one budget per (run, context).
+
+    Every active arm of a context gets ``lambda = floor(avail / sum_{a active} N_a)`` pulls for that
+    context alone (the last round adds a random subset that fits); a pull is one sample of its own
+    arm under its own context.
+    """
+
+    runs: RunBatch
+    active: NDArray[np.bool_]  # (S, C, A)
+
+    def __post_init__(self) -> None:
+        s_n, c_n, a_n = self.active.shape
+        self.arm_cost = np.arange(a_n) % self.runs.n_max + 1
+        self.sums = np.zeros(s_n * c_n * a_n)
+        self.counts = np.zeros(s_n * c_n * a_n, dtype=np.int64)
+
+    def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
+        """``(lambda (S, C), rows)``: ``lambda`` pulls of every active arm per (run, context)."""
+        s_n, c_n, _ = self.active.shape
+        m = (self.active * self.arm_cost).sum(axis=-1)
+        lam = np.where(m > 0, avail // np.maximum(m, 1), 0)
+        cell_s, cell_c, cell_a = np.nonzero(self.active)
+        reps = lam[cell_s, cell_c]
+        rows = [np.repeat(x, reps) for x in (cell_s, cell_c, cell_a)]
+        if last:
+            group = cell_s * c_n + cell_c
+            keys = self.runs.streams.random(np.bincount(cell_s, minlength=s_n))  # cells are run-major
+            extra = random_fit(group, self.arm_cost[cell_a], (avail - lam * m).reshape(-1), keys)
+            rows = [np.concatenate([x, y[extra]]) for x, y in zip(rows, (cell_s, cell_c, cell_a), strict=True)]
+        run_rows, ctx_rows, arm_rows = rows
+        n_max = self.runs.n_max
+        return lam, Rows(run_rows, arm_rows // n_max, arm_rows % n_max + 1, None, ctx_rows)
+
+    def record(self, pulls: Pulls, rows: Rows, sel: NDArray[np.int64]) -> None:
+        """Each pull's utility under its own context, as one sample of its own arm."""
+        assert rows.group is not None
+        _, c_n, a_n = self.active.shape
+        s, c = rows.run[sel], rows.group[sel]
+        a = rows.prompt[sel] * self.runs.n_max + rows.n[sel] - 1
+        u = row_utility(pulls, self.runs.contexts.weights[c])
+        flat = (s * c_n + c) * a_n + a
+        self.sums += np.bincount(flat, weights=u, minlength=self.sums.size)
+        self.counts += np.bincount(flat, minlength=self.counts.size)
+
+    def means(self) -> NDArray[np.float64]:
+        """``(S, C, A)`` empirical means (NaN where unseen)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (self.sums / self.counts).reshape(self.active.shape)
+
+    def trim(self, groups: NDArray[np.bool_]) -> None:
+        """Halve the active arms of every (run, context) in ``groups (S, C)``."""
+        s_n, c_n, a_n = self.active.shape
+        # halve() trims whole runs; give it one "run" per (seed, context) pair (a view of active).
+        halve(self.active.reshape(s_n * c_n, 1, a_n), self.means().reshape(s_n * c_n, 1, a_n), groups.reshape(-1))
 
 
 @dataclass
@@ -39,58 +100,14 @@ class SequentialHalving(BatchAgent):
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
         """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
-        s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
-        c_n = len(runs.contexts)
-        a_n = p_n * n_max
-        weights = runs.contexts.weights
-        arm_cost = np.arange(a_n) % n_max + 1
+        s_n, c_n, a_n = runs.n_runs, len(runs.contexts), runs.n_prompts * runs.n_max
         budgets = runs.budgets[:, None] // c_n + (np.arange(c_n)[None, :] < (runs.budgets % c_n)[:, None])
         rounds = n_rounds(a_n)
-        per_round = budgets // rounds
-        sums = np.zeros(s_n * c_n * a_n)
-        counts = np.zeros(s_n * c_n * a_n, dtype=np.int64)
-        active = np.ones((s_n, c_n, a_n), dtype=bool)
-        carry = np.zeros((s_n, c_n), dtype=np.int64)
-        used = np.zeros((s_n, c_n), dtype=np.int64)
-        halvings = np.zeros(s_n, dtype=np.int64)
-        for r in range(rounds):
-            last = r == rounds - 1
-            avail = budgets - used if last else per_round + carry
-            m = (active * arm_cost).sum(axis=-1)
-            lam = np.where(m > 0, avail // np.maximum(m, 1), 0)
-            cell_s, cell_c, cell_a = np.nonzero(active)
-            reps = lam[cell_s, cell_c]
-            rows = [np.repeat(x, reps) for x in (cell_s, cell_c, cell_a)]
-            if last:
-                group = cell_s * c_n + cell_c
-                keys = runs.streams.random(np.bincount(cell_s, minlength=s_n))  # cells are run-major
-                extra = random_fit(group, arm_cost[cell_a], (avail - lam * m).reshape(-1), keys)
-                rows = [np.r_[x, y[extra]] for x, y in zip(rows, (cell_s, cell_c, cell_a), strict=True)]
-            run_rows, ctx_rows, arm_rows = rows
-            spent = np.zeros((s_n, c_n), dtype=np.int64)
-            for pulls, sel in runs.pull(run_rows, arm_rows // n_max, arm_rows % n_max + 1):
-                s, c, a = run_rows[sel], ctx_rows[sel], arm_rows[sel]
-                u = row_utility(pulls, weights[c])
-                flat = (s * c_n + c) * a_n + a
-                sums += np.bincount(flat, weights=u, minlength=sums.size)
-                counts += np.bincount(flat, minlength=counts.size)
-                np.add.at(spent, (s, c), pulls.n)
-            used += spent
-            carry = avail - spent
-            trim = lam >= 1  # (S, C)
-            if trim.any():
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = (sums / counts).reshape(s_n, c_n, a_n)
-                # halve() trims whole runs; give it one "run" per (seed, context) pair.
-                flat_active = active.reshape(s_n * c_n, 1, a_n)
-                halve(flat_active, mean.reshape(s_n * c_n, 1, a_n), trim.reshape(-1))
-                active = flat_active.reshape(s_n, c_n, a_n)
-                halvings += trim.all(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = (sums / counts).reshape(s_n, c_n, a_n)
-        arms = best_arms(active, mean)
+        alloc = PerContext(runs, np.ones((s_n, c_n, a_n), dtype=bool))
+        log = run_rounds(runs, alloc, budgets, equal_rounds(budgets, rounds))
+        arms = best_arms(alloc.active, alloc.means())
         infos = [
-            {"rounds": rounds, "halvings": int(halvings[s]), "spent_per_context": used[s].tolist(),
+            {"rounds": rounds, "halvings": int(log.halvings[s]), "spent_per_context": log.used[s].tolist(),
              "budget_used": int(runs.spent[s])}
             for s in range(s_n)
         ]

@@ -37,7 +37,7 @@ count per context.
 
 All seeds of a batch run at once: activity flags ``(S, C, P * N_max)``, statistics
 ``(S, P, ., N_max)`` (:class:`iapo_gym.agents._engine.NestedStats`), one sampler call per round and per
-distinct pull size.
+distinct pull size; the round loop is the zoo's one (:func:`iapo_gym.agents._rounds.run_rounds`).
 """
 
 from __future__ import annotations
@@ -49,10 +49,13 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
-from iapo_gym.agents._engine import NestedStats, random_fit
+from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
+from iapo_gym.agents._engine import NestedStats
+from iapo_gym.agents._rounds import MaximalArms, Tally, equal_rounds, maximal_sizes, run_rounds, trimming_info
 from iapo_gym.agents.base import Policy
 from iapo_gym.runs import RunBatch
+
+__all__ = ["PSST", "maximal_sizes", "n_rounds", "run_trimming"]
 
 
 def n_rounds(n_arms: int) -> int:
@@ -60,23 +63,17 @@ def n_rounds(n_arms: int) -> int:
     return max(1, math.ceil(math.log2(max(int(n_arms), 1))))
 
 
-def maximal_sizes(active: NDArray[np.bool_], n_max: int) -> NDArray[np.int64]:
-    """``(S, P)`` each prompt's largest active N over the union of contexts (0: prompt eliminated)."""
-    s, c, a = active.shape
-    union = active.any(axis=1).reshape(s, a // n_max, n_max)
-    has = union.any(axis=-1)
-    top = n_max - np.argmax(union[..., ::-1], axis=-1)
-    return np.where(has, top, 0).astype(np.int64)
-
-
 def run_trimming(
     runs: RunBatch,
-    stats: NestedStats,
+    stats: Tally,
     active: NDArray[np.bool_],
     budgets: NDArray[np.int64],
     rounds: int,
 ) -> list[dict[str, Any]]:
     """The PSST loop (rounds, Eq. 6 allocation, nested + cross-context reuse, per-context halving).
+
+    :func:`iapo_gym.agents._rounds.run_rounds` with the :class:`~iapo_gym.agents._rounds.MaximalArms`
+    allocation and equal rounds of ``floor(T / R)``.
 
     Args:
         runs: the batch (pulls are charged to it).
@@ -87,51 +84,10 @@ def run_trimming(
 
     Returns one diagnostics dict per run.
     """
-    n_runs = runs.n_runs
-    per_round = budgets // rounds
-    start_spent = runs.spent.copy()
-    carry = np.zeros(n_runs, dtype=np.int64)
-    spend_log = np.zeros((n_runs, rounds), dtype=np.int64)
-    halvings = np.zeros(n_runs, dtype=np.int64)
-    for r in range(rounds):
-        last = r == rounds - 1
-        avail = budgets - (runs.spent - start_spent) if last else per_round + carry
-        sizes = maximal_sizes(active, runs.n_max)  # (S, P)
-        m = sizes.sum(axis=1)
-        lam = np.where(m > 0, avail // np.maximum(m, 1), 0)
-        cell_run, cell_prompt = np.nonzero(sizes)
-        cell_n = sizes[cell_run, cell_prompt]
-        reps = lam[cell_run]
-        run_rows = np.repeat(cell_run, reps)
-        prompt_rows = np.repeat(cell_prompt, reps)
-        n_rows = np.repeat(cell_n, reps)
-        if last:
-            keys = runs.streams.random(np.bincount(cell_run, minlength=n_runs))  # cells are run-major
-            extra = random_fit(cell_run, cell_n, avail - lam * m, keys)
-            run_rows = np.r_[run_rows, cell_run[extra]]
-            prompt_rows = np.r_[prompt_rows, cell_prompt[extra]]
-            n_rows = np.r_[n_rows, cell_n[extra]]
-        before = runs.spent.copy()
-        for pulls, rows in runs.pull(run_rows, prompt_rows, n_rows):
-            stats.add(pulls, run_rows[rows])
-        spent = runs.spent - before
-        spend_log[:, r] = spent
-        carry = avail - spent
-        trim = lam >= 1
-        if trim.any():
-            mean = stats.means().reshape(active.shape)
-            halve(active, mean, trim)
-            halvings += trim
-    return [
-        {
-            "rounds": rounds,
-            "round_budget": int(per_round[s]),
-            "spent_per_round": spend_log[s].tolist(),
-            "halvings": int(halvings[s]),
-            "survivors": active[s].sum(axis=-1).tolist(),
-        }
-        for s in range(n_runs)
-    ]
+    group_budgets = np.asarray(budgets, dtype=np.int64)[:, None]  # one budget group per run
+    plan = equal_rounds(group_budgets, rounds)
+    log = run_rounds(runs, MaximalArms(runs, stats, active), group_budgets, plan)
+    return trimming_info(log, active, rounds, plan)
 
 
 @dataclass

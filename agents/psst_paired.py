@@ -55,13 +55,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym.agents._common import BatchAgent, best_arms, halve, ranking_key, table_policies
-from iapo_gym.agents._engine import NestedStats, nested_gains
+from iapo_gym.agents._engine import NestedStats
+from iapo_gym.agents._rounds import Rows, maximal_sizes, run_rounds
 from iapo_gym.agents.base import Policy
-from iapo_gym.agents.psst import maximal_sizes, n_rounds
+from iapo_gym.agents.psst import n_rounds
 from iapo_gym.runs import RunBatch, RunStreams
 from iapo_gym.sampling import Pulls
 
-__all__ = ["PSSTPaired", "PairedStats", "QuerySchedule", "TopKPaired", "round_budgets", "run_paired_trimming"]
+__all__ = [
+    "CommonQueries",
+    "PSSTPaired",
+    "PairedStats",
+    "QuerySchedule",
+    "TopKPaired",
+    "round_budgets",
+    "run_paired_trimming",
+]
 
 
 # ------------------------------------------------------------------------------- query control
@@ -96,31 +105,14 @@ class QuerySchedule:
 class PairedStats(NestedStats):
     """Nested tallies with one unit of weight per pull (= per query) instead of per block.
 
-    For each ``k <= N`` a pull of ``(p, N)`` adds the MEAN of its ``floor(N / k)`` nested blocks
-    (gain and cost) and a count of 1. ``means()`` (inherited) is then each arm's average over the
-    queries it was pulled on, each query weighted equally -- the paired estimator when all arms
-    share their queries.
+    :class:`~iapo_gym.agents._engine.NestedStats` with ``weighting="query"``: for each ``k <= N`` a
+    pull of ``(p, N)`` adds the MEAN of its ``floor(N / k)`` nested blocks (gain and cost) and a
+    count of 1. ``means()`` is then each arm's average over the queries it was pulled on, each
+    query weighted equally -- the paired estimator when all arms share their queries.
     """
 
-    def add(self, pulls: Pulls, run: NDArray[np.int64]) -> None:
-        """Accumulate the gains, counts and costs of ``pulls`` (run ``run[b]`` for pull ``b``)."""
-        if len(pulls) == 0:
-            return
-        gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
-        width = gain.shape[-1]
-        inv = np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0)  # (B, L)
-        gain = gain * inv[None]
-        cost = cost * inv
-        count = (count > 0).astype(np.int64)
-        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
-        g = np.add.reduceat(gain[:, order], starts, axis=1)  # (U, G, L)
-        self.gain[cell_run, :, cell_prompt, :width] += g.transpose(1, 0, 2)
-        self.cost[cell_run, cell_prompt, :width] += np.add.reduceat(cost[order], starts, axis=0)
-        self.count[cell_run, cell_prompt, :width] += np.add.reduceat(count[order], starts, axis=0)
+    def __init__(self, n_runs: int, n_prompts: int, n_max: int, contexts: Any) -> None:
+        super().__init__(n_runs, n_prompts, n_max, contexts, weighting="query")
 
 
 # ------------------------------------------------------------------------------------- the loop
@@ -159,6 +151,51 @@ def round_budgets(budgets: NDArray[np.int64], rounds: int, growth: float) -> NDA
     return np.floor(np.asarray(budgets, dtype=np.float64)[:, None] * share[None, :] + 1e-9).astype(np.int64)
 
 
+@dataclass
+class CommonQueries:
+    """PSST-Paired's allocation for :func:`iapo_gym.agents._rounds.run_rounds`: maximal arms on common queries.
+
+    A round affording ``q = floor(avail / M)`` common queries (0 below ``min_queries``; the last
+    round falls back to :func:`shrink_to_fit`) pulls every surviving prompt's maximal arm on each
+    of the next ``q`` queries of the run's walk; halving breaks ties by a seeded jitter.
+    """
+
+    runs: RunBatch
+    stats: PairedStats
+    active: NDArray[np.bool_]
+    schedule: QuerySchedule
+    min_queries: int = 1
+
+    def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
+        """``(q (S, 1), rows)``: every surviving prompt's maximal arm on each of ``q`` common queries."""
+        avail1, n_max = avail[:, 0], self.runs.n_max
+        sizes = maximal_sizes(self.active, n_max)  # (S, P)
+        m = sizes.sum(axis=1)
+        q = np.where(m > 0, avail1 // np.maximum(m, 1), 0)
+        q = np.where(q >= self.min_queries, q, 0)
+        if last:
+            sizes, q = shrink_to_fit(sizes, q, avail1, n_max)
+        q_run, q_col = self.schedule.take(q)  # (Q,) one common query per row
+        row_q, row_p = np.nonzero(sizes[q_run] > 0)  # every surviving prompt of the run on every query
+        run_rows = q_run[row_q]
+        return q[:, None], Rows(run_rows, row_p, sizes[run_rows, row_p], q_col[row_q])
+
+    def record(self, pulls: Pulls, rows: Rows, sel: NDArray[np.int64]) -> None:
+        """Query-weighted nested + cross-context tallies."""
+        self.stats.add(pulls, rows.run[sel])
+
+    def trim(self, groups: NDArray[np.bool_]) -> None:
+        """Per-context halving on the paired means, ties broken by a seeded jitter.
+
+        Paired means on few queries tie often, and a stable sort would favour low arm indices.
+        """
+        trim = groups[:, 0]
+        mean = self.stats.means().reshape(self.active.shape)
+        jitter = np.zeros(mean.shape)
+        jitter[trim] = self.runs.streams.random(mean[0].size, np.flatnonzero(trim)).reshape(-1, *mean.shape[1:])
+        halve(self.active, mean + 1e-9 * jitter, trim)
+
+
 def run_paired_trimming(
     runs: RunBatch,
     stats: PairedStats,
@@ -170,6 +207,8 @@ def run_paired_trimming(
     min_queries: int = 1,
 ) -> list[dict[str, Any]]:
     """PSST's loop with every round's pulls on one common query set per run (see the module docstring).
+
+    :func:`iapo_gym.agents._rounds.run_rounds` with the :class:`CommonQueries` allocation.
 
     Args:
         runs: the batch (pulls are charged to it).
@@ -185,57 +224,22 @@ def run_paired_trimming(
 
     Returns one diagnostics dict per run.
     """
-    n_runs = runs.n_runs
     plan = round_budgets(budgets, rounds, growth)
     schedule = schedule or QuerySchedule(runs.n_train, runs.streams)
-    start_spent = runs.spent.copy()
-    carry = np.zeros(n_runs, dtype=np.int64)
-    spend_log = np.zeros((n_runs, rounds), dtype=np.int64)
-    query_log = np.zeros((n_runs, rounds), dtype=np.int64)
-    halvings = np.zeros(n_runs, dtype=np.int64)
-    for r in range(rounds):
-        last = r == rounds - 1
-        avail = budgets - (runs.spent - start_spent) if last else plan[:, r] + carry
-        sizes = maximal_sizes(active, runs.n_max)  # (S, P)
-        m = sizes.sum(axis=1)
-        q = np.where(m > 0, avail // np.maximum(m, 1), 0)
-        q = np.where(q >= min_queries, q, 0)
-        if last:
-            sizes, q = shrink_to_fit(sizes, q, avail, runs.n_max)
-            m = sizes.sum(axis=1)
-        q_run, q_col = schedule.take(q)  # (Q,) one common query per row
-        # every surviving prompt of the run on every one of its queries
-        alive = sizes[q_run] > 0  # (Q, P)
-        row_q, row_p = np.nonzero(alive)
-        run_rows, col_rows = q_run[row_q], q_col[row_q]
-        n_rows = sizes[run_rows, row_p]
-        before = runs.spent.copy()
-        for pulls, rows in runs.pull(run_rows, row_p, n_rows, col_rows):
-            stats.add(pulls, run_rows[rows])
-        spent = runs.spent - before
-        spend_log[:, r] = spent
-        query_log[:, r] = q
-        carry = avail - spent
-        trim = q >= 1
-        if trim.any():
-            mean = stats.means().reshape(active.shape)
-            # random tie-breaking (paired means on few queries tie often; a stable sort would favour low indices)
-            jitter = np.zeros(mean.shape)
-            jitter[trim] = runs.streams.random(mean[0].size, np.flatnonzero(trim)).reshape(-1, *mean.shape[1:])
-            halve(active, mean + 1e-9 * jitter, trim)
-            halvings += trim
-    unspent = budgets - (runs.spent - start_spent)
+    alloc = CommonQueries(runs, stats, active, schedule, int(min_queries))
+    log = run_rounds(runs, alloc, np.asarray(budgets, dtype=np.int64)[:, None], plan[:, :, None])
+    unspent = budgets - log.used[:, 0]
     return [
         {
             "rounds": rounds,
             "round_budgets": plan[s].tolist(),
-            "spent_per_round": spend_log[s].tolist(),
-            "queries_per_round": query_log[s].tolist(),
-            "halvings": int(halvings[s]),
+            "spent_per_round": log.spent[s, :, 0].tolist(),
+            "queries_per_round": log.units[s, :, 0].tolist(),
+            "halvings": int(log.halvings[s]),
             "unspent": int(unspent[s]),
             "survivors": active[s].sum(axis=-1).tolist(),
         }
-        for s in range(n_runs)
+        for s in range(runs.n_runs)
     ]
 
 

@@ -1,0 +1,196 @@
+"""One round loop for the zoo's elimination agents, with a pluggable allocation.
+
+PSST, Top-K (PSST+K), the neural agent's ranker, PSST-Paired and naive Sequential Halving share one
+skeleton (paper Algorithm 1 and its ablations): ``R`` rounds with planned budgets, each round
+spends what it can afford of its budget plus what earlier rounds left unspent (carry-forward; the
+last round may spend everything left), pulls a set of rows, records them, and -- if it could pull
+a whole allocation unit -- halves the active arms. :func:`run_rounds` is that skeleton; what
+differs between the agents is the :class:`Allocation`:
+
+* :class:`MaximalArms` (PSST, Top-K): each prompt's largest active ``N`` over the union of
+  contexts, ``lambda = floor(avail / M)`` pulls each (Eq. 6), a random subset that fits in the last
+  round; nested + cross-context reuse through a tally with ``add`` / ``means``.
+* :class:`CommonQueries` (PSST-Paired, :mod:`iapo_gym.agents.psst_paired`): every surviving maximal arm
+  on the same ``floor(avail / M)`` queries of the run's walk; query-weighted tallies.
+* :class:`PerContext` (Sequential Halving, :mod:`iapo_gym.agents.halving`): one budget per
+  (run, context), every active arm of a context pulled for that context only.
+
+Budgets live per *group*: one group per run (``G = 1``), or one per (run, context) (``G = C``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from iapo_gym.agents._common import halve
+from iapo_gym.agents._engine import random_fit
+from iapo_gym.runs import RunBatch
+from iapo_gym.sampling import Pulls
+
+__all__ = ["Allocation", "MaximalArms", "RoundLog", "Rows", "run_rounds"]
+
+
+@dataclass
+class Rows:
+    """The pulls of one round: run, prompt, ``n``, optional train-split column and budget group of each row."""
+
+    run: NDArray[np.int64]
+    prompt: NDArray[np.int64]
+    n: NDArray[np.int64]
+    col: NDArray[np.int64] | None = None
+    group: NDArray[np.int64] | None = None  # None: every row in group 0 of its run
+
+
+class Allocation(Protocol):
+    """What a round of :func:`run_rounds` pulls, how pulls are recorded and how arms are trimmed."""
+
+    def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
+        """``(units (S, G), rows)``: allocation units the round affords per group and its pulls.
+
+        ``avail (S, G)`` is each group's budget this round; rows must fit it. A group halves after
+        the round iff ``units >= 1``.
+        """
+        ...
+
+    def record(self, pulls: Pulls, rows: Rows, sel: NDArray[np.int64]) -> None:
+        """Record ``pulls``, the drawn rows ``sel`` of ``rows``."""
+        ...
+
+    def trim(self, groups: NDArray[np.bool_]) -> None:
+        """Halve the active arms of the groups where ``groups (S, G)`` is True."""
+        ...
+
+
+@dataclass
+class RoundLog:
+    """What :func:`run_rounds` did.
+
+    Attributes:
+        spent, units: ``(S, R, G)`` completions spent and allocation units afforded per round.
+        used: ``(S, G)`` completions spent in all.
+        halvings: ``(S,)`` rounds after which every group of the run halved.
+    """
+
+    spent: NDArray[np.int64]
+    units: NDArray[np.int64]
+    used: NDArray[np.int64]
+    halvings: NDArray[np.int64]
+
+
+def run_rounds(runs: RunBatch, alloc: Allocation, budgets: NDArray[np.int64], plan: NDArray[np.int64]) -> RoundLog:
+    """The elimination skeleton: planned rounds, carry-forward, pulls, records, halvings.
+
+    Args:
+        runs: the batch (pulls are charged to it).
+        alloc: the agent's allocation (:class:`Allocation`).
+        budgets: ``(S, G)`` completions this phase may spend per group.
+        plan: ``(S, R, G)`` planned budget of each round. A round may spend its plan plus what
+            earlier rounds left (carry-forward); the last round may spend everything left.
+
+    Returns the :class:`RoundLog`.
+    """
+    s_n, rounds, g_n = plan.shape
+    used = np.zeros((s_n, g_n), dtype=np.int64)
+    carry = np.zeros((s_n, g_n), dtype=np.int64)
+    log = RoundLog(
+        np.zeros((s_n, rounds, g_n), np.int64), np.zeros((s_n, rounds, g_n), np.int64), used, np.zeros(s_n, np.int64)
+    )
+    for r in range(rounds):
+        last = r == rounds - 1
+        avail = budgets - used if last else plan[:, r] + carry
+        units, rows = alloc.plan(avail, last)
+        spent = np.zeros(s_n * g_n, dtype=np.int64)
+        for pulls, sel in runs.pull(rows.run, rows.prompt, rows.n, rows.col):
+            alloc.record(pulls, rows, sel)
+            slot = rows.run[sel] * g_n if rows.group is None else rows.run[sel] * g_n + rows.group[sel]
+            spent += np.bincount(slot, weights=pulls.n, minlength=spent.size).astype(np.int64)
+        spent = spent.reshape(s_n, g_n)
+        used += spent
+        carry = avail - spent
+        log.spent[:, r], log.units[:, r] = spent, units
+        trim = units >= 1
+        if trim.any():
+            alloc.trim(trim)
+            log.halvings += trim.all(axis=1)
+    return log
+
+
+def maximal_sizes(active: NDArray[np.bool_], n_max: int) -> NDArray[np.int64]:
+    """``(S, P)`` each prompt's largest active N over the union of contexts (0: prompt eliminated)."""
+    s, c, a = active.shape
+    union = active.any(axis=1).reshape(s, a // n_max, n_max)
+    has = union.any(axis=-1)
+    top = n_max - np.argmax(union[..., ::-1], axis=-1)
+    return np.where(has, top, 0).astype(np.int64)
+
+
+class Tally(Protocol):
+    """Statistics fed by pulls and read as per-context means (:class:`iapo_gym.agents._engine.NestedStats`)."""
+
+    def add(self, pulls: Pulls, run: NDArray[np.int64]) -> None: ...  # noqa: D102
+
+    def means(self) -> NDArray[np.float64]: ...  # noqa: D102
+
+
+@dataclass
+class MaximalArms:
+    """PSST's allocation (Eq. 6): every surviving prompt's maximal arm, ``floor(avail / M)`` pulls each.
+
+    Args:
+        runs: the batch.
+        stats: the tallies (any object with ``add(pulls, run)`` and ``means()``).
+        active: ``(S, C, P * N_max)`` per-context active flags, trimmed in place.
+    """
+
+    runs: RunBatch
+    stats: Tally
+    active: NDArray[np.bool_]
+
+    def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
+        """``lambda`` pulls of each maximal arm; the last round adds a random subset that fits."""
+        runs, avail1 = self.runs, avail[:, 0]
+        sizes = maximal_sizes(self.active, runs.n_max)  # (S, P)
+        m = sizes.sum(axis=1)
+        lam = np.where(m > 0, avail1 // np.maximum(m, 1), 0)
+        cell_run, cell_prompt = np.nonzero(sizes)
+        cell_n = sizes[cell_run, cell_prompt]
+        reps = lam[cell_run]
+        run_rows, prompt_rows, n_rows = (np.repeat(x, reps) for x in (cell_run, cell_prompt, cell_n))
+        if last:
+            keys = runs.streams.random(np.bincount(cell_run, minlength=runs.n_runs))  # cells are run-major
+            extra = random_fit(cell_run, cell_n, avail1 - lam * m, keys)
+            run_rows = np.concatenate([run_rows, cell_run[extra]])
+            prompt_rows = np.concatenate([prompt_rows, cell_prompt[extra]])
+            n_rows = np.concatenate([n_rows, cell_n[extra]])
+        return lam[:, None], Rows(run_rows, prompt_rows, n_rows)
+
+    def record(self, pulls: Pulls, rows: Rows, sel: NDArray[np.int64]) -> None:
+        """Nested + cross-context reuse: every block of every pull under every context."""
+        self.stats.add(pulls, rows.run[sel])
+
+    def trim(self, groups: NDArray[np.bool_]) -> None:
+        """Per-context halving on the empirical means."""
+        halve(self.active, self.stats.means().reshape(self.active.shape), groups[:, 0])
+
+
+def equal_rounds(budgets: NDArray[np.int64], rounds: int) -> NDArray[np.int64]:
+    """``(S, R, G)`` plan of ``floor(T / R)`` per round from ``budgets (S, G)``."""
+    return np.repeat((budgets // rounds)[:, None, :], rounds, axis=1)
+
+
+def trimming_info(log: RoundLog, active: NDArray[np.bool_], rounds: int, plan: NDArray[np.int64]) -> list[dict[str, Any]]:
+    """PSST's per-run diagnostics: rounds, round budget, spend per round, halvings, survivors per context."""
+    return [
+        {
+            "rounds": rounds,
+            "round_budget": int(plan[s, 0, 0]),
+            "spent_per_round": log.spent[s, :, 0].tolist(),
+            "halvings": int(log.halvings[s]),
+            "survivors": active[s].sum(axis=-1).tolist(),
+        }
+        for s in range(active.shape[0])
+    ]
