@@ -86,6 +86,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--write-openai-batch", metavar="FILE", default=None,
                    help="write the Batch API input file for this build (with --served-model-name or --model) and stop")
     m.add_argument("--scorer-device", default=None, help="device for reward-model scorers (cpu, cuda, cuda:1, mps)")
+    r = p.add_argument_group("Ray cluster (--executor ray; pip install 'iapo-gym[ray]')")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process drives one backend; ray: units spread over Ray workers, each with its own "
+                        "endpoint or engine, one checkpoint on this driver (default local)")
+    r.add_argument("--ray-address", default="", help="a running cluster ('auto', host:port); default: a private one here")
+    r.add_argument("--endpoints", default=None, metavar="URL1,URL2,...",
+                   help="--backend openai: one Ray worker per endpoint, --concurrency requests in flight at each "
+                        "(default: --base-url)")
+    r.add_argument("--ray-workers", type=int, default=None,
+                   help="--backend vllm: in-process engines, one per Ray worker (default: GPUs in the cluster / "
+                        "--gpus-per-worker, at least 1)")
+    r.add_argument("--gpus-per-worker", type=float, default=1.0,
+                   help="--backend vllm: GPUs per engine (default 1; 0 runs engines on CPUs; > 1 is tensor-parallel)")
     v = p.add_argument_group("in-process vLLM (--backend vllm)")
     v.add_argument("--dtype", default="auto", help="vLLM dtype (float32 on CPUs without AVX-512 bf16)")
     v.add_argument("--max-model-len", type=int, default=None, help="vLLM max_model_len")
@@ -173,12 +186,15 @@ def run_build(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".checkpoint.jsonl")
     if out.exists() and not args.force and not args.dry_run:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
-    if args.backend == "openai":
+    _check_executor(args)
+    if args.executor == "ray" and not args.dry_run:
+        backend: Any = _ray_backend(args, spec)
+    elif args.backend == "openai":
         from iapo_gym.live.models import resolve_model
 
         name = args.served_model_name or (args.model if args.dry_run else resolve_model(args.model))
-        backend: Any = OpenAIBackend(
-            name, args.base_url, spec.sampling, concurrency=args.concurrency, timeout=args.timeout, max_retries=args.retries,
+        backend = OpenAIBackend(
+            name, _urls(args)[0], spec.sampling, concurrency=args.concurrency, timeout=args.timeout, max_retries=args.retries,
             api_key_env=args.api_key_env, headers=_headers(args.header), extra_body=_extra_body(args.extra_body),
             max_tokens_field=args.max_tokens_field, n_per_request=args.n_per_request,
         )
@@ -210,6 +226,8 @@ def run_build(args: argparse.Namespace) -> int:
             progress=not args.no_progress, overwrite=args.force, command=command, scorer=scorer,
         )
     finally:
+        if hasattr(backend, "summary"):  # --executor ray: what each worker did (also when the build stopped)
+            print(backend.summary(), flush=True)
         close = getattr(backend, "close", None)
         if close is not None:
             close()
@@ -223,6 +241,57 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"excluded {len(table.provenance.get('excluded_queries', []))} queries with {len(stats.failed)} refused units "
               "(listed in the manifest under provenance.excluded_queries)")
     return 0
+
+
+def _urls(args: argparse.Namespace) -> list[str]:
+    return [u.strip() for u in args.endpoints.split(",") if u.strip()] if args.endpoints else [args.base_url]
+
+
+def _check_executor(args: argparse.Namespace) -> None:
+    """One-line errors for Ray options that do not fit the command."""
+    if args.executor != "ray":
+        for flag, value in (("--ray-address", args.ray_address), ("--ray-workers", args.ray_workers)):
+            if value:
+                raise ValueError(f"{flag} only applies with --executor ray; add --executor ray or drop it")
+        if args.endpoints is not None and len(_urls(args)) > 1:
+            raise ValueError("several --endpoints need --executor ray (one worker per endpoint); with one server use "
+                             "--base-url")
+    if args.endpoints is not None and args.backend != "openai":
+        raise ValueError("--endpoints is for --backend openai; for in-process engines use --ray-workers")
+    if args.ray_workers is not None and args.backend != "vllm":
+        raise ValueError("--ray-workers is for --backend vllm; with --backend openai each --endpoints URL is a worker")
+    if args.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("--executor ray needs Ray: pip install 'iapo-gym[ray]'")
+
+
+def _ray_backend(args: argparse.Namespace, spec: Any) -> Any:
+    """The :class:`~iapo_gym.live.ray_build.RayBackend` of ``--executor ray``."""
+    from iapo_gym.live import ray_build
+
+    workers: Any
+    if args.backend == "openai":
+        from iapo_gym.live.models import resolve_model
+
+        workers = ray_build.endpoint_workers(
+            _urls(args), args.concurrency, timeout=args.timeout, max_retries=args.retries, api_key_env=args.api_key_env,
+            headers=_headers(args.header), extra_body=_extra_body(args.extra_body), max_tokens_field=args.max_tokens_field,
+            n_per_request=args.n_per_request)
+        model = args.served_model_name or resolve_model(args.model)
+    else:
+        model = args.model
+        engine = dict(dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=args.enforce_eager, seed=args.seed)
+        k, gpus, batch = args.ray_workers, args.gpus_per_worker, args.batch_size
+
+        def sized(resources: dict[str, float]) -> list[Any]:  # one engine per GPU group by default
+            n = k if k is not None else (max(1, int(resources.get("GPU", 0) // gpus)) if gpus > 0 else 1)
+            return ray_build.engine_workers(n, gpus, batch, **engine)
+
+        workers = sized
+
+    return ray_build.RayBackend(model, spec.sampling, workers, address=args.ray_address, batch_size=args.batch_size)
 
 
 def _import(args: argparse.Namespace, spec: Any, queries: Any) -> int:
