@@ -237,6 +237,16 @@ class _Job:
     request: GenerationRequest
     outer: Future
     dispatches: int = 0
+    avoid: int | None = None  # the worker that last failed it (another one is preferred)
+
+    def settle(self, result: Any = None, exc: BaseException | None = None) -> None:
+        """Complete the request's future once (a late duplicate is ignored)."""
+        if self.outer.done():
+            return
+        if exc is not None:
+            self.outer.set_exception(exc)
+        else:
+            self.outer.set_result(result)
 
 
 @dataclass
@@ -408,8 +418,11 @@ class RayBackend(_CollectMixin):
                 return
             if not live:
                 return
+            job = self._waiting[0]
+            if job.avoid in live and len(live) > 1:
+                live.remove(job.avoid)
             i = min(live, key=lambda j: (self.workers[j].in_flight / self.workers[j].spec.capacity, j))
-            job = self._waiting.popleft()
+            self._waiting.popleft()
             w = self.workers[i]
             w.in_flight += 1
             job.dispatches += 1
@@ -418,16 +431,15 @@ class RayBackend(_CollectMixin):
 
     def _fail_waiting(self, exc: BaseException) -> None:
         while self._waiting:
-            job = self._waiting.popleft()
-            if not job.outer.done():
-                job.outer.set_exception(exc)
+            self._waiting.popleft().settle(exc=exc)
 
-    def _requeue(self, job: _Job, why: str) -> None:
+    def _requeue(self, job: _Job, i: int, why: str) -> None:
         if job.dispatches >= self.max_dispatches:
-            job.outer.set_exception(BackendError(f"a request was sent {job.dispatches} times without an answer ({why})"))
+            job.settle(exc=BackendError(f"a request was sent {job.dispatches} times without an answer ({why})"))
             return
         with self._lock:
             self.redispatched += 1
+        job.avoid = i
         self._waiting.appendleft(job)
 
     def _finish(self, i: int, job: _Job, fut: Future) -> None:
@@ -438,16 +450,16 @@ class RayBackend(_CollectMixin):
         except getattr(ray.exceptions, "ActorDiedError", ray.exceptions.RayActorError) as exc:  # restarts used up
             if w.lost is None:
                 w.lost = f"the actor died ({' '.join(str(exc).split())[:200]})"
-            self._requeue(job, f"worker {w.spec.label} died")
+            self._requeue(job, i, f"worker {w.spec.label} died")
             return
         except ray.exceptions.RayActorError:  # unavailable for now (restarting): send it again
-            self._requeue(job, f"worker {w.spec.label} unavailable")
+            self._requeue(job, i, f"worker {w.spec.label} unavailable")
             return
         except ray.exceptions.RayTaskError as exc:  # an unexpected error inside the worker: not retried
-            job.outer.set_exception(exc.cause if isinstance(exc.cause, BaseException) else exc)
+            job.settle(exc=exc.cause if isinstance(exc.cause, BaseException) else exc)
             return
         except ray.exceptions.RayError as exc:  # the object or its worker was lost: send it again
-            self._requeue(job, f"{type(exc).__name__}")
+            self._requeue(job, i, f"{type(exc).__name__}")
             return
         if pid not in w.history:  # a result from a new process: Ray restarted the actor
             w.restarts += bool(w.history)
@@ -455,15 +467,14 @@ class RayBackend(_CollectMixin):
             w.pid = pid
         if status == "ok":
             w.done += 1
-            if not job.outer.done():
-                job.outer.set_result(value)
+            job.settle(value)
         elif status == "rejected":
             message, code, body = value
-            job.outer.set_exception(RequestRejected(message, code, body))
+            job.settle(exc=RequestRejected(message, code, body))
         else:  # the endpoint failed through every retry of its client: take it out of rotation
             if w.lost is None:
                 w.lost = " ".join(str(value).split())[:300]
-            self._requeue(job, f"worker {w.spec.label} failed")
+            self._requeue(job, i, f"worker {w.spec.label} failed")
 
     # ------------------------------------------------------------------ reporting and closing
     def summary(self) -> str:
