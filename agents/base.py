@@ -47,7 +47,7 @@ class Policy(ABC):
 
         Deterministic policies (the default) put mass 1 on :meth:`act`; stochastic ones (TRIPLE
         with a random N, Random) override this so their exact ACR is an average over arms (see
-        :func:`policy_acr`).
+        :func:`iapo_gym.oracle.acr`).
         """
         arms = self.act(np.atleast_2d(np.asarray(weights, dtype=np.float64)))
         out = np.zeros((arms.shape[0], int(n_arms)))
@@ -95,7 +95,7 @@ class StochasticPolicy(Policy):
 
     :meth:`act` samples from it with the policy's own seeded generator (a deployment draws a fresh
     arm per query, reproducibly); :meth:`arm_probs` returns the exact distribution, which
-    :func:`policy_acr` averages to give the exact ACR.
+    :func:`iapo_gym.oracle.acr` averages to give the exact ACR.
     """
 
     contexts: ContextSet
@@ -130,15 +130,21 @@ class StochasticPolicy(Policy):
 
 
 def policy_acr(policy: Policy, q: ArrayLike, contexts: ContextSet) -> float:
-    """Exact ACR of ``policy`` from exact Q-values ``q (C, P, n_max)`` (or ``(C, n_arms)``) of ``contexts``.
+    """Deprecated: use ``iapo_gym.oracle.acr(q, policy, contexts.probs, contexts.weights)``.
 
-    ``sum_c probs[c] * sum_a pi(a | c) * q[c, a]``; for a deterministic policy this equals
-    ``iapo_gym.oracle.acr(q, policy.act(contexts.weights), contexts.probs)``.
+    Kept as an alias of the project's one exact-ACR function (same value, bit for bit).
     """
-    qa = np.asarray(q, dtype=np.float64)
-    qa = qa.reshape(qa.shape[0], -1)
-    pi = policy.arm_probs(contexts.weights, qa.shape[1])
-    return float(contexts.probs @ (pi * qa).sum(axis=1))
+    import warnings
+
+    from iapo_gym import oracle
+
+    warnings.warn(
+        "policy_acr(policy, q, contexts) is deprecated; use iapo_gym.oracle.acr(q, policy, contexts.probs, "
+        "contexts.weights)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return float(oracle.acr(q, policy, contexts.probs, contexts.weights))
 
 
 class Agent(ABC):

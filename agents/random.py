@@ -2,7 +2,7 @@
 
 The policy is the uniform distribution over all ``|P| * N_max`` arms in every context
 (:class:`iapo_gym.agents.base.StochasticPolicy`): ``act`` draws a fresh arm per call from the policy's own
-seeded generator, and its exact ACR (:func:`iapo_gym.agents.base.policy_acr`) is the average Q over arms.
+seeded generator, and its exact ACR (:func:`iapo_gym.oracle.acr`) is the average Q over arms.
 It spends nothing.
 """
 

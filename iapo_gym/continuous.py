@@ -11,7 +11,9 @@ continuous distribution (:class:`ContinuousContexts`):
   contexts]`` (MATH / CQA / Synth-Bernoulli: ``[0, 1.0]``), so the finite contexts lie inside it.
 
 A fixed held-out sample (:meth:`ContinuousContexts.evaluation_sample`, 2,000 contexts from
-``EVALUATION_SEED``) gives the exact continuous ACR ``mean_c Q(c, pi(c))``.
+``EVALUATION_SEED``) gives the exact continuous ACR ``mean_c Q(c, pi(c))``
+(:func:`iapo_gym.oracle.acr` with equal context probabilities; the experiment runner's
+``ExactEvaluator(env, "continuous")`` scores runs this way).
 
 **Exact Q for thousands of contexts** (:func:`exact_q_values`). ``Q(c, p, N) = G(w, p, N) -
 w_cost * N * cost(p)`` with ``G`` the expected aggregated objective (the cost term is linear in
@@ -286,10 +288,11 @@ def exact_q_values(
 
 
 class ContinuousEvaluator:
-    """Exact continuous-context metrics of policies on one run's test queries.
+    """Deprecated: score runs with ``iapo_gym.experiments.evaluate.ExactEvaluator(env, "continuous")``.
 
-    ``Q`` is computed once for the evaluation contexts; ``evaluate(policy)`` returns the exact
-    ``acr = mean_c Q(c, pi(c))``, the oracle ACR ``mean_c max_a Q(c, a)`` and the regret.
+    For a table, queries and contexts of your own, compute ``q = exact_q_values(table, weights,
+    queries)`` and score any policy with :func:`iapo_gym.oracle.acr` (``probs`` equal, ``weights``
+    the contexts). This class is kept as a thin wrapper of exactly that.
 
     Args:
         table: the run's outcome table.
@@ -299,27 +302,30 @@ class ContinuousEvaluator:
     """
 
     def __init__(self, table: OutcomeTable, queries: ArrayLike | None = None, weights: ArrayLike | None = None) -> None:
+        import warnings
+
+        warnings.warn(
+            "ContinuousEvaluator is deprecated; use iapo_gym.experiments.evaluate.ExactEvaluator(env, 'continuous'), "
+            "or iapo_gym.oracle.acr(exact_q_values(table, weights, queries), policy, probs, weights)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if weights is None:
             weights = ContinuousContexts.for_table(table).evaluation_sample()
         self.weights = as_weights(weights, table.n_objectives)
         q = exact_q_values(table, self.weights, queries)
         self.q = q.reshape(q.shape[0], -1)
+        self.probs = np.full(self.q.shape[0], 1.0 / self.q.shape[0])
         self.best_value = self.q.max(axis=1)
-        self.oracle_acr = float(self.best_value.mean())
+        self.oracle_acr = float(self.best_value @ self.probs)
 
     def values(self, arms: ArrayLike) -> NDArray[np.float64]:
         """``Q(c, arms[c])`` per evaluation context (``arms (C,)`` flat indices)."""
-        a = np.asarray(arms, dtype=np.int64)
-        return self.q[np.arange(self.q.shape[0]), a]
+        return oracle.context_values(self.q, arms)
 
     def evaluate(self, policy: Any) -> dict[str, float]:
-        """``{"acr", "oracle_acr", "regret"}`` of ``policy`` (any object with ``act(weights) -> arms``)."""
-        if hasattr(policy, "arm_probs"):
-            pi = np.asarray(policy.arm_probs(self.weights, self.q.shape[1]), dtype=np.float64)
-            value = (pi * self.q).sum(axis=1)
-        else:
-            value = self.values(policy.act(self.weights))
-        acr = float(value.mean())
+        """``{"acr", "oracle_acr", "regret"}`` of ``policy`` (:func:`iapo_gym.oracle.acr`, equal context weights)."""
+        acr = float(oracle.acr(self.q, policy, self.probs, self.weights))
         return {"acr": acr, "oracle_acr": self.oracle_acr, "regret": self.oracle_acr - acr}
 
 

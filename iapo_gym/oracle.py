@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from math import lgamma
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -47,6 +48,8 @@ __all__ = [
     "per_query_values",
     "q_values",
     "best_arms",
+    "arm_distribution",
+    "context_values",
     "acr",
     "regret",
     "OracleReport",
@@ -358,29 +361,103 @@ def best_arms(q: ArrayLike) -> NDArray[np.int64]:
     return np.argmax(near, axis=1).astype(np.int64)
 
 
-def acr(q: ArrayLike, arms: ArrayLike, probs: ArrayLike) -> float | NDArray[np.float64]:
-    """Average contextual return ``sum_c probs[c] * Q(c, arms[c])``.
+def arm_distribution(policy: Any, weights: ArrayLike, n_arms: int) -> NDArray[np.float64]:
+    """Deployment distribution ``(C, n_arms)`` of a policy object on the contexts ``weights (C, K+1)``.
 
-    ``arms`` is ``(C,)`` flat arm indices (returns a float) or ``(S, C)`` for ``S`` policies at once
-    (returns ``(S,)``).
+    ``policy.arm_probs(weights, n_arms)`` when the policy has it (every
+    :class:`iapo_gym.agents.Policy`: mass 1 on ``act`` for a deterministic one), else the one-hot
+    of ``policy.act(weights)``. Raises ``ValueError`` unless every row is a distribution.
+    """
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    n_arms = int(n_arms)
+    if hasattr(policy, "arm_probs"):
+        pi = np.asarray(policy.arm_probs(w, n_arms), dtype=np.float64)
+    else:  # any object with act(weights) -> arms
+        arms = np.asarray(policy.act(w), dtype=np.int64)
+        if arms.shape != (w.shape[0],) or (arms.size and (arms.min() < 0 or arms.max() >= n_arms)):
+            raise ValueError(f"policy.act gave arms of shape {arms.shape}; expected ({w.shape[0]},) in 0..{n_arms - 1}")
+        pi = np.zeros((w.shape[0], n_arms))
+        pi[np.arange(w.shape[0]), arms] = 1.0
+    if pi.shape != (w.shape[0], n_arms):
+        raise ValueError(f"policy gave arm probabilities of shape {pi.shape}; expected {(w.shape[0], n_arms)}")
+    _check_distribution(pi)
+    return pi
+
+
+def _check_distribution(pi: NDArray[np.float64]) -> None:
+    if np.any(pi < -1e-12) or not np.allclose(pi.sum(axis=1), 1.0, atol=1e-9):
+        raise ValueError("a policy's arm probabilities must be non-negative and sum to 1 per context")
+
+
+def context_values(q: ArrayLike, arms: Any, weights: ArrayLike | None = None) -> NDArray[np.float64]:
+    """Expected Q of the deployed arm per context: ``sum_a pi(a | c) q[c, a]``.
+
+    The one place where a policy's exact value is computed; :func:`acr` averages it over contexts,
+    and the experiment runner's evaluator uses it for ACR and regret.
+
+    Args:
+        q: exact Q-values ``(C, P, n_max)`` or ``(C, n_arms)`` of the contexts.
+        arms: what is deployed, one of
+
+            * integer flat arm indices ``(C,)``, or ``(S, C)`` for ``S`` deterministic policies at once;
+            * a floating ``(C, n_arms)`` arm distribution per context (rows sum to 1);
+            * a policy object (``arm_probs(weights, n_arms)`` or ``act(weights)``, e.g. any
+              :class:`iapo_gym.agents.Policy`), deployed on ``weights``.
+        weights: ``(C, K + 1)`` weight vectors of the contexts; needed (only) for a policy object.
+
+    Returns:
+        ``(C,)``, or ``(S, C)`` for ``(S, C)`` arm indices.
     """
     qa = np.asarray(q, dtype=np.float64)
     flat = qa.reshape(qa.shape[0], -1)
-    a = np.asarray(arms, dtype=np.int64)
+    c, n_arms = flat.shape
+    if hasattr(arms, "act") or hasattr(arms, "arm_probs"):
+        if weights is None:
+            raise ValueError("a policy object is deployed on contexts: pass weights= (e.g. contexts.weights)")
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        if w.shape[0] != c:
+            raise ValueError(f"weights must hold one row per context of q ({c}); got {w.shape[0]}")
+        return (arm_distribution(arms, w, n_arms) * flat).sum(axis=1)
+    a = np.asarray(arms)
+    if a.ndim == 2 and np.issubdtype(a.dtype, np.floating):  # a distribution over arms per context
+        if a.shape != (c, n_arms):
+            raise ValueError(f"an arm distribution must be (C, n_arms) = {(c, n_arms)}; got {a.shape}")
+        _check_distribution(a)
+        return (a * flat).sum(axis=1)
+    a = a.astype(np.int64)
+    if a.ndim not in (1, 2) or a.shape[-1] != c:
+        raise ValueError(f"arms must be (C,) or (S, C) with C={c}; got {a.shape}")
+    if a.min() < 0 or a.max() >= n_arms:
+        raise ValueError(f"arm indices must lie in 0..{n_arms - 1}")
+    return flat[np.arange(c), a]
+
+
+def acr(q: ArrayLike, arms: Any, probs: ArrayLike, weights: ArrayLike | None = None) -> float | NDArray[np.float64]:
+    """Exact average contextual return ``sum_c probs[c] * sum_a pi(a | c) * Q(c, a)``.
+
+    The project's one exact-ACR function: the experiment runner, the scripts and the tests all
+    score policies with it (through :func:`context_values`).
+
+    Args:
+        q: exact Q-values ``(C, P, n_max)`` (e.g. :func:`q_values` on a run's test queries) or ``(C, n_arms)``.
+        arms: flat arm indices ``(C,)`` (returns a float) or ``(S, C)`` for ``S`` policies at once
+            (returns ``(S,)``), a floating ``(C, n_arms)`` arm distribution, or a policy object
+            (see :func:`context_values`; then pass ``weights``).
+        probs: ``(C,)`` context probabilities.
+        weights: ``(C, K + 1)`` context weight vectors on which a policy object is deployed.
+    """
     pr = np.asarray(probs, dtype=np.float64)
-    c = flat.shape[0]
-    if a.shape[-1] != c or a.ndim not in (1, 2) or pr.shape != (c,):
-        raise ValueError(f"arms must be (C,) or (S, C) and probs (C,) with C={c}; got {a.shape} and {pr.shape}")
-    if a.min() < 0 or a.max() >= flat.shape[1]:
-        raise ValueError(f"arm indices must lie in 0..{flat.shape[1] - 1}")
-    picked = flat[np.arange(c), a]  # (C,) or (S, C)
-    out = picked @ pr
-    return float(out) if a.ndim == 1 else out
+    c = np.asarray(q).shape[0]
+    if pr.shape != (c,):
+        raise ValueError(f"probs must be (C,) with C={c}; got {pr.shape}")
+    values = context_values(q, arms, weights)
+    out = values @ pr
+    return float(out) if values.ndim == 1 else out
 
 
-def regret(q: ArrayLike, arms: ArrayLike, probs: ArrayLike) -> float | NDArray[np.float64]:
-    """``acr(q, best_arms(q), probs) - acr(q, arms, probs)`` (same shapes as :func:`acr`)."""
-    return acr(q, best_arms(q), probs) - acr(q, arms, probs)
+def regret(q: ArrayLike, arms: Any, probs: ArrayLike, weights: ArrayLike | None = None) -> float | NDArray[np.float64]:
+    """``acr(q, best_arms(q), probs) - acr(q, arms, probs, weights)`` (same arguments as :func:`acr`)."""
+    return acr(q, best_arms(q), probs) - acr(q, arms, probs, weights)
 
 
 # --------------------------------------------------------------------------- report

@@ -187,7 +187,7 @@ def test_topk_paired_screens_on_common_queries():
 
 
 def test_psst_paired_on_the_released_math_table(math_pickle):
-    from iapo_gym.agents.base import policy_acr
+    from iapo_gym.oracle import acr as exact_acr
     from iapo_gym.tables.importer import import_released
 
     table = import_released(math_pickle)
@@ -201,7 +201,7 @@ def test_psst_paired_on_the_released_math_table(math_pickle):
 
     policies = make_agent("psst_paired").fit_many(make, 5_000, seeds)
     acr = [
-        policy_acr(p, q_values(table, envs[s].unwrapped.test_queries), table.contexts)
+        exact_acr(q_values(table, envs[s].unwrapped.test_queries), p, table.contexts.probs, table.contexts.weights)
         for s, p in zip(seeds, policies, strict=True)
     ]
     rand = [q_values(table, envs[s].unwrapped.test_queries).reshape(3, -1).mean(axis=1).mean() for s in seeds]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from agents_helpers import easy_mv_table, make_env, small_table
 
-from iapo_gym.agents import make_agent, policy_acr
+from iapo_gym.agents import make_agent
 from iapo_gym.agents.psst import maximal_sizes, n_rounds
-from iapo_gym.oracle import best_arms, q_values
+from iapo_gym.oracle import acr, best_arms, q_values
 from iapo_gym.tables.testing import example_table
 
 
@@ -83,8 +83,9 @@ def test_batch_equals_per_seed_fit_in_distribution():
     batch = agent.fit_many(lambda s: make_env(table, s), 400, seeds)
     single = [agent.fit(make_env(table, s), 400, s) for s in seeds]
     qs = {s: q_values(table, envs[s].unwrapped.test_queries) for s in seeds}
-    acr_batch = np.array([policy_acr(p, qs[s], table.contexts) for s, p in zip(seeds, batch, strict=True)])
-    acr_single = np.array([policy_acr(p, qs[s], table.contexts) for s, p in zip(seeds, single, strict=True)])
+    ctx = table.contexts
+    acr_batch = np.array([acr(qs[s], p, ctx.probs, ctx.weights) for s, p in zip(seeds, batch, strict=True)])
+    acr_single = np.array([acr(qs[s], p, ctx.probs, ctx.weights) for s, p in zip(seeds, single, strict=True)])
     diff = acr_batch - acr_single  # paired by split
     se = diff.std(ddof=1) / math.sqrt(len(seeds))
     assert abs(diff.mean()) < 4 * se + 1e-9
@@ -119,10 +120,10 @@ def test_psst_on_the_released_math_table(math_pickle):
         return envs[s]
 
     policies = make_agent("psst").fit_many(make, 5_000, seeds)
-    acr = [
-        policy_acr(p, q_values(table, envs[s].unwrapped.test_queries), table.contexts)
+    acrs = [
+        acr(q_values(table, envs[s].unwrapped.test_queries), p, table.contexts.probs, table.contexts.weights)
         for s, p in zip(seeds, policies, strict=True)
     ]
     rand = [q_values(table, envs[s].unwrapped.test_queries).reshape(3, -1).mean(axis=1).mean() for s in seeds]
     assert all(p.budget_used <= 5_000 for p in policies)
-    assert np.mean(acr) > np.mean(rand) + 0.05  # paper: good policies with ~5K calls on MATH
+    assert np.mean(acrs) > np.mean(rand) + 0.05  # paper: good policies with ~5K calls on MATH

@@ -9,21 +9,21 @@ pytest.importorskip("stable_baselines3")
 
 from agents_helpers import easy_mv_table, make_env, small_table
 
-from iapo_gym.agents import make_agent, policy_acr
+from iapo_gym.agents import make_agent
 from iapo_gym.agents.testing import check_agent
-from iapo_gym.oracle import q_values
+from iapo_gym.oracle import acr, q_values
 
 
 def test_ppo_beats_random_in_exact_acr():
     table = easy_mv_table()
     q = q_values(table)  # every query has the same distribution: train Q = test Q
-    random_acr = policy_acr(make_agent("random").fit(make_env(table, 0), 0, 0), q, table.contexts)
+    random_acr = acr(q, make_agent("random").fit(make_env(table, 0), 0, 0), table.contexts.probs, table.contexts.weights)
     acrs = []
     for seed in (0, 1, 2):
         env = make_env(table, seed)
         policy = make_agent("ppo").fit(env, 1_500, seed)
         assert policy.budget_used == env.unwrapped.ledger.spent <= 1_500
-        acrs.append(policy_acr(policy, q, table.contexts))
+        acrs.append(acr(q, policy, table.contexts.probs, table.contexts.weights))
     assert np.mean(acrs) > random_acr + 0.2  # random 0.30, optimum 0.74
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from iapo_gym import oracle
 from iapo_gym.continuous import ContinuousContexts, ContinuousEvaluator, exact_q_values
+from iapo_gym.experiments.evaluate import ExactEvaluator
 from iapo_gym.tables.testing import example_table
 
 
@@ -77,10 +78,17 @@ def test_fallbacks_match_oracle() -> None:
     np.testing.assert_allclose(exact_q_values(mv, w), oracle.q_values(mv, None, weights=w), atol=1e-12)
 
 
-def test_evaluator_acr_and_regret() -> None:
+def test_exact_acr_on_continuous_contexts() -> None:
+    """oracle.acr scores any policy on the 2,000 held-out contexts (equal weights), and the runner's
+    continuous ExactEvaluator gives the same numbers."""
+    from iapo_gym.env import IAPOEnv
+
     table = example_table("bon", seed=5, n_queries=20)
-    ev = ContinuousEvaluator(table, table.test_queries())
-    assert ev.q.shape == (2000, table.n_arms)
+    env = IAPOEnv(table, split_seed=0, contexts="continuous")
+    sample = ContinuousContexts.for_table(table).evaluation_sample()
+    q = exact_q_values(table, sample, env.test_queries).reshape(len(sample), -1)
+    probs = np.full(len(sample), 1.0 / len(sample))
+    assert q.shape == (2000, table.n_arms)
 
     class Fixed:
         def act(self, weights):
@@ -88,14 +96,35 @@ def test_evaluator_acr_and_regret() -> None:
 
     class Best:
         def act(self, weights):
-            return oracle.best_arms(exact_q_values(table, weights, table.test_queries()))
+            return oracle.best_arms(exact_q_values(table, weights, env.test_queries))
 
-    fixed = ev.evaluate(Fixed())
-    assert fixed["acr"] == pytest.approx(ev.q[:, 3].mean())
-    assert fixed["regret"] > 0
-    best = ev.evaluate(Best())
-    assert best["regret"] == pytest.approx(0.0, abs=1e-12)
-    assert best["acr"] == pytest.approx(ev.oracle_acr)
+    fixed = oracle.acr(q, Fixed(), probs, sample)
+    assert fixed == pytest.approx(q[:, 3].mean(), rel=0, abs=1e-12)
+    assert oracle.regret(q, Fixed(), probs, sample) > 0
+    assert oracle.regret(q, Best(), probs, sample) == pytest.approx(0.0, abs=1e-12)
+    ev = ExactEvaluator(env, "continuous")
+    for policy in (Fixed(), Best()):
+        m = ev.evaluate(policy)
+        assert m.acr == oracle.acr(q, policy, probs, sample)  # bit for bit: the same computation
+        assert m.regret == pytest.approx(m.oracle_acr - m.acr, abs=1e-12)
+    assert ev.oracle_acr == pytest.approx(q.max(axis=1).mean(), rel=0, abs=1e-12)
+
+
+def test_continuous_evaluator_is_a_deprecated_wrapper_of_oracle_acr() -> None:
+    table = example_table("bon", seed=5, n_queries=20)
+    with pytest.warns(DeprecationWarning, match="ContinuousEvaluator is deprecated"):
+        ev = ContinuousEvaluator(table, table.test_queries())
+
+    class Fixed:
+        def act(self, weights):
+            return np.full(np.shape(weights)[0], 3, dtype=np.int64)
+
+    m = ev.evaluate(Fixed())
+    assert m["acr"] == oracle.acr(ev.q, Fixed(), ev.probs, ev.weights)
+    # the previous arithmetic (mean over contexts) agrees to rounding
+    assert m["acr"] == pytest.approx(ev.q[:, 3].mean(), rel=0, abs=1e-12)
+    assert m["regret"] == pytest.approx(ev.q.max(axis=1).mean() - ev.q[:, 3].mean(), rel=0, abs=1e-12)
+    np.testing.assert_array_equal(ev.values(np.full(2000, 3)), ev.q[:, 3])
 
 
 # --------------------------------------------------------------------------- agents on continuous envs
@@ -133,8 +162,8 @@ def test_neural_policy_is_exact_in_its_cost_term_and_beats_random() -> None:
         v = pol.values(w)
         n = np.tile(np.arange(1, env.n_max + 1), env.n_prompts)
         np.testing.assert_allclose(v[0] - v[1], 0.5 * n * np.repeat(pol.cost_per_completion, env.n_max), rtol=1e-9)
-        ev = ContinuousEvaluator(env.table, env.test_queries)
-        acr = ev.evaluate(pol)["acr"]
+        ev = ExactEvaluator(env, "continuous")
+        acr = ev.evaluate(pol).acr
         assert acr <= ev.oracle_acr + 1e-12
         acrs.append(acr)
         randoms.append(ev.q.mean())

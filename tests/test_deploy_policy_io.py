@@ -11,7 +11,7 @@ import pytest
 
 import iapo_gym
 from iapo_gym.agents import make_agent
-from iapo_gym.agents.base import StochasticPolicy, TablePolicy, policy_acr
+from iapo_gym.agents.base import StochasticPolicy, TablePolicy
 from iapo_gym.deploy.policy_io import (
     FORMAT_VERSION,
     PolicyFormatError,
@@ -22,6 +22,7 @@ from iapo_gym.deploy.policy_io import (
 )
 from iapo_gym.live.backends import SamplingConfig
 from iapo_gym.live.specs import load_spec
+from iapo_gym.oracle import acr as exact_acr
 from iapo_gym.oracle import q_values
 from iapo_gym.tasks import load_task_table
 
@@ -66,7 +67,8 @@ def test_table_policy_round_trip_with_provenance(psst_policy, smolarith, tmp_pat
     np.testing.assert_array_equal(loaded.arms, psst_policy.arms)
     assert loaded.budget_used == psst_policy.budget_used and loaded.info == json.loads(json.dumps(psst_policy.info))
     q = q_values(smolarith)
-    assert policy_acr(loaded, q, smolarith.contexts) == policy_acr(psst_policy, q, smolarith.contexts)
+    ctx = smolarith.contexts
+    assert exact_acr(q, loaded, ctx.probs, ctx.weights) == exact_acr(q, psst_policy, ctx.probs, ctx.weights)
     assert loaded.deployment.task.fingerprint == TaskIdentity.from_table(smolarith).fingerprint
     w = np.array([[1.0, 0.05], [1.0, 0.7]])  # off-grid weights: nearest context, as before saving
     np.testing.assert_array_equal(loaded.act(w), psst_policy.act(w))
@@ -190,7 +192,7 @@ def test_train_saves_policies_that_reload_with_the_reported_acr(mode, tmp_path):
             env = gym.make("IAPO-SmolArith-v0", budget=400, split_seed=seed).unwrapped
             test = np.zeros(table.n_queries, bool)
             test[env.test_queries] = True
-            acr = policy_acr(policy, q_values(table, test), table.contexts)
+            acr = exact_acr(q_values(table, test), policy, table.contexts.probs, table.contexts.weights)
             assert acr == pytest.approx(runs[seed], abs=1e-12)
     with pytest.raises(train.ArgumentError, match="--save-policies must be 'all' or 'best'"):
         train.make_plan(train.Args(save_policies="some"))

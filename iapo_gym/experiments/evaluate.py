@@ -3,7 +3,9 @@
 For one run's environment, :class:`ExactEvaluator` computes the exact Q-values of every arm on
 the test split once, ``q = oracle.q_values(env.table, env.test_queries)`` ``(C, P, N_max)``, and
 then scores any policy from its deployment distribution over arms
-(:meth:`iapo_gym.agents.base.Policy.arm_probs`; a deterministic policy puts mass 1 on ``act``):
+(:meth:`iapo_gym.agents.base.Policy.arm_probs`; a deterministic policy puts mass 1 on ``act``)
+with the project's one exact-ACR computation, :func:`iapo_gym.oracle.acr` /
+:func:`iapo_gym.oracle.context_values`:
 
 * ``acr = sum_c probs[c] sum_a pi(a|c) q[c, a]``, ``oracle_acr = sum_c probs[c] max_a q[c, a]``,
   ``regret = oracle_acr - acr`` (per context clipped at 0 against rounding);
@@ -35,7 +37,15 @@ from numpy.typing import NDArray
 from iapo_gym import oracle
 from iapo_gym.tables.format import OutcomeTable
 
-__all__ = ["COST_BINS", "RunMetrics", "ExactEvaluator", "cost_bins", "evaluation_contexts", "query_subtable"]
+__all__ = [
+    "COST_BINS",
+    "RunMetrics",
+    "ExactEvaluator",
+    "cost_bins",
+    "evaluation_contexts",
+    "query_subtable",
+    "train_oracle_regret",
+]
 
 #: Cost-weight bins summarising the per-context policy columns in continuous mode.
 COST_BINS = 8
@@ -57,6 +67,25 @@ def query_subtable(table: OutcomeTable, queries: NDArray[np.int64]) -> OutcomeTa
         if arr is not None:
             fields[name] = np.take(arr, idx, axis=axis)
     return replace(table, **fields)
+
+
+def train_oracle_regret(env: Any, shared_table: bool = True) -> float:
+    """The train-oracle floor of one run: exact test regret of the arm that is best on the exact train-split Q.
+
+    Per context, the arm :func:`iapo_gym.oracle.best_arms` picks on the train queries' exact Q,
+    scored on the test queries with :func:`iapo_gym.oracle.regret`. Regret is measured against the
+    test split's own best arm, which is partly the noise of its queries, so no agent that learns
+    from the train split can be expected to go below this. ``shared_table``: the table serves other
+    runs (a real task re-split per seed; see :func:`iapo_gym.experiments.executors.shares_table`),
+    so its oracle cache is used; otherwise sub-tables are evaluated (their caches die with them).
+    """
+    env = getattr(env, "unwrapped", env)
+    table, train, test = env.table, np.asarray(env.train_queries), np.asarray(env.test_queries)
+    if shared_table:
+        q_train, q_test = oracle.q_values(table, train), oracle.q_values(table, test)
+    else:
+        q_train, q_test = oracle.q_values(query_subtable(table, train)), oracle.q_values(query_subtable(table, test))
+    return float(oracle.regret(q_test, oracle.best_arms(q_train), env.contexts.probs))
 
 
 def evaluation_contexts(env: Any, mode: str = "finite") -> tuple[NDArray[np.float64], NDArray[np.float64], tuple[str, ...]]:
@@ -175,23 +204,16 @@ class ExactEvaluator:
 
     def arm_distribution(self, policy: Any) -> NDArray[np.float64]:
         """``(C, n_arms)`` deployment probabilities of ``policy`` on the evaluation contexts."""
-        n_arms = self.q.shape[1]
-        if hasattr(policy, "arm_probs"):
-            pi = np.asarray(policy.arm_probs(self.weights, n_arms), dtype=np.float64)
-        else:  # any object with act(weights) -> arms
-            arms = np.asarray(policy.act(self.weights), dtype=np.int64)
-            pi = np.zeros_like(self.q)
-            pi[np.arange(arms.shape[0]), arms] = 1.0
-        if pi.shape != self.q.shape:
-            raise ValueError(f"policy gave arm probabilities of shape {pi.shape}; expected {self.q.shape}")
-        if np.any(pi < -1e-12) or not np.allclose(pi.sum(axis=1), 1.0, atol=1e-9):
-            raise ValueError("a policy's arm probabilities must be non-negative and sum to 1 per context")
-        return pi
+        return oracle.arm_distribution(policy, self.weights, self.q.shape[1])
 
     def evaluate(self, policy: Any) -> RunMetrics:
-        """Exact ACR, oracle ACR, regret, optimality and the per-context choices of ``policy``."""
+        """Exact ACR, oracle ACR, regret, optimality and the per-context choices of ``policy``.
+
+        ``acr`` is :func:`iapo_gym.oracle.acr` of the policy on this run's Q (the per-context values
+        come from :func:`iapo_gym.oracle.context_values`, which regret and optimality reuse).
+        """
         pi = self.arm_distribution(policy)
-        value = (pi * self.q).sum(axis=1)
+        value = oracle.context_values(self.q, pi)  # (C,): what oracle.acr averages
         gap = np.maximum(self.best_value - value, 0.0)
         optimal = np.clip((pi * self.near).sum(axis=1), 0.0, 1.0)
         mode = pi.argmax(axis=1)
@@ -209,7 +231,7 @@ class ExactEvaluator:
                 "best_n": (self.best % n_max + 1).tolist(),
             }
         return RunMetrics(
-            acr=float(self.probs @ value),
+            acr=float(value @ self.probs),  # = oracle.acr(self.q, pi, self.probs), bit for bit
             oracle_acr=self.oracle_acr,
             regret=float(self.probs @ gap),
             optimal_frac=float(self.probs @ optimal),
