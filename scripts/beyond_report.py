@@ -4,10 +4,10 @@
     python scripts/beyond_report.py --runs 30 --budgets 1k,20k    # quicker
     python scripts/beyond_report.py --analyse-only                # rebuild the report from OUT/*/results.csv
 
-Fits (via ``train.run_experiment``: run ``seed`` re-splits a real task / draws a synthetic world
-from the seed, exact test-split ACR from the oracle; resumable, one results.csv per task under
-``--out``) ``psst_model`` (query-controlled pulls), ``psst``, ``topk1``, ``topk4`` and ``topk8``,
-then writes, per task and budget:
+Fits (through the experiment harness ``iapo_gym.experiments.run_experiment``, as ``train.py``:
+run ``seed`` re-splits a real task / draws a synthetic world from the seed, exact test-split ACR
+from the oracle; resumable, one results.csv per task under ``--out``) ``psst_model``
+(query-controlled pulls), ``psst``, ``topk1``, ``topk4`` and ``topk8``, then writes, per task and budget:
 
 * the mean simple regret (standard error) and its **interquartile mean with a stratified bootstrap
   95 % interval** (:mod:`iapo_gym.experiments.robust_stats`; one stratum per task when aggregated);
@@ -54,38 +54,24 @@ def short(task: str) -> str:
 
 def run_task(task: str, out: Path, budgets: str, runs: int, seed: int, progress: bool, analyse_only: bool) -> bool:
     """Fit and evaluate every agent on one task (resumes); False when the task's table is missing."""
-    from iapo_gym.experiments import train
+    from iapo_gym.experiments import run_experiment
 
-    argv = [
-        "--env", task, "--agents", ",".join(AGENTS), "--budgets", budgets, "--runs", str(runs), "--seed", str(seed),
-        "--out", str(task_dir(out, task)), "--reference", "psst", "--skip-missing",
-        "--no-track", "--no-plots", "--progress" if progress else "--no-progress",
-    ]
-    if analyse_only:
-        argv.append("--analyse-only")
-    runner, _ = train.run_experiment(train.parse_args(argv), log=print)
+    runner, _ = run_experiment(
+        env=task, agents=",".join(AGENTS), budgets=budgets, runs=runs, seed=seed, out=str(task_dir(out, task)),
+        reference="psst", skip_missing=True, track=False, plots=False, progress=progress, analyse_only=analyse_only,
+        log=print,
+    )
     return task not in runner.skipped_envs
 
 
 def train_oracle_floor(task: str, seeds: list[int]) -> np.ndarray:
     """Per seed: exact test regret of the arm that is best on the exact train-split Q (per context)."""
-    from iapo_gym import oracle
-    from iapo_gym.experiments import train
-    from iapo_gym.experiments.evaluate import query_subtable
+    from iapo_gym.experiments import env_factory
+    from iapo_gym.experiments.evaluate import train_oracle_regret
+    from iapo_gym.experiments.executors import shares_table
 
-    make = train.env_factory(task, 1)
-    out = []
-    for s in seeds:
-        env = make(s)
-        if "Synth" in task:  # a world per seed: sub-tables, so each oracle cache dies with them
-            q_tr = oracle.q_values(query_subtable(env.table, env.train_queries))
-            q_te = oracle.q_values(query_subtable(env.table, env.test_queries))
-        else:
-            q_tr = oracle.q_values(env.table, env.train_queries)
-            q_te = oracle.q_values(env.table, env.test_queries)
-        arms = oracle.best_arms(q_tr)
-        out.append(float(oracle.regret(q_te, arms, env.contexts.probs)))
-    return np.asarray(out)
+    make, shared = env_factory(task, 1), shares_table(task)
+    return np.asarray([train_oracle_regret(make(s), shared) for s in seeds])
 
 
 # ------------------------------------------------------------------------------------ analysis
@@ -315,10 +301,10 @@ def plot_pareto(task: str, out: Path, seeds: list[int], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     from iapo_gym import oracle
-    from iapo_gym.experiments import train
+    from iapo_gym.experiments import env_factory
     from iapo_gym.experiments.results import Results
 
-    env = train.env_factory(task, 1)(seeds[0])
+    env = env_factory(task, 1)(seeds[0])
     table = env.table
     w = table.contexts.weights.copy()
     w[:, -1] = 0.0

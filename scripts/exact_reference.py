@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str] | None = None) -> int:
     from iapo_gym import oracle
-    from iapo_gym.experiments import train
+    from iapo_gym.experiments import ArgumentError, env_factory, parse_budgets
     from iapo_gym.experiments.evaluate import query_subtable
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--budgets", default="1k,5k,20k")
     args = ap.parse_args(argv)
-    budgets = train.parse_budgets(args.budgets)
-    make = train.env_factory(args.task, 1)
+    try:
+        budgets = parse_budgets(args.budgets)
+    except ArgumentError as exc:
+        ap.error(str(exc))
+    make = env_factory(args.task, 1)
     reg: dict[int, list[float]] = {b: [] for b in budgets}
     floor, n_train, n_prompts = [], 0, 1
     for seed in range(args.runs):

@@ -4,17 +4,20 @@
     python scripts/paired_report.py --tasks IAPO-MATH-v0 --runs 50   # one task, quicker
     python scripts/paired_report.py --analyse-only           # rebuild the report from OUT/*/results.csv
 
-Runs (via ``train.run_experiment``, resumable, one results.csv per task under ``--out``) the agents
-``psst_paired``, ``topk_paired`` (both use query-controlled pulls), ``psst``, ``topk4`` and
+Runs (through the experiment harness ``iapo_gym.experiments.run_experiment``: the same plan,
+run loop and exact evaluation as ``train.py``; resumable, one results.csv per task under
+``--out``) the agents ``psst_paired``, ``topk_paired`` (both use query-controlled pulls), ``psst``, ``topk4`` and
 ``uniform`` at budgets 1k..50k with the paper's protocol (run ``seed``: split / world from the
 seed, exact test-split ACR from the oracle), then writes:
 
-* per task, mean simple regret (test split, exact) per agent and budget, with the
-  *train-oracle floor*: the test regret of the arm that is best on the exact train-split Q (the
-  best any agent that learns from the train split can do in expectation: the test split's own
-  best arm is partly noise of its 20 % of the queries);
+* per task, mean simple regret (test split, exact) per agent and budget with its Student-t 95 %
+  interval (:func:`iapo_gym.experiments.stats.mean_ci`), and the *train-oracle floor*
+  (:func:`iapo_gym.experiments.evaluate.train_oracle_regret`): the test regret of the arm that
+  is best on the exact train-split Q (the best any agent that learns from the train split can do
+  in expectation: the test split's own best arm is partly noise of its 20 % of the queries);
 * the paired one-sided Wilcoxon signed-rank test of ``acr(psst_paired) > acr(psst)`` (and of
-  ``topk_paired``) per task and budget, over the same seeds;
+  ``topk_paired``) per task and budget, over the same seeds
+  (:func:`iapo_gym.experiments.robust_stats.wilcoxon_greater`);
 * the target check on MATH at T = 20,000 (mean regret at most half of PSST's, p < 0.05).
 
 The MATH table must be installed (``iapo-gym data import ...``; ``IAPO_GYM_DATA``); a task whose
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,54 +49,23 @@ def task_dir(out: Path, task: str) -> Path:
 
 def run_task(task: str, out: Path, budgets: str, runs: int, progress: bool) -> bool:
     """Fit and evaluate every agent on one task (resumes); False when the task's table is missing."""
-    from iapo_gym.experiments import train
+    from iapo_gym.experiments import run_experiment
 
-    argv = [
-        "--env", task, "--agents", ",".join(AGENTS), "--budgets", budgets, "--runs", str(runs),
-        "--out", str(task_dir(out, task)), "--reference", "psst", "--skip-missing",
-        "--no-track", "--no-plots", "--progress" if progress else "--no-progress",
-    ]
-    try:
-        args = train.parse_args(argv)
-    except SystemExit:  # older runner spellings of boolean flags
-        raise SystemExit(f"train.py did not accept {' '.join(argv)}; check `python train.py --help`") from None
-    runner, _ = train.run_experiment(args, log=print)
+    runner, _ = run_experiment(
+        env=task, agents=",".join(AGENTS), budgets=budgets, runs=runs, out=str(task_dir(out, task)),
+        reference="psst", skip_missing=True, track=False, plots=False, progress=progress, log=print,
+    )
     return task not in runner.skipped_envs
 
 
 def train_oracle_floor(task: str, seeds: list[int]) -> np.ndarray:
     """Per seed: exact test regret of the arm that is best on the exact train-split Q (per context)."""
-    from iapo_gym import oracle
-    from iapo_gym.experiments import train
-    from iapo_gym.experiments.evaluate import query_subtable
+    from iapo_gym.experiments import env_factory
+    from iapo_gym.experiments.evaluate import train_oracle_regret
+    from iapo_gym.experiments.executors import shares_table
 
-    make = train.env_factory(task, 1)
-    out = []
-    for s in seeds:
-        env = make(s)
-        shared = "Synth" not in task
-        table = env.table
-        if shared:
-            q_tr = oracle.q_values(table, env.train_queries)
-            q_te = oracle.q_values(table, env.test_queries)
-        else:  # a world per seed: evaluate sub-tables so the oracle cache dies with them
-            q_tr = oracle.q_values(query_subtable(table, env.train_queries), None)
-            q_te = oracle.q_values(query_subtable(table, env.test_queries), None)
-        q_tr, q_te = q_tr.reshape(q_tr.shape[0], -1), q_te.reshape(q_te.shape[0], -1)
-        arm = q_tr.argmax(axis=1)
-        out.append(float(env.contexts.probs @ (q_te.max(axis=1) - q_te[np.arange(arm.size), arm])))
-    return np.array(out)
-
-
-def one_sided_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Paired one-sided Wilcoxon signed-rank p-value of ``a > b`` (1.0 when every pair ties)."""
-    from scipy.stats import wilcoxon
-
-    if np.all(a == b):
-        return 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(wilcoxon(a, b, alternative="greater").pvalue)
+    make, shared = env_factory(task, 1), shares_table(task)
+    return np.array([train_oracle_regret(make(s), shared) for s in seeds])
 
 
 def load(out: Path, task: str) -> list[dict[str, Any]] | None:
@@ -106,7 +77,10 @@ def load(out: Path, task: str) -> list[dict[str, Any]] | None:
 
 
 def summarise(rows: list[dict[str, Any]], task: str, runs: int) -> dict[str, Any]:
-    """Mean regret / ACR per agent and budget over the seeds every agent finished, and the tests."""
+    """Mean regret (Student-t 95 % CI) / ACR per agent and budget over the seeds every agent finished, and the tests."""
+    from iapo_gym.experiments.robust_stats import wilcoxon_greater
+    from iapo_gym.experiments.stats import mean_ci
+
     rows = [r for r in rows if r["env"] == task and r["contexts"] == "finite" and int(r["seed"]) < runs]
     by: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
     for r in rows:
@@ -117,7 +91,7 @@ def summarise(rows: list[dict[str, Any]], task: str, runs: int) -> dict[str, Any
         "budgets": budgets,
         "agents": agents,
         "regret": {},
-        "se": {},
+        "ci": {},
         "acr": {},
         "p": {},
         "n": {},
@@ -131,12 +105,11 @@ def summarise(rows: list[dict[str, Any]], task: str, runs: int) -> dict[str, Any
         for a in agents:
             reg = np.array([by[(a, b)][s]["regret"] for s in seeds])
             acr = np.array([by[(a, b)][s]["acr"] for s in seeds])
-            table["regret"][(a, b)] = float(reg.mean()) if reg.size else float("nan")
-            table["se"][(a, b)] = float(reg.std(ddof=1) / np.sqrt(reg.size)) if reg.size > 1 else float("nan")
+            table["regret"][(a, b)], table["ci"][(a, b)] = mean_ci(reg) if reg.size > 1 else (float("nan"),) * 2
             table["acr"][(a, b)] = acr
         for a in PAIRED:
             if a in agents and "psst" in agents and seeds:
-                table["p"][(a, b)] = one_sided_p(table["acr"][(a, b)], table["acr"][("psst", b)])
+                table["p"][(a, b)] = wilcoxon_greater(table["acr"][(a, b)], table["acr"][("psst", b)])
     return table
 
 
@@ -150,14 +123,14 @@ def plot(tables: dict[str, dict[str, Any]], floors: dict[str, float], path: Path
     for ax, (task, t) in zip(axes[0], tables.items(), strict=True):
         for a in t["agents"]:
             y = np.array([t["regret"][(a, b)] for b in t["budgets"]])
-            e = np.array([t["se"][(a, b)] for b in t["budgets"]])
+            e = np.array([t["ci"][(a, b)] for b in t["budgets"]])
             style = "-o" if a in PAIRED else "--s"
             ax.errorbar(t["budgets"], y, yerr=e, fmt=style, ms=4, capsize=2, label=a)
         if task in floors:
             ax.axhline(floors[task], color="k", lw=1, ls=":", label="train-oracle floor")
         ax.set_xscale("log")
         ax.set_xlabel("budget T (completions)")
-        ax.set_ylabel("mean simple regret (exact, test split)")
+        ax.set_ylabel("mean simple regret (exact, test split; 95 % t CI)")
         ax.set_title(task.removeprefix("IAPO-").removesuffix("-v0"))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -205,9 +178,9 @@ def report(tables: dict[str, dict[str, Any]], floors: dict[str, float], command:
         n = {b: t["n"][b] for b in t["budgets"]}
         lines += [f"## {task}", "", f"Runs per cell: {sorted(set(n.values()))}; train-oracle floor: {fmt(floor)}.", ""]
         head = "| agent | " + " | ".join(f"T={b:,}" for b in t["budgets"]) + " |"
-        lines += ["Mean simple regret (standard error):", "", head, "|---|" + "---|" * len(t["budgets"])]
+        lines += ["Mean simple regret +- Student-t 95 % CI half-width:", "", head, "|---|" + "---|" * len(t["budgets"])]
         for a in t["agents"]:
-            cells = [f"{fmt(t['regret'][(a, b)])} ({fmt(t['se'][(a, b)])})" for b in t["budgets"]]
+            cells = [f"{fmt(t['regret'][(a, b)])} +- {fmt(t['ci'][(a, b)])}" for b in t["budgets"]]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
         lines += ["", "Ratio to PSST's regret, and p (one-sided, ACR above PSST's):", "", head,
                   "|---|" + "---|" * len(t["budgets"])]

@@ -196,6 +196,24 @@ class Interrupted(Exception):
         self.out, self.saved = out, saved
 
 
+def option_value(name: str, value: Any, where: str = "", exclude: Sequence[str] = ()) -> Any:
+    """``value`` of the ``Args`` field ``name`` checked and normalised (a list becomes comma-separated text).
+
+    Raises :class:`ArgumentError` naming the option (``where`` prefixes the message) for an unknown
+    name or a value of the wrong type.
+    """
+    options = [f for f in Args.__dataclass_fields__ if f not in exclude]
+    if name not in options:
+        raise ArgumentError(f"{where}unknown option {name!r}; options: {', '.join(sorted(options))}")
+    if isinstance(value, list | tuple):
+        value = ",".join(str(v) for v in value)
+    want = type(getattr(Args, name))
+    bad_int = want is int and (not isinstance(value, int) or isinstance(value, bool))
+    if bad_int or want is bool and not isinstance(value, bool):
+        raise ArgumentError(f"{where}{name} = {value!r} must be a {want.__name__}")
+    return value if want is not str else str(value)
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Options of a TOML experiment file, as ``Args`` fields (``[agents.*]`` become agents / agent_args)."""
     import tomllib
@@ -207,20 +225,11 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ArgumentError(f"--config: no file {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ArgumentError(f"--config {path}: not valid TOML ({exc})") from None
-    fields = {f for f in Args.__dataclass_fields__ if f != "config"}
     out: dict[str, Any] = {}
     agents = data.pop("agents", None)
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in fields:
-            raise ArgumentError(f"--config {path}: unknown option {key!r}; options: {', '.join(sorted(fields))}")
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        want = type(getattr(Args, name))
-        bad_int = want is int and (not isinstance(value, int) or isinstance(value, bool))
-        if bad_int or want is bool and not isinstance(value, bool):
-            raise ArgumentError(f"--config {path}: {key} = {value!r} must be a {want.__name__}")
-        out[name] = value if want is not str else str(value)
+        out[name] = option_value(name, value, f"--config {path}: ", exclude=("config",))
     if agents is not None:
         if not isinstance(agents, dict) or not all(isinstance(v, dict) for v in agents.values()):
             raise ArgumentError(
@@ -248,14 +257,27 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
     parser = build_parser(Args, prog="train.py", description=head, epilog="examples:\n" + examples)
     given = explicit_fields(parser, argv)
     try:
-        from_file = load_config(given["config"]) if given.get("config") else {}
+        return make_args(**given)
     except ArgumentError as exc:
         parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+
+
+def make_args(**options: Any) -> Args:
+    """``Args`` from keyword options, as the command line builds them.
+
+    Options (any ``Args`` field; lists such as ``budgets=[1000, 5000]`` are joined with commas)
+    override ``config`` (a TOML file), which overrides ``preset``, then the defaults. Raises
+    :class:`ArgumentError` naming the option for an unknown option, a wrong type, a bad config file
+    or an unknown preset.
+    """
+    given = {k: option_value(k, v) for k, v in options.items()}
+    from_file = load_config(given["config"]) if given.get("config") else {}
     merged = {**from_file, **given}
     preset = merged.get("preset", "")
     if preset:
         if preset not in PRESETS:
-            parser.error(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+            raise ArgumentError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
         base = dict(PRESETS[preset])
         if merged.get("write_docs"):
             base.update(PRESET_DOCS.get(preset, {}))
@@ -859,12 +881,36 @@ def check_trackers(args: Args) -> tuple[str, ...]:
     return names
 
 
-def run_experiment(args: Args, log: Callable[[str], None] = print) -> tuple[Runner, dict[str, Path]]:
-    """Validate, run (skipping finished runs) and analyse; returns the runner and the paths written.
+def run_experiment(
+    args: Args | None = None, /, *, log: Callable[[str], None] = print, **options: Any
+) -> tuple[Runner, dict[str, Path]]:
+    """The experiment harness: validate, run (skipping finished runs) and analyse.
+
+    ``train.py``'s command line and every report script (``scripts/*_report.py``) run experiments
+    through this one function: the plan (tasks x agents x budgets x seeds), the cells of seeds fitted
+    with ``Agent.fit_many``, the exact evaluation (:class:`~iapo_gym.experiments.evaluate.ExactEvaluator`,
+    i.e. :func:`iapo_gym.oracle.acr`), ``results.csv`` (resumable), TensorBoard, the Wilcoxon
+    tables, figures and report.
+
+    Args:
+        args: a full :class:`Args` (e.g. from :func:`parse_args`); None = the defaults.
+        log: where progress notes and the summary table go.
+        **options: ``Args`` fields overriding ``args`` (same names as the command line's options,
+            e.g. ``env="IAPO-MATH-v0", agents="psst,topk4", budgets=[1000, 5000], runs=50,
+            out="runs/x", contexts="continuous", track=False``; see :func:`make_args`).
+
+    Returns:
+        ``(runner, written)``: the :class:`Runner` (``runner.skipped_envs``, ``runner.new_runs``, ...)
+        and the paths written (``results``, ``wilcoxon_csv``, figures, ``report``, ``tensorboard``).
 
     Raises :class:`ArgumentError` / :class:`ResultsError` (one line naming the fix) and
     :class:`Interrupted` when Ctrl-C stops the runs (everything finished is saved).
     """
+    if options:
+        base = {} if args is None else {k: v for k, v in asdict(args).items() if v != getattr(Args, k)}
+        args = make_args(**{**base, **options})
+    elif args is None:
+        args = Args()
     from iapo_gym.experiments.results import OutputLock
     from iapo_gym.experiments.threads import limit_threads
 

@@ -1,0 +1,132 @@
+"""One experiment harness: ``iapo_gym.experiments.run_experiment`` behind train.py and the report scripts.
+
+``train.py``'s command line and ``run_experiment(**options)`` build the same plan and write the same
+rows; the report scripts run their fits through it (no second run loop) and compute their
+intervals with the Student-t / robust statistics of ``iapo_gym.experiments``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from iapo_gym.experiments import ArgumentError, make_args, run_experiment
+from iapo_gym.experiments import train as train_module
+from iapo_gym.experiments.results import Results
+from iapo_gym.experiments.stats import mean_ci
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = ("continuous_report", "paired_report", "beyond_report", "exact_reference")
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r.pop("wall_s")  # timing, not a result
+    return sorted(rows, key=lambda r: (r["agent"], int(r["budget"]), int(r["seed"])))
+
+
+def test_the_public_harness_writes_what_the_command_line_writes(tmp_path: Path) -> None:
+    options = ["--env", "IAPO-SynthBernoulli-v0", "--agents", "psst,uniform", "--budgets", "300,1k", "--runs", "3",
+               "--seed", "4", "--no-track", "--no-plots", "--no-progress"]
+    assert train_module.main([*options, "--out", str(tmp_path / "cli")]) == 0
+    runner, written = run_experiment(env="IAPO-SynthBernoulli-v0", agents=["psst", "uniform"], budgets=[1000, 300],
+                                     runs=3, seed=4, out=str(tmp_path / "api"), track=False, plots=False,
+                                     progress=False, log=lambda _: None)
+    assert runner.new_runs == 2 * 2 * 3 and written["results"] == tmp_path / "api" / "results.csv"
+    assert _rows(tmp_path / "api" / "results.csv") == _rows(tmp_path / "cli" / "results.csv")
+    # options override a given Args; the same call again resumes (nothing left to fit)
+    again, _ = run_experiment(make_args(env="IAPO-SynthBernoulli-v0", runs=1), agents="psst,uniform", budgets="300,1k",
+                              runs=3, seed=4, out=str(tmp_path / "api"), track=False, plots=False, progress=False,
+                              log=lambda _: None)
+    assert again.new_runs == 0 and again.fits == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"runz": 3}, "unknown option 'runz'"),
+        ({"runs": "3"}, "runs = '3' must be a int"),
+        ({"track": 1}, "track = 1 must be a bool"),
+        ({"preset": "nope"}, "unknown preset 'nope'"),
+    ],
+)
+def test_harness_options_are_checked(options: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        run_experiment(out=str(tmp_path), **options)
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_scripts_have_no_run_loop_of_their_own_and_no_normal_intervals() -> None:
+    for name in SCRIPTS:
+        text = (REPO / "scripts" / f"{name}.py").read_text()
+        assert "from iapo_gym.experiments import train" not in text and "import train\n" not in text, name
+        assert "fit_many(" not in text and ".fit(" not in text, f"{name} fits agents outside the harness"
+        assert "1.96" not in text and "norm.ppf" not in text, f"{name} uses a normal-approximation interval"
+        assert "ContinuousEvaluator" not in text and "policy_acr" not in text, name
+
+
+def test_continuous_report_runs_through_the_harness(tmp_path: Path) -> None:
+    report = _script("continuous_report")
+    out, doc = tmp_path / "out", tmp_path / "CONTINUOUS.md"
+    argv = ["--runs", "3", "--ppo-runs", "0", "--budgets", "200,400", "--agents", "psst_grid,grid_oracle",
+            "--tasks", "SynthCategorical", "--out", str(out), "--doc", str(doc), "--figures", str(tmp_path / "fig"),
+            "--no-progress"]
+    assert report.main(argv) == 0
+    res = Results.read(out / "results.csv")
+    assert set(res.contexts.tolist()) == {"continuous"} and len(res) == 2 * 2 * 3
+    # the same rows as train.py --contexts continuous with the same agents
+    assert train_module.main(["--env", "IAPO-SynthCategorical-v0", "--contexts", "continuous", "--agents",
+                              "psst_grid,grid_oracle=iapo_gym.experiments.references:GridOracle", "--budgets", "200,400",
+                              "--runs", "3", "--out", str(tmp_path / "cli"), "--no-track", "--no-plots",
+                              "--no-progress"]) == 0
+    assert _rows(out / "results.csv") == _rows(tmp_path / "cli" / "results.csv")
+    oracle_rows = res.mask(agent="grid_oracle")
+    assert np.all(res.budget_used[oracle_rows] == 0)
+    assert np.all(res.acr[oracle_rows] <= res.oracle_acr[oracle_rows] + 1e-12)
+    text = doc.read_text()
+    for b in (200, 400):  # the page's cells are Student-t intervals and paired Wilcoxon p of those rows
+        x = res.acr[res.mask(agent="psst_grid", budget=b)]
+        mean, half = mean_ci(x)
+        assert f"| {b:,} | {mean:.4f} +- {half:.4f} (n=3)" in text
+        y = res.regret[res.mask(agent="grid_oracle", budget=b)]
+        assert f"| {b:,} | {x.size and res.regret[res.mask(agent='psst_grid', budget=b)].mean():.4f} +- " in text
+        assert f" | {y.mean():.4f} +- {mean_ci(y)[1]:.4f} |" in text
+    assert (tmp_path / "fig" / "continuous_SynthCategorical.png").stat().st_size > 0
+    # --analyse-only fits nothing and writes the same page
+    before = doc.read_text()
+    assert report.main([*argv, "--analyse-only"]) == 0
+    assert doc.read_text() == before
+
+
+def test_paired_report_runs_through_the_harness(tmp_path: Path) -> None:
+    report = _script("paired_report")
+    out, doc = tmp_path / "out", tmp_path / "PAIRED.md"
+    argv = ["--tasks", "IAPO-SynthBernoulli-v0", "--runs", "3", "--budgets", "300", "--out", str(out), "--doc",
+            str(doc), "--figure", str(tmp_path / "figures" / "paired.png"), "--no-progress"]
+    assert report.main(argv) == 0
+    res = Results.read(out / "SynthBernoulli" / "results.csv")
+    assert len(res) == len(report.AGENTS) * 3
+    text = doc.read_text()
+    for agent in report.AGENTS:
+        mean, half = mean_ci(res.regret[res.mask(agent=agent)])
+        assert f"| {agent} | {mean:.4f} +- {half:.4f} |" in text
+    floor = report.train_oracle_floor("IAPO-SynthBernoulli-v0", [0, 1, 2])
+    assert f"train-oracle floor: {floor.mean():.4f}" in text and np.all(floor >= 0)
