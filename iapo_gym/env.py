@@ -50,8 +50,10 @@ class IAPOEnv(gym.Env):
 
     ## Episode End
 
-    Every episode is one step: ``terminated=True``, ``truncated=False``. A training run starts at a
-    seeded ``reset(seed=...)`` (which clears the env's own ledger) and ends when the budget is spent.
+    Every episode is one step: ``terminated=True``, ``truncated=False``. A seeded ``reset(seed=...)``
+    starts a new training run: it re-seeds the env and clears the env's own ledger (a shared ledger
+    passed as ``budget=`` is left to its owner); the unseeded resets of the following episodes never
+    touch the ledger. The run ends when the budget is spent.
     By default (``on_exhausted="raise"``) a pull that does not fit raises
     :class:`~iapo_gym.ledger.BudgetExceededError` before anything is drawn;
     ``info["action_mask"]`` / :meth:`action_masks` list the affordable arms. With
