@@ -147,3 +147,91 @@ def test_env_live_mode_charges_records_and_replays(engine, spec, tmp_path):
     assert set(t.query_ids) == {table.query_ids[q] for q in train}
     first = t.query_ids.index(table.query_ids[int(train[0])])
     np.testing.assert_allclose(t.answer_probs[0, first, 0], float(pulls.values[0, 0, 0]))
+
+
+class _Chunked:
+    """The builder's old path: ``LLM.generate`` on chunks of units, each chunk waited for."""
+
+    def __init__(self, engine):
+        self.model, self.sampling, self.engine = engine.model, engine.sampling, engine
+
+    def stream(self, requests):
+        yield from enumerate(self.engine.generate_batch(requests))
+
+    def close(self):
+        pass
+
+
+def test_continuous_engine_matches_chunked_path_bit_for_bit(engine, spec, tmp_path):
+    """Units are queued in the running engine (3 in flight, 12 units: many top-ups) and each is
+    delivered as it finishes; the table equals the chunked ``LLM.generate`` path's bit for bit."""
+    import threading
+    import time
+
+    queries = load_queries(spec, limit=6)
+    events: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    submit = engine.submit
+
+    def traced(request):
+        fut = submit(request)
+        with lock:
+            events.append((time.monotonic(), "submit"))
+        fut.add_done_callback(lambda f: events.append((time.monotonic(), "done")))
+        return fut
+
+    engine.submit = traced
+    try:
+        table, stats = build_table(spec, engine, queries, tmp_path / "cont", seed=5, concurrency=3, progress=False)
+    finally:
+        del engine.submit
+    assert stats.units_generated == 12 and stats.complete
+    order = [kind for _, kind in sorted(events)]
+    in_flight = np.cumsum([1 if k == "submit" else -1 for k in order])
+    assert in_flight.max() == 3 and order.count("submit") == 12  # the window is kept, never exceeded
+    ref, ref_stats = build_table(spec, _Chunked(engine), queries, tmp_path / "chunk", seed=5, batch_size=4, progress=False)
+    assert ref_stats.units_generated == 12
+    cont = {u["key"]: u for u in read_units(tmp_path / "cont.checkpoint.jsonl")}
+    chunk = {u["key"]: u for u in read_units(tmp_path / "chunk.checkpoint.jsonl")}
+    assert cont.keys() == chunk.keys()
+    for k, u in cont.items():
+        for field in ("texts", "completion_tokens", "prompt_tokens", "finish_reasons", "answers", "seed"):
+            assert u[field] == chunk[k][field], field
+    a, b = load_table(tmp_path / "cont"), load_table(tmp_path / "chunk")
+    for name in ("answer_probs", "cost", "gold", "split"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.provenance["answer_labels"] == b.provenance["answer_labels"] and a.query_ids == b.query_ids
+
+
+def test_engine_quarantines_a_refused_request_and_keeps_going(engine):
+    from iapo_gym.live.backends import RequestRejected
+
+    too_long = _req("seven " * 2000, 2, 1)  # about 2,000 tokens > max_model_len 1024
+    fut = engine.submit(too_long)
+    ok = engine.submit(_req("What is 2 + 3?", 2, 11))
+    with pytest.raises(RequestRejected) as info:
+        fut.result(timeout=120)
+    assert info.value.status == 400 and "1024" in str(info.value)
+    assert ok.result(timeout=300).texts == engine.generate([_req("What is 2 + 3?", 2, 11)])[0].texts
+
+
+def test_engine_hands_back_each_request_as_it_finishes(engine):
+    """Requests queued together come back in the order they finish in the engine, each as soon as
+    it finishes: a short answer is not held back by a long one submitted with it."""
+    import time
+
+    reqs = [_req("Write a long story about a dragon and a knight.", 2, 3), _req("Reply with one word: yes or no?", 2, 4),
+            _req("Describe the history of Rome in detail.", 2, 5), _req("What is 1 + 1? Answer with the number only.", 2, 6)]
+    t0 = time.monotonic()
+    futs = [engine.submit(r) for r in reqs]
+    done: dict[int, float] = {}
+    for i, f in enumerate(futs):
+        f.add_done_callback(lambda _, i=i: done.setdefault(i, time.monotonic() - t0))
+    gens = [f.result(timeout=300) for f in futs]
+    steps = [max(g.completion_tokens) for g in gens]  # engine steps each request needed
+    assert max(steps) == MAX_TOKENS and min(steps) <= MAX_TOKENS - 8, steps  # seeded: a short and a long answer
+    for a in range(4):
+        for b in range(4):
+            if steps[a] + 4 <= steps[b]:  # a needed at least 4 fewer decoding steps than b
+                assert done[a] < done[b], (steps, done)
+    assert [g.texts for g in gens] == [g.texts for g in engine.generate_batch(reqs)]

@@ -7,8 +7,10 @@ counts). ``stream`` yields results as they complete so a caller can checkpoint e
 
 * :class:`VLLMBackend` runs ``vllm.LLM`` in this process (``pip install 'iapo-gym[vllm]'`` on a
   GPU, ``'iapo-gym[live]'`` for the CPU build). The chat template is applied with the model's own
-  tokenizer and the token ids go to ``LLM.generate`` with one ``SamplingParams(n=..., seed=...)``
-  per request, exactly the call a hand-written script would make.
+  tokenizer and the token ids go to the engine with one ``SamplingParams(n=..., seed=...)`` per
+  request. Requests are queued in the running engine as they are submitted and each is handed
+  back the moment it finishes (a loop over ``LLMEngine.add_request`` and ``LLMEngine.step``), so
+  there is no batch barrier; the tokens are those of ``LLM.generate`` on the same requests.
 * :class:`OpenAIBackend` sends one ``/v1/chat/completions`` request with ``"n": N`` per pull to a
   server such as ``vllm serve`` (or ``python -m vllm.entrypoints.openai.api_server``), with bounded
   concurrency, per-request timeouts and retries with exponential backoff. It needs only the
@@ -17,11 +19,14 @@ counts). ``stream`` yields results as they complete so a caller can checkpoint e
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -132,7 +137,20 @@ class VLLMBackend(_CollectMixin):
             a local folder or a Hugging Face name).
         sampling: decoding parameters.
         dtype, max_model_len, enforce_eager, seed: passed to ``vllm.LLM``.
+        concurrency: units the builder keeps queued in the engine at once (the engine itself
+            runs up to its ``max_num_seqs`` sequences; a few more units than that fill it without
+            gaps while bounding what a kill loses).
         engine_kwargs: any further ``vllm.LLM`` arguments (``tensor_parallel_size``, ...).
+
+    :meth:`submit` queues one request in the running engine and returns a future; one thread,
+    started on the first submit, owns the engine: it adds queued requests
+    (``LLM.llm_engine.add_request``, rendered as ``LLM.generate`` renders them), steps the engine
+    and completes each future as its request finishes. Seeds are per request, so a request
+    samples the same tokens whatever else is in the engine (the live tests check the builder's
+    table against the chunked ``LLM.generate`` path bit for bit). A request the engine refuses (a prompt longer than
+    ``max_model_len``, invalid parameters) fails with :class:`RequestRejected`, so the builder
+    quarantines it; an engine failure fails every pending request with :class:`BackendError`.
+    Do not call ``backend.llm`` directly while submitted requests are running.
 
     ``vllm.LLM`` spawns an engine process, so scripts that build one need an
     ``if __name__ == "__main__":`` guard. On CPU set ``VLLM_CPU_KVCACHE_SPACE`` (GiB) first.
@@ -147,8 +165,11 @@ class VLLMBackend(_CollectMixin):
         max_model_len: int | None = None,
         enforce_eager: bool = False,
         seed: int = 0,
+        concurrency: int = 64,
         **engine_kwargs: Any,
     ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an integer >= 1; got {concurrency!r}")
         try:
             import vllm
         except ImportError as exc:
@@ -160,7 +181,9 @@ class VLLMBackend(_CollectMixin):
 
         self.model = model
         self.sampling = sampling or SamplingConfig()
+        self.concurrency = concurrency
         self._vllm = vllm
+        self._loop: _EngineLoop | None = None
         kwargs: dict[str, Any] = dict(model=resolve_model(model), dtype=dtype, enforce_eager=enforce_eager, seed=seed)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
@@ -184,32 +207,188 @@ class VLLMBackend(_CollectMixin):
             n=request.n, seed=request.seed, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens
         )
 
+    def generation(self, output: Any, prompt_tokens: int) -> Generation:
+        """A :class:`Generation` from a finished ``vllm.RequestOutput``."""
+        comps = sorted(output.outputs, key=lambda c: c.index)
+        return Generation(
+            texts=tuple(c.text for c in comps),
+            prompt_tokens=int(prompt_tokens),  # the ids we sent
+            completion_tokens=tuple(len(c.token_ids) for c in comps),
+            finish_reasons=tuple(str(c.finish_reason) for c in comps),
+        )
+
+    def submit(self, request: GenerationRequest) -> Future:
+        """Queue ``request`` in the running engine; the future holds its :class:`Generation`."""
+        if self.llm is None:
+            raise BackendError("this VLLMBackend is closed")
+        if self._loop is None:
+            self._loop = _EngineLoop(self)
+            self._loop.start()
+        return self._loop.submit(request)
+
     def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Generation]]:
-        """One ``LLM.generate`` call for the whole batch; yields every result when it returns."""
+        """Queue every request in the engine at once; yield each as it finishes.
+
+        A request the engine refused raises its :class:`RequestRejected` when reached.
+        """
+        futures = {self.submit(r): i for i, r in enumerate(requests)}
+        try:
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """One blocking ``LLM.generate`` call over ``requests`` (the call a hand-written script makes).
+
+        Kept as the reference the continuous path is checked and benchmarked against; it must
+        not overlap submitted requests.
+        """
+        if self._loop is not None and self._loop.busy():
+            raise RuntimeError("generate_batch() while submitted requests are running in the engine")
         if not requests:
-            return
+            return []
         prompts: list[Any] = [{"prompt_token_ids": self.encode(r.messages)} for r in requests]  # vllm TokensPrompt
-        params = [self.sampling_params(r) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        for i, out in enumerate(outputs):
-            comps = sorted(out.outputs, key=lambda c: c.index)
-            yield i, Generation(
-                texts=tuple(c.text for c in comps),
-                prompt_tokens=len(prompts[i]["prompt_token_ids"]),  # the ids we sent
-                completion_tokens=tuple(len(c.token_ids) for c in comps),
-                finish_reasons=tuple(str(c.finish_reason) for c in comps),
-            )
+        outputs = self.llm.generate(prompts, [self.sampling_params(r) for r in requests], use_tqdm=False)
+        return [self.generation(o, len(p["prompt_token_ids"])) for o, p in zip(outputs, prompts, strict=True)]
 
     def close(self) -> None:
         """Shut the engine down (its worker process exits)."""
         llm = getattr(self, "llm", None)
         if llm is None:
             return
+        loop, self._loop = getattr(self, "_loop", None), None
+        if loop is not None:
+            loop.stop()
         engine = getattr(llm, "llm_engine", None)
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         self.llm = None
+
+
+class _EngineLoop(threading.Thread):
+    """The one thread that drives a :class:`VLLMBackend`'s engine (see its docstring).
+
+    Requests wait in ``inbox`` until the loop adds them to the engine; every ``step`` returns the
+    requests that finished, whose futures are completed at once. The loop sleeps on ``inbox``
+    while nothing is running.
+    """
+
+    def __init__(self, backend: VLLMBackend) -> None:
+        super().__init__(name="iapo-vllm-engine", daemon=True)
+        self.b = backend
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.active: dict[str, tuple[Future, int]] = {}  # engine request id -> (future, prompt tokens)
+        self.dead: BaseException | None = None
+        self._lock = threading.Lock()  # orders submit() against the loop's death
+        self._stopping = False
+        self._ids = itertools.count()
+        self.engine = backend.llm.llm_engine  # vllm LLMEngine: add_request + step, used by this thread only
+        from vllm.sampling_params import RequestOutputKind
+
+        self._final_only = RequestOutputKind.FINAL_ONLY
+
+    def busy(self) -> bool:
+        return bool(self.active) or not self.inbox.empty()
+
+    def submit(self, request: GenerationRequest) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            if self.dead is not None:
+                raise BackendError(f"the vLLM engine failed: {self.dead}")
+            if self._stopping:
+                raise BackendError("this VLLMBackend is closed")
+            self.inbox.put((request, fut))
+        return fut
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self.inbox.put(None)
+        self.join(timeout)
+
+    def run(self) -> None:
+        engine = self.engine
+        try:
+            while True:
+                items = [] if self.active else [self.inbox.get()]
+                while True:
+                    try:
+                        items.append(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                for item in items:
+                    if item is None:
+                        self._finish(BackendError("this VLLMBackend was closed with the request pending"), engine)
+                        return
+                    self._add(*item)
+                if self.active and not engine.has_unfinished_requests():  # never wait on requests the engine lost
+                    lost = BackendError(f"the vLLM engine has no record of {len(self.active)} running request(s)")
+                    for fut, _ in self.active.values():
+                        fut.set_exception(lost)
+                    self.active.clear()
+                if self.active:
+                    for out in engine.step():
+                        if out.finished and out.request_id in self.active:
+                            fut, prompt_tokens = self.active.pop(out.request_id)
+                            fut.set_result(self.b.generation(out, prompt_tokens))
+        except BaseException as exc:  # the engine died: fail everything pending, refuse what comes
+            self._finish(BackendError(f"the vLLM engine failed: {type(exc).__name__}: {exc}"), None, exc)
+
+    def _add(self, request: GenerationRequest, fut: Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        rid = f"iapo-{next(self._ids)}"
+        try:
+            ids = self.b.encode(request.messages)
+            params = self.b.sampling_params(request)
+            params.output_kind = self._final_only  # one output per request, when it finishes (as LLM.generate)
+            # LLMEngine.add_request renders a token prompt exactly as LLM.generate does (parse, then
+            # the renderer's default completion tokenisation, which leaves token ids as they are).
+            self.engine.add_request(rid, {"prompt_token_ids": ids}, params)
+        except Exception as exc:
+            if _is_refusal(exc):  # this request only (too long a prompt, bad parameters): quarantined
+                fut.set_exception(RequestRejected(f"the vLLM engine refused the request: {exc}", 400, str(exc)[:2000]))
+                return
+            fut.set_exception(exc)
+            raise
+        self.active[rid] = (fut, len(ids))
+
+    def _finish(self, error: BackendError, engine: Any, cause: BaseException | None = None) -> None:
+        with self._lock:
+            if cause is not None:
+                self.dead = cause
+            pending = [fut for fut, _ in self.active.values()]
+            rids = list(self.active)
+            self.active.clear()
+            while True:
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    pending.append(item[1])
+        if engine is not None and rids:
+            try:
+                engine.abort_request(rids)
+            except Exception:  # pragma: no cover - the engine is shutting down anyway
+                pass
+        for fut in pending:
+            if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
+                fut.set_exception(error)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether vLLM refused one request (a client error), as opposed to failing as an engine."""
+    try:
+        from vllm.exceptions import VLLMClientError, VLLMServerError
+    except ImportError:  # pragma: no cover - older vLLM: validation errors are ValueErrors
+        return isinstance(exc, (ValueError, TypeError))
+    if isinstance(exc, VLLMServerError):
+        return False
+    return isinstance(exc, (VLLMClientError, ValueError, TypeError))
 
 
 def _on_cpu() -> bool:

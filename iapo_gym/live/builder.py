@@ -224,7 +224,7 @@ class Builder:
         checkpoint: path of the checkpoint log.
         seed: the build seed (per-unit seeds derive from it).
         concurrency: requests in flight (default: the backend's ``concurrency``, else 8).
-        batch_size: units per ``stream`` call for backends that batch (the in-process engine).
+        batch_size: units per ``stream`` call for backends without ``submit`` (each call waited for).
         retry_failed: retry units quarantined by an earlier session.
         max_tokens_total: stop submitting once this call has used this many tokens.
         progress: show a tqdm progress bar.

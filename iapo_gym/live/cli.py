@@ -53,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="table directory to write")
     p.add_argument("--checkpoint", default=None, help="checkpoint log (default: <out>.checkpoint.jsonl)")
     p.add_argument("--seed", type=int, default=0, help="build seed (per-unit sampling seeds derive from it)")
-    p.add_argument("--batch-size", type=int, default=64, help="units per engine call for --backend vllm (default 64)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="--backend vllm: units kept queued in the engine at once (default 64)")
     g = p.add_argument_group("OpenAI-compatible client (--backend openai)")
     g.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds for a whole request (default 600)")
@@ -201,10 +202,12 @@ def run_build(args: argparse.Namespace) -> int:
     elif args.dry_run and not args.probe:
         backend = _PlanBackend(args.model, spec.sampling)
     else:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1 (units kept queued in the engine); got {args.batch_size}")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         backend = VLLMBackend(
             args.model, spec.sampling, dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=args.enforce_eager,
-            seed=args.seed,
+            seed=args.seed, concurrency=args.batch_size,
         )
     try:
         if args.dry_run:

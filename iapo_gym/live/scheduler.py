@@ -6,9 +6,9 @@ a slow request never holds back the others (the builder checkpoints every unit a
 This is the seam a distributed executor plugs into: it needs units, a backend and the two
 callbacks, nothing else.
 
-Backends with ``submit(request) -> Future`` (the OpenAI-compatible backend) are driven one
-request at a time. Backends without it (the in-process vLLM engine, whose ``LLM.generate``
-batches continuously *inside* one call) get the units in chunks of ``chunk`` through ``stream``.
+Backends with ``submit(request) -> Future`` (the OpenAI-compatible backend's thread pool, the
+in-process vLLM engine's request queue) are driven one request at a time. Backends with only
+``stream`` (a third-party backend) get the units in chunks of ``chunk``, each chunk waited for.
 
 Failures: a :class:`~iapo_gym.live.backends.RequestRejected` (the server refused this request;
 retrying will not help) goes to ``on_failure`` and the schedule continues. Any other error stops
