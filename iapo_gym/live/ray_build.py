@@ -134,7 +134,7 @@ def engine_workers(k: int, gpus_per_worker: float, batch_size: int, **engine: An
         k: number of engines.
         gpus_per_worker: GPUs per engine (``0`` runs the engines on CPUs, one CPU each; above 1
             the engine is tensor-parallel over them: ``tensor_parallel_size``).
-        batch_size: requests an engine batches into one ``LLM.generate`` call at most.
+        batch_size: requests in flight at each engine (queued in the running engine).
         **engine: :class:`~iapo_gym.live.backends.VLLMBackend` arguments (``dtype``, ...).
     """
     if k < 1:
@@ -161,9 +161,9 @@ def _check_workers(workers: Sequence[WorkerSpec]) -> None:
 class BuildWorker:
     """The Ray actor behind one worker: builds its backend and answers requests.
 
-    A backend with ``submit`` (an endpoint) gets each request as it comes; an in-process engine
-    (no ``submit``) gets whatever requests are waiting, up to ``batch_size``, in one
-    ``LLM.generate`` call (vLLM batches continuously inside the call), while new ones queue.
+    A backend with ``submit`` (an endpoint, the in-process vLLM engine, which queues each request
+    in the running engine) gets each request as it comes; a backend with only ``stream`` gets
+    whatever requests are waiting, up to ``batch_size``, in one call, while new ones queue.
     Refusals and server-wide failures come back as values, not exceptions, so their status and
     message survive the trip to the driver intact.
     """
