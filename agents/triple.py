@@ -48,6 +48,7 @@ class TRIPLE(BatchAgent):
         """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         c_n = len(runs.contexts)
+        runs.cap_calls()  # rounds pull many runs' budgets at once: cache-sized calls
         stats = NestedStats(s_n, p_n, n_max, runs.contexts)
         n_one = np.zeros((s_n, c_n, p_n, n_max), dtype=bool)
         n_one[..., 0] = True  # the trimming runs on the N = 1 arm of each prompt

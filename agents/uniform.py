@@ -11,7 +11,8 @@ uniformly random (seeded) subset of prompts that fits, so the agent never spends
 and wastes less than ``N_max`` completions. Arms without data rank below every seen arm; a
 context with no data at all deploys ``(p=0, N=1)``.
 
-All seeds of a batch run at once (one sampler call).
+All seeds of a batch run at once, their pulls drawn in cache-sized calls
+(:meth:`iapo_gym.runs.RunBatch.cap_calls`), so a batch is not slower per run than one run alone.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Uniform(BatchAgent):
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
         """Fit every run of the batch at once (see :meth:`iapo_gym.agents.base.BatchAgent.fit_runs`)."""
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
+        runs.cap_calls()  # the whole budget is pulled at once: cache-sized calls
         stats = NestedStats(s_n, p_n, n_max, runs.contexts)
         lam = runs.budgets // (p_n * n_max)
         cell_run = np.repeat(np.arange(s_n), p_n)

@@ -181,3 +181,44 @@ def test_the_batched_agent_example_in_the_docs_passes_the_checks():
     code = re.findall(r"```python\n# my_batched_agent.py\n(.*?)```", doc, re.S)[0]
     assert "from iapo_gym.agents._" not in code  # public API only
     exec(compile(code, "docs/AGENTS.md", "exec"), {})  # defines the agent and runs check_agent (incl. invariance)
+
+
+def test_worlds_are_stacked_lazily_once_and_released_with_them():
+    import gc
+
+    import iapo_gym.runs as runs_module
+
+    worlds = [small_table("mv", seed=s) for s in (11, 12, 13)]
+    envs = [make_env(w, s) for s, w in enumerate(worlds)]
+    batch = RunBatch(envs, 40, [0, 1, 2], "t")
+    batch.cap_calls()
+    assert batch._cap == 1 and batch._table is None  # no stack yet: each call samples one run's own world
+    calls = list(batch.pull([0, 1, 2, 0], [0, 1, 2, 3], [5, 5, 5, 5]))
+    assert [sorted(rows.tolist()) for _, rows in calls] == [[0, 3], [1], [2]] and batch._table is None
+    # a call over several runs stacks the worlds, once: the next batch over the same worlds reuses it
+    other = RunBatch(envs, 40, [0, 1, 2], "u")
+    list(other.pull([0, 1, 2], [0, 0, 0], [2, 2, 2]))
+    stack = other.table
+    assert stack.n_queries == sum(w.n_queries for w in worlds)
+    again = RunBatch(envs, 40, [0, 1, 2], "v")
+    assert again.table is stack
+    again.cap_calls()
+    assert again._cap > 1  # the stack exists: calls may mix runs again
+    del batch, other, again, stack, calls, envs, worlds
+    small_table.cache_clear()
+    gc.collect()
+    assert runs_module._STACK == []
+
+
+def test_own_world_draws_equal_stacked_draws():
+    worlds = [small_table("bon", seed=s) for s in (21, 22)]
+    solo = RunBatch([make_env(w, s) for s, w in enumerate(worlds)], 60, [4, 5], "t")
+    solo.cap_calls()
+    stacked = RunBatch([make_env(w, s) for s, w in enumerate(worlds)], 60, [4, 5], "t")
+    assert stacked.table is not None
+    args = ([0, 1, 1], [1, 2, 0], [5, 6, 4])
+    a = {int(r): p for pulls, rows in solo.pull(*args) for r, p in zip(rows, pulls.values, strict=True)}
+    b = {int(r): p for pulls, rows in stacked.pull(*args) for r, p in zip(rows, pulls.values, strict=True)}
+    assert a.keys() == b.keys() == {0, 1, 2}
+    for r in a:
+        np.testing.assert_array_equal(a[r][: args[2][r]], b[r][: args[2][r]])
