@@ -381,3 +381,21 @@ def test_regret_difference_panel_is_the_paired_mean_and_marks_significance(monke
 
     points = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
     assert len(points) == 1 and points[0].get_facecolor()[0][:3].tolist() != [1.0, 1.0, 1.0]  # p < 0.05: filled
+
+
+def test_synthetic_worlds_are_drawn_once_per_seed_and_the_cache_is_bounded(monkeypatch) -> None:
+    from iapo_gym.tasks import load_task_table
+
+    monkeypatch.setattr(train, "_WORLDS", type(train._WORLDS)())
+    make_a, make_b = train.env_factory("IAPO-SynthBernoulli-v0", 50), train.env_factory("IAPO-SynthBernoulli-v0", 90)
+    a, b, c = make_a(4), make_b(4), make_a(5)
+    assert a.table is b.table and a.table is not c.table  # every cell of seed 4 fits the same world object
+    assert a.ledger is not b.ledger and (a.ledger.budget, b.ledger.budget) == (50, 90)
+    fresh = load_task_table("SynthBernoulli", world_seed=4)
+    np.testing.assert_array_equal(a.table.answer_probs, fresh.answer_probs)  # the same world as drawn afresh
+    np.testing.assert_array_equal(a.train_queries, train.env_factory("IAPO-SynthBernoulli-v0", 1)(4).train_queries)
+    assert train.env_factory("IAPO-MATH-v0", 1) is not None and len(train._WORLDS) == 2  # real tasks: no world
+    monkeypatch.setattr(train, "WORLD_CACHE_BYTES", train._table_nbytes(a.table) * 2)
+    for seed in range(6, 10):
+        make_a(seed)
+    assert list(train._WORLDS) == [("SynthBernoulli", 8), ("SynthBernoulli", 9)]  # least recently used out

@@ -57,6 +57,7 @@ import json
 import signal
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -409,14 +410,54 @@ def make_plan(args: Args) -> Plan:
 
 
 # --------------------------------------------------------------------------- environments
+#: Synthetic worlds kept per process, least recently used first out, within WORLD_CACHE_BYTES: every
+#: cell of a task (each agent and budget) fits the same world for a seed, so it is drawn once per
+#: (task, world seed) instead of once per cell (a quarter of a synthetic task's sweep time), and
+#: the worlds keep their oracle caches and their stack (:mod:`iapo_gym.runs`) between cells.
+_WORLDS: OrderedDict[tuple[str, int], Any] = OrderedDict()
+WORLD_CACHE_BYTES = 2 << 30
+
+
+def _table_nbytes(table: Any) -> int:
+    names = ("cost", "answer_probs", "gold", "outcome_values", "outcome_probs")
+    return sum(int(getattr(getattr(table, k, None), "nbytes", 0)) for k in names)
+
+
+def world(task: str, seed: int) -> Any:
+    """The synthetic world of ``task`` drawn from ``seed`` (``load_task_table``), cached per process."""
+    from iapo_gym.tasks import load_task_table
+
+    key = (str(task), int(seed))
+    if key in _WORLDS:
+        _WORLDS.move_to_end(key)
+        return _WORLDS[key]
+    table = load_task_table(task, world_seed=int(seed))
+    _WORLDS[key] = table
+    used = sum(_table_nbytes(t) for t in _WORLDS.values())
+    while len(_WORLDS) > 1 and used > WORLD_CACHE_BYTES:
+        _, old = _WORLDS.popitem(last=False)
+        used -= _table_nbytes(old)
+    return table
+
+
 def env_factory(env_id: str, budget: int, contexts: str = "finite") -> Callable[[int], Any]:
-    """``make_env(seed)``: the unwrapped env of run ``seed`` (its split, its world, its ledger)."""
+    """``make_env(seed)``: the unwrapped env of run ``seed`` (its split, its world, its ledger).
+
+    A synthetic task's world comes from the per-process cache (:func:`world`): the same table
+    object for every cell of that seed, bit-identical to drawing it afresh.
+    """
     import gymnasium as gym
 
+    from iapo_gym.tasks import TASKS
+
     extra: dict[str, Any] = {} if contexts == "finite" else {"contexts": contexts}
+    task = str((gym.spec(env_id).kwargs or {}).get("task", ""))
+    info = TASKS.get(task)
+    synthetic = info is not None and info.kind == "synthetic"
 
     def make_env(seed: int) -> Any:
-        return gym.make(env_id, budget=int(budget), split_seed=int(seed), world_seed=int(seed), **extra).unwrapped
+        table = {"task": world(task, seed)} if synthetic else {}
+        return gym.make(env_id, budget=int(budget), split_seed=int(seed), world_seed=int(seed), **extra, **table).unwrapped
 
     return make_env
 
