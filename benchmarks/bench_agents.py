@@ -12,9 +12,16 @@ For every task (MATH -- the paper's released table from the data directory, skip
 processes, one per engine (``--old`` checkout and this one), **alternating** old and new for each
 repeat so that both see the same machine load. It prints runs per second (best of ``--repeats``:
 the least disturbed by other load), the new/old ratio and, for MATH, the speed-up over the paper
-authors' per-run time for PSST (0.45 s at T = 5,000 and 3.8 s at T = 50,000; measured for PSST
-only, so the column is labelled ``x PSST ref`` and applies PSST's reference to every agent). Env
-construction is not timed. Without ``--old`` only this engine is timed.
+authors' per-run time (``x authors``) with the reference it used (``ref``):
+
+* ``authors``: the authors' own time for the same agent. Built in: their PSST on MATH, 0.45 s per
+  run at T = 5,000 and 3.8 s at T = 50,000 (fixed numbers, measured on their released code
+  outside this benchmark). ``--authors-times FILE`` adds or replaces per-agent times measured
+  elsewhere (JSON ``{"ucb": {"5000": 2.0, "50000": 21.9}, ...}``; labelled ``file``).
+* ``PSST-ref``: no time of the authors' for this agent, so PSST's is applied to it: a lower bound
+  of nothing in particular, printed only to compare agents with one yardstick.
+
+Env construction is not timed. Without ``--old`` only this engine is timed.
 """
 
 from __future__ import annotations
@@ -28,7 +35,28 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_S = {5_000: 0.45, 50_000: 3.8}  # the authors' PSST, seconds per run on MATH
+#: The authors' per-run times on MATH (seconds) for (agent, budget): their PSST, measured on their
+#: released code outside this benchmark (fixed numbers).
+AUTHORS_S: dict[tuple[str, int], float] = {("psst", 5_000): 0.45, ("psst", 50_000): 3.8}
+
+
+def reference(agent: str, budget: int, measured: dict[tuple[str, int], float]) -> tuple[float | None, str]:
+    """The authors' per-run seconds to compare ``agent`` at ``budget`` with, and its label."""
+    if (agent, budget) in measured:
+        return measured[(agent, budget)], "file"
+    if (agent, budget) in AUTHORS_S:
+        return AUTHORS_S[(agent, budget)], "authors"
+    if ("psst", budget) in AUTHORS_S:
+        return AUTHORS_S[("psst", budget)], "PSST-ref"
+    return None, "-"
+
+
+def load_authors_times(path: str | None) -> dict[tuple[str, int], float]:
+    """``--authors-times``: ``{agent: {budget: seconds per run}}`` -> ``{(agent, budget): seconds}``."""
+    if not path:
+        return {}
+    data = json.loads(Path(path).read_text())
+    return {(str(a), int(b)): float(t) for a, times in data.items() for b, t in times.items()}
 
 
 def load_engine(root: Path) -> None:
@@ -147,6 +175,7 @@ def main() -> None:
         help="time per run: process CPU time (default; every agent is single-threaded, and CPU time is far "
         "less disturbed by other load on a shared machine) or wall time",
     )
+    parser.add_argument("--authors-times", help="JSON {agent: {budget: s per run}} of the authors' code, timed elsewhere")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)
@@ -155,11 +184,12 @@ def main() -> None:
     if args.old:
         engines = {"old": Worker(Path(args.old)), **engines}
     budgets = [int(b) for b in args.budgets.split(",")]
+    measured = load_authors_times(args.authors_times)
     try:
         for task in args.tasks.split(","):
             print(f"\n{task}: {args.seeds} seeds per batch, best of {args.repeats}, engines interleaved, {args.clock} time")
             head = f"{'agent':>15} {'T':>7}" + "".join(f" {k + ' r/s':>10}" for k in engines)
-            head += f" {'new/old':>8} {'used':>7} {'x PSST ref':>10}"
+            head += f" {'new/old':>8} {'used':>7} {'x authors':>10} {'ref':>8}"
             print(head)
             for name in args.agents.split(","):
                 for budget in budgets:
@@ -176,10 +206,15 @@ def main() -> None:
                         continue
                     rates = {k: 1.0 / r[args.clock] for k, r in best.items()}
                     ratio = f"{rates['new'] / rates['old']:8.2f}" if "old" in rates else "       -"
-                    ref = REFERENCE_S.get(budget) if task == "MATH" else None
+                    ref, label = reference(name, budget, measured) if task == "MATH" else (None, "-")
                     xref = f"{ref * rates['new']:10.0f}" if ref else "         -"
                     row = f"{name:>15} {budget:>7}" + "".join(f" {rates[k]:10.1f}" for k in engines)
-                    print(f"{row} {ratio} {best['new']['used']:7.0f} {xref}", flush=True)
+                    print(f"{row} {ratio} {best['new']['used']:7.0f} {xref} {label:>8}", flush=True)
+        print(
+            "\nref: authors = the authors' own per-run time for this agent (fixed: PSST on MATH, 0.45 s at "
+            "T=5,000, 3.8 s at T=50,000); file = --authors-times; PSST-ref = the authors' PSST time applied to "
+            "another agent (no time of theirs for it)"
+        )
     finally:
         for w in engines.values():
             w.close()
