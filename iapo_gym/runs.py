@@ -160,7 +160,7 @@ class RunStreams:
             flat = np.arange(int(c.sum()))
             src = np.repeat(r * _BUFFER + p - packed, c) + flat  # positions in the flattened buffer
             if cheap.all():  # the usual case: the cheap values fill ``out`` in order
-                np.take(self._buf.reshape(-1), src, out=out)
+                np.take(self._buf.reshape(-1), src, out=out, mode="clip")  # in range by construction
             else:
                 out[np.repeat(first - packed, c) + flat] = self._buf.reshape(-1)[src]
             self._pos[r] += c
@@ -189,12 +189,16 @@ class RunStreams:
             return self.random(np.full(runs_a.size, k), runs_a).reshape(runs_a.size, k)
         # Equal counts: the rows served from the buffers are one broadcast gather (the values are
         # still each run's next ``k``, in order; the others take the general path).
-        out = np.empty((runs_a.size, k))
         rows = np.flatnonzero(cheap) if not cheap.all() else None
         r, p = (runs_a, pos) if rows is None else (runs_a[rows], pos[rows])
+        if rows is None and bool((p == p[0]).all()):  # runs in step (the usual case): row slices
+            p0 = int(p[0])
+            self._pos[r] += k
+            return self._buf[r, p0 : p0 + k]
+        out = np.empty((runs_a.size, k))
         src = (r * _BUFFER + p)[:, None] + np.arange(k)[None, :]
         if rows is None:
-            np.take(self._buf.reshape(-1), src, out=out)
+            np.take(self._buf.reshape(-1), src, out=out, mode="clip")  # in range by construction
         else:
             out[rows] = self._buf.reshape(-1)[src]
             rest = np.flatnonzero(~cheap)
