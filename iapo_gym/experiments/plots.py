@@ -18,7 +18,14 @@ import numpy as np  # noqa: E402
 from iapo_gym.experiments.results import Results  # noqa: E402
 from iapo_gym.experiments.stats import mean_ci  # noqa: E402
 
-__all__ = ["plot_acr_vs_budget", "plot_n_vs_cost", "plot_regret_difference", "short_env"]
+__all__ = [
+    "plot_acr_vs_budget",
+    "plot_n_vs_cost",
+    "plot_regret_difference",
+    "plot_performance_profiles",
+    "plot_pareto",
+    "short_env",
+]
 
 
 def short_env(env: str) -> str:
@@ -201,5 +208,104 @@ def plot_regret_difference(
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle(f"paired regret difference vs {reference} (mean, 95% CI; filled: Wilcoxon p < 0.05)")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_performance_profiles(
+    results: Results, path: str | Path, budgets: Sequence[int] | None = None, agents: Sequence[str] | None = None
+) -> Path:
+    """Performance profiles of regret (Agarwal et al., 2021): one row per task, one column per budget.
+
+    Each curve is an agent's run-score distribution: the share of runs whose regret is at most
+    ``tau``, for every threshold ``tau`` (higher and further left is better). Unlike a mean, it
+    shows the spread and the tail of bad runs. ``budgets`` defaults to the smallest, a middle and
+    the largest budget of the experiment.
+    """
+    from iapo_gym.experiments.robust_stats import performance_profile
+
+    envs = results.unique("env")
+    agents = list(agents) if agents is not None else results.unique("agent")
+    all_budgets = sorted(set(results.budget.tolist()))
+    if budgets is None:
+        budgets = sorted({all_budgets[0], all_budgets[len(all_budgets) // 2], all_budgets[-1]})
+    budgets = [int(b) for b in budgets]
+    fig, axes = plt.subplots(len(envs), len(budgets), figsize=(4.0 * len(budgets), 3.0 * len(envs)), squeeze=False)
+    cmap = plt.get_cmap("tab20" if len(agents) > 10 else "tab10")
+    for row, env in zip(axes, envs, strict=True):
+        m_env = results.mask(env=env)
+        top = float(np.quantile(results.regret[m_env], 0.98)) if m_env.any() else 1.0
+        taus = np.linspace(0.0, max(top, 1e-9), 200)
+        for ax, b in zip(row, budgets, strict=True):
+            for i, agent in enumerate(agents):
+                m = m_env & results.mask(agent=agent, budget=b)
+                if m.any():
+                    ax.plot(taus, performance_profile(results.regret[m], taus, lower_is_better=True),
+                            color=cmap(i % cmap.N), lw=1.1, label=agent)
+            ax.set_title(f"{short_env(env)}, T = {b:,}", fontsize=9)
+            ax.set_xlabel("regret threshold tau")
+            ax.set_ylabel("share of runs with regret <= tau", fontsize=8)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("performance profiles of regret (per run)")
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_pareto(
+    results: Results,
+    tables: Mapping[str, tuple[object, Sequence[int] | None]],
+    path: str | Path,
+    budget: int,
+    agents: Sequence[str],
+) -> Path:
+    """Pareto view per task: exact quality against expected completions ``N`` for every arm.
+
+    ``tables`` maps each task to ``(outcome table, seeds)``: the table whose arms are drawn, and the
+    runs whose deployments match it (``None``: every run, for a task whose table is the same in every
+    run; a synthetic task draws a world per seed, so only that world's run is marked). Quality is the
+    exact Q over all queries with the cost term removed, for one context (MV: any; BoN: the one whose
+    first weight is nearest 0.5). Grey: one line per prompt; black: the best prompt per N (the
+    front); markers: each agent's deployed (prompt, N) at ``budget``, area = share of (run, context)
+    deployments.
+    """
+    from iapo_gym import oracle
+
+    envs = [e for e in results.unique("env") if e in tables]
+    fig, axes = _grid(max(len(envs), 1))
+    for ax, env in zip(axes, envs, strict=False):
+        table, seeds = tables[env]
+        w = np.array(table.contexts.weights, dtype=np.float64)  # type: ignore[attr-defined]
+        w[:, -1] = 0.0
+        c = 0 if table.strategy == "mv" else int(np.argmin(np.abs(w[:, 0] - 0.5)))  # type: ignore[attr-defined]
+        quality = oracle.q_values(table, None, weights=w[c : c + 1])[0]  # type: ignore[arg-type]
+        n = np.arange(1, quality.shape[1] + 1)
+        for p in range(quality.shape[0]):
+            ax.plot(n, quality[p], color="0.85", lw=0.6, zorder=1)
+        ax.plot(n, quality.max(axis=0), color="k", lw=1.2, label="best prompt per N", zorder=2)
+        m_env = results.mask(env=env, budget=int(budget))
+        if seeds is not None:
+            m_env &= np.isin(results.seed, np.asarray(list(seeds)))
+        for i, agent in enumerate(agents):
+            idx = np.flatnonzero(m_env & results.mask(agent=agent))
+            if idx.size == 0:
+                continue
+            pairs = np.concatenate(
+                [np.c_[np.asarray(results.policy[j]["prompt"]), np.asarray(results.policy[j]["n"])] for j in idx]
+            ).astype(np.int64)
+            arms, counts = np.unique(pairs, axis=0, return_counts=True)
+            ax.scatter(arms[:, 1], quality[arms[:, 0], arms[:, 1] - 1], s=12 + 300 * counts / counts.sum(),
+                       alpha=0.5, color=f"C{i}", label=agent, zorder=3 + i)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=float(np.quantile(quality, 0.2)))
+        ax.set_xlabel("expected completions per query (N)")
+        ax.set_ylabel("exact quality, cost excluded", fontsize=8)
+        ax.set_title(f"{short_env(env)}: deployed arms at T = {int(budget):,}", fontsize=9)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("every arm's exact quality against its completions, with the deployed arms marked")
     fig.tight_layout()
     return _save(fig, Path(path))

@@ -98,12 +98,20 @@ def performance_profile(
 
 
 def _prob_improvement(x: NDArray[np.float64], y: NDArray[np.float64], axis: int = -1) -> NDArray[np.float64]:
-    """``P(X > Y) + P(X = Y) / 2`` over all pairs (vectorised over leading axes)."""
+    """``P(X > Y) + P(X = Y) / 2`` over all pairs (vectorised over leading axes).
+
+    Computed from ranks, as the Mann-Whitney U statistic over ``n m``: with average ranks of the
+    pooled sample, ``U = sum(ranks of x) - n (n + 1) / 2`` counts wins plus half the ties, in
+    O((n + m) log(n + m)) per resample instead of the n x m comparison matrix.
+    """
     x = np.moveaxis(np.asarray(x), axis, -1)
     y = np.moveaxis(np.asarray(y), axis, -1)
-    gt = (x[..., :, None] > y[..., None, :]).mean(axis=(-1, -2))
-    eq = (x[..., :, None] == y[..., None, :]).mean(axis=(-1, -2))
-    return gt + 0.5 * eq
+    n, m = x.shape[-1], y.shape[-1]
+    lead = np.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+    pooled = np.concatenate([np.broadcast_to(x, (*lead, n)), np.broadcast_to(y, (*lead, m))], axis=-1)
+    ranks = sps.rankdata(pooled, axis=-1)
+    u = ranks[..., :n].sum(axis=-1) - n * (n + 1) / 2.0
+    return u / (n * m)
 
 
 def probability_of_improvement(

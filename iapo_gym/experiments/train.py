@@ -842,6 +842,8 @@ def analyse(
         if any(e in cost_w for e in res.unique("env")):
             written["n_plot"] = plot_n_vs_cost(res, plan.figures / "n_vs_cost.png", cost_w, agents=agents,
                                                binned=args.contexts != "finite")
+        if plan.report is not None:
+            written.update(report_figures(res, plan, agents, reference, args.contexts))
     log(summary_table(res, agents, reference))
     if plan.report is not None:
         from iapo_gym.experiments.report import ReportInputs, write_report
@@ -859,6 +861,30 @@ def analyse(
             ),
             plan.report,
         )
+    return written
+
+
+def report_figures(res: Any, plan: Plan, agents: Sequence[str], reference: str, contexts: str) -> dict[str, Path]:
+    """The report's performance profiles and (finite contexts) Pareto view of every task's arms."""
+    from iapo_gym.experiments.plots import plot_pareto, plot_performance_profiles
+    from iapo_gym.tasks import TASKS, load_task_table, task_name
+
+    written = {"profile_plot": plot_performance_profiles(res, plan.figures / "profiles.png", agents=agents)}
+    if contexts != "finite":
+        return written
+    tables: dict[str, tuple[Any, list[int] | None]] = {}
+    for env in res.unique("env"):
+        info = TASKS.get(task_name(env))
+        if info is None:
+            continue
+        if info.kind == "synthetic":  # a world per seed: draw the first run's and mark only its deployments
+            first = int(res.seed[res.mask(env=env)].min())
+            tables[env] = (load_task_table(info.name, world_seed=first), [first])
+        else:
+            tables[env] = (load_task_table(info.name), None)
+    shown = [a for a in dict.fromkeys([reference, "topk4", "psst_model"]) if a in agents] or list(agents[:3])
+    budget = int(res.budget.max())
+    written["pareto_plot"] = plot_pareto(res, tables, plan.figures / "pareto.png", budget, shown)
     return written
 
 
