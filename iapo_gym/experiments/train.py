@@ -874,11 +874,13 @@ def report_figures(res: Any, plan: Plan, agents: Sequence[str], reference: str, 
         return written
     tables: dict[str, tuple[Any, list[int] | None]] = {}
     for env in res.unique("env"):
-        info = TASKS.get(task_name(env))
-        if info is None:
+        first = int(res.seed[res.mask(env=env)].min())
+        try:
+            info = TASKS[task_name(env)]
+        except KeyError:  # an env registered with gym directly: its first run's table, only that run marked
+            tables[env] = (env_factory(env, int(res.budget.max()))(first).table, [first])
             continue
         if info.kind == "synthetic":  # a world per seed: draw the first run's and mark only its deployments
-            first = int(res.seed[res.mask(env=env)].min())
             tables[env] = (load_task_table(info.name, world_seed=first), [first])
         else:
             tables[env] = (load_task_table(info.name), None)
