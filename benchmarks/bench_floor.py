@@ -143,21 +143,25 @@ def bon_kernel(run, prompt, query, n, cdf, values, obj_w, ucost, n_max, gain, co
 
 
 # ------------------------------------------------------------------------------------ schedule
-def record_schedule(agent: Any, make_env: Any, budget: int, seeds: list[int]) -> dict[str, Any]:
-    """Fit once while recording every drawn pull (run, prompt, query, n) and the batch's table."""
+def record_schedule(agent: Any, make_env: Any, budget: int, seeds: list[int]) -> list[dict[str, Any]]:
+    """Fit once while recording every drawn pull (run, prompt, query, n), one segment per batch.
+
+    ``fit_many`` may cut the runs into several batches (memory budget), each with its own table
+    (synthetic tasks stack their runs' worlds) and run numbering: each becomes one segment.
+    """
     from iapo_gym import runs as runs_mod
 
-    rec: dict[str, Any] = {"run": [], "prompt": [], "query": [], "n": []}
+    segments: dict[int, dict[str, Any]] = {}
     original = runs_mod.RunBatch._draw
 
     def draw(self: Any, run: Any, prompt: Any, n: Any, col: Any) -> Any:
         pulls = original(self, run, prompt, n, col)
-        rec["run"].append(np.asarray(run).copy())
-        rec["prompt"].append(np.asarray(pulls.prompt).copy())
-        rec["query"].append(np.asarray(pulls.query).copy())
-        rec["n"].append(np.asarray(pulls.n).copy())
-        rec["table"] = self.table
-        rec["contexts"] = self.contexts
+        if id(self) not in segments:  # the segment keeps its batch alive, so ids are never reused
+            segments[id(self)] = {"batch": self, "table": self.table, "contexts": self.contexts, "n_runs": self.n_runs}
+            segments[id(self)].update(run=[], prompt=[], query=[], n=[])
+        seg = segments[id(self)]
+        for key, value in (("run", run), ("prompt", pulls.prompt), ("query", pulls.query), ("n", pulls.n)):
+            seg[key].append(np.asarray(value, dtype=np.int64).copy())
         return pulls
 
     runs_mod.RunBatch._draw = draw  # type: ignore[method-assign]
@@ -165,41 +169,44 @@ def record_schedule(agent: Any, make_env: Any, budget: int, seeds: list[int]) ->
         agent.fit_many(make_env, budget, seeds)
     finally:
         runs_mod.RunBatch._draw = original  # type: ignore[method-assign]
-    out = {k: np.concatenate(v).astype(np.int64) for k, v in rec.items() if isinstance(v, list)}
-    out["table"], out["contexts"] = rec["table"], rec["contexts"]
-    return out
+    return [
+        {**seg, **{k: np.concatenate(seg[k]) for k in ("run", "prompt", "query", "n")}} for seg in segments.values()
+    ]
 
 
-def replay(sched: dict[str, Any], n_runs: int, seed: int = 0) -> float:
-    """Run the kernel on the recorded schedule; returns its CPU time in seconds."""
-    table = sched["table"]
-    p_n, n_max = table.n_prompts, table.n_max
-    args = (sched["run"], sched["prompt"], sched["query"], sched["n"])
-    ucost = np.ascontiguousarray(table.cost, dtype=np.float64)
-    if table.strategy == "mv":
-        probs, gold = table.mv_arrays()
+def replay(segments: list[dict[str, Any]], seed: int = 0) -> float:
+    """Run the kernel on every recorded segment; returns its total CPU time in seconds."""
+    total = 0.0
+    for sched in segments:
+        table, n_runs = sched["table"], sched["n_runs"]
+        p_n, n_max = table.n_prompts, table.n_max
+        args = (sched["run"], sched["prompt"], sched["query"], sched["n"])
+        ucost = np.ascontiguousarray(table.cost, dtype=np.float64)
+        cost, count = np.zeros((n_runs, p_n, n_max)), np.zeros((n_runs, p_n, n_max), np.int64)
+        if table.strategy == "mv":
+            probs, gold = table.mv_arrays()
+            cdf = np.cumsum(probs, axis=-1)
+            cdf[..., -1] = 1.0
+            gain = np.zeros((n_runs, p_n, n_max))
+            t0 = time.process_time()
+            mv_kernel(*args, cdf, gold.astype(np.int64), ucost, n_max, gain, cost, count, seed)
+            total += time.process_time() - t0
+            continue
+        values, probs = table.bon_arrays()
         cdf = np.cumsum(probs, axis=-1)
         cdf[..., -1] = 1.0
-        gain = np.zeros((n_runs, p_n, n_max))
-        cost, count = np.zeros((n_runs, p_n, n_max)), np.zeros((n_runs, p_n, n_max), np.int64)
+        obj_w = np.ascontiguousarray(np.unique(sched["contexts"].weights[:, :-1], axis=0))
+        gain = np.zeros((n_runs, obj_w.shape[0], p_n, n_max))
+        vals = np.ascontiguousarray(values, dtype=np.float64)
         t0 = time.process_time()
-        mv_kernel(*args, cdf, gold.astype(np.int64), ucost, n_max, gain, cost, count, seed)
-        return time.process_time() - t0
-    values, probs = table.bon_arrays()
-    cdf = np.cumsum(probs, axis=-1)
-    cdf[..., -1] = 1.0
-    w = sched["contexts"].weights[:, :-1]
-    obj_w = np.ascontiguousarray(np.unique(w, axis=0))
-    gain = np.zeros((n_runs, obj_w.shape[0], p_n, n_max))
-    cost, count = np.zeros((n_runs, p_n, n_max)), np.zeros((n_runs, p_n, n_max), np.int64)
-    t0 = time.process_time()
-    bon_kernel(*args, cdf, np.ascontiguousarray(values), obj_w, ucost, n_max, gain, cost, count, seed)
-    return time.process_time() - t0
+        bon_kernel(*args, cdf, vals, obj_w, ucost, n_max, gain, cost, count, seed)
+        total += time.process_time() - t0
+    return total
 
 
-def n_blocks(sched: dict[str, Any]) -> int:
+def n_blocks(segments: list[dict[str, Any]]) -> int:
     """Nested blocks the schedule scores in full (sum over pulls of sum_k floor(N / k))."""
-    n = sched["n"]
+    n = np.concatenate([seg["n"] for seg in segments])
     ks = np.arange(1, int(n.max()) + 1)
     return int((n[:, None] // ks[None, :]).sum())
 
@@ -233,15 +240,15 @@ def main() -> None:
         agent = make_agent("psst")
         for budget in (int(b) for b in args.budgets.split(",")):
             sched = record_schedule(agent, envs.__getitem__, budget, seeds)
-            replay({**sched, **{k: sched[k][:1] for k in ("run", "prompt", "query", "n")}}, len(seeds))  # compile
+            replay([{**seg, **{k: seg[k][:1] for k in ("run", "prompt", "query", "n")}} for seg in sched[:1]])  # compile
             kern, ours = [], []
             for _ in range(max(1, args.repeats)):
-                kern.append(replay(sched, len(seeds)))
+                kern.append(replay(sched))
                 t0 = time.process_time()
                 agent.fit_many(envs.__getitem__, budget, seeds)
                 ours.append(time.process_time() - t0)
             k_ms, o_ms = 1e3 * min(kern) / len(seeds), 1e3 * min(ours) / len(seeds)
-            draws = int(sched["n"].sum()) / len(seeds)
+            draws = sum(int(seg["n"].sum()) for seg in sched) / len(seeds)
             print(
                 f"{task:>17} {budget:>7} {draws:>10.0f} {n_blocks(sched) / len(seeds):>11.0f}"
                 f" {k_ms:>8.3f} {o_ms:>8.3f} {o_ms / k_ms:>10.2f}",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -569,9 +570,16 @@ def run_state_bytes(env: Any) -> int:
     """Rough bytes one run of a batch keeps between calls on ``env``'s task: tallies, flags, means."""
     base = _unwrap(env)
     arms = int(base.n_prompts) * int(base.n_max)
-    w = base.contexts.weights
-    rows = int(np.unique(w[:, :-1], axis=0).shape[0]) if w.size else 1
+    w = np.ascontiguousarray(base.contexts.weights, dtype=np.float64)
+    rows = _objective_rows(w.tobytes(), w.shape) if w.size else 1
     return 8 * arms * (rows + 2) + 40 * len(base.contexts) * arms + 8 * int(getattr(base.train_queries, "size", 0))
+
+
+@lru_cache(maxsize=64)
+def _objective_rows(weights: bytes, shape: tuple[int, ...]) -> int:
+    """Distinct objective-weight rows of a context set (cached: every env of a sweep asks the same)."""
+    w = np.frombuffer(weights, dtype=np.float64).reshape(shape)
+    return int(np.unique(w[:, :-1], axis=0).shape[0])
 
 
 def _table_bytes(table: Any) -> int:

@@ -186,7 +186,7 @@ def draw_pulls(
         gold = np.full(prompt.size, -1, dtype=np.int64)
         values = table.bon_arrays()[0][prompt[:, None], query[:, None], np.maximum(outcome, 0)]  # (B, L, K)
         if not full:
-            values[~mask] = 0.0
+            values = np.where(mask[:, :, None], values, 0.0)
     return Pulls(
         strategy=table.strategy,
         prompt=prompt,

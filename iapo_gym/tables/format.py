@@ -22,6 +22,7 @@ pooled queries from a seed (:func:`iapo_gym.tables.format.resplit`).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -29,6 +30,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym.contexts import ContextSet
+
+#: ids of freshly made arrays a table being built may adopt without copying (set by concat_queries only).
+_FRESH: ContextVar[frozenset[int]] = ContextVar("_FRESH", default=frozenset())
 
 SCHEMA_VERSION = 1
 Strategy = Literal["mv", "bon"]
@@ -83,10 +87,13 @@ class OutcomeTable:
 
     def __post_init__(self) -> None:
         # Freeze every array so a table can be shared between envs, seeds and caches safely.
+        # (Arrays :func:`concat_queries` just made, and nobody else holds, are adopted without a copy.)
+        fresh = _FRESH.get()
         for name in ("objective_ranges", "cost", "split", "answer_probs", "gold", "outcome_values", "outcome_probs"):
             arr = getattr(self, name)
             if arr is not None:
-                arr = np.array(arr, copy=True)
+                if id(arr) not in fresh:
+                    arr = np.array(arr, copy=True)
                 arr.setflags(write=False)
                 object.__setattr__(self, name, arr)
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -181,18 +188,26 @@ def concat_queries(tables: list[OutcomeTable], task: str | None = None) -> Outco
 
     sizes = [t.n_queries for t in tables]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    return replace(
-        first,
-        task=task or first.task,
-        query_ids=tuple(f"w{s}:{q}" for s, t in enumerate(tables) for q in t.query_ids),
-        cost=np.concatenate([t.cost for t in tables], axis=1),
-        split=np.concatenate([t.split for t in tables], axis=0),
-        answer_probs=cat("answer_probs", 1),
-        gold=cat("gold", 0),
-        outcome_values=cat("outcome_values", 1),
-        outcome_probs=cat("outcome_probs", 1),
-        provenance={**first.provenance, "world_offsets": offsets},
-    )
+    arrays: dict[str, Any] = {
+        "cost": np.concatenate([t.cost for t in tables], axis=1),
+        "split": np.concatenate([t.split for t in tables], axis=0),
+        "answer_probs": cat("answer_probs", 1),
+        "gold": cat("gold", 0),
+        "outcome_values": cat("outcome_values", 1),
+        "outcome_probs": cat("outcome_probs", 1),
+    }
+    # The concatenations are new arrays nobody else holds: the table adopts them without a copy.
+    token = _FRESH.set(frozenset(id(a) for a in arrays.values() if a is not None))
+    try:
+        return replace(
+            first,
+            task=task or first.task,
+            query_ids=tuple(f"w{s}:{q}" for s, t in enumerate(tables) for q in t.query_ids),
+            provenance={**first.provenance, "world_offsets": offsets},
+            **arrays,
+        )
+    finally:
+        _FRESH.reset(token)
 
 
 def resplit(n_queries: int, seed: int, train_fraction: float = 0.8) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
