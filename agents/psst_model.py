@@ -20,12 +20,14 @@ across a prompt's queries, by nonparametric maximum likelihood, pushed through t
 
 The loop (all seeds of a batch at once):
 
-* ``R = ceil(log2 |P|) + 1`` rounds (at least 2) with budgets growing by ``growth`` per round,
-  PSST's carry-forward, and never more than ``T``;
+* ``R = ceil(log2 |P|)`` rounds (at least 2; ``extra_rounds`` adds more) with budgets growing by
+  ``growth`` per round, PSST's carry-forward, and never more than ``T``;
 * round ``r`` takes the next ``q_r`` queries of the run's seeded walk through its train split
   (:class:`iapo_gym.agents.psst_paired.QuerySchedule`) and pulls **every** surviving prompt
-  ``m_r`` times on **each** of them (``m_r = m`` doubling every round, at most ``N_max``; ``m`` is 2
-  for majority voting and 3 for Best-of-N by default;
+  ``m_r`` times on **each** of them, ``m_r = max(m, min(m 2^r, N_max, floor(avail / (|S_r|
+  min_queries))))``: ``m`` doubles every round, but only as far as the round still affords
+  ``min_queries`` common queries (breadth over queries first, depth per query once the survivors
+  are few or the budget is large); ``m`` is 2 for majority voting and 3 for Best-of-N by default;
   ``q_r = floor(avail / (|S_r| m_r))``; a round that affords no query shrinks ``m_r`` to fit one
   query, and pulls nothing below one completion per survivor). All survivors therefore share one
   query design, so comparisons between them are paired: the query effect cancels;
@@ -348,7 +350,9 @@ class PlugInSums:
 
 
 # ------------------------------------------------------------------------------------- the agent
-def _keep_top(score: NDArray[np.float64], alive: NDArray[np.bool_], strict: bool = True) -> NDArray[np.bool_]:
+def _keep_top(
+    score: NDArray[np.float64], alive: NDArray[np.bool_], strict: bool = True, keep: float = 0.5
+) -> NDArray[np.bool_]:
     """Per run, the surviving prompts after one halving by ``score (S, C, P)`` (higher is better).
 
     Each alive prompt's rank in each context (0 = best; unseen alive prompts rank below seen ones).
@@ -359,7 +363,7 @@ def _keep_top(score: NDArray[np.float64], alive: NDArray[np.bool_], strict: bool
     """
     s_n, c_n, p_n = score.shape
     n_alive = alive.sum(axis=1)
-    k = np.maximum(1, n_alive // 2)
+    k = np.maximum(1, np.floor(n_alive * keep + 1e-9).astype(np.int64))
     key = np.where(alive[:, None, :] & np.isfinite(score), score, -np.inf)
     key = np.where(alive[:, None, :] & ~np.isfinite(score), -1e300, key)  # unseen alive: below seen
     rank = np.argsort(np.argsort(-key, axis=-1, kind="stable"), axis=-1, kind="stable")  # 0 = best
@@ -384,17 +388,28 @@ class PSSTModel(BatchAgent):
             NPMLE's input) and keep the query count high; a Best-of-N maximum needs the upper tail
             of each query's outcomes, and the jackknife of a 2-sample maximum extrapolates wildly.
         growth: ratio of consecutive round budgets.
-        extra_rounds: rounds beyond ``ceil(log2 |P|)`` (rounds that refine the survivors' estimates).
+        extra_rounds: rounds beyond the halvings (rounds that refine the survivors' estimates).
         jackknife: bias-correct the per-query plug-in (see :func:`jackknife_mv_credit`).
+        double_m: double ``m`` every round (subject to ``min_queries``); False keeps it fixed.
+        strict: halve the prompts overall (ranked by their best context) instead of keeping the top
+            share of every context (the union; the default).
+        npmle: empirical-Bayes estimate for binary majority voting (see :func:`npmle_binary_q`).
+        keep: share of the survivors each halving keeps per context (rounds: ``log_{1/keep} |P|``).
+        min_queries: ``m`` doubles only while a round affords this many common queries for all
+            survivors (0: always double). The per-query estimates are averaged over queries, whose
+            spread dominates the error of a prompt's value; depth per query only pays once a round
+            already covers many queries (Synth-Categorical at T = 5,000: 0.035 -> 0.021 regret).
     """
 
     m: int = 0
     growth: float = 1.0
-    extra_rounds: int = 1
+    extra_rounds: int = 0
     jackknife: bool = True
     double_m: bool = True
     strict: bool = False
     npmle: bool = True
+    keep: float = 0.5
+    min_queries: int = 32
     name: ClassVar[str] = "psst_model"
     uses_query_control: ClassVar[bool] = True
 
@@ -405,6 +420,10 @@ class PSSTModel(BatchAgent):
             raise ValueError(f"growth must be > 0; got {self.growth}")
         if int(self.extra_rounds) < 0:
             raise ValueError(f"extra_rounds must be >= 0; got {self.extra_rounds}")
+        if not 0.0 < float(self.keep) < 1.0:
+            raise ValueError(f"keep must be a share in (0, 1) of the survivors kept per halving; got {self.keep}")
+        if int(self.min_queries) < 0:
+            raise ValueError(f"min_queries must be >= 0 (0: always double m); got {self.min_queries}")
 
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
         """Every run of the batch, with query-controlled pulls (``RunBatch.pull(..., col=)``)."""
@@ -416,7 +435,8 @@ class PSSTModel(BatchAgent):
         sums = PlugInSums(stats, weights, n_max, bool(self.jackknife), bool(self.npmle))
         alive = np.ones((s_n, p_n), dtype=bool)
         m0 = int(self.m) or (2 if runs.strategy == "mv" else 3)
-        rounds = max(2, math.ceil(math.log2(max(p_n, 1))) + int(self.extra_rounds))
+        halvings = math.ceil(math.log(max(p_n, 1)) / math.log(1.0 / float(self.keep)) - 1e-9)
+        rounds = max(2, halvings + int(self.extra_rounds))
         share = float(self.growth) ** np.arange(rounds)
         plan = np.floor(runs.budgets[:, None] * (share / share.sum())[None, :] + 1e-9).astype(np.int64)
         carry = np.zeros(s_n, dtype=np.int64)
@@ -428,6 +448,9 @@ class PSSTModel(BatchAgent):
             avail = runs.remaining if last else np.minimum(plan[:, r] + carry, runs.remaining)
             n_alive = alive.sum(axis=1)
             m_r = np.full(s_n, min(n_max, m0 * (2**r if self.double_m else 1)), dtype=np.int64)
+            if int(self.min_queries) > 0:  # deepen only while the round keeps min_queries common queries
+                afford = avail // (np.maximum(n_alive, 1) * int(self.min_queries))
+                m_r = np.maximum(np.minimum(m_r, afford), min(m0, n_max))
             q_r = avail // (n_alive * m_r)
             short = q_r == 0
             m_r = np.where(short, np.minimum(m_r, avail // n_alive), m_r)  # one query at a smaller m
@@ -454,7 +477,7 @@ class PSSTModel(BatchAgent):
                 pulled = q_r >= 1
                 best = np.nanmax(np.where(np.isnan(q_hat), -np.inf, q_hat), axis=-1)  # (S, C, P)
                 best = np.where(np.isinf(best), np.nan, best)
-                keep = _keep_top(best, alive, bool(self.strict))
+                keep = _keep_top(best, alive, bool(self.strict), float(self.keep))
                 alive = np.where(pulled[:, None], keep, alive)
         assert q_hat is not None  # set by every round, and there are at least two
         flat = np.where(np.isnan(q_hat), -np.inf, q_hat).reshape(s_n, len(runs.contexts), p_n * n_max)

@@ -163,6 +163,32 @@ def targets(t: dict[str, Any]) -> list[str]:
     return lines
 
 
+def summary(data: dict[str, Any]) -> list[str]:
+    """One row per task: the issue's three targets and the budgets where psst_model is not better than PSST."""
+    lines = [
+        "| task | regret at 5k vs PSST at 50k | excess over the floor at 20k, ratio to PSST's | "
+        "budgets not better than PSST (F1, Holm) | significantly worse than the best paper agent (F2, Holm) |",
+        "|---|---|---|---|---|",
+    ]
+    for task, t in data["tasks"].items():
+        c, floor = t["cells"], t["floor"]
+        eff = exc = "-"
+        if 5_000 in c and 50_000 in c and NEW in c[5_000] and "psst" in c[50_000]:
+            a, p = c[5_000][NEW]["mean"], c[50_000]["psst"]["mean"]
+            eff = f"{fmt(a)} vs {fmt(p)} ({a / p:.2f}x): " + ("**met**" if a <= p else "not met")
+        if 20_000 in c and NEW in c[20_000] and "psst" in c[20_000]:
+            a, p = c[20_000][NEW]["mean"], c[20_000]["psst"]["mean"]
+            ratio = (a - floor) / (p - floor) if p > floor else float("nan")
+            exc = f"{ratio:.2f}: " + ("**met**" if ratio <= 1 / 3 else "not met")
+        f1, f2 = data["F1_holm"], data["F2_holm"]
+        worse_psst = [f"{b // 1000}k" for b in t["budgets"] if (task, b) in f1 and f1[(task, b)] >= 0.05]
+        worse_best = [f"{b // 1000}k ({c[b]['best_paper']})" for b in t["budgets"]
+                      if (task, b) in f2 and f2[(task, b)] < 0.05]
+        not_better, worse = ", ".join(worse_psst) or "none", ", ".join(worse_best) or "never"
+        lines.append(f"| {short(task)} | {eff} | {exc} | {not_better} | {worse} |")
+    return lines
+
+
 def report(data: dict[str, Any], command: str, figures: dict[str, str]) -> str:
     lines = [
         "# Beyond the paper: `psst_model` against PSST and Top-K, with robust statistics",
@@ -186,6 +212,7 @@ def report(data: dict[str, Any], command: str, figures: dict[str, str]) -> str:
         "(no agent learning from the train split can be expected to go below it; docs/PAIRED.md).",
         "",
     ]
+    lines += ["## Summary: the issue's targets", ""] + summary(data) + [""]
     for key in ("regret", "profile"):
         if key in figures:
             lines += [f"![{key}]({figures[key]})", ""]

@@ -105,6 +105,33 @@ def test_conforms(strategy):
     check_agent(make_agent("psst_model"), lambda s: make_env(table, s), budgets=(0, 1, 5, 23, 400, 3000), seeds=(0, 5, 9))
 
 
+def test_rejects_bad_settings_with_one_line():
+    for kwargs in ({"keep": 0.0}, {"keep": 1.0}, {"min_queries": -1}, {"extra_rounds": -1}, {"growth": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            PSSTModel(**kwargs)
+
+
+def test_m_deepens_only_while_the_round_keeps_min_queries():
+    """m doubles per round only as far as every survivor still gets min_queries common queries."""
+    table = small_table("mv")  # 4 prompts, N_max = 6: two rounds
+    for budget in (100, 200, 400, 3000):
+        for mq in (0, 8, 32):
+            info = PSSTModel(min_queries=mq).fit(make_env(table, 0), budget, 0).info
+            m_log, q_log = np.array(info["m_per_round"]), np.array(info["queries_per_round"])
+            assert info["budget_used"] <= budget and m_log[0] == 2
+            if mq == 0:
+                assert m_log[1] == 4  # always doubles
+            else:
+                # the second round deepens as far as it still affords mq queries (never below m = 2)
+                survivors = len(info["survivors"])  # the last round does not halve
+                avail = budget - 4 * 2 * q_log[0]  # the last round gets what the first (4 prompts x 2) left
+                want = max(2, min(4, avail // (survivors * mq)))
+                assert m_log[1] == want, (budget, mq, m_log, q_log)
+                assert m_log[1] == 2 or q_log[1] >= mq
+    assert PSSTModel().fit(make_env(table, 0), 200, 0).info["m_per_round"] == [2, 2]
+    assert PSSTModel(min_queries=0).fit(make_env(table, 0), 200, 0).info["m_per_round"] == [2, 4]
+
+
 def test_finds_the_optimal_arms_of_an_easy_table():
     table = easy_mv_table()
     best = oracle.best_arms(oracle.q_values(table))
