@@ -4,7 +4,8 @@ build with the same seed, every unit in the checkpoint exactly once.
 
 The single-process reference and the Ray workers keep one request in flight per server (vLLM
 then runs the same batch, one request's ``n`` sequences, whichever server answers), and every
-request carries its own sampling seed, which vLLM honours per request.
+request carries its own sampling seed, which vLLM honours per request. A second test runs the
+in-process engine inside a Ray actor (on CPU) and compares it with a local in-process build.
 """
 
 from __future__ import annotations
@@ -101,3 +102,31 @@ def test_ray_build_over_two_real_vllm_servers_survives_a_killed_worker(tmp_path:
     ref_units = {u["key"]: (u["texts"], u["completion_tokens"]) for u in read_units(tmp_path / "ref.checkpoint.jsonl")}
     assert {u["key"]: (u["texts"], u["completion_tokens"]) for u in units} == ref_units
     assert len({t for u in units for t in u["texts"]}) > UNITS  # real, varied completions
+
+
+def test_ray_build_with_an_in_process_engine_worker_equals_a_local_build(tmp_path: Path, capsys) -> None:
+    """``--backend vllm --executor ray``: the engine runs inside a Ray actor (on CPU here:
+    ``--gpus-per-worker 0``; one GPU per actor on a GPU cluster) and gives the local build's table."""
+    require_live_stack()
+    args = ["build", "smolarith", "--backend", "vllm", "--model", "smollm2", "--dtype", "float32", "--enforce-eager",
+            "--max-model-len", "1024", "--queries", "2", "--prompts", "2", "--pool", "4", "--max-tokens", "16",
+            "--seed", "5", "--batch-size", "1", "--no-progress"]
+    t0 = time.monotonic()
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    t_ref = time.monotonic() - t0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        t1 = time.monotonic()
+        rc = main([*args, "--executor", "ray", "--ray-workers", "1", "--gpus-per-worker", "0", "--out", str(tmp_path / "ray")])
+        t_ray = time.monotonic() - t1
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    print(f"local engine build {t_ref:.1f} s, Ray engine-worker build {t_ray:.1f} s (engine start included); {out}")
+    assert rc == 0 and "engine 0: 4 done" in out, out
+    got, want = load_table(tmp_path / "ray"), load_table(tmp_path / "ref")
+    for name in ("answer_probs", "gold", "cost", "split"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    ref_units = {u["key"]: (u["texts"], u["completion_tokens"]) for u in read_units(tmp_path / "ref.checkpoint.jsonl")}
+    got_units = {u["key"]: (u["texts"], u["completion_tokens"]) for u in read_units(tmp_path / "ray.checkpoint.jsonl")}
+    assert got_units == ref_units and len(got_units) == 4
