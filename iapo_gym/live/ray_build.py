@@ -143,6 +143,7 @@ def engine_workers(k: int, gpus_per_worker: float, batch_size: int, **engine: An
         raise ValueError("--gpus-per-worker must be >= 0 and --batch-size >= 1")
     if gpus_per_worker > 1 and "tensor_parallel_size" not in engine:
         engine = {**engine, "tensor_parallel_size": int(gpus_per_worker)}
+    engine = {"concurrency": int(batch_size), **engine}  # requests kept queued in the running engine
     return [WorkerSpec("vllm", dict(engine), int(batch_size), num_gpus=float(gpus_per_worker),
                        num_cpus=0.0 if gpus_per_worker else 1.0, label=f"engine {i}") for i in range(k)]
 
@@ -279,7 +280,7 @@ class RayBackend(_CollectMixin):
         max_task_retries: Ray re-runs an in-flight request on the restarted actor this many times.
         max_dispatches: a request sent this many times without an answer fails the build.
         start_timeout: seconds for every worker to build its backend (engines load the model).
-        batch_size: requests an engine batches at most (engines only).
+        batch_size: requests queued in an engine at once (engines only).
     """
 
     def __init__(
