@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def robust_rows(res: Results, reference: str = "psst", n_resamples: int = rs.N_R
         m_env = res.mask(env=env)
         budgets = sorted(set(res.budget[m_env].tolist()))
         agents = [a for a in res.unique("agent") if a != reference and np.any(m_env & res.mask(agent=a))]
-        family: list[dict] = []
+        family: list[dict[str, Any]] = []
         for budget in budgets:
             for agent in agents:
                 a, r = _paired_regret(res, env, budget, agent, reference)
@@ -137,9 +138,9 @@ def robust_markdown(
         ]
         ref_cells = []
         for b in budgets:
-            r = res.paired("regret", env, b, reference, reference)[1]
-            if r.size:
-                point, lo, hi = rs.iqm_ci(np.asarray(r, dtype=np.float64), n_resamples=n_resamples)
+            ref_regret = np.asarray(res.paired("regret", env, b, reference, reference)[1], dtype=np.float64)
+            if ref_regret.size:
+                point, lo, hi = rs.iqm_ci(ref_regret, n_resamples=n_resamples)
                 ref_cells.append(f"{point:.4f} [{lo:.4f}, {hi:.4f}]")
             else:
                 ref_cells.append("–")
