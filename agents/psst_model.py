@@ -372,9 +372,9 @@ def _keep_top(
     best = rank.min(axis=1).astype(np.float64) + rank.mean(axis=1) / (c_n * p_n + 1.0)  # (S, P)
     best = np.where(alive, best, np.inf)
     order = np.argsort(best, axis=1, kind="stable")
-    keep = np.zeros_like(alive)
-    np.put_along_axis(keep, order, np.arange(p_n)[None, :] < k[:, None], axis=1)
-    return keep & alive
+    kept = np.zeros_like(alive)
+    np.put_along_axis(kept, order, np.arange(p_n)[None, :] < k[:, None], axis=1)
+    return kept & alive
 
 
 @dataclass
