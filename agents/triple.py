@@ -14,7 +14,7 @@ Deployment never tailors ``N``:
   (the authors redraw on every ``predict``). Its policy is a
   :class:`iapo_gym.agents.base.StochasticPolicy`: ``act`` draws a fresh ``N`` per call from the policy's
   seeded generator, and its **exact ACR is the average over N** of ``Q(c, (p*_c, N))``
-  (:func:`iapo_gym.agents.base.policy_acr`).
+  (:func:`iapo_gym.oracle.acr`).
 
 Budget rules as PSST (never more than ``T``; carry-forward; last-round random top-up).
 """
