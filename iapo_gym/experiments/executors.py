@@ -175,14 +175,6 @@ class LocalExecutor:
         """Nothing to release."""
 
 
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise ImportError("--executor ray needs Ray: pip install 'iapo-gym[ray]'") from None
-    return ray
-
-
 class RayExecutor:
     """Runs cells as Ray tasks (one CPU each) and yields their results as they finish.
 
@@ -198,15 +190,10 @@ class RayExecutor:
 
     def __init__(self, address: str = "", num_cpus: int | None = None, max_retries: int = 3,
                  max_in_flight: int = 256) -> None:
-        ray = _ray()
+        from iapo_gym._ray import ensure_ray
+
+        ray, self.started = ensure_ray(address, num_cpus)
         self.ray = ray
-        self.started = False
-        if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-            self.started = True
         self.remote = ray.remote(num_cpus=1, max_retries=int(max_retries), retry_exceptions=False)(fit_cell)
         self.max_in_flight = max(1, int(max_in_flight))
 

@@ -114,10 +114,40 @@ class Backend(Protocol):
 
 
 class _CollectMixin:
+    """``stream`` and ``generate`` for a backend that has ``submit(request) -> Future``."""
+
+    def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Generation]]:
+        """Send every request through ``submit``; yield each as it completes.
+
+        On a failure the requests still in flight are waited for and their results yielded
+        (nothing finished is dropped); then the first error is raised.
+        """
+        submit = self.submit  # type: ignore[attr-defined]
+        futures: dict[Future, int] = {submit(r): i for i, r in enumerate(requests)}
+        pending = set(futures)
+        first: BaseException | None = None
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=futures.__getitem__):
+                    exc = fut.exception()
+                    if exc is None:
+                        yield futures[fut], fut.result()
+                    elif first is None:
+                        first = exc
+                        for f in pending:  # do not start the rest; finish what is running
+                            f.cancel()
+                        pending = {f for f in pending if not f.cancelled()}
+            if first is not None:
+                raise first
+        finally:
+            for fut in pending:
+                fut.cancel()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """All generations, in request order."""
         out: list[Generation | None] = [None] * len(requests)
-        for i, gen in self.stream(requests):  # type: ignore[attr-defined]
+        for i, gen in self.stream(requests):
             out[i] = gen
         return out  # type: ignore[return-value]
 
@@ -729,33 +759,6 @@ class OpenAIBackend(_CollectMixin):
     def submit(self, request: GenerationRequest) -> Future:
         """Start one request on the backend's pool; the future holds its :class:`Generation`."""
         return self._pool.submit(self._one, request)
-
-    def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Generation]]:
-        """Send every request (``concurrency`` in flight); yield each as it completes.
-
-        On a failure the requests still in flight are waited for and their results yielded
-        (nothing finished is dropped); then the first error is raised.
-        """
-        futures: dict[Future, int] = {self.submit(r): i for i, r in enumerate(requests)}
-        pending = set(futures)
-        first: BaseException | None = None
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=futures.__getitem__):
-                    exc = fut.exception()
-                    if exc is None:
-                        yield futures[fut], fut.result()
-                    elif first is None:
-                        first = exc
-                        for f in pending:  # do not start the rest; finish what is running
-                            f.cancel()
-                        pending = {f for f in pending if not f.cancelled()}
-            if first is not None:
-                raise first
-        finally:
-            for fut in pending:
-                fut.cancel()
 
     def close(self) -> None:
         """Stop the worker threads."""

@@ -52,14 +52,13 @@ import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from iapo_gym.live.backends import (
     BackendError,
-    Generation,
     GenerationRequest,
     RequestRejected,
     SamplingConfig,
@@ -69,14 +68,6 @@ from iapo_gym.live.backends import (
 __all__ = ["BuildWorker", "RayBackend", "WorkerSpec", "endpoint_workers", "engine_workers"]
 
 ACTOR_PREFIX = "iapo-build-"  # actor names: iapo-build-<build id>-<worker index>
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise RuntimeError("--executor ray needs Ray: pip install 'iapo-gym[ray]'") from None
-    return ray
 
 
 @dataclass(frozen=True)
@@ -297,8 +288,9 @@ class RayBackend(_CollectMixin):
         start_timeout: float = 1800.0,
         batch_size: int = 64,
     ) -> None:
-        ray = _ray()
-        self.ray = ray
+        from iapo_gym._ray import ensure_ray, import_ray
+
+        import_ray()  # a missing extra is reported before anything else
         self.model = model
         self.sampling = sampling
         self.max_dispatches = int(max_dispatches)
@@ -306,12 +298,8 @@ class RayBackend(_CollectMixin):
         self.workers: list[WorkerState] = []
         if not callable(workers):
             _check_workers(workers)
-        if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-            self.started = True
+        ray, self.started = ensure_ray(address, num_cpus)
+        self.ray = ray
         try:
             if callable(workers):  # sized from the cluster (e.g. one engine per GPU)
                 workers = list(workers(dict(ray.cluster_resources())))
@@ -373,21 +361,6 @@ class RayBackend(_CollectMixin):
             return outer
         self._events.put(("submit", _Job(request, outer)))
         return outer
-
-    def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, Generation]]:
-        """Send every request; yield each as it completes (the first error is raised at the end)."""
-        futures = {self.submit(r): i for i, r in enumerate(requests)}
-        pending, first = set(futures), None
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=futures.__getitem__):
-                exc = fut.exception()
-                if exc is None:
-                    yield futures[fut], fut.result()
-                elif first is None:
-                    first = exc
-        if first is not None:
-            raise first
 
     # ------------------------------------------------------------------ the dispatcher thread
     def _loop(self) -> None:
