@@ -151,7 +151,7 @@ def _marked_processes(marker: str) -> list[int]:
 
 
 def test_serve_with_the_in_process_engine_batches_concurrent_requests(tmp_path):
-    """``iapo-gym serve --engine vllm``: the engine in the server process, concurrent requests batched."""
+    """``iapo-gym serve --engine vllm``: the engine in the server process, concurrent requests in one running batch."""
     require_live_stack()
     pytest.importorskip("openai")
     pytest.importorskip("fastapi")
@@ -199,8 +199,10 @@ def test_serve_with_the_in_process_engine_batches_concurrent_requests(tmp_path):
         for pid in left:
             os.kill(pid, 9)
     assert left == [], "the in-process engine outlived iapo-gym serve"
-    batches = [int(b) for b in re.findall(r"answering a batch of (\d+) requests", (tmp_path / "serve.log").read_text())]
-    assert sum(batches) == 7 and max(batches) > 1  # the 6 concurrent requests shared engine calls
+    adds = [(int(a), int(r)) for a, r in re.findall(r"vLLM engine: (\d+) request\(s\) added, (\d+) running",
+                                                    (tmp_path / "serve.log").read_text())]
+    assert sum(a for a, _ in adds) == 7  # one engine request per answer, all through the one engine thread
+    assert max(r for _, r in adds) > 1  # the 6 concurrent requests shared the running batch
     want = {"low": (2, 4), "mid": (1, 2), "high": (5, 1)}
     for name, resp in results:
         iapo = resp.model_extra["iapo"]

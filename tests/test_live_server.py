@@ -13,7 +13,6 @@ across restarts, which the test relies on and checks through the final equality)
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -57,6 +56,21 @@ def _backend(srv, **kw) -> OpenAIBackend:
     return OpenAIBackend(srv.model, srv.base_url, SAMPLING, **kw)
 
 
+class _KillingBackend(OpenAIBackend):
+    """The OpenAI backend that SIGKILLs the real server just before sending its ``at_request``-th request."""
+
+    def __init__(self, srv, *, at_request: int, **kw) -> None:
+        super().__init__(srv.model, srv.base_url, SAMPLING, **kw)
+        self.srv, self.at_request, self.submitted, self.killed = srv, at_request, 0, False
+
+    def submit(self, request):
+        self.submitted += 1
+        if self.submitted == self.at_request:
+            self.srv.kill()
+            self.killed = True
+        return super().submit(request)
+
+
 def test_openai_backend_unreachable_server_fails_after_retries():
     from iapo_gym.live.server import free_port
 
@@ -89,28 +103,27 @@ def test_build_resumes_after_server_sigkill(server_factory, spec, tmp_path):
     # The uninterrupted reference build.
     ref, _ = build_table(spec, _backend(srv, concurrency=1), queries, tmp_path / "ref", seed=3, batch_size=1, progress=False)
 
-    # The same build, SIGKILLing the server once 3 units are checkpointed.
+    # The same build, SIGKILLing the server just before the build sends its 4th request: with one
+    # request in flight, 3 units are finished when the kill lands, on a fast machine or a slow one
+    # (polling the checkpoint for the kill raced a fast machine: the build could finish first).
     ckpt = tmp_path / "t.checkpoint.jsonl"
     failure: list[BaseException] = []
+    killing = _KillingBackend(srv, at_request=4, concurrency=1, max_retries=1, backoff=0.2, timeout=30)
 
     def run() -> None:
         try:
-            build_table(spec, _backend(srv, concurrency=1, max_retries=1, backoff=0.2, timeout=30), queries,
-                        tmp_path / "t", seed=3, batch_size=1, progress=False)
+            build_table(spec, killing, queries, tmp_path / "t", seed=3, batch_size=1, progress=False)
         except BaseException as exc:  # noqa: BLE001 - the test inspects it
             failure.append(exc)
 
     th = threading.Thread(target=run)
     th.start()
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and (not ckpt.exists() or ckpt.read_bytes().count(b'"kind":"unit"') < 3):
-        time.sleep(0.05)
-    srv.kill()
-    th.join(120)
+    th.join(300)
     assert not th.is_alive()
+    assert killing.killed, "the build never reached its 4th request"
     assert failure and isinstance(failure[0], BackendError), failure
     before = read_units(ckpt)
-    assert 3 <= len(before) < 8, "the kill must land mid-build"
+    assert len(before) == 3, "every unit finished before the kill is checkpointed, none after"
     assert not (tmp_path / "t").exists()
 
     srv2 = server_factory()

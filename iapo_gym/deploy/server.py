@@ -20,9 +20,11 @@ fix), a missing or wrong client API key when keys are configured (401), more tha
 the policy (its Q-values were measured with the table's sampling): a request that asks for other
 ``temperature``, ``top_p``, ``max_tokens`` or ``n`` is refused rather than silently changed.
 
-At most ``max_concurrency`` answers call the upstream at once. A backend that is not safe to
-call from several threads (the in-process vLLM engine) is called for one batch at a time: the
-requests that arrive meanwhile are answered together in the next batch (``Router.answer_many``).
+At most ``max_concurrency`` answers call the upstream at once. The HTTP backend and the
+in-process vLLM engine take calls from several threads (the engine's one thread adds each request
+to the running batch as it arrives). A backend that is not safe to call from several threads is
+called for one batch at a time: the requests that arrive meanwhile are answered together in the
+next batch (``Router.answer_many``).
 The upstream API key is never logged nor returned: it is scrubbed from every error message.
 """
 
@@ -327,7 +329,8 @@ def create_app(
         default_context: the context of requests that send none (default: such requests get 400).
         secrets: strings never to reveal (the upstream API key): scrubbed from error messages and logs.
         thread_safe_backend: whether the backend may be called from several threads at once
-            (default: backends with a ``concurrency`` attribute, i.e. HTTP clients).
+            (default: backends with a ``concurrency`` attribute: the HTTP client and the in-process
+            vLLM engine).
         on_shutdown: called when the server shuts down (e.g. ``backend.close``: the in-process
             engine's worker process must not outlive the server). It runs in the app's lifespan,
             because uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so code after

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import queue
 import threading
@@ -32,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, str]
 
+
+log = logging.getLogger("iapo_gym.live")
 
 class BackendError(RuntimeError):
     """A backend could not produce a generation (after its retries)."""
@@ -354,6 +357,8 @@ class _EngineLoop(threading.Thread):
                         self._finish(BackendError("this VLLMBackend was closed with the request pending"), engine)
                         return
                     self._add(*item)
+                if items:
+                    log.debug("vLLM engine: %d request(s) added, %d running", len(items), len(self.active))
                 if self.active and not engine.has_unfinished_requests():  # never wait on requests the engine lost
                     lost = BackendError(f"the vLLM engine has no record of {len(self.active)} running request(s)")
                     for fut, _ in self.active.values():
