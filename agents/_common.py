@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -10,7 +10,16 @@ from numpy.typing import NDArray
 from iapo_gym.agents.base import BatchAgent, Policy, TablePolicy
 from iapo_gym.runs import RunBatch
 
-__all__ = ["BatchAgent", "best_arms", "halve", "ranking_key", "table_policies"]
+__all__ = [
+    "BatchAgent",
+    "active_index",
+    "best_arms",
+    "best_arms_of",
+    "halve",
+    "halve_compact",
+    "ranking_key",
+    "table_policies",
+]
 
 UNSEEN = -1e300  # rank of an active arm without data: below every seen arm, above inactive arms
 
@@ -72,6 +81,63 @@ def halve(active: NDArray[np.bool_], mean: NDArray[np.float64], runs: NDArray[np
         active[...] = new.reshape(active.shape)
     else:
         active[idx] = new.reshape(a.shape)
+
+
+class MeansAt(Protocol):
+    """Statistics that give the means of chosen arms only (:meth:`iapo_gym.agents._engine.NestedStats.means_at`)."""
+
+    def means_at(  # noqa: D102
+        self, run: NDArray[np.int64], context: NDArray[np.int64], arm: NDArray[np.int64]
+    ) -> NDArray[np.float64]: ...
+
+
+def active_index(active: NDArray[np.bool_]) -> NDArray[np.int64] | None:
+    """``(S * C, n)`` ascending indices of the active arms of each (run, context) row of ``active (S, C, A)``.
+
+    None unless every row has the same number ``n >= 1`` of active arms (the elimination agents'
+    usual state: every row starts with the same arms and halves in step).
+    """
+    flat = active.reshape(-1, active.shape[-1])
+    n_active = np.count_nonzero(flat, axis=-1)
+    if n_active.size == 0 or int(n_active[0]) == 0 or bool(np.any(n_active != n_active[0])):
+        return None
+    return np.nonzero(flat)[1].reshape(flat.shape[0], int(n_active[0]))
+
+
+def _compact_means(stats: MeansAt, idx: NDArray[np.int64], n_contexts: int) -> NDArray[np.float64]:
+    """Means of the arms ``idx (S * C, n)`` of each (run, context) row, unseen arms ranked ``UNSEEN``."""
+    row = np.arange(idx.shape[0])[:, None]
+    sub = stats.means_at(row // n_contexts, row % n_contexts, idx)
+    return np.where(np.isnan(sub), UNSEEN, sub)
+
+
+def halve_compact(active: NDArray[np.bool_], idx: NDArray[np.int64], stats: MeansAt) -> NDArray[np.int64]:
+    """:func:`halve` of every run, given the rows' active arms ``idx`` (:func:`active_index`); returns the new ``idx``.
+
+    The same decision as :func:`halve` (same ranking, same ties), computed from the means of the
+    active arms only (``stats.means_at``) instead of every arm's: each halving costs the surviving
+    arms, not the whole ``S x C x A`` grid. ``active`` is updated in place.
+    """
+    n0 = idx.shape[1]
+    keep = _top_k_mask(_compact_means(stats, idx, active.shape[1]), max(1, n0 // 2))
+    new = idx[keep].reshape(idx.shape[0], -1)  # ascending within each row
+    flat = active.reshape(-1, active.shape[-1])
+    flat[...] = False
+    np.put_along_axis(flat, new, True, axis=1)
+    return new
+
+
+def best_arms_of(active: NDArray[np.bool_], stats: Any) -> NDArray[np.int64]:
+    """:func:`best_arms` of ``active`` on ``stats``' means, computed for the active arms only when it can be.
+
+    ``stats`` has ``means()`` (``(S, C, P, N)``) and, for the fast path, ``means_at``; the result is
+    the same either way.
+    """
+    idx = active_index(active) if hasattr(stats, "means_at") else None
+    if idx is None:
+        return best_arms(active, stats.means().reshape(active.shape))
+    best = np.argmax(_compact_means(stats, idx, active.shape[1]), axis=-1)  # first maximum: lowest arm index
+    return idx[np.arange(idx.shape[0]), best].reshape(active.shape[:2]).astype(np.int64)
 
 
 def best_arms(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[np.int64]:

@@ -386,6 +386,25 @@ class NestedStats:
             total /= count[:, None]
         return total
 
+    def means_at(
+        self, run: NDArray[np.int64], context: NDArray[np.int64], arm: NDArray[np.int64]
+    ) -> NDArray[np.float64]:
+        """Means of chosen arms: ``arm`` (flat ``p * n_max + N - 1``) of run ``run`` under context ``context``.
+
+        The three index arrays broadcast together; the result has their shape (NaN where unseen).
+        Each value is computed by the same float operations as :meth:`means` (bit for bit), for
+        the chosen arms only.
+        """
+        n_arms = self.n_prompts * self.n_max
+        u = self.gain.shape[1]
+        cell = run * n_arms + arm
+        total = np.multiply(self.split.cost_weight[context], np.take(self.cost.reshape(-1), cell))
+        gain = np.take(self.gain.reshape(-1), (run * u + self.split.group[context]) * n_arms + arm)
+        np.subtract(gain, total, out=total)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total /= np.take(self.count.reshape(-1), cell)
+        return total
+
     def means_in(self, runs: NDArray[np.int64], context: NDArray[np.int64]) -> NDArray[np.float64]:
         """Means of each run under ONE context each: ``runs (B,)``, ``context (B,)`` -> ``(B, P, n_max)``."""
         gain = self.gain[runs, self.split.group[context]]  # (B, P, N)

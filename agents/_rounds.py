@@ -20,13 +20,13 @@ Budgets live per *group*: one group per run (``G = 1``), or one per (run, contex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym.agents._common import halve
+from iapo_gym.agents._common import active_index, halve, halve_compact
 from iapo_gym.agents._engine import random_fit
 from iapo_gym.runs import RunBatch
 from iapo_gym.sampling import Pulls
@@ -149,6 +149,7 @@ class MaximalArms:
     runs: RunBatch
     stats: Tally
     active: NDArray[np.bool_]
+    _idx: NDArray[np.int64] | None = field(default=None, init=False, repr=False)
 
     def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
         """``lambda`` pulls of each maximal arm; the last round adds a random subset that fits."""
@@ -173,7 +174,19 @@ class MaximalArms:
         self.stats.add(pulls, rows.run[sel])
 
     def trim(self, groups: NDArray[np.bool_]) -> None:
-        """Per-context halving on the empirical means."""
+        """Per-context halving on the empirical means.
+
+        When every run halves, every (run, context) holds the same number of active arms and the
+        tallies give means of chosen arms (``means_at``), only the active arms' means are computed
+        (:func:`~iapo_gym.agents._common.halve_compact`, the same decision); their indices are kept
+        between rounds (the allocation owns ``active`` while the loop runs).
+        """
+        if bool(groups[:, 0].all()) and hasattr(self.stats, "means_at"):
+            idx = self._idx if self._idx is not None else active_index(self.active)
+            if idx is not None:
+                self._idx = halve_compact(self.active, idx, self.stats)  # type: ignore[arg-type]
+                return
+        self._idx = None
         halve(self.active, self.stats.means().reshape(self.active.shape), groups[:, 0])
 
 

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
+from iapo_gym.agents._common import BatchAgent, best_arms_of, table_policies
 from iapo_gym.agents._engine import NestedStats
 from iapo_gym.agents._rounds import MaximalArms, Tally, equal_rounds, maximal_sizes, run_rounds, trimming_info
 from iapo_gym.agents.base import Policy
@@ -102,7 +102,7 @@ class PSST(BatchAgent):
         stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, runs.contexts)
         active = np.ones((runs.n_runs, len(runs.contexts), n_arms), dtype=bool)
         infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(n_arms))
-        arms = best_arms(active, stats.means().reshape(active.shape))
+        arms = best_arms_of(active, stats)
         for s, info in enumerate(infos):
             info["budget_used"] = int(runs.spent[s])
         return table_policies(runs, arms, infos)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from iapo_gym.agents._common import BatchAgent, best_arms
+from iapo_gym.agents._common import BatchAgent, best_arms_of
 from iapo_gym.agents._engine import NestedStats
 from iapo_gym.agents.base import Policy, TablePolicy
 from iapo_gym.agents.psst import n_rounds, run_trimming
@@ -61,7 +61,7 @@ class PSSTGrid(BatchAgent):
         stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, grid)
         active = np.ones((runs.n_runs, len(grid), n_arms), dtype=bool)
         infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(n_arms))
-        arms = best_arms(active, stats.means().reshape(active.shape))
+        arms = best_arms_of(active, stats)
         policies: list[Policy] = []
         for s, info in enumerate(infos):
             info["budget_used"] = int(runs.spent[s])

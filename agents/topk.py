@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from iapo_gym.agents._common import BatchAgent, best_arms, ranking_key, table_policies
+from iapo_gym.agents._common import BatchAgent, best_arms_of, ranking_key, table_policies
 from iapo_gym.agents._engine import NestedStats, random_fit
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds, run_trimming
@@ -77,7 +77,7 @@ class TopK(BatchAgent):
         if not self.reuse_warmup:
             stats = NestedStats(s_n, p_n, n_max, runs.contexts)
         infos = run_trimming(runs, stats, active, runs.budgets - runs.spent, n_rounds(k * n_max))
-        arms = best_arms(active, stats.means().reshape(active.shape))
+        arms = best_arms_of(active, stats)
         for s, info in enumerate(infos):
             info.update(warmup_spent=int(warm_spent[s]), screened=top[s].tolist(), budget_used=int(runs.spent[s]))
         return table_policies(runs, arms, infos)

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from iapo_gym.agents._common import BatchAgent, best_arms
+from iapo_gym.agents._common import BatchAgent, best_arms_of
 from iapo_gym.agents._engine import NestedStats
 from iapo_gym.agents.base import Policy, StochasticPolicy, TablePolicy
 from iapo_gym.agents.psst import n_rounds, run_trimming
@@ -54,7 +54,7 @@ class TRIPLE(BatchAgent):
         n_one[..., 0] = True  # the trimming runs on the N = 1 arm of each prompt
         active = n_one.reshape(s_n, c_n, p_n * n_max)
         infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(p_n))
-        prompts = best_arms(active, stats.means().reshape(active.shape)) // n_max  # (S, C)
+        prompts = best_arms_of(active, stats) // n_max  # (S, C)
         policies: list[Policy] = []
         for s in range(s_n):
             info = {**infos[s], "budget_used": int(runs.spent[s]), "deploy_n": self.n}

@@ -102,3 +102,32 @@ def test_random_fit_takes_a_random_prefix_that_fits_each_group():
         for s in range(5)
     }
     assert len(picks) > 1  # the subset is random, not the first items
+
+
+@pytest.mark.parametrize("strategy,contexts", [("mv", MV_CONTEXTS), ("bon", BON_CONTEXTS)])
+def test_compact_halving_decides_as_the_dense_one(strategy, contexts):
+    """means_at gives means() bit for bit; halve_compact / best_arms_of make halve's / best_arms' decisions."""
+    from iapo_gym.agents._common import active_index, best_arms, best_arms_of, halve, halve_compact
+
+    s_n, p_n, n_max = 5, 3, 8
+    stats = NestedStats(s_n, p_n, n_max, contexts)
+    pulls = random_pulls(strategy, 60, n_max, seed=11, categories=3)  # few answers: tied means
+    stats.add(pulls, np.random.default_rng(2).integers(0, s_n, 60))
+    dense = stats.means().reshape(s_n, len(contexts), p_n * n_max)
+    run, ctx, arm = np.meshgrid(np.arange(s_n), np.arange(len(contexts)), np.arange(p_n * n_max), indexing="ij")
+    np.testing.assert_array_equal(stats.means_at(run, ctx, arm), dense)  # NaN where unseen, same bits elsewhere
+    assert np.isnan(dense).any()
+    if strategy == "mv":  # tied means (credits of few answers): the ties rule is exercised
+        assert (np.unique(dense[~np.isnan(dense)], return_counts=True)[1] > 1).any()
+    a_dense = np.ones(dense.shape, dtype=bool)
+    a_compact = a_dense.copy()
+    idx = active_index(a_compact)
+    for _ in range(5):  # down to one arm per (run, context)
+        halve(a_dense, dense, np.ones(s_n, dtype=bool))
+        idx = halve_compact(a_compact, idx, stats)
+        np.testing.assert_array_equal(a_compact, a_dense)
+        np.testing.assert_array_equal(idx, active_index(a_dense))
+        np.testing.assert_array_equal(best_arms_of(a_compact, stats), best_arms(a_dense, dense))
+    a_dense[0, 0, :] = True  # rows of unequal sizes: no compact index, the dense path
+    assert active_index(a_dense) is None
+    np.testing.assert_array_equal(best_arms_of(a_dense, stats), best_arms(a_dense, dense))
