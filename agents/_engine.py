@@ -302,7 +302,7 @@ class NestedStats:
 
     Within one ``add``, the pulls of a (run, prompt) cell are summed in row order (``"block"``) or
     by ``np.add.reduceat`` over the rows sorted by cell (``"query"``); both orders are part of the
-    agents' pinned decisions (``tests/test_policy_fingerprints.py``).
+    agents' pinned decisions (``tests/test_policy_pins.py``).
     """
 
     def __init__(

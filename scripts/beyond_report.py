@@ -316,63 +316,22 @@ def plot_profiles(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_pareto(task: str, out: Path, seeds: list[int], path: Path) -> bool:
-    """Pareto view of one task: exact quality against expected completions ``N`` for every arm.
+def plot_pareto(task: str, out: Path, seeds: list[int], path: Path) -> None:
+    """Pareto view of one task (:func:`iapo_gym.experiments.plots.plot_pareto`) at :data:`PARETO_BUDGET`.
 
-    Quality is the exact Q over all queries with the cost term removed; the deployed arms of each
-    agent at :data:`PARETO_BUDGET` are marked, sized by their share of (run, context) pairs.
+    Every arm's exact quality (cost excluded) against its expected completions ``N``, with the
+    deployed arms of psst_model, PSST and Top-K4 marked; a synthetic task draws a world per seed, so
+    only run ``seeds[0]``'s world is drawn and marked.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from iapo_gym import oracle
     from iapo_gym.experiments import env_factory
+    from iapo_gym.experiments.executors import shares_table
+    from iapo_gym.experiments.plots import plot_pareto as pareto
     from iapo_gym.experiments.results import Results
 
-    env = env_factory(task, 1)(seeds[0])
-    table = env.table
-    w = table.contexts.weights.copy()
-    w[:, -1] = 0.0
-    quality = oracle.q_values(table, None, weights=w)  # (C, P, N) without the cost term
     res = Results.read(task_dir(out, task) / "results.csv")
-    shared = "Synth" not in task  # synthetic tasks: a world per seed, so only run seeds[0] is drawn
-    keep = [s for s in seeds if shared or s == seeds[0]]
-    n = np.arange(1, table.n_max + 1)
-    c = 0 if table.strategy == "mv" else int(np.argmin(np.abs(w[:, 0] - 0.5)))
-    shown = (NEW, "psst", "topk4")
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.0 * len(shown), 3.6), sharey=True, squeeze=False)
-    front = quality[c].max(axis=0)
-    lo = float(np.quantile(quality[c], 0.2))
-    for ax, agent in zip(axes[0], shown, strict=True):
-        for p in range(table.n_prompts):
-            ax.plot(n, quality[c, p], color="0.82", lw=0.6, zorder=1)
-        ax.plot(n, front, color="k", lw=1.2, label="best prompt per N (front)", zorder=2)
-        m = (res.agent == agent) & (res.budget == PARETO_BUDGET) & np.isin(res.seed, keep) & (res.contexts == "finite")
-        picks: dict[tuple[int, int, int], int] = {}
-        for pol in [res.policy[i] for i in np.flatnonzero(m)]:
-            for ci, (prompt, nn) in enumerate(zip(pol.get("prompt", []), pol.get("n", []), strict=False)):
-                key = (min(ci, 2) if table.strategy == "mv" else 0, int(prompt), int(nn))
-                picks[key] = picks.get(key, 0) + 1
-        tot = max(1, sum(picks.values()))
-        for level in sorted({k[0] for k in picks}):
-            keys = [k for k in picks if k[0] == level]
-            label = f"context {table.contexts.names[level]}" if table.strategy == "mv" else "all contexts"
-            ax.scatter([k[2] for k in keys], [quality[c, k[1], k[2] - 1] for k in keys],
-                       s=[15 + 400 * picks[k] / tot for k in keys], alpha=0.55, color=f"C{level}", label=label, zorder=3)
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(bottom=lo)
-        ax.set_xlabel("expected completions per query (N)")
-        ax.set_title(f"{agent}: deployed arms at T = {PARETO_BUDGET:,}", fontsize=8)
-    what = "MV accuracy" if table.strategy == "mv" else f"E[best of N], weights {w[c, :-1].round(2).tolist()}"
-    axes[0][0].set_ylabel(f"exact quality, cost excluded ({what})", fontsize=8)
-    axes[0][0].legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"{short(task)}: every arm (grey: one line per prompt); marker area = share of deployments", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    table = env_factory(task, 1)(seeds[0]).table
+    marked = seeds if shares_table(task) else seeds[:1]
+    pareto(res, {task: (table, marked)}, path, PARETO_BUDGET, (NEW, "psst", "topk4"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["profile"] = rel(figs / "beyond_profiles.png")
     for task in tasks:
         p = figs / f"beyond_pareto_{short(task)}.png"
-        if plot_pareto(task, out, seeds, p):
-            figures[f"pareto_{short(task)}"] = rel(p)
+        plot_pareto(task, out, seeds, p)
+        figures[f"pareto_{short(task)}"] = rel(p)
     command = "python scripts/beyond_report.py" + ("" if args.runs == 200 else f" --runs {args.runs}") + (
         "" if args.budgets == BUDGETS else f" --budgets {args.budgets}")
     from iapo_gym.experiments.results import atomic_write_text

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from iapo_gym.experiments.plots import short_env
+
 REPO = Path(__file__).resolve().parents[1]
 AGENT_LABELS = {"neural": "neural", "psst_grid": "PSST (grid)", "ppo": "PPO", "grid_oracle": "grid oracle"}
 #: The grid oracle is a reference, not a zoo agent: the harness imports it by path.
@@ -40,10 +42,6 @@ TARGETS = {"grid_oracle": "iapo_gym.experiments.references:GridOracle"}
 def env_id(task: str) -> str:
     """``SynthCategorical`` or ``IAPO-SynthCategorical-v0`` -> the env id."""
     return task if task.startswith("IAPO-") else f"IAPO-{task}-v0"
-
-
-def short(env: str) -> str:
-    return env.removeprefix("IAPO-").removesuffix("-v0")
 
 
 def default_tasks() -> list[str]:
@@ -125,10 +123,9 @@ def paired(table: dict, a: str, b: str, budget: int) -> tuple[float, float, int,
 
 
 def plot(task: str, table: dict, agents: list[str], budgets: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from iapo_gym.experiments.plots import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name in agents:
@@ -155,11 +152,7 @@ def plot(task: str, table: dict, agents: list[str], budgets: list[int], path: Pa
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")  # written whole, then renamed
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 #: What was tried before the final run (kept with the script so the page states it).
@@ -180,7 +173,7 @@ def verdict(res: Any, tasks: list[str], args: argparse.Namespace) -> list[str]:
         for b in [b for b in args.budgets if b >= 20_000]:
             r = paired(table, "neural", "psst_grid", b)
             if r is None:
-                out.append(f"* {short(task)}, T = {b:,}: not run.")
+                out.append(f"* {short_env(task)}, T = {b:,}: not run.")
                 continue
             p, diff, n, win, half = r
             if p < 0.05 and diff > 0:
@@ -189,7 +182,7 @@ def verdict(res: Any, tasks: list[str], args: argparse.Namespace) -> list[str]:
                 word = "**PSST (grid) better** (p < 0.05)"
             else:
                 word = "**no significant difference** (p >= 0.05)"
-            out.append(f"* {short(task)}, T = {b:,}: {word}: mean ACR difference {diff:+.4f} +- {half:.4f}, "
+            out.append(f"* {short_env(task)}, T = {b:,}: {word}: mean ACR difference {diff:+.4f} +- {half:.4f}, "
                        f"p = {p:.2g}, {n} paired runs, neural better in {win * 100:.0f}% of them.")
             floor = paired(table, "neural", "grid_oracle", b)
             if floor is not None:
@@ -260,7 +253,7 @@ def markdown(res: Any, tasks: list[str], skipped: list[str], args: argparse.Name
         "",
     ]
     if skipped:
-        out += [f"Tasks: {', '.join(short(t) for t in tasks)}. Not run: {', '.join(short(t) for t in skipped)} (their "
+        out += [f"Tasks: {', '.join(short_env(t) for t in tasks)}. Not run: {', '.join(short_env(t) for t in skipped)} (their "
                 "outcome tables were not installed when this page was generated; the script adds every BoN task whose "
                 "table loads, e.g. after `iapo-gym data pull HelpfulHarmless`).", ""]
     out += verdict(res, tasks, args)
@@ -273,7 +266,7 @@ def markdown(res: Any, tasks: list[str], skipped: list[str], args: argparse.Name
         n = task_notes(task, Path(args.out), args.seed)
         agents = [a for a in shown if any((a, b) in table for b in args.budgets)]
         out += [
-            f"## {short(task)}",
+            f"## {short_env(task)}",
             "",
             f"P x N_max = {n['shape'][0]} x {n['shape'][1]}, {n['n_test_queries']} test queries per run; distribution "
             f"`{n['distribution']}`.",
@@ -302,7 +295,7 @@ def markdown(res: Any, tasks: list[str], skipped: list[str], args: argparse.Name
         fits = ", ".join(f"{a} T={b:,}: {table[(a, b)]['wall_s'].sum():.0f} s" for a in agents for b in args.budgets
                          if (a, b) in table)
         out += ["", f"Fit wall times (all runs of a configuration, from results.csv's `wall_s`): {fits}.", "",
-                f"![{short(task)}](figures/continuous_{short(task)}.png)", ""]
+                f"![{short_env(task)}](figures/continuous_{short_env(task)}.png)", ""]
     return "\n".join(out) + "\n"
 
 
@@ -346,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in args.tasks if t not in skipped and bool(res.mask(env=t).any())]
     missing = [t for t in args.tasks if t not in tasks]
     for task in tasks:
-        plot(short(task), summarise(res, task, args.agents, args.budgets), args.agents, args.budgets,
-             Path(args.figures) / f"continuous_{short(task)}.png")
+        plot(short_env(task), summarise(res, task, args.agents, args.budgets), args.agents, args.budgets,
+             Path(args.figures) / f"continuous_{short_env(task)}.png")
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python scripts/continuous_report.py", *[a for a in given if a != "--analyse-only"]])
     from iapo_gym.experiments.results import atomic_write_text

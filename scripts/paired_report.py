@@ -44,7 +44,9 @@ TARGET_TASK, TARGET_BUDGET = "IAPO-MATH-v0", 20_000
 
 
 def task_dir(out: Path, task: str) -> Path:
-    return out / task.removeprefix("IAPO-").removesuffix("-v0")
+    from iapo_gym.experiments.plots import short_env
+
+    return out / short_env(task)
 
 
 def run_task(task: str, out: Path, budgets: str, runs: int, progress: bool) -> bool:
@@ -114,10 +116,9 @@ def summarise(rows: list[dict[str, Any]], task: str, runs: int) -> dict[str, Any
 
 
 def plot(tables: dict[str, dict[str, Any]], floors: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from iapo_gym.experiments.plots import save_figure, short_env
 
     fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 4.2), squeeze=False)
     for ax, (task, t) in zip(axes[0], tables.items(), strict=True):
@@ -131,15 +132,11 @@ def plot(tables: dict[str, dict[str, Any]], floors: dict[str, float], path: Path
         ax.set_xscale("log")
         ax.set_xlabel("budget T (completions)")
         ax.set_ylabel("mean simple regret (exact, test split; 95 % t CI)")
-        ax.set_title(task.removeprefix("IAPO-").removesuffix("-v0"))
+        ax.set_title(short_env(task))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def fmt(x: float, digits: int = 4) -> str:

@@ -130,3 +130,16 @@ def test_paired_report_runs_through_the_harness(tmp_path: Path) -> None:
         assert f"| {agent} | {mean:.4f} +- {half:.4f} |" in text
     floor = report.train_oracle_floor("IAPO-SynthBernoulli-v0", [0, 1, 2])
     assert f"train-oracle floor: {floor.mean():.4f}" in text and np.all(floor >= 0)
+
+
+def test_beyond_report_draws_its_pareto_views_with_the_package_function(tmp_path: Path) -> None:
+    report = _script("beyond_report")
+    assert "def plot_pareto(results" not in (REPO / "scripts" / "beyond_report.py").read_text()
+    out, doc, figs = tmp_path / "out", tmp_path / "BEYOND.md", tmp_path / "fig"
+    argv = ["--tasks", "IAPO-SmolArith-v0", "--runs", "2", "--budgets", "1k,5k,20k", "--out", str(out),
+            "--doc", str(doc), "--figures", str(figs), "--no-progress"]
+    assert report.main(argv) == 0
+    res = Results.read(out / "SmolArith" / "results.csv")
+    assert len(res) == len(report.AGENTS) * 3 * 2
+    assert (figs / "beyond_pareto_SmolArith.png").stat().st_size > 0
+    assert f"![Pareto SmolArith]({figs / 'beyond_pareto_SmolArith.png'})" in doc.read_text()

@@ -335,7 +335,7 @@ def _captured(monkeypatch: pytest.MonkeyPatch) -> list:
     from iapo_gym.experiments import plots
 
     figs: list = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or Path(path))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=110: figs.append(fig) or Path(path))
     return figs
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "plot_regret_difference",
     "plot_performance_profiles",
     "plot_pareto",
+    "save_figure",
     "short_env",
 ]
 
@@ -45,10 +46,12 @@ def _grid(n: int, width: float = 4.6, height: float = 3.6) -> tuple[plt.Figure, 
     return fig, list(axes.flat)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` whole (a temporary file renamed into place) and close it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
     return path
@@ -102,7 +105,7 @@ def plot_acr_vs_budget(results: Results, path: str | Path, agents: Sequence[str]
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("ACR against budget (mean, 95% CI)")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def plot_n_vs_cost(
@@ -156,7 +159,7 @@ def plot_n_vs_cost(
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("chosen N against cost weight (mean over runs)")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def plot_regret_difference(
@@ -209,7 +212,7 @@ def plot_regret_difference(
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle(f"paired regret difference vs {reference} (mean, 95% CI; filled: Wilcoxon p < 0.05)")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def plot_performance_profiles(
@@ -251,7 +254,7 @@ def plot_performance_profiles(
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("performance profiles of regret (per run)")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def plot_pareto(
@@ -308,4 +311,4 @@ def plot_pareto(
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("every arm's exact quality against its completions, with the deployed arms marked")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, path)
