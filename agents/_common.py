@@ -35,10 +35,13 @@ def _top_k_mask(key: NDArray[np.float64], k: int) -> NDArray[np.bool_]:
     No sort (``O(A)`` per row): the ``k``-th largest key comes from ``np.partition``; entries above
     it are kept, and entries equal to it are kept in index order until ``k`` are kept.
     """
-    thr = -np.partition(-key, k - 1, axis=-1)[:, k - 1 : k]
+    n = key.shape[-1]
+    thr = np.partition(key, n - k, axis=-1)[:, n - k : n - k + 1]  # k-th largest = (n - k)-th smallest
     above = key > thr
     tied = key == thr
-    room = k - above.sum(axis=-1, keepdims=True)
+    room = k - np.count_nonzero(above, axis=-1, keepdims=True)
+    if not np.any(np.count_nonzero(tied, axis=-1, keepdims=True) > room):
+        return above | tied  # no row has more entries tied at its threshold than it may keep
     return above | (tied & (np.cumsum(tied, axis=-1) <= room))
 
 
@@ -104,11 +107,15 @@ def active_index(active: NDArray[np.bool_]) -> NDArray[np.int64] | None:
     return np.nonzero(flat)[1].reshape(flat.shape[0], int(n_active[0]))
 
 
-def _compact_means(stats: MeansAt, idx: NDArray[np.int64], n_contexts: int) -> NDArray[np.float64]:
+def _compact_means(stats: MeansAt, idx: NDArray[np.int64], n_contexts: int, n_arms: int) -> NDArray[np.float64]:
     """Means of the arms ``idx (S * C, n)`` of each (run, context) row, unseen arms ranked ``UNSEEN``."""
-    row = np.arange(idx.shape[0])[:, None]
-    sub = stats.means_at(row // n_contexts, row % n_contexts, idx)
-    return np.where(np.isnan(sub), UNSEEN, sub)
+    if idx.shape[1] == n_arms and hasattr(stats, "means"):
+        sub = stats.means().reshape(idx.shape)  # every arm active (idx is 0..A-1 in each row): dense means, no gather
+    else:
+        row = np.arange(idx.shape[0])[:, None]
+        sub = stats.means_at(row // n_contexts, row % n_contexts, idx)
+    np.copyto(sub, UNSEEN, where=np.isnan(sub))  # NestedStats' means are fresh arrays
+    return sub
 
 
 def halve_compact(active: NDArray[np.bool_], idx: NDArray[np.int64], stats: MeansAt) -> NDArray[np.int64]:
@@ -119,7 +126,7 @@ def halve_compact(active: NDArray[np.bool_], idx: NDArray[np.int64], stats: Mean
     arms, not the whole ``S x C x A`` grid. ``active`` is updated in place.
     """
     n0 = idx.shape[1]
-    keep = _top_k_mask(_compact_means(stats, idx, active.shape[1]), max(1, n0 // 2))
+    keep = _top_k_mask(_compact_means(stats, idx, active.shape[1], active.shape[2]), max(1, n0 // 2))
     new = idx[keep].reshape(idx.shape[0], -1)  # ascending within each row
     flat = active.reshape(-1, active.shape[-1])
     flat[...] = False
@@ -136,7 +143,7 @@ def best_arms_of(active: NDArray[np.bool_], stats: Any) -> NDArray[np.int64]:
     idx = active_index(active) if hasattr(stats, "means_at") else None
     if idx is None:
         return best_arms(active, stats.means().reshape(active.shape))
-    best = np.argmax(_compact_means(stats, idx, active.shape[1]), axis=-1)  # first maximum: lowest arm index
+    best = np.argmax(_compact_means(stats, idx, active.shape[1], active.shape[2]), axis=-1)  # first maximum: lowest arm index
     return idx[np.arange(idx.shape[0]), best].reshape(active.shape[:2]).astype(np.int64)
 
 

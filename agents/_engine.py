@@ -99,7 +99,7 @@ def _mv_size_sums(pulls: Pulls, plan: BlockPlan, n: NDArray[np.int64]) -> NDArra
 
     * Sizes 1 and 2 need only the gold votes: a block's credit is ``gold / k`` (size 2 with one
       gold vote is a 1-1 tie, credit 1/2), so their sums come from the cumulative gold count.
-    * Larger blocks compare gold with every other answer (paper Eq. 2): :func:`_mv_tail_credit`.
+    * Larger blocks compare gold with every other answer (paper Eq. 2): :func:`_mv_tail_sums`.
 
     Every credit is a float32 ``1 / t``, a multiple of ``2 ** -(26 + log2 A)``, so every partial
     sum is exact in float64: the sums do not depend on the order of addition.
@@ -119,17 +119,21 @@ def _mv_size_sums(pulls: Pulls, plan: BlockPlan, n: NDArray[np.int64]) -> NDArra
     if width < 3:
         return out
     tail = int(plan.size_start[2])
-    credit = _mv_tail_credit(diff, gold_cum, plan, a, tail)  # (B, n_blocks - tail)
-    if int(n.min()) < width:  # rows of several sizes: no credit for blocks past a row's n
-        credit *= plan.real[n, tail:]
-    out[:, 2:] = np.add.reduceat(credit, plan.size_start[2:] - tail, axis=1)
+    bits = width.bit_length() + 1  # a block's count of one answer (<= width) plus a guard bit
+    if (a - 1) * bits > 62:
+        gold = np.take(gold_cum, plan.end[tail:], axis=1)
+        gold -= np.take(gold_cum, plan.start[tail:], axis=1)
+        credit = _mv_tail_credit_by_answer(diff, gold, plan, a, tail)
+        if int(n.min()) < width:  # rows of several sizes: no credit for blocks past a row's n
+            credit *= plan.real[n, tail:]
+        out[:, 2:] = np.add.reduceat(credit, plan.size_start[2:] - tail, axis=1)
+        return out
+    out[:, 2:] = _mv_tail_sums(diff, plan, n, a, tail).T
     return out
 
 
-def _mv_tail_credit(
-    diff: NDArray[np.int64], gold_cum: NDArray, plan: BlockPlan, a: int, tail: int
-) -> NDArray[np.float64]:
-    """Credit (float32 values, held in float64) of blocks ``tail:`` (sizes >= 3) of every pull.
+def _mv_tail_sums(diff: NDArray[np.int64], plan: BlockPlan, n: NDArray[np.int64], a: int, tail: int) -> NDArray[np.float64]:
+    """Credit of the blocks ``tail:`` (sizes >= 3) of every pull, summed per size: ``(L - 2, B)``.
 
     Packed votes (SIMD within a register): with ``r = (answer - gold) mod A``, a completion adds
     ``1 << (bits * (r - 1))`` for another answer and ``-ones`` (minus one in every field) for the
@@ -138,38 +142,45 @@ def _mv_tail_credit(
     every field ``2 ** (bits - 1) + v_c - g``, in ``[0, 2 ** bits)`` since counts are at most the
     width, so no borrow crosses a field and the guard of field ``c`` is set iff ``v_c >= g``;
     subtracting ``ones`` once more tests ``v_c > g``. Gold wins iff no answer beats it and shares
-    the win with the answers equal to it: credit ``1 / (1 + ties)`` (paper Eq. 2). Too many
-    answers for one word: one pass per answer instead.
+    the win with the answers equal to it: credit ``1 / (1 + ties)`` (paper Eq. 2).
+
+    The cumulative words are laid out completion-major (``(L + 1, B)``), so every block is a whole
+    row: the blocks are row gathers, each step runs along all pulls at once, and the blocks of one
+    size are summed by adding whole rows (exact: see :func:`_mv_size_sums`).
     """
-    width = plan.width
-    ends, starts = plan.end[tail:], plan.start[tail:]
-    bits = width.bit_length() + 1  # a block's count of one answer (<= width) plus a guard bit
-    if (a - 1) * bits > 62:
-        gold = np.take(gold_cum, ends, axis=1)
-        gold -= np.take(gold_cum, starts, axis=1)
-        return _mv_tail_credit_by_answer(diff, gold, plan, a, tail)
+    width, b = plan.width, diff.shape[0]
+    bits = width.bit_length() + 1
     dtype = np.int32 if (a - 1) * bits <= 30 else np.int64
     ones = sum(1 << (bits * c) for c in range(a - 1))
     guards = dtype(ones << (bits - 1))
     word = np.array([-ones] + [1 << (bits * (r - 1)) for r in range(1, a)], dtype=dtype)
-    cum = np.zeros((diff.shape[0], width + 1), dtype=dtype)
+    cum = np.zeros((b, width + 1), dtype=dtype)
     np.cumsum(np.take(word, diff, mode="wrap"), axis=1, out=cum[:, 1:])  # r = diff mod A
-    d = np.take(cum, ends, axis=1)
-    d -= np.take(cum, starts, axis=1)
+    cum = np.ascontiguousarray(cum.T)  # completion-major
+    d = cum[plan.end[tail:]]
+    d -= cum[plan.start[tail:]]
     d += guards  # guard of field c set iff v_c >= g
-    ties = np.bitwise_count(d & guards)
+    ties = np.empty(d.shape, dtype=np.intp)  # intp: the credit lookup below needs no index conversion
+    np.bitwise_count(d & guards, out=ties)
     d -= dtype(ones)  # guard of field c set iff v_c > g
     d &= guards
+    won = d == 0  # no answer beats gold
+    if int(n.min()) < width:  # rows of several sizes: no credit for blocks past a row's n
+        won &= plan.end[tail:, None] <= n[None, :]
     lut = (1.0 / np.arange(1, a + 1)).astype(np.float32).astype(np.float64)  # 1 / (1 + ties)
     credit = np.take(lut, ties)
-    credit *= d == 0  # beaten: no credit
-    return credit
+    credit *= won
+    first = (plan.size_start[2:] - tail).tolist()
+    sums = np.empty((width - 2, b))
+    for i, (lo, hi) in enumerate(zip(first, first[1:] + [credit.shape[0]], strict=True)):
+        np.sum(credit[lo:hi], axis=0, out=sums[i])
+    return sums
 
 
 def _mv_tail_credit_by_answer(
     diff: NDArray[np.int64], gold: NDArray, plan: BlockPlan, a: int, tail: int
 ) -> NDArray[np.float64]:
-    """:func:`_mv_tail_credit` for many answers: one cumulative count per answer."""
+    """Credit of blocks ``tail:`` for answers too many for one packed word: one cumulative count per answer."""
     width = plan.width
     dtype = np.int8 if width < 127 else np.int16 if width < 32_000 else np.int32
     cum = np.zeros((diff.shape[0], width + 1), dtype=dtype)
@@ -203,6 +214,11 @@ def _bon_block_max(pulls: Pulls, obj_weights: NDArray[np.float64], plan: BlockPl
     return np.maximum(np.take(flat, first, axis=2), np.take(flat, second, axis=2))
 
 
+#: Nested blocks one pass of :func:`nested_gains` holds at once: its per-block temporaries stay
+#: in cache (measured on MATH: calls of thousands of pulls ran about 1.5x slower per block).
+CHUNK_BLOCKS = 1 << 19
+
+
 def nested_gains(
     pulls: Pulls, obj_weights: NDArray[np.float64], n_max: int
 ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
@@ -218,31 +234,79 @@ def nested_gains(
         blocks of the aggregated score (MV: ``w_1 * credit``; BoN: ``max_i w . o_i``);
         ``count (B, L)``: ``n // k``; ``cost (B, L)``: the total cost of those blocks.
         ``L = min(width, n_max)``. The utility sum under a context is ``gain[u(c)] - w_cost * cost``.
+
+    Every row is computed on its own, so the pulls are processed in chunks of rows that keep the
+    per-block temporaries near :data:`CHUNK_BLOCKS` (the same values, faster).
     """
     n = np.minimum(pulls.n.astype(np.int64), n_max)
     width = int(min(pulls.width, n_max, max(int(n.max(initial=0)), 1)))
     plan = block_plan(width)
     count = plan.count[n]
-    # The blocks of size k cost the first (n // k) * k completions: a gather from the running cost.
-    # A pull with one cost per completion (table draws) needs no per-completion costs: its running
-    # cost is the running sum of that constant (summed in sequence, not ``m * c``: the same bits
-    # as summing the completions' costs, so every decision stays the same).
-    csum = np.zeros((len(pulls), width + 1))
-    if pulls.unit_cost is not None:
-        np.cumsum(np.broadcast_to(pulls.unit_cost[:, None], (len(pulls), width)), axis=1, out=csum[:, 1:])
-    else:
-        np.cumsum(np.where(pulls.mask[:, :width], pulls.cost[:, :width], 0.0), axis=1, out=csum[:, 1:])
-    cost = np.take(csum.reshape(-1), plan.used[n] + (np.arange(len(pulls)) * (width + 1))[:, None])
-    if pulls.strategy == "mv":
-        gain = obj_weights[:, :1, None] * _mv_size_sums(pulls, plan, n)[None]
-    elif pulls.strategy == "bon":
-        best = _bon_block_max(pulls, obj_weights, plan)
-        if int(n.min(initial=0)) < width:  # rows of several sizes: zero the blocks past each row's n
-            best = np.where(plan.real[n][None], best, np.float32(0.0))
-        gain = np.add.reduceat(best, plan.size_start, axis=2, dtype=np.float64)
-    else:
+    cost = _block_costs(pulls, plan, n)
+    per_row = plan.size.size * (1 if pulls.strategy == "mv" else obj_weights.shape[0] * (plan.n_levels + 2))
+    rows = max(64, CHUNK_BLOCKS // per_row)
+    if pulls.strategy not in ("mv", "bon"):
         raise ValueError(f"unknown strategy {pulls.strategy!r}; expected 'mv' or 'bon'")
+    if len(pulls) <= rows:
+        return _block_gains(pulls, obj_weights, plan, n), count, cost
+    gain = np.empty((obj_weights.shape[0], len(pulls), width))
+    for lo in range(0, len(pulls), rows):
+        sl = slice(lo, lo + rows)
+        gain[:, sl] = _block_gains(_rows(pulls, sl), obj_weights, plan, n[sl])
     return gain, count, cost
+
+
+def _rows(pulls: Pulls, sl: slice) -> Pulls:
+    """The pulls of rows ``sl`` (views; lazily built fields stay lazy)."""
+    return Pulls(
+        pulls.strategy,
+        pulls.prompt[sl],
+        pulls.n[sl],
+        pulls.query[sl],
+        pulls.outcome[sl],
+        None if pulls._values is None else pulls._values[sl],
+        None if pulls._cost is None else pulls._cost[sl],
+        pulls.gold[sl],
+        pulls.mask[sl],
+        pulls.n_categories,
+        unit_cost=None if pulls.unit_cost is None else pulls.unit_cost[sl],
+    )
+
+
+def _block_gains(
+    pulls: Pulls, obj_weights: NDArray[np.float64], plan: BlockPlan, n: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """``gain (U, B, L)`` of :func:`nested_gains`."""
+    if pulls.strategy == "mv":
+        return obj_weights[:, :1, None] * _mv_size_sums(pulls, plan, n)[None]
+    best = _bon_block_max(pulls, obj_weights, plan)
+    if int(n.min(initial=0)) < plan.width:  # rows of several sizes: zero the blocks past each row's n
+        best = np.where(plan.real[n][None], best, np.float32(0.0))
+    return np.add.reduceat(best, plan.size_start, axis=2, dtype=np.float64)
+
+
+def _block_costs(pulls: Pulls, plan: BlockPlan, n: NDArray[np.int64]) -> NDArray[np.float64]:
+    """``cost (B, L)``: the cost of each pull's ``n // k`` blocks of size ``k``, its first ``(n // k) * k`` completions.
+
+    Summed in sequence along the pull (the running cost), never as ``m * c``: a pull with one cost
+    per completion (table draws, ``unit_cost``) has the running sum of that constant, the same bits
+    as summing its completions' costs. Such pulls share few distinct costs (one per prompt on the
+    released tables), so the running sums are built once per distinct cost and gathered.
+    """
+    width, b = plan.width, len(pulls)
+    used = plan.used[n]
+    if pulls.unit_cost is not None:
+        unique, inverse = np.unique(pulls.unit_cost, return_inverse=True)
+        if unique.size * 4 <= b:
+            run = np.zeros((unique.size, width + 1))
+            np.cumsum(np.broadcast_to(unique[:, None], (unique.size, width)), axis=1, out=run[:, 1:])
+            return np.take(run.reshape(-1), used + (inverse.reshape(-1) * (width + 1))[:, None])
+        csum = np.zeros((b, width + 1))
+        np.cumsum(np.broadcast_to(pulls.unit_cost[:, None], (b, width)), axis=1, out=csum[:, 1:])
+    else:
+        csum = np.zeros((b, width + 1))
+        np.cumsum(np.where(pulls.mask[:, :width], pulls.cost[:, :width], 0.0), axis=1, out=csum[:, 1:])
+    return np.take(csum.reshape(-1), used + (np.arange(b) * (width + 1))[:, None])
 
 
 def row_utility(pulls: Pulls, weights: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -460,19 +460,31 @@ class RunBatch:
         """One call: each run draws its query uniforms, then its completion uniforms, from its own stream."""
         bounds, rows_per = _segments(run)  # rows are run-major
         runs_here = run[bounds]
-        if col is None:
-            uq = self.streams.random(rows_per, runs_here)  # one per row, rows in order within each run
-            col = np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
-        query = self.train[run, col]
         width = int(n.max())
-        if self._live:  # the live env generates (its own RNG, its own ledger)
-            return self.envs[0].pull(prompt, n, query=query - self._offsets[0], width=width)
-        u = self.streams.random(np.add.reduceat(n, bounds), runs_here)  # completions, row after row
-        if int(n.min()) == width:  # every row full (PSST's maximal arms, Uniform): no gather
-            uu = u.reshape(run.size, width)
-        else:
-            start = np.cumsum(n) - n
+        if col is None and not self._live:
+            # One request per run for its query uniforms (one per row) followed by its completion
+            # uniforms (row after row): the values each run would draw in two requests, in one.
+            done = np.cumsum(n) - n  # completions of the call before each row
+            seg = np.repeat(np.arange(bounds.size), rows_per)
+            u = self.streams.random(rows_per + np.add.reduceat(n, bounds), runs_here)
+            uq = u[np.arange(run.size) + done[bounds][seg]]  # run j's values start after rows and completions of runs < j
+            col = np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
+            start = done + (bounds + rows_per)[seg]  # ... and its completions after its own query uniforms
             uu = u[np.minimum(start[:, None] + np.arange(width)[None, :], u.size - 1)]
+            query = self.train[run, col]
+        else:
+            if col is None:
+                uq = self.streams.random(rows_per, runs_here)  # one per row, rows in order within each run
+                col = np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
+            query = self.train[run, col]
+            if self._live:  # the live env generates (its own RNG, its own ledger)
+                return self.envs[0].pull(prompt, n, query=query - self._offsets[0], width=width)
+            u = self.streams.random(np.add.reduceat(n, bounds), runs_here)  # completions, row after row
+            if int(n.min()) == width:  # every row full (PSST's maximal arms, Uniform): no gather
+                uu = u.reshape(run.size, width)
+            else:
+                start = np.cumsum(n) - n
+                uu = u[np.minimum(start[:, None] + np.arange(width)[None, :], u.size - 1)]
         if self._table is None and runs_here.size == 1:  # one run's call: its own world, no stack needed
             r0 = int(runs_here[0])
             return draw_pulls(self._tables[r0], prompt, query - self._offsets[r0], n, uu)

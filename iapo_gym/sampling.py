@@ -161,9 +161,7 @@ def draw_pulls(
     ``L >= n.max()``; entries of ``u`` past ``n[b]`` are ignored.
     """
     L = u.shape[1]
-    probs = table.mv_arrays()[0] if table.strategy == "mv" else table.bon_arrays()[1]
-    cdf = np.cumsum(probs[prompt, query], axis=-1)  # (B, A)
-    cdf[:, -1] = 1.0  # guard against rounding: every uniform falls in some outcome
+    cdf = _cdf_rows(table, prompt, query)  # (B, A)
     if cdf.shape[1] <= 16:
         # Few outcomes: count the thresholds each uniform passes, one (B, L) pass per outcome
         # (same result as the (B, L, A) comparison below, without the 3-D temporary).
@@ -200,3 +198,27 @@ def draw_pulls(
         n_categories=table.n_outcomes,
         unit_cost=unit_cost,
     )
+
+
+#: Largest table (outcome probabilities) whose cumulative probabilities are kept in its cache.
+CDF_CACHE_ENTRIES = 1 << 22
+
+
+def _cdf_rows(table: OutcomeTable, prompt: NDArray[np.int64], query: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Cumulative outcome probabilities of each (prompt, query) row, the last one set to 1.0.
+
+    The same values whether computed for the rows of a call or once for the whole table (a
+    running sum along each row either way); tables up to :data:`CDF_CACHE_ENTRIES` keep theirs.
+    """
+    probs = table.mv_arrays()[0] if table.strategy == "mv" else table.bon_arrays()[1]
+    if probs.size <= CDF_CACHE_ENTRIES:
+        cdf = table.cache.get("sampling/cdf")
+        if cdf is None:
+            cdf = np.cumsum(probs, axis=-1)
+            cdf[..., -1] = 1.0  # guard against rounding: every uniform falls in some outcome
+            cdf.setflags(write=False)
+            table.cache["sampling/cdf"] = cdf
+        return cdf[prompt, query]
+    cdf = np.cumsum(probs[prompt, query], axis=-1)
+    cdf[:, -1] = 1.0
+    return cdf

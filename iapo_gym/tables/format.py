@@ -40,7 +40,7 @@ STRATEGIES: tuple[str, ...] = ("mv", "bon")
 
 
 #: Oracle cache entries that do not depend on the context set (kept by :meth:`OutcomeTable.with_contexts`).
-CONTEXT_FREE_CACHE_KEYS = frozenset({"oracle/mv_credit"})
+CONTEXT_FREE_CACHE_KEYS = frozenset({"oracle/mv_credit", "sampling/cdf"})
 
 
 @dataclass(frozen=True, eq=False)
