@@ -45,21 +45,27 @@ def _top_k_mask(key: NDArray[np.float64], k: int) -> NDArray[np.bool_]:
     return above | (tied & (np.cumsum(tied, axis=-1) <= room))
 
 
-def halve(active: NDArray[np.bool_], mean: NDArray[np.float64], runs: NDArray[np.bool_]) -> None:
+def halve(active: NDArray[np.bool_], mean: NDArray[np.float64] | MeansAt, runs: NDArray[np.bool_]) -> None:
     """Per (run, context) remove the bottom ``ceil(n/2)`` of the ``n`` active arms, keeping at least one.
 
     ``active`` and ``mean`` are ``(S, C, A)``; only runs where ``runs`` is True are trimmed (in
     place). Ranking is by empirical mean, descending; ties keep the lower flat arm index (the
-    authors' stable sort over the p-major, N-ascending arm list).
+    authors' stable sort over the p-major, N-ascending arm list). ``mean`` may instead be
+    statistics with ``means_at`` (:class:`MeansAt`): only the active arms' means are then computed.
     """
     idx = None if bool(np.all(runs)) else np.flatnonzero(runs)
     if idx is not None and idx.size == 0:
         return
     a = active if idx is None else active[idx]
-    m = mean if idx is None else mean[idx]
     n_arms = a.shape[-1]
     flat_a = a.reshape(-1, n_arms)
-    flat_m = m.reshape(-1, n_arms)
+    lazy = not isinstance(mean, np.ndarray)
+    if lazy:
+        c_n = a.shape[1]
+        row_run = np.repeat(np.arange(active.shape[0]) if idx is None else idx, c_n)
+        row_ctx = np.tile(np.arange(c_n), a.shape[0])
+    else:
+        flat_m = (mean if idx is None else mean[idx]).reshape(-1, n_arms)
     n_active = flat_a.sum(axis=-1)
     new = np.zeros_like(flat_a)
     counts = np.unique(n_active)
@@ -69,13 +75,17 @@ def halve(active: NDArray[np.bool_], mean: NDArray[np.float64], runs: NDArray[np
         k = max(1, n0 // 2)
         rows = None if counts.size == 1 else np.flatnonzero(n_active == n0)
         fa = flat_a if rows is None else flat_a[rows]
-        fm = flat_m if rows is None else flat_m[rows]
         if n0 == n_arms:
-            winners = (np.flatnonzero(_top_k_mask(ranking_key(fa, fm), k)) % n_arms).reshape(-1, k)
+            arm_idx = np.broadcast_to(np.arange(n_arms), fa.shape)
         else:
             arm_idx = np.nonzero(fa)[1].reshape(-1, n0)  # ascending arm order per row
-            sub = np.take_along_axis(fm, arm_idx, axis=1)
-            winners = arm_idx[_top_k_mask(np.where(np.isnan(sub), UNSEEN, sub), k)].reshape(-1, k)
+        if lazy:
+            r_run, r_ctx = (row_run, row_ctx) if rows is None else (row_run[rows], row_ctx[rows])
+            sub = mean.means_at(r_run[:, None], r_ctx[:, None], arm_idx)  # type: ignore[union-attr]
+        else:
+            fm = flat_m if rows is None else flat_m[rows]
+            sub = fm if n0 == n_arms else np.take_along_axis(fm, arm_idx, axis=1)
+        winners = arm_idx[_top_k_mask(np.where(np.isnan(sub), UNSEEN, sub), k)].reshape(-1, k)
         if rows is None:
             np.put_along_axis(new, winners, True, axis=1)
         else:

@@ -179,15 +179,17 @@ class MaximalArms:
         When every run halves, every (run, context) holds the same number of active arms and the
         tallies give means of chosen arms (``means_at``), only the active arms' means are computed
         (:func:`~iapo_gym.agents._common.halve_compact`, the same decision); their indices are kept
-        between rounds (the allocation owns ``active`` while the loop runs).
+        between rounds (the allocation owns ``active`` while the loop runs). Otherwise
+        :func:`~iapo_gym.agents._common.halve` computes the active arms' means of the trimmed runs.
         """
-        if bool(groups[:, 0].all()) and hasattr(self.stats, "means_at"):
+        lazy = hasattr(self.stats, "means_at")
+        if bool(groups[:, 0].all()) and lazy:
             idx = self._idx if self._idx is not None else active_index(self.active)
             if idx is not None:
                 self._idx = halve_compact(self.active, idx, self.stats)  # type: ignore[arg-type]
                 return
         self._idx = None
-        halve(self.active, self.stats.means().reshape(self.active.shape), groups[:, 0])
+        halve(self.active, self.stats if lazy else self.stats.means().reshape(self.active.shape), groups[:, 0])  # type: ignore[arg-type]
 
 
 def equal_rounds(budgets: NDArray[np.int64], rounds: int) -> NDArray[np.int64]:

@@ -1,13 +1,13 @@
-"""PSST against its compiled floor: a minimal kernel replaying PSST's exact schedule, interleaved.
+"""PSST against its floor: minimal kernels replaying PSST's exact schedule, interleaved.
 
 Run::
 
     python benchmarks/bench_floor.py [--seeds 200] [--budgets 5000,20000,50000] [--tasks MATH,SynthCategorical]
 
 For each task and budget the benchmark fits ``--seeds`` runs of PSST as one batch
-(``fit_many``), recording every pull it makes (run, prompt, query, N). A single-thread kernel then
-replays exactly that schedule -- the same pulls, so the same draws and the same nested blocks --
-doing the minimal work PSST's statistics need:
+(``fit_many``), recording every pull it makes (run, prompt, query, N). Two kernels then replay
+exactly that schedule -- the same pulls, so the same number of draws and the same nested blocks --
+doing only the work PSST's statistics need:
 
 * draw each completion by inverse CDF (one uniform each, the kernel's own generator);
 * MV: cumulative per-category vote counts along the pull; the credit of EVERY nested block of
@@ -17,21 +17,30 @@ doing the minimal work PSST's statistics need:
 * per (run, prompt, k) tallies of gain, count and cost (a pull's per-completion cost is constant,
   so its blocks of size ``k`` cost ``count * k * cost``).
 
-This is the *full-work* floor: every block is scored, as PSST's own definition of nested reuse
-does; it skips no block of an arm that is trimmed everywhere, so our PSST (which does) may come
-out below it. The kernel does not halve or allocate (that is per-round, not per-completion work),
-so it is a lower bound on any implementation of the same schedule. The table reports per-run
-CPU milliseconds (``time.process_time``: both are single-threaded, and CPU time is far less
-disturbed than wall time on a shared machine) of the kernel and of our PSST (best of
-``--repeats``, interleaved, env construction and the recording run not timed) and ours / kernel.
+The two kernels:
 
-Why numba here and not in the engine: the kernel is the yardstick, so it must be the fastest
-simple code (compiled loops, no temporaries): numba gives that from Python source in a few lines.
-The engine itself stays numpy: numba would add llvmlite and a JIT warm-up of seconds to every
-process (``train.py`` workers, Ray cells, tests) for a kernel that numpy already runs within a
-small factor of the floor (see docs/AGENTS.md for the measured table), and a second, compiled code
-path would have to reproduce numpy's float summation order bit for bit to keep every seed's
-decisions unchanged. Needs ``pip install numba`` (benchmark only; not a dependency of iapo-gym).
+* ``numpy``: the best vectorised numpy replay we could write -- pulls grouped by exact size (no
+  padding, no masks), cache-sized chunks, completion-major packed vote words (MV) or sparse
+  tables (BoN), one tally per segment. This is the yardstick of the target (ours within 1.5x).
+* ``numba``: the same work as single-thread compiled loops (no temporaries), shown for
+  information when numba is installed (``pip install numba``; skipped otherwise).
+
+Both draw the same uniforms (``RandomState(seed)``, pull after pull), and the benchmark checks that
+their tallies agree, so they do the same work. Both are *full-work* floors: every block is scored,
+as PSST's definition of nested reuse does; they do not halve or allocate (per-round, not
+per-completion work), so they are lower bounds on any implementation of the same schedule in
+their language. The table reports per-run CPU milliseconds (``time.process_time``: everything is
+single-threaded, and CPU time is far less disturbed than wall time on a shared machine) of each
+kernel and of our PSST (best of ``--repeats``, interleaved, env construction and the recording
+run not timed) and ours / kernel.
+
+Why the engine stays numpy (no compiled dependency): a compiled kernel (numba) is several times
+faster per block than any numpy pass, but it would add llvmlite and a JIT warm-up of seconds to
+every process (``train.py`` workers, Ray cells, tests), and a second, compiled code path would
+have to reproduce numpy's float summation order bit for bit (BoN's per-size sums of float32
+maxima use numpy's pairwise summation) to keep every seed's decisions unchanged, tested on both
+paths forever. The numpy kernel above shows what numpy itself allows; the numba column shows what
+a compiled engine would buy.
 """
 
 from __future__ import annotations
@@ -44,12 +53,15 @@ import numpy as np
 
 try:
     import numba
-except ImportError:  # pragma: no cover - the benchmark's one extra requirement
-    raise SystemExit("bench_floor needs numba for its compiled kernel: pip install numba") from None
+except ImportError:  # pragma: no cover - optional: the numba column is informative
+    numba = None
+
+
+def _njit(fn: Any) -> Any:
+    return numba.njit(cache=False, nogil=True)(fn) if numba is not None else None
 
 
 # ------------------------------------------------------------------------------------- kernels
-@numba.njit(cache=False, nogil=True)
 def mv_kernel(run, prompt, query, n, cdf, gold, ucost, n_max, gain, cost, count, seed):  # pragma: no cover
     """Full-work MV replay: draws, cumulative votes, credit of every nested block, tallies."""
     np.random.seed(seed)
@@ -96,7 +108,6 @@ def mv_kernel(run, prompt, query, n, cdf, gold, ucost, n_max, gain, cost, count,
             cost[r, p, k - 1] += m * k * uc
 
 
-@numba.njit(cache=False, nogil=True)
 def bon_kernel(run, prompt, query, n, cdf, values, obj_w, ucost, n_max, gain, cost, count, seed):  # pragma: no cover
     """Full-work BoN replay: draws, scores per objective row, block maxima by sparse table, tallies."""
     np.random.seed(seed)
@@ -142,6 +153,136 @@ def bon_kernel(run, prompt, query, n, cdf, values, obj_w, ucost, n_max, gain, co
                 gain[r, w, p, k - 1] += s
 
 
+MV_NUMBA = _njit(mv_kernel)
+BON_NUMBA = _njit(bon_kernel)
+
+
+# ----------------------------------------------------------------------------- numpy kernels
+#: Blocks one chunk of the numpy kernel holds: its per-block temporaries stay in cache.
+KERNEL_BLOCKS = 1 << 19
+
+
+def _blocks(nn: int) -> tuple[Any, Any, Any, Any]:
+    """Every nested block of a full pull of ``nn`` completions: size, start, first block of each size, and the sizes."""
+    ks = np.arange(1, nn + 1)
+    per = nn // ks
+    size = np.repeat(ks, per)
+    start = np.concatenate([np.arange(m) * k for k, m in zip(ks.tolist(), per.tolist(), strict=True)])
+    first = np.concatenate([[0], np.cumsum(per)[:-1]])
+    return size, start, first, ks
+
+
+def _size_sums(x: Any, first: Any) -> Any:
+    """Sum the block rows of ``x (n_blocks, ...)`` per size (blocks ordered by size): ``(n_sizes, ...)``."""
+    out = np.empty((first.size,) + x.shape[1:])
+    for i, (lo, hi) in enumerate(zip(first.tolist(), first[1:].tolist() + [x.shape[0]], strict=True)):
+        np.sum(x[lo:hi], axis=0, out=out[i])
+    return out
+
+
+def _draw(u: Any, cdf_rows: Any) -> Any:
+    """Inverse-CDF outcomes of uniforms ``u (B, n)`` under rows ``cdf_rows (B, A)``."""
+    out = np.zeros(u.shape, dtype=np.intp)
+    for j in range(cdf_rows.shape[1] - 1):
+        out += u >= cdf_rows[:, j : j + 1]
+    return out
+
+
+def _groups(n: Any) -> Any:
+    """Pulls grouped by size (no padding), each group cut into cache-sized chunks: yields (n, rows)."""
+    order = np.argsort(n, kind="stable")
+    sizes, starts = np.unique(n[order], return_index=True)
+    for nn, lo, hi in zip(sizes.tolist(), starts.tolist(), starts[1:].tolist() + [n.size], strict=True):
+        chunk = max(64, KERNEL_BLOCKS // int(sum(nn // k for k in range(1, nn + 1))))
+        for c0 in range(lo, hi, chunk):
+            yield nn, order[c0 : min(hi, c0 + chunk)]
+
+
+def mv_numpy(run, prompt, query, n, cdf, gold, ucost, n_max, gain, cost, count, seed):  # noqa: ANN001, ANN201
+    """Full-work MV replay in vectorised numpy: the numba kernel's draws, blocks and tallies, batched over pulls."""
+    u_all = np.random.RandomState(seed).random_sample(int(n.sum()))  # the numba kernel's uniforms, in its order
+    offs = np.cumsum(n) - n
+    a = cdf.shape[2]
+    p_n = gain.shape[1]
+    keys, sums_g, sums_c, sums_m = [], [], [], []
+    for nn, rows in _groups(n):
+        size, start, first, ks = _blocks(nn)
+        u = u_all[offs[rows][:, None] + np.arange(nn)]
+        rel = (_draw(u, cdf[prompt[rows], query[rows]]) - gold[query[rows]][:, None]) % a  # 0: gold
+        if a > 1:
+            bits = nn.bit_length() + 1
+            if (a - 1) * bits > 62:
+                raise SystemExit("the numpy kernel packs one answer per bit field: too many answers for one word")
+            dt = np.int32 if (a - 1) * bits <= 30 else np.int64
+            ones = sum(1 << (bits * c) for c in range(a - 1))
+            guards = dt(ones << (bits - 1))
+            word = np.array([-ones] + [1 << (bits * (r - 1)) for r in range(1, a)], dtype=dt)
+            c = np.zeros((rows.size, nn + 1), dtype=dt)
+            np.cumsum(np.take(word, rel), axis=1, out=c[:, 1:])
+            cum = np.ascontiguousarray(c.T)  # completion-major: every block is a row gather
+            d = cum[start + size]
+            d -= cum[start]
+            d += guards
+            ties = np.empty(d.shape, dtype=np.intp)
+            np.bitwise_count(d & guards, out=ties)
+            d -= dt(ones)
+            d &= guards
+            credit = np.take(1.0 / np.arange(1, a + 1), ties)
+            credit *= d == 0
+        else:
+            credit = np.ones((size.size, rows.size))
+        m = nn // ks
+        keys.append(((run[rows] * p_n + prompt[rows])[:, None] * n_max + (ks - 1)).reshape(-1))
+        sums_g.append(_size_sums(credit, first).T.reshape(-1))
+        sums_m.append(np.broadcast_to(m, (rows.size, nn)).reshape(-1))
+        sums_c.append((ucost[prompt[rows], query[rows]][:, None] * (m * ks)).reshape(-1))  # closed form
+    _tally(keys, (sums_g, sums_c, sums_m), (gain, cost, count))
+
+
+def bon_numpy(run, prompt, query, n, cdf, values, obj_w, ucost, n_max, gain, cost, count, seed):  # noqa: ANN001, ANN201
+    """Full-work BoN replay in vectorised numpy: scores per objective row, block maxima by sparse table, tallies."""
+    u_all = np.random.RandomState(seed).random_sample(int(n.sum()))
+    offs = np.cumsum(n) - n
+    n_u, p_n = obj_w.shape[0], gain.shape[2]
+    keys, sums_g, sums_c, sums_m = [], [], [], []
+    for nn, rows in _groups(n):
+        size, start, first, ks = _blocks(nn)
+        b = rows.size
+        u = u_all[offs[rows][:, None] + np.arange(nn)]
+        outc = _draw(u, cdf[prompt[rows], query[rows]])
+        vals = values[prompt[rows][:, None], query[rows][:, None], outc]  # (B, nn, K)
+        score = np.einsum("bjk,uk->jub", vals, obj_w).reshape(nn, n_u * b)  # completion-major
+        levels = [score]
+        while (2 << (len(levels) - 1)) <= nn:
+            prev, half = levels[-1], 1 << (len(levels) - 1)
+            levels.append(np.maximum(prev[:-half], prev[half:]))
+        lev = np.floor(np.log2(size)).astype(np.int64)  # non-decreasing: blocks are ordered by size
+        best = np.empty((size.size, n_u * b))
+        cuts = np.searchsorted(lev, np.arange(len(levels) + 1)).tolist()
+        for lv, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+            np.maximum(levels[lv][start[lo:hi]], levels[lv][start[lo:hi] + size[lo:hi] - (1 << lv)], out=best[lo:hi])
+        g = _size_sums(best, first).reshape(nn, n_u, b)  # (k, U, B)
+        m = nn // ks
+        cell = (run[rows] * p_n + prompt[rows])[:, None] * n_max + (ks - 1)  # (B, k)
+        keys.append(cell.reshape(-1))
+        sums_g.append(g.transpose(1, 2, 0).reshape(n_u, -1))
+        sums_m.append(np.broadcast_to(m, (b, nn)).reshape(-1))
+        sums_c.append((ucost[prompt[rows], query[rows]][:, None] * (m * ks)).reshape(-1))
+    _tally(keys, (sums_c, sums_m), (cost, count))
+    flat = np.concatenate(keys)
+    g_all = np.concatenate(sums_g, axis=1)
+    size = p_n * n_max * gain.shape[0]
+    for w in range(n_u):  # gain (runs, U, P, n_max): one tally per objective row
+        gain[:, w] += np.bincount(flat, weights=g_all[w], minlength=size).reshape(gain.shape[0], p_n, n_max)
+
+
+def _tally(keys: list, sums: tuple, outs: tuple) -> None:
+    """Add per-(cell, k) sums into the flat tallies ``outs`` (one bincount each)."""
+    flat = np.concatenate(keys)
+    for parts, out in zip(sums, outs, strict=True):
+        out.reshape(-1)[:] += np.bincount(flat, weights=np.concatenate(parts), minlength=out.size).astype(out.dtype)
+
+
 # ------------------------------------------------------------------------------------ schedule
 def record_schedule(agent: Any, make_env: Any, budget: int, seeds: list[int]) -> list[dict[str, Any]]:
     """Fit once while recording every drawn pull (run, prompt, query, n), one segment per batch.
@@ -174,9 +315,12 @@ def record_schedule(agent: Any, make_env: Any, budget: int, seeds: list[int]) ->
     ]
 
 
-def replay(segments: list[dict[str, Any]], seed: int = 0) -> float:
-    """Run the kernel on every recorded segment; returns its total CPU time in seconds."""
-    total = 0.0
+def replay(segments: list[dict[str, Any]], kernel: str, seed: int = 0) -> tuple[float, list[tuple[Any, Any]]]:
+    """Run ``kernel`` ("numpy" or "numba") on every recorded segment.
+
+    Returns its total CPU time in seconds and each segment's ``(gain, count)`` tallies.
+    """
+    total, tallies = 0.0, []
     for sched in segments:
         table, n_runs = sched["table"], sched["n_runs"]
         p_n, n_max = table.n_prompts, table.n_max
@@ -188,20 +332,29 @@ def replay(segments: list[dict[str, Any]], seed: int = 0) -> float:
             cdf = np.cumsum(probs, axis=-1)
             cdf[..., -1] = 1.0
             gain = np.zeros((n_runs, p_n, n_max))
+            fn = MV_NUMBA if kernel == "numba" else mv_numpy
             t0 = time.process_time()
-            mv_kernel(*args, cdf, gold.astype(np.int64), ucost, n_max, gain, cost, count, seed)
-            total += time.process_time() - t0
-            continue
-        values, probs = table.bon_arrays()
-        cdf = np.cumsum(probs, axis=-1)
-        cdf[..., -1] = 1.0
-        obj_w = np.ascontiguousarray(np.unique(sched["contexts"].weights[:, :-1], axis=0))
-        gain = np.zeros((n_runs, obj_w.shape[0], p_n, n_max))
-        vals = np.ascontiguousarray(values, dtype=np.float64)
-        t0 = time.process_time()
-        bon_kernel(*args, cdf, vals, obj_w, ucost, n_max, gain, cost, count, seed)
+            fn(*args, cdf, gold.astype(np.int64), ucost, n_max, gain, cost, count, seed)
+        else:
+            values, probs = table.bon_arrays()
+            cdf = np.cumsum(probs, axis=-1)
+            cdf[..., -1] = 1.0
+            obj_w = np.ascontiguousarray(np.unique(sched["contexts"].weights[:, :-1], axis=0))
+            gain = np.zeros((n_runs, obj_w.shape[0], p_n, n_max))
+            vals = np.ascontiguousarray(values, dtype=np.float64)
+            fn = BON_NUMBA if kernel == "numba" else bon_numpy
+            t0 = time.process_time()
+            fn(*args, cdf, vals, obj_w, ucost, n_max, gain, cost, count, seed)
         total += time.process_time() - t0
-    return total
+        tallies.append((gain, count))
+    return total, tallies
+
+
+def same_work(a: list[tuple[Any, Any]], b: list[tuple[Any, Any]]) -> bool:
+    """Whether two kernels' tallies agree (counts exactly, gains to rounding)."""
+    return all(
+        np.array_equal(ca, cb) and np.allclose(ga, gb, rtol=1e-9, atol=1e-6) for (ga, ca), (gb, cb) in zip(a, b, strict=True)
+    )
 
 
 def n_blocks(segments: list[dict[str, Any]]) -> int:
@@ -224,8 +377,11 @@ def main() -> None:
     from iapo_gym.tasks import TASKS, load_task_table
 
     seeds = list(range(int(args.seeds)))
-    print(f"PSST vs the full-work compiled floor (numba {numba.__version__}), {len(seeds)} runs per batch, ms per run")
-    print(f"{'task':>17} {'T':>7} {'draws/run':>10} {'blocks/run':>11} {'kernel':>8} {'ours':>8} {'ours/kern':>10}")
+    kernels = ["numpy"] + (["numba"] if numba is not None else [])
+    note = f"numba {numba.__version__}" if numba is not None else "numba not installed: numpy kernel only"
+    print(f"PSST vs its full-work floor ({note}), {len(seeds)} runs per batch, CPU ms per run")
+    head = f"{'task':>17} {'T':>7} {'draws/run':>10} {'blocks/run':>11}" + "".join(f" {k:>8}" for k in kernels)
+    print(head + f" {'ours':>8}" + "".join(f" {'ours/' + k:>11}" for k in kernels))
     for task in args.tasks.split(","):
         try:
             if TASKS[task].kind == "synthetic":
@@ -240,20 +396,22 @@ def main() -> None:
         agent = make_agent("psst")
         for budget in (int(b) for b in args.budgets.split(",")):
             sched = record_schedule(agent, envs.__getitem__, budget, seeds)
-            replay([{**seg, **{k: seg[k][:1] for k in ("run", "prompt", "query", "n")}} for seg in sched[:1]])  # compile
-            kern, ours = [], []
+            if numba is not None:  # compile, then check both kernels do the same work
+                replay([{**seg, **{k: seg[k][:1] for k in ("run", "prompt", "query", "n")}} for seg in sched[:1]], "numba")
+                if not same_work(replay(sched, "numpy")[1], replay(sched, "numba")[1]):
+                    raise SystemExit(f"{task} T={budget}: the numpy and numba kernels disagree")
+            times: dict[str, list[float]] = {k: [] for k in [*kernels, "ours"]}
             for _ in range(max(1, args.repeats)):
-                kern.append(replay(sched))
+                for k in kernels:
+                    times[k].append(replay(sched, k)[0])
                 t0 = time.process_time()
                 agent.fit_many(envs.__getitem__, budget, seeds)
-                ours.append(time.process_time() - t0)
-            k_ms, o_ms = 1e3 * min(kern) / len(seeds), 1e3 * min(ours) / len(seeds)
+                times["ours"].append(time.process_time() - t0)
+            ms = {k: 1e3 * min(v) / len(seeds) for k, v in times.items()}
             draws = sum(int(seg["n"].sum()) for seg in sched) / len(seeds)
-            print(
-                f"{task:>17} {budget:>7} {draws:>10.0f} {n_blocks(sched) / len(seeds):>11.0f}"
-                f" {k_ms:>8.3f} {o_ms:>8.3f} {o_ms / k_ms:>10.2f}",
-                flush=True,
-            )
+            row = f"{task:>17} {budget:>7} {draws:>10.0f} {n_blocks(sched) / len(seeds):>11.0f}"
+            row += "".join(f" {ms[k]:>8.3f}" for k in kernels) + f" {ms['ours']:>8.3f}"
+            print(row + "".join(f" {ms['ours'] / ms[k]:>11.2f}" for k in kernels), flush=True)
 
 
 if __name__ == "__main__":

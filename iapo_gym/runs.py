@@ -4,8 +4,8 @@ A :class:`RunBatch` holds ``S`` runs (one env and one seed each) and owns everyt
 must not touch itself:
 
 * **the runs' tables and splits** -- real tasks share one table with a per-run train split;
-  synthetic tasks (one world per seed) are stacked along the query axis so that one sampler call
-  serves every run;
+  synthetic tasks have one world per seed, numbered as if stacked along the query axis, and one
+  sampler call serves every run (each run's rows gathered from its own world, no stack built);
 * **the budget** -- every pull is checked against each run's budget and each env's ledger (the
   env's one budget rule, :meth:`iapo_gym.ledger.BudgetLedger.fits`) *before* anything is drawn,
   then each ledger is charged with exactly what its run used;
@@ -37,7 +37,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from iapo_gym.contexts import ContextSet
 from iapo_gym.ledger import LedgerGroup
-from iapo_gym.sampling import Pulls, draw_pulls
+from iapo_gym.sampling import Pulls, draw_pulls, draw_pulls_worlds
 from iapo_gym.tables.format import OutcomeTable
 
 __all__ = [
@@ -352,9 +352,9 @@ class RunBatch:
     def table(self) -> OutcomeTable:
         """The batch's table: the shared one, or the runs' worlds stacked along the query axis.
 
-        The stack is built on first use (only calls that mix several runs' worlds need it) and
-        reused by later batches over the same world objects (a sweep's cells of one task share
-        their worlds).
+        The draws never need the stack (each run's rows come from its own world); it is built on
+        first use, for callers that want one table, and reused by later batches over the same
+        world objects.
         """
         if self._table is None:
             self._table = _stacked(self._tables)
@@ -488,6 +488,9 @@ class RunBatch:
         if self._table is None and runs_here.size == 1:  # one run's call: its own world, no stack needed
             r0 = int(runs_here[0])
             return draw_pulls(self._tables[r0], prompt, query - self._offsets[r0], n, uu)
+        if self._table is None:  # one world per run: each run's rows from its own world, no stack built
+            worlds = [self._tables[r] for r in runs_here.tolist()]
+            return draw_pulls_worlds(worlds, bounds, prompt, query, query - self._offsets[run], n, uu)
         return draw_pulls(self.table, prompt, query, n, uu)
 
 

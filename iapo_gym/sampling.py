@@ -160,8 +160,67 @@ def draw_pulls(
     not checked: ``(B,)`` int64 indices inside the table, ``u`` of shape ``(B, L)`` with
     ``L >= n.max()``; entries of ``u`` past ``n[b]`` are ignored.
     """
+    mv = table.strategy == "mv"
+    gold = table.mv_arrays()[1][query].astype(np.int64) if mv else np.full(prompt.size, -1, dtype=np.int64)
+    outcome, mask, full = _outcomes(u, _cdf_rows(table, prompt, query), n)
+    values: NDArray[np.float64] | None = None  # MV: built on first access (from outcome == gold)
+    if not mv:
+        values = table.bon_arrays()[0][prompt[:, None], query[:, None], np.maximum(outcome, 0)]  # (B, L, K)
+        if not full:
+            values = np.where(mask[:, :, None], values, 0.0)
+    return Pulls(table.strategy, prompt, n, query, outcome, values, None, gold, mask, table.n_outcomes,
+                 unit_cost=table.cost[prompt, query])
+
+
+def draw_pulls_worlds(
+    tables: list[OutcomeTable],
+    bounds: NDArray[np.int64],
+    prompt: NDArray[np.int64],
+    query: NDArray[np.int64],
+    local: NDArray[np.int64],
+    n: NDArray[np.int64],
+    u: NDArray[np.float64],
+) -> Pulls:
+    """:func:`draw_pulls` for rows that come from several tables of one shape (one world per run).
+
+    Rows ``bounds[j]:bounds[j + 1]`` are drawn from ``tables[j]`` at its query ``local``; the
+    pulls record ``query`` (the caller's index, e.g. into the worlds stacked along the query axis).
+    The same outcomes, values and costs as :func:`draw_pulls` on the stacked tables, without
+    building the stack: only the rows' own entries are gathered from each world.
+    """
+    first = tables[0]
+    mv = first.strategy == "mv"
+    b = prompt.size
+    ends = np.append(bounds[1:], b).tolist()
+    segments = list(zip(tables, bounds.tolist(), ends, strict=True))
+    cdf = np.empty((b, first.n_outcomes))
+    unit_cost = np.empty(b)
+    gold = np.full(b, -1, dtype=np.int64)
+    for t, lo, hi in segments:
+        p, q = prompt[lo:hi], local[lo:hi]
+        cdf[lo:hi] = _cdf_rows(t, p, q)
+        unit_cost[lo:hi] = t.cost[p, q]
+        if mv:
+            gold[lo:hi] = t.mv_arrays()[1][q]
+    outcome, mask, full = _outcomes(u, cdf, n)
+    values: NDArray[np.float64] | None = None
+    if not mv:
+        table_values = first.bon_arrays()[0]
+        values = np.empty(outcome.shape + table_values.shape[-1:], dtype=table_values.dtype)
+        pos = np.maximum(outcome, 0)
+        for t, lo, hi in segments:
+            values[lo:hi] = t.bon_arrays()[0][prompt[lo:hi, None], local[lo:hi, None], pos[lo:hi]]
+        if not full:
+            values = np.where(mask[:, :, None], values, 0.0)
+    return Pulls(first.strategy, prompt, n, query, outcome, values, None, gold, mask, first.n_outcomes,
+                 unit_cost=unit_cost)
+
+
+def _outcomes(
+    u: NDArray[np.float64], cdf: NDArray[np.float64], n: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.bool_], bool]:
+    """Inverse-CDF outcome of each uniform (``-1`` past each row's ``n``), the mask of real ones, whether all are real."""
     L = u.shape[1]
-    cdf = _cdf_rows(table, prompt, query)  # (B, A)
     if cdf.shape[1] <= 16:
         # Few outcomes: count the thresholds each uniform passes, one (B, L) pass per outcome
         # (same result as the (B, L, A) comparison below, without the 3-D temporary).
@@ -176,32 +235,11 @@ def draw_pulls(
     full = bool(n.size == 0 or int(n.min()) == L)
     if not full:
         np.copyto(outcome, -1, where=~mask)
-    unit_cost = table.cost[prompt, query]
-    values: NDArray[np.float64] | None = None  # MV: built on first access (from outcome == gold)
-    if table.strategy == "mv":
-        gold = table.mv_arrays()[1][query].astype(np.int64)
-    else:
-        gold = np.full(prompt.size, -1, dtype=np.int64)
-        values = table.bon_arrays()[0][prompt[:, None], query[:, None], np.maximum(outcome, 0)]  # (B, L, K)
-        if not full:
-            values = np.where(mask[:, :, None], values, 0.0)
-    return Pulls(
-        strategy=table.strategy,
-        prompt=prompt,
-        n=n,
-        query=query,
-        outcome=outcome,
-        values=values,
-        cost=None,  # built on first access from unit_cost
-        gold=gold,
-        mask=mask,
-        n_categories=table.n_outcomes,
-        unit_cost=unit_cost,
-    )
+    return outcome, mask, full
 
 
 #: Largest table (outcome probabilities) whose cumulative probabilities are kept in its cache.
-CDF_CACHE_ENTRIES = 1 << 22
+CDF_CACHE_ENTRIES = 1 << 17
 
 
 def _cdf_rows(table: OutcomeTable, prompt: NDArray[np.int64], query: NDArray[np.int64]) -> NDArray[np.float64]:

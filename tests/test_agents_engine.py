@@ -129,5 +129,12 @@ def test_compact_halving_decides_as_the_dense_one(strategy, contexts):
         np.testing.assert_array_equal(idx, active_index(a_dense))
         np.testing.assert_array_equal(best_arms_of(a_compact, stats), best_arms(a_dense, dense))
     a_dense[0, 0, :] = True  # rows of unequal sizes: no compact index, the dense path
+    a_lazy = a_dense.copy()
+    some = np.array([True, False, True, True, False])  # only some runs halve: halve on the stats' means_at
+    for _ in range(3):
+        halve(a_dense, dense, some)
+        halve(a_lazy, stats, some)
+        np.testing.assert_array_equal(a_lazy, a_dense)
+    a_dense[0, 0, :] = True
     assert active_index(a_dense) is None
     np.testing.assert_array_equal(best_arms_of(a_dense, stats), best_arms(a_dense, dense))

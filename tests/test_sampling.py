@@ -57,3 +57,27 @@ def test_bad_arguments_are_named() -> None:
         sample_pulls(table, [0], [table.n_queries], [1], rng)
     with pytest.raises(ValueError, match="width"):
         sample_pulls(table, [0], [0], [3], rng, width=2)
+
+
+@pytest.mark.parametrize("strategy", ["mv", "bon"])
+def test_draws_from_several_worlds_equal_draws_from_their_stack(strategy: str) -> None:
+    """draw_pulls_worlds (each run's rows from its own world) == draw_pulls on the stacked worlds."""
+    from iapo_gym.sampling import draw_pulls, draw_pulls_worlds
+    from iapo_gym.tables.format import concat_queries
+
+    worlds = [example_table(strategy, seed=s) for s in (1, 2, 3)]
+    stack = concat_queries(worlds)
+    rng = np.random.default_rng(5)
+    rows = np.array([4, 1, 6])  # rows per world, world-major
+    bounds = np.concatenate([[0], np.cumsum(rows)[:-1]])
+    world = np.repeat(np.arange(3), rows)
+    local = rng.integers(0, worlds[0].n_queries, rows.sum())
+    offsets = np.concatenate([[0], np.cumsum([w.n_queries for w in worlds])[:-1]])
+    prompt = rng.integers(0, worlds[0].n_prompts, rows.sum())
+    n = rng.integers(1, worlds[0].n_max + 1, rows.sum())
+    u = rng.random((rows.sum(), int(n.max())))
+    got = draw_pulls_worlds(worlds, bounds, prompt, local + offsets[world], local, n, u)
+    want = draw_pulls(stack, prompt, local + offsets[world], n, u)
+    for name in ("outcome", "mask", "gold", "unit_cost", "query", "values", "cost"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert got.n_categories == want.n_categories and got.strategy == want.strategy
