@@ -207,9 +207,20 @@ def task_notes(task: str, out: Path, seed: int) -> dict[str, Any]:
             "distribution": recorded.get("distribution")}
 
 
-def markdown(res: Any, tasks: list[str], skipped: list[str], args: argparse.Namespace, command: str) -> str:
+def markdown(
+    res: Any, tasks: list[str], skipped: list[str], args: argparse.Namespace, command: str, kept: str = ""
+) -> str:
+    """The page; ``kept`` is the hand-written provenance section of the page it replaces."""
+    from iapo_gym.experiments.report import HAND_BEGIN, HAND_END
+
     out = [
         "# Continuous preference contexts",
+        "",
+        "## Provenance and changes since the previous run",
+        "",
+        HAND_BEGIN,
+        kept,
+        HAND_END,
         "",
         "The paper restricts contexts to a finite set; here contexts are drawn from a continuous",
         'distribution (`IAPOEnv(..., contexts="continuous")`, `iapo_gym/continuous.py`): objective',
@@ -242,7 +253,8 @@ def markdown(res: Any, tasks: list[str], skipped: list[str], args: argparse.Name
         "p: two-sided paired Wilcoxon signed-rank test over the runs both agents ran.",
         "",
         f"Command: `{command}` (torch threads = {args.threads or 'default'}); the per-run rows are in",
-        f"`{Path(args.out).as_posix()}/results.csv`, and `--analyse-only` rebuilds this page and the figures from it.",
+        f"`{Path(args.out).as_posix()}/results.csv` (their scores also in `figures/continuous_results.csv`), and",
+        "`--analyse-only` rebuilds this page and the figures from it.",
         "",
         f"Runs: {args.runs} per configuration"
         + (f"; **{args.ppo_runs} for PPO** (one SB3 training per run is ~100x slower than the batched agents; "
@@ -299,6 +311,23 @@ def markdown(res: Any, tasks: list[str], skipped: list[str], args: argparse.Name
     return "\n".join(out) + "\n"
 
 
+def write_rows(res: Any, path: Path) -> None:
+    """The per-run scores (task, agent, budget, seed, ACR, oracle ACR, regret, spent) as a small CSV beside the figures."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["task", "agent", "budget", "seed", "acr", "oracle_acr", "regret", "spent"])
+    order = np.lexsort((res.seed, res.budget, res.agent, res.env))
+    for i in order:
+        w.writerow([short_env(res.env[i]), res.agent[i], int(res.budget[i]), int(res.seed[i]), repr(float(res.acr[i])),
+                    repr(float(res.oracle_acr[i])), repr(float(res.regret[i])), int(res.budget_used[i])])
+    from iapo_gym.experiments.results import atomic_write_text
+
+    atomic_write_text(path, buf.getvalue())
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from iapo_gym.experiments import ArgumentError, parse_budgets
 
@@ -343,9 +372,11 @@ def main(argv: list[str] | None = None) -> int:
              Path(args.figures) / f"continuous_{short_env(task)}.png")
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["python scripts/continuous_report.py", *[a for a in given if a != "--analyse-only"]])
+    from iapo_gym.experiments.report import hand_written
     from iapo_gym.experiments.results import atomic_write_text
 
-    atomic_write_text(Path(args.doc), markdown(res, tasks, missing, args, command))
+    write_rows(res, Path(args.figures) / "continuous_results.csv")
+    atomic_write_text(Path(args.doc), markdown(res, tasks, missing, args, command, hand_written(args.doc)))
     print(f"wrote {args.doc} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 

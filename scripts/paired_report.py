@@ -1,6 +1,6 @@
 """Query-controlled PSST vs PSST, Top-K and Uniform: docs/PAIRED.md and docs/figures/paired_*.png.
 
-    python scripts/paired_report.py                          # 3 tasks x 6 budgets x 200 runs (~20 min, 2 cores)
+    python scripts/paired_report.py                          # 3 tasks x 6 budgets x 200 runs (~3 CPU-min)
     python scripts/paired_report.py --tasks IAPO-MATH-v0 --runs 50   # one task, quicker
     python scripts/paired_report.py --analyse-only           # rebuild the report from OUT/*/results.csv
 
@@ -149,7 +149,10 @@ def fmt_p(p: float | None) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def report(tables: dict[str, dict[str, Any]], floors: dict[str, float], command: str, figure: str) -> str:
+def report(tables: dict[str, dict[str, Any]], floors: dict[str, float], command: str, figure: str, kept: str = "") -> str:
+    """The page; ``kept`` is the hand-written provenance section of the page it replaces."""
+    from iapo_gym.experiments.report import HAND_BEGIN, HAND_END
+
     lines = [
         "# Query-controlled PSST (`psst_paired`, `topk_paired`) vs PSST, Top-K and Uniform",
         "",
@@ -166,6 +169,12 @@ def report(tables: dict[str, dict[str, Any]], floors: dict[str, float], command:
         "**Train-oracle floor**: the mean test regret of the arm that is best on the *exact* train-split",
         "Q-values. Regret is measured against the best arm of the 20 % test split, which is partly noise",
         "of those queries, so no agent that learns from the train split can be expected to go below it.",
+        "",
+        "## Provenance and changes since the previous run",
+        "",
+        HAND_BEGIN,
+        kept,
+        HAND_END,
         "",
         f"![regret vs budget]({figure})",
         "",
@@ -193,6 +202,21 @@ def report(tables: dict[str, dict[str, Any]], floors: dict[str, float], command:
         lines.append("")
     lines += target_section(tables, floors)
     return "\n".join(lines) + "\n"
+
+
+def topk_paired_lower(tables: dict[str, dict[str, Any]]) -> str:
+    """Where ``topk_paired``'s mean regret is below ``psst_paired``'s: "MATH (every budget) and ..."."""
+    parts = []
+    for task, t in tables.items():
+        if not {"topk_paired", "psst_paired"} <= set(t["agents"]):
+            continue
+        lower = [b for b in t["budgets"] if t["regret"][("topk_paired", b)] < t["regret"][("psst_paired", b)]]
+        name = task.removeprefix("IAPO-").removesuffix("-v0")
+        if len(lower) == len(t["budgets"]):
+            parts.append(f"{name} (every budget)")
+        elif lower:
+            parts.append(f"{name} (T = {', '.join(f'{b:,}' for b in lower)})")
+    return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts) or "no task"
 
 
 def target_section(tables: dict[str, dict[str, Any]], floors: dict[str, float]) -> list[str]:
@@ -228,9 +252,9 @@ def target_section(tables: dict[str, dict[str, Any]], floors: dict[str, float]) 
         "prompts' per-query differences on so few queries (and their many ties) decide most eliminations.",
         "The gain grows with the budget (MATH T = 50,000: see the ratio table). `topk_paired` first",
         "compares all prompts at N = 1 on ~160 common queries (cheap, and query noise dominates), then",
-        "trims the 4 best per context: it is the better query-controlled agent on MATH (every budget) and",
-        "Synth-Categorical up to T = 5,000, but inherits Top-K's weakness on Synth-Bernoulli (`topk4` is as",
-        "bad there; likely the N = 1 screen is a poor proxy for the arms that task's contexts need).",
+        "trims the 4 best per context: its mean regret is below `psst_paired`'s on",
+        f"{topk_paired_lower(tables)}, but it inherits Top-K's weakness on Synth-Bernoulli (`topk4` is",
+        "as bad there; likely the N = 1 screen is a poor proxy for the arms that task's contexts need).",
         "",
     ]
     return out
@@ -269,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     plot(tables, floors, fig)
     rel = Path("figures") / fig.name if fig.parent.name == "figures" else fig
     command = " ".join(["python scripts/paired_report.py", *(sys.argv[1:] if argv is None else argv)])
-    atomic_write_text(doc, report(tables, floors, command.strip(), str(rel)))
+    from iapo_gym.experiments.report import hand_written
+
+    atomic_write_text(doc, report(tables, floors, command.strip(), str(rel), hand_written(doc)))
     print(f"wrote {doc} and {fig}")
     return 0
 

@@ -143,3 +143,24 @@ def test_beyond_report_draws_its_pareto_views_with_the_package_function(tmp_path
     assert len(res) == len(report.AGENTS) * 3 * 2
     assert (figs / "beyond_pareto_SmolArith.png").stat().st_size > 0
     assert f"![Pareto SmolArith]({figs / 'beyond_pareto_SmolArith.png'})" in doc.read_text()
+
+
+def test_report_pages_keep_their_hand_written_section(tmp_path: Path) -> None:
+    """The paired and continuous pages put back what was written between the markers."""
+    from iapo_gym.experiments.report import HAND_BEGIN, HAND_END
+
+    cases = {
+        "paired_report": ["--tasks", "IAPO-SynthBernoulli-v0", "--runs", "2", "--budgets", "300",
+                          "--figure", str(tmp_path / "paired.png")],
+        "continuous_report": ["--runs", "2", "--ppo-runs", "0", "--budgets", "200", "--agents", "psst_grid",
+                              "--tasks", "SynthCategorical", "--figures", str(tmp_path / "fig")],
+    }
+    for name, argv in cases.items():
+        report, doc = _script(name), tmp_path / f"{name}.md"
+        argv = [*argv, "--out", str(tmp_path / name), "--doc", str(doc), "--no-progress"]
+        assert report.main(argv) == 0
+        text = doc.read_text()
+        assert f"{HAND_BEGIN}\n\n{HAND_END}" in text  # an empty section on a new page
+        doc.write_text(text.replace(f"{HAND_BEGIN}\n\n{HAND_END}", f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}"))
+        assert report.main([*argv, "--analyse-only"]) == 0
+        assert f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}" in doc.read_text(), name

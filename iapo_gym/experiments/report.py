@@ -36,6 +36,7 @@ __all__ = [
     "ReportInputs",
     "render_report",
     "write_report",
+    "hand_written",
     "HAND_BEGIN",
     "HAND_END",
 ]
@@ -328,12 +329,18 @@ def _disagreements(claims: list[ClaimResult]) -> list[str]:
     return lines or ["* None: every tested claim holds on every task run here."]
 
 
-def _hand_written(path: Path) -> str:
+def hand_written(path: str | Path, default: str = "") -> str:
+    """The hand-written text between :data:`HAND_BEGIN` and :data:`HAND_END` of the page at ``path``.
+
+    Generated pages (this report, the report scripts' pages) put it back between the same markers
+    when they are regenerated; ``default`` when the page or its markers do not exist yet.
+    """
+    path = Path(path)
     if path.exists():
         text = path.read_text(encoding="utf-8")
         if HAND_BEGIN in text and HAND_END in text:
             return text.split(HAND_BEGIN, 1)[1].split(HAND_END, 1)[0].strip("\n")
-    return _HAND_DEFAULT
+    return default
 
 
 def render_report(inp: ReportInputs, path: Path) -> str:
@@ -402,7 +409,7 @@ def render_report(inp: ReportInputs, path: Path) -> str:
     lines += _claim_section(claims)
     lines += ["## Where the results disagree with the paper", ""] + _disagreements(claims) + [""]
     lines += _robust_section(inp, rel)
-    lines += ["## Interpretation", "", HAND_BEGIN, _hand_written(path), HAND_END, ""]
+    lines += ["## Interpretation", "", HAND_BEGIN, hand_written(path, _HAND_DEFAULT), HAND_END, ""]
     from iapo_gym.experiments.stats import wilcoxon_markdown, wilcoxon_table
 
     lines += [
