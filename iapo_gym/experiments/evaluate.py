@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 
 from iapo_gym import oracle
 from iapo_gym.tables.format import OutcomeTable
+from iapo_gym.utility import as_weights
 
 __all__ = [
     "COST_BINS",
@@ -156,8 +157,61 @@ class RunMetrics:
         }
 
 
+class _DenseQ:
+    """Exact Q-values ``(C, n_arms)`` held in full (finite contexts, continuous BoN)."""
+
+    def __init__(self, q: NDArray[np.float64]) -> None:
+        self.q = q.reshape(q.shape[0], -1)
+        self.n_contexts, self.n_arms = self.q.shape
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.q.nbytes)
+
+    def rows(self, start: int, stop: int) -> NDArray[np.float64]:
+        return self.q[start:stop]
+
+
+class _LinearQ:
+    """Exact MV Q-values of many contexts, kept as their two context-free factors.
+
+    ``Q(c, p, N) = w_1(c) * credit(p, N) - w_cost(c) * N * cost(p)``, element by element as
+    :func:`iapo_gym.oracle.q_values` computes it, so any block of contexts is produced on demand,
+    bit for bit the rows of the full array: a run keeps ``P x n_max`` numbers, not ``C x P x n_max``.
+    """
+
+    def __init__(self, table: OutcomeTable, weights: NDArray[np.float64], queries: NDArray[np.int64] | None) -> None:
+        idx = oracle._query_index(table, queries)
+        n = np.arange(1, table.n_max + 1)
+        self.weights = as_weights(weights, table.n_objectives)  # as exact_q_values reads them
+        self.credit = oracle._table_mv_credit(table)[:, idx].mean(axis=1)  # (P, n_max), as q_values
+        self.cost_n = table.cost[:, idx].mean(axis=1)[:, None] * n  # (P, n_max), as q_values
+        self.n_contexts, self.n_arms = weights.shape[0], self.credit.size
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.credit.nbytes + self.cost_n.nbytes)
+
+    def rows(self, start: int, stop: int) -> NDArray[np.float64]:
+        w = self.weights[start:stop]
+        q = w[:, 0, None, None] * self.credit[None] - w[:, -1, None, None] * self.cost_n[None]
+        return q.reshape(q.shape[0], -1)
+
+
+#: Contexts per block when an evaluator works through its contexts (bounds the temporaries of a
+#: continuous run's 2,000 contexts; results do not depend on it, every step is row by row).
+CONTEXT_BLOCK = 256
+
+
 class ExactEvaluator:
-    """Exact Q-values of one run's test split, and metrics of any policy on them."""
+    """Exact Q-values of one run's test split, and metrics of any policy on them.
+
+    Memory: a finite-context run keeps its ``(C, n_arms)`` Q-values; a continuous-context run on a
+    majority-vote task keeps only the two ``(P, n_max)`` factors of its Q-values and produces them
+    :data:`CONTEXT_BLOCK` contexts at a time (about 0.1 MB per run instead of 14-18 MB); on a
+    best-of-N task its ``(2000, n_arms)`` Q-values (16 MB for 1,024 arms) have no smaller exact form
+    and are kept. :attr:`nbytes` says what a run keeps, so caches can be bounded in bytes.
+    """
 
     def __init__(self, env: Any, contexts: str = "finite", shared_table: bool = True) -> None:
         """Evaluate on ``env``'s test queries.
@@ -174,23 +228,47 @@ class ExactEvaluator:
         queries: NDArray[np.int64] | None = test_queries
         if not shared_table:
             table, queries = query_subtable(table, test_queries), None
+        self._q: _DenseQ | _LinearQ
         if contexts == "continuous":
             from iapo_gym.continuous import exact_q_values
 
-            q = exact_q_values(table, self.weights, queries)  # vectorised over the 2,000 contexts
+            if table.strategy == "mv":
+                self._q = _LinearQ(table, self.weights, queries)  # what exact_q_values computes, in factors
+            else:
+                self._q = _DenseQ(exact_q_values(table, self.weights, queries))  # vectorised over the 2,000 contexts
             self.bins, self.bin_weights, self.bin_names = cost_bins(self.weights)
         else:
             table_w = table.contexts.weights
             same = table_w.shape == self.weights.shape and np.array_equal(table_w, self.weights)
             # The table's own contexts hit the oracle's per-table cache (shared by every split of a real task).
-            q = oracle.q_values(table, queries, weights=None if same else self.weights)
-        self.q = q.reshape(q.shape[0], -1)  # (C, n_arms)
-        top = self.q.max(axis=1)
-        self.best_value = top
-        self.near = self.q >= (top - oracle.TIE_RTOL * np.maximum(1.0, np.abs(top)))[:, None]
-        self.best = oracle.best_arms(q)
-        self.oracle_acr = float(self.probs @ top)
-        self._n_of_arm = (np.arange(self.q.shape[1]) % self.n_max + 1).astype(np.float64)
+            self._q = _DenseQ(oracle.q_values(table, queries, weights=None if same else self.weights))
+        n_ctx, n_arms = self._q.n_contexts, self._q.n_arms
+        self.best_value = np.empty(n_ctx)
+        self.best = np.empty(n_ctx, dtype=np.int64)
+        for start, q in self._blocks():
+            self.best_value[start : start + q.shape[0]] = q.max(axis=1)
+            self.best[start : start + q.shape[0]] = oracle.best_arms(q)
+        self.oracle_acr = float(self.probs @ self.best_value)
+        self._n_of_arm = (np.arange(n_arms) % self.n_max + 1).astype(np.float64)
+
+    def _blocks(self) -> Any:
+        """``(start, q rows)`` for consecutive blocks of :data:`CONTEXT_BLOCK` contexts."""
+        for start in range(0, self._q.n_contexts, CONTEXT_BLOCK):
+            yield start, self._q.rows(start, start + CONTEXT_BLOCK)
+
+    @property
+    def q(self) -> NDArray[np.float64]:
+        """Exact Q-values ``(C, n_arms)`` of the evaluation contexts (assembled in full on each access)."""
+        if isinstance(self._q, _DenseQ):
+            return self._q.q
+        return np.concatenate([q for _, q in self._blocks()], axis=0)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this evaluator keeps (Q-values or their factors, per-context summaries and contexts)."""
+        arrays = [self.weights, self.probs, self.best_value, self.best, self._n_of_arm]
+        arrays += [getattr(self, k) for k in ("bins", "bin_weights") if hasattr(self, k)]
+        return self._q.nbytes + sum(int(a.nbytes) for a in arrays)
 
     @property
     def context_names(self) -> tuple[str, ...]:
@@ -204,18 +282,26 @@ class ExactEvaluator:
 
     def arm_distribution(self, policy: Any) -> NDArray[np.float64]:
         """``(C, n_arms)`` deployment probabilities of ``policy`` on the evaluation contexts."""
-        return oracle.arm_distribution(policy, self.weights, self.q.shape[1])
+        return oracle.arm_distribution(policy, self.weights, self._q.n_arms)
 
     def evaluate(self, policy: Any) -> RunMetrics:
         """Exact ACR, oracle ACR, regret, optimality and the per-context choices of ``policy``.
 
         ``acr`` is :func:`iapo_gym.oracle.acr` of the policy on this run's Q (the per-context values
-        come from :func:`iapo_gym.oracle.context_values`, which regret and optimality reuse).
+        come from :func:`iapo_gym.oracle.context_values`, which regret and optimality reuse). The
+        policy is deployed on every context in one call (a batched policy sees the same batch as
+        always); its values are then taken block by block of contexts, each row as in one piece.
         """
         pi = self.arm_distribution(policy)
-        value = oracle.context_values(self.q, pi)  # (C,): what oracle.acr averages
+        value = np.empty(pi.shape[0])
+        optimal = np.empty(pi.shape[0])
+        for start, q in self._blocks():
+            sl = slice(start, start + q.shape[0])
+            value[sl] = oracle.context_values(q, pi[sl])  # (C,): what oracle.acr averages
+            top = self.best_value[sl]
+            near = q >= (top - oracle.TIE_RTOL * np.maximum(1.0, np.abs(top)))[:, None]
+            optimal[sl] = np.clip((pi[sl] * near).sum(axis=1), 0.0, 1.0)
         gap = np.maximum(self.best_value - value, 0.0)
-        optimal = np.clip((pi * self.near).sum(axis=1), 0.0, 1.0)
         mode = pi.argmax(axis=1)
         n_max = self.n_max
         n_mean = pi @ self._n_of_arm
@@ -245,7 +331,7 @@ class ExactEvaluator:
         n_max, b = self.n_max, self.bins
         n_bins = len(self.bin_names)
         count = np.bincount(b, minlength=n_bins).astype(np.float64)
-        n_prompts = self.q.shape[1] // n_max
+        n_prompts = self._q.n_arms // n_max
 
         def mean(x: NDArray[np.float64]) -> list[float]:
             return [round(float(v), 6) for v in np.bincount(b, weights=x, minlength=n_bins) / count]

@@ -28,7 +28,7 @@ from typing import Any
 
 from iapo_gym.experiments.results import KEY
 
-__all__ = ["Cell", "CellResult", "LocalExecutor", "RayExecutor", "fit_cell", "make_executor"]
+__all__ = ["Cell", "CellResult", "EvaluatorCache", "LocalExecutor", "RayExecutor", "fit_cell", "make_executor"]
 
 
 @dataclass(frozen=True)
@@ -84,26 +84,70 @@ def shares_table(env_id: str) -> bool:
     return info is None or info.kind != "synthetic"
 
 
-#: Exact evaluators kept per worker process, least recently used first out: the cells of one seed
-#: (every agent and budget) share its evaluator, as they do in the local executor's cache.
-_EVALUATORS: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
-EVALUATOR_CACHE_SIZE = 256
+#: Bytes of exact evaluators a process keeps (:attr:`ExactEvaluator.nbytes`): the runner's cache and
+#: each worker's. Finite-context evaluators are small (0.2 MB for 27 contexts x 1,024 arms), so every
+#: seed of a sweep stays; a continuous best-of-N run keeps 16.5 MB, so about 30 are kept (the runner
+#: orders continuous cells block of 25 seeds by block, and drops a run's evaluator after its last cell).
+EVALUATOR_CACHE_BYTES = 512 << 20
+
+
+class EvaluatorCache:
+    """Exact evaluators by key, least recently used first out, within ``max_bytes`` in all.
+
+    ``max_bytes`` defaults to :data:`EVALUATOR_CACHE_BYTES`.
+
+    The cells of one seed (every agent and budget) share its evaluator; memory stays bounded
+    whatever the number of runs (the newest evaluator is always kept). Rebuilding an evicted
+    evaluator gives the same values: it is a pure function of the run.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = int(EVALUATOR_CACHE_BYTES if max_bytes is None else max_bytes)
+        self.nbytes = 0
+        self.built = 0  # evaluators built (a rebuilt one counts again)
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._items
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The evaluator of ``key``, built with ``build()`` if it is not kept."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = build()
+        self.built += 1
+        self._items[key] = value
+        self.nbytes += int(getattr(value, "nbytes", 0))
+        while len(self._items) > 1 and self.nbytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= int(getattr(old, "nbytes", 0))
+        return value
+
+    def discard(self, key: Any) -> None:
+        """Forget ``key``'s evaluator (no cell will need it again)."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.nbytes -= int(getattr(old, "nbytes", 0))
+
+
+#: This worker process's evaluators (remote cells; the local executor uses the runner's cache).
+_EVALUATORS = EvaluatorCache()
 
 
 def worker_evaluator(env_id: str, contexts: str, seed: int, env: Any | None) -> Any:
-    """The exact evaluator of run ``seed`` of ``env_id`` in this process (cached, bounded)."""
+    """The exact evaluator of run ``seed`` of ``env_id`` in this process (cached, bounded in bytes)."""
     from iapo_gym.experiments.evaluate import ExactEvaluator
     from iapo_gym.experiments.train import env_factory
 
-    key = (env_id, contexts, int(seed))
-    if key in _EVALUATORS:
-        _EVALUATORS.move_to_end(key)
-        return _EVALUATORS[key]
-    env = env if env is not None else env_factory(env_id, 0, contexts)(seed)
-    _EVALUATORS[key] = ExactEvaluator(env, contexts, shared_table=shares_table(env_id))
-    while len(_EVALUATORS) > EVALUATOR_CACHE_SIZE:
-        _EVALUATORS.popitem(last=False)
-    return _EVALUATORS[key]
+    def build() -> Any:
+        run_env = env if env is not None else env_factory(env_id, 0, contexts)(seed)
+        return ExactEvaluator(run_env, contexts, shared_table=shares_table(env_id))
+
+    return _EVALUATORS.get((env_id, contexts, int(seed)), build)
 
 
 def fit_cell(cell: Cell, evaluator: Callable[[int, Any], Any] | None = None) -> CellResult:

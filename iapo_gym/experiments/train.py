@@ -57,7 +57,7 @@ import json
 import signal
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -499,7 +499,9 @@ class Runner:
                 "agent, budget and seed twice, e.g. from two processes before the output lock); each is counted once")
         self.specs = {s.label: s for s in plan.specs}
         self.records = {s.label: s.record() for s in plan.specs}  # the agent_config column
-        self.evaluators: dict[tuple[str, int], Any] = {}
+        from iapo_gym.experiments.executors import EvaluatorCache
+
+        self.evaluators = EvaluatorCache()  # (env, seed) -> ExactEvaluator, bounded in bytes
         self.fits = 0  # fit_many calls made by this runner (a resumed, finished plan makes none)
         self.new_runs = 0  # runs recorded by this runner
         self.trackers: tuple[str, ...] = ()  # --tracker names (check_trackers), mirrored by the TensorBoard loggers
@@ -536,6 +538,22 @@ class Runner:
             if todo:
                 out.append(todo)
         return out
+
+    def ordered(self, work: list[tuple[str, str, int, list[int]]]) -> list[tuple[str, str, int, list[int]]]:
+        """The order the cells run in (rows are the same in any order).
+
+        Finite contexts: configuration by configuration (the runs' evaluators are small and all kept).
+        Continuous contexts: task by task, then block of seeds by block of seeds (a block is the
+        largest chunk), every agent and budget of a block before the next, so each run's evaluator
+        (16 MB on a best-of-N task) is used by all its cells while it is kept and the bounded cache
+        (:class:`~iapo_gym.experiments.executors.EvaluatorCache`) never rebuilds one.
+        """
+        if self.args.contexts == "finite" or not work:
+            return work
+        block = max(self.chunk_size(label) for label in self.plan.agents)
+        position = {s: i for i, s in enumerate(self.plan.seeds)}
+        task = {e: i for i, e in enumerate(dict.fromkeys(e for e, *_ in work))}
+        return sorted(work, key=lambda w: (task[w[0]], position[w[3][0]] // block))
 
     def check_recorded_configs(self) -> None:
         """Refuse to add runs under a label whose recorded runs used other hyper-parameters."""
@@ -603,18 +621,15 @@ class Runner:
         return True
 
     def evaluator(self, env_id: str, seed: int, env: Any | None) -> Any:
-        """The exact evaluator of run ``seed`` (test split / world of that seed), cached."""
+        """The exact evaluator of run ``seed`` (test split / world of that seed), cached (bounded in bytes)."""
         from iapo_gym.experiments.evaluate import ExactEvaluator
+        from iapo_gym.experiments.executors import shares_table
 
-        key = (env_id, int(seed))
-        if key not in self.evaluators:
-            if env is None:
-                env = env_factory(env_id, 0, self.args.contexts)(seed)
-            from iapo_gym.experiments.executors import shares_table
+        def build() -> Any:
+            run_env = env if env is not None else env_factory(env_id, 0, self.args.contexts)(seed)
+            return ExactEvaluator(run_env, self.args.contexts, shared_table=shares_table(env_id))
 
-            shared = shares_table(env_id)
-            self.evaluators[key] = ExactEvaluator(env, self.args.contexts, shared_table=shared)
-        return self.evaluators[key]
+        return self.evaluators.get((env_id, int(seed)), build)
 
     def cell(self, env_id: str, agent_name: str, budget: int, seeds: Sequence[int]) -> Any:
         """The :class:`~iapo_gym.experiments.executors.Cell` of one chunk of seeds (runnable anywhere)."""
@@ -700,6 +715,13 @@ class Runner:
                 out[b] = rows
         return out
 
+    def release_evaluators(self, cell: Any, uses: Counter) -> None:
+        """Count a finished cell against its runs; a run's evaluator is dropped after its last cell."""
+        for seed in cell.seeds:
+            uses[(cell.env_id, seed)] -= 1
+            if uses[(cell.env_id, seed)] <= 0:
+                self.evaluators.discard((cell.env_id, int(seed)))
+
     def run(self) -> None:
         """Every configuration of the plan (finished runs skipped), with the progress line and TensorBoard."""
         from iapo_gym.experiments.progress import Progress
@@ -711,7 +733,8 @@ class Runner:
         known = self.contexts_file()
         known.update(self.contexts)
         atomic_write_text(contexts_path(plan.out, self.args.contexts), json.dumps(known, indent=1))
-        work = [(e, a, b, c) for e in envs for a in plan.agents for b in plan.budgets for c in self.chunks(e, a, b)]
+        work = self.ordered([(e, a, b, c) for e in envs for a in plan.agents for b in plan.budgets
+                             for c in self.chunks(e, a, b)])
         total = sum(len(c) for *_, c in work)
         self.log(
             f"{len(envs)} task(s) x {len(plan.agents)} agent(s) x {len(plan.budgets)} budget(s) x {len(plan.seeds)} runs: "
@@ -727,6 +750,7 @@ class Runner:
 
         cells = [self.cell(e, a, b, c) for e, a, b, c in work]
         left = dict(n_chunks)  # chunks still to finish per (task, agent, budget)
+        uses = Counter((e, s) for e, _, _, c in work for s in c)  # cells still to score each run
         configs = {(e, a) for e, a, _, _ in work}
         loggers: dict[tuple[str, str], Any] = {}
         if self.args.track:  # configurations with nothing to run still get their TensorBoard run (catch-up)
@@ -744,6 +768,7 @@ class Runner:
                 for done, result in enumerate(executor.run(cells), 1):
                     cell = result.cell
                     self.consume(result)
+                    self.release_evaluators(cell, uses)
                     bar.advance(cell.label, cell.budget, len(cell.seeds), result.seconds)
                     left[(cell.env_id, cell.label, cell.budget)] -= 1
                     if self.args.track and left[(cell.env_id, cell.label, cell.budget)] == 0:
