@@ -15,6 +15,13 @@ re-splits it 80/20 by its seed, like a real task):
    what ``train.py`` runs: cells of seeds, exact evaluation, ``results.csv``) with the default memory
    budget, the table registered as a Gymnasium id; its recorded ACR of the first ``--check`` seeds
    must equal the unchunked runs' ACR.
+
+``--continuous`` measures instead the memory of exact evaluation with continuous contexts (each run
+scored on the 2,000-context held-out sample): a sweep of ``--runs`` and of twice as many runs of
+the Random agent (cheap to fit, so evaluation is what holds memory) through the experiment runner
+on Synth-Bernoulli (majority vote) and Synth-Categorical (best-of-N), each in a fresh process; the
+MB per run is the growth of peak RSS per added run. Run it once with the code to compare on the
+``PYTHONPATH`` (e.g. an older checkout) and once without.
 """
 
 from __future__ import annotations
@@ -63,6 +70,26 @@ def through_runner(runs: int, budget: int) -> dict[str, object]:
             "table_and_imports_mb": base_mb, "wall_s": wall}
 
 
+def continuous_sweep(env: str, runs: int) -> dict[str, object]:
+    """``runs`` Random runs (T = 300), continuous contexts, through the runner: peak RSS, what one evaluator keeps."""
+    import tempfile
+
+    from iapo_gym.experiments import run_experiment
+    from iapo_gym.experiments.evaluate import ExactEvaluator
+    from iapo_gym.experiments.train import env_factory
+
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        run_experiment(env=env, contexts="continuous", agents="random", budgets=[300], runs=runs, out=out, track=False,
+                       plots=False, progress=False, log=lambda _: None)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ev = ExactEvaluator(env_factory(env, 300, "continuous")(0), "continuous", shared_table=False)
+    kept = getattr(ev, "nbytes", None)
+    kept = kept if kept is not None else ev.q.nbytes + ev.near.nbytes  # before: Q-values and the tie mask
+    return {"peak_mb": peak, "before_mb": base_mb, "wall_s": time.perf_counter() - t0, "kept_mb": kept / 1e6}
+
+
 def fit(runs: int, budget: int, memory_budget: int | None) -> dict[str, object]:
     """Fit ``runs`` PSST runs; returns per-seed hashes and exact test ACR, peak RSS (MB) and wall time."""
     from iapo_gym import oracle
@@ -96,7 +123,12 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=200, help="seeds re-fitted unchunked for the identity check")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--runner-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--continuous", action="store_true", help="measure continuous-context evaluation instead")
+    parser.add_argument("--continuous-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.continuous_child:
+        print(json.dumps(continuous_sweep(args.continuous_child[0], int(args.continuous_child[1]))))
+        return
     if args.child:
         runs, budget, mem = (int(x) for x in args.child)
         print(json.dumps(fit(runs, budget, mem or None)))
@@ -109,6 +141,16 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=True)
         return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
+    if args.continuous:
+        runs = args.runs if "--runs" in sys.argv else 50
+        print(f"continuous contexts, Random at T = 300 through the runner: peak RSS at {runs} and {2 * runs} runs")
+        for env in ("IAPO-SynthBernoulli-v0", "IAPO-SynthCategorical-v0"):
+            one, two = (child("--continuous-child", env, str(n)) for n in (runs, 2 * runs))
+            per_run = (float(two["peak_mb"]) - float(one["peak_mb"])) / runs  # type: ignore[arg-type]
+            print(f"  {env}: {one['peak_mb']:.0f} MB / {two['peak_mb']:.0f} MB (before the sweep "
+                  f"{one['before_mb']:.0f} MB): {per_run:.2f} MB per added run; one run's evaluator keeps "
+                  f"{one['kept_mb']:.2f} MB; {two['wall_s']:.0f} s for {2 * runs} runs")
+        return
     chunked = child("--child", str(args.runs), str(args.budget), "0")
     whole = child("--child", str(args.check), str(args.budget), str(64 << 30))
     runner = child("--runner-child", str(args.runs), str(args.budget))
