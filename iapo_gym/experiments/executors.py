@@ -8,6 +8,9 @@ order the executor yields them.
 
 * :class:`LocalExecutor` runs the cells one after another in this process (the runner's default;
   it shares exact evaluators between agents of the same seed).
+* :class:`ProcessExecutor` runs the cells on worker processes of this machine (the standard
+  library's process pool) and yields results as they finish: the reproduction preset's executor,
+  one worker per CPU.
 * :class:`RayExecutor` submits every cell as a Ray task and yields results as they finish. Ray
   is the scheduler (placement, retries when a worker or node dies, the multi-node cluster): we do
   not write one. A task whose worker dies is retried by Ray (``max_retries``); a cell is a pure
@@ -18,6 +21,7 @@ Ray is an optional extra (``pip install iapo-gym[ray]``); nothing else in the pa
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import OrderedDict
@@ -28,7 +32,10 @@ from typing import Any
 
 from iapo_gym.experiments.results import KEY
 
-__all__ = ["Cell", "CellResult", "EvaluatorCache", "LocalExecutor", "RayExecutor", "fit_cell", "make_executor"]
+__all__ = [
+    "Cell", "CellResult", "EvaluatorCache", "LocalExecutor", "ProcessExecutor", "RayExecutor", "fit_cell",
+    "make_executor",
+]
 
 
 @dataclass(frozen=True)
@@ -267,14 +274,89 @@ class RayExecutor:
             self.ray.shutdown()
 
 
+class ProcessExecutor:
+    """Runs cells on worker processes of this machine and yields their results as they finish.
+
+    The standard library's :class:`concurrent.futures.ProcessPoolExecutor` (``spawn`` start: a
+    worker never inherits the driver's threads, e.g. torch's) is all a one-machine sweep needs: no
+    Ray daemons to start or to share the cores with. Each worker keeps its own worlds and exact
+    evaluators (:func:`worker_evaluator`), so a seed's are built at most once per worker.
+
+    Args:
+        workers: worker processes; ``0`` = one per CPU this process may run on.
+        max_in_flight: cells submitted at once (default: two per worker), which bounds the
+            driver's memory of pending results and what Ctrl-C has to cancel.
+    """
+
+    name = "process"
+
+    def __init__(self, workers: int = 0, max_in_flight: int = 0) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = int(workers) if int(workers) > 0 else available_cpus()
+        self.max_in_flight = int(max_in_flight) if int(max_in_flight) > 0 else 2 * self.workers
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def run(self, cells: Iterable[Cell]) -> Iterator[CellResult]:
+        """Submit cells (at most ``max_in_flight`` pending) and yield each result when it is done.
+
+        A cell that raises stops the sweep with its error (finished cells are already yielded);
+        cells not started yet are cancelled.
+        """
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        queue = iter(cells)
+        pending = set()
+        try:
+            for cell in queue:
+                pending.add(self.pool.submit(fit_cell, cell))
+                if len(pending) >= self.max_in_flight:
+                    break
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                failed = [f for f in done if f.exception() is not None]
+                for future in done:  # every finished cell is handed over before an error stops the sweep
+                    if future.exception() is None:
+                        yield future.result()
+                error = failed[0].exception() if failed else None
+                if error is not None:
+                    raise error
+                for cell in itertools.islice(queue, len(done)):
+                    pending.add(self.pool.submit(fit_cell, cell))
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        """Stop the workers (cells not started are cancelled)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS reports it)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: The ``--executor`` names.
+EXECUTORS = ("local", "process", "ray")
+
+
 def make_executor(name: str, address: str = "", evaluator: Callable[[str, int, Any], Any] | None = None,
-                  num_cpus: int | None = None) -> LocalExecutor | RayExecutor:
-    """The executor called ``name`` (``"local"`` or ``"ray"``)."""
+                  num_cpus: int | None = None, workers: int = 0) -> LocalExecutor | ProcessExecutor | RayExecutor:
+    """The executor called ``name`` (``"local"``, ``"process"`` with ``workers`` processes, or ``"ray"``)."""
     if name == "local":
         return LocalExecutor(evaluator)
+    if name == "process":
+        return ProcessExecutor(workers)
     if name == "ray":
         return RayExecutor(address, num_cpus=num_cpus)
-    raise ValueError(f"unknown --executor {name!r}: use 'local' or 'ray'")
+    raise ValueError(f"unknown --executor {name!r}: use one of {', '.join(EXECUTORS)}")
 
 
 def record_text(record: dict[str, Any]) -> str:

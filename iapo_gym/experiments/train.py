@@ -135,8 +135,11 @@ class Args:
     """save fitted policies as documents under OUT/policies/ENV/AGENT/T<budget>/seed<k>.json (iapo-gym
     serve reads them): 'all' runs, or the 'best' run (highest test ACR) per task x agent x budget; empty = none"""
     executor: str = "local"
-    """where the cells (chunks of seeds of one task x agent x budget) run: 'local' (this process) or 'ray'
-    (Ray tasks; pip install 'iapo-gym[ray]'); rows are identical either way"""
+    """where the cells (chunks of seeds of one task x agent x budget) run: 'local' (this process), 'process'
+    (worker processes of this machine, see --workers) or 'ray' (Ray tasks; pip install 'iapo-gym[ray]'); rows
+    are identical either way"""
+    workers: int = 0
+    """with --executor process: worker processes (0 = one per CPU)"""
     ray_address: str = ""
     """with --executor ray: the cluster to join ('auto' or host:port from 'ray start --head');
     empty starts a private local Ray instance"""
@@ -174,6 +177,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         report=str(Path("runs") / "reproduction" / "REPRODUCTION.md"),
         figures=str(Path("runs") / "reproduction" / "figures"),
         skip_missing=True,
+        executor="process",  # one worker per CPU (benchmarks/bench_sweep.py: the sweep's time)
     ),
 }
 #: Where a preset writes with ``--write-docs`` (the checkout's committed report and figures).
@@ -379,8 +383,14 @@ def make_plan(args: Args) -> Plan:
         raise ArgumentError(f"--contexts must be one of {', '.join(MODES)}; got {args.contexts!r}")
     if args.save_policies not in ("", "all", "best"):
         raise ArgumentError(f"--save-policies must be 'all' or 'best' (or empty for none); got {args.save_policies!r}")
-    if args.executor not in ("local", "ray"):
-        raise ArgumentError(f"--executor must be 'local' or 'ray'; got {args.executor!r}")
+    from iapo_gym.experiments.executors import EXECUTORS
+
+    if args.executor not in EXECUTORS:
+        raise ArgumentError(f"--executor must be one of {', '.join(EXECUTORS)}; got {args.executor!r}")
+    if args.workers < 0:
+        raise ArgumentError(f"--workers must be >= 0 (0 = one per CPU); got {args.workers}")
+    if args.workers and args.executor != "process":
+        raise ArgumentError("--workers only applies with --executor process; add --executor process or drop it")
     if args.ray_address and args.executor != "ray":
         raise ArgumentError("--ray-address only applies with --executor ray; add --executor ray or drop it")
     if args.executor == "ray":
@@ -746,7 +756,8 @@ class Runner:
         n_chunks: dict[tuple, int] = {}
         for e, a, b, _ in work:
             n_chunks[(e, a, b)] = n_chunks.get((e, a, b), 0) + 1
-        executor = make_executor(self.args.executor, self.args.ray_address, evaluator=self.evaluator)
+        executor = make_executor(self.args.executor, self.args.ray_address, evaluator=self.evaluator,
+                                 workers=self.args.workers)
 
         cells = [self.cell(e, a, b, c) for e, a, b, c in work]
         left = dict(n_chunks)  # chunks still to finish per (task, agent, budget)
@@ -764,7 +775,7 @@ class Runner:
             with Progress(((a, b, len(c)) for _, a, b, c in work), enabled=self.args.progress) as bar:
                 local = executor.name == "local"
                 if cells:
-                    bar.describe(self._describe(cells[0]) if local else f"{len(cells)} cells on Ray")
+                    bar.describe(self._describe(cells[0]) if local else f"{len(cells)} cells on {executor.name}")
                 for done, result in enumerate(executor.run(cells), 1):
                     cell = result.cell
                     self.consume(result)
