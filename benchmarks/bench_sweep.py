@@ -207,7 +207,8 @@ def main() -> None:
     parallel = makespan(durations, args.workers) + setup_total + analysis  # every worker builds its own set-up
     report.update(total_cpu_s=total, analysis_s=analysis, agents_s=agents, peak_rss_mb=peak,
                   wall_local_s=total, wall_process_s=parallel, workers=args.workers)
-    print("\nper agent over all tasks: " + ", ".join(f"{a} {v:.0f} s" for a, v in sorted(agents.items(), key=lambda kv: -kv[1])))
+    ranked = sorted(agents.items(), key=lambda kv: -kv[1])
+    print("\nper agent over all tasks: " + ", ".join(f"{a} {v:.0f} s" for a, v in ranked))
     if args.analysis:
         print(f"analysis (--analyse-only on {args.analysis}): {analysis:.0f} s")
     print(f"total {total:.0f} CPU s = {total / 60:.1f} CPU min")
