@@ -450,6 +450,14 @@ def world(task: str, seed: int) -> Any:
     return table
 
 
+def release_world(env_id: str, seed: int) -> None:
+    """Forget the cached world of run ``seed`` of ``env_id`` (a synthetic task's; no cell will need it again)."""
+    import gymnasium as gym
+
+    task = str((gym.spec(env_id).kwargs or {}).get("task", ""))
+    _WORLDS.pop((task, int(seed)), None)
+
+
 def env_factory(env_id: str, budget: int, contexts: str = "finite") -> Callable[[int], Any]:
     """``make_env(seed)``: the unwrapped env of run ``seed`` (its split, its world, its ledger).
 
@@ -726,11 +734,12 @@ class Runner:
         return out
 
     def release_evaluators(self, cell: Any, uses: Counter) -> None:
-        """Count a finished cell against its runs; a run's evaluator is dropped after its last cell."""
+        """Count a finished cell against its runs; a run's evaluator and world are dropped after its last cell."""
         for seed in cell.seeds:
             uses[(cell.env_id, seed)] -= 1
             if uses[(cell.env_id, seed)] <= 0:
                 self.evaluators.discard((cell.env_id, int(seed)))
+                release_world(cell.env_id, int(seed))
 
     def run(self) -> None:
         """Every configuration of the plan (finished runs skipped), with the progress line and TensorBoard."""
