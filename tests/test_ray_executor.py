@@ -107,6 +107,6 @@ def test_killed_worker_is_retried_and_nothing_is_lost(tmp_path: Path, ray_cluste
 
 def test_bad_executor_options_are_one_line_errors(capsys) -> None:
     assert train.main([*COMMON, "--agents", "psst", "--executor", "spark", "--out", "unused"]) == 2
-    assert "--executor must be 'local' or 'ray'" in capsys.readouterr().err
+    assert "--executor must be one of local, process, ray" in capsys.readouterr().err
     assert train.main([*COMMON, "--agents", "psst", "--ray-address", "auto", "--out", "unused"]) == 2
     assert "--ray-address only applies with --executor ray" in capsys.readouterr().err
