@@ -170,10 +170,13 @@ def _mv_tail_sums(diff: NDArray[np.int64], plan: BlockPlan, n: NDArray[np.int64]
     lut = (1.0 / np.arange(1, a + 1)).astype(np.float32).astype(np.float64)  # 1 / (1 + ties)
     credit = np.take(lut, ties)
     credit *= won
-    first = (plan.size_start[2:] - tail).tolist()
+    first = plan.size_start[2:] - tail
+    if b < 512:  # few pulls (a sequential agent's step): one call beats a loop over the sizes
+        return np.add.reduceat(credit, first, axis=0)
     sums = np.empty((width - 2, b))
-    for i, (lo, hi) in enumerate(zip(first, first[1:] + [credit.shape[0]], strict=True)):
-        np.sum(credit[lo:hi], axis=0, out=sums[i])
+    bounds = first.tolist() + [credit.shape[0]]
+    for i in range(width - 2):
+        np.sum(credit[bounds[i] : bounds[i + 1]], axis=0, out=sums[i])
     return sums
 
 
@@ -296,11 +299,12 @@ def _block_costs(pulls: Pulls, plan: BlockPlan, n: NDArray[np.int64]) -> NDArray
     width, b = plan.width, len(pulls)
     used = plan.used[n]
     if pulls.unit_cost is not None:
-        unique, inverse = np.unique(pulls.unit_cost, return_inverse=True)
-        if unique.size * 4 <= b:
-            run = np.zeros((unique.size, width + 1))
-            np.cumsum(np.broadcast_to(unique[:, None], (unique.size, width)), axis=1, out=run[:, 1:])
-            return np.take(run.reshape(-1), used + (inverse.reshape(-1) * (width + 1))[:, None])
+        if width > 8 and b >= 1024:  # fewer or narrower pulls: the per-row running sum is cheaper than sorting
+            unique, inverse = np.unique(pulls.unit_cost, return_inverse=True)
+            if unique.size * 4 <= b:
+                run = np.zeros((unique.size, width + 1))
+                np.cumsum(np.broadcast_to(unique[:, None], (unique.size, width)), axis=1, out=run[:, 1:])
+                return np.take(run.reshape(-1), used + (inverse.reshape(-1) * (width + 1))[:, None])
         csum = np.zeros((b, width + 1))
         np.cumsum(np.broadcast_to(pulls.unit_cost[:, None], (b, width)), axis=1, out=csum[:, 1:])
     else:

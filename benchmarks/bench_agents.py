@@ -14,12 +14,15 @@ repeat so that both see the same machine load. It prints runs per second (best o
 the least disturbed by other load), the new/old ratio and, for MATH, the speed-up over the paper
 authors' per-run time (``x authors``) with the reference it used (``ref``):
 
-* ``authors``: the authors' own time for the same agent. Built in: their PSST on MATH, 0.45 s per
-  run at T = 5,000 and 3.8 s at T = 50,000 (fixed numbers, measured on their released code
-  outside this benchmark). ``--authors-times FILE`` adds or replaces per-agent times measured
-  elsewhere (JSON ``{"ucb": {"5000": 2.0, "50000": 21.9}, ...}``; labelled ``file``).
-* ``PSST-ref``: no time of the authors' for this agent, so PSST's is applied to it: a lower bound
-  of nothing in particular, printed only to compare agents with one yardstick.
+* ``fixed``: the authors' own time for the same agent, a fixed number measured outside this
+  benchmark. Built in: their PSST on MATH, 0.45 s per run at T = 5,000 and 3.8 s at T = 50,000
+  (timed on their released code). Our side of every ratio is always measured in this run.
+* ``file``: a time of the authors' for this agent given with ``--authors-times FILE`` (JSON
+  ``{"ucb": {"5000": 2.0, "50000": 21.9}, ...}``), measured elsewhere by whoever wrote the file.
+* ``PSST-ref``: no time of the authors' for this agent, so their PSST time is applied to it: a
+  lower bound of nothing in particular, printed only to compare agents with one yardstick.
+
+A ``new/old`` ratio below 0.95 is flagged with ``!``.
 
 Env construction is not timed. Without ``--old`` only this engine is timed.
 """
@@ -45,7 +48,7 @@ def reference(agent: str, budget: int, measured: dict[tuple[str, int], float]) -
     if (agent, budget) in measured:
         return measured[(agent, budget)], "file"
     if (agent, budget) in AUTHORS_S:
-        return AUTHORS_S[(agent, budget)], "authors"
+        return AUTHORS_S[(agent, budget)], "fixed"
     if ("psst", budget) in AUTHORS_S:
         return AUTHORS_S[("psst", budget)], "PSST-ref"
     return None, "-"
@@ -205,15 +208,19 @@ def main() -> None:
                         print(f"{name:>15} {budget:>7} skipped: {next(r['error'] for r in best.values() if 'error' in r)}")
                         continue
                     rates = {k: 1.0 / r[args.clock] for k, r in best.items()}
-                    ratio = f"{rates['new'] / rates['old']:8.2f}" if "old" in rates else "       -"
+                    ratio = "       -"
+                    if "old" in rates:
+                        flag = "!" if rates["new"] / rates["old"] < 0.95 else " "
+                        ratio = f"{rates['new'] / rates['old']:7.2f}{flag}"
                     ref, label = reference(name, budget, measured) if task == "MATH" else (None, "-")
                     xref = f"{ref * rates['new']:10.0f}" if ref else "         -"
                     row = f"{name:>15} {budget:>7}" + "".join(f" {rates[k]:10.1f}" for k in engines)
                     print(f"{row} {ratio} {best['new']['used']:7.0f} {xref} {label:>8}", flush=True)
         print(
-            "\nref: authors = the authors' own per-run time for this agent (fixed: PSST on MATH, 0.45 s at "
-            "T=5,000, 3.8 s at T=50,000); file = --authors-times; PSST-ref = the authors' PSST time applied to "
-            "another agent (no time of theirs for it)"
+            "\nref (ours is always measured in this run): fixed = the authors' own per-run time for this agent, "
+            "a fixed number measured outside this benchmark (PSST on MATH: 0.45 s at T=5,000, 3.8 s at T=50,000); "
+            "file = --authors-times; PSST-ref = the authors' PSST time applied to another agent (no time of theirs "
+            "for it); ! = new/old below 0.95"
         )
     finally:
         for w in engines.values():
