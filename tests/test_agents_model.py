@@ -11,7 +11,15 @@ from agents_helpers import easy_mv_table, make_env, small_table
 
 from iapo_gym import oracle
 from iapo_gym.agents import AGENTS, make_agent
-from iapo_gym.agents.psst_model import PSSTModel, jackknife_bon_max, jackknife_mv_credit
+from iapo_gym.agents.psst_model import (
+    PSSTModel,
+    confidently_worse,
+    eb_shrink,
+    jackknife_bon_max,
+    jackknife_mv_credit,
+    npmle_binary_q,
+    npmle_binary_q_var,
+)
 from iapo_gym.agents.testing import check_agent
 from iapo_gym.contexts import cost_contexts
 from iapo_gym.tables.format import OutcomeTable
@@ -106,7 +114,7 @@ def test_conforms(strategy):
 
 
 def test_rejects_bad_settings_with_one_line():
-    for kwargs in ({"keep": 0.0}, {"keep": 1.0}, {"min_queries": -1}, {"extra_rounds": -1}, {"growth": 0.0}):
+    for kwargs in ({"keep": 0.0}, {"keep": 1.0}, {"min_queries": -1}, {"extra_rounds": -1}, {"growth": 0.0}, {"drop_z": -1.0}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             PSSTModel(**kwargs)
 
@@ -170,3 +178,82 @@ def test_large_n_estimates_see_through_deceptive_prompts():
     assert consistent_share("topk1", 3000) <= 0.2  # N = 1 screening keeps the deceptive prompt
     assert consistent_share("psst_model", 3000) >= 0.7
     assert consistent_share("psst_model", 10_000) >= 0.9  # 0.98 over 100 seeds; 18 of these 20
+
+
+def test_eb_shrink_pulls_readings_within_noise_together_and_keeps_clear_gaps():
+    """Two clusters of prompts (true values 0.5 and 0.9), read with noise 0.02: the posterior means
+    of each cluster move towards its centre, the gap between the clusters stays, and prompts
+    outside ``valid`` keep their readings."""
+    rng = np.random.default_rng(0)
+    truth = np.array([0.5] * 6 + [0.9] * 6)
+    x = truth + rng.normal(0.0, 0.02, truth.size)
+    mean = x[None, :, None, None].copy()  # (S=1, P, U=1, N=1)
+    var = np.full_like(mean, 0.02**2)
+    valid = np.ones((1, truth.size), dtype=bool)
+    valid[0, 0] = False
+    out = eb_shrink(mean, var, valid)[0, :, 0, 0]
+    assert out[0] == x[0]  # not valid: untouched
+    for lo, hi in ((1, 6), (6, 12)):
+        assert np.ptp(out[lo:hi]) < 0.5 * np.ptp(x[lo:hi])  # drawn together
+        assert abs(out[lo:hi].mean() - truth[lo]) < 0.02
+    assert out[6:].min() - out[1:6].max() > 0.3  # the real gap is kept
+    # far more precise readings move by less than one step of the 64-point grid (the noise floor)
+    tight = eb_shrink(mean, var * 1e-6, valid)[0, :, 0, 0]
+    assert np.abs(tight[1:] - x[1:]).max() < np.ptp(x[1:]) / 63
+
+
+def test_confidently_worse_needs_every_context():
+    """Scores (S=1, C=2, P=3) at one N: prompt 2 is far below the leader in both contexts (dropped);
+    prompt 1 is far below in context 0 but within its error of the leader in context 1 (kept)."""
+    q = np.array([[[0.9, 0.5, 0.4], [0.6, 0.58, 0.3]]])[..., None]  # (1, 2, 3, 1)
+    sd = np.full_like(q, 0.02)
+    alive = np.ones((1, 3), dtype=bool)
+    np.testing.assert_array_equal(confidently_worse(q, sd, alive, 2.0), [[False, False, True]])
+    # with wide errors nothing is confidently worse; a dead or unseen prompt is never flagged
+    assert not confidently_worse(q, sd * 10, alive, 2.0).any()
+    q_nan = q.copy()
+    q_nan[0, :, 2] = np.nan
+    assert not confidently_worse(q_nan, sd, alive, 2.0)[0, 2]
+    assert not confidently_worse(q, sd, np.array([[True, True, False]]), 2.0)[0, 2]
+
+
+def test_npmle_variance_is_the_posterior_means_spread_over_the_queries():
+    """Doubling every query of a group leaves the NPMLE (and its posterior means) unchanged and halves the variance;
+    the variance matches the spread of the per-query posterior means computed by hand."""
+    k = np.array([0, 1, 2, 2, 1, 2, 0, 2])
+    m = np.full(k.size, 2)
+    est, var = npmle_binary_q_var(k, m, np.zeros(k.size, np.int64), 1, 7)
+    est2, var2 = npmle_binary_q_var(np.tile(k, 2), np.tile(m, 2), np.zeros(2 * k.size, np.int64), 1, 7)
+    np.testing.assert_allclose(est, est2, atol=1e-9)
+    np.testing.assert_allclose(var2, var / 2, rtol=1e-6)
+    np.testing.assert_allclose(npmle_binary_q(k, m, np.zeros(k.size, np.int64), 1, 7), est)
+    assert (var > 0).all()
+
+
+def test_runs_through_the_zoo_round_loop():
+    """psst_model's rounds are run_rounds' rounds: the spend per round matches the agent's own log."""
+    import iapo_gym.agents._rounds as rounds_mod
+
+    table = small_table("mv")
+    seen = []
+    real = rounds_mod.run_rounds
+
+    def spy(runs, alloc, budgets, plan):
+        log = real(runs, alloc, budgets, plan)
+        seen.append((alloc, log))
+        return log
+
+    import iapo_gym.agents.psst_model as pm
+
+    old = pm.run_rounds
+    pm.run_rounds = spy
+    try:
+        info = PSSTModel().fit(make_env(table, 0), 400, 0).info
+    finally:
+        pm.run_rounds = old
+    (alloc, log), = seen
+    assert isinstance(alloc, pm.PairedModelAllocation)
+    assert int(log.used[0, 0]) == info["budget_used"] <= 400
+    n_alive = [4, len(info["survivors"])]  # 4 prompts, two rounds
+    want = [q * m * a for q, m, a in zip(info["queries_per_round"], info["m_per_round"], n_alive, strict=True)]
+    assert log.spent[0, :, 0].tolist() == want
