@@ -60,12 +60,12 @@ def halve(active: NDArray[np.bool_], mean: NDArray[np.float64] | MeansAt, runs: 
     n_arms = a.shape[-1]
     flat_a = a.reshape(-1, n_arms)
     lazy = not isinstance(mean, np.ndarray)
-    if lazy:
+    if isinstance(mean, np.ndarray):
+        flat_m = (mean if idx is None else mean[idx]).reshape(-1, n_arms)
+    else:
         c_n = a.shape[1]
         row_run = np.repeat(np.arange(active.shape[0]) if idx is None else idx, c_n)
         row_ctx = np.tile(np.arange(c_n), a.shape[0])
-    else:
-        flat_m = (mean if idx is None else mean[idx]).reshape(-1, n_arms)
     n_active = flat_a.sum(axis=-1)
     new = np.zeros_like(flat_a)
     counts = np.unique(n_active)
