@@ -64,16 +64,6 @@ def run_task(task: str, out: Path, budgets: str, runs: int, seed: int, progress:
     return task not in runner.skipped_envs
 
 
-def train_oracle_floor(task: str, seeds: list[int]) -> np.ndarray:
-    """Per seed: exact test regret of the arm that is best on the exact train-split Q (per context)."""
-    from iapo_gym.experiments import env_factory
-    from iapo_gym.experiments.evaluate import train_oracle_regret
-    from iapo_gym.experiments.executors import shares_table
-
-    make, shared = env_factory(task, 1), shares_table(task)
-    return np.asarray([train_oracle_regret(make(s), shared) for s in seeds])
-
-
 # ------------------------------------------------------------------------------------ analysis
 def load(out: Path, task: str, seeds: list[int]) -> dict[tuple[str, int], dict[int, float]]:
     """``(agent, budget) -> {seed: regret}`` of one task (only the requested seeds)."""
@@ -98,12 +88,13 @@ def paired(cell: dict[tuple[str, int], dict[int, float]], a: str, b: str, budget
 def analyse(out: Path, tasks: list[str], seeds: list[int]) -> dict[str, Any]:
     """Every statistic of the report, as plain data."""
     from iapo_gym.experiments import robust_stats as rs
+    from iapo_gym.experiments.evaluate import train_oracle_regrets
 
     data: dict[str, Any] = {"tasks": {}, "F1": [], "F2": []}
     for task in tasks:
         cell = load(out, task, seeds)
         budgets = sorted({b for (_, b) in cell})
-        floor = train_oracle_floor(task, seeds)
+        floor = train_oracle_regrets(task, seeds)
         t: dict[str, Any] = {"budgets": budgets, "floor": float(floor.mean()), "cells": {}, "regret": cell}
         for b in budgets:
             row: dict[str, Any] = {}
@@ -369,13 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         figures[f"pareto_{short(task)}"] = rel(p)
     command = "python scripts/beyond_report.py" + ("" if args.runs == 200 else f" --runs {args.runs}") + (
         "" if args.budgets == BUDGETS else f" --budgets {args.budgets}")
+    from iapo_gym.experiments.report import hand_written, hand_written_block
     from iapo_gym.experiments.results import atomic_write_text
 
-    text = report(data, command, figures)
-    old = doc.read_text() if doc.exists() else ""
-    marker = "<!-- BEGIN HAND-WRITTEN -->"
-    if marker in old:
-        text += "\n" + old[old.index(marker):]
+    text = report(data, command, figures).rstrip("\n") + "\n\n" + "\n".join(hand_written_block(hand_written(doc))) + "\n"
     atomic_write_text(doc, text)
     print(f"wrote {doc}")
     return 0

@@ -211,16 +211,14 @@ def markdown(
     res: Any, tasks: list[str], skipped: list[str], args: argparse.Namespace, command: str, kept: str = ""
 ) -> str:
     """The page; ``kept`` is the hand-written provenance section of the page it replaces."""
-    from iapo_gym.experiments.report import HAND_BEGIN, HAND_END
+    from iapo_gym.experiments.report import hand_written_block
 
     out = [
         "# Continuous preference contexts",
         "",
         "## Provenance and changes since the previous run",
         "",
-        HAND_BEGIN,
-        kept,
-        HAND_END,
+        *hand_written_block(kept),
         "",
         "The paper restricts contexts to a finite set; here contexts are drawn from a continuous",
         'distribution (`IAPOEnv(..., contexts="continuous")`, `iapo_gym/continuous.py`): objective',

@@ -60,16 +60,6 @@ def run_task(task: str, out: Path, budgets: str, runs: int, progress: bool) -> b
     return task not in runner.skipped_envs
 
 
-def train_oracle_floor(task: str, seeds: list[int]) -> np.ndarray:
-    """Per seed: exact test regret of the arm that is best on the exact train-split Q (per context)."""
-    from iapo_gym.experiments import env_factory
-    from iapo_gym.experiments.evaluate import train_oracle_regret
-    from iapo_gym.experiments.executors import shares_table
-
-    make, shared = env_factory(task, 1), shares_table(task)
-    return np.array([train_oracle_regret(make(s), shared) for s in seeds])
-
-
 def load(out: Path, task: str) -> list[dict[str, Any]] | None:
     """The rows of the task's results.csv (read-only), or None when it does not exist."""
     from iapo_gym.experiments.results import ResultsFile
@@ -151,7 +141,7 @@ def fmt_p(p: float | None) -> str:
 
 def report(tables: dict[str, dict[str, Any]], floors: dict[str, float], command: str, figure: str, kept: str = "") -> str:
     """The page; ``kept`` is the hand-written provenance section of the page it replaces."""
-    from iapo_gym.experiments.report import HAND_BEGIN, HAND_END
+    from iapo_gym.experiments.report import hand_written_block
 
     lines = [
         "# Query-controlled PSST (`psst_paired`, `topk_paired`) vs PSST, Top-K and Uniform",
@@ -172,9 +162,7 @@ def report(tables: dict[str, dict[str, Any]], floors: dict[str, float], command:
         "",
         "## Provenance and changes since the previous run",
         "",
-        HAND_BEGIN,
-        kept,
-        HAND_END,
+        *hand_written_block(kept),
         "",
         f"![regret vs budget]({figure})",
         "",
@@ -280,13 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"note: {task} skipped (its outcome table is not installed)")
     tables, floors = {}, {}
+    from iapo_gym.experiments.evaluate import train_oracle_regrets
+
     for task in present:
         res = load(out, task)
         if not res:
             continue
         tables[task] = summarise(res, task, a.runs)
         seeds = sorted({s for b in tables[task]["budgets"] for s in tables[task]["seeds"][b]})
-        floors[task] = float(train_oracle_floor(task, seeds).mean())
+        floors[task] = float(train_oracle_regrets(task, seeds).mean())
     from iapo_gym.experiments.results import atomic_write_text
 
     doc, fig = Path(a.doc), Path(a.figure)

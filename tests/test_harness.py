@@ -128,7 +128,9 @@ def test_paired_report_runs_through_the_harness(tmp_path: Path) -> None:
     for agent in report.AGENTS:
         mean, half = mean_ci(res.regret[res.mask(agent=agent)])
         assert f"| {agent} | {mean:.4f} +- {half:.4f} |" in text
-    floor = report.train_oracle_floor("IAPO-SynthBernoulli-v0", [0, 1, 2])
+    from iapo_gym.experiments.evaluate import train_oracle_regrets
+
+    floor = train_oracle_regrets("IAPO-SynthBernoulli-v0", [0, 1, 2])
     assert f"train-oracle floor: {floor.mean():.4f}" in text and np.all(floor >= 0)
 
 
@@ -143,6 +145,14 @@ def test_beyond_report_draws_its_pareto_views_with_the_package_function(tmp_path
     assert len(res) == len(report.AGENTS) * 3 * 2
     assert (figs / "beyond_pareto_SmolArith.png").stat().st_size > 0
     assert f"![Pareto SmolArith]({figs / 'beyond_pareto_SmolArith.png'})" in doc.read_text()
+    # the hand-written section (the same markers as every report page) survives a regeneration
+    from iapo_gym.experiments.report import HAND_BEGIN, HAND_END
+
+    text = doc.read_text()
+    assert text.endswith(f"{HAND_BEGIN}\n\n{HAND_END}\n")  # an empty section on a new page
+    doc.write_text(text.replace(f"{HAND_BEGIN}\n\n{HAND_END}", f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}"))
+    assert report.main([*argv, "--analyse-only"]) == 0
+    assert doc.read_text().endswith(f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}\n")
 
 
 def test_report_pages_keep_their_hand_written_section(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ Where the contexts come from is decided in :func:`evaluation_contexts`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,6 +47,7 @@ __all__ = [
     "evaluation_contexts",
     "query_subtable",
     "train_oracle_regret",
+    "train_oracle_regrets",
 ]
 
 #: Cost-weight bins summarising the per-context policy columns in continuous mode.
@@ -87,6 +89,15 @@ def train_oracle_regret(env: Any, shared_table: bool = True) -> float:
     else:
         q_train, q_test = oracle.q_values(query_subtable(table, train)), oracle.q_values(query_subtable(table, test))
     return float(oracle.regret(q_test, oracle.best_arms(q_train), env.contexts.probs))
+
+
+def train_oracle_regrets(task: str, seeds: Sequence[int]) -> NDArray[np.float64]:
+    """Per seed, :func:`train_oracle_regret` of the run of ``task`` (a registered env id) with that seed."""
+    from iapo_gym.experiments.executors import shares_table
+    from iapo_gym.experiments.train import env_factory  # the runner imports this module: import it lazily
+
+    make, shared = env_factory(task, 1), shares_table(task)
+    return np.asarray([train_oracle_regret(make(s), shared) for s in seeds], dtype=np.float64)
 
 
 def evaluation_contexts(env: Any, mode: str = "finite") -> tuple[NDArray[np.float64], NDArray[np.float64], tuple[str, ...]]:

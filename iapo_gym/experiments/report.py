@@ -37,6 +37,7 @@ __all__ = [
     "render_report",
     "write_report",
     "hand_written",
+    "hand_written_block",
     "HAND_BEGIN",
     "HAND_END",
 ]
@@ -329,6 +330,11 @@ def _disagreements(claims: list[ClaimResult]) -> list[str]:
     return lines or ["* None: every tested claim holds on every task run here."]
 
 
+def hand_written_block(text: str) -> list[str]:
+    """The lines of a hand-written section holding ``text``, between :data:`HAND_BEGIN` and :data:`HAND_END`."""
+    return [HAND_BEGIN, text, HAND_END]
+
+
 def hand_written(path: str | Path, default: str = "") -> str:
     """The hand-written text between :data:`HAND_BEGIN` and :data:`HAND_END` of the page at ``path``.
 
@@ -409,7 +415,7 @@ def render_report(inp: ReportInputs, path: Path) -> str:
     lines += _claim_section(claims)
     lines += ["## Where the results disagree with the paper", ""] + _disagreements(claims) + [""]
     lines += _robust_section(inp, rel)
-    lines += ["## Interpretation", "", HAND_BEGIN, hand_written(path, _HAND_DEFAULT), HAND_END, ""]
+    lines += ["## Interpretation", "", *hand_written_block(hand_written(path, _HAND_DEFAULT)), ""]
     from iapo_gym.experiments.stats import wilcoxon_markdown, wilcoxon_table
 
     lines += [
