@@ -30,6 +30,11 @@ recomputation, hence the same bits). A step then costs one gather of the drawn c
 plus the agent's rule on ``(B, |P| N_max)`` arrays; rows with a feasible unseen arm or a budget
 below ``N_max`` (the endgame) take separate, smaller paths, and the runs' ledgers are charged in
 one call (:func:`iapo_gym.ledger.charge_many`).
+
+With numba installed (:mod:`iapo_gym._jit`), the rule and the refresh run as compiled kernels
+(:mod:`iapo_gym.agents._sequential_kernels`) that read the runs' state in place: one pass per
+row instead of several numpy passes over gathered ``(B, |P| N_max)`` copies, with the same
+decisions bit for bit (``IAPO_GYM_JIT=0`` keeps the numpy step; tests compare the two).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from iapo_gym import _jit
+from iapo_gym.agents import _sequential_kernels as kernels
 from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
 from iapo_gym.agents._engine import NestedStats, nested_gains
 from iapo_gym.agents.base import Policy
@@ -108,10 +115,35 @@ class Step:
 
     def random_feasible(self, u: NDArray[np.float64]) -> NDArray[np.int64]:
         """The ``floor(u * k)``-th of a row's ``k`` feasible arms in index order (one uniform per row)."""
-        m = self.limit
-        k = (self.mean.shape[1] // self.n_max) * m
-        j = np.minimum((u * k).astype(np.int64), k - 1)
-        return (j // m) * self.n_max + j % m
+        return random_feasible(u, self.limit, self.mean.shape[1] // self.n_max, self.n_max)
+
+
+def random_feasible(u: NDArray[np.float64], limit: NDArray[np.int64], n_prompts: int, n_max: int) -> NDArray[np.int64]:
+    """Per row, the ``floor(u * k)``-th of its ``k = n_prompts * limit`` feasible arms in index order."""
+    k = n_prompts * limit
+    j = np.minimum((u * k).astype(np.int64), k - 1)
+    return np.asarray((j // limit) * n_max + j % limit, dtype=np.int64)
+
+
+@dataclass
+class KernelStep:
+    """What a compiled selection rule reads at one step: the runs' state in place, nothing gathered.
+
+    Attributes:
+        online: the runs' statistics (means ``(S, C, A)``, counts, ...; read only).
+        live: ``(B,)`` the live runs; row ``i`` is run ``live[i]``.
+        ctx: ``(B,)`` each row's drawn context.
+        limit: ``(B,)`` largest feasible ``N``.
+        priority: ``(S, A)`` every run's tie-break priorities.
+        rng: the rows' random streams (:class:`iapo_gym.runs.RowGenerator`).
+    """
+
+    online: _OnlineStats
+    live: NDArray[np.int64]
+    ctx: NDArray[np.int64]
+    limit: NDArray[np.int64]
+    priority: NDArray[np.float64]
+    rng: Any
 
 
 def argmax_tiebreak(score: NDArray[np.float64], priority: NDArray[np.float64]) -> NDArray[np.int64]:
@@ -141,9 +173,27 @@ class _OnlineStats:
         self.countf = np.zeros((s_n, p_n * n_max))  # (S, A)
         self.total = np.zeros(s_n, dtype=np.int64)
         self.n_unseen = np.full(s_n, p_n * n_max, dtype=np.int64)
+        self.jit = _jit.enabled()
+        if self.jit:  # 1 / sqrt(count): UCB's bound (kept by the compiled refresh only)
+            self.invsqrt = np.full((s_n, p_n * n_max), np.inf)
+
+    def record_kernel(self, runs: RunBatch, live: NDArray[np.int64], arm: NDArray[np.int64]) -> None:
+        """:meth:`record` by the compiled kernel (:func:`iapo_gym.agents._sequential_kernels.record`): the same bits."""
+        st, n_max = self.stats, self.n_max
+        prompt = arm // n_max
+        split = st.split
+        for pulls, rows in runs.pull(live, prompt, arm % n_max + 1):
+            gain, count, cost = nested_gains(pulls, split.obj_weights, n_max)
+            kernels.record(
+                st.gain, st.cost, st.count, self.countf, self.invsqrt, self.total, self.n_unseen, self.mean,
+                live[rows], prompt[rows], gain, count, cost, split.group, split.cost_weight,
+            )  # fmt: skip
 
     def record(self, runs: RunBatch, live: NDArray[np.int64], arm: NDArray[np.int64]) -> None:
         """Pull ``arm`` for every live run (one pull each) and refresh the touched ``(run, prompt)`` rows."""
+        if self.jit:
+            self.record_kernel(runs, live, arm)
+            return
         st, n_max = self.stats, self.n_max
         prompt = arm // n_max
         old = st.count[live, prompt]  # (B, N_max) copy
@@ -185,6 +235,20 @@ class SequentialAgent(BatchAgent):
         """The flat arm each live run pulls at this step (a feasible one; see :class:`Step`)."""
         raise NotImplementedError
 
+    def choose_kernel(self, step: KernelStep) -> NDArray[np.int64] | None:
+        """:meth:`choose` by compiled kernels (the same arms, the same draws), or None where there is none.
+
+        Used when the kernels are enabled (:func:`iapo_gym._jit.enabled`) and the class that
+        defines :meth:`choose` also defines this method (a subclass that overrides only
+        :meth:`choose` keeps its own rule).
+        """
+        return None
+
+    def _has_kernel(self) -> bool:
+        mro = type(self).__mro__
+        owner = next(c for c in mro if "choose" in c.__dict__)
+        return owner is next(c for c in mro if "choose_kernel" in c.__dict__) and owner is not SequentialAgent
+
     @staticmethod
     def argmax_tiebreak(score: NDArray[np.float64], priority: NDArray[np.float64]) -> NDArray[np.int64]:
         """Row-wise argmax of ``score`` (no NaN); among tied maxima the highest ``priority`` wins."""
@@ -197,6 +261,7 @@ class SequentialAgent(BatchAgent):
         stats = online.stats
         priority = runs.streams.random_rows(np.arange(s_n), a_n)
         steps = np.zeros(s_n, dtype=np.int64)
+        fast = online.jit and self._has_kernel()
         while True:
             live = np.flatnonzero(runs.remaining > 0)
             if live.size == 0:
@@ -205,11 +270,17 @@ class SequentialAgent(BatchAgent):
             # every draw of a step comes from the live runs' own streams (RowGenerator)
             rng: Any = runs.streams.rows(live)  # numpy-Generator-like: random(size), gumbel(size)
             ctx = np.asarray(runs.contexts.sample(rng, size=live.size), dtype=np.int64)
+            limit = np.minimum(runs.remaining[live], n_max)
+            arm = self.choose_kernel(KernelStep(online, live, ctx, limit, priority, rng)) if fast else None
+            if arm is not None:
+                online.record(runs, live, arm)
+                steps[live] += 1
+                continue
             step = Step(
                 mean=online.mean[live, ctx],
                 count=online.countf if every else online.countf[live],
                 total=online.total[live],
-                limit=np.minimum(runs.remaining[live], n_max),
+                limit=limit,
                 n_unseen=online.n_unseen[live],
                 priority=priority if every else priority[live],
                 rng=rng,

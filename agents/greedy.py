@@ -19,6 +19,7 @@ at most one sweep over prompts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,7 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym._checks import finite_real
-from iapo_gym.agents._sequential import SequentialAgent, Step
+from iapo_gym.agents import _sequential_kernels as kernels
+from iapo_gym.agents._sequential import KernelStep, SequentialAgent, Step, random_feasible
 
 
 @dataclass
@@ -50,6 +52,22 @@ class EpsilonGreedy(SequentialAgent):
         greedy[rows] = first_unseen
         return np.where(u[:, 0] < float(self.epsilon), step.random_feasible(u[:, 1]), greedy)
 
+    def choose_kernel(self, step: KernelStep) -> NDArray[np.int64]:
+        """:meth:`choose` with the greedy arm of the exploiting rows from one compiled pass per row."""
+        on = step.online
+        u = step.rng.random((step.live.size, 2))  # the same draws, in the same order, as choose
+        explore = u[:, 0] < float(self.epsilon)
+        out = np.empty(step.live.size, dtype=np.int64)
+        dummy = np.empty(0)
+        scratch = np.empty(on.countf.shape[1])
+        kernels.best_arm(
+            on.mean, on.countf, on.invsqrt, on.n_unseen, step.priority, step.live, step.ctx, step.limit,
+            dummy, 0.0, False, explore, on.n_max, scratch, out,
+        )  # fmt: skip
+        if explore.any():
+            out[explore] = random_feasible(u[explore, 1], step.limit[explore], on.p_n, on.n_max)
+        return out
+
 
 @dataclass
 class Softmax(SequentialAgent):
@@ -72,3 +90,44 @@ class Softmax(SequentialAgent):
         arm = np.argmax(logits, axis=1)
         arm[rows] = first_unseen
         return arm
+
+    def choose_kernel(self, step: KernelStep) -> NDArray[np.int64]:
+        """:meth:`choose` computing the Gumbel noise (numpy's ``log``) only for the arms that can win.
+
+        :func:`iapo_gym.agents._sequential_kernels.softmax_candidates` bounds each arm's logit from a
+        table of Gumbel values; numpy computes the exact logits of the arms within reach of the
+        best (``mean / tau + g``, the same operations as :meth:`choose`), and the first maximum wins.
+        Endgame rows (some arm infeasible) are scored as in :meth:`choose`.
+        """
+        on = step.online
+        b, a_n = step.live.size, on.countf.shape[1]
+        u = step.rng.random((b, a_n))  # the uniforms rng.gumbel would draw
+        upper, lower = _gumbel_bounds()
+        out = np.empty(b, dtype=np.int64)
+        cand = np.empty(b * a_n, dtype=np.int64)
+        start = np.empty(b + 1, dtype=np.int64)
+        tau = float(self.tau)
+        kernels.softmax_candidates(
+            on.mean, on.countf, on.n_unseen, step.priority, step.live, step.ctx, step.limit, u, tau,
+            upper, lower, on.n_max, out, cand, start,
+        )  # fmt: skip
+        cand = cand[: start[-1]]
+        row = np.repeat(np.arange(b), np.diff(start))
+        with np.errstate(divide="ignore"):
+            logit = on.mean[step.live[row], step.ctx[row], cand] / tau
+            logit += -np.log(-np.log1p(-u[row, cand]))
+        kernels.first_max(logit, start, cand, out)
+        slow = np.flatnonzero(out == -2)
+        if slow.size:  # the endgame: every arm's logit, infeasible arms masked
+            with np.errstate(divide="ignore"):
+                logits = on.mean[step.live[slow], step.ctx[slow]] / tau
+                logits += -np.log(-np.log1p(-u[slow]))
+            feasible = np.arange(a_n) % on.n_max < step.limit[slow, None]
+            np.copyto(logits, -np.inf, where=~feasible)
+            out[slow] = np.argmax(logits, axis=1)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _gumbel_bounds() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    return kernels.gumbel_table()

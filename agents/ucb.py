@@ -17,7 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym._checks import finite_real
-from iapo_gym.agents._sequential import SequentialAgent, Step
+from iapo_gym.agents import _sequential_kernels as kernels
+from iapo_gym.agents._sequential import KernelStep, SequentialAgent, Step
 
 
 @dataclass
@@ -40,9 +41,22 @@ class UCB(SequentialAgent):
         with np.errstate(divide="ignore", invalid="ignore"):
             bonus = np.divide(logt[:, None], step.count)
             np.sqrt(bonus, out=bonus)
-        bonus *= float(self.c)
+            bonus *= float(self.c)  # unseen arms with c = 0: inf * 0 = NaN, overwritten below
         score += bonus  # mean + c * sqrt(ln t / n), the same bits as written that way
         step.mask_infeasible(score)
         arm = self.argmax_tiebreak(score, step.priority)
         arm[rows] = first_unseen
         return arm
+
+    def choose_kernel(self, step: KernelStep) -> NDArray[np.int64]:
+        """:meth:`choose` in one compiled pass per row (:func:`iapo_gym.agents._sequential_kernels.best_arm`)."""
+        on = step.online
+        out = np.empty(step.live.size, dtype=np.int64)
+        logt = np.log(np.maximum(on.total[step.live], 1))  # numpy's log, as in choose
+        skip = np.zeros(step.live.size, dtype=np.bool_)
+        scratch = np.empty(on.countf.shape[1])
+        kernels.best_arm(
+            on.mean, on.countf, on.invsqrt, on.n_unseen, step.priority, step.live, step.ctx, step.limit,
+            logt, float(self.c), True, skip, on.n_max, scratch, out,
+        )  # fmt: skip
+        return out

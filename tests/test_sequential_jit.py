@@ -1,0 +1,185 @@
+"""UCB, epsilon-greedy and Softmax decide the same with the compiled step kernels as with numpy.
+
+The kernels (``iapo_gym.agents._sequential_kernels``, used when numba is installed) must give every
+seed the same policy, bit for bit, as the numpy step (``IAPO_GYM_JIT=0``): the same arms per
+context, the same deployed means and counts, the same spend and number of steps. Each test also
+checks that the kernels really ran (a comparison of numpy with itself could not fail).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from iapo_gym.agents import _sequential_kernels as kernels  # noqa: E402
+from iapo_gym.agents import make_agent  # noqa: E402
+from iapo_gym.agents._sequential import KernelStep, Step  # noqa: E402
+from iapo_gym.env import IAPOEnv  # noqa: E402
+from iapo_gym.runs import RunStreams  # noqa: E402
+from iapo_gym.tasks import load_task_table  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_pins import fingerprint, load_math  # noqa: E402
+
+CONFIGS = [
+    ("ucb", {}),
+    ("ucb", {"c": 2.0, "lcb": 0.5}),
+    ("egreedy", {}),
+    ("egreedy", {"epsilon": 0.6, "lcb": 0.3}),
+    ("softmax", {}),
+    ("softmax", {"tau": 0.5, "lcb": 1.0}),
+]
+KERNEL_OF = {"ucb": "best_arm", "egreedy": "best_arm", "softmax": "softmax_candidates"}
+
+
+def _make_env(task: str):
+    if task == "MATH":
+        table = load_math()
+        if table is None:
+            pytest.skip("the released MATH table is absent (../shared/data/published/MATH_final.pkl)")
+        return lambda s: IAPOEnv(table, split_seed=s)
+    return lambda s: IAPOEnv(load_task_table(task, world_seed=s), world_seed=s)
+
+
+def _prints(policies: list[Any], make_env) -> list[str]:
+    env = make_env(0).unwrapped
+    return [fingerprint(p, env.contexts.weights, env.n_prompts * env.n_max) for p in policies]
+
+
+def _fit(monkeypatch, flag: str, name: str, kwargs: dict, make_env, budget: int, seeds: list[int]) -> list[Any]:
+    monkeypatch.setenv("IAPO_GYM_JIT", flag)
+    return make_agent(name, **kwargs).fit_many(make_env, budget, seeds)
+
+
+def _counting(monkeypatch, name: str) -> list[int]:
+    """Count the calls of ``name``'s choice kernel and of the record kernel."""
+    calls = [0, 0]
+    for i, fn in enumerate((KERNEL_OF[name], "record")):
+        original = getattr(kernels, fn)
+
+        def counted(*args, _original=original, _i=i):
+            calls[_i] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(kernels, fn, counted)
+    return calls
+
+
+TASKS = [("MATH", (300, 2_500)), ("SynthCategorical", (400, 3_000)), ("SynthBernoulli", (2_000,))]
+
+
+@pytest.mark.parametrize(("task", "budgets"), TASKS)
+@pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=[f"{n}{k or ''}" for n, k in CONFIGS])
+def test_kernels_give_the_numpy_policies(monkeypatch, task, budgets, name, kwargs):
+    make_env = _make_env(task)
+    seeds = [0, 1, 2, 3, 4, 5]
+    for budget in budgets:
+        reference = _prints(_fit(monkeypatch, "0", name, kwargs, make_env, budget, seeds), make_env)
+        calls = _counting(monkeypatch, name)
+        fast = _fit(monkeypatch, "1", name, kwargs, make_env, budget, seeds)
+        assert calls[0] > 0 and calls[1] > 0, "the kernels did not run"
+        assert _prints(fast, make_env) == reference, f"{task} T={budget}: a policy differs between numpy and the kernels"
+        monkeypatch.undo()
+        # other batch shapes on the kernel path: a smaller batch in another order, and one run alone
+        part = _prints(_fit(monkeypatch, "1", name, kwargs, make_env, budget, [4, 1]), make_env)
+        assert part == [reference[4], reference[1]]
+        monkeypatch.setenv("IAPO_GYM_JIT", "1")
+        alone = make_agent(name, **kwargs).fit(make_env(3), budget, seed=3)
+        assert _prints([alone], make_env) == [reference[3]]
+
+
+def _state(rng: np.random.Generator, s_n: int, c_n: int, p_n: int, n_max: int) -> SimpleNamespace:
+    """Runs' statistics with many exact ties (means and counts from small sets), some unseen arms."""
+    a_n = p_n * n_max
+    count = rng.integers(1, 4, size=(s_n, a_n)).astype(np.float64)
+    count[rng.random((s_n, a_n)) < 0.02] = 0.0  # a few unseen arms
+    count[: s_n // 2] = np.maximum(count[: s_n // 2], 1.0)  # half the runs have seen every arm
+    mean = rng.choice(np.array([0.0, 0.25, 0.5, 1.0]), size=(s_n, c_n, a_n))
+    mean[:, :, count.sum(axis=0) < 0] = 0.0
+    mean = np.where(count[:, None] == 0, np.nan, mean)
+    with np.errstate(divide="ignore"):
+        invsqrt = 1.0 / np.sqrt(count)
+    return SimpleNamespace(
+        mean=mean, countf=count, invsqrt=invsqrt, total=count.sum(axis=1).astype(np.int64) + 7,
+        n_unseen=np.count_nonzero(count == 0, axis=1), n_max=n_max, p_n=p_n,
+    )  # fmt: skip
+
+
+ONE_STEP = [("ucb", {}), ("ucb", {"c": 0.0}), ("egreedy", {"epsilon": 0.3}), ("softmax", {})]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ONE_STEP)
+def test_one_step_with_ties_unseen_arms_and_the_endgame(monkeypatch, name, kwargs):
+    """One step on a crafted state full of exact ties: the kernel's arms are the numpy rule's."""
+    monkeypatch.setenv("IAPO_GYM_JIT", "1")
+    agent = make_agent(name, **kwargs)
+    rng = np.random.default_rng(11)
+    s_n, c_n, p_n, n_max = 64, 3, 7, 5
+    on = _state(rng, s_n, c_n, p_n, n_max)
+    priority = rng.random((s_n, p_n * n_max))
+    live = np.sort(rng.choice(s_n, size=48, replace=False))
+    ctx = rng.integers(0, c_n, size=live.size)
+    limit = np.where(rng.random(live.size) < 0.3, rng.integers(1, n_max, size=live.size), n_max)
+    streams = [RunStreams(range(s_n), "tie-test") for _ in range(2)]
+    step = Step(
+        mean=on.mean[live, ctx], count=on.countf[live], total=on.total[live], limit=limit,
+        n_unseen=on.n_unseen[live], priority=priority[live], rng=streams[0].rows(live), n_max=n_max,
+    )  # fmt: skip
+    expected = agent.choose(step)
+    got = agent.choose_kernel(KernelStep(on, live, ctx, limit, priority, streams[1].rows(live)))
+    np.testing.assert_array_equal(got, expected)
+    assert np.all(got % n_max < limit), "an infeasible arm was chosen"
+    # the streams advanced alike: the next draws agree
+    np.testing.assert_array_equal(streams[0].random(3), streams[1].random(3))
+
+
+def _hidden_tie(rng: np.random.Generator, c: float, lt: float) -> tuple[float, float, float, float]:
+    """Two arms ``(mean, count)`` whose exact UCB scores tie while the kernel's cheap bound ranks them apart."""
+    beta = np.sqrt(lt) * c
+    for _ in range(100_000):
+        n1, n2 = (float(x) for x in rng.integers(1, 60, size=2))
+        m1 = float(rng.random())
+        s1 = m1 + np.sqrt(lt / n1) * c
+        b2 = np.sqrt(lt / n2) * c
+        m2 = s1 - b2
+        for _ in range(4):
+            if m2 + b2 == s1:
+                break
+            m2 = np.nextafter(m2, np.inf if m2 + b2 < s1 else -np.inf)
+        if m2 + b2 == s1 and m2 + beta * (1.0 / np.sqrt(n2)) < m1 + beta * (1.0 / np.sqrt(n1)):
+            return m1, n1, float(m2), n2
+    raise AssertionError("no hidden tie found")
+
+
+def test_ucb_bound_never_hides_an_exact_tie(monkeypatch):
+    """Arm 2 ties arm 1 exactly (and has the higher priority) though its cheap bound is lower: it must win."""
+    monkeypatch.setenv("IAPO_GYM_JIT", "1")
+    agent = make_agent("ucb", c=0.1)
+    rng = np.random.default_rng(5)
+    s_n, p_n, n_max = 8, 3, 2
+    count = np.full((s_n, p_n * n_max), 5.0)
+    mean = np.full((s_n, 1, p_n * n_max), -1.0)
+    total = np.full(s_n, 1000, dtype=np.int64)
+    lt = float(np.log(1000))
+    priority = rng.random((s_n, p_n * n_max)) * 0.5
+    for r in range(s_n):
+        m1, n1, m2, n2 = _hidden_tie(rng, 0.1, lt)
+        a1, a2 = (1, 4) if r % 2 else (4, 1)  # either order of index
+        mean[r, 0, [a1, a2]] = m1, m2
+        count[r, [a1, a2]] = n1, n2
+        priority[r, a2] = 0.9
+    on = SimpleNamespace(mean=mean, countf=count, invsqrt=1.0 / np.sqrt(count), total=total,
+                         n_unseen=np.zeros(s_n, dtype=np.int64), n_max=n_max, p_n=p_n)  # fmt: skip
+    live, ctx, limit = np.arange(s_n), np.zeros(s_n, dtype=np.int64), np.full(s_n, n_max)
+    step = Step(mean=mean[live, ctx], count=count, total=total, limit=limit, n_unseen=on.n_unseen,
+                priority=priority, rng=None, n_max=n_max)  # fmt: skip
+    expected = agent.choose(step)
+    np.testing.assert_array_equal(expected, np.where(np.arange(s_n) % 2, 4, 1))  # the tie is real: priority decides
+    np.testing.assert_array_equal(agent.choose_kernel(KernelStep(on, live, ctx, limit, priority, None)), expected)
