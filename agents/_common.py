@@ -7,6 +7,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from iapo_gym import _jit
 from iapo_gym.agents.base import BatchAgent, Policy, TablePolicy
 from iapo_gym.runs import RunBatch
 
@@ -36,6 +37,8 @@ def _top_k_mask(key: NDArray[np.float64], k: int) -> NDArray[np.bool_]:
     it are kept, and entries equal to it are kept in index order until ``k`` are kept.
     """
     n = key.shape[-1]
+    if _jit.enabled():
+        return _top_k_mask_kernel(key, k)
     thr = np.partition(key, n - k, axis=-1)[:, n - k : n - k + 1]  # k-th largest = (n - k)-th smallest
     above = key > thr
     tied = key == thr
@@ -43,6 +46,55 @@ def _top_k_mask(key: NDArray[np.float64], k: int) -> NDArray[np.bool_]:
     if not np.any(np.count_nonzero(tied, axis=-1, keepdims=True) > room):
         return above | tied  # no row has more entries tied at its threshold than it may keep
     return above | (tied & (np.cumsum(tied, axis=-1) <= room))
+
+
+@_jit.kernel
+def _top_k_mask_kernel(key, k):  # noqa: ANN001, ANN202
+    """Compiled twin of :func:`_top_k_mask`: the same mask (comparisons only).
+
+    The threshold, the ``k``-th largest key of a row, comes from a quickselect (the value is unique
+    whatever the algorithm); entries above it are kept, and entries equal to it in index order.
+    """
+    rows, n = key.shape
+    out = np.zeros((rows, n), dtype=np.bool_)
+    buf = np.empty(n)
+    want = n - k  # the threshold is the want-th smallest (0-based)
+    for r in range(rows):
+        for i in range(n):
+            buf[i] = key[r, i]
+        lo, hi = 0, n - 1
+        while lo < hi:  # Hoare quickselect with a median-of-three pivot
+            mid = (lo + hi) >> 1
+            a, b, c = buf[lo], buf[mid], buf[hi]
+            pivot = max(min(a, b), min(max(a, b), c))
+            i, j = lo, hi
+            while i <= j:
+                while buf[i] < pivot:
+                    i += 1
+                while buf[j] > pivot:
+                    j -= 1
+                if i <= j:
+                    buf[i], buf[j] = buf[j], buf[i]
+                    i += 1
+                    j -= 1
+            if want <= j:
+                hi = j
+            elif want >= i:
+                lo = i
+            else:
+                break
+        thr = buf[want]
+        room = k
+        for i in range(n):
+            room -= key[r, i] > thr
+        for i in range(n):
+            v = key[r, i]
+            if v > thr:
+                out[r, i] = True
+            elif v == thr and room > 0:
+                out[r, i] = True
+                room -= 1
+    return out
 
 
 def halve(active: NDArray[np.bool_], mean: NDArray[np.float64] | MeansAt, runs: NDArray[np.bool_]) -> None:
@@ -78,7 +130,7 @@ def halve(active: NDArray[np.bool_], mean: NDArray[np.float64] | MeansAt, runs: 
         if n0 == n_arms:
             arm_idx = np.broadcast_to(np.arange(n_arms), fa.shape)
         else:
-            arm_idx = np.nonzero(fa)[1].reshape(-1, n0)  # ascending arm order per row
+            arm_idx = _row_indices(fa, n0)  # ascending arm order per row
         if lazy:
             r_run, r_ctx = (row_run, row_ctx) if rows is None else (row_run[rows], row_ctx[rows])
             sub = mean.means_at(r_run[:, None], r_ctx[:, None], arm_idx)  # type: ignore[union-attr]
@@ -114,11 +166,22 @@ def active_index(active: NDArray[np.bool_]) -> NDArray[np.int64] | None:
     n_active = np.count_nonzero(flat, axis=-1)
     if n_active.size == 0 or int(n_active[0]) == 0 or bool(np.any(n_active != n_active[0])):
         return None
-    return np.nonzero(flat)[1].reshape(flat.shape[0], int(n_active[0]))
+    n = int(n_active[0])
+    if n == flat.shape[1]:  # every arm active (before the first halving)
+        return np.broadcast_to(np.arange(n), flat.shape)
+    return _row_indices(flat, n)
+
+
+def _row_indices(flat: NDArray[np.bool_], n: int) -> NDArray[np.int64]:
+    """``np.nonzero(flat)[1].reshape(-1, n)`` for rows with ``n`` True each: flat positions minus row offsets (faster)."""
+    rows, width = flat.shape
+    return np.flatnonzero(flat).reshape(rows, n) - (np.arange(rows) * width)[:, None]
 
 
 def _compact_means(stats: MeansAt, idx: NDArray[np.int64], n_contexts: int, n_arms: int) -> NDArray[np.float64]:
     """Means of the arms ``idx (S * C, n)`` of each (run, context) row, unseen arms ranked ``UNSEEN``."""
+    if _jit.enabled() and hasattr(stats, "ranked_means"):
+        return stats.ranked_means(idx, n_contexts, UNSEEN)
     if idx.shape[1] == n_arms and hasattr(stats, "means"):
         sub = stats.means().reshape(idx.shape)  # every arm active (idx is 0..A-1 in each row): dense means, no gather
     else:

@@ -41,6 +41,7 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
+from iapo_gym import _jit
 from iapo_gym.contexts import ContextSet
 from iapo_gym.sampling import Pulls
 
@@ -106,6 +107,8 @@ def _mv_size_sums(pulls: Pulls, plan: BlockPlan, n: NDArray[np.int64]) -> NDArra
     """
     a = int(pulls.n_categories)
     width = plan.width
+    if _jit.enabled():
+        return _mv_size_sums_compiled(pulls, n, width)
     if a == 1:  # one answer: every block is won
         return plan.count[n].astype(np.float64)
     out = np.empty((len(pulls), width))
@@ -167,8 +170,7 @@ def _mv_tail_sums(diff: NDArray[np.int64], plan: BlockPlan, n: NDArray[np.int64]
     won = d == 0  # no answer beats gold
     if int(n.min()) < width:  # rows of several sizes: no credit for blocks past a row's n
         won &= plan.end[tail:, None] <= n[None, :]
-    lut = (1.0 / np.arange(1, a + 1)).astype(np.float32).astype(np.float64)  # 1 / (1 + ties)
-    credit = np.take(lut, ties)
+    credit = np.take(_credit_lut(a), ties)
     credit *= won
     first = plan.size_start[2:] - tail
     if b < 512:  # few pulls (a sequential agent's step): one call beats a loop over the sizes
@@ -178,6 +180,93 @@ def _mv_tail_sums(diff: NDArray[np.int64], plan: BlockPlan, n: NDArray[np.int64]
     for i in range(width - 2):
         np.sum(credit[bounds[i] : bounds[i + 1]], axis=0, out=sums[i])
     return sums
+
+
+@lru_cache(maxsize=64)
+def _credit_lut(a: int) -> NDArray[np.float64]:
+    """MV credit ``1 / (1 + ties)`` for ``ties = 0..a - 1``: float32 values (exact sums), as float64."""
+    lut = (1.0 / np.arange(1, a + 1)).astype(np.float32).astype(np.float64)
+    lut.setflags(write=False)
+    return lut
+
+
+def _mv_size_sums_compiled(pulls: Pulls, n: NDArray[np.int64], width: int) -> NDArray[np.float64]:
+    """:func:`_mv_size_sums` by the compiled kernels: packed votes when they fit one 64-bit word, else counts."""
+    a = int(pulls.n_categories)
+    bits = width.bit_length() + 1  # as _mv_tail_sums: a count (<= width) plus a guard bit
+    if (a - 1) * bits <= 62:
+        return _mv_size_sums_packed(pulls.outcome, pulls.gold, n, width, a, bits, _credit_lut(a))
+    return _mv_size_sums_counts(pulls.outcome, pulls.gold, n, width, a, _credit_lut(a))
+
+
+@_jit.kernel
+def _mv_size_sums_packed(outcome, gold, n, width, a, bits, lut):  # noqa: ANN001, ANN202
+    """Compiled twin of :func:`_mv_size_sums` with the packed votes of :func:`_mv_tail_sums`: ``(B, width)``.
+
+    Answers are relabelled ``r = (answer - gold) mod A`` (gold is 0); a completion adds ``-ones``
+    (gold) or ``1 << (bits * (r - 1))``, so a block's word, the difference of two cumulative words,
+    plus the guard bits has the guard of field ``c`` set iff answer ``c`` has at least gold's votes.
+    Gold wins iff no answer has more (``(d - ones) & guards == 0``) and shares the win with the
+    ``ties`` answers that have as many (the guards' count, summed into the top field by one
+    product): credit ``lut[ties]``, the numpy path's values, whose sums are exact in float64 (see
+    :func:`_mv_size_sums`): the same bits whatever the order of addition.
+    """
+    b_n = outcome.shape[0]
+    out = np.zeros((b_n, width))
+    ones = 0
+    for c in range(a - 1):
+        ones |= 1 << (bits * c)
+    guards = ones << (bits - 1)
+    top = bits * (a - 2) if a >= 2 else 0
+    field = (1 << bits) - 1
+    word = np.empty(a, dtype=np.int64)
+    word[0] = -ones
+    for r in range(1, a):
+        word[r] = 1 << (bits * (r - 1))
+    cum = np.zeros(width + 1, dtype=np.int64)
+    for b in range(b_n):
+        nb = n[b]
+        g0 = gold[b]
+        for j in range(nb):
+            cum[j + 1] = cum[j] + word[(outcome[b, j] - g0) % a]
+        for k in range(1, nb + 1):
+            total = 0.0
+            for s in range(0, (nb // k) * k, k):
+                d = cum[s + k] - cum[s] + guards  # guard of field c set iff v_c >= g
+                ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
+                won = ((d - ones) & guards) == 0  # no answer beats gold: then v_c >= g means a tie
+                total += lut[ties] * won
+            out[b, k - 1] = total
+    return out
+
+
+@_jit.kernel
+def _mv_size_sums_counts(outcome, gold, n, width, a, lut):  # noqa: ANN001, ANN202
+    """:func:`_mv_size_sums_packed` for answers too many for one word: one cumulative count per answer."""
+    b_n = outcome.shape[0]
+    out = np.zeros((b_n, width))
+    counts = np.zeros((width + 1, a), dtype=np.int32)
+    for b in range(b_n):
+        nb = n[b]
+        g0 = gold[b]
+        for j in range(nb):
+            for c in range(a):
+                counts[j + 1, c] = counts[j, c]
+            counts[j + 1, (outcome[b, j] - g0) % a] += 1
+        for k in range(1, nb + 1):
+            total = 0.0
+            for s in range(0, (nb // k) * k, k):
+                g = counts[s + k, 0] - counts[s, 0]
+                ties = 0
+                won = True
+                for c in range(1, a):
+                    v = counts[s + k, c] - counts[s, c]
+                    won &= v <= g
+                    ties += v == g
+                if won:
+                    total += lut[ties]
+            out[b, k - 1] = total
+    return out
 
 
 def _mv_tail_credit_by_answer(
@@ -390,6 +479,9 @@ class NestedStats:
         """Record every nested block of ``pulls`` under every context."""
         if len(pulls) == 0:
             return
+        if self.weighting == "block" and pulls.strategy == "mv" and _jit.enabled():
+            self._add_blocks_compiled(pulls, run)
+            return
         gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
         if self.weighting == "query":
             self._add_per_query(gain, count, cost, pulls, run)
@@ -421,6 +513,17 @@ class NestedStats:
             self.gain[cell_run, u, cell_prompt, :width] += tally(gain[u])
         self.cost[cell_run, cell_prompt, :width] += tally(cost)
         self.count[cell_run, cell_prompt, :width] += tally(count).astype(np.int64)
+
+    def _add_blocks_compiled(self, pulls: Pulls, run: NDArray[np.int64]) -> None:
+        """``"block"`` weighting of MV pulls by the compiled kernels (the same bits as the numpy path of :meth:`add`)."""
+        n = np.minimum(pulls.n.astype(np.int64), self.n_max)
+        width = int(min(pulls.width, self.n_max, max(int(n.max(initial=0)), 1)))
+        sums = _mv_size_sums_compiled(pulls, n, width)
+        unit = pulls.unit_cost[:, None] if pulls.unit_cost is not None else pulls.cost  # (B, 1): one cost per pull
+        _block_tally_kernel(
+            self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
+            n, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]), np.asarray(unit, dtype=np.float64), width,
+        )
 
     def _add_per_query(
         self, gain: NDArray[np.float64], count: NDArray[np.int64], cost: NDArray[np.float64], pulls: Pulls, run: NDArray
@@ -473,12 +576,108 @@ class NestedStats:
             total /= np.take(self.count.reshape(-1), cell)
         return total
 
+    def ranked_means(self, idx: NDArray[np.int64], n_contexts: int, unseen: float) -> NDArray[np.float64]:
+        """Means of arms ``idx (S * C, n)`` of each (run, context) row, ``unseen`` where an arm has no data.
+
+        The compiled twin of :meth:`means_at` on those rows (the same float operations, bit for
+        bit), with NaN replaced by ``unseen``; used by halving when the kernels are on.
+        """
+        u_n, n_arms = self.gain.shape[1], self.n_prompts * self.n_max
+        return _ranked_means_kernel(
+            self.gain.reshape(-1), self.cost.reshape(-1), self.count.reshape(-1), self.split.cost_weight,
+            self.split.group, idx, int(n_contexts), u_n, n_arms, float(unseen),
+        )
+
     def means_in(self, runs: NDArray[np.int64], context: NDArray[np.int64]) -> NDArray[np.float64]:
         """Means of each run under ONE context each: ``runs (B,)``, ``context (B,)`` -> ``(B, P, n_max)``."""
         gain = self.gain[runs, self.split.group[context]]  # (B, P, N)
         total = gain - self.split.cost_weight[context][:, None, None] * self.cost[runs]
         with np.errstate(invalid="ignore", divide="ignore"):
             return total / self.count[runs]
+
+
+@_jit.kernel
+def _ranked_means_kernel(gain, cost, count, cost_weight, group, idx, n_contexts, u_n, n_arms, unseen):  # noqa: ANN001, ANN202
+    """Compiled twin of :meth:`NestedStats.means_at` for rows ``(run, context)`` of ``idx``: ``(gain - w * cost) / count``."""
+    rows, n = idx.shape
+    out = np.empty((rows, n))
+    for row in range(rows):
+        run, ctx = row // n_contexts, row % n_contexts
+        w = cost_weight[ctx]
+        g0 = (run * u_n + group[ctx]) * n_arms
+        c0 = run * n_arms
+        for i in range(n):
+            a = idx[row, i]
+            v = (gain[g0 + a] - w * cost[c0 + a]) / count[c0 + a]
+            out[row, i] = unseen if np.isnan(v) else v
+    return out
+
+
+@_jit.kernel
+def _block_tally_kernel(gain, cost, count, run, prompt, n, sums, w, unit, width):  # noqa: ANN001, ANN202
+    """Compiled twin of :meth:`NestedStats.add` (``"block"``), updating ``gain``, ``cost``, ``count`` in place.
+
+    The numpy path's float operations in its order: a pull's gain under weight row ``u`` is
+    ``w[u] * sums[b, k]``; its cost of size ``k`` the running sum (left to right, as ``cumsum``)
+    of its completions' costs up to ``(n // k) * k``. When every pull has its own (run, prompt)
+    cell the values are added to the tallies directly; otherwise each cell sums its pulls in row
+    order starting from 0.0 (as ``np.bincount`` does) and then adds that sum to the tally.
+    ``unit (B, 1)`` is one cost per completion of each pull, or ``(B, L)`` the completions' own.
+    """
+    b_n = sums.shape[0]
+    u_n = w.shape[0]
+    n_prompts = cost.shape[1]
+    slot = np.full(cost.shape[0] * n_prompts, -1, dtype=np.int64)
+    present = 0
+    for b in range(b_n):
+        c = run[b] * n_prompts + prompt[b]
+        if slot[c] < 0:
+            slot[c] = present
+            present += 1
+    per_comp = unit.shape[1] > 1
+    csum = np.zeros(width + 1)
+    if present == b_n:  # one pull per cell
+        acc_g = np.zeros((1, u_n, width))
+        acc_c = np.zeros((1, width))
+    else:
+        acc_g = np.zeros((present, u_n, width))
+        acc_c = np.zeros((present, width))
+    acc_n = np.zeros((present, width), dtype=np.int64)
+    for b in range(b_n):
+        nb = n[b]
+        run_sum = 0.0
+        for j in range(nb):
+            x = unit[b, j if per_comp else 0]
+            run_sum = x if j == 0 else run_sum + x
+            csum[j + 1] = run_sum
+        r, p = run[b], prompt[b]
+        i = slot[r * n_prompts + p]
+        for k in range(1, width + 1):
+            m = nb // k
+            if present == b_n:
+                for u in range(u_n):
+                    gain[r, u, p, k - 1] += w[u] * sums[b, k - 1]
+                cost[r, p, k - 1] += csum[m * k]
+                count[r, p, k - 1] += m
+            else:
+                for u in range(u_n):
+                    acc_g[i, u, k - 1] += w[u] * sums[b, k - 1]
+                acc_c[i, k - 1] += csum[m * k]
+                acc_n[i, k - 1] += m
+    if present == b_n:
+        return
+    for b in range(b_n):
+        r, p = run[b], prompt[b]
+        c = r * n_prompts + p
+        i = slot[c]
+        if i < 0:  # cell already written
+            continue
+        slot[c] = -1
+        for k in range(width):
+            for u in range(u_n):
+                gain[r, u, p, k] += acc_g[i, u, k]
+            cost[r, p, k] += acc_c[i, k]
+            count[r, p, k] += acc_n[i, k]
 
 
 def random_fit(

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from iapo_gym import _jit
+
 if TYPE_CHECKING:
     from iapo_gym.tables.format import OutcomeTable
 
@@ -221,6 +223,9 @@ def _outcomes(
 ) -> tuple[NDArray[np.int64], NDArray[np.bool_], bool]:
     """Inverse-CDF outcome of each uniform (``-1`` past each row's ``n``), the mask of real ones, whether all are real."""
     L = u.shape[1]
+    if _jit.enabled():
+        outcome, mask = _outcomes_kernel(u, cdf, n)
+        return outcome, mask, bool(n.size == 0 or int(n.min()) == L)
     if cdf.shape[1] <= 16:
         # Few outcomes: count the thresholds each uniform passes, one (B, L) pass per outcome
         # (same result as the (B, L, A) comparison below, without the 3-D temporary).
@@ -236,6 +241,24 @@ def _outcomes(
     if not full:
         np.copyto(outcome, -1, where=~mask)
     return outcome, mask, full
+
+
+@_jit.kernel
+def _outcomes_kernel(u, cdf, n):  # noqa: ANN001, ANN202
+    """Compiled twin of :func:`_outcomes`: each uniform's count of passed thresholds (comparisons only: the same outcomes)."""
+    b_n, width = u.shape
+    a1 = cdf.shape[1] - 1  # u < 1 = cdf[:, -1] always
+    outcome = np.full((b_n, width), -1, dtype=np.int64)
+    mask = np.zeros((b_n, width), dtype=np.bool_)
+    for b in range(b_n):
+        for j in range(min(n[b], width)):
+            x = u[b, j]
+            o = 0
+            for c in range(a1):
+                o += x >= cdf[b, c]
+            outcome[b, j] = o
+            mask[b, j] = True
+    return outcome, mask
 
 
 #: Largest table (outcome probabilities) whose cumulative probabilities are kept in its cache.
