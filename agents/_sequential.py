@@ -40,7 +40,7 @@ decisions bit for bit (``IAPO_GYM_JIT=0`` keeps the numpy step; tests compare th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -174,8 +174,13 @@ class _OnlineStats:
         self.total = np.zeros(s_n, dtype=np.int64)
         self.n_unseen = np.full(s_n, p_n * n_max, dtype=np.int64)
         self.jit = _jit.enabled()
-        if self.jit:  # 1 / sqrt(count): UCB's bound (kept by the compiled refresh only)
-            self.invsqrt = np.full((s_n, p_n * n_max), np.inf)
+        # 1 / sqrt(count), UCB's bound: kept by the compiled refresh when a rule asks for it (keep_invsqrt)
+        self.invsqrt = np.empty((0, 0))
+
+    def keep_invsqrt(self) -> None:
+        """Keep ``invsqrt`` (``1 / sqrt(count)``, ``inf`` where unseen) up to date from now on (compiled path)."""
+        with np.errstate(divide="ignore"):
+            self.invsqrt = 1.0 / np.sqrt(self.countf)
 
     def record_kernel(self, runs: RunBatch, live: NDArray[np.int64], arm: NDArray[np.int64]) -> None:
         """:meth:`record` by the compiled kernel (:func:`iapo_gym.agents._sequential_kernels.record`): the same bits."""
@@ -230,6 +235,8 @@ class SequentialAgent(BatchAgent):
     """
 
     lcb: float = 0.0
+    #: Whether :meth:`choose_kernel` reads ``1 / sqrt(count)`` (kept only when some rule needs it).
+    kernel_needs_invsqrt: ClassVar[bool] = False
 
     def choose(self, step: Step) -> NDArray[np.int64]:
         """The flat arm each live run pulls at this step (a feasible one; see :class:`Step`)."""
@@ -262,6 +269,8 @@ class SequentialAgent(BatchAgent):
         priority = runs.streams.random_rows(np.arange(s_n), a_n)
         steps = np.zeros(s_n, dtype=np.int64)
         fast = online.jit and self._has_kernel()
+        if fast and self.kernel_needs_invsqrt:
+            online.keep_invsqrt()
         while True:
             live = np.flatnonzero(runs.remaining > 0)
             if live.size == 0:

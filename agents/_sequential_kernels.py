@@ -53,10 +53,12 @@ def record(gain_tab, cost_tab, count_tab, countf, invsqrt, total, n_unseen, mean
 
     One pull per run (so per cell): the tallies take ``+=`` of the pull's own sums, and the cell's
     means under every context are ``(gain[group[c]] - cost_weight[c] * cost) / count``, exactly as
-    the numpy refresh computes them. ``invsqrt`` (``1 / sqrt(count)``) feeds UCB's bound only.
+    the numpy refresh computes them. ``invsqrt`` (``1 / sqrt(count)``) feeds UCB's bound only
+    (an empty array: not kept).
     """
     n_max = cost_tab.shape[2]
     n_u = gain.shape[0]
+    keep_invsqrt = invsqrt.shape[0] > 0
     width = gain.shape[2]
     for i in range(run.shape[0]):
         r = run[i]
@@ -74,7 +76,8 @@ def record(gain_tab, cost_tab, count_tab, countf, invsqrt, total, n_unseen, mean
             a = p * n_max + k
             nf = np.float64(new)
             countf[r, a] = nf
-            invsqrt[r, a] = 1.0 / np.sqrt(nf)
+            if keep_invsqrt:
+                invsqrt[r, a] = 1.0 / np.sqrt(nf)
             for c in range(group.shape[0]):
                 mean[r, c, a] = (gain_tab[r, group[c], p, k] - cost_weight[c] * cost_tab[r, p, k]) / nf
 
@@ -129,32 +132,31 @@ def best_arm(mean, countf, invsqrt, n_unseen, priority, live, ctx, limit, logt, 
             continue
         # every arm feasible and seen: a bound per arm, its maximum, then the exact scores near it
         tol = 0.0
+        beta = 0.0
+        bound = mean[r, x]  # greedy: the mean is its own bound
         if ucb:
             beta = np.sqrt(lt) * c
             for a in range(n_arms):
                 scratch[a] = mean[r, x, a] + beta * invsqrt[r, a]
-        else:
-            beta = 0.0
-            for a in range(n_arms):
-                scratch[a] = mean[r, x, a]
+            bound = scratch
         m0 = m1 = m2 = m3 = -np.inf  # four running maxima: independent chains the CPU overlaps
         a = 0
         while a + 3 < n_arms:
-            m0 = max(m0, scratch[a])
-            m1 = max(m1, scratch[a + 1])
-            m2 = max(m2, scratch[a + 2])
-            m3 = max(m3, scratch[a + 3])
+            m0 = max(m0, bound[a])
+            m1 = max(m1, bound[a + 1])
+            m2 = max(m2, bound[a + 2])
+            m3 = max(m3, bound[a + 3])
             a += 4
         while a < n_arms:
-            m0 = max(m0, scratch[a])
+            m0 = max(m0, bound[a])
             a += 1
         top = max(max(m0, m1), max(m2, m3))
         if ucb:
             tol = 1e-12 * (abs(top) + beta)
         threshold = top - tol
         for a in range(n_arms):
-            if scratch[a] >= threshold:
-                s = scratch[a]
+            if bound[a] >= threshold:
+                s = bound[a]
                 if ucb:
                     s = mean[r, x, a] + np.sqrt(lt / countf[r, a]) * c
                 if best < 0 or s > best_s or (s == best_s and priority[r, a] > best_p):
@@ -163,20 +165,22 @@ def best_arm(mean, countf, invsqrt, n_unseen, priority, live, ctx, limit, logt, 
 
 
 @kernel
-def softmax_candidates(mean, countf, n_unseen, priority, live, ctx, limit, u, tau, upper, lower, n_max, out, cand, start):
+def softmax_candidates(mean, countf, n_unseen, priority, live, ctx, limit, u, tau, upper, lower, n_max, out, cand, start):  # noqa: C901
     """Softmax's step, all but the exact logits: unseen arms first, else the arms that can win the Gumbel-max.
 
     Per live run ``i``: ``out[i]`` = the feasible unseen arm with the highest priority; or ``-2``
     when some arms are infeasible (the endgame: numpy scores that row); or ``-1`` and the row's
-    candidates ``cand[start[i]:start[i + 1]]`` (ascending). With ``x = mean / tau`` (numpy's
-    division) and ``b`` the Gumbel bucket of ``u``, an arm's logit lies in
-    ``[x + lower[b], x + upper[b]]`` up to a few ulps; the candidates are the arms whose upper end
-    reaches the best lower end, less ``1e-9 (64 + |best|)``, so the exact maximum and all its ties
-    are among them.
+    candidates ``cand[start[i]:start[i + 1]]`` (ascending). With ``x = mean / tau`` and ``b`` the
+    Gumbel bucket of ``u``, an arm's logit lies in ``[x + lower[b], x + upper[b]]`` up to a few
+    ulps (``x`` is taken as ``mean * (1 / tau)``, within an ulp, to spare a division per arm); the
+    candidates are the arms whose upper end reaches the best lower end, less
+    ``1e-9 (64 + |best|)``, so the exact maximum and all its ties are among them.
     """
     n_arms = mean.shape[2]
     n_prompts = n_arms // n_max
     n_buckets = upper.shape[0]
+    inv_tau = 1.0 / tau
+    high = np.empty(n_arms)
     pos = 0
     for i in range(live.shape[0]):
         start[i] = pos
@@ -201,12 +205,15 @@ def softmax_candidates(mean, countf, n_unseen, priority, live, ctx, limit, u, ta
         out[i] = -1
         floor = -np.inf
         for a in range(n_arms):
-            lo = mean[r, x, a] / tau + lower[int(u[i, a] * n_buckets)]
-            if lo > floor:
-                floor = lo
+            x_a = mean[r, x, a] * inv_tau  # within an ulp of mean / tau: far inside the tolerance
+            b = int(u[i, a] * n_buckets)
+            high[a] = x_a + upper[b]
+            low = x_a + lower[b]
+            if low > floor:
+                floor = low
         threshold = floor - 1e-9 * (64.0 + abs(floor)) if floor > -np.inf else floor
         for a in range(n_arms):
-            if mean[r, x, a] / tau + upper[int(u[i, a] * n_buckets)] >= threshold:
+            if high[a] >= threshold:
                 cand[pos] = a
                 pos += 1
     start[live.shape[0]] = pos

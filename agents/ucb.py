@@ -27,6 +27,7 @@ class UCB(SequentialAgent):
 
     c: float = 0.1
     name: ClassVar[str] = "ucb"
+    kernel_needs_invsqrt: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         finite_real(self.c, "the exploration constant c", minimum=0.0)

@@ -42,6 +42,27 @@ def test_each_run_reads_its_own_generator_in_order_however_requests_are_cut():
     assert not np.array_equal(_reference(3, "psst", 4), _reference(3, "topk", 4))  # the agent name salts the stream
 
 
+def test_random_rows_gives_each_run_its_next_values_in_and_out_of_step():
+    """random_rows' fast paths (a few values per run, windows of the buffer, refills) keep every run's order."""
+    seeds = [3, 8, 0, 5]
+    streams = RunStreams(seeds, "rows")
+    got: dict[int, list[np.ndarray]] = {r: [] for r in range(4)}
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        runs = np.sort(rng.choice(4, size=int(rng.integers(1, 5)), replace=False))
+        k = int(rng.choice([0, 1, 2, 15, 16, 800, 3000]))
+        rows = streams.random_rows(runs, k)
+        assert rows.shape == (runs.size, k)
+        for i, r in enumerate(runs.tolist()):
+            got[r].append(rows[i])
+        if rng.random() < 0.5:  # put the runs out of step
+            r = int(rng.integers(4))
+            got[r].append(streams.random([int(rng.integers(1, 50))], [r]))
+    for run, seed in enumerate(seeds):
+        drawn = np.concatenate(got[run])
+        np.testing.assert_array_equal(drawn, _reference(seed, "rows", drawn.size))
+
+
 def test_row_generator_gives_row_i_the_stream_of_run_i():
     a, b = RunStreams([4, 5], "x"), RunStreams([5], "x")
     rows = a.rows(np.array([1, 0])).random((2, 3))
