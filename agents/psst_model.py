@@ -56,18 +56,23 @@ The loop (all seeds of a batch at once) is the zoo's round loop
 
 Cost per completion is the observed mean cost of the prompt's completions (the tables' cost is
 deterministic per (prompt, query), so this is exact on the queries seen).
+
+Speed: the hot loops (the shrinkage's EM, the Best-of-N jackknife, the running sums) have numba
+kernels (:mod:`iapo_gym._jit`, the ``fast`` extra) that give their numpy twins' bits; the numpy
+code is the reference and runs without numba.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym import oracle
+from iapo_gym import _jit, oracle
 from iapo_gym.agents._common import BatchAgent, table_policies
 from iapo_gym.agents._rounds import Rows, run_rounds
 from iapo_gym.agents.base import Policy
@@ -198,54 +203,145 @@ def jackknife_bon_max(
     empirical cumulative shares ``F_j`` (the oracle's formula; outcomes never observed have share
     0, so they never count as the maximum). The jackknife is as in :func:`jackknife_mv_credit`:
     leaving one completion of the outcome at sorted position ``i`` out lowers ``F_j`` for
-    ``j >= i`` by ``1 / (m - 1)`` after rescaling; all ``M`` leave-one-out variants are evaluated
-    in one vectorised pass (rows in blocks, bounded memory).
+    ``j >= i`` by ``1 / (m - 1)`` after rescaling. Each ``F`` takes only two values per ``j``
+    across the ``M`` left-out positions (``C_j / (m - 1)`` for ``j < i``, ``(C_j - 1) / (m - 1)``
+    for ``j >= i``), so the ``M`` leave-one-out sums are a prefix sum of the first kind of terms
+    plus a suffix sum of the second: ``O(M N)`` per row instead of ``O(M^2 N)``.
+
+    Every sum runs in a fixed order (over ``j``, then over ``i``), in the numpy path (rows in
+    blocks, vectorised over rows and ``N``) and in the compiled one (row by row), so both give the
+    same bits.
     """
     sc = np.asarray(scores, dtype=np.float64)
     c = np.asarray(counts, dtype=np.float64)
     r_n, m_n = sc.shape
     out = np.empty((r_n, n_max))
-    if r_n == 0:
+    if r_n == 0 or n_max == 0:
         return out
     order = np.argsort(sc, axis=1, kind="stable")
     st = np.take_along_axis(sc, order, axis=1)
     ct = np.take_along_axis(c, order, axis=1)
     cum = np.cumsum(ct, axis=1)  # (R, M)
-    m = cum[:, -1]
     ds = np.diff(st, axis=1)  # (R, M - 1)
     top = st[:, -1]
-    step = max(1, (1 << 20) // (m_n * m_n * max(n_max, 1)))
+    if _jit.enabled():
+        _bon_rows(cum, ct, ds, top, int(n_max), bool(jackknife), out)
+        return out
+    step = max(1, BON_BLOCK_ELEMENTS // (3 * m_n * n_max))
     for lo in range(0, r_n, step):
         hi = min(lo + step, r_n)
-        mm = m[lo:hi, None]
-        f = cum[lo:hi, :-1] / mm  # (B, M - 1)
-        d = ds[lo:hi]
-        base = np.empty((hi - lo, n_max))
-        power = f.copy()
-        for n in range(n_max):
-            base[:, n] = np.einsum("bj,bj->b", d, power)
-            power *= f
-        est = top[lo:hi, None] - base
-        if jackknife:
-            mj = m[lo:hi]
-            ok = mj >= 2
-            # F^(i)_j = (C_j - [j >= i]) / (m - 1) for every left-out sorted position i: (B, M, M - 1)
-            shift = (np.arange(m_n)[None, :, None] <= np.arange(m_n - 1)[None, None, :]).astype(np.float64)
-            fl = (cum[lo:hi, None, :-1] - shift) / np.maximum(mj - 1, 1)[:, None, None]
-            fl = np.clip(fl, 0.0, 1.0)
-            w = ct[lo:hi] / mm  # (B, M) weight of leaving out position i
-            loo = np.zeros((hi - lo, n_max))
-            power = fl.copy()
-            for n in range(n_max):
-                loo[:, n] = np.einsum("bi,bi->b", w, np.matmul(power, d[:, :, None])[..., 0])
-                power *= fl
-            loo = top[lo:hi, None] - loo
-            # a left-out top outcome with count 1 leaves the next observed score as the maximum:
-            # handled by F = 1 above it (its ds term subtracts the gap)
-            jk = mj[:, None] * est - (mj - 1)[:, None] * loo
-            est = np.where(ok[:, None], jk, est)
-        out[lo:hi] = est
+        out[lo:hi] = _bon_block(cum[lo:hi].T, ct[lo:hi].T, ds[lo:hi].T, top[lo:hi], n_max, jackknife)
     return out
+
+
+#: Rows of :func:`jackknife_bon_max`'s numpy path per block: ``(n_max, 3, M, B)`` arrays of about this many elements.
+BON_BLOCK_ELEMENTS = 1 << 17
+
+
+def _bon_block(
+    cum: NDArray[np.float64], ct: NDArray[np.float64], ds: NDArray[np.float64], top: NDArray[np.float64], n_max: int,
+    jackknife: bool,
+) -> NDArray[np.float64]:
+    """:func:`jackknife_bon_max` on one block of sorted rows, transposed ``(M, B)`` (the numpy path).
+
+    Rows are the last axis, so every operation is one vectorised pass over a ``(B,)`` or
+    ``(n_max, B)`` slab; the sums over ``j`` and ``i`` are loops over those slabs, first term
+    first, exactly as :func:`_bon_rows` runs them per row.
+    """
+    m_n, b_n = cum.shape
+    j_n = m_n - 1
+    m = cum[-1]
+    est = np.broadcast_to(top, (n_max, b_n)).copy()
+    if not jackknife:
+        x = (cum[:-1] / m)[None]
+    else:
+        den = np.maximum(m - 1.0, 1.0)
+        x = np.stack([cum[:-1] / m, np.clip((cum[:-1] - 1.0) / den, 0.0, 1.0), np.clip(cum[:-1] / den, 0.0, 1.0)])
+    # F^1 .. F^N of the plug-in shares (0), and of the leave-one-out shares at j >= i (1) and j < i (2)
+    terms = np.empty((n_max,) + x.shape)
+    terms[0] = x
+    for n in range(1, n_max):
+        np.multiply(terms[n - 1], x, out=terms[n])
+    terms *= ds  # (N, 3, M - 1, B): (s_(j+1) - s_(j)) F_j^N
+    if j_n:
+        base = terms[:, 0, 0].copy()
+        for jj in range(1, j_n):
+            base += terms[:, 0, jj]
+        est -= base
+    if not jackknife:
+        return est.T
+    w = ct / m  # weight of leaving out sorted position i
+    suffix = np.zeros((n_max, b_n))  # terms j >= i of the first kind, summed from the top
+    inner = np.empty((m_n, n_max, b_n))
+    inner[j_n] = suffix
+    for i in range(j_n - 1, -1, -1):
+        suffix = terms[:, 1, i] + suffix
+        inner[i] = suffix
+    prefix = np.zeros((n_max, b_n))  # terms j < i of the second kind
+    loo = w[0] * (prefix + inner[0])
+    for i in range(1, m_n):
+        prefix = prefix + terms[:, 2, i - 1]
+        loo += w[i] * (prefix + inner[i])
+    jk = m * est - (m - 1.0) * (top - loo)
+    return np.where(m >= 2, jk, est).T
+
+
+@_jit.kernel
+def _bon_rows(cum, ct, ds, top, n_max, jackknife, out):  # noqa: C901  # numba kernel of _bon_block: one loop nest
+    r_n, m_n = cum.shape
+    j_n = m_n - 1
+    terms = np.empty((3, max(j_n, 1), n_max))
+    suffix = np.empty(n_max)
+    prefix = np.empty(n_max)
+    base = np.empty(n_max)
+    loo = np.empty(n_max)
+    inner = np.empty((m_n, n_max))
+    for r in range(r_n):
+        m = cum[r, j_n]
+        den = max(m - 1.0, 1.0)
+        kinds = 3 if jackknife else 1
+        for jj in range(j_n):
+            for kind in range(kinds):
+                if kind == 0:
+                    x = cum[r, jj] / m
+                elif kind == 1:
+                    x = min(max((cum[r, jj] - 1.0) / den, 0.0), 1.0)
+                else:
+                    x = min(max(cum[r, jj] / den, 0.0), 1.0)
+                p = x
+                for n in range(n_max):
+                    terms[kind, jj, n] = p * ds[r, jj]
+                    p = p * x
+        for n in range(n_max):
+            base[n] = top[r]
+        if j_n:
+            for n in range(n_max):
+                acc = terms[0, 0, n]
+                for jj in range(1, j_n):
+                    acc += terms[0, jj, n]
+                base[n] = top[r] - acc
+        if not jackknife or not m >= 2:
+            for n in range(n_max):
+                out[r, n] = base[n]
+            continue
+        for n in range(n_max):
+            suffix[n] = 0.0
+            prefix[n] = 0.0
+            inner[j_n, n] = 0.0
+        for i in range(j_n - 1, -1, -1):
+            for n in range(n_max):
+                suffix[n] = terms[1, i, n] + suffix[n]
+                inner[i, n] = suffix[n]
+        w0 = ct[r, 0] / m
+        for n in range(n_max):
+            loo[n] = w0 * (prefix[n] + inner[0, n])
+        for i in range(1, m_n):
+            wi = ct[r, i] / m
+            for n in range(n_max):
+                prefix[n] = prefix[n] + terms[2, i - 1, n]
+                loo[n] += wi * (prefix[n] + inner[i, n])
+        for n in range(n_max):
+            out[r, n] = m * base[n] - (m - 1.0) * (top[r] - loo[n])
 
 
 #: Grid of success probabilities of the empirical-Bayes estimator (binary majority voting).
@@ -296,16 +392,31 @@ def npmle_binary_q_var(
     f = oracle.mv_credit(np.stack([grid, 1.0 - grid], axis=1), np.zeros(grid.size, np.int64), n_max)  # (Grid, n_max)
     if not with_var:
         return w @ f, None
+    # only the (group, pair) cells a group holds enter its variance: gather them per group (in pair
+    # order, padded with an all-zero likelihood column whose posterior is 0) instead of all K pairs;
+    # every sum below is over the grid or the pairs of one group, in the same order as the dense form
+    held = np.unique(group * pairs.shape[0] + code)  # sorted: by group, then pair
+    g_of, p_of = np.divmod(held, pairs.shape[0])
+    per = np.bincount(g_of, minlength=n_groups)
+    width = max(1, int(per.max()) if per.size else 0)
+    slot = np.arange(held.size) - np.repeat(np.cumsum(per) - per, per)
+    idx = np.full((n_groups, width), pairs.shape[0])  # the padding column
+    idx[g_of, slot] = p_of
+    lik_pad = np.concatenate([lik, np.zeros((grid.size, 1))], axis=1)
+    hist_pad = np.zeros((n_groups, width))
+    hist_pad[g_of, slot] = hist[g_of, p_of]
     var = np.empty((n_groups, n_max))
-    step = max(1, (1 << 22) // (grid.size * lik.shape[1]))  # bounded memory: (B, Grid, K) per block
+    step = max(1, (1 << 22) // (grid.size * width))  # bounded memory: (B, Grid, width) per block
     for lo in range(0, n_groups, step):
         hi = min(lo + step, n_groups)
-        post = w[lo:hi, :, None] * lik[None, :, :]  # (B, Grid, K)
+        lk = np.ascontiguousarray(np.moveaxis(lik_pad[:, idx[lo:hi]], 0, 1))  # (B, Grid, width)
+        post = w[lo:hi, :, None] * lk
         post /= np.maximum(post.sum(axis=1, keepdims=True), 1e-300)
-        pm = np.einsum("btk,tn->bkn", post, f)  # (B, K, n_max) per-query posterior means
+        pm = np.einsum("btk,tn->bkn", post, f)  # (B, width, n_max) per-query posterior means
         nn = np.maximum(n[lo:hi], 1.0)
-        mean = np.einsum("bk,bkn->bn", hist[lo:hi], pm) / nn
-        ms = np.einsum("bk,bkn->bn", hist[lo:hi], pm * pm) / nn
+        hb = hist_pad[lo:hi]
+        mean = np.einsum("bk,bkn->bn", hb, pm) / nn
+        ms = np.einsum("bk,bkn->bn", hb, pm * pm) / nn
         var[lo:hi] = np.maximum(ms - mean * mean, 0.0) / nn
     return w @ f, var
 
@@ -340,17 +451,124 @@ def eb_shrink(
         z = (np.where(okr, xr, 0.0)[:, :, None] - g[:, None, :]) / sd[:, :, None]  # (B, P, G)
         ll = -0.5 * z * z
         lik = np.exp(ll - ll.max(axis=2, keepdims=True)) * okr[:, :, None]
-        w = np.full((r.size, grid_size), 1.0 / grid_size)
-        cnt = okr.sum(axis=1, keepdims=True)
-        for _ in range(iters):
-            post = w[:, None, :] * lik
-            post /= np.maximum(post.sum(axis=2, keepdims=True), 1e-300)
-            w = post.sum(axis=1) / cnt
+        cnt = okr.sum(axis=1).astype(np.float64)
+        w = _shrink_em(lik, cnt, iters)
         post = w[:, None, :] * lik
         post /= np.maximum(post.sum(axis=2, keepdims=True), 1e-300)
         pmean = np.einsum("bpg,bg->bp", post, g)
         out[r] = np.where(okr, pmean, xr)
     return np.moveaxis(out.reshape(s_n, u_n, n_n, p_n), -1, 1)
+
+
+#: Rows of :func:`_shrink_em`'s numpy path per block: one block's ``(B, P, G)`` posterior stays in cache.
+SHRINK_BLOCK_BYTES = 1 << 18
+
+
+def _shrink_em(lik: NDArray[np.float64], cnt: NDArray[np.float64], iters: int) -> NDArray[np.float64]:
+    """The EM iterations of :func:`eb_shrink`: grid weights ``(B, G)`` from likelihoods ``lik (B, P, G)``.
+
+    ``w <- sum_p post_p / cnt`` with ``post_p = w lik_p / max(sum_g w lik_p, 1e-300)``, from uniform
+    weights. Rows are independent, so the numpy path runs ``iters`` iterations on one block of rows
+    at a time (the block's posterior stays in cache instead of streaming the whole batch through
+    memory every iteration), and the compiled path row by row; both give the bits of the batched
+    loop (a contiguous sum over the grid is numpy's pairwise sum, the sum over prompts is sequential).
+    """
+    b_n, p_n, g_n = lik.shape
+    if b_n and g_n <= 128 and _jit.enabled():  # _shrink_em_rows spells out numpy's pairwise sum for <= 128 terms
+        return np.asarray(_shrink_em_rows(np.ascontiguousarray(lik), cnt, int(iters)))
+    w = np.full((b_n, g_n), 1.0 / g_n)
+    step = max(1, SHRINK_BLOCK_BYTES // (8 * max(p_n * g_n, 1)))
+    for lo in range(0, b_n, step):
+        lk, c = lik[lo : lo + step], cnt[lo : lo + step, None]
+        wb = w[lo : lo + step]
+        post = np.empty_like(lk)
+        for _ in range(iters):
+            np.multiply(wb[:, None, :], lk, out=post)
+            den = post.sum(axis=2, keepdims=True)
+            post /= np.maximum(den, 1e-300, out=den)
+            wb = post.sum(axis=1) / c
+        w[lo : lo + step] = wb
+    return w
+
+
+@_jit.kernel
+def _shrink_em_rows(lik, cnt, iters):  # noqa: C901  # numba kernel of _shrink_em: one loop nest
+    b_n, p_n, g_n = lik.shape
+    out = np.empty((b_n, g_n))
+    row = np.empty(g_n)  # w * lik of one prompt
+    acc = np.empty(g_n)  # sum over prompts of the posteriors, in prompt order
+    w = np.empty(g_n)
+    for b in range(b_n):
+        for g in range(g_n):
+            w[g] = 1.0 / g_n
+        for _ in range(iters):
+            for p in range(p_n):
+                for g in range(g_n):
+                    row[g] = w[g] * lik[b, p, g]
+                # numpy's pairwise sum of a contiguous row of n <= 128 terms: 8 running sums, then the rest
+                if g_n < 8:
+                    s = -0.0
+                    for g in range(g_n):
+                        s += row[g]
+                else:
+                    r0, r1, r2, r3 = row[0], row[1], row[2], row[3]
+                    r4, r5, r6, r7 = row[4], row[5], row[6], row[7]
+                    i = 8
+                    while i < g_n - g_n % 8:
+                        r0 += row[i]
+                        r1 += row[i + 1]
+                        r2 += row[i + 2]
+                        r3 += row[i + 3]
+                        r4 += row[i + 4]
+                        r5 += row[i + 5]
+                        r6 += row[i + 6]
+                        r7 += row[i + 7]
+                        i += 8
+                    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+                    while i < g_n:
+                        s += row[i]
+                        i += 1
+                s = 0.0 + s  # the reduction starts from add's identity
+                if not s >= 1e-300 and s == s:  # np.maximum(s, 1e-300), NaN kept
+                    s = 1e-300
+                if p == 0:
+                    for g in range(g_n):
+                        acc[g] = row[g] / s
+                else:
+                    for g in range(g_n):
+                        acc[g] += row[g] / s
+            for g in range(g_n):
+                w[g] = acc[g] / cnt[b]
+        for g in range(g_n):
+            out[b, g] = w[g]
+    return out
+
+
+def _scatter_sums(
+    acc: NDArray[np.float64], acc2: NDArray[np.float64], target: NDArray[np.int64], v: NDArray[np.float64], sign: int
+) -> None:
+    """``acc[target[r]] +=/-= v[r]`` and ``acc2[target[r]] +=/-= v[r]^2`` row by row, in row order (``np.add.at``)."""
+    if _jit.enabled():
+        _scatter_sums_rows(acc, acc2, target, v, sign)
+        return
+    ufunc = np.add if sign > 0 else np.subtract
+    ufunc.at(acc, target, v)
+    ufunc.at(acc2, target, v * v)
+
+
+@_jit.kernel
+def _scatter_sums_rows(acc, acc2, target, v, sign):  # numba kernel of _scatter_sums
+    for r in range(target.size):
+        t = target[r]
+        for n in range(v.shape[1]):
+            x = v[r, n]
+            sq = x * x
+            if sign > 0:
+                acc[t, n] += x
+                acc2[t, n] += sq
+            else:
+                acc[t, n] -= x
+                acc2[t, n] -= sq
 
 
 class PlugInSums:
@@ -381,6 +599,10 @@ class PlugInSums:
 
     def values(self, s_i: NDArray[np.int64], p_i: NDArray[np.int64], w_i: NDArray[np.int64]) -> NDArray[np.float64]:
         """Per-query estimates ``(R, U, n_max)`` of the given (non-empty) cells from their current counts."""
+        return np.stack(list(self._values(s_i, p_i, w_i)), axis=1)
+
+    def _values(self, s_i: NDArray[np.int64], p_i: NDArray[np.int64], w_i: NDArray[np.int64]) -> Iterator[NDArray[np.float64]]:
+        """:meth:`values` one objective row ``u`` at a time (``(R, n_max)`` each): a BoN batch never holds all ``U``."""
         st = self.stats
         counts = st.counts[s_i, p_i, w_i].astype(np.int64)  # (R, A)
         if st.strategy == "mv":
@@ -390,35 +612,34 @@ class PlugInSums:
             others = np.where(np.arange(a_n)[None, :] == gold[:, None], -1, counts)
             others = -np.sort(-others, axis=1)[:, : a_n - 1]
             gf = np.concatenate([own[:, None], np.maximum(others, 0)], axis=1)
-            return jackknife_mv_credit(gf, self.n_max, self.jackknife)[:, None, :]
+            yield jackknife_mv_credit(gf, self.n_max, self.jackknife)
+            return
         assert st.values is not None  # a BoN task's stats hold values once anything was pulled
         vals = st.values[s_i, p_i, w_i].astype(np.float64)  # (R, M, K)
-        return np.stack(
-            [jackknife_bon_max(vals @ self.obj_w[u], counts, self.n_max, self.jackknife) for u in range(self.obj_w.shape[0])],
-            axis=1,
-        )
+        for u in range(self.obj_w.shape[0]):
+            yield jackknife_bon_max(vals @ self.obj_w[u], counts, self.n_max, self.jackknife)
+
+    def _update(self, cells: tuple[NDArray[np.int64], ...], sign: int) -> None:
+        """Add (``sign`` 1) or subtract (-1) the current values of the non-empty ``cells`` and their squares."""
+        s_i, p_i, w_i = cells
+        seen = self.stats.counts[s_i, p_i, w_i].sum(axis=1) > 0
+        if not seen.any():
+            return
+        s_i, p_i, w_i = s_i[seen], p_i[seen], w_i[seen]
+        s_n, p_n, u_n, n_n = self.acc.shape
+        target = s_i * p_n + p_i
+        acc, acc2 = self.acc.reshape(s_n * p_n, u_n, n_n), self.acc2.reshape(s_n * p_n, u_n, n_n)
+        for u, v in enumerate(self._values(s_i, p_i, w_i)):
+            _scatter_sums(acc[:, u], acc2[:, u], target, v, sign)
+        (np.add if sign > 0 else np.subtract).at(self.cells.reshape(-1), target, 1)
 
     def remove(self, cells: tuple[NDArray[np.int64], ...]) -> None:
         """Subtract the current values of ``cells`` (call before new counts are added to them)."""
-        s_i, p_i, w_i = cells
-        seen = self.stats.counts[s_i, p_i, w_i].sum(axis=1) > 0
-        if seen.any():
-            s_i, p_i, w_i = s_i[seen], p_i[seen], w_i[seen]
-            v = self.values(s_i, p_i, w_i)
-            np.subtract.at(self.acc, (s_i, p_i), v)
-            np.subtract.at(self.acc2, (s_i, p_i), v * v)
-            np.subtract.at(self.cells, (s_i, p_i), 1)
+        self._update(cells, -1)
 
     def add(self, cells: tuple[NDArray[np.int64], ...]) -> None:
         """Add the values of ``cells`` from their (updated) counts."""
-        s_i, p_i, w_i = cells
-        seen = self.stats.counts[s_i, p_i, w_i].sum(axis=1) > 0
-        if seen.any():
-            s_i, p_i, w_i = s_i[seen], p_i[seen], w_i[seen]
-            v = self.values(s_i, p_i, w_i)
-            np.add.at(self.acc, (s_i, p_i), v)
-            np.add.at(self.acc2, (s_i, p_i), v * v)
-            np.add.at(self.cells, (s_i, p_i), 1)
+        self._update(cells, 1)
 
     def _npmle_mean(self, alive: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Per (run, prompt) empirical-Bayes credit ``(S, P, 1, n_max)`` (binary MV; NaN where unseen)."""

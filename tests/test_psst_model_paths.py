@@ -1,0 +1,206 @@
+"""psst_model's compiled kernels give the numpy path's bits, and its rewritten estimators equal the old ones.
+
+Each kernel of :mod:`iapo_gym.agents.psst_model` (``IAPO_GYM_JIT=1``) is compared bit for bit with
+its numpy twin (``IAPO_GYM_JIT=0``) on inputs with the awkward cases (ties, zero counts, single
+completions, empty likelihood rows, grids below and above numpy's 8-term pairwise block); the numpy
+twins are compared with the formulas they replaced (kept here as references). The pinned policies
+of ``tests/policy_pins.py`` must hold on both paths.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from policy_pins import CASES, PINS, compute
+
+from iapo_gym import _jit
+from iapo_gym.agents import psst_model as pm
+
+needs_numba = pytest.mark.skipif(not _jit.available(), reason="numba is not installed (pip install 'iapo-gym[fast]')")
+
+
+def _both_paths(monkeypatch: pytest.MonkeyPatch, fn, *args):
+    out = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(_jit.ENV_VAR, flag)
+        out[flag] = fn(*args)
+    return out["0"], out["1"]
+
+
+# ------------------------------------------------------------------------------ eb_shrink's EM
+def _shrink_em_batched(lik: np.ndarray, cnt: np.ndarray, iters: int) -> np.ndarray:
+    """The loop :func:`pm._shrink_em` replaced: every row at once, fresh arrays every iteration."""
+    w = np.full((lik.shape[0], lik.shape[2]), 1.0 / lik.shape[2])
+    for _ in range(iters):
+        post = w[:, None, :] * lik
+        post /= np.maximum(post.sum(axis=2, keepdims=True), 1e-300)
+        w = post.sum(axis=1) / cnt[:, None]
+    return w
+
+
+@pytest.mark.parametrize("grid", [5, 8, 13, 64, 100, 128, 200])
+def test_shrink_em_numpy_blocks_give_the_batched_loops_bits(monkeypatch: pytest.MonkeyPatch, grid: int):
+    rng = np.random.default_rng(grid)
+    lik = np.exp(-rng.exponential(3.0, size=(300, 7, grid)))
+    lik[::7, 2] = 0.0  # a prompt that is not valid in these rows
+    lik[5, :, : grid // 2] = 0.0
+    cnt = (lik.sum(axis=2) > 0).sum(axis=1).astype(np.float64)
+    monkeypatch.setattr(pm, "SHRINK_BLOCK_BYTES", 8 * 7 * grid * 17)  # 17 rows per block: blocks end mid-batch
+    monkeypatch.setenv(_jit.ENV_VAR, "0")
+    np.testing.assert_array_equal(pm._shrink_em(lik, cnt, 40), _shrink_em_batched(lik, cnt, 40))
+
+
+@needs_numba
+@pytest.mark.parametrize("grid", [5, 8, 13, 64, 100, 128])
+def test_shrink_em_kernel_gives_the_numpy_bits(monkeypatch: pytest.MonkeyPatch, grid: int):
+    rng = np.random.default_rng(100 + grid)
+    lik = np.exp(-rng.exponential(3.0, size=(120, 9, grid)))
+    lik[::5, 4] = 0.0
+    cnt = (lik.sum(axis=2) > 0).sum(axis=1).astype(np.float64)
+    a, b = _both_paths(monkeypatch, pm._shrink_em, lik, cnt, 60)
+    np.testing.assert_array_equal(a, b)
+
+
+@needs_numba
+def test_eb_shrink_gives_the_same_bits_on_both_paths(monkeypatch: pytest.MonkeyPatch):
+    rng = np.random.default_rng(5)
+    mean = rng.normal(0.6, 0.05, size=(6, 11, 1, 9))
+    var = rng.exponential(1e-3, size=mean.shape)
+    valid = rng.random((6, 11)) < 0.8
+    mean[0, 3, 0, 2] = np.nan  # unseen reading
+    a, b = _both_paths(monkeypatch, pm.eb_shrink, mean, var, valid)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a[valid], mean[valid])  # it did shrink
+
+
+# ------------------------------------------------------------------------ jackknife_bon_max
+def _bon_reference(scores: np.ndarray, counts: np.ndarray, n_max: int, jackknife: bool) -> np.ndarray:
+    """The O(M^2) formula jackknife_bon_max replaced: every left-out position's shares in full."""
+    order = np.argsort(scores, axis=1, kind="stable")
+    st = np.take_along_axis(scores, order, axis=1)
+    ct = np.take_along_axis(counts.astype(np.float64), order, axis=1)
+    cum = np.cumsum(ct, axis=1)
+    m = cum[:, -1]
+    ds = np.diff(st, axis=1)
+    top = st[:, -1]
+    n = np.arange(1, n_max + 1)
+    est = top[:, None] - np.einsum("rj,rjn->rn", ds, (cum[:, :-1] / m[:, None])[:, :, None] ** n)
+    if not jackknife:
+        return est
+    m_n = scores.shape[1]
+    shift = (np.arange(m_n)[:, None] <= np.arange(m_n - 1)[None, :]).astype(np.float64)  # (i, j): j >= i
+    fl = np.clip((cum[:, None, :-1] - shift) / np.maximum(m - 1, 1)[:, None, None], 0.0, 1.0)
+    inner = np.einsum("rj,rijn->rin", ds, fl[..., None] ** n)
+    loo = top[:, None] - np.einsum("ri,rin->rn", ct / m[:, None], inner)
+    return np.where((m >= 2)[:, None], m[:, None] * est - (m - 1)[:, None] * loo, est)
+
+
+def _bon_inputs(seed: int, rows: int, outcomes: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(rows, outcomes)).round(1)  # rounded: tied scores
+    counts = rng.integers(0, 4, size=(rows, outcomes))
+    counts[::3, 1:] = 0  # one observed outcome
+    counts[::5] = 0
+    counts[::5, 0] = 1  # a single completion (no jackknife)
+    counts[:, 0] = np.maximum(counts[:, 0], counts.sum(axis=1) == 0)  # at least one completion per row
+    return scores, counts
+
+
+@pytest.mark.parametrize("jackknife", [True, False])
+@pytest.mark.parametrize(("outcomes", "n_max"), [(1, 5), (2, 1), (8, 32), (11, 7)])
+def test_bon_estimator_equals_the_quadratic_formula(
+    monkeypatch: pytest.MonkeyPatch, outcomes: int, n_max: int, jackknife: bool
+):
+    scores, counts = _bon_inputs(outcomes, 400, outcomes)
+    monkeypatch.setattr(pm, "BON_BLOCK_ELEMENTS", 3 * outcomes * n_max * 37)  # 37 rows per block
+    monkeypatch.setenv(_jit.ENV_VAR, "0")
+    got = pm.jackknife_bon_max(scores, counts, n_max, jackknife)
+    np.testing.assert_allclose(got, _bon_reference(scores, counts, n_max, jackknife), rtol=1e-12, atol=1e-13)
+
+
+@needs_numba
+@pytest.mark.parametrize("jackknife", [True, False])
+@pytest.mark.parametrize(("outcomes", "n_max"), [(1, 5), (2, 1), (8, 32), (11, 7)])
+def test_bon_kernel_gives_the_numpy_bits(monkeypatch: pytest.MonkeyPatch, outcomes: int, n_max: int, jackknife: bool):
+    scores, counts = _bon_inputs(50 + outcomes, 700, outcomes)
+    a, b = _both_paths(monkeypatch, pm.jackknife_bon_max, scores, counts, n_max, jackknife)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bon_rows_are_independent_of_the_batch(monkeypatch: pytest.MonkeyPatch):
+    """A row's estimate depends on that row only: alone, in a batch, or in another block."""
+    scores, counts = _bon_inputs(9, 300, 6)
+    for flag in ("0", "1") if _jit.available() else ("0",):
+        monkeypatch.setenv(_jit.ENV_VAR, flag)
+        full = pm.jackknife_bon_max(scores, counts, 9)
+        np.testing.assert_array_equal(pm.jackknife_bon_max(scores[7:8], counts[7:8], 9), full[7:8])
+        np.testing.assert_array_equal(pm.jackknife_bon_max(scores[::-1], counts[::-1], 9), full[::-1])
+
+
+# --------------------------------------------------------------------------- scatter sums
+@needs_numba
+@pytest.mark.parametrize("sign", [1, -1])
+def test_scatter_sums_kernel_adds_in_row_order_like_add_at(monkeypatch: pytest.MonkeyPatch, sign: int):
+    rng = np.random.default_rng(sign + 2)
+    target = rng.integers(0, 9, size=500)  # many repeats per target: the order of the adds matters
+    v = rng.normal(size=(500, 5)) * 10.0 ** rng.integers(-8, 8, size=(500, 1))
+    start = rng.normal(size=(9, 3, 5))
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv(_jit.ENV_VAR, flag)
+        acc, acc2 = start.copy(), start.copy()
+        pm._scatter_sums(acc[:, 1], acc2[:, 1], target, v, sign)  # a strided view, as PlugInSums passes
+        results.append((acc, acc2))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_array_equal(results[0][0][:, [0, 2]], start[:, [0, 2]])  # other objective rows untouched
+
+
+# -------------------------------------------------------------------- the NPMLE's variance
+def test_npmle_variance_from_held_pairs_equals_the_dense_form():
+    """The variance gathers each group's own (k, m) pairs; the dense form summed zeros over all pairs."""
+    from scipy.stats import binom
+
+    from iapo_gym import oracle
+
+    rng = np.random.default_rng(11)
+    m = rng.choice([2, 4, 6, 14], size=900)
+    k = rng.binomial(m, rng.beta(2, 2, size=900))
+    group = rng.integers(0, 40, size=900)
+    group[group == 7] = 8  # a group without cells
+    n_max = 9
+    est, var = pm.npmle_binary_q_var(k, m, group, 40, n_max)
+    # the dense form, every group over every pair
+    grid = pm.NPMLE_GRID
+    pairs, code = np.unique(np.stack([k, m], axis=1), axis=0, return_inverse=True)
+    code = code.reshape(-1)
+    lik = binom.pmf(pairs[:, 0][None, :], pairs[:, 1][None, :], grid[:, None])
+    hist = np.bincount(group * pairs.shape[0] + code, minlength=40 * pairs.shape[0]).reshape(40, -1).astype(np.float64)
+    n = hist.sum(axis=1, keepdims=True)
+    w = np.full((40, grid.size), 1.0 / grid.size)
+    for _ in range(pm.NPMLE_ITERS):
+        w = w * ((hist / np.maximum(w @ lik, 1e-300)) @ lik.T) / np.maximum(n, 1.0)
+    f = oracle.mv_credit(np.stack([grid, 1.0 - grid], axis=1), np.zeros(grid.size, np.int64), n_max)
+    post = w[:, :, None] * lik[None, :, :]
+    post /= np.maximum(post.sum(axis=1, keepdims=True), 1e-300)
+    pmean = np.einsum("btk,tn->bkn", post, f)
+    nn = np.maximum(n, 1.0)
+    mean = np.einsum("bk,bkn->bn", hist, pmean) / nn
+    want = np.maximum(np.einsum("bk,bkn->bn", hist, pmean * pmean) / nn - mean * mean, 0.0) / nn
+    np.testing.assert_array_equal(est, w @ f)
+    np.testing.assert_array_equal(var, want)
+    assert var[8].max() > 0 and not var[7].any()
+
+
+# ------------------------------------------------------------------------ policies, both paths
+MODEL_CASES = [c for c in CASES if c.agent == "psst_model"]
+
+
+@needs_numba
+@pytest.mark.parametrize("flag", ["0", "1"])
+@pytest.mark.parametrize("case", MODEL_CASES, ids=[c.key for c in MODEL_CASES])
+def test_psst_model_policies_are_pinned_on_both_paths(monkeypatch: pytest.MonkeyPatch, case, flag: str):
+    monkeypatch.setenv(_jit.ENV_VAR, flag)
+    assert compute(case) == json.loads(PINS.read_text())[case.key]
