@@ -438,7 +438,13 @@ class RunBatch:
         if run.size == 0:
             return
         cap = self._cap
-        one_each = run.size <= self.n_runs and np.bincount(run, minlength=self.n_runs).max() <= 1
+        increasing = bool(np.all(run[1:] > run[:-1]))
+        if increasing and int(n.sum()) <= cap:
+            # one pull per run, run-major, within one call (a sequential agent's step): what the
+            # general path below makes of it, without the packing
+            yield self._draw(run, prompt, n, col), np.arange(run.size)
+            return
+        one_each = increasing or (run.size <= self.n_runs and np.bincount(run, minlength=self.n_runs).max() <= 1)
         if one_each or int(n.min()) == int(n.max()):
             # One group: every pull the same size (warm-ups, Uniform, PSST's first round), or at most
             # one pull per run (sequential agents' steps), where a run's sums cannot depend on the
