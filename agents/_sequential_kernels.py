@@ -63,6 +63,7 @@ def record(gain_tab, cost_tab, count_tab, countf, invsqrt, total, n_unseen, mean
     for i in range(run.shape[0]):
         r = run[i]
         p = prompt[i]
+        base = p * n_max
         for k in range(width):
             old = count_tab[r, p, k]
             for u in range(n_u):
@@ -73,13 +74,16 @@ def record(gain_tab, cost_tab, count_tab, countf, invsqrt, total, n_unseen, mean
             total[r] += count[i, k]
             if old == 0 and new > 0:
                 n_unseen[r] -= 1
-            a = p * n_max + k
-            nf = np.float64(new)
-            countf[r, a] = nf
-            if keep_invsqrt:
-                invsqrt[r, a] = 1.0 / np.sqrt(nf)
-            for c in range(group.shape[0]):
-                mean[r, c, a] = (gain_tab[r, group[c], p, k] - cost_weight[c] * cost_tab[r, p, k]) / nf
+            countf[r, base + k] = np.float64(new)
+        # the refreshed means: contiguous runs of k per context (simple loops that vectorise)
+        for c in range(group.shape[0]):
+            g = group[c]
+            w = cost_weight[c]
+            for k in range(width):
+                mean[r, c, base + k] = (gain_tab[r, g, p, k] - w * cost_tab[r, p, k]) / countf[r, base + k]
+        if keep_invsqrt:
+            for k in range(width):
+                invsqrt[r, base + k] = 1.0 / np.sqrt(countf[r, base + k])
 
 
 @kernel
