@@ -48,7 +48,7 @@ from numpy.typing import NDArray
 from iapo_gym import _jit
 from iapo_gym.agents import _sequential_kernels as kernels
 from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
-from iapo_gym.agents._engine import NestedStats, nested_gains
+from iapo_gym.agents._engine import NestedStats, _credit_lut, nested_gains
 from iapo_gym.agents.base import Policy
 from iapo_gym.runs import RunBatch
 
@@ -187,7 +187,18 @@ class _OnlineStats:
         st, n_max = self.stats, self.n_max
         prompt = arm // n_max
         split = st.split
-        for pulls, rows in runs.pull(live, prompt, arm % n_max + 1):
+        n = arm % n_max + 1
+        drawn = runs.step_draws(live, prompt, n) if runs.strategy == "mv" else None
+        if drawn is not None:  # a shared MV table: draw, score and record in one kernel
+            table, query, u, start = drawn
+            probs, gold = table.mv_arrays()
+            kernels.step_mv(
+                probs, gold, table.cost, prompt, query, n, u, start, split.obj_weights[:, 0],
+                _credit_lut(int(table.n_outcomes)), st.gain, st.cost, st.count, self.countf, self.invsqrt,
+                self.total, self.n_unseen, self.mean, live, split.group, split.cost_weight,
+            )  # fmt: skip
+            return
+        for pulls, rows in runs.pull(live, prompt, n):
             gain, count, cost = nested_gains(pulls, split.obj_weights, n_max)
             kernels.record(
                 st.gain, st.cost, st.count, self.countf, self.invsqrt, self.total, self.n_unseen, self.mean,

@@ -5,6 +5,9 @@ Each kernel does for one step, row by row, what :mod:`iapo_gym.agents._sequentia
 
 * :func:`record` -- add one pull's nested sums per live run to its tallies and refresh that
   ``(run, prompt)`` row of the per-context means, counts, total and unseen count;
+* :func:`step_mv` -- on a majority-voting table shared by the runs, the whole pull in one pass:
+  completions by inverse CDF of the run's own uniforms (:meth:`iapo_gym.runs.RunBatch.step_draws`),
+  the nested MV credits, costs and counts, then :func:`record`'s tallies and refresh;
 * :func:`best_arm` -- the arm of UCB or of epsilon-greedy's greedy step: a feasible unseen arm
   first (highest priority), else the feasible argmax of the score with the priority tie-break;
 * :func:`softmax_candidates` -- Softmax: the unseen-first rule, and for the other rows the few arms
@@ -84,6 +87,85 @@ def record(gain_tab, cost_tab, count_tab, countf, invsqrt, total, n_unseen, mean
         if keep_invsqrt:
             for k in range(width):
                 invsqrt[r, base + k] = 1.0 / np.sqrt(countf[r, base + k])
+
+
+@kernel
+def step_mv(probs, gold, unit_cost, prompt, query, n, u, start, weight, lut,  # noqa: C901 (one fused pass)
+            gain_tab, cost_tab, count_tab, countf, invsqrt, total, n_unseen, mean, run, group, cost_weight):  # fmt: skip
+    """One pull per run on a majority-voting table, drawn, scored and recorded in one pass: :meth:`pull` + :func:`record`.
+
+    Pull ``i`` (run ``run[i]``, ``n[i]`` completions of ``prompt[i]`` on ``query[i]``) takes its
+    completions by inverse CDF of ``u[start[i]:]`` (the running sum of the answer probabilities, as
+    the sampler's, the last set to 1: comparisons only). Its nested sums per block size ``k`` are
+    those of the engine: the MV credit ``lut[ties]`` of every block gold wins (no answer has more
+    votes; ``ties`` answers have as many) summed over the ``n // k`` blocks (exact in float64 in any
+    order), times the objective weight; the cost of the first ``(n // k) k`` completions as a
+    running sum of the unit cost; the count ``n // k``. Then :func:`record`'s tallies and refresh.
+    """
+    n_max = cost_tab.shape[2]
+    n_u = weight.shape[0]
+    a_n = probs.shape[2]
+    keep_invsqrt = invsqrt.shape[0] > 0
+    cdf = np.empty(a_n)
+    votes = np.zeros((n_max + 1, a_n), dtype=np.int64)
+    csum = np.zeros(n_max + 1)
+    for i in range(run.shape[0]):
+        r = run[i]
+        p = prompt[i]
+        q = query[i]
+        nb = n[i]
+        g0 = gold[q]
+        acc = 0.0
+        for c in range(a_n):
+            acc += probs[p, q, c]
+            cdf[c] = acc
+        c0 = unit_cost[p, q]
+        for j in range(nb):
+            x = u[start[i] + j]
+            o = 0
+            for c in range(a_n - 1):  # the last cdf entry is 1.0: never passed
+                o += x >= cdf[c]
+            rel = (o - g0) % a_n  # 0: gold
+            for c in range(a_n):
+                votes[j + 1, c] = votes[j, c]
+            votes[j + 1, rel] += 1
+            csum[j + 1] = csum[j] + c0
+        base = p * n_max
+        for k in range(1, nb + 1):
+            m = nb // k
+            credit = 0.0
+            for s in range(0, m * k, k):
+                g = votes[s + k, 0] - votes[s, 0]
+                ties = 0
+                won = True
+                for c in range(1, a_n):
+                    v = votes[s + k, c] - votes[s, c]
+                    if v > g:
+                        won = False
+                        break
+                    if v == g:
+                        ties += 1
+                if won:
+                    credit += lut[ties]
+            kk = k - 1
+            old = count_tab[r, p, kk]
+            for w in range(n_u):
+                gain_tab[r, w, p, kk] += weight[w] * credit
+            cost_tab[r, p, kk] += csum[m * k]
+            new = old + m
+            count_tab[r, p, kk] = new
+            total[r] += m
+            if old == 0 and new > 0:
+                n_unseen[r] -= 1
+            countf[r, base + kk] = np.float64(new)
+        for c in range(group.shape[0]):
+            gg = group[c]
+            wc = cost_weight[c]
+            for kk in range(nb):
+                mean[r, c, base + kk] = (gain_tab[r, gg, p, kk] - wc * cost_tab[r, p, kk]) / countf[r, base + kk]
+        if keep_invsqrt:
+            for kk in range(nb):
+                invsqrt[r, base + kk] = 1.0 / np.sqrt(countf[r, base + kk])
 
 
 @kernel

@@ -432,6 +432,33 @@ class RunBatch:
         self._charge(run_a, n_a)
         return self._draw_calls(run_a, prompt_a, n_a, col_a)
 
+    def step_draws(
+        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64]
+    ) -> tuple[OutcomeTable, NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]] | None:
+        """:meth:`pull` of one pull per run, for an agent that draws the completions itself (a compiled step).
+
+        Where the runs share one table (or its stack) and ``run`` is strictly increasing, checks
+        and charges exactly as :meth:`pull` and returns ``(table, query, u, start)``: each pull's
+        query (a row of ``table``) and its completion uniforms ``u[start[i] : start[i] + n[i]]``, the
+        values :meth:`pull` would turn into completions by inverse CDF. Otherwise returns None and
+        charges nothing (use :meth:`pull`).
+        """
+        if self._table is None or self._live or run.size == 0 or not bool(np.all(run[1:] > run[:-1])):
+            return None
+        if run[0] < 0 or run[-1] >= self.n_runs:
+            raise ValueError(f"run indices must lie in 0..{self.n_runs - 1}")
+        if prompt.min() < 0 or prompt.max() >= self.n_prompts:
+            raise ValueError(f"prompt indices must lie in 0..{self.n_prompts - 1}")
+        if n.min() < 1 or n.max() > self.n_max:
+            raise ValueError(f"N must lie in 1..{self.n_max}")
+        self._charge(run, n)
+        # _draw's layout for one row per run: the query uniform, then the completions
+        counts = n + 1
+        u = self.streams.random(counts, run)
+        first = np.cumsum(counts) - counts
+        col = np.minimum((u[first] * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
+        return self._table, self.train[run, col], u, first + 1
+
     def _draw_calls(
         self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
     ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:

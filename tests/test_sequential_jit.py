@@ -45,6 +45,9 @@ def _make_env(task: str):
         if table is None:
             pytest.skip("the released MATH table is absent (../shared/data/published/MATH_final.pkl)")
         return lambda s: IAPOEnv(table, split_seed=s)
+    if task == "SmolArith":
+        table = load_task_table(task)
+        return lambda s: IAPOEnv(table, split_seed=s)
     return lambda s: IAPOEnv(load_task_table(task, world_seed=s), world_seed=s)
 
 
@@ -59,9 +62,9 @@ def _fit(monkeypatch, flag: str, name: str, kwargs: dict, make_env, budget: int,
 
 
 def _counting(monkeypatch, name: str) -> list[int]:
-    """Count the calls of ``name``'s choice kernel and of the record kernel."""
-    calls = [0, 0]
-    for i, fn in enumerate((KERNEL_OF[name], "record")):
+    """Count the calls of ``name``'s choice kernel, the record kernel and the fused MV step kernel."""
+    calls = [0, 0, 0]
+    for i, fn in enumerate((KERNEL_OF[name], "record", "step_mv")):
         original = getattr(kernels, fn)
 
         def counted(*args, _original=original, _i=i):
@@ -72,7 +75,8 @@ def _counting(monkeypatch, name: str) -> list[int]:
     return calls
 
 
-TASKS = [("MATH", (300, 2_500)), ("SynthCategorical", (400, 3_000)), ("SynthBernoulli", (2_000,))]
+TASKS = [("MATH", (300, 2_500)), ("SmolArith", (200, 1_500)), ("SynthCategorical", (400, 3_000)), ("SynthBernoulli", (2_000,))]
+SHARED_MV = ("MATH", "SmolArith")  # one table for every run, majority voting (SmolArith: 53 answers)
 
 
 @pytest.mark.parametrize(("task", "budgets"), TASKS)
@@ -84,7 +88,9 @@ def test_kernels_give_the_numpy_policies(monkeypatch, task, budgets, name, kwarg
         reference = _prints(_fit(monkeypatch, "0", name, kwargs, make_env, budget, seeds), make_env)
         calls = _counting(monkeypatch, name)
         fast = _fit(monkeypatch, "1", name, kwargs, make_env, budget, seeds)
-        assert calls[0] > 0 and calls[1] > 0, "the kernels did not run"
+        assert calls[0] > 0, "the choice kernel did not run"
+        # a shared MV table (MATH, SmolArith): the fused draw-and-record kernel; per-run worlds: record
+        assert (calls[2] > 0 and calls[1] == 0) if task in SHARED_MV else (calls[1] > 0 and calls[2] == 0)
         assert _prints(fast, make_env) == reference, f"{task} T={budget}: a policy differs between numpy and the kernels"
         monkeypatch.undo()
         # other batch shapes on the kernel path: a smaller batch in another order, and one run alone
