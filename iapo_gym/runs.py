@@ -420,17 +420,28 @@ class RunBatch:
         col_a = None if col is None else np.broadcast_to(np.asarray(col, dtype=np.int64), run_a.shape)
         if not run_a.shape == prompt_a.shape:
             raise ValueError(f"run, prompt and n need one entry per pull; got {run_a.shape}, {prompt_a.shape}")
-        if run_a.size:
-            if run_a.min() < 0 or run_a.max() >= self.n_runs:
-                raise ValueError(f"run indices must lie in 0..{self.n_runs - 1}")
-            if prompt_a.min() < 0 or prompt_a.max() >= self.n_prompts:
-                raise ValueError(f"prompt indices must lie in 0..{self.n_prompts - 1}")
-            if n_a.min() < 1 or n_a.max() > self.n_max:
-                raise ValueError(f"N must lie in 1..{self.n_max}")
-            if col_a is not None and np.any((col_a < 0) | (col_a >= self.n_train[run_a])):
-                raise ValueError("every col must be a position in its run's train split (0..n_train - 1)")
+        self._check_pulls(run_a, prompt_a, n_a, col_a)
         self._charge(run_a, n_a)
         return self._draw_calls(run_a, prompt_a, n_a, col_a)
+
+    def _check_pulls(
+        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
+    ) -> None:
+        """Every index in range, before anything is charged or drawn (one clear error naming the argument)."""
+        if run.size == 0:
+            return
+        if run.min() < 0 or run.max() >= self.n_runs:
+            raise ValueError(f"run indices must lie in 0..{self.n_runs - 1}")
+        if prompt.min() < 0 or prompt.max() >= self.n_prompts:
+            raise ValueError(f"prompt indices must lie in 0..{self.n_prompts - 1}")
+        if n.min() < 1 or n.max() > self.n_max:
+            raise ValueError(f"N must lie in 1..{self.n_max}")
+        if col is not None and np.any((col < 0) | (col >= self.n_train[run])):
+            raise ValueError("every col must be a position in its run's train split (0..n_train - 1)")
+
+    def _train_col(self, run: NDArray[np.int64], uq: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Each row's train-split position from its query uniform (uniform over the run's split)."""
+        return np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
 
     def step_draws(
         self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64]
@@ -445,18 +456,13 @@ class RunBatch:
         """
         if self._table is None or self._live or run.size == 0 or not bool(np.all(run[1:] > run[:-1])):
             return None
-        if run[0] < 0 or run[-1] >= self.n_runs:
-            raise ValueError(f"run indices must lie in 0..{self.n_runs - 1}")
-        if prompt.min() < 0 or prompt.max() >= self.n_prompts:
-            raise ValueError(f"prompt indices must lie in 0..{self.n_prompts - 1}")
-        if n.min() < 1 or n.max() > self.n_max:
-            raise ValueError(f"N must lie in 1..{self.n_max}")
+        self._check_pulls(run, prompt, n, None)
         self._charge(run, n)
         # _draw's layout for one row per run: the query uniform, then the completions
         counts = n + 1
         u = self.streams.random(counts, run)
         first = np.cumsum(counts) - counts
-        col = np.minimum((u[first] * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
+        col = self._train_col(run, u[first])
         return self._table, self.train[run, col], u, first + 1
 
     def _draw_calls(
@@ -506,14 +512,14 @@ class RunBatch:
             seg = np.repeat(np.arange(bounds.size), rows_per)
             u = self.streams.random(rows_per + np.add.reduceat(n, bounds), runs_here)
             uq = u[np.arange(run.size) + done[bounds][seg]]  # run j's values start after rows and completions of runs < j
-            col = np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
+            col = self._train_col(run, uq)
             start = done + (bounds + rows_per)[seg]  # ... and its completions after its own query uniforms
             uu = u[np.minimum(start[:, None] + np.arange(width)[None, :], u.size - 1)]
             query = self.train[run, col]
         else:
             if col is None:
                 uq = self.streams.random(rows_per, runs_here)  # one per row, rows in order within each run
-                col = np.minimum((uq * self.n_train[run]).astype(np.int64), self.n_train[run] - 1)
+                col = self._train_col(run, uq)
             query = self.train[run, col]
             if self._live:  # the live env generates (its own RNG, its own ledger)
                 return self.envs[0].pull(prompt, n, query=query - self._offsets[0], width=width)
