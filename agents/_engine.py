@@ -475,18 +475,32 @@ class NestedStats:
         self.cost = np.zeros((n_runs, n_prompts, n_max))
         self.count = np.zeros((n_runs, n_prompts, n_max), dtype=np.int64)
 
-    def add(self, pulls: Pulls, run: NDArray[np.int64]) -> None:
-        """Record every nested block of ``pulls`` under every context."""
+    def add(self, pulls: Pulls, run: NDArray[np.int64], live: NDArray[np.bool_] | None = None) -> None:
+        """Record every nested block of ``pulls`` under every context.
+
+        ``live (S, P, n_max)`` (``"block"`` weighting only), when given, says which arms are still
+        read: blocks of a size ``k`` whose arm ``(p, k)`` is not live in the pull's run are not
+        scored, and those arms' tallies stay as they are (an elimination agent passes the arms
+        still active in some context: the others' tallies are never read again). Every other
+        tally gets the same bits as without ``live``.
+        """
         if len(pulls) == 0:
             return
+        if live is not None and self.weighting != "block":
+            raise ValueError("live arms apply to the 'block' weighting only")
         if self.weighting == "block" and pulls.strategy == "mv" and _jit.enabled():
-            self._add_blocks_compiled(pulls, run)
+            self._add_blocks_compiled(pulls, run, live)
             return
         gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
         if self.weighting == "query":
             self._add_per_query(gain, count, cost, pulls, run)
             return
         width = gain.shape[-1]
+        if live is not None:  # arms no longer read: add nothing (adding 0.0 leaves a tally's bits as they are)
+            keep = live[np.asarray(run, dtype=np.int64), pulls.prompt, :width]  # (B, L)
+            gain = np.where(keep[None], gain, 0.0)
+            cost = np.where(keep, cost, 0.0)
+            count = np.where(keep, count, 0)
         # Pulls -> dense ids of the (run, prompt) cells they touch (no sort: a mark array over all
         # S * P cells), then one bincount per tally over (cell id, k) and one scatter-add.
         run = np.asarray(run, dtype=np.int64)
@@ -514,15 +528,27 @@ class NestedStats:
         self.cost[cell_run, cell_prompt, :width] += tally(cost)
         self.count[cell_run, cell_prompt, :width] += tally(count).astype(np.int64)
 
-    def _add_blocks_compiled(self, pulls: Pulls, run: NDArray[np.int64]) -> None:
-        """``"block"`` weighting of MV pulls by the compiled kernels (the same bits as the numpy path of :meth:`add`)."""
+    def _add_blocks_compiled(self, pulls: Pulls, run: NDArray[np.int64], live: NDArray[np.bool_] | None) -> None:
+        """``"block"`` weighting of MV pulls by the compiled kernels (the same bits as the numpy path of :meth:`add`).
+
+        One kernel scores the blocks of each pull and adds them to the tallies at once (no
+        ``(B, L)`` sums array); answers too many for one packed word go through the per-answer
+        counts kernel first.
+        """
         n = np.minimum(pulls.n.astype(np.int64), self.n_max)
         width = int(min(pulls.width, self.n_max, max(int(n.max(initial=0)), 1)))
-        sums = _mv_size_sums_compiled(pulls, n, width)
+        a = int(pulls.n_categories)
+        bits = width.bit_length() + 1  # as _mv_tail_sums: a count (<= width) plus a guard bit
+        lut = _credit_lut(a)
+        if (a - 1) * bits <= 62:
+            sums = _NO_SUMS
+        else:
+            sums = _mv_size_sums_counts(pulls.outcome, pulls.gold, n, width, a, lut)
         unit = pulls.unit_cost[:, None] if pulls.unit_cost is not None else pulls.cost  # (B, 1): one cost per pull
-        _block_tally_kernel(
+        _block_add_kernel(
             self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
-            n, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]), np.asarray(unit, dtype=np.float64), width,
+            n, pulls.outcome, pulls.gold, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]),
+            np.asarray(unit, dtype=np.float64), width, a, bits, lut, _NO_LIVE if live is None else live,
         )
 
     def _add_per_query(
@@ -613,20 +639,58 @@ def _ranked_means_kernel(gain, cost, count, cost_weight, group, idx, n_contexts,
     return out
 
 
-@_jit.kernel
-def _block_tally_kernel(gain, cost, count, run, prompt, n, sums, w, unit, width):  # noqa: ANN001, ANN202
-    """Compiled twin of :meth:`NestedStats.add` (``"block"``), updating ``gain``, ``cost``, ``count`` in place.
+_NO_SUMS = np.zeros((0, 0))
+_NO_LIVE = np.zeros((0, 0, 0), dtype=np.bool_)
 
-    The numpy path's float operations in its order: a pull's gain under weight row ``u`` is
-    ``w[u] * sums[b, k]``; its cost of size ``k`` the running sum (left to right, as ``cumsum``)
+
+@_jit.kernel
+def _block_add_kernel(gain, cost, count, run, prompt, n, outcome, gold, sums, w, unit, width, a, bits, lut, live):  # noqa: ANN001, ANN202, C901, PLR0912, PLR0915
+    """Compiled twin of :meth:`NestedStats.add` (``"block"``, MV), updating ``gain``, ``cost``, ``count`` in place.
+
+    **Credits.** With ``sums`` empty the kernel scores each pull's blocks itself from packed votes
+    (:func:`_mv_size_sums_packed`): sizes 1 and 2 from the running gold count (credit ``gold / k``,
+    as the numpy path), larger blocks by the packed word, counting the won blocks per number of
+    ties in integer fields of one word and multiplying each count by its credit ``lut[t]`` at
+    the end. Every credit is a float32 ``1 / t``, so these per-size sums are exact in float64: the
+    numpy path's bits whatever the order. Otherwise ``sums (B, width)`` holds them already.
+
+    **Tallies.** The numpy path's float operations in its order: a pull's gain under weight row
+    ``u`` is ``w[u] * sum``; its cost of size ``k`` the running sum (left to right, as ``cumsum``)
     of its completions' costs up to ``(n // k) * k``. When every pull has its own (run, prompt)
     cell the values are added to the tallies directly; otherwise each cell sums its pulls in row
     order starting from 0.0 (as ``np.bincount`` does) and then adds that sum to the tally.
     ``unit (B, 1)`` is one cost per completion of each pull, or ``(B, L)`` the completions' own.
+
+    **Live arms.** With ``live (S, P, n_max)`` non-empty, sizes whose arm is not live in the
+    pull's run are neither scored nor added (adding 0.0 would leave the same bits).
     """
-    b_n = sums.shape[0]
+    b_n = n.shape[0]
     u_n = w.shape[0]
     n_prompts = cost.shape[1]
+    has_live = live.shape[0] > 0
+    packed = sums.shape[0] == 0
+    # packed votes (see _mv_size_sums_packed)
+    ones = 0
+    for c in range(a - 1):
+        ones |= 1 << (bits * c)
+    guards = ones << (bits - 1)
+    top = bits * (a - 2) if a >= 2 else 0
+    field = (1 << bits) - 1
+    word = np.empty(a, dtype=np.int64)
+    word[0] = -ones
+    for r in range(1, a):
+        word[r] = 1 << (bits * (r - 1))
+    shifted = np.empty(2 * a - 1, dtype=np.int64)  # shifted[d + a - 1] = word[d mod a] for d in -(a-1)..a-1
+    for d in range(-(a - 1), a):
+        shifted[d + a - 1] = word[d % a]
+    # won blocks per number of ties: one counter field of fb bits per tie count (a size has < 2^fb blocks)
+    fb = 1
+    while (1 << fb) <= width:
+        fb += 1
+    counters = a * fb <= 62
+    cmask = (1 << fb) - 1
+    cum = np.zeros(width + 1, dtype=np.int64)
+    srow = np.zeros(width)
     slot = np.full(cost.shape[0] * n_prompts, -1, dtype=np.int64)
     present = 0
     for b in range(b_n):
@@ -636,35 +700,78 @@ def _block_tally_kernel(gain, cost, count, run, prompt, n, sums, w, unit, width)
             present += 1
     per_comp = unit.shape[1] > 1
     csum = np.zeros(width + 1)
-    if present == b_n:  # one pull per cell
-        acc_g = np.zeros((1, u_n, width))
-        acc_c = np.zeros((1, width))
-    else:
-        acc_g = np.zeros((present, u_n, width))
-        acc_c = np.zeros((present, width))
+    direct = present == b_n  # one pull per cell
+    acc_g = np.zeros((1 if direct else present, u_n, width))
+    acc_c = np.zeros((1 if direct else present, width))
     acc_n = np.zeros((present, width), dtype=np.int64)
     for b in range(b_n):
         nb = n[b]
+        r, p = run[b], prompt[b]
+        if packed:
+            g0 = gold[b]
+            even = (nb // 2) * 2
+            cw = 0  # running word and gold count in registers
+            gc = 0
+            g_even = 0
+            for j in range(nb):
+                diff = outcome[b, j] - g0
+                if diff <= -a or diff >= a:  # not two answer indices: the general rule (never on table pulls)
+                    diff = (outcome[b, j] - g0) % a
+                cw += shifted[diff + a - 1]  # word[(answer - gold) mod a] without a division or a branch
+                gc += diff == 0
+                cum[j + 1] = cw
+                if j + 1 == even:
+                    g_even = gc
+            for k in range(1, nb + 1):
+                if has_live and not live[r, p, k - 1]:
+                    continue
+                if k == 1:
+                    srow[0] = gc
+                elif k == 2:
+                    srow[1] = g_even * 0.5
+                elif counters:
+                    tally = 0
+                    for s in range(0, (nb // k) * k, k):
+                        d = cum[s + k] - cum[s] + guards  # guard of field c set iff v_c >= g
+                        ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
+                        won = ((d - ones) & guards) == 0  # no answer beats gold: then v_c >= g means a tie
+                        tally += np.int64(won) << (fb * ties)
+                    total = 0.0
+                    for t in range(a):
+                        total += ((tally >> (fb * t)) & cmask) * lut[t]
+                    srow[k - 1] = total
+                else:
+                    total = 0.0
+                    for s in range(0, (nb // k) * k, k):
+                        d = cum[s + k] - cum[s] + guards
+                        ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
+                        won = ((d - ones) & guards) == 0
+                        total += lut[ties] * won
+                    srow[k - 1] = total
+        else:
+            for k in range(width):
+                srow[k] = sums[b, k]
         run_sum = 0.0
         for j in range(nb):
             x = unit[b, j if per_comp else 0]
             run_sum = x if j == 0 else run_sum + x
             csum[j + 1] = run_sum
-        r, p = run[b], prompt[b]
         i = slot[r * n_prompts + p]
-        for k in range(1, width + 1):
+        for k in range(1, min(nb, width) + 1):  # larger sizes add nothing (0.0 and 0: the same bits)
+            if has_live and not live[r, p, k - 1]:
+                continue
             m = nb // k
-            if present == b_n:
+            if direct:
                 for u in range(u_n):
-                    gain[r, u, p, k - 1] += w[u] * sums[b, k - 1]
+                    gain[r, u, p, k - 1] += w[u] * srow[k - 1]
                 cost[r, p, k - 1] += csum[m * k]
                 count[r, p, k - 1] += m
             else:
                 for u in range(u_n):
-                    acc_g[i, u, k - 1] += w[u] * sums[b, k - 1]
+                    acc_g[i, u, k - 1] += w[u] * srow[k - 1]
                 acc_c[i, k - 1] += csum[m * k]
                 acc_n[i, k - 1] += m
-    if present == b_n:
+    if direct:
         return
     for b in range(b_n):
         r, p = run[b], prompt[b]
@@ -674,6 +781,8 @@ def _block_tally_kernel(gain, cost, count, run, prompt, n, sums, w, unit, width)
             continue
         slot[c] = -1
         for k in range(width):
+            if has_live and not live[r, p, k]:
+                continue
             for u in range(u_n):
                 gain[r, u, p, k] += acc_g[i, u, k]
             cost[r, p, k] += acc_c[i, k]

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym.agents._common import active_index, halve, halve_compact
-from iapo_gym.agents._engine import random_fit
+from iapo_gym.agents._engine import NestedStats, random_fit
 from iapo_gym.runs import RunBatch
 from iapo_gym.sampling import Pulls
 
@@ -119,10 +119,18 @@ def run_rounds(runs: RunBatch, alloc: Allocation, budgets: NDArray[np.int64], pl
     return log
 
 
-def maximal_sizes(active: NDArray[np.bool_], n_max: int) -> NDArray[np.int64]:
-    """``(S, P)`` each prompt's largest active N over the union of contexts (0: prompt eliminated)."""
-    s, c, a = active.shape
-    union = active.any(axis=1).reshape(s, a // n_max, n_max)
+def live_arms(active: NDArray[np.bool_], n_max: int) -> NDArray[np.bool_]:
+    """``(S, P, n_max)`` the arms active in some context of each run (the union over contexts)."""
+    s, _, a = active.shape
+    return active.any(axis=1).reshape(s, a // n_max, n_max)
+
+
+def maximal_sizes(active: NDArray[np.bool_], n_max: int, union: NDArray[np.bool_] | None = None) -> NDArray[np.int64]:
+    """``(S, P)`` each prompt's largest active N over the union of contexts (0: prompt eliminated).
+
+    ``union`` is :func:`live_arms` of ``active`` when the caller has it already.
+    """
+    union = live_arms(active, n_max) if union is None else union
     has = union.any(axis=-1)
     top = n_max - np.argmax(union[..., ::-1], axis=-1)
     return np.where(has, top, 0).astype(np.int64)
@@ -150,11 +158,15 @@ class MaximalArms:
     stats: Tally
     active: NDArray[np.bool_]
     _idx: NDArray[np.int64] | None = field(default=None, init=False, repr=False)
+    _live: NDArray[np.bool_] | None = field(default=None, init=False, repr=False)
 
     def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
         """``lambda`` pulls of each maximal arm; the last round adds a random subset that fits."""
         runs, avail1 = self.runs, avail[:, 0]
-        sizes = maximal_sizes(self.active, runs.n_max)  # (S, P)
+        union = live_arms(self.active, runs.n_max)
+        # arms trimmed in every context are never read again: the tallies need not score their blocks
+        self._live = union if isinstance(self.stats, NestedStats) and not bool(union.all()) else None
+        sizes = maximal_sizes(self.active, runs.n_max, union)  # (S, P)
         m = sizes.sum(axis=1)
         lam = np.where(m > 0, avail1 // np.maximum(m, 1), 0)
         cell_run, cell_prompt = np.nonzero(sizes)
@@ -170,8 +182,16 @@ class MaximalArms:
         return lam[:, None], Rows(run_rows, prompt_rows, n_rows)
 
     def record(self, pulls: Pulls, rows: Rows, sel: NDArray[np.int64]) -> None:
-        """Nested + cross-context reuse: every block of every pull under every context."""
-        self.stats.add(pulls, rows.run[sel])
+        """Nested + cross-context reuse: every block of every pull under every context.
+
+        With :class:`~iapo_gym.agents._engine.NestedStats`, only the blocks of arms still active in
+        some context of the run are scored (``live``): the others are never read again (halving
+        and the deployed arm read active arms only), so no decision changes.
+        """
+        if self._live is not None:
+            self.stats.add(pulls, rows.run[sel], live=self._live)  # type: ignore[call-arg]
+        else:
+            self.stats.add(pulls, rows.run[sel])
 
     def trim(self, groups: NDArray[np.bool_]) -> None:
         """Per-context halving on the empirical means.

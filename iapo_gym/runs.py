@@ -514,7 +514,6 @@ class RunBatch:
             uq = u[np.arange(run.size) + done[bounds][seg]]  # run j's values start after rows and completions of runs < j
             col = self._train_col(run, uq)
             start = done + (bounds + rows_per)[seg]  # ... and its completions after its own query uniforms
-            uu = u[np.minimum(start[:, None] + np.arange(width)[None, :], u.size - 1)]
             query = self.train[run, col]
         else:
             if col is None:
@@ -524,18 +523,15 @@ class RunBatch:
             if self._live:  # the live env generates (its own RNG, its own ledger)
                 return self.envs[0].pull(prompt, n, query=query - self._offsets[0], width=width)
             u = self.streams.random(np.add.reduceat(n, bounds), runs_here)  # completions, row after row
-            if int(n.min()) == width:  # every row full (PSST's maximal arms, Uniform): no gather
-                uu = u.reshape(run.size, width)
-            else:
-                start = np.cumsum(n) - n
-                uu = u[np.minimum(start[:, None] + np.arange(width)[None, :], u.size - 1)]
+            start = np.cumsum(n) - n
+        # row i's completions draw u[start[i] : start[i] + n[i]] (read in place: no padded copy)
         if self._table is None and runs_here.size == 1:  # one run's call: its own world, no stack needed
             r0 = int(runs_here[0])
-            return draw_pulls(self._tables[r0], prompt, query - self._offsets[r0], n, uu)
+            return draw_pulls(self._tables[r0], prompt, query - self._offsets[r0], n, u, start)
         if self._table is None:  # one world per run: each run's rows from its own world, no stack built
             worlds = [self._tables[r] for r in runs_here.tolist()]
-            return draw_pulls_worlds(worlds, bounds, prompt, query, query - self._offsets[run], n, uu)
-        return draw_pulls(self.table, prompt, query, n, uu)
+            return draw_pulls_worlds(worlds, bounds, prompt, query, query - self._offsets[run], n, u, start)
+        return draw_pulls(self.table, prompt, query, n, u, start)
 
 
 _STACK: list[tuple[list[Any], OutcomeTable]] = []  # the last stack, with weak references to its worlds

@@ -154,17 +154,19 @@ def draw_pulls(
     query: NDArray[np.int64],
     n: NDArray[np.int64],
     u: NDArray[np.float64],
+    start: NDArray[np.int64] | None = None,
 ) -> Pulls:
     """Pulls from given uniforms: completion ``j < n[b]`` of row ``b`` is the inverse-CDF draw of ``u[b, j]``.
 
     The engine of :func:`sample_pulls`, for callers that own the random streams
     (:class:`iapo_gym.runs.RunBatch` draws each run's uniforms from that run's stream). Arguments are
     not checked: ``(B,)`` int64 indices inside the table, ``u`` of shape ``(B, L)`` with
-    ``L >= n.max()``; entries of ``u`` past ``n[b]`` are ignored.
+    ``L >= n.max()``; entries of ``u`` past ``n[b]`` are ignored. With ``start (B,)``, ``u`` is
+    flat instead and completion ``j`` of row ``b`` draws ``u[start[b] + j]`` (no padded copy).
     """
     mv = table.strategy == "mv"
     gold = table.mv_arrays()[1][query].astype(np.int64) if mv else np.full(prompt.size, -1, dtype=np.int64)
-    outcome, mask, full = _outcomes(u, _cdf_rows(table, prompt, query), n)
+    outcome, mask, full = _outcomes(u, _cdf_rows(table, prompt, query), n, start)
     values: NDArray[np.float64] | None = None  # MV: built on first access (from outcome == gold)
     if not mv:
         values = table.bon_arrays()[0][prompt[:, None], query[:, None], np.maximum(outcome, 0)]  # (B, L, K)
@@ -182,6 +184,7 @@ def draw_pulls_worlds(
     local: NDArray[np.int64],
     n: NDArray[np.int64],
     u: NDArray[np.float64],
+    start: NDArray[np.int64] | None = None,
 ) -> Pulls:
     """:func:`draw_pulls` for rows that come from several tables of one shape (one world per run).
 
@@ -204,7 +207,7 @@ def draw_pulls_worlds(
         unit_cost[lo:hi] = t.cost[p, q]
         if mv:
             gold[lo:hi] = t.mv_arrays()[1][q]
-    outcome, mask, full = _outcomes(u, cdf, n)
+    outcome, mask, full = _outcomes(u, cdf, n, start)
     values: NDArray[np.float64] | None = None
     if not mv:
         table_values = first.bon_arrays()[0]
@@ -219,9 +222,22 @@ def draw_pulls_worlds(
 
 
 def _outcomes(
-    u: NDArray[np.float64], cdf: NDArray[np.float64], n: NDArray[np.int64]
+    u: NDArray[np.float64], cdf: NDArray[np.float64], n: NDArray[np.int64], start: NDArray[np.int64] | None = None
 ) -> tuple[NDArray[np.int64], NDArray[np.bool_], bool]:
-    """Inverse-CDF outcome of each uniform (``-1`` past each row's ``n``), the mask of real ones, whether all are real."""
+    """Inverse-CDF outcome of each uniform (``-1`` past each row's ``n``), the mask of real ones, whether all are real.
+
+    ``u (B, L)``, or flat with ``start (B,)``: row ``b``'s uniforms are ``u[start[b] : start[b] + n[b]]``
+    (the compiled kernel reads them in place; the numpy path gathers them into ``(B, n.max())``).
+    """
+    if start is not None:
+        L = int(n.max(initial=0)) if n.size else 0
+        if _jit.enabled():
+            outcome, mask = _outcomes_flat_kernel(u, start, cdf, n, L)
+            return outcome, mask, bool(n.size == 0 or int(n.min()) == L)
+        if n.size and int(n.min()) == L and u.size == n.size * L and bool(np.all(start == np.arange(n.size) * L)):
+            u = u.reshape(n.size, L)  # every row full and in order (PSST's maximal arms, Uniform): no gather
+        else:
+            u = u[np.minimum(start[:, None] + np.arange(L)[None, :], max(u.size - 1, 0))]
     L = u.shape[1]
     if _jit.enabled():
         outcome, mask = _outcomes_kernel(u, cdf, n)
@@ -258,6 +274,29 @@ def _outcomes_kernel(u, cdf, n):  # noqa: ANN001, ANN202
                 o += x >= cdf[b, c]
             outcome[b, j] = o
             mask[b, j] = True
+    return outcome, mask
+
+
+@_jit.kernel
+def _outcomes_flat_kernel(u, start, cdf, n, width):  # noqa: ANN001, ANN202
+    """:func:`_outcomes_kernel` on flat uniforms: row ``b``'s ``j``-th uniform is ``u[start[b] + j]``."""
+    b_n = n.shape[0]
+    a1 = cdf.shape[1] - 1  # u < 1 = cdf[:, -1] always
+    outcome = np.empty((b_n, width), dtype=np.int64)
+    mask = np.empty((b_n, width), dtype=np.bool_)
+    for b in range(b_n):
+        nb = min(n[b], width)
+        s0 = start[b]
+        for j in range(nb):
+            x = u[s0 + j]
+            o = 0
+            for c in range(a1):
+                o += x >= cdf[b, c]
+            outcome[b, j] = o
+            mask[b, j] = True
+        for j in range(nb, width):
+            outcome[b, j] = -1
+            mask[b, j] = False
     return outcome, mask
 
 

@@ -94,6 +94,50 @@ def test_block_tallies_are_the_numpy_bits(monkeypatch, seed, b, width, a, n_max,
     assert kernels[2].sum() > 0  # something was recorded
 
 
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    b=st.integers(1, 90),
+    width=st.integers(1, 40),
+    a=st.sampled_from([1, 2, 5, 9, 40]),
+    runs=st.integers(1, 4),
+    unit=st.booleans(),
+    dead=st.floats(0.0, 1.0),
+)
+def test_live_arms_skip_only_dead_tallies(monkeypatch, seed, b, width, a, runs, unit, dead):
+    """NestedStats.add with ``live``: on both paths, live arms get the bits of a tally without ``live``, dead ones nothing.
+
+    Two batches on existing tallies (one pull per cell and several), several objective rows with a
+    negative weight; the arms not live are left exactly as they were before the batches.
+    """
+    rng = np.random.default_rng(seed)
+    n_prompts, n_max = 3, 40
+    batches = [random_pulls(rng, b, width, a, n_prompts, unit) for _ in range(3)]
+    run_of = [rng.integers(0, runs, b) for _ in range(3)]
+    live = rng.random((runs, n_prompts, n_max)) >= dead
+    contexts = contexts_of([[1.0, 0.0], [-2.0, 0.5]])
+
+    def tallies(use_live: bool):  # noqa: ANN202
+        stats = _engine.NestedStats(runs, n_prompts, n_max, contexts)
+        stats.add(batches[0], run_of[0])  # earlier data, recorded in full
+        for pulls, run in zip(batches[1:], run_of[1:], strict=True):
+            stats.add(pulls, run, live=live if use_live else None)
+        return stats.gain, stats.cost, stats.count
+
+    monkeypatch.setenv(_jit.ENV_VAR, "0")
+    first = _engine.NestedStats(runs, n_prompts, n_max, contexts)
+    first.add(batches[0], run_of[0])
+    full = tallies(False)
+    for path in ("0", "1"):
+        monkeypatch.setenv(_jit.ENV_VAR, path)
+        got = tallies(True)
+        for x, want, before in zip(got, full, (first.gain, first.cost, first.count), strict=True):
+            keep = live[:, None] if x.ndim == 4 else live
+            keep = np.broadcast_to(keep, x.shape)
+            assert same_bits(x[keep], want[keep]), path
+            assert same_bits(x[~keep], before[~keep]), path
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 70), width=st.integers(1, 70), a=st.sampled_from([1, 2, 4, 7, 17]))
 def test_size_sums_are_the_numpy_bits(monkeypatch, seed, b, width, a):
@@ -136,6 +180,35 @@ def test_inverse_cdf_outcomes_are_the_numpy_outcomes(monkeypatch, seed, b, width
     for x, y in zip(numpy_path[:2], kernels[:2], strict=True):
         assert same_bits(x, y)
     assert numpy_path[2] == kernels[2]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1), b=st.integers(1, 50), width=st.integers(1, 40), outcomes=st.integers(2, 30),
+    full=st.booleans(),
+)
+def test_outcomes_of_flat_uniforms_are_the_padded_ones(monkeypatch, seed, b, width, outcomes, full):
+    """Flat uniforms with row offsets (how RunBatch hands them over) give the padded rows' outcomes on both paths.
+
+    Rows of mixed sizes at scattered offsets, or every row full and in order (the no-gather case).
+    """
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(rng.dirichlet(np.full(outcomes, 0.5), size=b), axis=1)
+    cdf[:, -1] = 1.0
+    n = np.full(b, width) if full else rng.integers(1, width + 1, b)
+    gap = np.zeros(b, dtype=np.int64) if full else rng.integers(0, 3, b)  # other values between rows
+    start = np.cumsum(n + gap) - n
+    flat = rng.random(int(start[-1] + n[-1]) + 2)
+    flat[::4] = cdf[0, 0]  # on a threshold
+    padded = np.zeros((b, int(n.max())))
+    for i in range(b):
+        padded[i, : n[i]] = flat[start[i] : start[i] + n[i]]
+    monkeypatch.setenv(_jit.ENV_VAR, "0")
+    want = _outcomes(padded, cdf, n)
+    for got in both(monkeypatch, _outcomes, flat, cdf, n, start):
+        for x, y in zip(got[:2], want[:2], strict=True):
+            assert same_bits(x, y)
+        assert got[2] == want[2]
 
 
 def test_ranked_means_are_means_at(monkeypatch):
