@@ -540,14 +540,20 @@ class NestedStats:
         a = int(pulls.n_categories)
         bits = width.bit_length() + 1  # as _mv_tail_sums: a count (<= width) plus a guard bit
         lut = _credit_lut(a)
+        draw = pulls.pending_draw
+        outcome, u, start, cdf = _NO_OUTCOME, _NO_U, _NO_START, _NO_SUMS
         if (a - 1) * bits <= 62:
             sums = _NO_SUMS
+            if draw is not None:  # the kernel draws the outcomes from the uniforms itself
+                u, start, cdf = draw
+            else:
+                outcome = pulls.outcome
         else:
             sums = _mv_size_sums_counts(pulls.outcome, pulls.gold, n, width, a, lut)
         unit = pulls.unit_cost[:, None] if pulls.unit_cost is not None else pulls.cost  # (B, 1): one cost per pull
         _block_add_kernel(
             self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
-            n, pulls.outcome, pulls.gold, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]),
+            n, outcome, u, start, cdf, pulls.gold, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]),
             np.asarray(unit, dtype=np.float64), width, a, bits, lut, _NO_LIVE if live is None else live,
         )
 
@@ -640,11 +646,16 @@ def _ranked_means_kernel(gain, cost, count, cost_weight, group, idx, n_contexts,
 
 
 _NO_SUMS = np.zeros((0, 0))
+_NO_OUTCOME = np.zeros((0, 0), dtype=np.int64)
+_NO_START = np.zeros(0, dtype=np.int64)
+_NO_U = np.zeros(0)
 _NO_LIVE = np.zeros((0, 0, 0), dtype=np.bool_)
 
 
 @_jit.kernel
-def _block_add_kernel(gain, cost, count, run, prompt, n, outcome, gold, sums, w, unit, width, a, bits, lut, live):  # noqa: ANN001, ANN202, C901, PLR0912, PLR0915
+def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
+    gain, cost, count, run, prompt, n, outcome, uniforms, start, cdf, gold, sums, w, unit, width, a, bits, lut, live,  # noqa: ANN001
+):  # noqa: ANN202
     """Compiled twin of :meth:`NestedStats.add` (``"block"``, MV), updating ``gain``, ``cost``, ``count`` in place.
 
     **Credits.** With ``sums`` empty the kernel scores each pull's blocks itself from packed votes
@@ -652,7 +663,10 @@ def _block_add_kernel(gain, cost, count, run, prompt, n, outcome, gold, sums, w,
     as the numpy path), larger blocks by the packed word, counting the won blocks per number of
     ties in integer fields of one word and multiplying each count by its credit ``lut[t]`` at
     the end. Every credit is a float32 ``1 / t``, so these per-size sums are exact in float64: the
-    numpy path's bits whatever the order. Otherwise ``sums (B, width)`` holds them already.
+    numpy path's bits whatever the order. Otherwise ``sums (B, width)`` holds them already. The
+    answers come from ``outcome (B, L)``, or, when ``outcome`` is empty, from the inverse-CDF draw
+    itself (:attr:`Pulls.pending_draw`: uniform ``uniforms[start[b] + j]`` under ``cdf[b]``, the same
+    comparisons as :func:`iapo_gym.sampling._outcomes`).
 
     **Tallies.** The numpy path's float operations in its order: a pull's gain under weight row
     ``u`` is ``w[u] * sum``; its cost of size ``k`` the running sum (left to right, as ``cumsum``)
@@ -669,6 +683,8 @@ def _block_add_kernel(gain, cost, count, run, prompt, n, outcome, gold, sums, w,
     n_prompts = cost.shape[1]
     has_live = live.shape[0] > 0
     packed = sums.shape[0] == 0
+    from_draw = outcome.shape[0] == 0 and packed
+    a1 = cdf.shape[1] - 1  # u < 1 = cdf[:, -1] always
     # packed votes (see _mv_size_sums_packed)
     ones = 0
     for c in range(a - 1):
@@ -709,14 +725,22 @@ def _block_add_kernel(gain, cost, count, run, prompt, n, outcome, gold, sums, w,
         r, p = run[b], prompt[b]
         if packed:
             g0 = gold[b]
+            s0 = start[b] if from_draw else 0
             even = (nb // 2) * 2
             cw = 0  # running word and gold count in registers
             gc = 0
             g_even = 0
             for j in range(nb):
-                diff = outcome[b, j] - g0
+                if from_draw:
+                    x = uniforms[s0 + j]
+                    o = 0
+                    for c in range(a1):
+                        o += x >= cdf[b, c]
+                else:
+                    o = outcome[b, j]
+                diff = o - g0
                 if diff <= -a or diff >= a:  # not two answer indices: the general rule (never on table pulls)
-                    diff = (outcome[b, j] - g0) % a
+                    diff = (o - g0) % a
                 cw += shifted[diff + a - 1]  # word[(answer - gold) mod a] without a division or a branch
                 gc += diff == 0
                 cum[j + 1] = cw

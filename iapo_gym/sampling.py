@@ -36,11 +36,16 @@ class Pulls:
 
     ``values`` and ``cost`` may be passed as None when they follow from the rest (MV values from
     ``outcome == gold``; costs from ``unit_cost``): they are then built on first access only, so
-    a consumer that never reads them (the nested-block statistics) never pays for them.
+    a consumer that never reads them (the nested-block statistics) never pays for them. Likewise
+    ``outcome`` and ``mask`` may be None when ``draw`` holds the inverse-CDF draw that gives them
+    (``(u, start, cdf)``: row ``b``'s completion ``j`` is the outcome of ``u[start[b] + j]`` under
+    ``cdf[b]``, :func:`draw_pulls`): a compiled consumer may read the draw itself
+    (:attr:`pending_draw`) instead of a materialised ``(B, L)`` outcome array.
     """
 
     __slots__ = (
-        "strategy", "prompt", "n", "query", "outcome", "_values", "_cost", "gold", "mask", "n_categories", "unit_cost",
+        "strategy", "prompt", "n", "query", "_outcome", "_values", "_cost", "gold", "_mask", "n_categories",
+        "unit_cost", "_draw", "_width",
     )
 
     def __init__(
@@ -49,21 +54,51 @@ class Pulls:
         prompt: NDArray[np.int64],
         n: NDArray[np.int64],
         query: NDArray[np.int64],
-        outcome: NDArray[np.int64],
+        outcome: NDArray[np.int64] | None,
         values: NDArray[np.float64] | None,
         cost: NDArray[np.float64] | None,
         gold: NDArray[np.int64],
-        mask: NDArray[np.bool_],
+        mask: NDArray[np.bool_] | None,
         n_categories: int,
         unit_cost: NDArray[np.float64] | None = None,
+        draw: tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]] | None = None,
     ) -> None:
         if values is None and strategy != "mv":
             raise ValueError("best-of-N pulls need their values (only MV values follow from outcome and gold)")
         if cost is None and unit_cost is None:
             raise ValueError("pulls need cost, or unit_cost to derive it from")
-        self.strategy, self.prompt, self.n, self.query, self.outcome = strategy, prompt, n, query, outcome
+        if (outcome is None or mask is None) and draw is None:
+            raise ValueError("pulls need outcome and mask, or the draw to derive them from")
+        self.strategy, self.prompt, self.n, self.query = strategy, prompt, n, query
+        self._outcome, self._mask, self._draw = outcome, mask, draw if outcome is None or mask is None else None
         self._values, self._cost = values, cost
-        self.gold, self.mask, self.n_categories, self.unit_cost = gold, mask, n_categories, unit_cost
+        self.gold, self.n_categories, self.unit_cost = gold, n_categories, unit_cost
+        self._width = int(mask.shape[1]) if mask is not None else int(n.max(initial=0)) if n.size else 0
+
+    def _materialise(self) -> None:
+        assert self._draw is not None
+        u, start, cdf = self._draw
+        self._outcome, self._mask, _ = _outcomes(u, cdf, self.n, start)
+        self._draw = None
+
+    @property
+    def outcome(self) -> NDArray[np.int64]:
+        """``(B, L)`` int64 answer category (MV) or outcome index (BoN); -1 where masked."""
+        if self._outcome is None:
+            self._materialise()
+        return self._outcome  # type: ignore[return-value]
+
+    @property
+    def mask(self) -> NDArray[np.bool_]:
+        """``(B, L)`` bool, True for real completions."""
+        if self._mask is None:
+            self._materialise()
+        return self._mask  # type: ignore[return-value]
+
+    @property
+    def pending_draw(self) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]] | None:
+        """``(u, start, cdf)`` while ``outcome`` is not materialised yet (see the class docstring), else None."""
+        return self._draw
 
     @property
     def values(self) -> NDArray[np.float64]:
@@ -89,7 +124,7 @@ class Pulls:
     @property
     def width(self) -> int:
         """Padded width ``L``."""
-        return int(self.mask.shape[1])
+        return self._width
 
     @property
     def completions(self) -> int:
@@ -166,7 +201,11 @@ def draw_pulls(
     """
     mv = table.strategy == "mv"
     gold = table.mv_arrays()[1][query].astype(np.int64) if mv else np.full(prompt.size, -1, dtype=np.int64)
-    outcome, mask, full = _outcomes(u, _cdf_rows(table, prompt, query), n, start)
+    cdf = _cdf_rows(table, prompt, query)
+    if mv and start is not None and _jit.enabled():  # outcomes on first access: the compiled tallies read the draw
+        return Pulls(table.strategy, prompt, n, query, None, None, None, gold, None, table.n_outcomes,
+                     unit_cost=table.cost[prompt, query], draw=(u, start, cdf))
+    outcome, mask, full = _outcomes(u, cdf, n, start)
     values: NDArray[np.float64] | None = None  # MV: built on first access (from outcome == gold)
     if not mv:
         values = table.bon_arrays()[0][prompt[:, None], query[:, None], np.maximum(outcome, 0)]  # (B, L, K)
@@ -207,6 +246,9 @@ def draw_pulls_worlds(
         unit_cost[lo:hi] = t.cost[p, q]
         if mv:
             gold[lo:hi] = t.mv_arrays()[1][q]
+    if mv and start is not None and _jit.enabled():  # outcomes on first access (see draw_pulls)
+        return Pulls(first.strategy, prompt, n, query, None, None, None, gold, None, first.n_outcomes,
+                     unit_cost=unit_cost, draw=(u, start, cdf))
     outcome, mask, full = _outcomes(u, cdf, n, start)
     values: NDArray[np.float64] | None = None
     if not mv:

@@ -211,6 +211,46 @@ def test_outcomes_of_flat_uniforms_are_the_padded_ones(monkeypatch, seed, b, wid
         assert got[2] == want[2]
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1), b=st.integers(1, 60), width=st.integers(1, 40), a=st.sampled_from([1, 2, 5, 9]),
+    runs=st.integers(1, 3),
+)
+def test_tallies_of_a_pending_draw_are_those_of_its_outcomes(monkeypatch, seed, b, width, a, runs):
+    """Pulls whose outcomes are left to the compiled tally (``pending_draw``): the tallies of the materialised pulls.
+
+    The same uniforms drawn into MV pulls by ``draw_pulls`` with the kernels (lazy outcomes, read by
+    the tally kernel in place) and without (numpy outcomes); the lazy pulls' ``outcome`` and
+    ``mask`` on first access equal the numpy ones.
+    """
+    from iapo_gym.sampling import draw_pulls
+    from iapo_gym.tables.testing import example_table
+
+    rng = np.random.default_rng(seed)
+    table = example_table("mv", seed=seed, n_prompts=3, n_queries=5, n_outcomes=a, n_max=40)
+    n = rng.integers(1, width + 1, b)
+    start = np.cumsum(n + rng.integers(0, 2, b)) - n
+    u = rng.random(int(start[-1] + n[-1]))
+    thresholds = np.cumsum(table.mv_arrays()[0], axis=-1).ravel()
+    if (thresholds < 1.0).any():
+        u[::3] = rng.choice(thresholds[thresholds < 1.0], u[::3].size)  # uniforms on the thresholds
+    prompt, query = rng.integers(0, 3, b), rng.integers(0, 5, b)
+    run = rng.integers(0, runs, b)
+    contexts = contexts_of([[1.0, 0.0], [0.5, 1.0]])
+
+    def tallies():  # noqa: ANN202
+        pulls = draw_pulls(table, prompt, query, n, u, start)
+        lazy = pulls.pending_draw is not None
+        stats = _engine.NestedStats(runs, 3, 40, contexts)
+        stats.add(pulls, run)
+        return lazy, stats.gain, stats.cost, stats.count, pulls.outcome, pulls.mask
+
+    numpy_path, kernels = both(monkeypatch, tallies)
+    assert not numpy_path[0] and kernels[0]  # the kernels' pulls left their outcomes to the tally
+    for x, y in zip(numpy_path[1:], kernels[1:], strict=True):
+        assert same_bits(x, y)
+
+
 def test_ranked_means_are_means_at(monkeypatch):
     """The halving's means of active arms: the kernel's are means_at's bits, NaN (unseen) ranked UNSEEN."""
     rng = np.random.default_rng(5)
