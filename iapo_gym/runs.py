@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from iapo_gym import _jit
 from iapo_gym.contexts import ContextSet
 from iapo_gym.ledger import LedgerGroup
 from iapo_gym.sampling import Pulls, draw_pulls, draw_pulls_worlds
@@ -155,7 +156,11 @@ class RunStreams:
         starts = ends - counts_a
         pos = self._pos[runs_a]
         cheap = counts_a <= _BUFFER - pos
-        if cheap.any():
+        if cheap.any() and _jit.enabled():  # each run's next values, copied from its buffer in place
+            r = runs_a[cheap]
+            _copy_buffered(self._buf, r, pos[cheap], counts_a[cheap], starts[cheap], out)
+            self._pos[r] += counts_a[cheap]
+        elif cheap.any():
             r, c, first, p = runs_a[cheap], counts_a[cheap], starts[cheap], pos[cheap]
             packed = np.cumsum(c) - c  # where each run's values start among the cheap ones
             flat = np.arange(int(c.sum()))
@@ -215,6 +220,15 @@ class RunStreams:
     def rows(self, runs: ArrayLike) -> RowGenerator:
         """A ``numpy.random.Generator``-like view whose row ``i`` draws from run ``runs[i]`` (see :class:`RowGenerator`)."""
         return RowGenerator(self, np.asarray(runs, dtype=np.int64).reshape(-1))
+
+
+@_jit.kernel
+def _copy_buffered(buf, run, pos, count, first, out):  # noqa: ANN001, ANN202
+    """Compiled twin of the buffered path of :meth:`RunStreams.random`: run ``run[i]``'s values from ``pos[i]``."""
+    for i in range(run.size):
+        r, p, f = run[i], pos[i], first[i]
+        for j in range(count[i]):
+            out[f + j] = buf[r, p + j]
 
 
 class RowGenerator:

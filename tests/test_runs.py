@@ -25,11 +25,18 @@ def _reference(seed: int, salt: str, n: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(ss)).random(n)
 
 
-def test_each_run_reads_its_own_generator_in_order_however_requests_are_cut():
+@pytest.mark.parametrize("jit", ["0", "1"])
+def test_each_run_reads_its_own_generator_in_order_however_requests_are_cut(monkeypatch, jit):
+    """On both paths (the buffered values are copied by a kernel when numba is on)."""
+    if jit == "1":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("IAPO_GYM_JIT", jit)
     streams = RunStreams([3, 8, 0], "psst")
     got: dict[int, list[np.ndarray]] = {0: [], 1: [], 2: []}
     # small (buffered), large (direct), zero and mixed requests, runs in any order
-    for counts, runs in [([5, 2, 0], [0, 1, 2]), ([3000], [1]), ([7, 1], [2, 0]), ([9000, 4, 1], [0, 2, 1]), ([1], [1])]:
+    requests = [([5, 2, 0], [0, 1, 2]), ([3000], [1]), ([7, 1], [2, 0]), ([9000, 4, 1], [0, 2, 1]), ([1], [1])]
+    requests += [([4000, 90, 3], [1, 0, 2]), ([50, 60, 70], [2, 1, 0])]  # a refill next to buffered runs
+    for counts, runs in requests:
         out = streams.random(counts, runs)
         assert out.shape == (sum(counts),)
         pos = 0
