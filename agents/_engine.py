@@ -496,32 +496,30 @@ class NestedStats:
             self._add_per_query(gain, count, cost, pulls, run)
             return
         width = gain.shape[-1]
-        if live is not None:  # arms no longer read: add nothing (adding 0.0 leaves a tally's bits as they are)
-            keep = live[np.asarray(run, dtype=np.int64), pulls.prompt, :width]  # (B, L)
-            gain = np.where(keep[None], gain, 0.0)
-            cost = np.where(keep, cost, 0.0)
-            count = np.where(keep, count, 0)
         # Pulls -> dense ids of the (run, prompt) cells they touch (no sort: a mark array over all
-        # S * P cells), then one bincount per tally over (cell id, k) and one scatter-add.
+        # S * P cells), then one bincount per tally over (cell id, k) and one scatter-add. Arms
+        # not live get 0.0 / 0 added (the same bits as adding nothing), decided per cell.
         run = np.asarray(run, dtype=np.int64)
         cell = run * self.n_prompts + pulls.prompt
         mark = np.zeros(self.n_runs * self.n_prompts, dtype=np.int64)
         mark[cell] = 1
         present = np.flatnonzero(mark)
         if present.size == cell.size:  # one pull per cell: the tallies are the pulls' own sums
+            keep = _kept(live, run, pulls.prompt, width)
             for u in range(gain.shape[0]):
-                self.gain[run, u, pulls.prompt, :width] += gain[u]
-            self.cost[run, pulls.prompt, :width] += cost
-            self.count[run, pulls.prompt, :width] += count
+                self.gain[run, u, pulls.prompt, :width] += _masked(gain[u], keep)
+            self.cost[run, pulls.prompt, :width] += _masked(cost, keep)
+            self.count[run, pulls.prompt, :width] += _masked(count, keep)
             return
         mark[present] = np.arange(present.size)
         flat = (mark[cell][:, None] * width + np.arange(width)[None, :]).reshape(-1)
         size = present.size * width
         cell_run, cell_prompt = np.divmod(present, self.n_prompts)
+        keep = _kept(live, cell_run, cell_prompt, width)
 
         def tally(x: NDArray) -> NDArray[np.float64]:
             sums = np.bincount(flat, weights=x.reshape(-1), minlength=size)  # float64: weighted counts
-            return sums.astype(np.float64, copy=False).reshape(present.size, width)
+            return _masked(sums.astype(np.float64, copy=False).reshape(present.size, width), keep)
 
         for u in range(gain.shape[0]):
             self.gain[cell_run, u, cell_prompt, :width] += tally(gain[u])
@@ -643,6 +641,21 @@ def _ranked_means_kernel(gain, cost, count, cost_weight, group, idx, n_contexts,
             v = (gain[g0 + a] - w * cost[c0 + a]) / count[c0 + a]
             out[row, i] = unseen if np.isnan(v) else v
     return out
+
+
+def _kept(
+    live: NDArray[np.bool_] | None, run: NDArray[np.int64], prompt: NDArray[np.int64], width: int
+) -> NDArray[np.bool_] | None:
+    """``(B, width)`` which sizes of each (run, prompt) are live, or None when all are (or no ``live`` was given)."""
+    if live is None:
+        return None
+    keep = live[run, prompt, :width]
+    return None if bool(keep.all()) else keep
+
+
+def _masked(x: NDArray, keep: NDArray[np.bool_] | None) -> NDArray:
+    """``x`` with 0 where ``keep`` is False (adding 0.0 or 0 leaves a tally's bits as they are)."""
+    return x if keep is None else np.where(keep, x, x.dtype.type(0))
 
 
 _NO_SUMS = np.zeros((0, 0))
