@@ -24,9 +24,9 @@ The pins equal the policies of the engine of commit 05a16dd (before the round lo
 kernel and the sequential agents were rewritten) for every agent but ``psst_model``, whose
 decisions changed on purpose at commit 34f8969 (its rounds deepen only while they keep
 ``min_queries`` common queries), again with its confident drop and shrinkage across prompts
-(``drop_z``, ``shrink``), and on Best-of-N tables with its empirical-Bayes estimates (``bon_eb``).
-Check another engine against them, or rewrite them (only when a decision is meant to change, and
-say why in the commit)::
+(``drop_z``, ``shrink``), on Best-of-N tables with its empirical-Bayes estimates (``bon_eb``) and on
+binary answers with its deeper rounds (``eb_m``). Check another engine against them, or rewrite them
+(only when a decision is meant to change, and say why in the commit)::
 
     git archive 05a16dd | tar -x -C /tmp/pin-engine
     python tests/policy_pins.py --root /tmp/pin-engine --check   # lists the cases that differ

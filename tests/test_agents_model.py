@@ -107,14 +107,15 @@ def test_registered_and_flagged():
         PSSTModel(m=-1)
 
 
-@pytest.mark.parametrize("strategy", ["mv", "bon"])
+@pytest.mark.parametrize("strategy", ["mv", "bon", "binary"])
 def test_conforms(strategy):
-    table = small_table(strategy)
+    table = easy_mv_table() if strategy == "binary" else small_table(strategy)  # binary: eb_m's deeper rounds
     check_agent(make_agent("psst_model"), lambda s: make_env(table, s), budgets=(0, 1, 5, 23, 400, 3000), seeds=(0, 5, 9))
 
 
 def test_rejects_bad_settings_with_one_line():
-    for kwargs in ({"keep": 0.0}, {"keep": 1.0}, {"min_queries": -1}, {"extra_rounds": -1}, {"growth": 0.0}, {"drop_z": -1.0}):
+    bad = ({"keep": 0.0}, {"keep": 1.0}, {"min_queries": -1}, {"extra_rounds": -1}, {"growth": 0.0}, {"drop_z": -1.0})
+    for kwargs in (*bad, {"eb_m": -1}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             PSSTModel(**kwargs)
 
@@ -138,6 +139,26 @@ def test_m_deepens_only_while_the_round_keeps_min_queries():
                 assert m_log[1] == 2 or q_log[1] >= mq
     assert PSSTModel().fit(make_env(table, 0), 200, 0).info["m_per_round"] == [2, 2]
     assert PSSTModel(min_queries=0).fit(make_env(table, 0), 200, 0).info["m_per_round"] == [2, 4]
+
+
+def test_binary_answers_deepen_to_eb_m_after_the_first_round():
+    """Binary answers (the empirical-Bayes estimator): every round after the first pulls each
+    survivor at least eb_m times per query; other answer spaces and an explicit m are untouched."""
+    binary = easy_mv_table()  # 4 prompts, 2 answer categories, N_max = 7: two rounds
+    for budget, on, off in ((200, 4, 2), (3000, 7, 4)):
+        # 200: round 1 affords < 1 query of 32 per survivor, so the floor decides (eb_m 4, else m 2);
+        # 3000: it affords >= 15, so m doubles from the floor (min(7, 2 * 4)) instead of from 2
+        info = PSSTModel().fit(make_env(binary, 0), budget, 0).info
+        assert info["m_per_round"] == [2, on] and info["budget_used"] <= budget
+        assert PSSTModel(eb_m=0).fit(make_env(binary, 0), budget, 0).info["m_per_round"] == [2, off]
+        assert PSSTModel(m=2).fit(make_env(binary, 0), budget, 0).info["m_per_round"] == [2, off]
+    table = small_table("mv")  # 4 answer categories: the plug-in estimator, eb_m does not apply
+    assert table.answer_probs.shape[-1] > 2
+    w = table.contexts.weights
+    for budget in (200, 3000):
+        a = PSSTModel().fit(make_env(table, 0), budget, 0)
+        b = PSSTModel(eb_m=0).fit(make_env(table, 0), budget, 0)
+        assert a.info == b.info and np.array_equal(a.act(w), b.act(w))
 
 
 def test_finds_the_optimal_arms_of_an_easy_table():
