@@ -7,8 +7,9 @@ candidate prompts from the exact train-split Q: the union over contexts of the `
 (by their best arm). It then spends the whole budget ``T`` on those candidates only, with no
 screening cost: every candidate is sampled ``m`` times on each of the same ``floor(T / (|S| m))``
 random train queries (paired, as ``psst_model`` does; a query is reused cyclically once all are
-used). The arms are estimated with ``psst_model``'s estimators (per-query jackknifed plug-in; the
-empirical-Bayes NPMLE for binary majority voting) and the exact mean cost per completion, and the
+used). The arms are estimated with ``psst_model``'s default estimators (per-query jackknifed
+plug-in for majority voting over many answers, the empirical-Bayes NPMLE for binary majority
+voting, the empirical-Bayes pooled estimate for Best-of-N) and the exact mean cost per completion, and the
 best estimated ``(p, N)`` of each context is deployed. Regret is the exact test-split regret.
 
 ``m`` is chosen in hindsight (the best mean regret over a grid), so the number is favourable to the
@@ -60,7 +61,8 @@ def query_counts(rng: np.random.Generator, train: np.ndarray, n_queries: int, m:
 def estimate(table, cand: np.ndarray, queries: np.ndarray, n: np.ndarray, rng: np.random.Generator,
              weights: np.ndarray, train: np.ndarray) -> np.ndarray:
     """``Qhat (C, |cand|, n_max)`` from fresh samples, with ``psst_model``'s estimators."""
-    from iapo_gym.agents.psst_model import jackknife_bon_max, jackknife_mv_credit, npmle_binary_q
+    from iapo_gym.agents._bon_eb import eb_bon_expected_max, fit_dirichlet_concentration
+    from iapo_gym.agents.psst_model import jackknife_mv_credit, npmle_binary_q
 
     n_max = table.n_max
     pp, qq = np.meshgrid(cand, queries, indexing="ij")  # (S, Q)
@@ -90,9 +92,12 @@ def estimate(table, cand: np.ndarray, queries: np.ndarray, n: np.ndarray, rng: n
     vals = table.outcome_values[pp, qq]  # (S, Q, M, K)
     obj, inv = np.unique(weights[:, :-1], axis=0, return_inverse=True)
     gain = np.empty((obj.shape[0], cand.size, n_max))
+    flat = counts.reshape(-1, vals.shape[2])
+    group = np.repeat(np.arange(cand.size), queries.size)
+    alpha = fit_dirichlet_concentration(flat, group, cand.size)
     for u in range(obj.shape[0]):
         sc = (vals @ obj[u]).reshape(-1, vals.shape[2])
-        per_q = jackknife_bon_max(sc, counts.reshape(-1, vals.shape[2]), n_max)
+        per_q = eb_bon_expected_max(sc, flat, group, cand.size, alpha, n_max)
         gain[u] = per_q.reshape(cand.size, queries.size, n_max).mean(axis=1)
     return gain[inv.reshape(-1)] - weights[:, -1, None, None] * (cost[:, None] * n_arr)[None]
 
