@@ -135,6 +135,20 @@ def _mv_size_sums(pulls: Pulls, plan: BlockPlan, n: NDArray[np.int64]) -> NDArra
     return out
 
 
+@lru_cache(maxsize=64)
+def _vote_encoding(a: int, bits: int) -> tuple[NDArray[np.int64], int, int]:
+    """The packed votes of :func:`_mv_tail_sums` for ``a`` answers in fields of ``bits``: ``(word, ones, guards)``.
+
+    ``word[r]`` (read-only, int64) is what a completion of relabelled answer ``r`` adds (``-ones`` for
+    gold, ``1 << (bits * (r - 1))`` otherwise); ``ones`` has a 1 in every field, ``guards`` every
+    field's top bit. The numpy path and both compiled kernels take the encoding from here.
+    """
+    ones = sum(1 << (bits * c) for c in range(a - 1))
+    word = np.array([-ones] + [1 << (bits * (r - 1)) for r in range(1, a)], dtype=np.int64)
+    word.setflags(write=False)
+    return word, ones, ones << (bits - 1)
+
+
 def _mv_tail_sums(diff: NDArray[np.int64], plan: BlockPlan, n: NDArray[np.int64], a: int, tail: int) -> NDArray[np.float64]:
     """Credit of the blocks ``tail:`` (sizes >= 3) of every pull, summed per size: ``(L - 2, B)``.
 
@@ -154,9 +168,8 @@ def _mv_tail_sums(diff: NDArray[np.int64], plan: BlockPlan, n: NDArray[np.int64]
     width, b = plan.width, diff.shape[0]
     bits = width.bit_length() + 1
     dtype = np.int32 if (a - 1) * bits <= 30 else np.int64
-    ones = sum(1 << (bits * c) for c in range(a - 1))
-    guards = dtype(ones << (bits - 1))
-    word = np.array([-ones] + [1 << (bits * (r - 1)) for r in range(1, a)], dtype=dtype)
+    word64, ones, guards64 = _vote_encoding(a, bits)
+    guards, word = dtype(guards64), word64.astype(dtype)
     cum = np.zeros((b, width + 1), dtype=dtype)
     np.cumsum(np.take(word, diff, mode="wrap"), axis=1, out=cum[:, 1:])  # r = diff mod A
     cum = np.ascontiguousarray(cum.T)  # completion-major
@@ -195,12 +208,13 @@ def _mv_size_sums_compiled(pulls: Pulls, n: NDArray[np.int64], width: int) -> ND
     a = int(pulls.n_categories)
     bits = width.bit_length() + 1  # as _mv_tail_sums: a count (<= width) plus a guard bit
     if (a - 1) * bits <= 62:
-        return _mv_size_sums_packed(pulls.outcome, pulls.gold, n, width, a, bits, _credit_lut(a))
+        word, ones, guards = _vote_encoding(a, bits)
+        return _mv_size_sums_packed(pulls.outcome, pulls.gold, n, width, a, bits, word, ones, guards, _credit_lut(a))
     return _mv_size_sums_counts(pulls.outcome, pulls.gold, n, width, a, _credit_lut(a))
 
 
 @_jit.kernel
-def _mv_size_sums_packed(outcome, gold, n, width, a, bits, lut):  # noqa: ANN001, ANN202
+def _mv_size_sums_packed(outcome, gold, n, width, a, bits, word, ones, guards, lut):  # noqa: ANN001, ANN202
     """Compiled twin of :func:`_mv_size_sums` with the packed votes of :func:`_mv_tail_sums`: ``(B, width)``.
 
     Answers are relabelled ``r = (answer - gold) mod A`` (gold is 0); a completion adds ``-ones``
@@ -213,16 +227,8 @@ def _mv_size_sums_packed(outcome, gold, n, width, a, bits, lut):  # noqa: ANN001
     """
     b_n = outcome.shape[0]
     out = np.zeros((b_n, width))
-    ones = 0
-    for c in range(a - 1):
-        ones |= 1 << (bits * c)
-    guards = ones << (bits - 1)
     top = bits * (a - 2) if a >= 2 else 0
     field = (1 << bits) - 1
-    word = np.empty(a, dtype=np.int64)
-    word[0] = -ones
-    for r in range(1, a):
-        word[r] = 1 << (bits * (r - 1))
     cum = np.zeros(width + 1, dtype=np.int64)
     for b in range(b_n):
         nb = n[b]
@@ -540,7 +546,9 @@ class NestedStats:
         lut = _credit_lut(a)
         draw = pulls.pending_draw
         outcome, u, start, cdf = _NO_OUTCOME, _NO_U, _NO_START, _NO_SUMS
+        encoding: tuple[NDArray[np.int64], int, int] = (np.zeros(a, dtype=np.int64), 0, 0)  # unread with sums
         if (a - 1) * bits <= 62:
+            encoding = _vote_encoding(a, bits)
             sums = _NO_SUMS
             if draw is not None:  # the kernel draws the outcomes from the uniforms itself
                 u, start, cdf = draw
@@ -552,7 +560,8 @@ class NestedStats:
         _block_add_kernel(
             self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
             n, outcome, u, start, cdf, pulls.gold, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]),
-            np.asarray(unit, dtype=np.float64), width, a, bits, lut, _NO_LIVE if live is None else live,
+            np.asarray(unit, dtype=np.float64), width, a, bits, *encoding, lut,
+            _NO_LIVE if live is None else live,
         )
 
     def _add_per_query(
@@ -667,7 +676,8 @@ _NO_LIVE = np.zeros((0, 0, 0), dtype=np.bool_)
 
 @_jit.kernel
 def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
-    gain, cost, count, run, prompt, n, outcome, uniforms, start, cdf, gold, sums, w, unit, width, a, bits, lut, live,  # noqa: ANN001
+    gain, cost, count, run, prompt, n, outcome, uniforms, start, cdf, gold, sums, w, unit,  # noqa: ANN001
+    width, a, bits, word, ones, guards, lut, live,
 ):  # noqa: ANN202
     """Compiled twin of :meth:`NestedStats.add` (``"block"``, MV), updating ``gain``, ``cost``, ``count`` in place.
 
@@ -698,17 +708,9 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     packed = sums.shape[0] == 0
     from_draw = outcome.shape[0] == 0 and packed
     a1 = cdf.shape[1] - 1  # u < 1 = cdf[:, -1] always
-    # packed votes (see _mv_size_sums_packed)
-    ones = 0
-    for c in range(a - 1):
-        ones |= 1 << (bits * c)
-    guards = ones << (bits - 1)
+    # packed votes (see _mv_size_sums_packed; word, ones, guards from _vote_encoding)
     top = bits * (a - 2) if a >= 2 else 0
     field = (1 << bits) - 1
-    word = np.empty(a, dtype=np.int64)
-    word[0] = -ones
-    for r in range(1, a):
-        word[r] = 1 << (bits * (r - 1))
     shifted = np.empty(2 * a - 1, dtype=np.int64)  # shifted[d + a - 1] = word[d mod a] for d in -(a-1)..a-1
     for d in range(-(a - 1), a):
         shifted[d + a - 1] = word[d % a]
