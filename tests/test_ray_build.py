@@ -71,8 +71,8 @@ def _once_each(ckpt: Path) -> list[dict]:
     return units
 
 
-def _build_with_killer(tmp_path: Path, urls: str, kill) -> tuple[int, list[int], list[float]]:
-    """Run the Ray build in this thread; ``kill(actor)`` one worker once 4 units are checkpointed."""
+def _build_with_killer(tmp_path: Path, urls: str, kill, ready=lambda: True) -> tuple[int, list[int], list[float]]:
+    """Run the Ray build in this thread; ``kill(actor)`` one worker once 4 units are checkpointed and ``ready()``."""
     ckpt = tmp_path / "ray.checkpoint.jsonl"
     killed: list[int] = []
     killed_at: list[float] = []
@@ -84,9 +84,12 @@ def _build_with_killer(tmp_path: Path, urls: str, kill) -> tuple[int, list[int],
         names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["name"].startswith(ACTOR_PREFIX))
         actor = ray.get_actor(names[0])
-        killed.append(int(ray.get(actor.info.remote(), timeout=30)["pid"]))
+        pid = int(ray.get(actor.info.remote(), timeout=30)["pid"])
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.005)
+        killed.append(pid)
         killed_at.append(time.monotonic())
-        kill(actor, killed[0])
+        kill(actor, pid)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
@@ -100,8 +103,15 @@ def test_killed_worker_process_is_restarted_and_the_table_is_bit_identical(tmp_p
         assert main([*ARGS, "--base-url", a.base_url, "--out", str(tmp_path / "ref")]) == 0
         assert len(a.requests) == UNITS
         a.requests.clear()
+        # kill while every endpoint holds a request that arrived under 0.1 s ago (its answer is 0.3 s
+        # away), so the killed worker has one in flight however loaded the machine is
+        def fresh(server: FakeChatServer) -> bool:
+            now = time.monotonic()
+            return any(r["status"] is None and now - r["t"] < 0.1 for r in list(server.requests))
+
         rc, killed, _ = _build_with_killer(tmp_path, f"{a.base_url},{b.base_url}",
-                                           lambda actor, pid: os.kill(pid, signal.SIGKILL))
+                                           lambda actor, pid: os.kill(pid, signal.SIGKILL),
+                                           ready=lambda: fresh(a) and fresh(b))
         sent = len(a.requests) + len(b.requests)
     out = capsys.readouterr().out
     assert rc == 0 and killed and killed[0] != os.getpid()
