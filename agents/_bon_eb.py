@@ -67,6 +67,10 @@ def fit_dirichlet_concentration(
     depends on the row only through its sorted counts, so each distinct pattern is evaluated once.
     Where the data cannot tell concentrations apart (every row a single draw, or a group without
     rows) the grid point nearest ``alpha = 1`` (the uniform prior on the simplex) is returned.
+
+    A group's likelihood is summed over its own (pattern, count) terms only, in the patterns'
+    lexicographic order, so it has the same bits whatever other groups share the call (a run's
+    concentration does not depend on its batch).
     """
     c = np.asarray(counts, dtype=np.int64)
     r_n, m_n = c.shape
@@ -78,8 +82,11 @@ def fit_dirichlet_concentration(
     tot = pats.sum(axis=1)
     ll = (gammaln(alpha[None, None, :] + pats[:, :, None]) - gammaln(alpha)[None, None, :]).sum(axis=1)
     ll -= gammaln(m_n * alpha[None, :] + tot[:, None]) - gammaln(m_n * alpha)[None, :]  # (K, grid)
-    hist = np.bincount(np.asarray(group) * pats.shape[0] + inv, minlength=n_groups * pats.shape[0])
-    total = hist.reshape(n_groups, pats.shape[0]).astype(np.float64) @ ll  # (G, grid)
+    key, reps = np.unique(np.asarray(group, dtype=np.int64) * pats.shape[0] + inv, return_counts=True)
+    g_of, p_of = np.divmod(key, pats.shape[0])  # sorted by group, then pattern
+    starts = np.flatnonzero(np.r_[True, g_of[1:] != g_of[:-1]])
+    total = np.zeros((n_groups, alpha.size))
+    total[g_of[starts]] = np.add.reduceat(reps[:, None] * ll[p_of], starts, axis=0)  # (G, grid)
     # a flat likelihood (no information) falls back to the grid point nearest alpha = 1
     total -= 1e-9 * np.log(alpha)[None, :] ** 2
     return alpha[np.argmax(total, axis=1)]
@@ -129,9 +136,9 @@ def eb_bon_expected_max(
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, np.maximum(n_pool - 1, 0))
     frac = pos - lo
-    base = np.where(n_pool > 0, start[g][:, None], pool.size - 1)
+    base = np.where(n_pool > 0, start[g][:, None], pool.size - 1)  # no residuals: the trailing 0
     shape_q = pool[base + lo] * (1.0 - frac) + pool[base + hi] * frac
-    s_full = np.where(seen, sc, loc[:, None] + np.where(n_pool > 0, shape_q, 0.0))
+    s_full = np.where(seen, sc, loc[:, None] + shape_q)
     a_full = c + np.asarray(alpha, dtype=np.float64)[g][:, None]
     for lo_r in range(0, r_n, EB_BLOCK_ROWS):
         hi_r = min(lo_r + EB_BLOCK_ROWS, r_n)

@@ -646,9 +646,10 @@ class PlugInSums:
         s_i, p_i, w_i = s_i[seen], p_i[seen], w_i[seen]
         s_n, p_n, u_n, n_n = self.acc.shape
         target = s_i * p_n + p_i
-        acc, acc2 = self.acc.reshape(s_n * p_n, u_n, n_n), self.acc2.reshape(s_n * p_n, u_n, n_n)
-        for u, v in enumerate(self._values(s_i, p_i, w_i)):
-            _scatter_sums(acc[:, u], acc2[:, u], target, v, sign)
+        if not self.bon_eb:  # the empirical-Bayes BoN estimate replaces these sums; only the cells count
+            acc, acc2 = self.acc.reshape(s_n * p_n, u_n, n_n), self.acc2.reshape(s_n * p_n, u_n, n_n)
+            for u, v in enumerate(self._values(s_i, p_i, w_i)):
+                _scatter_sums(acc[:, u], acc2[:, u], target, v, sign)
         (np.add if sign > 0 else np.subtract).at(self.cells.reshape(-1), target, 1)
 
     def remove(self, cells: tuple[NDArray[np.int64], ...]) -> None:
