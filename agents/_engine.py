@@ -413,6 +413,14 @@ def row_utility(pulls: Pulls, weights: NDArray[np.float64]) -> NDArray[np.float6
 
     Used by agents without nested or cross-context reuse (naive Sequential Halving).
     """
+    if pulls.strategy == "mv" and pulls.unit_cost is not None and _jit.enabled():
+        draw = pulls.pending_draw
+        u, start, cdf = draw if draw is not None else (_NO_U, _NO_START, _NO_SUMS)
+        return _row_utility_mv_kernel(
+            _NO_OUTCOME if draw is not None else pulls.outcome, u, start, cdf, pulls.n.astype(np.int64, copy=False),
+            pulls.gold, pulls.unit_cost, int(pulls.n_categories), np.ascontiguousarray(weights[:, 0]),
+            np.ascontiguousarray(weights[:, -1]),
+        )
     mask = pulls.mask
     # a sequential sum (cumsum), not numpy's pairwise sum: the result must not depend on the padding width
     cost = np.cumsum(np.where(mask, pulls.cost, 0.0), axis=1)[:, -1]
@@ -428,6 +436,62 @@ def row_utility(pulls: Pulls, weights: NDArray[np.float64]) -> NDArray[np.float6
     score = np.einsum("blk,bk->bl", pulls.values, weights[:, :-1])
     best = np.where(mask, score, -np.inf).max(axis=1, initial=-np.inf)
     return np.where(np.isfinite(best), best, 0.0) - weights[:, -1] * cost
+
+
+@_jit.kernel
+def _row_utility_mv_kernel(outcome, u, start, cdf, n, gold, unit_cost, a, w_gain, w_cost):  # noqa: ANN001, ANN202
+    """Compiled twin of :func:`row_utility` for MV pulls with one cost per pull: the same bits.
+
+    Row ``b``'s answers are ``outcome[b, :n[b]]``, or (``outcome`` empty) drawn here by inverse
+    CDF from ``u[start[b] + j]`` under ``cdf[b]`` (the draw of :attr:`Pulls.pending_draw`); its
+    cost is the running sum of ``n[b]`` copies of ``unit_cost[b]`` (numpy's cumsum, in order).
+    """
+    b_n = n.shape[0]
+    drawn = outcome.shape[0] == 0
+    a1 = a - 1
+    votes = np.zeros(a, dtype=np.int64)
+    out = np.empty(b_n)
+    for b in range(b_n):
+        votes[:] = 0
+        cost = 0.0
+        g = gold[b]
+        for j in range(n[b]):
+            if drawn:
+                x = u[start[b] + j]
+                o = 0
+                for c in range(a1):
+                    o += x >= cdf[b, c]
+            else:
+                o = outcome[b, j]
+            votes[(o - g) % a] += 1
+            cost += unit_cost[b]
+        top = 0
+        for c in range(1, a):
+            top = max(top, votes[c])
+        ties = 0
+        for c in range(1, a):
+            ties += votes[c] == votes[0]
+        credit = 1.0 / (1 + ties) if votes[0] >= top and votes[0] > 0 else 0.0
+        out[b] = w_gain[b] * credit - w_cost[b] * cost
+    return out
+
+
+@_jit.kernel
+def add_per_cell(sums, counts, scratch, cell, value):  # noqa: ANN001, ANN202
+    """``sums += bincount(cell, value)`` and ``counts += bincount(cell)``, touching only the cells in ``cell``.
+
+    The same bits as the bincounts: each cell's values are first summed from 0.0 in row order
+    (in ``scratch``, all zeros on entry and on return), then added to ``sums`` once; cells not in
+    ``cell`` are left alone, where the bincount adds them an exact 0.0.
+    """
+    for i in range(cell.shape[0]):
+        scratch[cell[i]] += value[i]
+    for i in range(cell.shape[0]):  # a repeated cell adds its total once, then 0.0 (no change)
+        c = cell[i]
+        counts[c] += 1
+        sums[c] += scratch[c]
+        scratch[c] = 0.0
+    return None
 
 
 # ------------------------------------------------------------------------------------- stats
@@ -828,17 +892,50 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
             count[r, p, k] += acc_n[i, k]
 
 
+def _equal_groups(group: NDArray[np.int64]) -> int:
+    """The common size when ``group`` is contiguous runs of one size in non-decreasing order, else 0."""
+    bounds = np.flatnonzero(group[1:] != group[:-1]) + 1
+    size = int(bounds[0]) if bounds.size else group.size
+    if bounds.size != group.size // size - 1 or group.size % size or not bool(np.all(group[1:] >= group[:-1])):
+        return 0
+    return size if bool(np.all(bounds % size == 0)) else 0
+
+
+def _row_key_order(keys: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Per row of ``keys (G, size)``, the positions by key, ties in position order (a stable argsort).
+
+    The plain row sort (several times faster than a stable one) is not stable, so a row with two
+    equal keys (a repeated uniform: probability about ``size^2 / 2^54``) is sorted again stably.
+    """
+    within = np.argsort(keys, axis=1)
+    ranked = np.take_along_axis(keys, within, axis=1)
+    tied = np.flatnonzero((ranked[:, 1:] == ranked[:, :-1]).any(axis=1))
+    if tied.size:
+        within[tied] = np.argsort(keys[tied], axis=1, kind="stable")
+    return within
+
+
 def random_fit(
     group: NDArray[np.int64], cost: NDArray[np.int64], allowance: NDArray[np.int64], keys: NDArray[np.float64]
 ) -> NDArray[np.bool_]:
     """Pick, per group, a uniformly random subset of items whose total cost fits the group's allowance.
 
     Items of each group are visited in the order of their random ``keys`` (one uniform per item,
-    drawn by the caller from the item's run stream) and the longest prefix that fits is taken
-    (``group (I,)`` item -> group id, ``cost (I,)``, ``allowance (G,)``). Returns the ``(I,)`` mask.
+    drawn by the caller from the item's run stream; ties in item order) and the longest prefix that
+    fits is taken (``group (I,)`` item -> group id, ``cost (I,)``, ``allowance (G,)``). Returns the
+    ``(I,)`` mask. When the groups are contiguous runs of one size (every caller's usual case: cells
+    are run-major, every run holds as many) the items are handled as the rows of a ``(G, size)``
+    view, sorted row by row (about 10x faster than one lexsort over all items; the same subset).
     """
     if group.size == 0:
         return np.zeros(0, dtype=bool)
+    size = _equal_groups(group)
+    if size:
+        within = _row_key_order(keys.reshape(-1, size))
+        spent = np.cumsum(np.take_along_axis(cost.reshape(-1, size), within, axis=1), axis=1)
+        out = np.empty(within.shape, dtype=bool)
+        np.put_along_axis(out, within, spent <= allowance[group[::size]][:, None], axis=1)
+        return out.reshape(-1)
     order = np.lexsort((keys, group))
     g, c = group[order], cost[order]
     csum = np.cumsum(c)

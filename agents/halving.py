@@ -26,7 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
-from iapo_gym.agents._engine import random_fit, row_utility
+from iapo_gym import _jit
+from iapo_gym.agents._engine import add_per_cell, random_fit, row_utility
 from iapo_gym.agents._rounds import Rows, equal_rounds, run_rounds
 from iapo_gym.agents.base import Policy
 from iapo_gym.agents.psst import n_rounds
@@ -51,19 +52,27 @@ class PerContext:
         self.arm_cost = np.arange(a_n) % self.runs.n_max + 1
         self.sums = np.zeros(s_n * c_n * a_n)
         self.counts = np.zeros(s_n * c_n * a_n, dtype=np.int64)
+        self._m: NDArray[np.int64] | None = None  # (S, C) completions of one pull of every active arm
+        self._scratch: NDArray[np.float64] | None = None  # zeros between calls (add_per_cell)
 
     def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
         """``(lambda (S, C), rows)``: ``lambda`` pulls of every active arm per (run, context)."""
-        s_n, c_n, _ = self.active.shape
-        m = (self.active * self.arm_cost).sum(axis=-1)
+        s_n, c_n, a_n = self.active.shape
+        if self._m is None:  # changes only when arms are trimmed
+            self._m = (self.active * self.arm_cost).sum(axis=-1)
+        m = self._m
         lam = np.where(m > 0, avail // np.maximum(m, 1), 0)
-        cell_s, cell_c, cell_a = np.nonzero(self.active)
-        reps = lam[cell_s, cell_c]
-        rows = [np.repeat(x, reps) for x in (cell_s, cell_c, cell_a)]
+        if not last and not lam.any():  # no context affords a pull of every active arm: the budget carries forward
+            none = np.zeros(0, dtype=np.int64)
+            return lam, Rows(none, none, none, None, none)
+        cell = np.flatnonzero(self.active)  # (run, context, arm) cells, run-major
+        group, cell_a = np.divmod(cell, a_n)  # group = run * C + context
+        cell_s, cell_c = np.divmod(group, c_n)
+        reps = lam.reshape(-1)[group]
+        rows = [np.repeat(x, reps) for x in (cell_s, cell_c, cell_a)] if lam.any() else [cell[:0]] * 3
         if last:
-            group = cell_s * c_n + cell_c
             keys = self.runs.streams.random(np.bincount(cell_s, minlength=s_n))  # cells are run-major
-            extra = random_fit(group, self.arm_cost[cell_a], (avail - lam * m).reshape(-1), keys)
+            extra = np.flatnonzero(random_fit(group, self.arm_cost[cell_a], (avail - lam * m).reshape(-1), keys))
             rows = [np.concatenate([x, y[extra]]) for x, y in zip(rows, (cell_s, cell_c, cell_a), strict=True)]
         run_rows, ctx_rows, arm_rows = rows
         n_max = self.runs.n_max
@@ -77,6 +86,11 @@ class PerContext:
         a = rows.prompt[sel] * self.runs.n_max + rows.n[sel] - 1
         u = row_utility(pulls, self.runs.contexts.weights[c])
         flat = (s * c_n + c) * a_n + a
+        if _jit.enabled():  # only the touched cells (the same bits: see add_per_cell)
+            if self._scratch is None:
+                self._scratch = np.zeros(self.sums.size)
+            add_per_cell(self.sums, self.counts, self._scratch, flat, u)
+            return
         self.sums += np.bincount(flat, weights=u, minlength=self.sums.size)
         self.counts += np.bincount(flat, minlength=self.counts.size)
 
@@ -88,6 +102,7 @@ class PerContext:
     def trim(self, groups: NDArray[np.bool_]) -> None:
         """Halve the active arms of every (run, context) in ``groups (S, C)``."""
         s_n, c_n, a_n = self.active.shape
+        self._m = None
         # halve() trims whole runs; give it one "run" per (seed, context) pair (a view of active).
         halve(self.active.reshape(s_n * c_n, 1, a_n), self.means().reshape(s_n * c_n, 1, a_n), groups.reshape(-1))
 

@@ -60,6 +60,38 @@ def test_row_utility_scores_each_pull_under_its_own_context(strategy, contexts):
     np.testing.assert_allclose(ours, ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("pending", [False, True])
+def test_row_utility_compiled_gives_the_numpy_bits(monkeypatch, pending):
+    """The MV kernel (answers materialised, or drawn from the pending uniforms) = the numpy path, bit for bit."""
+    pytest.importorskip("numba")
+    from iapo_gym.sampling import _outcomes
+
+    rng = np.random.default_rng(4)
+    rows, a, width = 300, 3, 9  # three answers and up to 9 votes: ties (credit 1/2, 1/3) are frequent
+    n = rng.integers(1, width + 1, rows)
+    start = np.cumsum(n) - n
+    u = rng.random(int(n.sum()))
+    cdf = np.cumsum(rng.dirichlet(np.ones(a), rows), axis=1)
+    cdf[:, -1] = 1.0
+    gold, unit = rng.integers(0, a, rows), rng.uniform(0.001, 0.02, rows)
+    prompt, query = rng.integers(0, 3, rows), rng.integers(0, 9, rows)
+    weights = MV_CONTEXTS.weights[rng.integers(0, len(MV_CONTEXTS), rows)]
+
+    def pulls() -> Pulls:
+        if pending:
+            return Pulls("mv", prompt, n, query, None, None, None, gold, None, a, unit_cost=unit, draw=(u, start, cdf))
+        outcome, mask, _ = _outcomes(u, cdf, n, start)
+        return Pulls("mv", prompt, n, query, outcome, None, None, gold, mask, a, unit_cost=unit)
+
+    monkeypatch.setenv("IAPO_GYM_JIT", "0")
+    ref = row_utility(pulls(), weights)
+    monkeypatch.setenv("IAPO_GYM_JIT", "1")
+    ours = row_utility(pulls(), weights)
+    np.testing.assert_array_equal(ours, ref)
+    credit = ref + weights[:, -1] * unit * n  # the gain part: 0, 1/3, 1/2 or 1 times the gain weight
+    assert {0.0, 0.5, 1.0} <= set(np.round(credit / weights[:, 0], 6).tolist())
+
+
 def test_block_plan_lists_every_block_once_by_size():
     plan = block_plan(7)
     sizes = [int(k) for k in plan.size]
@@ -104,6 +136,34 @@ def test_random_fit_takes_a_random_prefix_that_fits_each_group():
     assert len(picks) > 1  # the subset is random, not the first items
 
 
+@pytest.mark.parametrize("layout", ["equal", "unequal", "unsorted"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_random_fit_row_path_takes_the_lexsort_prefix(layout, tied):
+    """Equal contiguous groups (row-sorted fast path) and any others pick exactly the prefix of the lexsort order."""
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        g_n, size = int(rng.integers(1, 12)), int(rng.integers(1, 40))
+        group = {
+            "equal": np.repeat(np.arange(g_n), size) * 3 + 1,  # group ids need not be 0..G-1
+            "unequal": np.repeat(np.arange(g_n), rng.integers(1, 9, g_n)),
+            "unsorted": rng.integers(0, g_n, g_n * size),
+        }[layout]
+        keys = rng.random(group.size)
+        if tied:  # repeated keys: ties go in item order (the unstable row sort must fall back)
+            keys = np.floor(keys * 3) / 3
+        cost = rng.integers(1, 6, group.size)
+        allowance = rng.integers(0, 4 * size + 2, int(group.max()) + 1)
+        order = np.lexsort((keys, group))
+        g, c = group[order], cost[order]
+        expect = np.zeros(group.size, dtype=bool)
+        for gid in np.unique(g):  # reference: walk each group's items in key order
+            total = 0
+            for i in np.flatnonzero(g == gid):
+                total += c[i]
+                expect[order[i]] = total <= allowance[gid]
+        np.testing.assert_array_equal(random_fit(group, cost, allowance, keys), expect)
+
+
 @pytest.mark.parametrize("strategy,contexts", [("mv", MV_CONTEXTS), ("bon", BON_CONTEXTS)])
 def test_compact_halving_decides_as_the_dense_one(strategy, contexts):
     """means_at gives means() bit for bit; halve_compact / best_arms_of make halve's / best_arms' decisions."""
@@ -138,3 +198,24 @@ def test_compact_halving_decides_as_the_dense_one(strategy, contexts):
     a_dense[0, 0, :] = True
     assert active_index(a_dense) is None
     np.testing.assert_array_equal(best_arms_of(a_dense, stats), best_arms(a_dense, dense))
+
+
+def test_add_per_cell_gives_the_bincount_bits():
+    """The compiled per-cell add (repeated cells, any order) = ``+= bincount``, bit for bit."""
+    pytest.importorskip("numba")
+    from iapo_gym.agents._engine import add_per_cell
+
+    rng = np.random.default_rng(11)
+    size = 50
+    sums, counts = rng.normal(size=size), rng.integers(0, 5, size)
+    ref_sums, ref_counts = sums.copy(), counts.copy()
+    scratch = np.zeros(size)
+    for _ in range(20):
+        cell = rng.integers(0, size, int(rng.integers(1, 80)))
+        value = rng.normal(size=cell.size) * 10.0 ** rng.integers(-8, 8, cell.size)  # magnitudes: order matters
+        ref_sums += np.bincount(cell, weights=value, minlength=size)
+        ref_counts += np.bincount(cell, minlength=size)
+        add_per_cell(sums, counts, scratch, cell, value)
+        np.testing.assert_array_equal(sums, ref_sums)
+        np.testing.assert_array_equal(counts, ref_counts)
+        assert not scratch.any()
