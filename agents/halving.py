@@ -25,8 +25,8 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
 from iapo_gym import _jit
+from iapo_gym.agents._common import BatchAgent, best_arms, halve, table_policies
 from iapo_gym.agents._engine import add_per_cell, random_fit, row_utility
 from iapo_gym.agents._rounds import Rows, equal_rounds, run_rounds
 from iapo_gym.agents.base import Policy
