@@ -933,9 +933,9 @@ def random_fit(
     if size:
         within = _row_key_order(keys.reshape(-1, size))
         spent = np.cumsum(np.take_along_axis(cost.reshape(-1, size), within, axis=1), axis=1)
-        out = np.empty(within.shape, dtype=bool)
-        np.put_along_axis(out, within, spent <= allowance[group[::size]][:, None], axis=1)
-        return out.reshape(-1)
+        picked = np.empty(within.shape, dtype=bool)
+        np.put_along_axis(picked, within, spent <= allowance[group[::size]][:, None], axis=1)
+        return picked.reshape(-1)
     order = np.lexsort((keys, group))
     g, c = group[order], cost[order]
     csum = np.cumsum(c)
