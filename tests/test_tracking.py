@@ -109,6 +109,22 @@ def _wandb_records(path: Path) -> list[Any]:
     return out
 
 
+def _wandb_records_when_written(path: Path, timeout: float = 60.0) -> list[Any]:
+    """The records of ``path`` once its writer has flushed them through the ``exit`` record.
+
+    ``run.finish()`` hands the log to wandb's service process, which may still be writing the file
+    when it returns (seen on a loaded machine: the file held its header only); poll, bounded in time.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        recs = _wandb_records(path) if path.stat().st_size >= 7 else []
+        if any(r.WhichOneof("record_type") == "exit" for r in recs) or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.2)
+
+
 def _key(item: Any) -> str:
     return item.key or "/".join(item.nested_key)
 
@@ -129,7 +145,7 @@ def test_wandb_offline_run_per_configuration_holds_the_tensorboard_history(
     assert len(files) == len(tb_runs) == 2  # one wandb run per configuration
     by_name = {}
     for f in files:
-        recs = _wandb_records(f)
+        recs = _wandb_records_when_written(f)
         (run,) = [r.run for r in recs if r.WhichOneof("record_type") == "run"]
         config = {_key(i): json.loads(i.value_json) for i in run.config.update}
         history = [
