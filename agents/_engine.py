@@ -415,9 +415,10 @@ def row_utility(pulls: Pulls, weights: NDArray[np.float64]) -> NDArray[np.float6
     """
     if pulls.strategy == "mv" and pulls.unit_cost is not None and _jit.enabled():
         draw = pulls.pending_draw
-        u, start, cdf = draw if draw is not None else (_NO_U, _NO_START, _NO_SUMS)
+        u, start, cdf, cdf_p, cdf_q = draw if draw is not None else (_NO_U, _NO_START, _NO_CDF, _NO_START, _NO_START)
         return _row_utility_mv_kernel(
-            _NO_OUTCOME if draw is not None else pulls.outcome, u, start, cdf, pulls.n.astype(np.int64, copy=False),
+            _NO_OUTCOME if draw is not None else pulls.outcome, u, start, cdf, cdf_p, cdf_q,
+            pulls.n.astype(np.int64, copy=False),
             pulls.gold, pulls.unit_cost, int(pulls.n_categories), np.ascontiguousarray(weights[:, 0]),
             np.ascontiguousarray(weights[:, -1]),
         )
@@ -439,11 +440,11 @@ def row_utility(pulls: Pulls, weights: NDArray[np.float64]) -> NDArray[np.float6
 
 
 @_jit.kernel
-def _row_utility_mv_kernel(outcome, u, start, cdf, n, gold, unit_cost, a, w_gain, w_cost):  # noqa: ANN001, ANN202
+def _row_utility_mv_kernel(outcome, u, start, cdf, cdf_p, cdf_q, n, gold, unit_cost, a, w_gain, w_cost):  # noqa: ANN001, ANN202
     """Compiled twin of :func:`row_utility` for MV pulls with one cost per pull: the same bits.
 
     Row ``b``'s answers are ``outcome[b, :n[b]]``, or (``outcome`` empty) drawn here by inverse
-    CDF from ``u[start[b] + j]`` under ``cdf[b]`` (the draw of :attr:`Pulls.pending_draw`); its
+    CDF from ``u[start[b] + j]`` under ``cdf[cdf_p[b], cdf_q[b]]`` (:attr:`Pulls.pending_draw`); its
     cost is the running sum of ``n[b]`` copies of ``unit_cost[b]`` (numpy's cumsum, in order).
     """
     b_n = n.shape[0]
@@ -460,7 +461,7 @@ def _row_utility_mv_kernel(outcome, u, start, cdf, n, gold, unit_cost, a, w_gain
                 x = u[start[b] + j]
                 o = 0
                 for c in range(a1):
-                    o += x >= cdf[b, c]
+                    o += x >= cdf[cdf_p[b], cdf_q[b], c]
             else:
                 o = outcome[b, j]
             votes[(o - g) % a] += 1
@@ -609,13 +610,13 @@ class NestedStats:
         bits = width.bit_length() + 1  # as _mv_tail_sums: a count (<= width) plus a guard bit
         lut = _credit_lut(a)
         draw = pulls.pending_draw
-        outcome, u, start, cdf = _NO_OUTCOME, _NO_U, _NO_START, _NO_SUMS
+        outcome, u, start, cdf, cdf_p, cdf_q = _NO_OUTCOME, _NO_U, _NO_START, _NO_CDF, _NO_START, _NO_START
         encoding: tuple[NDArray[np.int64], int, int] = (np.zeros(a, dtype=np.int64), 0, 0)  # unread with sums
         if (a - 1) * bits <= 62:
             encoding = _vote_encoding(a, bits)
             sums = _NO_SUMS
             if draw is not None:  # the kernel draws the outcomes from the uniforms itself
-                u, start, cdf = draw
+                u, start, cdf, cdf_p, cdf_q = draw
             else:
                 outcome = pulls.outcome
         else:
@@ -623,7 +624,7 @@ class NestedStats:
         unit = pulls.unit_cost[:, None] if pulls.unit_cost is not None else pulls.cost  # (B, 1): one cost per pull
         _block_add_kernel(
             self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
-            n, outcome, u, start, cdf, pulls.gold, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]),
+            n, outcome, u, start, cdf, cdf_p, cdf_q, pulls.gold, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]),
             np.asarray(unit, dtype=np.float64), width, a, bits, *encoding, lut,
             _NO_LIVE if live is None else live,
         )
@@ -736,11 +737,12 @@ _NO_OUTCOME = np.zeros((0, 0), dtype=np.int64)
 _NO_START = np.zeros(0, dtype=np.int64)
 _NO_U = np.zeros(0)
 _NO_LIVE = np.zeros((0, 0, 0), dtype=np.bool_)
+_NO_CDF = np.zeros((0, 0, 1))
 
 
 @_jit.kernel
 def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
-    gain, cost, count, run, prompt, n, outcome, uniforms, start, cdf, gold, sums, w, unit,  # noqa: ANN001
+    gain, cost, count, run, prompt, n, outcome, uniforms, start, cdf, cdf_p, cdf_q, gold, sums, w, unit,  # noqa: ANN001
     width, a, bits, word, ones, guards, lut, live,
 ):  # noqa: ANN202
     """Compiled twin of :meth:`NestedStats.add` (``"block"``, MV), updating ``gain``, ``cost``, ``count`` in place.
@@ -752,7 +754,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     the end. Every credit is a float32 ``1 / t``, so these per-size sums are exact in float64: the
     numpy path's bits whatever the order. Otherwise ``sums (B, width)`` holds them already. The
     answers come from ``outcome (B, L)``, or, when ``outcome`` is empty, from the inverse-CDF draw
-    itself (:attr:`Pulls.pending_draw`: uniform ``uniforms[start[b] + j]`` under ``cdf[b]``, the same
+    itself (:attr:`Pulls.pending_draw`: uniform ``uniforms[start[b] + j]`` under ``cdf[cdf_p[b], cdf_q[b]]``, the same
     comparisons as :func:`iapo_gym.sampling._outcomes`).
 
     **Tallies.** The numpy path's float operations in its order: a pull's gain under weight row
@@ -771,7 +773,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     has_live = live.shape[0] > 0
     packed = sums.shape[0] == 0
     from_draw = outcome.shape[0] == 0 and packed
-    a1 = cdf.shape[1] - 1  # u < 1 = cdf[:, -1] always
+    a1 = cdf.shape[2] - 1  # u < 1 = cdf[..., -1] always
     # packed votes (see _mv_size_sums_packed; word, ones, guards from _vote_encoding)
     top = bits * (a - 2) if a >= 2 else 0
     field = (1 << bits) - 1
@@ -813,8 +815,9 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                 if from_draw:
                     x = uniforms[s0 + j]
                     o = 0
+                    cp, cq = cdf_p[b], cdf_q[b]
                     for c in range(a1):
-                        o += x >= cdf[b, c]
+                        o += x >= cdf[cp, cq, c]
                 else:
                     o = outcome[b, j]
                 diff = o - g0

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from iapo_gym.agents._common import active_index, halve, halve_compact
 from iapo_gym.agents._engine import NestedStats, random_fit
-from iapo_gym.runs import RunBatch
+from iapo_gym.runs import RunBatch, int_sums_by
 from iapo_gym.sampling import Pulls
 
 __all__ = ["Allocation", "MaximalArms", "RoundLog", "Rows", "run_rounds"]
@@ -107,7 +107,7 @@ def run_rounds(runs: RunBatch, alloc: Allocation, budgets: NDArray[np.int64], pl
         for pulls, sel in runs.pull(rows.run, rows.prompt, rows.n, rows.col):
             alloc.record(pulls, rows, sel)
             slot = rows.run[sel] * g_n if rows.group is None else rows.run[sel] * g_n + rows.group[sel]
-            spent += np.bincount(slot, weights=pulls.n, minlength=spent.size).astype(np.int64)
+            spent += int_sums_by(slot, pulls.n, spent.size)
         spent = spent.reshape(s_n, g_n)
         used += spent
         carry = avail - spent

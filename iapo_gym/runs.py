@@ -231,6 +231,35 @@ def _copy_buffered(buf, run, pos, count, first, out):  # noqa: ANN001, ANN202
             out[f + j] = buf[r, p + j]
 
 
+@_jit.kernel
+def _query_layout(u, run, n, bounds, rows_per, n_train, train):  # noqa: ANN001, ANN202
+    """Compiled twin of :meth:`RunBatch._draw`'s layout: each row's query and the start of its completion uniforms.
+
+    Run segment ``j`` (rows ``bounds[j]`` to ``bounds[j] + rows_per[j]``) owns the values of ``u``
+    after every earlier segment's: first one query uniform per row, then its rows' completions,
+    row after row. A row's train column is ``min(int(uq * n_train), n_train - 1)`` (the numpy
+    path's product and truncation).
+    """
+    b_n = run.shape[0]
+    query = np.empty(b_n, dtype=np.int64)
+    start = np.empty(b_n, dtype=np.int64)
+    offset = 0  # where segment j's values start in u
+    for j in range(bounds.shape[0]):
+        first = bounds[j]
+        k = rows_per[j]
+        nt = n_train[run[first]]
+        pos = offset + k  # its first completion uniform
+        for i in range(first, first + k):
+            c = np.int64(u[offset + i - first] * nt)
+            if c > nt - 1:
+                c = nt - 1
+            query[i] = train[run[i], c]
+            start[i] = pos
+            pos += n[i]
+        offset = pos
+    return query, start
+
+
 class RowGenerator:
     """``random(size)`` / ``gumbel(size)`` for a batch whose row ``i`` belongs to run ``runs[i]``.
 
@@ -387,7 +416,7 @@ class RunBatch:
 
     def _charge(self, run: NDArray[np.int64], n: NDArray[np.int64]) -> None:
         """Check every run's budget and ledger, then charge them all (nothing is charged if one refuses)."""
-        charge = np.bincount(run, weights=n, minlength=self.n_runs).astype(np.int64)
+        charge = int_sums_by(run, n, self.n_runs)
         over = self.spent + charge > self.budgets
         if over.any():
             bad = int(np.flatnonzero(over)[0])
@@ -501,12 +530,17 @@ class RunBatch:
             cls = size_classes(n, self.n_max)
             groups = [np.flatnonzero(cls == c) for c in np.flatnonzero(np.bincount(cls)).tolist()]
         for rows in groups:
-            r = run[rows]
+            whole = rows.size == run.size  # rows = every position, in order
+            r = run if whole else run[rows]
             if r.size > 1 and bool(np.any(r[1:] < r[:-1])):  # make it run-major (stable: request order kept)
                 rows = rows[np.argsort(r, kind="stable")]
-            for call in _pack(run[rows], n[rows], cap):
-                sel = rows[call]
-                yield self._draw(run[sel], prompt[sel], n[sel], None if col is None else col[sel]), sel
+                whole, r = False, run[rows]
+            for call in _pack(r, n if whole else n[rows], cap):
+                idx = call if whole else rows[call]
+                sel: slice | NDArray[np.int64] = idx
+                if whole and call.size and int(call[-1]) - int(call[0]) + 1 == call.size:  # a range: views, no gathers
+                    sel = slice(int(call[0]), int(call[-1]) + 1)
+                yield self._draw(run[sel], prompt[sel], n[sel], None if col is None else col[sel]), idx
 
     def _objective_rows(self) -> int:
         w = self.contexts.weights[:, :-1]
@@ -522,13 +556,16 @@ class RunBatch:
         if col is None and not self._live:
             # One request per run for its query uniforms (one per row) followed by its completion
             # uniforms (row after row): the values each run would draw in two requests, in one.
-            done = np.cumsum(n) - n  # completions of the call before each row
-            seg = np.repeat(np.arange(bounds.size), rows_per)
             u = self.streams.random(rows_per + np.add.reduceat(n, bounds), runs_here)
-            uq = u[np.arange(run.size) + done[bounds][seg]]  # run j's values start after rows and completions of runs < j
-            col = self._train_col(run, uq)
-            start = done + (bounds + rows_per)[seg]  # ... and its completions after its own query uniforms
-            query = self.train[run, col]
+            if _jit.enabled():  # the same layout, columns and queries in one pass
+                query, start = _query_layout(u, run, n, bounds, rows_per, self.n_train, self.train)
+            else:
+                done = np.cumsum(n) - n  # completions of the call before each row
+                seg = np.repeat(np.arange(bounds.size), rows_per)
+                uq = u[np.arange(run.size) + done[bounds][seg]]  # run j's values start after rows and completions of runs < j
+                col = self._train_col(run, uq)
+                start = done + (bounds + rows_per)[seg]  # ... and its completions after its own query uniforms
+                query = self.train[run, col]
         else:
             if col is None:
                 uq = self.streams.random(rows_per, runs_here)  # one per row, rows in order within each run
@@ -589,6 +626,20 @@ def _drop_stack(stack_id: int) -> None:
         _STACK.clear()
 
 
+def int_sums_by(key: NDArray[np.int64], values: NDArray[np.int64], size: int) -> NDArray[np.int64]:
+    """``(size,)`` sums of the integer ``values`` per ``key`` (``np.bincount(key, values)``, exact, as int64).
+
+    Keys in non-decreasing order (run-major rows, the usual case) are summed per segment by
+    ``np.add.reduceat`` (several times faster than a weighted bincount, which sums in float64).
+    """
+    if key.size > 1 and bool(np.all(key[1:] >= key[:-1])):
+        starts, _ = _segments(key)
+        out = np.zeros(size, dtype=np.int64)
+        out[key[starts]] = np.add.reduceat(values.astype(np.int64, copy=False), starts)
+        return out
+    return np.bincount(key, weights=values, minlength=size).astype(np.int64)
+
+
 def _segments(run: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """First row and row count of each run's segment of run-major rows (``np.r_`` is slow here)."""
     bounds = np.concatenate(([0], np.flatnonzero(run[1:] != run[:-1]) + 1))
@@ -605,15 +656,17 @@ def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArra
     if run.size == 0:
         return []
     bounds, rows_per = _segments(run)
+    unit_size = np.add.reduceat(n, bounds)
+    # A run's last row starts after all its other completions: if that is within the first piece
+    # for every run, every row is (one piece per run, the common case): cut between runs by
+    # cumulative size, without per-row arithmetic.
+    if bool(np.all(unit_size - n[bounds + rows_per - 1] < PIECE_COMPLETIONS)):
+        unit_call = (np.cumsum(unit_size) - unit_size) // max(int(cap), 1)
+        cuts = bounds[1:][unit_call[1:] != unit_call[:-1]]
+        return np.split(np.arange(run.size), cuts)
     before = np.cumsum(n) - n
     within = before - np.repeat(before[bounds], rows_per)  # completions of the run before this row
     piece = within // PIECE_COMPLETIONS
-    if not piece.any():  # common case: one piece per run; cut between runs by cumulative size
-        unit_size = np.add.reduceat(n, bounds)
-        unit_call = (np.cumsum(unit_size) - unit_size) // max(int(cap), 1)
-        call = np.repeat(unit_call, rows_per)
-        cuts = np.flatnonzero(call[1:] != call[:-1]) + 1
-        return np.split(np.arange(run.size), cuts)
     unit_key = np.concatenate(([True], (run[1:] != run[:-1]) | (piece[1:] != piece[:-1])))
     starts = np.flatnonzero(unit_key)
     sizes = np.add.reduceat(n, starts)

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from iapo_gym.tables.format import OutcomeTable
 
 
+#: A pending inverse-CDF draw ``(u, start, cdf, cdf_p, cdf_q)`` (see :class:`Pulls`).
+PendingDraw = tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]
+
+
 class Pulls:
     """Raw outcomes of ``B`` pulls, padded to width ``L`` (read-only after construction).
 
@@ -38,9 +42,11 @@ class Pulls:
     ``outcome == gold``; costs from ``unit_cost``): they are then built on first access only, so
     a consumer that never reads them (the nested-block statistics) never pays for them. Likewise
     ``outcome`` and ``mask`` may be None when ``draw`` holds the inverse-CDF draw that gives them
-    (``(u, start, cdf)``: row ``b``'s completion ``j`` is the outcome of ``u[start[b] + j]`` under
-    ``cdf[b]``, :func:`draw_pulls`): a compiled consumer may read the draw itself
-    (:attr:`pending_draw`) instead of a materialised ``(B, L)`` outcome array.
+    (``(u, start, cdf, cdf_p, cdf_q)``: row ``b``'s completion ``j`` is the outcome of
+    ``u[start[b] + j]`` under the cumulative probabilities ``cdf[cdf_p[b], cdf_q[b]]``, a table's
+    whole ``(P, Q, A)`` array read in place or ``(B, 1, A)`` rows; :func:`draw_pulls`): a compiled
+    consumer may read the draw itself (:attr:`pending_draw`) instead of a materialised ``(B, L)``
+    outcome array.
     """
 
     __slots__ = (
@@ -61,7 +67,7 @@ class Pulls:
         mask: NDArray[np.bool_] | None,
         n_categories: int,
         unit_cost: NDArray[np.float64] | None = None,
-        draw: tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]] | None = None,
+        draw: PendingDraw | None = None,
     ) -> None:
         if values is None and strategy != "mv":
             raise ValueError("best-of-N pulls need their values (only MV values follow from outcome and gold)")
@@ -77,8 +83,8 @@ class Pulls:
 
     def _materialise(self) -> None:
         assert self._draw is not None
-        u, start, cdf = self._draw
-        self._outcome, self._mask, _ = _outcomes(u, cdf, self.n, start)
+        u, start, cdf, cdf_p, cdf_q = self._draw
+        self._outcome, self._mask, _ = _outcomes(u, cdf[cdf_p, cdf_q], self.n, start)
         self._draw = None
 
     @property
@@ -96,8 +102,8 @@ class Pulls:
         return self._mask  # type: ignore[return-value]
 
     @property
-    def pending_draw(self) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]] | None:
-        """``(u, start, cdf)`` while ``outcome`` is not materialised yet (see the class docstring), else None."""
+    def pending_draw(self) -> PendingDraw | None:
+        """``(u, start, cdf, cdf_p, cdf_q)`` while ``outcome`` is not materialised yet (see the class docstring), else None."""
         return self._draw
 
     @property
@@ -201,10 +207,12 @@ def draw_pulls(
     """
     mv = table.strategy == "mv"
     gold = table.mv_arrays()[1][query].astype(np.int64) if mv else np.full(prompt.size, -1, dtype=np.int64)
-    cdf = _cdf_rows(table, prompt, query)
     if mv and start is not None and _jit.enabled():  # outcomes on first access: the compiled tallies read the draw
+        whole = _cdf_table(table)  # read in place at (prompt, query) when the table keeps it: no per-row copy
+        draw = (u, start, whole, prompt, query) if whole is not None else _row_draw(u, start, _cdf_rows(table, prompt, query))
         return Pulls(table.strategy, prompt, n, query, None, None, None, gold, None, table.n_outcomes,
-                     unit_cost=table.cost[prompt, query], draw=(u, start, cdf))
+                     unit_cost=table.cost[prompt, query], draw=draw)
+    cdf = _cdf_rows(table, prompt, query)
     outcome, mask, full = _outcomes(u, cdf, n, start)
     values: NDArray[np.float64] | None = None  # MV: built on first access (from outcome == gold)
     if not mv:
@@ -248,7 +256,7 @@ def draw_pulls_worlds(
             gold[lo:hi] = t.mv_arrays()[1][q]
     if mv and start is not None and _jit.enabled():  # outcomes on first access (see draw_pulls)
         return Pulls(first.strategy, prompt, n, query, None, None, None, gold, None, first.n_outcomes,
-                     unit_cost=unit_cost, draw=(u, start, cdf))
+                     unit_cost=unit_cost, draw=_row_draw(u, start, cdf))
     outcome, mask, full = _outcomes(u, cdf, n, start)
     values: NDArray[np.float64] | None = None
     if not mv:
@@ -344,6 +352,21 @@ def _outcomes_flat_kernel(u, start, cdf, n, width):  # noqa: ANN001, ANN202
 
 #: Largest table (outcome probabilities) whose cumulative probabilities are kept in its cache.
 CDF_CACHE_ENTRIES = 1 << 17
+
+
+def _row_draw(u: NDArray[np.float64], start: NDArray[np.int64], rows: NDArray[np.float64]) -> PendingDraw:
+    """A pending draw whose cumulative probabilities are given per row (``rows (B, A)``)."""
+    b = rows.shape[0]
+    return u, start, rows[:, None, :], np.arange(b), np.zeros(b, dtype=np.int64)
+
+
+def _cdf_table(table: OutcomeTable) -> NDArray[np.float64] | None:
+    """The table's whole ``(P, Q, A)`` cumulative outcome probabilities when it keeps them (:func:`_cdf_rows`), else None."""
+    probs = table.mv_arrays()[0] if table.strategy == "mv" else table.bon_arrays()[1]
+    if probs.size > CDF_CACHE_ENTRIES:
+        return None
+    _cdf_rows(table, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))  # fills the cache
+    return table.cache["sampling/cdf"]
 
 
 def _cdf_rows(table: OutcomeTable, prompt: NDArray[np.int64], query: NDArray[np.int64]) -> NDArray[np.float64]:

@@ -60,11 +60,12 @@ def test_row_utility_scores_each_pull_under_its_own_context(strategy, contexts):
     np.testing.assert_allclose(ours, ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("pending", [False, True])
+@pytest.mark.parametrize("pending", [None, "rows", "table"])
 def test_row_utility_compiled_gives_the_numpy_bits(monkeypatch, pending):
-    """The MV kernel (answers materialised, or drawn from the pending uniforms) = the numpy path, bit for bit."""
+    """The MV kernel (answers materialised, or drawn from the pending uniforms under per-row or
+    whole-table cumulative probabilities) = the numpy path, bit for bit."""
     pytest.importorskip("numba")
-    from iapo_gym.sampling import _outcomes
+    from iapo_gym.sampling import _outcomes, _row_draw
 
     rng = np.random.default_rng(4)
     rows, a, width = 300, 3, 9  # three answers and up to 9 votes: ties (credit 1/2, 1/3) are frequent
@@ -77,9 +78,15 @@ def test_row_utility_compiled_gives_the_numpy_bits(monkeypatch, pending):
     prompt, query = rng.integers(0, 3, rows), rng.integers(0, 9, rows)
     weights = MV_CONTEXTS.weights[rng.integers(0, len(MV_CONTEXTS), rows)]
 
+    table = np.cumsum(rng.dirichlet(np.ones(a), (3, 9)), axis=-1)  # (P, Q, A) read at (prompt, query)
+    table[..., -1] = 1.0
+    if pending == "table":
+        cdf = table[prompt, query]
+
     def pulls() -> Pulls:
         if pending:
-            return Pulls("mv", prompt, n, query, None, None, None, gold, None, a, unit_cost=unit, draw=(u, start, cdf))
+            draw = _row_draw(u, start, cdf) if pending == "rows" else (u, start, table, prompt, query)
+            return Pulls("mv", prompt, n, query, None, None, None, gold, None, a, unit_cost=unit, draw=draw)
         outcome, mask, _ = _outcomes(u, cdf, n, start)
         return Pulls("mv", prompt, n, query, outcome, None, None, gold, mask, a, unit_cost=unit)
 

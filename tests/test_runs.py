@@ -110,6 +110,12 @@ def test_calls_respect_the_cap_and_never_split_or_merge_a_runs_piece():
     big = np.full(3, PIECE_COMPLETIONS // 2 + 1)
     calls = _pack(np.zeros(3, np.int64), big, cap=10)
     assert [c.tolist() for c in calls] == [[0, 1], [2]]
+    # a run's last row may cross the piece boundary and stay in its first piece; one completion
+    # more before it starts a second piece, in a call of its own (a call holds one piece per run)
+    straddle = np.array([PIECE_COMPLETIONS - 1, 5, 3])
+    assert [c.tolist() for c in _pack(np.array([0, 0, 1]), straddle, cap=1 << 30)] == [[0, 1, 2]]
+    over = np.array([PIECE_COMPLETIONS, 5, 3])
+    assert [c.tolist() for c in _pack(np.array([0, 0, 1]), over, cap=1 << 30)] == [[0], [1, 2]]
     assert size_classes(np.array([32, 23, 22, 1]), 32).tolist() == [0, 0, 1, 9]
 
 
@@ -250,3 +256,44 @@ def test_own_world_draws_equal_stacked_draws():
     assert a.keys() == b.keys() == {0, 1, 2}
     for r in a:
         np.testing.assert_array_equal(a[r][: args[2][r]], b[r][: args[2][r]])
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_compiled_query_layout_draws_the_numpy_paths_queries_and_answers(monkeypatch, capped):
+    """The compiled layout (query uniform -> train column -> query, completion starts) and the
+    in-place table CDF give every pull the numpy path's query and answers, in one call or many."""
+    pytest.importorskip("numba")
+    table = small_table("mv")
+    rng = np.random.default_rng(3)
+    run = np.sort(rng.integers(0, 4, 60))
+    prompt, n = rng.integers(0, table.n_prompts, 60), rng.integers(1, table.n_max + 1, 60)
+
+    def draws(jit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        monkeypatch.setenv("IAPO_GYM_JIT", jit)
+        batch = RunBatch([make_env(table, s, budget=10_000) for s in range(4)], 1_000, [5, 6, 7, 8], "layout")
+        if capped:
+            batch.cap_calls(40)  # several calls, each run's rows in one of them
+        query, outcome = np.zeros(60, np.int64), np.full((60, table.n_max), -1)
+        for pulls, rows in batch.pull(run, prompt, n):
+            query[rows], outcome[rows, : pulls.width] = pulls.query, pulls.outcome
+        return query, outcome, batch.streams.random(np.ones(4, np.int64))
+
+    q0, o0, next0 = draws("0")
+    q1, o1, next1 = draws("1")
+    np.testing.assert_array_equal(q1, q0)
+    np.testing.assert_array_equal(o1, o0)
+    np.testing.assert_array_equal(next1, next0)  # the same number of values taken from every stream
+    assert np.unique(q0).size > 5 and (o0 >= 0).sum() == n.sum()
+
+
+def test_int_sums_by_is_the_bincount_for_sorted_and_unsorted_keys():
+    from iapo_gym.runs import int_sums_by
+
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        key = rng.integers(0, 9, int(rng.integers(0, 50)))
+        values = rng.integers(0, 1 << 40, key.size)  # large: a float32 sum would round
+        for k in (key, np.sort(key)):
+            got = int_sums_by(k, values, 12)
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, np.bincount(k, weights=values, minlength=12).astype(np.int64))
