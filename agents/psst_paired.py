@@ -190,10 +190,22 @@ class CommonQueries:
         Paired means on few queries tie often, and a stable sort would favour low arm indices.
         """
         trim = groups[:, 0]
-        mean = self.stats.means().reshape(self.active.shape)
-        jitter = np.zeros(mean.shape)
-        jitter[trim] = self.runs.streams.random(mean[0].size, np.flatnonzero(trim)).reshape(-1, *mean.shape[1:])
-        halve(self.active, mean + 1e-9 * jitter, trim)
+        shape = self.active.shape
+        jitter = np.zeros(shape)
+        jitter[trim] = self.runs.streams.random(jitter[0].size, np.flatnonzero(trim)).reshape(-1, *shape[1:])
+        halve(self.active, JitteredMeans(self.stats, 1e-9 * jitter), trim)  # the active arms' means only
+
+
+@dataclass
+class JitteredMeans:
+    """``means_at`` of ``stats`` plus a fixed ``noise (S, C, A)``: ``means() + noise`` at the chosen arms, bit for bit."""
+
+    stats: NestedStats
+    noise: NDArray[np.float64]
+
+    def means_at(self, run: NDArray[np.int64], context: NDArray[np.int64], arm: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Means of the chosen arms (:meth:`NestedStats.means_at`) plus their noise."""
+        return self.stats.means_at(run, context, arm) + self.noise[run, context, arm]
 
 
 def run_paired_trimming(
