@@ -629,10 +629,11 @@ def _drop_stack(stack_id: int) -> None:
 def int_sums_by(key: NDArray[np.int64], values: NDArray[np.int64], size: int) -> NDArray[np.int64]:
     """``(size,)`` sums of the integer ``values`` per ``key`` (``np.bincount(key, values)``, exact, as int64).
 
-    Keys in non-decreasing order (run-major rows, the usual case) are summed per segment by
-    ``np.add.reduceat`` (several times faster than a weighted bincount, which sums in float64).
+    Many keys in non-decreasing order (run-major rows of a round, the usual case) are summed per
+    segment by ``np.add.reduceat`` (several times faster than a weighted bincount, which sums in
+    float64); a few (a sequential agent's step) by the bincount (fewer calls).
     """
-    if key.size > 1 and bool(np.all(key[1:] >= key[:-1])):
+    if key.size > 4096 and bool(np.all(key[1:] >= key[:-1])):
         starts, _ = _segments(key)
         out = np.zeros(size, dtype=np.int64)
         out[key[starts]] = np.add.reduceat(values.astype(np.int64, copy=False), starts)

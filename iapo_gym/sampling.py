@@ -362,6 +362,9 @@ def _row_draw(u: NDArray[np.float64], start: NDArray[np.int64], rows: NDArray[np
 
 def _cdf_table(table: OutcomeTable) -> NDArray[np.float64] | None:
     """The table's whole ``(P, Q, A)`` cumulative outcome probabilities when it keeps them (:func:`_cdf_rows`), else None."""
+    cdf = table.cache.get("sampling/cdf")
+    if cdf is not None:
+        return cdf
     probs = table.mv_arrays()[0] if table.strategy == "mv" else table.bon_arrays()[1]
     if probs.size > CDF_CACHE_ENTRIES:
         return None
