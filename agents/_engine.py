@@ -478,6 +478,68 @@ def _row_utility_mv_kernel(outcome, u, start, cdf, cdf_p, cdf_q, n, gold, unit_c
 
 
 @_jit.kernel
+def _query_terms_kernel(  # noqa: C901
+    order, cell, n_cells, n, outcome, uniforms, start, cdf, cdf_p, cdf_q, gold, unit, w, width, a, bits, word, ones,  # noqa: ANN001
+    guards, lut,  # noqa: ANN001
+):  # noqa: ANN202
+    """Per pull, the per-size block means of :meth:`NestedStats._add_per_query`, in cell order: ``(gain, cost, count)``.
+
+    Row ``i`` of ``gain`` and ``cost`` is pull ``order[i]`` (of cell ``cell[i]``): ``gain (U, B, width)`` =
+    ``(w[u] * credit_k) * inv``, ``cost (B, width)`` = ``cost_k * inv``; ``count (n_cells, width)`` counts
+    each cell's pulls with a block of size ``k`` (integers: any order gives the same sum), with
+    ``inv = 1 / (n // k)`` (0 without a block), ``credit_k`` the MV credit summed over
+    the pull's ``n // k`` blocks (packed votes, exact in float64, as :func:`_mv_size_sums_packed`)
+    and ``cost_k`` the running sum of its first ``(n // k) * k`` unit costs (as
+    :func:`_block_costs`): the numpy path's operations, element by element. Answers come from
+    ``outcome`` or, when it is empty, from the pending draw (as :func:`_block_add_kernel`).
+    """
+    b_n = order.shape[0]
+    u_n = w.shape[0]
+    from_draw = outcome.shape[0] == 0
+    a1 = cdf.shape[2] - 1
+    top = bits * (a - 2) if a >= 2 else 0
+    field = (1 << bits) - 1
+    gain = np.zeros((u_n, b_n, width))
+    cost = np.zeros((b_n, width))
+    count = np.zeros((n_cells, width), dtype=np.int64)
+    cum = np.zeros(width + 1, dtype=np.int64)
+    run_cost = np.zeros(width + 1)
+    for i in range(b_n):
+        b = order[i]
+        nb = n[b]
+        g0 = gold[b]
+        c0 = unit[b]
+        for j in range(nb):
+            if from_draw:
+                x = uniforms[start[b] + j]
+                o = 0
+                cp, cq = cdf_p[b], cdf_q[b]
+                for c in range(a1):
+                    o += x >= cdf[cp, cq, c]
+            else:
+                o = outcome[b, j]
+            cum[j + 1] = cum[j] + word[(o - g0) % a]
+            run_cost[j + 1] = run_cost[j] + c0
+        for k in range(1, nb + 1):
+            blocks = nb // k
+            total = 0.0
+            for s in range(0, blocks * k, k):
+                d = cum[s + k] - cum[s] + guards  # guard of field c set iff v_c >= g
+                ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
+                won = ((d - ones) & guards) == 0
+                total += lut[ties] * won
+            inv = 1.0 / blocks
+            for u in range(u_n):
+                gain[u, i, k - 1] = (w[u] * total) * inv
+            cost[i, k - 1] = run_cost[blocks * k] * inv
+            count[cell[i], k - 1] += 1
+        for k in range(nb + 1, width + 1):  # no block of this size: numpy's (w * 0) * 0 (a signed zero)
+            for u in range(u_n):
+                gain[u, i, k - 1] = (w[u] * 0.0) * 0.0
+    return gain, cost, count
+
+
+@_jit.kernel
 def add_per_cell(sums, counts, scratch, cell, value):  # noqa: ANN001, ANN202
     """``sums += bincount(cell, value)`` and ``counts += bincount(cell)``, touching only the cells in ``cell``.
 
@@ -493,6 +555,17 @@ def add_per_cell(sums, counts, scratch, cell, value):  # noqa: ANN001, ANN202
         sums[c] += scratch[c]
         scratch[c] = 0.0
     return None
+
+
+def stable_order(key: NDArray[np.int64]) -> NDArray[np.int64]:
+    """``np.argsort(key, kind="stable")`` for non-negative integer keys, by radix sort when they fit 16 bits.
+
+    numpy sorts 16-bit integers stably by radix sort (linear) and wider ones by timsort; a stable
+    order is unique, so narrowing the keys changes nothing but the time (2-3x on a round's rows).
+    """
+    if key.size and int(key.min()) >= 0 and int(key.max()) < 1 << 16:
+        return np.argsort(key.astype(np.uint16), kind="stable")
+    return np.argsort(key, kind="stable")
 
 
 # ------------------------------------------------------------------------------------- stats
@@ -562,6 +635,9 @@ class NestedStats:
         if self.weighting == "block" and pulls.strategy == "mv" and _jit.enabled():
             self._add_blocks_compiled(pulls, run, live)
             return
+        if self.weighting == "query" and pulls.strategy == "mv" and pulls.unit_cost is not None and _jit.enabled():
+            if self._add_per_query_compiled(pulls, run):
+                return
         gain, count, cost = nested_gains(pulls, self.split.obj_weights, self.n_max)
         if self.weighting == "query":
             self._add_per_query(gain, count, cost, pulls, run)
@@ -629,6 +705,39 @@ class NestedStats:
             _NO_LIVE if live is None else live,
         )
 
+    def _add_per_query_compiled(self, pulls: Pulls, run: NDArray[np.int64]) -> bool:
+        """``"query"`` weighting of MV table pulls by a kernel; False (nothing done) when answers overflow a packed word.
+
+        The kernel scores each pull's blocks and writes its per-size means in cell order
+        (:func:`_query_terms_kernel`); the float per-cell sums stay numpy's ``reduceat`` (its
+        pairwise summation is part of the pinned bits). The same tallies as :meth:`_add_per_query`
+        on :func:`nested_gains`.
+        """
+        n = np.minimum(pulls.n.astype(np.int64), self.n_max)
+        width = int(min(pulls.width, self.n_max, max(int(n.max(initial=0)), 1)))
+        a = int(pulls.n_categories)
+        bits = width.bit_length() + 1
+        if (a - 1) * bits > 62:
+            return False
+        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
+        order = stable_order(key)
+        key = key[order]
+        first = np.r_[True, key[1:] != key[:-1]]
+        starts = np.flatnonzero(first)
+        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
+        draw = pulls.pending_draw
+        u, start, cdf, cdf_p, cdf_q = draw if draw is not None else (_NO_U, _NO_START, _NO_CDF, _NO_START, _NO_START)
+        gain, cost, count = _query_terms_kernel(
+            order, np.cumsum(first) - 1, starts.size, n, _NO_OUTCOME if draw is not None else pulls.outcome, u, start,
+            cdf, cdf_p, cdf_q, pulls.gold,
+            np.asarray(pulls.unit_cost, dtype=np.float64), np.ascontiguousarray(self.split.obj_weights[:, 0]), width, a,
+            bits, *_vote_encoding(a, bits), _credit_lut(a),
+        )
+        self.gain[cell_run, :, cell_prompt, :width] += np.add.reduceat(gain, starts, axis=1).transpose(1, 0, 2)
+        self.cost[cell_run, cell_prompt, :width] += np.add.reduceat(cost, starts, axis=0)
+        self.count[cell_run, cell_prompt, :width] += count  # integer: summed per cell by the kernel
+        return True
+
     def _add_per_query(
         self, gain: NDArray[np.float64], count: NDArray[np.int64], cost: NDArray[np.float64], pulls: Pulls, run: NDArray
     ) -> None:
@@ -639,7 +748,7 @@ class NestedStats:
         cost = cost * inv
         count = (count > 0).astype(np.int64)
         key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
-        order = np.argsort(key, kind="stable")
+        order = stable_order(key)
         key = key[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)

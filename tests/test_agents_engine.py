@@ -226,3 +226,13 @@ def test_add_per_cell_gives_the_bincount_bits():
         np.testing.assert_array_equal(sums, ref_sums)
         np.testing.assert_array_equal(counts, ref_counts)
         assert not scratch.any()
+
+
+def test_stable_order_is_the_stable_argsort():
+    from iapo_gym.agents._engine import stable_order
+
+    rng = np.random.default_rng(9)
+    for high in (3, 5_000, 70_000):  # 16-bit keys (radix sort) and wider ones
+        key = rng.integers(0, high, 4_000)
+        np.testing.assert_array_equal(stable_order(key), np.argsort(key, kind="stable"))
+    assert stable_order(np.zeros(0, dtype=np.int64)).size == 0

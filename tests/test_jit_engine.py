@@ -67,10 +67,13 @@ def random_pulls(rng: np.random.Generator, b: int, width: int, a: int, n_prompts
     n_max=st.integers(1, 40),
     runs=st.integers(1, 4),
     unit=st.booleans(),
-    weights=st.sampled_from([[[1.0, 0.0], [1.0, 0.5]], [[-2.0, 1.0]], [[1.0, 0.1], [0.5, 0.0], [3.0, 2.0]]]),
+    weights=st.sampled_from(
+        [[[1.0, 0.0], [1.0, 0.5]], [[-2.0, 1.0]], [[1.0, 0.1], [0.5, 0.0], [3.0, 2.0]], [[0.7, 0.3], [1.3, 0.0]]]
+    ),
+    weighting=st.sampled_from(["block", "query"]),
 )
-def test_block_tallies_are_the_numpy_bits(monkeypatch, seed, b, width, a, n_max, runs, unit, weights):
-    """NestedStats.add (block weighting): gain, cost, count identical, over two batches on existing tallies.
+def test_block_tallies_are_the_numpy_bits(monkeypatch, seed, b, width, a, n_max, runs, unit, weights, weighting):
+    """NestedStats.add (block and query weighting): gain, cost, count identical, over two batches on existing tallies.
 
     Covers: packed votes (few answers) and per-answer counts (40 answers), one answer, pulls wider
     than ``n_max``, one pull per cell and several, one cost per pull and per completion, negative
@@ -83,7 +86,7 @@ def test_block_tallies_are_the_numpy_bits(monkeypatch, seed, b, width, a, n_max,
     contexts = contexts_of(weights)
 
     def tallies():  # noqa: ANN202
-        stats = _engine.NestedStats(runs, n_prompts, n_max, contexts)
+        stats = _engine.NestedStats(runs, n_prompts, n_max, contexts, weighting=weighting)
         for pulls, run in zip(batches, run_of, strict=True):
             stats.add(pulls, run)
         return stats.gain, stats.cost, stats.count
@@ -214,9 +217,9 @@ def test_outcomes_of_flat_uniforms_are_the_padded_ones(monkeypatch, seed, b, wid
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 2**32 - 1), b=st.integers(1, 60), width=st.integers(1, 40), a=st.sampled_from([1, 2, 5, 9]),
-    runs=st.integers(1, 3),
+    runs=st.integers(1, 3), weighting=st.sampled_from(["block", "query"]),
 )
-def test_tallies_of_a_pending_draw_are_those_of_its_outcomes(monkeypatch, seed, b, width, a, runs):
+def test_tallies_of_a_pending_draw_are_those_of_its_outcomes(monkeypatch, seed, b, width, a, runs, weighting):
     """Pulls whose outcomes are left to the compiled tally (``pending_draw``): the tallies of the materialised pulls.
 
     The same uniforms drawn into MV pulls by ``draw_pulls`` with the kernels (lazy outcomes, read by
@@ -241,7 +244,7 @@ def test_tallies_of_a_pending_draw_are_those_of_its_outcomes(monkeypatch, seed, 
     def tallies():  # noqa: ANN202
         pulls = draw_pulls(table, prompt, query, n, u, start)
         lazy = pulls.pending_draw is not None
-        stats = _engine.NestedStats(runs, 3, 40, contexts)
+        stats = _engine.NestedStats(runs, 3, 40, contexts, weighting=weighting)
         stats.add(pulls, run)
         return lazy, stats.gain, stats.cost, stats.count, pulls.outcome, pulls.mask
 
