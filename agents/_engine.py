@@ -540,6 +540,20 @@ def _query_terms_kernel(  # noqa: C901
 
 
 @_jit.kernel
+def _add_cells(gain, cost, count, cell_run, cell_prompt, cell_gain, cell_cost, cell_count):  # noqa: ANN001, ANN202
+    """``gain[r, :, p, :W] += cell_gain[:, g]`` (and cost, count) for each distinct cell ``g = (r, p)``: one add each."""
+    u_n, g_n, width = cell_gain.shape
+    for g in range(g_n):
+        r, p = cell_run[g], cell_prompt[g]
+        for k in range(width):
+            for u in range(u_n):
+                gain[r, u, p, k] += cell_gain[u, g, k]
+            cost[r, p, k] += cell_cost[g, k]
+            count[r, p, k] += cell_count[g, k]
+    return None
+
+
+@_jit.kernel
 def add_per_cell(sums, counts, scratch, cell, value):  # noqa: ANN001, ANN202
     """``sums += bincount(cell, value)`` and ``counts += bincount(cell)``, touching only the cells in ``cell``.
 
@@ -733,9 +747,10 @@ class NestedStats:
             np.asarray(pulls.unit_cost, dtype=np.float64), np.ascontiguousarray(self.split.obj_weights[:, 0]), width, a,
             bits, *_vote_encoding(a, bits), _credit_lut(a),
         )
-        self.gain[cell_run, :, cell_prompt, :width] += np.add.reduceat(gain, starts, axis=1).transpose(1, 0, 2)
-        self.cost[cell_run, cell_prompt, :width] += np.add.reduceat(cost, starts, axis=0)
-        self.count[cell_run, cell_prompt, :width] += count  # integer: summed per cell by the kernel
+        _add_cells(  # one += per (cell, k): the fancy-indexed += of the numpy path, without its gathers
+            self.gain, self.cost, self.count, cell_run, cell_prompt,
+            np.add.reduceat(gain, starts, axis=1), np.add.reduceat(cost, starts, axis=0), count,
+        )  # fmt: skip
         return True
 
     def _add_per_query(
