@@ -115,7 +115,7 @@ def test_conforms(strategy):
 
 def test_rejects_bad_settings_with_one_line():
     bad = ({"keep": 0.0}, {"keep": 1.0}, {"min_queries": -1}, {"extra_rounds": -1}, {"growth": 0.0}, {"drop_z": -1.0})
-    for kwargs in (*bad, {"eb_m": -1}):
+    for kwargs in (*bad, {"eb_m": -1}, {"final_drop_z": -0.5}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             PSSTModel(**kwargs)
 
@@ -278,3 +278,33 @@ def test_runs_through_the_zoo_round_loop():
     n_alive = [4, len(info["survivors"])]  # 4 prompts, two rounds
     want = [q * m * a for q, m, a in zip(info["queries_per_round"], info["m_per_round"], n_alive, strict=True)]
     assert log.spent[0, :, 0].tolist() == want
+
+
+@pytest.mark.parametrize("strategy", ["bon", "mv"])
+def test_best_of_n_drops_at_final_drop_z_before_the_last_round_only(monkeypatch, strategy):
+    """Best-of-N: every trim but the one before the last round drops at drop_z, that one at
+    final_drop_z (its survivors are a subset of drop_z's); majority voting keeps drop_z throughout."""
+    import iapo_gym.agents.psst_model as pm
+
+    table = small_table(strategy, n_prompts=8, n_queries=40)  # 8 prompts: three rounds, two trims
+    zs: list[float] = []
+    real = pm.confidently_worse
+
+    def spy(q_hat, sd, alive, z):
+        zs.append(z)
+        return real(q_hat, sd, alive, z)
+
+    monkeypatch.setattr(pm, "confidently_worse", spy)
+    fewer = 0
+    for seed in range(6):
+        zs.clear()
+        near = PSSTModel().fit(make_env(table, seed), 3000, seed)
+        want = [2.0, 0.5] if strategy == "bon" else [2.0, 2.0]
+        assert near.info["rounds"] == 3 and zs == want, (seed, zs)
+        wide = PSSTModel(final_drop_z=0).fit(make_env(table, seed), 3000, seed)
+        assert near.info["m_per_round"][:2] == wide.info["m_per_round"][:2]  # the same rounds up to the last trim
+        assert set(near.info["survivors"]) <= set(wide.info["survivors"])
+        fewer += len(near.info["survivors"]) < len(wide.info["survivors"])
+        if strategy == "mv":
+            assert near.info == wide.info
+    assert (fewer > 0) == (strategy == "bon")
