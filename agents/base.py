@@ -109,14 +109,17 @@ class StochasticPolicy(Policy):
         self.probs = np.asarray(self.probs, dtype=np.float64)
         if self.probs.ndim != 2 or self.probs.shape[0] != len(self.contexts):
             raise ValueError(f"need one distribution per context ({len(self.contexts)}); got shape {self.probs.shape}")
-        if not np.allclose(self.probs.sum(axis=1), 1.0):
+        # np.allclose(sums, 1.0)'s rule (|sum - 1| <= 1e-8 + 1e-5; NaN fails), without its overhead
+        if not bool(np.all(np.abs(self.probs.sum(axis=1) - 1.0) <= 1e-8 + 1e-5)):
             raise ValueError("each context's arm distribution must sum to 1")
         self._cdf = np.cumsum(self.probs, axis=1)
-        self._rng = np.random.default_rng(self.seed)
+        self._rng: np.random.Generator | None = None  # seeded on the first act (a batch builds many policies)
 
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
         """One arm per context row of ``weights``, drawn from that context's distribution."""
         idx = np.atleast_1d(self.contexts.index_of(finite_weights(weights, self.contexts.n_objectives)))
+        if self._rng is None:
+            self._rng = np.random.default_rng(self.seed)
         u = self._rng.random(idx.size)
         arms = (u[:, None] >= self._cdf[idx]).sum(axis=1)
         return np.minimum(arms, self.probs.shape[1] - 1).astype(np.int64)

@@ -133,3 +133,21 @@ def test_acr_arguments_are_checked() -> None:
     pi = np.zeros((2, 6))
     pi[[0, 1], [4, 2]] = 1.0
     assert oracle.acr(q, pi, probs) == oracle.acr(q, [4, 2], probs) == 0.5 * 4 + 0.5 * 8
+
+
+def test_stochastic_policy_checks_its_rows_and_draws_from_its_seed():
+    """Rows must sum to 1 (np.allclose's tolerance; NaN refused); act draws u from default_rng(seed), arm by inverse CDF."""
+    contexts = IAPOEnv("SynthBernoulli", world_seed=0).unwrapped.contexts
+    c_n, n_arms = len(contexts), 6
+    probs = np.random.default_rng(1).dirichlet(np.ones(n_arms), c_n)
+    for bad in (probs * 0.99, np.where(np.arange(n_arms) == 0, np.nan, probs)):
+        with pytest.raises(ValueError, match="must sum to 1"):
+            StochasticPolicy(contexts, bad, 3, seed=4)
+    StochasticPolicy(contexts, probs * (1 + 5e-6), 3, seed=4)  # within np.allclose's rtol
+    policy = StochasticPolicy(contexts, probs, 3, seed=4)
+    weights = np.repeat(contexts.weights, 50, axis=0)
+    idx = np.repeat(np.arange(c_n), 50)
+    u = np.random.default_rng(4).random((2, idx.size))
+    for row in u:  # two calls continue one stream
+        expect = np.minimum((row[:, None] >= np.cumsum(probs, axis=1)[idx]).sum(axis=1), n_arms - 1)
+        np.testing.assert_array_equal(policy.act(weights), expect)
