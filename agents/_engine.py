@@ -510,6 +510,8 @@ def _query_terms_kernel(  # noqa: C901
         g0 = gold[b]
         c0 = unit[b]
         for j in range(nb):
+            # The inline draw of _block_add_kernel, copied on purpose: one shared numba function for
+            # both (called or inlined by numba) measured 0.80x on PSST's hot loop at T = 50,000.
             if from_draw:
                 x = uniforms[start[b] + j]
                 o = 0
