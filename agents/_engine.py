@@ -721,6 +721,21 @@ class NestedStats:
             _NO_LIVE if live is None else live,
         )
 
+    def _cells_of(self, pulls: Pulls, run: NDArray) -> tuple[NDArray[np.int64], ...]:
+        """The pulls grouped by (run, prompt) cell: ``(order, first, starts, cell_run, cell_prompt)``.
+
+        ``order`` sorts the pulls by cell, stably (request order within a cell); ``first`` marks
+        each cell's first pull in that order and ``starts`` its position; ``cell_run`` and
+        ``cell_prompt`` name the cells.
+        """
+        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
+        order = stable_order(key)
+        key = key[order]
+        first = np.r_[True, key[1:] != key[:-1]]
+        starts = np.flatnonzero(first)
+        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
+        return order, first, starts, cell_run, cell_prompt
+
     def _add_per_query_compiled(self, pulls: Pulls, run: NDArray[np.int64]) -> bool:
         """``"query"`` weighting of MV table pulls by a kernel; False (nothing done) when answers overflow a packed word.
 
@@ -735,12 +750,7 @@ class NestedStats:
         bits = width.bit_length() + 1
         if (a - 1) * bits > 62:
             return False
-        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
-        order = stable_order(key)
-        key = key[order]
-        first = np.r_[True, key[1:] != key[:-1]]
-        starts = np.flatnonzero(first)
-        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
+        order, first, starts, cell_run, cell_prompt = self._cells_of(pulls, run)
         draw = pulls.pending_draw
         u, start, cdf, cdf_p, cdf_q = draw if draw is not None else (_NO_U, _NO_START, _NO_CDF, _NO_START, _NO_START)
         gain, cost, count = _query_terms_kernel(
@@ -764,11 +774,7 @@ class NestedStats:
         gain = gain * inv[None]
         cost = cost * inv
         count = (count > 0).astype(np.int64)
-        key = np.asarray(run, dtype=np.int64) * self.n_prompts + pulls.prompt
-        order = stable_order(key)
-        key = key[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        cell_run, cell_prompt = np.divmod(key[starts], self.n_prompts)
+        order, _, starts, cell_run, cell_prompt = self._cells_of(pulls, run)
         g = np.add.reduceat(gain[:, order], starts, axis=1)  # (U, G, L)
         self.gain[cell_run, :, cell_prompt, :width] += g.transpose(1, 0, 2)
         self.cost[cell_run, cell_prompt, :width] += np.add.reduceat(cost[order], starts, axis=0)

@@ -361,15 +361,21 @@ def _row_draw(u: NDArray[np.float64], start: NDArray[np.int64], rows: NDArray[np
 
 
 def _cdf_table(table: OutcomeTable) -> NDArray[np.float64] | None:
-    """The table's whole ``(P, Q, A)`` cumulative outcome probabilities when it keeps them (:func:`_cdf_rows`), else None."""
+    """The table's whole ``(P, Q, A)`` cumulative outcome probabilities, built once and kept in its cache.
+
+    None for tables above :data:`CDF_CACHE_ENTRIES` (their rows are computed per call instead).
+    """
     cdf = table.cache.get("sampling/cdf")
     if cdf is not None:
         return cdf
     probs = table.mv_arrays()[0] if table.strategy == "mv" else table.bon_arrays()[1]
     if probs.size > CDF_CACHE_ENTRIES:
         return None
-    _cdf_rows(table, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))  # fills the cache
-    return table.cache["sampling/cdf"]
+    cdf = np.cumsum(probs, axis=-1)
+    cdf[..., -1] = 1.0  # guard against rounding: every uniform falls in some outcome
+    cdf.setflags(write=False)
+    table.cache["sampling/cdf"] = cdf
+    return cdf
 
 
 def _cdf_rows(table: OutcomeTable, prompt: NDArray[np.int64], query: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -378,15 +384,10 @@ def _cdf_rows(table: OutcomeTable, prompt: NDArray[np.int64], query: NDArray[np.
     The same values whether computed for the rows of a call or once for the whole table (a
     running sum along each row either way); tables up to :data:`CDF_CACHE_ENTRIES` keep theirs.
     """
+    whole = _cdf_table(table)
+    if whole is not None:
+        return whole[prompt, query]
     probs = table.mv_arrays()[0] if table.strategy == "mv" else table.bon_arrays()[1]
-    if probs.size <= CDF_CACHE_ENTRIES:
-        cdf = table.cache.get("sampling/cdf")
-        if cdf is None:
-            cdf = np.cumsum(probs, axis=-1)
-            cdf[..., -1] = 1.0  # guard against rounding: every uniform falls in some outcome
-            cdf.setflags(write=False)
-            table.cache["sampling/cdf"] = cdf
-        return cdf[prompt, query]
     cdf = np.cumsum(probs[prompt, query], axis=-1)
     cdf[:, -1] = 1.0
     return cdf
