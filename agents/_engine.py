@@ -510,8 +510,9 @@ def _query_terms_kernel(  # noqa: C901
         g0 = gold[b]
         c0 = unit[b]
         for j in range(nb):
-            # The inline draw of _block_add_kernel, copied on purpose: one shared numba function for
-            # both (called or inlined by numba) measured 0.80x on PSST's hot loop at T = 50,000.
+            # The inline draw of _block_add_kernel (and _row_utility_mv_kernel), copied on purpose: one
+            # shared numba function for the three measured 0.91-0.93x on PSST at T = 50,000 (quiet
+            # machine, interleaved, best of 5): it slows _block_add_kernel's hot loop.
             if from_draw:
                 x = uniforms[start[b] + j]
                 o = 0
