@@ -652,6 +652,12 @@ class NestedStats:
         if self.weighting == "block" and pulls.strategy == "mv" and _jit.enabled():
             self._add_blocks_compiled(pulls, run, live)
             return
+        if (
+            self.weighting == "block" and pulls.strategy == "bon" and _jit.enabled()
+            and self.split.obj_weights.shape[1] <= BON_KERNEL_MAX_OBJECTIVES
+        ):
+            self._add_bon_blocks_compiled(pulls, run, live)
+            return
         if self.weighting == "query" and pulls.strategy == "mv" and pulls.unit_cost is not None and _jit.enabled():
             if self._add_per_query_compiled(pulls, run):
                 return
@@ -719,6 +725,17 @@ class NestedStats:
             self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
             n, outcome, u, start, cdf, cdf_p, cdf_q, pulls.gold, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]),
             np.asarray(unit, dtype=np.float64), width, a, bits, *encoding, lut,
+            _NO_LIVE if live is None else live,
+        )
+
+    def _add_bon_blocks_compiled(self, pulls: Pulls, run: NDArray[np.int64], live: NDArray[np.bool_] | None) -> None:
+        """``"block"`` weighting of best-of-N pulls by :func:`_bon_block_add_kernel` (the numpy path's bits)."""
+        n = np.minimum(pulls.n.astype(np.int64), self.n_max)
+        width = int(min(pulls.width, self.n_max, max(int(n.max(initial=0)), 1)))
+        unit = pulls.unit_cost[:, None] if pulls.unit_cost is not None else pulls.cost  # (B, 1): one cost per pull
+        _bon_block_add_kernel(
+            self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
+            n, pulls.values, self.split.obj_weights.astype(np.float32), np.asarray(unit, dtype=np.float64), width,
             _NO_LIVE if live is None else live,
         )
 
@@ -1008,6 +1025,194 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
             else:
                 for u in range(u_n):
                     acc_g[i, u, k - 1] += w[u] * srow[k - 1]
+                acc_c[i, k - 1] += csum[m * k]
+                acc_n[i, k - 1] += m
+    if direct:
+        return
+    for b in range(b_n):
+        r, p = run[b], prompt[b]
+        c = r * n_prompts + p
+        i = slot[c]
+        if i < 0:  # cell already written
+            continue
+        slot[c] = -1
+        for k in range(width):
+            if has_live and not live[r, p, k]:
+                continue
+            for u in range(u_n):
+                gain[r, u, p, k] += acc_g[i, u, k]
+            cost[r, p, k] += acc_c[i, k]
+            count[r, p, k] += acc_n[i, k]
+
+
+#: Objective weights up to which a score ``sum_k w_k o_k`` in float32 is summed left to right by
+#: ``np.einsum`` (measured: with 4 or more it groups its partial sums otherwise); the compiled
+#: best-of-N tallies reproduce that order, so wider weights stay on the numpy path.
+BON_KERNEL_MAX_OBJECTIVES = 3
+
+
+@_jit.kernel
+def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
+    gain, cost, count, run, prompt, n, values, w, unit, width, live,  # noqa: ANN001
+):  # noqa: ANN202
+    """Compiled twin of :meth:`NestedStats.add` (``"block"``, best-of-N), updating ``gain``, ``cost``, ``count`` in place.
+
+    **Scores.** Completion ``j``'s score under objective row ``u`` is the float32 sum, left to
+    right, of ``float32(values[b, j, k]) * w[u, k]`` (``w`` float32): ``np.einsum``'s bits for up to
+    :data:`BON_KERNEL_MAX_OBJECTIVES` objectives. A block's best is the larger of two overlapping
+    power-of-two windows of the same sparse table of maxima as :func:`_bon_block_max` (the same
+    pairs compared, ``a if a > b or a != a else b`` as ``np.maximum``: signed zeros and NaN alike).
+
+    **Per-size sums.** The numpy path sums each size's ``width // k`` blocks (real ones, then 0.0
+    past the pull's ``n // k``) by ``np.add.reduceat(..., dtype=float64)`` along a contiguous
+    axis, which takes the first block and adds numpy's pairwise sum of the rest
+    (``numpy/_core/src/umath/loops_utils.h.src``: below 8 terms a running sum from 0.0; up to 128
+    eight interleaved accumulators combined as ``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))``,
+    then the remainder in sequence; above 128 split at half rounded down to a multiple of 8,
+    each half summed so). The kernel does the same additions in the same order, padding included
+    (an explicit stack stands for the recursion).
+
+    **Tallies.** As :func:`_block_add_kernel`: one pull per cell adds its sums directly, otherwise
+    each cell sums its pulls in row order from 0.0 (``np.bincount``) and adds that; costs are the
+    running sum of the completions' costs. Sizes whose arm is not live in the pull's run are
+    neither scored nor added (the numpy path scores them and adds 0.0: the same bits).
+    """
+    b_n = n.shape[0]
+    u_n, k_n = w.shape
+    n_prompts = cost.shape[1]
+    has_live = live.shape[0] > 0
+    levels = 1
+    while (1 << levels) <= width:
+        levels += 1
+    score = np.empty((levels, width), dtype=np.float32)
+    buf = np.zeros(width)  # one size's block bests (float64), 0.0 past the real ones
+    sums = np.zeros((u_n, width))
+    s_lo = np.empty(64, dtype=np.int64)  # the pairwise recursion's pending halves
+    s_n = np.empty(64, dtype=np.int64)
+    s_left = np.empty(64)
+    s_state = np.empty(64, dtype=np.int64)
+    slot = np.full(cost.shape[0] * n_prompts, -1, dtype=np.int64)
+    present = 0
+    for b in range(b_n):
+        c = run[b] * n_prompts + prompt[b]
+        if slot[c] < 0:
+            slot[c] = present
+            present += 1
+    per_comp = unit.shape[1] > 1
+    csum = np.zeros(width + 1)
+    direct = present == b_n
+    acc_g = np.zeros((1 if direct else present, u_n, width))
+    acc_c = np.zeros((1 if direct else present, width))
+    acc_n = np.zeros((present, width), dtype=np.int64)
+    for b in range(b_n):
+        nb = n[b]
+        r, p = run[b], prompt[b]
+        any_live = not has_live
+        if has_live:
+            for k in range(nb):
+                if live[r, p, k]:
+                    any_live = True
+                    break
+        if not any_live:
+            continue
+        for u in range(u_n):
+            for j in range(nb):
+                s = np.float32(values[b, j, 0]) * w[u, 0]
+                for x in range(1, k_n):
+                    s += np.float32(values[b, j, x]) * w[u, x]
+                score[0, j] = s
+            lev = 1
+            while (1 << lev) <= nb:
+                half = 1 << (lev - 1)
+                for j in range(nb - (1 << lev) + 1):
+                    a0, a1 = score[lev - 1, j], score[lev - 1, j + half]
+                    score[lev, j] = a0 if a0 > a1 or a0 != a0 else a1
+                lev += 1
+            lk = 0
+            for k in range(1, nb + 1):
+                if (2 << lk) <= k:
+                    lk += 1
+                if has_live and not live[r, p, k - 1]:
+                    continue
+                m = nb // k
+                span = width // k
+                off = k - (1 << lk)
+                for i in range(m):
+                    a0, a1 = score[lk, i * k], score[lk, i * k + off]
+                    buf[i] = np.float64(a0 if a0 > a1 or a0 != a0 else a1)
+                for i in range(m, span):
+                    buf[i] = 0.0
+                # reduceat: the first block, plus the pairwise sum of the other span - 1
+                total = buf[0]
+                if span > 1:
+                    s_lo[0], s_n[0], s_state[0] = 1, span - 1, 0
+                    sp = 1
+                    res = 0.0
+                    while sp > 0:
+                        top = sp - 1  # a node not started yet (state 0)
+                        lo, cnt = s_lo[top], s_n[top]
+                        if cnt > 128:  # split: the left half first
+                            h = cnt // 2
+                            h -= h % 8
+                            s_state[top] = 1
+                            s_lo[sp], s_n[sp], s_state[sp] = lo, h, 0
+                            sp += 1
+                            continue
+                        if cnt < 8:  # a leaf
+                            res = 0.0
+                            for i in range(lo, lo + cnt):
+                                res += buf[i]
+                        else:
+                            r0, r1, r2, r3 = buf[lo], buf[lo + 1], buf[lo + 2], buf[lo + 3]
+                            r4, r5, r6, r7 = buf[lo + 4], buf[lo + 5], buf[lo + 6], buf[lo + 7]
+                            i = 8
+                            while i < cnt - cnt % 8:
+                                r0 += buf[lo + i]
+                                r1 += buf[lo + i + 1]
+                                r2 += buf[lo + i + 2]
+                                r3 += buf[lo + i + 3]
+                                r4 += buf[lo + i + 4]
+                                r5 += buf[lo + i + 5]
+                                r6 += buf[lo + i + 6]
+                                r7 += buf[lo + i + 7]
+                                i += 8
+                            res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+                            while i < cnt:
+                                res += buf[lo + i]
+                                i += 1
+                        sp -= 1
+                        while sp > 0:  # hand the result to the parent
+                            par = sp - 1
+                            if s_state[par] == 1:  # its left half: now the right one
+                                s_left[par] = res
+                                s_state[par] = 2
+                                h = s_n[par] // 2
+                                h -= h % 8
+                                s_lo[sp], s_n[sp], s_state[sp] = s_lo[par] + h, s_n[par] - h, 0
+                                sp += 1
+                                break
+                            res = s_left[par] + res  # its right half: the parent is done
+                            sp -= 1
+                    total += res
+                sums[u, k - 1] = total
+        run_sum = 0.0
+        for j in range(nb):
+            x = unit[b, j if per_comp else 0]
+            run_sum = x if j == 0 else run_sum + x
+            csum[j + 1] = run_sum
+        i = slot[r * n_prompts + p]
+        for k in range(1, nb + 1):
+            if has_live and not live[r, p, k - 1]:
+                continue
+            m = nb // k
+            if direct:
+                for u in range(u_n):
+                    gain[r, u, p, k - 1] += sums[u, k - 1]
+                cost[r, p, k - 1] += csum[m * k]
+                count[r, p, k - 1] += m
+            else:
+                for u in range(u_n):
+                    acc_g[i, u, k - 1] += sums[u, k - 1]
                 acc_c[i, k - 1] += csum[m * k]
                 acc_n[i, k - 1] += m
     if direct:

@@ -215,7 +215,11 @@ def draw_pulls(
     cdf = _cdf_rows(table, prompt, query)
     outcome, mask, full = _outcomes(u, cdf, n, start)
     values: NDArray[np.float64] | None = None  # MV: built on first access (from outcome == gold)
-    if not mv:
+    if not mv and _jit.enabled():  # the gather and the zeros past each row's n in one pass
+        table_values = table.bon_arrays()[0]
+        values = np.empty(outcome.shape + table_values.shape[-1:], dtype=table_values.dtype)
+        _bon_values_kernel(values, 0, prompt.size, table_values, prompt, query, outcome, n)
+    elif not mv:
         values = table.bon_arrays()[0][prompt[:, None], query[:, None], np.maximum(outcome, 0)]  # (B, L, K)
         if not full:
             values = np.where(mask[:, :, None], values, 0.0)
@@ -261,6 +265,12 @@ def draw_pulls_worlds(
     values: NDArray[np.float64] | None = None
     if not mv:
         table_values = first.bon_arrays()[0]
+        if _jit.enabled():  # one pass per world: the real completions' values, 0.0 past each row's n
+            values = np.empty(outcome.shape + table_values.shape[-1:], dtype=table_values.dtype)
+            for t, lo, hi in segments:
+                _bon_values_kernel(values, lo, hi, t.bon_arrays()[0], prompt, local, outcome, n)
+            return Pulls(first.strategy, prompt, n, query, outcome, values, None, gold, mask, first.n_outcomes,
+                         unit_cost=unit_cost)
         values = np.empty(outcome.shape + table_values.shape[-1:], dtype=table_values.dtype)
         pos = np.maximum(outcome, 0)
         for t, lo, hi in segments:
@@ -307,6 +317,26 @@ def _outcomes(
     if not full:
         np.copyto(outcome, -1, where=~mask)
     return outcome, mask, full
+
+
+@_jit.kernel
+def _bon_values_kernel(out, lo, hi, table_values, prompt, query, outcome, n):  # noqa: ANN001, ANN202
+    """Rows ``lo:hi`` of a best-of-N pull's ``values (B, L, K)``: ``table_values[prompt, query, outcome]``, 0.0 past ``n``.
+
+    The compiled twin of the gather and ``np.where`` of :func:`draw_pulls_worlds` (copies: the same values).
+    """
+    width = out.shape[1]
+    k_n = out.shape[2]
+    for b in range(lo, hi):
+        p, q = prompt[b], query[b]
+        nb = min(n[b], width)
+        for j in range(nb):
+            o = outcome[b, j]
+            for x in range(k_n):
+                out[b, j, x] = table_values[p, q, o, x]
+        for j in range(nb, width):
+            for x in range(k_n):
+                out[b, j, x] = 0.0
 
 
 @_jit.kernel
