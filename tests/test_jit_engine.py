@@ -254,6 +254,154 @@ def test_tallies_of_a_pending_draw_are_those_of_its_outcomes(monkeypatch, seed, 
         assert same_bits(x, y)
 
 
+def random_bon_pulls(
+    rng: np.random.Generator, b: int, width: int, k: int, n_prompts: int, unit: bool, spread: int
+) -> Pulls:
+    """Best-of-N pulls of mixed sizes whose values span ``2 ** -spread .. 4``, both signs and signed zeros.
+
+    A wide spread makes the per-size float sums depend on their order of addition (a tiny score
+    added to a large partial sum is lost, to a tiny one kept), so a kernel that sums in another
+    order than numpy's ``reduceat`` gets other bits.
+    """
+    n = np.full(b, width) if rng.random() < 0.3 else rng.integers(1, width + 1, b)
+    mask = np.arange(width)[None, :] < n[:, None]
+    values = rng.random((b, width, k)) * 2.0 ** rng.integers(-spread, 3, (b, width, k))
+    values *= np.where(rng.random(values.shape) < 0.3, -1.0, 1.0)
+    values[rng.random(values.shape) < 0.05] = -0.0
+    values = np.where(mask[:, :, None], values, 0.0)
+    outcome = np.where(mask, 0, -1)
+    prompt = rng.integers(0, n_prompts, b)
+    query, gold = np.zeros(b, dtype=np.int64), np.full(b, -1)
+    if unit:
+        return Pulls("bon", prompt, n, query, outcome, values, None, gold, mask, 4, unit_cost=rng.random(b) * 3)
+    return Pulls("bon", prompt, n, query, outcome, values, np.where(mask, rng.random((b, width)), 0.0), gold, mask, 4)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    width=st.one_of(st.integers(1, 40), st.sampled_from([127, 128, 129, 136, 137, 257, 300, 520, 1000])),
+    k=st.integers(1, 4),
+    n_max_frac=st.floats(0.05, 1.2),
+    runs=st.integers(1, 4),
+    unit=st.booleans(),
+    spread=st.sampled_from([2, 60]),
+    dead=st.sampled_from([0.0, 0.0, 0.4, 0.9]),
+    n_rows=st.integers(1, 4),
+)
+def test_bon_block_tallies_are_the_numpy_bits(monkeypatch, seed, width, k, n_max_frac, runs, unit, spread, dead, n_rows):
+    """Best-of-N ``"block"`` tallies (``_bon_block_add_kernel``): gain, cost, count the numpy path's bytes.
+
+    Widths 1..1000 (per-size sums of 1..1000 blocks: numpy's pairwise sum below 8 terms, with 8
+    accumulators up to 128, split above), pulls wider than ``n_max``, 1-4 objectives (4: the numpy
+    path, its einsum sums otherwise), several objective rows with negative and zero weights, one
+    pull per cell and several, live arms, two batches on existing tallies.
+    """
+    rng = np.random.default_rng(seed)
+    n_prompts = 3
+    b = int(rng.integers(1, 70 if width <= 40 else 8))
+    n_max = max(1, int(width * n_max_frac))
+    batches = [random_bon_pulls(rng, b, width, k, n_prompts, unit, spread) for _ in range(2)]
+    run_of = [rng.integers(0, runs, b) for _ in range(2)]
+    w = rng.random((n_rows, k + 1)) * np.where(rng.random((n_rows, k + 1)) < 0.3, -1.0, 1.0)
+    w[rng.random(w.shape) < 0.1] = 0.0
+    w[:, -1] = np.abs(w[:, -1])
+    contexts = contexts_of(w.tolist())
+    live = rng.random((runs, n_prompts, n_max)) >= dead if dead else None
+
+    def tallies():  # noqa: ANN202
+        stats = _engine.NestedStats(runs, n_prompts, n_max, contexts)
+        for pulls, run in zip(batches, run_of, strict=True):
+            stats.add(pulls, run, live=live)
+        return stats.gain, stats.cost, stats.count
+
+    numpy_path, kernels = both(monkeypatch, tallies)
+    for x, y in zip(numpy_path, kernels, strict=True):
+        assert same_bits(x, y)
+    assert kernels[2].sum() > 0 or live is not None
+
+
+def pairwise_sum(x: list[float], split: int = 128) -> float:
+    """numpy's pairwise summation (``loops_utils.h.src``), in Python: the order the kernel must reproduce."""
+    n = len(x)
+    if n < 8:
+        total = 0.0
+        for v in x:
+            total += v
+        return total
+    if n <= split:
+        r = x[:8]
+        i = 8
+        while i < n - n % 8:
+            r = [r[j] + x[i + j] for j in range(8)]
+            i += 8
+        total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for v in x[i:]:
+            total += v
+        return total
+    half = n // 2 - (n // 2) % 8
+    return pairwise_sum(x[:half], split) + pairwise_sum(x[half:], split)
+
+
+@pytest.mark.parametrize("width", [20, 200, 1000])
+def test_bon_size_sums_follow_numpy_pairwise_order(monkeypatch, width):
+    """Per-size sums of one wide pull: numpy's ``reduceat`` is the first block plus numpy's pairwise sum of the rest.
+
+    Scores spread over 2**-60 .. 4 (so the order of addition shows in the bits): the numpy path
+    equals that reference for every size, the kernel equals the numpy path, and a running sum,
+    or a pairwise sum that never splits, would differ for some size -- the test tells them apart.
+    """
+    rng = np.random.default_rng(width)
+    score = (rng.random(width) * 2.0 ** rng.integers(-60, 3, width)).astype(np.float32).astype(np.float64)
+    pulls = Pulls("bon", np.zeros(1, dtype=np.int64), np.array([width]), np.zeros(1, dtype=np.int64),
+                  np.zeros((1, width), dtype=np.int64), score[None, :, None], None, np.full(1, -1),
+                  np.ones((1, width), dtype=bool), 1, unit_cost=np.ones(1))  # fmt: skip
+
+    def gains():  # noqa: ANN202
+        stats = _engine.NestedStats(1, 1, width, contexts_of([[1.0, 0.0]]))
+        stats.add(pulls, np.zeros(1, dtype=np.int64))
+        return stats.gain[0, 0, 0]
+
+    numpy_path, kernels = both(monkeypatch, gains)
+    assert same_bits(numpy_path, kernels)
+    others = {"running": False, "unsplit": False}
+    for k in range(1, width + 1):
+        best = [float(score[i * k : i * k + k].max()) for i in range(width // k)]
+        assert numpy_path[k - 1] == best[0] + pairwise_sum(best[1:]), k
+        running = best[0]
+        for v in best[1:]:  # left to right (not sum(): Python 3.12 compensates float sums)
+            running += v
+        others["running"] |= numpy_path[k - 1] != running
+        others["unsplit"] |= numpy_path[k - 1] != best[0] + pairwise_sum(best[1:], split=10**9)
+    assert others["running"]
+    assert others["unsplit"] == (width > 129)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 40), width=st.integers(1, 40), worlds=st.integers(1, 4))
+def test_bon_values_of_the_draw_are_the_numpy_values(monkeypatch, seed, b, width, worlds):
+    """Best-of-N pulls drawn from one table and from one world per run: the same outcomes and values (0.0 past n)."""
+    from iapo_gym.sampling import draw_pulls, draw_pulls_worlds
+    from iapo_gym.tables.testing import example_table
+
+    rng = np.random.default_rng(seed)
+    tables = [example_table("bon", seed=seed + i, n_prompts=3, n_queries=5, n_outcomes=6, n_max=40) for i in range(worlds)]
+    n = rng.integers(1, width + 1, b)
+    start = np.cumsum(n) - n
+    u = rng.random(int(n.sum()))
+    prompt, query = rng.integers(0, 3, b), rng.integers(0, 5, b)
+    bounds = np.unique(np.r_[0, np.sort(rng.integers(0, b, worlds - 1))])
+
+    def draws():  # noqa: ANN202
+        one = draw_pulls(tables[0], prompt, query, n, u, start)
+        many = draw_pulls_worlds(tables[: bounds.size], bounds, prompt, query + 7, query, n, u, start)
+        return one.outcome, one.values, many.outcome, many.values, many.query
+
+    numpy_path, kernels = both(monkeypatch, draws)
+    for x, y in zip(numpy_path, kernels, strict=True):
+        assert same_bits(x, y)
+
+
 def test_ranked_means_are_means_at(monkeypatch):
     """The halving's means of active arms: the kernel's are means_at's bits, NaN (unseen) ranked UNSEEN."""
     rng = np.random.default_rng(5)
@@ -293,7 +441,9 @@ def policies(monkeypatch: pytest.MonkeyPatch, task: str, agent: str, budget: int
 
 
 @pytest.mark.parametrize("agent", AGENTS)
-@pytest.mark.parametrize(("task", "budget"), [("MATH", 5_000), ("SynthBernoulli", 3_000), ("SmolArith", 1_500)])
+@pytest.mark.parametrize(
+    ("task", "budget"), [("MATH", 5_000), ("SynthBernoulli", 3_000), ("SmolArith", 1_500), ("SynthCategorical", 4_000)]
+)
 def test_policies_are_identical_with_and_without_the_kernels(monkeypatch, agent, task, budget):
     """Every seed's policy is the same bits on both paths, alone, in a batch and in another batch order."""
     if task == "MATH" and load_math() is None:
