@@ -133,11 +133,16 @@ def halve(active: NDArray[np.bool_], mean: NDArray[np.float64] | MeansAt, runs: 
             arm_idx = _row_indices(fa, n0)  # ascending arm order per row
         if lazy:
             r_run, r_ctx = (row_run, row_ctx) if rows is None else (row_run[rows], row_ctx[rows])
-            sub = mean.means_at(r_run[:, None], r_ctx[:, None], arm_idx)  # type: ignore[union-attr]
+            if _jit.enabled() and hasattr(mean, "ranked_means"):  # compiled: the same means, UNSEEN for NaN
+                key = mean.ranked_means(arm_idx, c_n, UNSEEN, r_run, r_ctx)  # type: ignore[union-attr]
+            else:
+                sub = mean.means_at(r_run[:, None], r_ctx[:, None], arm_idx)  # type: ignore[union-attr]
+                key = np.where(np.isnan(sub), UNSEEN, sub)
         else:
             fm = flat_m if rows is None else flat_m[rows]
             sub = fm if n0 == n_arms else np.take_along_axis(fm, arm_idx, axis=1)
-        winners = arm_idx[_top_k_mask(np.where(np.isnan(sub), UNSEEN, sub), k)].reshape(-1, k)
+            key = np.where(np.isnan(sub), UNSEEN, sub)
+        winners = arm_idx[_top_k_mask(key, k)].reshape(-1, k)
         if rows is None:
             np.put_along_axis(new, winners, True, axis=1)
         else:
@@ -214,10 +219,33 @@ def best_arms_of(active: NDArray[np.bool_], stats: Any) -> NDArray[np.int64]:
     the same either way.
     """
     idx = active_index(active) if hasattr(stats, "means_at") else None
+    if idx is None and _jit.enabled() and hasattr(stats, "ranked_means"):
+        return _best_arms_by_count(active, stats)
     if idx is None:
         return best_arms(active, stats.means().reshape(active.shape))
     best = np.argmax(_compact_means(stats, idx, active.shape[1], active.shape[2]), axis=-1)  # first maximum: lowest arm index
     return idx[np.arange(idx.shape[0]), best].reshape(active.shape[:2]).astype(np.int64)
+
+
+def _best_arms_by_count(active: NDArray[np.bool_], stats: Any) -> NDArray[np.int64]:
+    """:func:`best_arms` from the active arms' means only, rows grouped by their number of active arms (compiled means).
+
+    The same arms: a row's first maximum of :func:`ranking_key` is an active arm (means are finite
+    or NaN, ranked ``UNSEEN > -inf``), the first maximum among its active arms in ascending order;
+    a row without active arms gets arm 0, as ``argmax`` over ``-inf`` does.
+    """
+    c_n, n_arms = active.shape[1], active.shape[2]
+    flat = active.reshape(-1, n_arms)
+    n_active = np.count_nonzero(flat, axis=-1)
+    out = np.zeros(flat.shape[0], dtype=np.int64)
+    for n0 in np.unique(n_active).tolist():
+        if n0 == 0:
+            continue
+        rows = np.flatnonzero(n_active == n0)
+        arm_idx = _row_indices(flat[rows], n0)
+        key = stats.ranked_means(arm_idx, c_n, UNSEEN, rows // c_n, rows % c_n)
+        out[rows] = arm_idx[np.arange(rows.size), np.argmax(key, axis=-1)]
+    return out.reshape(active.shape[:2])
 
 
 def best_arms(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[np.int64]:

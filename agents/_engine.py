@@ -830,16 +830,26 @@ class NestedStats:
             total /= np.take(self.count.reshape(-1), cell)
         return total
 
-    def ranked_means(self, idx: NDArray[np.int64], n_contexts: int, unseen: float) -> NDArray[np.float64]:
-        """Means of arms ``idx (S * C, n)`` of each (run, context) row, ``unseen`` where an arm has no data.
+    def ranked_means(
+        self,
+        idx: NDArray[np.int64],
+        n_contexts: int,
+        unseen: float,
+        row_run: NDArray[np.int64] | None = None,
+        row_ctx: NDArray[np.int64] | None = None,
+    ) -> NDArray[np.float64]:
+        """Means of arms ``idx (R, n)`` of each (run, context) row, ``unseen`` where an arm has no data.
 
-        The compiled twin of :meth:`means_at` on those rows (the same float operations, bit for
-        bit), with NaN replaced by ``unseen``; used by halving when the kernels are on.
+        Rows are every (run, context) in order (``R = S * C``), or those named by ``row_run`` and
+        ``row_ctx (R,)``. The compiled twin of :meth:`means_at` on those rows (the same float
+        operations, bit for bit), with NaN replaced by ``unseen``; used by halving when the
+        kernels are on.
         """
         u_n, n_arms = self.gain.shape[1], self.n_prompts * self.n_max
         return _ranked_means_kernel(
             self.gain.reshape(-1), self.cost.reshape(-1), self.count.reshape(-1), self.split.cost_weight,
             self.split.group, idx, int(n_contexts), u_n, n_arms, float(unseen),
+            _NO_START if row_run is None else row_run, _NO_START if row_ctx is None else row_ctx,
         )
 
     def means_in(self, runs: NDArray[np.int64], context: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -851,12 +861,19 @@ class NestedStats:
 
 
 @_jit.kernel
-def _ranked_means_kernel(gain, cost, count, cost_weight, group, idx, n_contexts, u_n, n_arms, unseen):  # noqa: ANN001, ANN202
-    """Compiled twin of :meth:`NestedStats.means_at` for rows ``(run, context)`` of ``idx``: ``(gain - w * cost) / count``."""
+def _ranked_means_kernel(gain, cost, count, cost_weight, group, idx, n_contexts, u_n, n_arms, unseen, row_run, row_ctx):  # noqa: ANN001, ANN202, E501
+    """Compiled twin of :meth:`NestedStats.means_at` for rows ``(run, context)`` of ``idx``: ``(gain - w * cost) / count``.
+
+    Row ``r`` is (run, context) ``divmod(r, n_contexts)``, or ``(row_run[r], row_ctx[r])`` when those are not empty.
+    """
     rows, n = idx.shape
+    named = row_run.shape[0] > 0
     out = np.empty((rows, n))
     for row in range(rows):
-        run, ctx = row // n_contexts, row % n_contexts
+        if named:
+            run, ctx = row_run[row], row_ctx[row]
+        else:
+            run, ctx = row // n_contexts, row % n_contexts
         w = cost_weight[ctx]
         g0 = (run * u_n + group[ctx]) * n_arms
         c0 = run * n_arms

@@ -418,6 +418,36 @@ def test_ranked_means_are_means_at(monkeypatch):
     assert same_bits(stats.ranked_means(idx, 3, _common.UNSEEN), want)
 
 
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), runs=st.integers(1, 5), levels=st.integers(1, 4), empty=st.booleans())
+def test_halving_and_best_arms_of_uneven_rows_are_the_numpy_ones(monkeypatch, seed, runs, levels, empty):
+    """Rows with different numbers of active arms (some runs halved, some not): ``halve`` and ``best_arms_of`` agree.
+
+    The compiled path ranks each group of rows by ``ranked_means`` of named (run, context) rows;
+    the numpy path by ``means_at`` and by every arm's mean. Unseen arms, ties of equal means
+    (arms never pulled in a run share NaN, ranked ``UNSEEN``), and rows without active arms.
+    """
+    rng = np.random.default_rng(seed)
+    contexts = contexts_of([[1.0, 0.0], [1.0, 0.3], [0.5, 1.0]])
+    monkeypatch.setenv(_jit.ENV_VAR, "0")
+    stats = _engine.NestedStats(runs, 5, 6, contexts)
+    stats.add(random_pulls(rng, 40, 6, 3, 5, True), rng.integers(0, runs, 40))
+    active = rng.random((runs, 3, 30)) < rng.choice([0.2, 0.5, 1.0], (runs, 3, 1)) ** levels
+    if empty:
+        active[0, 0] = False
+    trimmed = rng.random(runs) < 0.7
+
+    def decide():  # noqa: ANN202
+        act = active.copy()
+        best = _common.best_arms_of(act, stats)
+        _common.halve(act, stats, trimmed)
+        return best, act, _common.best_arms_of(act, stats)
+
+    numpy_path, kernels = both(monkeypatch, decide)
+    for x, y in zip(numpy_path, kernels, strict=True):
+        assert same_bits(x, y)
+
 # ------------------------------------------------------------------------------ whole policies
 AGENTS = ("psst", "topk4", "seqhalving", "psst_paired", "topk_paired", "psst_model", "uniform", "triple_n1")
 
