@@ -134,7 +134,7 @@ def halve(active: NDArray[np.bool_], mean: NDArray[np.float64] | MeansAt, runs: 
         if lazy:
             r_run, r_ctx = (row_run, row_ctx) if rows is None else (row_run[rows], row_ctx[rows])
             if _jit.enabled() and hasattr(mean, "ranked_means"):  # compiled: the same means, UNSEEN for NaN
-                key = mean.ranked_means(arm_idx, c_n, UNSEEN, r_run, r_ctx)  # type: ignore[union-attr]
+                key = mean.ranked_means(arm_idx, c_n, UNSEEN, r_run, r_ctx)
             else:
                 sub = mean.means_at(r_run[:, None], r_ctx[:, None], arm_idx)  # type: ignore[union-attr]
                 key = np.where(np.isnan(sub), UNSEEN, sub)
