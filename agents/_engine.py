@@ -1102,6 +1102,7 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     while (1 << levels) <= width:
         levels += 1
     score = np.empty((levels, width), dtype=np.float32)
+    v32 = np.empty((width, k_n), dtype=np.float32)
     buf = np.zeros(width)  # one size's block bests (float64), 0.0 past the real ones
     sums = np.zeros((u_n, width))
     s_lo = np.empty(64, dtype=np.int64)  # the pairwise recursion's pending halves
@@ -1132,11 +1133,14 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                     break
         if not any_live:
             continue
+        for j in range(nb):
+            for x in range(k_n):
+                v32[j, x] = np.float32(values[b, j, x])
         for u in range(u_n):
             for j in range(nb):
-                s = np.float32(values[b, j, 0]) * w[u, 0]
+                s = v32[j, 0] * w[u, 0]
                 for x in range(1, k_n):
-                    s += np.float32(values[b, j, x]) * w[u, x]
+                    s += v32[j, x] * w[u, x]
                 score[0, j] = s
             lev = 1
             while (1 << lev) <= nb:
@@ -1154,6 +1158,17 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                 m = nb // k
                 span = width // k
                 off = k - (1 << lk)
+                if span <= 8:  # reduceat: the first block plus a running sum from 0.0 of the others
+                    a0, a1 = score[lk, 0], score[lk, off]
+                    total = np.float64(a0 if a0 > a1 or a0 != a0 else a1)
+                    if span > 1:
+                        res = 0.0  # never -0.0: adding the padding's 0.0 would change nothing
+                        for i in range(1, m):
+                            a0, a1 = score[lk, i * k], score[lk, i * k + off]
+                            res += np.float64(a0 if a0 > a1 or a0 != a0 else a1)
+                        total += res
+                    sums[u, k - 1] = total
+                    continue
                 for i in range(m):
                     a0, a1 = score[lk, i * k], score[lk, i * k + off]
                     buf[i] = np.float64(a0 if a0 > a1 or a0 != a0 else a1)

@@ -249,6 +249,21 @@ def draw_pulls_worlds(
     b = prompt.size
     ends = np.append(bounds[1:], b).tolist()
     segments = list(zip(tables, bounds.tolist(), ends, strict=True))
+    if not mv and start is not None and _jit.enabled():
+        cdfs = [_cdf_table(t) for t in tables]
+        if all(c is not None for c in cdfs):  # one kernel per world: draws, values and costs of its rows
+            width = int(n.max(initial=0)) if n.size else 0
+            table_values = first.bon_arrays()[0]
+            outcome = np.empty((b, width), dtype=np.int64)
+            mask = np.empty((b, width), dtype=np.bool_)
+            values = np.empty((b, width, table_values.shape[-1]), dtype=table_values.dtype)
+            unit_cost = np.empty(b)
+            for (t, lo, hi), cdf_t in zip(segments, cdfs, strict=True):
+                _bon_world_rows_kernel(lo, hi, cdf_t, t.cost, t.bon_arrays()[0], prompt, local, n, u, start, outcome, mask,
+                                       values, unit_cost)  # fmt: skip
+            gold = np.full(b, -1, dtype=np.int64)
+            return Pulls(first.strategy, prompt, n, query, outcome, values, None, gold, mask, first.n_outcomes,
+                         unit_cost=unit_cost)  # fmt: skip
     cdf = np.empty((b, first.n_outcomes))
     unit_cost = np.empty(b)
     gold = np.full(b, -1, dtype=np.int64)
@@ -317,6 +332,39 @@ def _outcomes(
     if not full:
         np.copyto(outcome, -1, where=~mask)
     return outcome, mask, full
+
+
+@_jit.kernel
+def _bon_world_rows_kernel(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost):  # noqa: ANN001, ANN202, E501
+    """Rows ``lo:hi`` of best-of-N pulls drawn from one world: outcomes, mask, values and unit costs, in place.
+
+    Completion ``j`` of row ``b`` is the inverse-CDF draw of ``u[start[b] + j]`` under the world's
+    cached ``cdf[prompt[b], query[b]]`` (the comparisons of :func:`_outcomes_flat_kernel` on the
+    same values as :func:`_cdf_rows`); values and cost are the world's entries
+    (:func:`_bon_values_kernel`); past ``n[b]``: outcome -1, mask False, values 0.0.
+    """
+    width = outcome.shape[1]
+    k_n = values.shape[2]
+    a1 = cdf.shape[2] - 1  # u < 1 = cdf[..., -1] always
+    for b in range(lo, hi):
+        p, q = prompt[b], query[b]
+        unit_cost[b] = cost[p, q]
+        nb = min(n[b], width)
+        s0 = start[b]
+        for j in range(nb):
+            x = u[s0 + j]
+            o = 0
+            for c in range(a1):
+                o += x >= cdf[p, q, c]
+            outcome[b, j] = o
+            mask[b, j] = True
+            for k in range(k_n):
+                values[b, j, k] = table_values[p, q, o, k]
+        for j in range(nb, width):
+            outcome[b, j] = -1
+            mask[b, j] = False
+            for k in range(k_n):
+                values[b, j, k] = 0.0
 
 
 @_jit.kernel

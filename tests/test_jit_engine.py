@@ -380,7 +380,7 @@ def test_bon_size_sums_follow_numpy_pairwise_order(monkeypatch, width):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 40), width=st.integers(1, 40), worlds=st.integers(1, 4))
 def test_bon_values_of_the_draw_are_the_numpy_values(monkeypatch, seed, b, width, worlds):
-    """Best-of-N pulls drawn from one table and from one world per run: the same outcomes and values (0.0 past n)."""
+    """Best-of-N pulls drawn from one table and from one world per run: the same outcomes, mask, values (0.0 past n), costs."""
     from iapo_gym.sampling import draw_pulls, draw_pulls_worlds
     from iapo_gym.tables.testing import example_table
 
@@ -395,7 +395,7 @@ def test_bon_values_of_the_draw_are_the_numpy_values(monkeypatch, seed, b, width
     def draws():  # noqa: ANN202
         one = draw_pulls(tables[0], prompt, query, n, u, start)
         many = draw_pulls_worlds(tables[: bounds.size], bounds, prompt, query + 7, query, n, u, start)
-        return one.outcome, one.values, many.outcome, many.values, many.query
+        return one.outcome, one.values, many.outcome, many.mask, many.values, many.unit_cost, many.query
 
     numpy_path, kernels = both(monkeypatch, draws)
     for x, y in zip(numpy_path, kernels, strict=True):
