@@ -256,13 +256,13 @@ def draw_pulls_worlds(
             table_values = first.bon_arrays()[0]
             outcome = np.empty((b, width), dtype=np.int64)
             mask = np.empty((b, width), dtype=np.bool_)
-            values = np.empty((b, width, table_values.shape[-1]), dtype=table_values.dtype)
+            drawn = np.empty((b, width, table_values.shape[-1]), dtype=table_values.dtype)
             unit_cost = np.empty(b)
             for (t, lo, hi), cdf_t in zip(segments, cdfs, strict=True):
                 _bon_world_rows_kernel(lo, hi, cdf_t, t.cost, t.bon_arrays()[0], prompt, local, n, u, start, outcome, mask,
-                                       values, unit_cost)  # fmt: skip
+                                       drawn, unit_cost)  # fmt: skip
             gold = np.full(b, -1, dtype=np.int64)
-            return Pulls(first.strategy, prompt, n, query, outcome, values, None, gold, mask, first.n_outcomes,
+            return Pulls(first.strategy, prompt, n, query, outcome, drawn, None, gold, mask, first.n_outcomes,
                          unit_cost=unit_cost)  # fmt: skip
     cdf = np.empty((b, first.n_outcomes))
     unit_cost = np.empty(b)
