@@ -26,6 +26,9 @@ Speed comes from three observations, all exact:
      larger of two overlapping power-of-two windows.
 
    Block results are summed per size with ``np.add.reduceat`` (blocks are ordered by size).
+   With numba (``iapo_gym._jit``) the ``"block"`` tallies of both strategies run as compiled twins
+   that give the same bits; best-of-N's (:func:`_bon_block_add_kernel`) does ``reduceat``'s additions
+   in numpy's pairwise order.
 
 :class:`NestedStats` keeps the tallies as arrays ``gain (S, P, U, n_max)``, ``cost (S, P, n_max)``
 and ``count (S, P, n_max)`` for ``S`` runs (seeds) at once; :meth:`NestedStats.means` expands them
