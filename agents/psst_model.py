@@ -64,7 +64,13 @@ The loop (all seeds of a batch at once) is the zoo's round loop
   is not confidently worse than the leader in every context (above; on Best-of-N tasks the trim
   before the last round uses ``final_drop_z = 0.5`` instead of ``drop_z``, so the last round is
   spent on the near-ties of each context's leader);
-* the deployed arm of a context is the surviving ``(p, N)`` with the highest ``Qhat``.
+* the deployed arm of a context is the surviving ``(p, N)`` with the highest ``Qhat``; for the
+  empirical-Bayes estimates (binary answers, Best-of-N) the highest ``Qhat + deploy_z sd`` with
+  ``deploy_z = 1`` (:func:`deployment_scores`): they are conservative where they are uncertain
+  (the large-``N`` arms, whose values the deconvolution shrinks towards the prior's mass near the
+  vote's tipping point / the pooled shape's contracted order statistics), so the plain argmax
+  prefers the small-``N`` arms of lucky survivors (Synth-Bernoulli's deceptive prompts) over
+  large-``N`` arms of prompts that are better.
 
 Cost per completion is the observed mean cost of the prompt's completions (the tables' cost is
 deterministic per (prompt, query), so this is exact on the queries seen).
@@ -99,6 +105,7 @@ __all__ = [
     "PairedModelAllocation",
     "PlugInSums",
     "confidently_worse",
+    "deployment_scores",
     "eb_shrink",
     "jackknife_bon_max",
     "jackknife_mv_credit",
@@ -709,6 +716,10 @@ class PlugInSums:
                 var[grp, u] = np.maximum(ms - mean * mean, 0.0) / n
         return out.reshape(s_n, p_n, u_n, self.n_max), var.reshape(s_n, p_n, u_n, self.n_max)
 
+    def empirical_bayes(self) -> bool:
+        """Whether :meth:`q` reads empirical-Bayes estimates (binary majority voting with ``npmle``, or ``bon_eb``)."""
+        return self.bon_eb or (self.npmle and self.stats.shape[3] == 2)
+
     def q(self, alive: NDArray[np.bool_], weights: NDArray[np.float64], shrink: bool = False) -> NDArray[np.float64]:
         """``Qhat (S, C, P, n_max)``; NaN for prompts not in ``alive (S, P)`` or never pulled."""
         st = self.stats
@@ -746,6 +757,17 @@ class PlugInSums:
 
 
 # ------------------------------------------------------------------------------------- the agent
+def deployment_scores(q_hat: NDArray[np.float64], sd: NDArray[np.float64], z: float) -> NDArray[np.float64]:
+    """``q_hat + z sd`` (``(S, C, P, N)``; NaN stays NaN, an unknown ``sd`` counts as 0): what the deployment maximises.
+
+    With ``z = 0`` it is ``q_hat`` itself (the same array). :class:`PSSTModel` uses ``z = deploy_z``
+    for the empirical-Bayes estimates (binary majority voting, Best-of-N) and 0 for the plug-in.
+    """
+    if z == 0.0:
+        return q_hat
+    return q_hat + z * np.nan_to_num(sd, nan=0.0)
+
+
 def confidently_worse(
     q_hat: NDArray[np.float64], sd: NDArray[np.float64], alive: NDArray[np.bool_], z: float
 ) -> NDArray[np.bool_]:
@@ -838,6 +860,15 @@ class PSSTModel(BatchAgent):
             among them (tuning seeds 1000-1199 / 1200-1399, ``T = 5,000``: 0.0079 / 0.0083 ->
             0.0071 / 0.0078). Majority voting keeps ``drop_z`` (Synth-Bernoulli: no change beyond
             noise at any budget).
+        deploy_z: empirical-Bayes estimates only (binary answers, Best-of-N): deploy the arm with the
+            best ``Qhat + deploy_z sd`` instead of the best ``Qhat`` (:func:`deployment_scores`; 0:
+            the best estimate; the plug-in of majority voting over many answers always deploys its
+            best estimate). Both estimators are biased low where they are uncertain, at large ``N``
+            (the Best-of-N z-scores against the exact train values average -0.5 to -0.9 at
+            ``N = 8-32``; the binary NPMLE's credit of a consistent prompt at ``N = 15-31`` is low
+            by 0.005-0.016). Tuning seeds 1000-1199 / 1200-1399, ``T = 5,000``: Synth-Bernoulli
+            0.0155 / 0.0144 -> 0.0143 / 0.0132, Synth-Categorical 0.0071 -> 0.0070; no budget from 1k
+            to 50k worse beyond noise (docs/BEYOND.md, seventh round).
     """
 
     m: int = 0
@@ -854,6 +885,7 @@ class PSSTModel(BatchAgent):
     bon_eb: bool = True
     eb_m: int = 4
     final_drop_z: float = 0.5
+    deploy_z: float = 1.0
     name: ClassVar[str] = "psst_model"
     uses_query_control: ClassVar[bool] = True
 
@@ -874,6 +906,8 @@ class PSSTModel(BatchAgent):
             raise ValueError(
                 f"final_drop_z must be >= 0 standard errors (0: drop_z before the last round too); got {self.final_drop_z}"
             )
+        if not np.isfinite(float(self.deploy_z)):
+            raise ValueError(f"deploy_z must be a finite number of standard errors (0: best estimate); got {self.deploy_z}")
         if int(self.eb_m) < 0:
             raise ValueError(f"eb_m must be >= 0 completions per (prompt, query) (0: off); got {self.eb_m}")
 
@@ -886,7 +920,8 @@ class PSSTModel(BatchAgent):
         plan = np.floor(runs.budgets[:, None] * (share / share.sum())[None, :] + 1e-9).astype(np.int64)
         alloc = PairedModelAllocation(self, runs, rounds)
         run_rounds(runs, alloc, runs.budgets[:, None].astype(np.int64), plan[:, :, None])
-        q_hat = alloc.estimate()
+        z = float(self.deploy_z) if alloc.sums.empirical_bayes() else 0.0  # the plug-in deploys its best estimate
+        q_hat = deployment_scores(alloc.estimate(), alloc.sums.sd, z)
         flat = np.where(np.isnan(q_hat), -np.inf, q_hat).reshape(s_n, len(runs.contexts), p_n * n_max)
         arms = np.argmax(flat, axis=-1).astype(np.int64)  # no data at all: arm 0 (p = 0, N = 1)
         infos = [

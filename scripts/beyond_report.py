@@ -52,12 +52,15 @@ def short(task: str) -> str:
     return task.removeprefix("IAPO-").removesuffix("-v0")
 
 
-def run_task(task: str, out: Path, budgets: str, runs: int, seed: int, progress: bool, analyse_only: bool) -> bool:
-    """Fit and evaluate every agent on one task (resumes); False when the task's table is missing."""
+def run_task(
+    task: str, out: Path, budgets: str, runs: int, seed: int, progress: bool, analyse_only: bool,
+    agents: tuple[str, ...] = AGENTS,
+) -> bool:
+    """Fit and evaluate ``agents`` (default: every agent) on one task (resumes); False when the task's table is missing."""
     from iapo_gym.experiments import run_experiment
 
     runner, _ = run_experiment(
-        env=task, agents=",".join(AGENTS), budgets=budgets, runs=runs, seed=seed, out=str(task_dir(out, task)),
+        env=task, agents=",".join(agents), budgets=budgets, runs=runs, seed=seed, out=str(task_dir(out, task)),
         reference="psst", skip_missing=True, track=False, plots=False, progress=progress, analyse_only=analyse_only,
         log=print,
     )
@@ -336,12 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures", default="docs/figures")
     ap.add_argument("--analyse-only", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--agents", default=",".join(AGENTS),
+                    help="fit only these of the report's agents (the others' cells are read from --out as they are)")
     args = ap.parse_args(argv)
     out, figs = Path(args.out), Path(args.figures)
     seeds = list(range(args.seed, args.seed + args.runs))
     tasks = []
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-        if run_task(task, out, args.budgets, args.runs, args.seed, not args.no_progress, args.analyse_only):
+        agents = tuple(a.strip() for a in args.agents.split(",") if a.strip())
+        if run_task(task, out, args.budgets, args.runs, args.seed, not args.no_progress, args.analyse_only, agents):
             tasks.append(task)
         else:
             print(f"skipping {task}: its outcome table is not installed")

@@ -14,6 +14,7 @@ from iapo_gym.agents import AGENTS, make_agent
 from iapo_gym.agents.psst_model import (
     PSSTModel,
     confidently_worse,
+    deployment_scores,
     eb_shrink,
     jackknife_bon_max,
     jackknife_mv_credit,
@@ -115,7 +116,7 @@ def test_conforms(strategy):
 
 def test_rejects_bad_settings_with_one_line():
     bad = ({"keep": 0.0}, {"keep": 1.0}, {"min_queries": -1}, {"extra_rounds": -1}, {"growth": 0.0}, {"drop_z": -1.0})
-    for kwargs in (*bad, {"eb_m": -1}, {"final_drop_z": -0.5}):
+    for kwargs in (*bad, {"eb_m": -1}, {"final_drop_z": -0.5}, {"deploy_z": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             PSSTModel(**kwargs)
 
@@ -308,3 +309,47 @@ def test_best_of_n_drops_at_final_drop_z_before_the_last_round_only(monkeypatch,
         if strategy == "mv":
             assert near.info == wide.info
     assert (fewer > 0) == (strategy == "bon")
+
+
+@pytest.mark.parametrize("strategy", ["binary", "bon", "mv"])
+def test_empirical_bayes_deploys_the_best_estimate_plus_deploy_z_standard_errors(monkeypatch, strategy):
+    """Empirical-Bayes estimates (binary answers, Best-of-N) deploy argmax Qhat + deploy_z sd (default 1);
+    the plug-in (majority voting over many answers) deploys argmax Qhat and ignores deploy_z."""
+    import iapo_gym.agents.psst_model as pm
+    from iapo_gym.experiments.train import env_factory
+
+    if strategy != "mv":  # Synth-Bernoulli (binary answers), Synth-Categorical (Best-of-N, 27 contexts)
+        task = "IAPO-SynthBernoulli-v0" if strategy == "binary" else "IAPO-SynthCategorical-v0"
+        make, budget = env_factory(task, 2000), 2000
+    else:
+        table = small_table("mv", n_prompts=8, n_queries=40)
+        make, budget = (lambda s: make_env(table, s)), 3000
+    seen: list[tuple[np.ndarray, np.ndarray, float]] = []
+    real = pm.deployment_scores
+
+    def spy(q_hat, sd, z):
+        seen.append((q_hat.copy(), np.array(sd, copy=True), z))
+        return real(q_hat, sd, z)
+
+    monkeypatch.setattr(pm, "deployment_scores", spy)
+    differ = 0
+    for seed in range(6):
+        seen.clear()
+        pol = PSSTModel().fit(make(seed), budget, seed)
+        ((q_hat, sd, z),) = seen
+        assert z == (0.0 if strategy == "mv" else 1.0)
+        score = q_hat + z * np.nan_to_num(sd, nan=0.0)
+        flat = np.where(np.isnan(score), -np.inf, score)[0].reshape(score.shape[1], -1)
+        assert np.array_equal(pol.arms, np.argmax(flat, axis=-1))
+        plain = PSSTModel(deploy_z=0.0).fit(make(seed), budget, seed)
+        assert plain.info == pol.info  # the rule changes only the deployment, not the rounds
+        assert np.array_equal(plain.arms, np.argmax(np.where(np.isnan(q_hat), -np.inf, q_hat)[0].reshape(flat.shape), axis=-1))
+        differ += not np.array_equal(plain.arms, pol.arms)
+    assert (differ > 0) == (strategy != "mv"), differ
+
+
+def test_deployment_scores_add_z_standard_errors_where_known():
+    q = np.array([[[[0.5, np.nan, 0.7]]]])
+    sd = np.array([[[[0.1, 0.2, np.nan]]]])
+    assert deployment_scores(q, sd, 0.0) is q
+    np.testing.assert_array_equal(deployment_scores(q, sd, 2.0), np.array([[[[0.7, np.nan, 0.7]]]]))
