@@ -48,7 +48,7 @@ from numpy.typing import NDArray
 from iapo_gym import _jit
 from iapo_gym.agents import _sequential_kernels as kernels
 from iapo_gym.agents._common import BatchAgent, best_arms, table_policies
-from iapo_gym.agents._engine import NestedStats, _credit_lut, nested_gains
+from iapo_gym.agents._engine import NestedStats, nested_gains
 from iapo_gym.agents.base import Policy
 from iapo_gym.runs import RunBatch
 
@@ -164,7 +164,7 @@ def argmax_tiebreak(score: NDArray[np.float64], priority: NDArray[np.float64]) -
 class _OnlineStats:
     """Nested tallies (:class:`NestedStats`) plus incrementally kept per-context means and counts."""
 
-    def __init__(self, runs: RunBatch) -> None:
+    def __init__(self, runs: RunBatch, priority: NDArray[np.float64]) -> None:
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         self.p_n, self.n_max = p_n, n_max
         self.stats = NestedStats(s_n, p_n, n_max, runs.contexts)
@@ -174,36 +174,47 @@ class _OnlineStats:
         self.total = np.zeros(s_n, dtype=np.int64)
         self.n_unseen = np.full(s_n, p_n * n_max, dtype=np.int64)
         self.jit = _jit.enabled()
-        # 1 / sqrt(count), UCB's bound: kept by the compiled refresh when a rule asks for it (keep_invsqrt)
-        self.invsqrt = np.empty((0, 0))
+        # what the compiled kernels read and update in place: the arrays above plus the bounds and
+        # bookkeeping of their choice (kernels.Online); UCB's 1 / sqrt(count) only once a rule asks (keep_invsqrt)
+        split = self.stats.split
+        self.kernel_state = kernels.Online(
+            gain=self.stats.gain, cost=self.stats.cost, count=self.stats.count, countf=self.countf, total=self.total,
+            n_unseen=self.n_unseen, mean=self.mean, group=split.group, cost_weight=split.cost_weight, priority=priority,
+            unseen_best=priority.reshape(s_n, p_n, n_max).argmax(axis=2) + np.arange(p_n) * n_max,
+            pmax=np.full((s_n, self.c_n, p_n), -np.inf), invsqrt=np.empty((0, 0)), pinv=np.empty((0, 0)),
+            last=np.empty((0, 0, 0, 2)),
+        )  # fmt: skip
+
+    @property
+    def invsqrt(self) -> NDArray[np.float64]:
+        """``1 / sqrt(count)`` per arm (``inf`` where unseen), kept by the kernels after :meth:`keep_invsqrt`."""
+        return self.kernel_state.invsqrt
 
     def keep_invsqrt(self) -> None:
-        """Keep ``invsqrt`` (``1 / sqrt(count)``, ``inf`` where unseen) up to date from now on (compiled path)."""
+        """Keep ``1 / sqrt(count)`` and the per-prompt bounds of UCB up to date from now on (compiled path)."""
         with np.errstate(divide="ignore"):
-            self.invsqrt = 1.0 / np.sqrt(self.countf)
+            invsqrt = 1.0 / np.sqrt(self.countf)
+        s_n = invsqrt.shape[0]
+        self.kernel_state = self.kernel_state._replace(
+            invsqrt=invsqrt,
+            pinv=invsqrt.reshape(s_n, self.p_n, self.n_max).max(axis=2),
+            last=np.full((s_n, self.c_n, self.p_n, 2), -1.0),
+        )
 
     def record_kernel(self, runs: RunBatch, live: NDArray[np.int64], arm: NDArray[np.int64]) -> None:
-        """:meth:`record` by the compiled kernel (:func:`iapo_gym.agents._sequential_kernels.record`): the same bits."""
-        st, n_max = self.stats, self.n_max
+        """:meth:`record` by the compiled kernels (:mod:`iapo_gym.agents._sequential_kernels`): the same bits."""
+        n_max = self.n_max
         prompt = arm // n_max
-        split = st.split
         n = arm % n_max + 1
         drawn = runs.step_draws(live, prompt, n) if runs.strategy == "mv" else None
         if drawn is not None:  # a shared MV table: draw, score and record in one kernel
             table, query, u, start = drawn
-            probs, gold = table.mv_arrays()
-            kernels.step_mv(
-                probs, gold, table.cost, prompt, query, n, u, start, split.obj_weights[:, 0],
-                _credit_lut(int(table.n_outcomes)), st.gain, st.cost, st.count, self.countf, self.invsqrt,
-                self.total, self.n_unseen, self.mean, live, split.group, split.cost_weight,
-            )  # fmt: skip
+            tab = kernels.mv_table(table, self.stats.split.obj_weights[:, 0], n_max)
+            kernels.step_mv(self.kernel_state, tab, live, prompt, query, n, u, start)
             return
         for pulls, rows in runs.pull(live, prompt, n):
-            gain, count, cost = nested_gains(pulls, split.obj_weights, n_max)
-            kernels.record(
-                st.gain, st.cost, st.count, self.countf, self.invsqrt, self.total, self.n_unseen, self.mean,
-                live[rows], prompt[rows], gain, count, cost, split.group, split.cost_weight,
-            )  # fmt: skip
+            gain, count, cost = nested_gains(pulls, self.stats.split.obj_weights, n_max)
+            kernels.record(self.kernel_state, live[rows], prompt[rows], gain, count, cost)
 
     def record(self, runs: RunBatch, live: NDArray[np.int64], arm: NDArray[np.int64]) -> None:
         """Pull ``arm`` for every live run (one pull each) and refresh the touched ``(run, prompt)`` rows."""
@@ -262,10 +273,49 @@ class SequentialAgent(BatchAgent):
         """
         return None
 
-    def _has_kernel(self) -> bool:
+    def loop_rule(self) -> tuple[bool, float, float] | None:
+        """The rule for the compiled whole loop (:func:`iapo_gym.agents._sequential_kernels.run_steps`), or None.
+
+        ``(ucb, c, epsilon)``: UCB with exploration constant ``c`` (``ucb``), or epsilon-greedy with
+        ``epsilon``. Used, like :meth:`choose_kernel`, only by the class that defines :meth:`choose`,
+        and only where the runs share a majority-voting table (:meth:`iapo_gym.runs.RunBatch.loop_table`).
+        """
+        return None
+
+    def _has_kernel(self, method: str = "choose_kernel") -> bool:
         mro = type(self).__mro__
         owner = next(c for c in mro if "choose" in c.__dict__)
-        return owner is next(c for c in mro if "choose_kernel" in c.__dict__) and owner is not SequentialAgent
+        return owner is next(c for c in mro if method in c.__dict__) and owner is not SequentialAgent
+
+    def _run_loop(self, runs: RunBatch, online: _OnlineStats, priority: NDArray[np.float64], steps: NDArray[np.int64]) -> bool:
+        """Every step of every run by the compiled loop, where it applies (else False and nothing done).
+
+        The loop runs each run until its budget is spent, its buffered uniforms may not cover one
+        more step, or (UCB) its table of ``ln t`` is too short; then the drawn completions are
+        charged, the buffers refilled, the table extended, and the loop resumes. The same draws, in
+        the same order, and the same arithmetic as the one-step path: the same policies.
+        """
+        rule = self.loop_rule() if self._has_kernel("loop_rule") else None
+        table = runs.loop_table() if rule is not None else None
+        if rule is None or table is None:
+            return False
+        ucb, c, epsilon = rule
+        tab = kernels.mv_table(table, online.stats.split.obj_weights[:, 0], runs.n_max)
+        need = 1 + (0 if ucb else 2) + 1 + runs.n_max  # the most values one step takes (run_steps)
+        context_cdf = np.cumsum(runs.contexts.probs)  # what contexts.sample searches
+        logs = np.empty(0)  # logs[t] = numpy's log(max(t, 1)), the one-step path's ln t
+        drawn = np.zeros(runs.n_runs, dtype=np.int64)
+        while (live := np.flatnonzero(runs.remaining > 0)).size:
+            runs.streams.fill(live, need)
+            if ucb and int(online.total[live].max()) >= logs.size:
+                logs = np.log(np.maximum(np.arange(2 * int(online.total.max()) + 4096), 1))
+            drawn[:] = 0
+            kernels.run_steps(
+                online.kernel_state, tab, context_cdf, live, runs.streams.buffer, runs.streams.position, runs.budgets,
+                runs.spent, drawn, steps, runs.train, runs.n_train, logs, ucb, float(c), float(epsilon),
+            )  # fmt: skip
+            runs.charge_drawn(drawn)
+        return True
 
     @staticmethod
     def argmax_tiebreak(score: NDArray[np.float64], priority: NDArray[np.float64]) -> NDArray[np.int64]:
@@ -275,13 +325,15 @@ class SequentialAgent(BatchAgent):
     def fit_runs(self, runs: RunBatch) -> list[Policy]:
         s_n, p_n, n_max = runs.n_runs, runs.n_prompts, runs.n_max
         a_n = p_n * n_max
-        online = _OnlineStats(runs)
-        stats = online.stats
         priority = runs.streams.random_rows(np.arange(s_n), a_n)
+        online = _OnlineStats(runs, priority)
+        stats = online.stats
         steps = np.zeros(s_n, dtype=np.int64)
         fast = online.jit and self._has_kernel()
         if fast and self.kernel_needs_invsqrt:
             online.keep_invsqrt()
+        if fast:
+            self._run_loop(runs, online, priority, steps)  # every step at once where it applies
         while True:
             live = np.flatnonzero(runs.remaining > 0)
             if live.size == 0:

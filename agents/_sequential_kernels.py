@@ -1,44 +1,99 @@
-"""Compiled kernels of the sequential agents' step (UCB, epsilon-greedy, Softmax): the same bits as numpy.
+"""Compiled kernels of the sequential agents (UCB, epsilon-greedy, Softmax): the same bits as numpy.
 
-Each kernel does for one step, row by row, what :mod:`iapo_gym.agents._sequential` does with
-``(B, |P| N_max)`` numpy passes, reading the runs' state in place (no gathered copies):
+Each kernel does, row by row, what :mod:`iapo_gym.agents._sequential` does with ``(B, |P| N_max)``
+numpy passes, reading and updating the runs' state (:class:`Online`) in place:
 
-* :func:`record` -- add one pull's nested sums per live run to its tallies and refresh that
-  ``(run, prompt)`` row of the per-context means, counts, total and unseen count;
-* :func:`step_mv` -- on a majority-voting table shared by the runs, the whole pull in one pass:
-  completions by inverse CDF of the run's own uniforms (:meth:`iapo_gym.runs.RunBatch.step_draws`),
-  the nested MV credits, costs and counts, then :func:`record`'s tallies and refresh;
-* :func:`best_arm` -- the arm of UCB or of epsilon-greedy's greedy step: a feasible unseen arm
-  first (highest priority), else the feasible argmax of the score with the priority tie-break;
+* :func:`run_steps` -- UCB's or epsilon-greedy's whole loop on a majority-voting table shared by
+  the runs: many steps per run in one call (the context, the arm, the query and the completions
+  drawn from the run's buffered uniforms), so a step costs no Python at all;
+* :func:`step_mv` -- one step's pulls on a shared majority-voting table: drawn, scored and recorded;
+* :func:`record` -- add one pull's nested sums per live run (pulled by the engine) and refresh;
+* :func:`best_arm` -- one step's arms of UCB or of epsilon-greedy's greedy rows;
 * :func:`softmax_candidates` -- Softmax: the unseen-first rule, and for the other rows the few arms
   that can hold the Gumbel-max (bounds from a table of Gumbel values); numpy then computes those
   arms' logits exactly (its ``log``) and :func:`first_max` picks the winner.
+
+Their bodies are shared helpers, one per job: :func:`pull_mv_row` (draw and score a pull),
+:func:`refresh_row` (a pulled prompt's means and bounds) and :func:`choose_row` (an arm), inlined
+by numba into each kernel that calls them.
 
 Why the results are the same bits (the contract of :mod:`iapo_gym._jit`):
 
 * element-wise ``+ - * /`` and ``sqrt`` are correctly rounded in both numba and numpy, and each
   kernel applies them to the same operands in the same order as the numpy code (no fused
   multiply-add: numba does not contract without ``fastmath``);
-* the argmax is exact: a first pass ranks arms by a cheap *bound* of the score, a second pass
-  computes the exact score (UCB: ``mean + sqrt(ln t / n) * c``) of every arm within a tolerance of
-  the best bound -- far wider than the bound's error (a few ulps) -- so every arm whose exact score
-  ties the maximum is among them, and among those the rule of ``argmax_tiebreak`` is applied
-  (highest score, then highest priority, then lowest index);
-* transcendental functions stay in numpy: ``ln t`` is computed per row by numpy and passed in, and
+* MV credits are float32 ``1 / t`` values, so their sums are exact in float64 in any order;
+* the argmax is exact: arms are ranked by cheap *bounds* of the score first (every arm's, and whole
+  prompts' at once), and the exact score is computed for every arm within a tolerance of the best
+  bound -- far wider than the bounds' error -- so every arm whose exact score ties the maximum is
+  among them, and among those the rule of ``argmax_tiebreak`` is applied (highest score, then
+  highest priority, then lowest index);
+* transcendental functions stay in numpy: ``ln t`` is numpy's (per row, or a table of it), and
   Softmax's Gumbel noise ``-log(-log1p(-u))`` is computed by numpy for the candidate arms only (an
   element-wise function: the same bits whatever array the value sits in).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym._jit import kernel
+from iapo_gym._jit import helper, kernel
+from iapo_gym.agents._engine import _credit_lut, _vote_encoding
 
 #: Softmax's Gumbel table: ``u`` in ``[b / GUMBEL_BUCKETS, (b + 1) / GUMBEL_BUCKETS)`` bounds the
 #: noise ``g(u) = -log(-log1p(-u))`` (decreasing in ``u``) by its values at the bucket's edges.
 GUMBEL_BUCKETS = 4096
+
+
+class Online(NamedTuple):
+    """The runs' statistics that the kernels read and update in place (row ``s``: run ``s``).
+
+    ``A = |P| N_max`` arms, flat index ``p * N_max + N - 1``; ``C`` contexts; ``U`` objective rows.
+    """
+
+    gain: NDArray[np.float64]  #: ``(S, U, P, N_max)`` nested tallies (:class:`~iapo_gym.agents._engine.NestedStats`)
+    cost: NDArray[np.float64]  #: ``(S, P, N_max)``
+    count: NDArray[np.int64]  #: ``(S, P, N_max)`` nested blocks per arm
+    countf: NDArray[np.float64]  #: ``(S, A)`` the counts as floats
+    total: NDArray[np.int64]  #: ``(S,)`` blocks recorded (UCB's ``t``)
+    n_unseen: NDArray[np.int64]  #: ``(S,)`` arms with no block yet
+    mean: NDArray[np.float64]  #: ``(S, C, A)`` empirical means, NaN where unseen
+    group: NDArray[np.int64]  #: ``(C,)`` each context's objective row
+    cost_weight: NDArray[np.float64]  #: ``(C,)``
+    priority: NDArray[np.float64]  #: ``(S, A)`` tie-break priorities
+    unseen_best: NDArray[np.int64]  #: ``(S, P)`` each prompt's unseen arm of highest priority (-1: none)
+    pmax: NDArray[np.float64]  #: ``(S, C, P)`` each prompt's largest mean (-inf until seen)
+    invsqrt: NDArray[np.float64]  #: ``(S, A)`` ``1 / sqrt(count)`` (UCB; else ``(0, 0)``)
+    pinv: NDArray[np.float64]  #: ``(S, P)`` each prompt's largest ``invsqrt`` (UCB; else ``(0, 0)``)
+    last: NDArray[np.float64]  #: ``(S, C, P, 2)`` UCB: a prompt's best bound and ``beta`` at its last scan
+
+
+class MVTable(NamedTuple):
+    """A majority-voting table as :func:`pull_mv_row` reads it."""
+
+    probs: NDArray[np.float64]  #: ``(P, Q, A)`` answer probabilities
+    gold: NDArray[np.int64]  #: ``(Q,)`` gold answer
+    unit_cost: NDArray[np.float64]  #: ``(P, Q)`` cost per completion
+    weight: NDArray[np.float64]  #: ``(U,)`` objective weight of each objective row
+    lut: NDArray[np.float64]  #: MV credit ``1 / (1 + ties)``
+    word: NDArray[np.int64]  #: packed votes: what each relabelled answer adds (empty: counts per answer)
+    pack: NDArray[np.int64]  #: ``(ones, guards, bits)`` of the packed votes
+
+
+def mv_table(table: object, weight: NDArray[np.float64], n_max: int) -> MVTable:
+    """:class:`MVTable` of an outcome table (``mv_arrays``, ``cost``, ``n_outcomes``) for pulls of up to ``n_max``."""
+    probs, gold = table.mv_arrays()  # type: ignore[attr-defined]
+    a = int(table.n_outcomes)  # type: ignore[attr-defined]
+    bits = int(n_max).bit_length() + 1  # a block's count of one answer (<= n_max) plus a guard bit
+    if (a - 1) * bits <= 62:  # the engine's packed votes fit one 64-bit word
+        word, ones, guards = _vote_encoding(a, bits)
+        pack = np.array([ones, guards, bits], dtype=np.int64)
+    else:
+        word, pack = np.empty(0, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    return MVTable(probs, gold, table.cost, np.ascontiguousarray(weight), _credit_lut(a), word, pack)  # type: ignore[attr-defined]
 
 
 def gumbel_table() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -50,208 +105,389 @@ def gumbel_table() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
 
 
 @kernel
-def record(gain_tab, cost_tab, count_tab, countf, invsqrt, total, n_unseen, mean,
-           run, prompt, gain, count, cost, group, cost_weight):  # fmt: skip
+def record(st, run, prompt, gain, count, cost):
     """Add pull ``i``'s sums (``gain (U, B, L)``, ``count``, ``cost (B, L)``) to cell ``(run[i], prompt[i])`` and refresh it.
 
-    One pull per run (so per cell): the tallies take ``+=`` of the pull's own sums, and the cell's
-    means under every context are ``(gain[group[c]] - cost_weight[c] * cost) / count``, exactly as
-    the numpy refresh computes them. ``invsqrt`` (``1 / sqrt(count)``) feeds UCB's bound only
-    (an empty array: not kept).
+    One pull per run (so per cell): the tallies take ``+=`` of the pull's own sums, then
+    :func:`refresh_row`.
     """
-    n_max = cost_tab.shape[2]
+    gain_tab, cost_tab = st.gain, st.cost  # arrays bound once: no reference counting inside the loops
     n_u = gain.shape[0]
-    keep_invsqrt = invsqrt.shape[0] > 0
     width = gain.shape[2]
     for i in range(run.shape[0]):
         r = run[i]
         p = prompt[i]
-        base = p * n_max
         for k in range(width):
-            old = count_tab[r, p, k]
-            for u in range(n_u):
-                gain_tab[r, u, p, k] += gain[u, i, k]
+            for w in range(n_u):
+                gain_tab[r, w, p, k] += gain[w, i, k]
             cost_tab[r, p, k] += cost[i, k]
-            new = old + count[i, k]
-            count_tab[r, p, k] = new
-            total[r] += count[i, k]
-            if old == 0 and new > 0:
-                n_unseen[r] -= 1
-            countf[r, base + k] = np.float64(new)
-        # the refreshed means: contiguous runs of k per context (simple loops that vectorise)
-        for c in range(group.shape[0]):
-            g = group[c]
-            w = cost_weight[c]
-            for k in range(width):
-                mean[r, c, base + k] = (gain_tab[r, g, p, k] - w * cost_tab[r, p, k]) / countf[r, base + k]
-        if keep_invsqrt:
-            for k in range(width):
-                invsqrt[r, base + k] = 1.0 / np.sqrt(countf[r, base + k])
+        add_counts(st, r, p, count[i], width)
+        refresh_row(st, r, p, width)
 
 
 @kernel
-def step_mv(probs, gold, unit_cost, prompt, query, n, u, start, weight, lut,  # noqa: C901 (one fused pass)
-            gain_tab, cost_tab, count_tab, countf, invsqrt, total, n_unseen, mean, run, group, cost_weight):  # fmt: skip
-    """One pull per run on a majority-voting table, drawn, scored and recorded in one pass: :meth:`pull` + :func:`record`.
+def step_mv(st, tab, run, prompt, query, n, u, start):
+    """One pull per run on a shared majority-voting table: :meth:`pull` + :func:`record` in one pass.
 
-    Pull ``i`` (run ``run[i]``, ``n[i]`` completions of ``prompt[i]`` on ``query[i]``) takes its
-    completions by inverse CDF of ``u[start[i]:]`` (the running sum of the answer probabilities, as
-    the sampler's, the last set to 1: comparisons only). Its nested sums per block size ``k`` are
-    those of the engine: the MV credit ``lut[ties]`` of every block gold wins (no answer has more
-    votes; ``ties`` answers have as many) summed over the ``n // k`` blocks (exact in float64 in any
-    order), times the objective weight; the cost of the first ``(n // k) k`` completions as a
-    running sum of the unit cost; the count ``n // k``. Then :func:`record`'s tallies and refresh.
+    Pull ``i`` (run ``run[i]``, ``n[i]`` completions of ``prompt[i]`` on ``query[i]``, uniforms
+    ``u[start[i]:]``) is :func:`pull_mv_row`.
     """
-    n_max = cost_tab.shape[2]
-    n_u = weight.shape[0]
-    a_n = probs.shape[2]
-    keep_invsqrt = invsqrt.shape[0] > 0
+    n_max = st.count.shape[2]
+    a_n = tab.probs.shape[2]
     cdf = np.empty(a_n)
     votes = np.zeros((n_max + 1, a_n), dtype=np.int64)
     csum = np.zeros(n_max + 1)
+    blocks = np.empty(n_max, dtype=np.int64)
     for i in range(run.shape[0]):
-        r = run[i]
-        p = prompt[i]
-        q = query[i]
-        nb = n[i]
-        g0 = gold[q]
-        acc = 0.0
-        for c in range(a_n):
-            acc += probs[p, q, c]
-            cdf[c] = acc
-        c0 = unit_cost[p, q]
-        for j in range(nb):
-            x = u[start[i] + j]
-            o = 0
-            for c in range(a_n - 1):  # the last cdf entry is 1.0: never passed
-                o += x >= cdf[c]
-            rel = (o - g0) % a_n  # 0: gold
+        pull_mv_row(st, tab, run[i], prompt[i], query[i], n[i], u, start[i], cdf, votes, csum, blocks)
+
+
+@helper
+def add_counts(st, r, p, blocks, width):
+    """Add ``blocks[k]`` blocks to arm ``(p, k + 1)`` of run ``r`` for ``k < width``: counts, total, unseen arms."""
+    count, countf = st.count, st.countf
+    base = p * count.shape[2]
+    added = 0
+    seen = 0
+    for k in range(width):
+        old = count[r, p, k]
+        new = old + blocks[k]
+        count[r, p, k] = new
+        added += blocks[k]
+        seen += old == 0 and new > 0
+        countf[r, base + k] = np.float64(new)
+    st.total[r] += added
+    st.n_unseen[r] -= seen
+
+
+@helper
+def pull_mv_row(st, tab, r, p, q, nb, u, first, cdf, votes, csum, blocks):  # noqa: C901 (one fused pass)
+    """Run ``r``'s pull of ``nb`` completions of prompt ``p`` on query ``q``: drawn, scored and recorded.
+
+    The completions come by inverse CDF of ``u[first:first + nb]`` (the running sum of the answer
+    probabilities, as the sampler's, the last set to 1: comparisons only). The nested sums per
+    block size ``k`` are those of the engine: the MV credit ``lut[ties]`` of every block gold wins
+    (no answer has more votes; ``ties`` answers have as many) summed over the ``nb // k`` blocks,
+    times each objective weight; the cost of the first ``(nb // k) k`` completions as a running
+    sum of the unit cost; the count ``nb // k``. Then :func:`refresh_row`.
+
+    A block is scored from packed votes when ``tab.word`` is not empty (the engine's encoding,
+    :func:`iapo_gym.agents._engine._mv_tail_sums`: one subtraction and a few bit operations per
+    block), else from one cumulative count per answer. Scratch: ``cdf`` ``(A,)``, ``votes``
+    ``(N_max + 1, A)`` (the cumulative words in column 0 when packed) with a zero first row,
+    ``csum`` ``(N_max + 1,)`` with a zero first entry, ``blocks`` ``(N_max,)`` integers.
+    """
+    probs, word, lut, weight = tab.probs, tab.word, tab.lut, tab.weight  # bound once (no reference counting in loops)
+    gain_tab, cost_tab = st.gain, st.cost
+    a_n = probs.shape[2]
+    packed = word.shape[0] > 0
+    g0 = tab.gold[q]
+    acc = 0.0
+    for c in range(a_n):
+        acc += probs[p, q, c]
+        cdf[c] = acc
+    c0 = tab.unit_cost[p, q]
+    for j in range(nb):
+        x = u[first + j]
+        o = 0
+        for c in range(a_n - 1):  # the last cdf entry is 1.0: never passed
+            o += x >= cdf[c]
+        rel = o - g0  # the answer relabelled (answer - gold) mod A: 0 is gold
+        if rel < 0:
+            rel += a_n
+        if packed:
+            votes[j + 1, 0] = votes[j, 0] + word[rel]
+        else:
             for c in range(a_n):
                 votes[j + 1, c] = votes[j, c]
             votes[j + 1, rel] += 1
-            csum[j + 1] = csum[j] + c0
-        base = p * n_max
-        for k in range(1, nb + 1):
-            m = nb // k
-            credit = 0.0
+        csum[j + 1] = csum[j] + c0
+    ones, guards, bits = tab.pack[0], tab.pack[1], tab.pack[2]
+    top = bits * (a_n - 2) if a_n >= 2 else 0
+    field = (1 << bits) - 1
+    for k in range(1, nb + 1):
+        m = nb // k
+        blocks[k - 1] = m
+        credit = 0.0
+        if packed:
             for s in range(0, m * k, k):
+                d = votes[s + k, 0] - votes[s, 0] + guards  # guard of field c set iff v_c >= g
+                ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
+                won = ((d - ones) & guards) == 0  # no answer beats gold: then v_c >= g means a tie
+                credit += lut[ties] * won
+        else:
+            for s in range(0, m * k, k):  # no branch per answer: a block's outcome is a coin flip for the predictor
                 g = votes[s + k, 0] - votes[s, 0]
                 ties = 0
-                won = True
+                beaten = False
                 for c in range(1, a_n):
                     v = votes[s + k, c] - votes[s, c]
-                    if v > g:
-                        won = False
-                        break
-                    if v == g:
-                        ties += 1
-                if won:
+                    beaten |= v > g
+                    ties += v == g
+                if not beaten:
                     credit += lut[ties]
-            kk = k - 1
-            old = count_tab[r, p, kk]
-            for w in range(n_u):
-                gain_tab[r, w, p, kk] += weight[w] * credit
-            cost_tab[r, p, kk] += csum[m * k]
-            new = old + m
-            count_tab[r, p, kk] = new
-            total[r] += m
-            if old == 0 and new > 0:
-                n_unseen[r] -= 1
-            countf[r, base + kk] = np.float64(new)
-        for c in range(group.shape[0]):
-            gg = group[c]
-            wc = cost_weight[c]
-            for kk in range(nb):
-                mean[r, c, base + kk] = (gain_tab[r, gg, p, kk] - wc * cost_tab[r, p, kk]) / countf[r, base + kk]
-        if keep_invsqrt:
-            for kk in range(nb):
-                invsqrt[r, base + kk] = 1.0 / np.sqrt(countf[r, base + kk])
+        for w in range(weight.shape[0]):
+            gain_tab[r, w, p, k - 1] += weight[w] * credit
+        cost_tab[r, p, k - 1] += csum[m * k]
+    add_counts(st, r, p, blocks, nb)
+    refresh_row(st, r, p, nb)
+
+
+@helper
+def refresh_row(st, r, p, width):
+    """After a pull of prompt ``p`` (arms ``N <= width`` changed): run ``r``'s means and bounds of that prompt.
+
+    The means under every context are ``(gain[group[c]] - cost_weight[c] * cost) / count``, as the
+    numpy refresh computes them; then ``invsqrt`` (kept for UCB), the prompt's bounds ``pmax`` and
+    ``pinv`` (largest mean per context, largest ``invsqrt``; unseen arms passed over: they are read
+    only once every arm is seen), its bounds from the last scan marked stale, and its unseen arm of
+    highest priority.
+    """
+    mean, gain, cost, countf, invsqrt, priority = st.mean, st.gain, st.cost, st.countf, st.invsqrt, st.priority
+    n_max = st.count.shape[2]
+    base = p * n_max
+    for c in range(st.group.shape[0]):
+        g = st.group[c]
+        w = st.cost_weight[c]
+        for k in range(width):
+            mean[r, c, base + k] = (gain[r, g, p, k] - w * cost[r, p, k]) / countf[r, base + k]
+        top = -np.inf
+        for k in range(n_max):
+            if mean[r, c, base + k] > top:  # NaN (unseen) never is
+                top = mean[r, c, base + k]
+        st.pmax[r, c, p] = top
+    if invsqrt.shape[0] > 0:
+        for k in range(width):
+            invsqrt[r, base + k] = 1.0 / np.sqrt(countf[r, base + k])
+        top = 0.0
+        for k in range(n_max):
+            top = max(top, invsqrt[r, base + k])
+        st.pinv[r, p] = top
+        for c in range(st.last.shape[1]):
+            st.last[r, c, p, 1] = -1.0
+    if st.unseen_best[r, p] >= 0:
+        best = -1
+        for k in range(n_max):
+            a = base + k
+            if countf[r, a] == 0.0 and (best < 0 or priority[r, a] > priority[r, best]):
+                best = a
+        st.unseen_best[r, p] = best
 
 
 @kernel
-def best_arm(mean, countf, invsqrt, n_unseen, priority, live, ctx, limit, logt, c, ucb, skip, n_max, scratch, out):  # noqa: C901 (one fused pass)
+def best_arm(st, live, ctx, limit, logt, c, ucb, skip, out):
     """Per live run ``i`` (run ``live[i]``, context ``ctx[i]``): UCB's arm (``ucb``) or the greedy one, into ``out[i]``.
 
-    Rows with ``skip[i]`` are left alone. Unseen feasible arms come first (the highest priority).
-    Otherwise the feasible argmax of the score -- UCB: ``mean + sqrt(logt / count) * c``; greedy:
-    ``mean`` -- ties going to the highest priority, then the lowest index. Rows whose every arm is
-    feasible and seen (all but the first sweep and the endgame) rank by a bound first: greedy's is
-    the mean itself (two passes: the maximum, then its ties); UCB's is ``mean + c sqrt(logt) *
-    (1 / sqrt(count))`` (one product per arm, no division or root), and only arms within
-    ``1e-12 (|best| + c sqrt(logt))`` of the best bound -- a thousand times the bound's error --
-    get their exact score. ``scratch`` holds ``|P| N_max`` floats.
+    Rows with ``skip[i]`` are left alone; the others are :func:`choose_row` (``logt[i]``: numpy's
+    ``ln t`` of the row; read only if ``ucb``).
     """
-    n_arms = mean.shape[2]
-    n_prompts = n_arms // n_max
+    n_arms = st.countf.shape[1]
+    n_prompts = st.count.shape[1]
+    scratch = np.empty(n_arms)
+    ub = np.empty(n_prompts)
+    scanned = np.empty(n_prompts, dtype=np.bool_)
     for i in range(live.shape[0]):
-        if skip[i]:
-            continue
-        r = live[i]
-        x = ctx[i]
-        m = limit[i]
-        if n_unseen[r] > 0:  # a feasible unseen arm: the one with the highest priority
-            best = -1
-            best_p = -1.0
-            for p in range(n_prompts):
-                for k in range(m):
-                    a = p * n_max + k
-                    if countf[r, a] == 0.0 and priority[r, a] > best_p:
-                        best_p = priority[r, a]
-                        best = a
-            if best >= 0:
-                out[i] = best
-                continue
-        lt = logt[i]
-        best = -1
-        best_s = -np.inf
-        best_p = -1.0
-        if m < n_max:  # the endgame: exact scores of the feasible arms (all seen)
-            for p in range(n_prompts):
-                for k in range(m):
-                    a = p * n_max + k
-                    s = mean[r, x, a]
+        if not skip[i]:
+            lt = logt[i] if ucb else 0.0
+            out[i] = choose_row(st, live[i], ctx[i], limit[i], lt, c, ucb, scratch, ub, scanned)
+
+
+@helper
+def first_unseen(st, r, m):
+    """Run ``r``'s feasible (``N <= m``) unseen arm of highest priority (the first in index order on a tie), or -1."""
+    unseen_best, countf, priority = st.unseen_best, st.countf, st.priority
+    n_max = st.count.shape[2]
+    best = -1
+    for p in range(st.count.shape[1]):
+        if m == n_max:  # every arm feasible: the prompt's own best
+            a = unseen_best[r, p]
+            if a >= 0 and (best < 0 or priority[r, a] > priority[r, best]):
+                best = a
+        else:  # the endgame: the feasible arms only
+            for k in range(m):
+                a = p * n_max + k
+                if countf[r, a] == 0.0 and (best < 0 or priority[r, a] > priority[r, best]):
+                    best = a
+    return best
+
+
+@helper
+def choose_row(st, r, x, m, lt, c, ucb, scratch, ub, scanned):
+    """Run ``r``'s arm under context ``x`` with feasible ``N <= m``: UCB's (``ucb``) or the greedy one.
+
+    Unseen feasible arms come first (:func:`first_unseen`). Otherwise the feasible argmax of the
+    score -- UCB: ``mean + sqrt(lt / count) * c``; greedy: ``mean`` -- ties going to the highest
+    priority, then the lowest index: :func:`endgame_arm` when some arms are infeasible, else
+    :func:`bounded_arm`. (Every helper has one exit: numba inlines them into the kernels.)
+    """
+    best = -1
+    if st.n_unseen[r] > 0:
+        best = first_unseen(st, r, m)
+    if best < 0 and m < st.count.shape[2]:
+        best = endgame_arm(st, r, x, m, lt, c, ucb)
+    elif best < 0:
+        best = bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned)
+    return best
+
+
+@helper
+def endgame_arm(st, r, x, m, lt, c, ucb):
+    """:func:`choose_row` when only ``N <= m < N_max`` is feasible (every feasible arm seen): exact scores of all."""
+    mean, countf, priority = st.mean, st.countf, st.priority
+    n_max = st.count.shape[2]
+    best = -1
+    best_s = -np.inf
+    best_p = -1.0
+    for p in range(st.count.shape[1]):
+        for k in range(m):
+            a = p * n_max + k
+            s = mean[r, x, a]
+            if ucb:
+                s = s + np.sqrt(lt / countf[r, a]) * c
+            if best < 0 or s > best_s or (s == best_s and priority[r, a] > best_p):
+                best, best_s, best_p = a, s, priority[r, a]
+    return best
+
+
+@helper
+def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one fused pass)
+    """:func:`choose_row` when every arm is feasible and seen (all but the first sweep and the endgame).
+
+    Arms are ranked by a *bound* first: greedy's is the mean itself; UCB's is ``mean + beta *
+    invsqrt`` with ``beta = c sqrt(lt)`` (one product per arm, no division or root), and only arms
+    within ``1e-12 (|best| + beta)`` of the best bound -- a thousand times the bound's error -- get
+    their exact score. A prompt's arms are bounded at once, and a prompt whose bound is below the
+    threshold is never scanned:
+
+    * by ``pmax + beta pinv``: rounding is monotone, so no arm's computed bound exceeds it
+      (greedy: ``pmax``, the largest mean itself);
+    * UCB: by its best arm bound ``v`` at its last scan under ``x``, at ``beta0`` (``last[r, x, p] =
+      (v, beta0)``; ``beta0 < 0``: not scanned since its last pull), plus ``(beta - beta0) pinv``
+      (``beta`` never falls: ``t`` only grows) and a margin of ``1e-9 (1 + |v| + beta)``, millions
+      of times the rounding of either side. ``beta`` creeps up with ``sqrt(ln t)``, so this bound
+      is tight: a step scans the prompt it last pulled and few others.
+
+    The prompt with the highest bound is scanned first, then the others that can still reach the
+    threshold; the exact scores are compared in index order, as a full scan would. ``scratch``
+    holds ``A`` floats, ``ub`` and ``scanned`` ``|P|`` each.
+    """
+    mean, countf, priority, invsqrt, pmax, pinv, last = st.mean, st.countf, st.priority, st.invsqrt, st.pmax, st.pinv, st.last
+    n_max = st.count.shape[2]
+    n_prompts = st.count.shape[1]
+    beta = np.sqrt(lt) * c if ucb else 0.0
+    first = 0
+    for p in range(n_prompts):
+        if ucb:
+            ub[p] = pmax[r, x, p] + beta * pinv[r, p]
+            v, beta0 = last[r, x, p, 0], last[r, x, p, 1]
+            if beta0 >= 0.0:
+                ub[p] = min(ub[p], v + (beta - beta0) * pinv[r, p] + 1e-9 * (1.0 + abs(v) + beta))
+        else:
+            ub[p] = pmax[r, x, p]
+        scanned[p] = False
+        if ub[p] > ub[first]:
+            first = p
+    bound = scratch if ucb else mean[r, x]  # greedy: the mean is its own bound
+    top = -np.inf
+    threshold = -np.inf
+    for j in range(n_prompts + 1):
+        p = first if j == 0 else j - 1
+        if not scanned[p] and ub[p] >= threshold:
+            scanned[p] = True
+            base = p * n_max
+            top_p = -np.inf
+            for k in range(n_max):
+                a = base + k
+                if ucb:
+                    scratch[a] = mean[r, x, a] + beta * invsqrt[r, a]
+                top_p = max(top_p, bound[a])
+            if ucb:
+                last[r, x, p, 0] = top_p
+                last[r, x, p, 1] = beta
+            top = max(top, top_p)
+            threshold = top - 1e-12 * (abs(top) + beta) if ucb else top
+    best = -1
+    best_s = -np.inf
+    best_p = -1.0
+    for p in range(n_prompts):
+        if scanned[p]:
+            for k in range(n_max):
+                a = p * n_max + k
+                if bound[a] >= threshold:
+                    s = bound[a]
                     if ucb:
-                        s = s + np.sqrt(lt / countf[r, a]) * c
+                        s = mean[r, x, a] + np.sqrt(lt / countf[r, a]) * c
                     if best < 0 or s > best_s or (s == best_s and priority[r, a] > best_p):
                         best, best_s, best_p = a, s, priority[r, a]
-            out[i] = best
-            continue
-        # every arm feasible and seen: a bound per arm, its maximum, then the exact scores near it
-        tol = 0.0
-        beta = 0.0
-        bound = mean[r, x]  # greedy: the mean is its own bound
-        if ucb:
-            beta = np.sqrt(lt) * c
-            for a in range(n_arms):
-                scratch[a] = mean[r, x, a] + beta * invsqrt[r, a]
-            bound = scratch
-        m0 = m1 = m2 = m3 = -np.inf  # four running maxima: independent chains the CPU overlaps
-        a = 0
-        while a + 3 < n_arms:
-            m0 = max(m0, bound[a])
-            m1 = max(m1, bound[a + 1])
-            m2 = max(m2, bound[a + 2])
-            m3 = max(m3, bound[a + 3])
-            a += 4
-        while a < n_arms:
-            m0 = max(m0, bound[a])
-            a += 1
-        top = max(max(m0, m1), max(m2, m3))
-        if ucb:
-            tol = 1e-12 * (abs(top) + beta)
-        threshold = top - tol
-        for a in range(n_arms):
-            if bound[a] >= threshold:
-                s = bound[a]
-                if ucb:
-                    s = mean[r, x, a] + np.sqrt(lt / countf[r, a]) * c
-                if best < 0 or s > best_s or (s == best_s and priority[r, a] > best_p):
-                    best, best_s, best_p = a, s, priority[r, a]
-        out[i] = best
+    return best
 
 
 @kernel
-def softmax_candidates(mean, countf, n_unseen, priority, live, ctx, limit, u, tau, upper, lower, n_max, out, cand, start):  # noqa: C901
+def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps, train, n_train, logs, ucb, c, epsilon):  # noqa: C901
+    """Many steps of UCB (``ucb``) or epsilon-greedy per live run, on a majority-voting table shared by the runs.
+
+    Run ``live[i]`` steps on while it has budget left (``budgets - spent - drawn``), its buffer of
+    uniforms ``buf[r, pos[r]:]`` holds the most one step takes, and (UCB) ``logs`` holds ``ln t``
+    of its block total ``t``; then the next run. A step takes, from the run's own values in order,
+    exactly what the one-step path draws: the context (``searchsorted(context_cdf, u, "right")``,
+    capped at the last context), epsilon-greedy's two (the explore coin, then the random arm), the
+    query (train column ``min(int(u n_train), n_train - 1)``) and the completions; it picks the arm
+    with :func:`choose_row` (or the ``floor(u k)``-th of the ``k`` feasible arms when exploring),
+    adds its ``N`` to ``drawn`` (the caller charges it: :meth:`iapo_gym.runs.RunBatch.charge_drawn`)
+    and records the pull with :func:`pull_mv_row`. ``logs[t]`` is numpy's ``log(max(t, 1))``, the
+    value the one-step path computes. Runs are independent, so their order changes nothing.
+    """
+    n_max = st.count.shape[2]
+    n_prompts = st.count.shape[1]
+    a_n = tab.probs.shape[2]
+    c_n = context_cdf.shape[0]
+    width = buf.shape[1]
+    need = 1 + (0 if ucb else 2) + 1 + n_max  # the most values one step takes
+    total = st.total
+    cdf = np.empty(a_n)
+    votes = np.zeros((n_max + 1, a_n), dtype=np.int64)
+    csum = np.zeros(n_max + 1)
+    blocks = np.empty(n_max, dtype=np.int64)
+    scratch = np.empty(st.countf.shape[1])
+    ub = np.empty(n_prompts)
+    scanned = np.empty(n_prompts, dtype=np.bool_)
+    for i in range(live.shape[0]):
+        r = live[i]
+        u = buf[r]
+        while True:
+            left = budgets[r] - spent[r] - drawn[r]
+            b = pos[r]
+            if left <= 0 or b + need > width or (ucb and total[r] >= logs.shape[0]):
+                break
+            x = 0
+            for k in range(c_n):
+                x += u[b] >= context_cdf[k]
+            x = min(x, c_n - 1)
+            b += 1
+            m = min(left, n_max)
+            lt = logs[max(total[r], 1)] if ucb else 0.0
+            explore = False
+            if not ucb:  # epsilon-greedy's explore coin, then its random arm
+                explore = u[b] < epsilon
+                pick = u[b + 1]
+                b += 2
+            if explore:  # the floor(pick k)-th of the k feasible arms, in index order
+                kk = n_prompts * m
+                j = min(np.int64(pick * kk), kk - 1)
+                arm = (j // m) * n_max + j % m
+            else:  # one call site: numba inlines each helper call, and two copies trip its SSA checks
+                arm = choose_row(st, r, x, m, lt, c, ucb, scratch, ub, scanned)
+            p = arm // n_max
+            nb = arm % n_max + 1
+            drawn[r] += nb
+            col = min(np.int64(u[b] * n_train[r]), n_train[r] - 1)
+            pull_mv_row(st, tab, r, p, train[r, col], nb, u, b + 1, cdf, votes, csum, blocks)
+            pos[r] = b + 1 + nb
+            steps[r] += 1
+
+
+@kernel
+def softmax_candidates(st, live, ctx, limit, u, tau, upper, lower, out, cand, start):
     """Softmax's step, all but the exact logits: unseen arms first, else the arms that can win the Gumbel-max.
 
     Per live run ``i``: ``out[i]`` = the feasible unseen arm with the highest priority; or ``-2``
@@ -262,10 +498,11 @@ def softmax_candidates(mean, countf, n_unseen, priority, live, ctx, limit, u, ta
     candidates are the arms whose upper end reaches the best lower end, less
     ``1e-9 (64 + |best|)``, so the exact maximum and all its ties are among them.
     """
-    n_arms = mean.shape[2]
-    n_prompts = n_arms // n_max
+    n_max = st.count.shape[2]
+    n_arms = st.countf.shape[1]
     n_buckets = upper.shape[0]
     inv_tau = 1.0 / tau
+    mean, n_unseen = st.mean, st.n_unseen
     high = np.empty(n_arms)
     pos = 0
     for i in range(live.shape[0]):
@@ -274,14 +511,7 @@ def softmax_candidates(mean, countf, n_unseen, priority, live, ctx, limit, u, ta
         x = ctx[i]
         m = limit[i]
         if n_unseen[r] > 0:
-            best = -1
-            best_p = -1.0
-            for p in range(n_prompts):
-                for k in range(m):
-                    a = p * n_max + k
-                    if countf[r, a] == 0.0 and priority[r, a] > best_p:
-                        best_p = priority[r, a]
-                        best = a
+            best = first_unseen(st, r, m)
             if best >= 0:
                 out[i] = best
                 continue

@@ -52,18 +52,17 @@ class EpsilonGreedy(SequentialAgent):
         greedy[rows] = first_unseen
         return np.where(u[:, 0] < float(self.epsilon), step.random_feasible(u[:, 1]), greedy)
 
+    def loop_rule(self) -> tuple[bool, float, float]:
+        """Epsilon-greedy with ``epsilon`` in the compiled whole loop (:meth:`SequentialAgent.loop_rule`)."""
+        return False, 0.0, float(self.epsilon)
+
     def choose_kernel(self, step: KernelStep) -> NDArray[np.int64]:
         """:meth:`choose` with the greedy arm of the exploiting rows from one compiled pass per row."""
         on = step.online
         u = step.rng.random((step.live.size, 2))  # the same draws, in the same order, as choose
         explore = u[:, 0] < float(self.epsilon)
         out = np.empty(step.live.size, dtype=np.int64)
-        dummy = np.empty(0)
-        scratch = np.empty(on.countf.shape[1])
-        kernels.best_arm(
-            on.mean, on.countf, on.invsqrt, on.n_unseen, step.priority, step.live, step.ctx, step.limit,
-            dummy, 0.0, False, explore, on.n_max, scratch, out,
-        )  # fmt: skip
+        kernels.best_arm(on.kernel_state, step.live, step.ctx, step.limit, np.empty(0), 0.0, False, explore, out)
         if explore.any():
             out[explore] = random_feasible(u[explore, 1], step.limit[explore], on.p_n, on.n_max)
         return out
@@ -107,10 +106,7 @@ class Softmax(SequentialAgent):
         cand = np.empty(b * a_n, dtype=np.int64)
         start = np.empty(b + 1, dtype=np.int64)
         tau = float(self.tau)
-        kernels.softmax_candidates(
-            on.mean, on.countf, on.n_unseen, step.priority, step.live, step.ctx, step.limit, u, tau,
-            upper, lower, on.n_max, out, cand, start,
-        )  # fmt: skip
+        kernels.softmax_candidates(on.kernel_state, step.live, step.ctx, step.limit, u, tau, upper, lower, out, cand, start)
         cand = cand[: start[-1]]
         row = np.repeat(np.arange(b), np.diff(start))
         with np.errstate(divide="ignore"):

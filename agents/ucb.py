@@ -49,15 +49,15 @@ class UCB(SequentialAgent):
         arm[rows] = first_unseen
         return arm
 
+    def loop_rule(self) -> tuple[bool, float, float]:
+        """UCB with ``c`` in the compiled whole loop (:meth:`SequentialAgent.loop_rule`)."""
+        return True, float(self.c), 0.0
+
     def choose_kernel(self, step: KernelStep) -> NDArray[np.int64]:
         """:meth:`choose` in one compiled pass per row (:func:`iapo_gym.agents._sequential_kernels.best_arm`)."""
         on = step.online
         out = np.empty(step.live.size, dtype=np.int64)
         logt = np.log(np.maximum(on.total[step.live], 1))  # numpy's log, as in choose
         skip = np.zeros(step.live.size, dtype=np.bool_)
-        scratch = np.empty(on.countf.shape[1])
-        kernels.best_arm(
-            on.mean, on.countf, on.invsqrt, on.n_unseen, step.priority, step.live, step.ctx, step.limit,
-            logt, float(self.c), True, skip, on.n_max, scratch, out,
-        )  # fmt: skip
+        kernels.best_arm(on.kernel_state, step.live, step.ctx, step.limit, logt, float(self.c), True, skip, out)
         return out

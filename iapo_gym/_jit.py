@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["ENV_VAR", "available", "enabled", "kernel"]
+__all__ = ["ENV_VAR", "available", "enabled", "helper", "kernel"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +38,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 ENV_VAR = "IAPO_GYM_JIT"
 _OFF = {"0", "off", "false", "no"}
 _ON = {"1", "on", "true", "yes"}
+#: Functions that kernels call (:func:`helper`), registered with numba before the first kernel compiles.
+_HELPERS: list[Callable[..., Any]] = []
+_REGISTERED: list[Callable[..., Any]] = []
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,8 +82,35 @@ def kernel(fn: F) -> F:
         if not compiled:
             import numba
 
+            _register_helpers()
             compiled.append(numba.njit(cache=True, nogil=True, error_model="numpy")(fn))
         return compiled[0](*args)
 
     call.py_func = fn  # type: ignore[attr-defined]  # the plain-Python function, as numba names it
     return call  # type: ignore[return-value]
+
+
+def helper(fn: F) -> F:
+    """Decorator: a plain function that kernels call, compiled into them by numba (plain Python elsewhere).
+
+    One body shared by several kernels (e.g. one step of a run, used by a one-step kernel and by a
+    many-step loop) instead of copies. ``fn`` itself is returned unchanged; numba learns to compile
+    it (``numba.extending.register_jitable``, with the kernels' ``error_model="numpy"``) just before
+    the first kernel compiles, so importing a module of kernels never imports numba. Numba inlines
+    each call into its caller (``inline="always"``: no call overhead and no reference counting of
+    array arguments per call). Two rules: define a helper in the same module as the kernels that
+    call it (numba's on-disk cache of a kernel is invalidated by changes to the kernel's own file
+    only), and call a given helper from one place per function (two inlined copies in one function
+    trip numba's SSA checks: ``NumbaIRAssumptionWarning``).
+    """
+    _HELPERS.append(fn)
+    return fn
+
+
+def _register_helpers() -> None:
+    """Register every :func:`helper` defined so far with numba (once each)."""
+    from numba.extending import register_jitable
+
+    for fn in _HELPERS[len(_REGISTERED) :]:
+        register_jitable(error_model="numpy", inline="always")(fn)
+        _REGISTERED.append(fn)

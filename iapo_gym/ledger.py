@@ -430,6 +430,11 @@ class LedgerGroup:
             # read-only after construction: None (unlimited) -> NaN, which no total exceeds
             self._budget = np.array(list(map(_BUDGET_OF, self.ledgers)), dtype=np.float64)
 
+    @property
+    def exclusive(self) -> bool:
+        """Whether every ledger is a plain :class:`BudgetLedger` listed once (no ledger shared by two slots)."""
+        return self._plain and not self._merge
+
     def charge(self, amounts: Sequence[int] | Any) -> None:
         """Charge ``amounts[i]`` completions to ledger ``i`` of the group: all or none.
 

@@ -217,6 +217,36 @@ class RunStreams:
         self._pos[r] += k
         return out
 
+    @property
+    def buffer(self) -> NDArray[np.float64]:
+        """``(S, width)``: each run's buffered values; run ``s``'s next ones are ``buffer[s, position[s]:]``.
+
+        For a compiled consumer that takes values in place (then advances :attr:`position` past
+        them); call :meth:`fill` first so that enough values are there.
+        """
+        return self._buf
+
+    @property
+    def position(self) -> NDArray[np.int64]:
+        """``(S,)``: where each run's next buffered value sits in :attr:`buffer` (``width``: none left)."""
+        return self._pos
+
+    def fill(self, runs: ArrayLike, k: int) -> None:
+        """Make sure each run in ``runs`` has at least ``k`` (at most the buffer's width) values buffered.
+
+        A run with fewer moves what it has left to the front of its buffer and draws the rest of
+        the buffer from its generator: its values stay the next ones of its stream, in order.
+        """
+        k = int(k)
+        if not 0 <= k <= _BUFFER:
+            raise ValueError(f"k must lie in 0..{_BUFFER} (the buffer's width); got {k}")
+        runs_a = np.asarray(runs, dtype=np.int64).reshape(-1)
+        for s in runs_a[self._pos[runs_a] > _BUFFER - k].tolist():
+            left = _BUFFER - int(self._pos[s])
+            self._buf[s, :left] = self._buf[s, _BUFFER - left :].copy()
+            self.generators[s].random(out=self._buf[s, left:])
+            self._pos[s] = 0
+
     def rows(self, runs: ArrayLike) -> RowGenerator:
         """A ``numpy.random.Generator``-like view whose row ``i`` draws from run ``runs[i]`` (see :class:`RowGenerator`)."""
         return RowGenerator(self, np.asarray(runs, dtype=np.int64).reshape(-1))
@@ -507,6 +537,33 @@ class RunBatch:
         first = np.cumsum(counts) - counts
         col = self._train_col(run, u[first])
         return self._table, self.train[run, col], u, first + 1
+
+    def loop_table(self) -> OutcomeTable | None:
+        """The shared majority-voting table, where a compiled loop may draw many steps per run before charging.
+
+        Such a loop (e.g. :func:`iapo_gym.agents._sequential_kernels.run_steps`) takes each run's
+        values from :attr:`streams` in place, never draws more than :attr:`remaining`, and then
+        charges what it drew with :meth:`charge_drawn`. Offered only where that charge cannot be
+        refused for want of room: one table for every run, no live backend, and every ledger a
+        plain :class:`~iapo_gym.ledger.BudgetLedger` of its own (the batch's budgets are capped by
+        each ledger's room; a ledger shared by several runs, or one another process charges, keeps
+        the step-by-step :meth:`pull`, which charges before it draws). None otherwise.
+        """
+        if self._table is None or self._live or self.strategy != "mv" or not self._ledger_group.exclusive:
+            return None
+        return self._table
+
+    def charge_drawn(self, counts: NDArray[np.int64]) -> None:
+        """Charge ``counts[s]`` completions to run ``s``, drawn by a compiled loop within :attr:`remaining`.
+
+        Checks as :meth:`pull` does (every run within its budget, every ledger accepting its total,
+        all or none) and raises if not: a loop that overdrew has a defect.
+        """
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != (self.n_runs,) or (counts.size and int(counts.min()) < 0):
+            raise ValueError(f"counts must hold one whole number >= 0 per run ({self.n_runs})")
+        run = np.flatnonzero(counts)
+        self._charge(run, counts[run])
 
     def _draw_calls(
         self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None

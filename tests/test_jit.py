@@ -56,3 +56,29 @@ def test_a_kernel_gives_numpys_bits_and_numpys_division_by_zero() -> None:
     np.testing.assert_array_equal(got, want)  # bit for bit, inf and nan included
     assert np.isinf(got[0]) and np.isnan(got[1])
     np.testing.assert_array_equal(_ratio_sum.py_func(a[3:], b[3:]), want[3:])  # the plain function is kept
+
+
+@_jit.helper
+def _scaled_sum(a, lo, hi, scale):  # type: ignore[no-untyped-def]
+    total = 0.0
+    for i in range(lo, hi):
+        total += a[i] / scale
+    return total
+
+
+@_jit.kernel
+def _window_sums(a, width, scale):  # type: ignore[no-untyped-def]
+    out = np.empty(a.size - width + 1)
+    for i in range(out.size):
+        out[i] = _scaled_sum(a, i, i + width, scale)  # a helper, compiled into the kernel
+    return out
+
+
+def test_a_helper_is_compiled_into_its_kernel_and_stays_a_plain_function() -> None:
+    pytest.importorskip("numba")
+    a = np.random.default_rng(4).random(50)
+    want = np.array([_scaled_sum(a, i, i + 7, 3.0) for i in range(44)])
+    assert _scaled_sum.__module__ == __name__ and not hasattr(_scaled_sum, "py_func")  # the function itself
+    np.testing.assert_array_equal(_window_sums(a, 7, 3.0), want)  # the same bits compiled as in Python
+    with np.errstate(divide="ignore", invalid="ignore"):
+        assert np.isinf(_window_sums(a, 3, 0.0)).all()  # the kernels' numpy division by zero holds in the helper

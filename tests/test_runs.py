@@ -17,6 +17,7 @@ from iapo_gym.agents import make_agent
 from iapo_gym.agents.base import BatchAgent, Policy, TablePolicy
 from iapo_gym.agents.testing import AgentCheckError, check_invariance
 from iapo_gym.env import IAPOEnv
+from iapo_gym.ledger import BudgetLedger
 from iapo_gym.runs import PIECE_COMPLETIONS, RunBatch, RunStreams, _pack, iter_chunks, size_classes
 
 
@@ -297,3 +298,46 @@ def test_int_sums_by_is_the_bincount_for_sorted_and_unsorted_keys():
             got = int_sums_by(k, values, 12)
             assert got.dtype == np.int64
             np.testing.assert_array_equal(got, np.bincount(k, weights=values, minlength=12).astype(np.int64))
+
+
+def test_fill_keeps_each_runs_values_in_stream_order_for_a_consumer_in_place():
+    """A compiled loop reads buffer[s, position[s]:] after fill(); mixed with random(), every run's order holds."""
+    seeds = [6, 1, 4]
+    streams = RunStreams(seeds, "loop")
+    got: dict[int, list[np.ndarray]] = {r: [] for r in range(3)}
+    rng = np.random.default_rng(2)
+    width = streams.buffer.shape[1]
+    for _ in range(60):
+        runs = np.sort(rng.choice(3, size=int(rng.integers(1, 4)), replace=False))
+        k = int(rng.choice([1, 37, 500, width]))
+        streams.fill(runs, k)
+        for r in runs.tolist():
+            pos = int(streams.position[r])
+            assert width - pos >= k
+            take = int(rng.integers(0, k + 1))  # a consumer takes up to k values in place
+            got[r].append(streams.buffer[r, pos : pos + take].copy())
+            streams.position[r] = pos + take
+        if rng.random() < 0.3:
+            r = int(rng.integers(3))
+            got[r].append(streams.random([int(rng.integers(1, 5000))], [r]))
+    for run, seed in enumerate(seeds):
+        drawn = np.concatenate(got[run])
+        np.testing.assert_array_equal(drawn, _reference(seed, "loop", drawn.size))
+    with pytest.raises(ValueError, match="k must lie in 0..4096"):
+        streams.fill([0], width + 1)
+
+
+def test_charge_drawn_checks_like_pull_and_loop_table_needs_own_plain_ledgers():
+    table = small_table("mv")
+    envs = [make_env(table, s, budget=50) for s in range(3)]
+    batch = RunBatch(envs, 10, [0, 1, 2], "t")
+    assert batch.loop_table() is table
+    batch.charge_drawn(np.array([4, 0, 10]))
+    assert [e.ledger.spent for e in envs] == [4, 0, 10] and batch.remaining.tolist() == [6, 10, 0]
+    with pytest.raises(RuntimeError, match="would spend 11 completions > its budget 10"):
+        batch.charge_drawn(np.array([7, 0, 0]))  # run 0 overdrew: nothing is charged
+    assert [e.ledger.spent for e in envs] == [4, 0, 10]
+    with pytest.raises(ValueError, match="one whole number >= 0 per run"):
+        batch.charge_drawn(np.array([1, 2]))
+    shared = BudgetLedger(100)  # one ledger for every run: the loop must charge before it draws
+    assert RunBatch([make_env(table, s, budget=shared) for s in range(3)], 10, [0, 1, 2], "t").loop_table() is None

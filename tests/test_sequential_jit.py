@@ -22,6 +22,7 @@ from iapo_gym.agents import _sequential_kernels as kernels  # noqa: E402
 from iapo_gym.agents import make_agent  # noqa: E402
 from iapo_gym.agents._sequential import KernelStep, Step  # noqa: E402
 from iapo_gym.env import IAPOEnv  # noqa: E402
+from iapo_gym.ledger import BudgetLedger  # noqa: E402
 from iapo_gym.runs import RunStreams  # noqa: E402
 from iapo_gym.tasks import load_task_table  # noqa: E402
 
@@ -62,9 +63,9 @@ def _fit(monkeypatch, flag: str, name: str, kwargs: dict, make_env, budget: int,
 
 
 def _counting(monkeypatch, name: str) -> list[int]:
-    """Count the calls of ``name``'s choice kernel, the record kernel and the fused MV step kernel."""
-    calls = [0, 0, 0]
-    for i, fn in enumerate((KERNEL_OF[name], "record", "step_mv")):
+    """Count the calls of ``name``'s choice kernel, the record kernel, the fused MV step kernel and the whole loop."""
+    calls = [0, 0, 0, 0]
+    for i, fn in enumerate((KERNEL_OF[name], "record", "step_mv", "run_steps")):
         original = getattr(kernels, fn)
 
         def counted(*args, _original=original, _i=i):
@@ -77,6 +78,7 @@ def _counting(monkeypatch, name: str) -> list[int]:
 
 TASKS = [("MATH", (300, 2_500)), ("SmolArith", (200, 1_500)), ("SynthCategorical", (400, 3_000)), ("SynthBernoulli", (2_000,))]
 SHARED_MV = ("MATH", "SmolArith")  # one table for every run, majority voting (SmolArith: 53 answers)
+LOOPED = ("ucb", "egreedy")  # their whole loop is one kernel (run_steps) on a shared MV table
 
 
 @pytest.mark.parametrize(("task", "budgets"), TASKS)
@@ -88,9 +90,12 @@ def test_kernels_give_the_numpy_policies(monkeypatch, task, budgets, name, kwarg
         reference = _prints(_fit(monkeypatch, "0", name, kwargs, make_env, budget, seeds), make_env)
         calls = _counting(monkeypatch, name)
         fast = _fit(monkeypatch, "1", name, kwargs, make_env, budget, seeds)
-        assert calls[0] > 0, "the choice kernel did not run"
-        # a shared MV table (MATH, SmolArith): the fused draw-and-record kernel; per-run worlds: record
-        assert (calls[2] > 0 and calls[1] == 0) if task in SHARED_MV else (calls[1] > 0 and calls[2] == 0)
+        if task in SHARED_MV and name in LOOPED:  # the whole loop compiled: no one-step kernel
+            assert calls[3] > 0 and calls[:3] == [0, 0, 0], f"run_steps did not do every step: {calls}"
+        else:
+            assert calls[0] > 0 and calls[3] == 0, "the choice kernel did not run"
+            # a shared MV table (MATH, SmolArith): the fused draw-and-record kernel; per-run worlds: record
+            assert (calls[2] > 0 and calls[1] == 0) if task in SHARED_MV else (calls[1] > 0 and calls[2] == 0)
         assert _prints(fast, make_env) == reference, f"{task} T={budget}: a policy differs between numpy and the kernels"
         monkeypatch.undo()
         # other batch shapes on the kernel path: a smaller batch in another order, and one run alone
@@ -101,7 +106,27 @@ def test_kernels_give_the_numpy_policies(monkeypatch, task, budgets, name, kwarg
         assert _prints([alone], make_env) == [reference[3]]
 
 
-def _state(rng: np.random.Generator, s_n: int, c_n: int, p_n: int, n_max: int) -> SimpleNamespace:
+def _online(mean, countf, total, n_unseen, priority, n_max: int, p_n: int) -> SimpleNamespace:
+    """What the kernels read of ``_OnlineStats`` for the given statistics (bounds from scratch, none from a last scan)."""
+    s_n, c_n = mean.shape[:2]
+    with np.errstate(divide="ignore"):
+        invsqrt = 1.0 / np.sqrt(countf)
+    unseen = np.where(countf == 0, priority, -1.0).reshape(s_n, p_n, n_max)
+    unseen_best = np.where(unseen.max(axis=2) >= 0, unseen.argmax(axis=2) + np.arange(p_n) * n_max, -1)
+    with np.errstate(invalid="ignore"):
+        pmax = np.nan_to_num(np.fmax.reduce(mean.reshape(s_n, c_n, p_n, n_max), axis=3), nan=-np.inf)
+    state = kernels.Online(
+        gain=np.zeros((s_n, 1, p_n, n_max)), cost=np.zeros((s_n, p_n, n_max)),
+        count=countf.reshape(s_n, p_n, n_max).astype(np.int64), countf=countf, total=total, n_unseen=n_unseen,
+        mean=mean, group=np.zeros(c_n, dtype=np.int64), cost_weight=np.zeros(c_n), priority=priority,
+        unseen_best=unseen_best, pmax=pmax, invsqrt=invsqrt, pinv=invsqrt.reshape(s_n, p_n, n_max).max(axis=2),
+        last=np.full((s_n, c_n, p_n, 2), -1.0),
+    )  # fmt: skip
+    return SimpleNamespace(mean=mean, countf=countf, invsqrt=invsqrt, total=total, n_unseen=n_unseen, n_max=n_max,
+                           p_n=p_n, kernel_state=state)  # fmt: skip
+
+
+def _state(rng: np.random.Generator, s_n: int, c_n: int, p_n: int, n_max: int, priority) -> SimpleNamespace:
     """Runs' statistics with many exact ties (means and counts from small sets), some unseen arms."""
     a_n = p_n * n_max
     count = rng.integers(1, 4, size=(s_n, a_n)).astype(np.float64)
@@ -110,12 +135,8 @@ def _state(rng: np.random.Generator, s_n: int, c_n: int, p_n: int, n_max: int) -
     mean = rng.choice(np.array([0.0, 0.25, 0.5, 1.0]), size=(s_n, c_n, a_n))
     mean[:, :, count.sum(axis=0) < 0] = 0.0
     mean = np.where(count[:, None] == 0, np.nan, mean)
-    with np.errstate(divide="ignore"):
-        invsqrt = 1.0 / np.sqrt(count)
-    return SimpleNamespace(
-        mean=mean, countf=count, invsqrt=invsqrt, total=count.sum(axis=1).astype(np.int64) + 7,
-        n_unseen=np.count_nonzero(count == 0, axis=1), n_max=n_max, p_n=p_n,
-    )  # fmt: skip
+    total = count.sum(axis=1).astype(np.int64) + 7
+    return _online(mean, count, total, np.count_nonzero(count == 0, axis=1), priority, n_max, p_n)
 
 
 ONE_STEP = [("ucb", {}), ("ucb", {"c": 0.0}), ("egreedy", {"epsilon": 0.3}), ("softmax", {})]
@@ -128,8 +149,8 @@ def test_one_step_with_ties_unseen_arms_and_the_endgame(monkeypatch, name, kwarg
     agent = make_agent(name, **kwargs)
     rng = np.random.default_rng(11)
     s_n, c_n, p_n, n_max = 64, 3, 7, 5
-    on = _state(rng, s_n, c_n, p_n, n_max)
     priority = rng.random((s_n, p_n * n_max))
+    on = _state(rng, s_n, c_n, p_n, n_max, priority)
     live = np.sort(rng.choice(s_n, size=48, replace=False))
     ctx = rng.integers(0, c_n, size=live.size)
     limit = np.where(rng.random(live.size) < 0.3, rng.integers(1, n_max, size=live.size), n_max)
@@ -181,11 +202,36 @@ def test_ucb_bound_never_hides_an_exact_tie(monkeypatch):
         mean[r, 0, [a1, a2]] = m1, m2
         count[r, [a1, a2]] = n1, n2
         priority[r, a2] = 0.9
-    on = SimpleNamespace(mean=mean, countf=count, invsqrt=1.0 / np.sqrt(count), total=total,
-                         n_unseen=np.zeros(s_n, dtype=np.int64), n_max=n_max, p_n=p_n)  # fmt: skip
+    on = _online(mean, count, total, np.zeros(s_n, dtype=np.int64), priority, n_max, p_n)
     live, ctx, limit = np.arange(s_n), np.zeros(s_n, dtype=np.int64), np.full(s_n, n_max)
     step = Step(mean=mean[live, ctx], count=count, total=total, limit=limit, n_unseen=on.n_unseen,
                 priority=priority, rng=None, n_max=n_max)  # fmt: skip
     expected = agent.choose(step)
     np.testing.assert_array_equal(expected, np.where(np.arange(s_n) % 2, 4, 1))  # the tie is real: priority decides
     np.testing.assert_array_equal(agent.choose_kernel(KernelStep(on, live, ctx, limit, priority, None)), expected)
+
+
+@pytest.mark.parametrize("name", LOOPED)
+def test_the_whole_loop_resumes_across_refills_and_decides_as_numpy(monkeypatch, name):
+    """At T = 9,000 each run's 4,096 buffered uniforms run dry and its table of ln t grows: run_steps resumes."""
+    make_env = _make_env("MATH")
+    seeds = [7, 2, 9]
+    reference = _prints(_fit(monkeypatch, "0", name, {}, make_env, 9_000, seeds), make_env)
+    calls = _counting(monkeypatch, name)
+    fast = _fit(monkeypatch, "1", name, {}, make_env, 9_000, seeds)
+    assert calls[3] >= 3 and calls[:3] == [0, 0, 0], f"the loop did not resume after refills: {calls}"
+    assert _prints(fast, make_env) == reference
+
+
+@pytest.mark.parametrize("name", LOOPED)
+def test_a_shared_ledger_keeps_the_one_step_path_and_its_decisions(monkeypatch, name):
+    """Runs sharing one ledger must be charged before each draw: no whole loop, the same policies, the ledger exact."""
+    table = load_math()
+    if table is None:
+        pytest.skip("the released MATH table is absent (../shared/data/published/MATH_final.pkl)")
+    own = _prints(_fit(monkeypatch, "0", name, {}, lambda s: IAPOEnv(table, split_seed=s), 1_500, [0, 1]), _make_env("MATH"))
+    ledger = BudgetLedger(3_000)
+    calls = _counting(monkeypatch, name)
+    shared = _fit(monkeypatch, "1", name, {}, lambda s: IAPOEnv(table, split_seed=s, budget=ledger), 1_500, [0, 1])
+    assert calls[3] == 0 and calls[0] > 0 and calls[2] > 0, f"a shared ledger must not take the whole loop: {calls}"
+    assert _prints(shared, _make_env("MATH")) == own and ledger.spent == 3_000
