@@ -361,12 +361,12 @@ class SequentialAgent(BatchAgent):
             online.record(runs, live, self.choose(step))
             steps[live] += 1
         active = np.ones((s_n, len(runs.contexts), a_n), dtype=bool)
-        mean = stats.means()
+        mean = stats.means()  # read only below: the deployment rule and the infos share it
+        emp = mean.reshape(s_n, len(runs.contexts), a_n)
         if float(self.lcb) > 0:
             with np.errstate(divide="ignore"):
                 mean = mean - float(self.lcb) / np.sqrt(stats.count[:, None])
         arms = best_arms(active, mean.reshape(active.shape))
-        emp = stats.means().reshape(s_n, len(runs.contexts), a_n)
         counts = stats.count.reshape(s_n, a_n)
         infos: list[dict[str, Any]] = [
             {
