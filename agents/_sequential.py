@@ -178,7 +178,7 @@ class _OnlineStats:
         # bookkeeping of their choice (kernels.Online); UCB's 1 / sqrt(count) only once a rule asks (keep_invsqrt)
         split = self.stats.split
         self.kernel_state = kernels.Online(
-            gain=self.stats.gain, cost=self.stats.cost, count=self.stats.count, countf=self.countf, total=self.total,
+            gain=self.stats.gain, cost=self.stats.cost, n_blocks=self.stats.count, countf=self.countf, total=self.total,
             n_unseen=self.n_unseen, mean=self.mean, group=split.group, cost_weight=split.cost_weight, priority=priority,
             unseen_best=priority.reshape(s_n, p_n, n_max).argmax(axis=2) + np.arange(p_n) * n_max,
             pmax=np.full((s_n, self.c_n, p_n), -np.inf), invsqrt=np.empty((0, 0)), pinv=np.empty((0, 0)),
@@ -273,12 +273,13 @@ class SequentialAgent(BatchAgent):
         """
         return None
 
-    def loop_rule(self) -> tuple[bool, float, float] | None:
+    def loop_rule(self) -> tuple[int, float] | None:
         """The rule for the compiled whole loop (:func:`iapo_gym.agents._sequential_kernels.run_steps`), or None.
 
-        ``(ucb, c, epsilon)``: UCB with exploration constant ``c`` (``ucb``), or epsilon-greedy with
-        ``epsilon``. Used, like :meth:`choose_kernel`, only by the class that defines :meth:`choose`,
-        and only where the runs share a majority-voting table (:meth:`iapo_gym.runs.RunBatch.loop_table`).
+        ``(rule, parameter)``: ``(kernels.UCB, c)``, ``(kernels.GREEDY, epsilon)`` or
+        ``(kernels.SOFTMAX, tau)``. Used, like :meth:`choose_kernel`, only by the class that defines
+        :meth:`choose`, and only where the runs share a majority-voting table
+        (:meth:`iapo_gym.runs.RunBatch.loop_table`).
         """
         return None
 
@@ -287,35 +288,74 @@ class SequentialAgent(BatchAgent):
         owner = next(c for c in mro if "choose" in c.__dict__)
         return owner is next(c for c in mro if method in c.__dict__) and owner is not SequentialAgent
 
+    #: Softmax's whole loop leaves a step to numpy unless its winner leads by this much, relative
+    #: (numba's ``log`` may differ from numpy's in the last bits: a few ulps, ~1e-15).
+    softmax_margin: ClassVar[float] = 1e-9
+
     def _run_loop(self, runs: RunBatch, online: _OnlineStats, priority: NDArray[np.float64], steps: NDArray[np.int64]) -> bool:
         """Every step of every run by the compiled loop, where it applies (else False and nothing done).
 
         The loop runs each run until its budget is spent, its buffered uniforms may not cover one
         more step, or (UCB) its table of ``ln t`` is too short; then the drawn completions are
-        charged, the buffers refilled, the table extended, and the loop resumes. The same draws, in
+        charged, the buffers refilled, the table extended, and the loop resumes. A Softmax step that
+        numpy's ``log`` must settle is taken on the one-step path (:meth:`_step`). The same draws, in
         the same order, and the same arithmetic as the one-step path: the same policies.
         """
-        rule = self.loop_rule() if self._has_kernel("loop_rule") else None
-        table = runs.loop_table() if rule is not None else None
-        if rule is None or table is None:
+        spec = self.loop_rule() if self._has_kernel("loop_rule") else None
+        table = runs.loop_table() if spec is not None else None
+        if spec is None or table is None:
             return False
-        ucb, c, epsilon = rule
+        rule, param = spec
         tab = kernels.mv_table(table, online.stats.split.obj_weights[:, 0], runs.n_max)
-        need = 1 + (0 if ucb else 2) + 1 + runs.n_max  # the most values one step takes (run_steps)
+        need = kernels.step_values(rule, runs.n_prompts * runs.n_max, runs.n_max)
+        if rule == kernels.SOFTMAX:  # hundreds of values a step: a wider buffer, refilled less often
+            runs.streams.widen(min(32 * need, max(need, runs.memory_budget // (16 * runs.n_runs))))
+        upper, lower = kernels.gumbel_table()
         context_cdf = np.cumsum(runs.contexts.probs)  # what contexts.sample searches
         logs = np.empty(0)  # logs[t] = numpy's log(max(t, 1)), the one-step path's ln t
         drawn = np.zeros(runs.n_runs, dtype=np.int64)
+        deferred = np.zeros(runs.n_runs, dtype=np.bool_)
         while (live := np.flatnonzero(runs.remaining > 0)).size:
             runs.streams.fill(live, need)
-            if ucb and int(online.total[live].max()) >= logs.size:
+            if rule == kernels.UCB and int(online.total[live].max()) >= logs.size:
                 logs = np.log(np.maximum(np.arange(2 * int(online.total.max()) + 4096), 1))
             drawn[:] = 0
+            deferred[:] = False
             kernels.run_steps(
                 online.kernel_state, tab, context_cdf, live, runs.streams.buffer, runs.streams.position, runs.budgets,
-                runs.spent, drawn, steps, runs.train, runs.n_train, logs, ucb, float(c), float(epsilon),
+                runs.spent, drawn, steps, deferred, runs.train, runs.n_train, rule, float(param), logs, upper, lower,
+                float(self.softmax_margin),
             )  # fmt: skip
             runs.charge_drawn(drawn)
+            if deferred.any():
+                self._step(runs, online, np.flatnonzero(deferred), steps, fast=True)
         return True
+
+    def _step(
+        self, runs: RunBatch, online: _OnlineStats, live: NDArray[np.int64], steps: NDArray[np.int64], fast: bool
+    ) -> None:
+        """One step of every run in ``live``: a context each, the rule's arm (compiled if ``fast``), the pulls."""
+        rng: Any = runs.streams.rows(live)  # Generator-like (random, gumbel): row i draws from run live[i]
+        ctx = np.asarray(runs.contexts.sample(rng, size=live.size), dtype=np.int64)
+        limit = np.minimum(runs.remaining[live], runs.n_max)
+        priority = online.kernel_state.priority
+        arm = self.choose_kernel(KernelStep(online, live, ctx, limit, priority, rng)) if fast else None
+        if arm is None:
+            every = live.size == runs.n_runs  # all runs live: views instead of gathers
+            arm = self.choose(
+                Step(
+                    mean=online.mean[live, ctx],
+                    count=online.countf if every else online.countf[live],
+                    total=online.total[live],
+                    limit=limit,
+                    n_unseen=online.n_unseen[live],
+                    priority=priority if every else priority[live],
+                    rng=rng,
+                    n_max=runs.n_max,
+                )
+            )
+        online.record(runs, live, arm)
+        steps[live] += 1
 
     @staticmethod
     def argmax_tiebreak(score: NDArray[np.float64], priority: NDArray[np.float64]) -> NDArray[np.int64]:
@@ -334,32 +374,8 @@ class SequentialAgent(BatchAgent):
             online.keep_invsqrt()
         if fast:
             self._run_loop(runs, online, priority, steps)  # every step at once where it applies
-        while True:
-            live = np.flatnonzero(runs.remaining > 0)
-            if live.size == 0:
-                break
-            every = live.size == s_n  # all runs live: views instead of gathers
-            # every draw of a step comes from the live runs' own streams (RowGenerator)
-            rng: Any = runs.streams.rows(live)  # numpy-Generator-like: random(size), gumbel(size)
-            ctx = np.asarray(runs.contexts.sample(rng, size=live.size), dtype=np.int64)
-            limit = np.minimum(runs.remaining[live], n_max)
-            arm = self.choose_kernel(KernelStep(online, live, ctx, limit, priority, rng)) if fast else None
-            if arm is not None:
-                online.record(runs, live, arm)
-                steps[live] += 1
-                continue
-            step = Step(
-                mean=online.mean[live, ctx],
-                count=online.countf if every else online.countf[live],
-                total=online.total[live],
-                limit=limit,
-                n_unseen=online.n_unseen[live],
-                priority=priority if every else priority[live],
-                rng=rng,
-                n_max=n_max,
-            )
-            online.record(runs, live, self.choose(step))
-            steps[live] += 1
+        while (live := np.flatnonzero(runs.remaining > 0)).size:
+            self._step(runs, online, live, steps, fast)
         active = np.ones((s_n, len(runs.contexts), a_n), dtype=bool)
         mean = stats.means()  # read only below: the deployment rule and the infos share it
         emp = mean.reshape(s_n, len(runs.contexts), a_n)

@@ -35,6 +35,7 @@ Why the results are the same bits (the contract of :mod:`iapo_gym._jit`):
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -56,7 +57,7 @@ class Online(NamedTuple):
 
     gain: NDArray[np.float64]  #: ``(S, U, P, N_max)`` nested tallies (:class:`~iapo_gym.agents._engine.NestedStats`)
     cost: NDArray[np.float64]  #: ``(S, P, N_max)``
-    count: NDArray[np.int64]  #: ``(S, P, N_max)`` nested blocks per arm
+    n_blocks: NDArray[np.int64]  #: ``(S, P, N_max)`` nested blocks per arm (``NestedStats.count``)
     countf: NDArray[np.float64]  #: ``(S, A)`` the counts as floats
     total: NDArray[np.int64]  #: ``(S,)`` blocks recorded (UCB's ``t``)
     n_unseen: NDArray[np.int64]  #: ``(S,)`` arms with no block yet
@@ -96,8 +97,9 @@ def mv_table(table: object, weight: NDArray[np.float64], n_max: int) -> MVTable:
     return MVTable(probs, gold, table.cost, np.ascontiguousarray(weight), _credit_lut(a), word, pack)  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=1)
 def gumbel_table() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """``(upper, lower)`` bounds of the Gumbel noise per bucket of ``u`` (numpy's own ``g`` at the edges)."""
+    """``(upper, lower)`` bounds of the Gumbel noise per bucket of ``u`` (numpy's own ``g`` at the edges; built once)."""
     edges = np.arange(GUMBEL_BUCKETS + 1) / GUMBEL_BUCKETS
     with np.errstate(divide="ignore"):
         g = -np.log(-np.log1p(-edges))  # g(0) = +inf, g(1) = -inf
@@ -132,7 +134,7 @@ def step_mv(st, tab, run, prompt, query, n, u, start):
     Pull ``i`` (run ``run[i]``, ``n[i]`` completions of ``prompt[i]`` on ``query[i]``, uniforms
     ``u[start[i]:]``) is :func:`pull_mv_row`.
     """
-    n_max = st.count.shape[2]
+    n_max = st.n_blocks.shape[2]
     a_n = tab.probs.shape[2]
     cdf = np.empty(a_n)
     votes = np.zeros((n_max + 1, a_n), dtype=np.int64)
@@ -145,7 +147,7 @@ def step_mv(st, tab, run, prompt, query, n, u, start):
 @helper
 def add_counts(st, r, p, blocks, width):
     """Add ``blocks[k]`` blocks to arm ``(p, k + 1)`` of run ``r`` for ``k < width``: counts, total, unseen arms."""
-    count, countf = st.count, st.countf
+    count, countf = st.n_blocks, st.countf
     base = p * count.shape[2]
     added = 0
     seen = 0
@@ -244,7 +246,7 @@ def refresh_row(st, r, p, width):
     highest priority.
     """
     mean, gain, cost, countf, invsqrt, priority = st.mean, st.gain, st.cost, st.countf, st.invsqrt, st.priority
-    n_max = st.count.shape[2]
+    n_max = st.n_blocks.shape[2]
     base = p * n_max
     for c in range(st.group.shape[0]):
         g = st.group[c]
@@ -282,7 +284,7 @@ def best_arm(st, live, ctx, limit, logt, c, ucb, skip, out):
     ``ln t`` of the row; read only if ``ucb``).
     """
     n_arms = st.countf.shape[1]
-    n_prompts = st.count.shape[1]
+    n_prompts = st.n_blocks.shape[1]
     scratch = np.empty(n_arms)
     ub = np.empty(n_prompts)
     scanned = np.empty(n_prompts, dtype=np.bool_)
@@ -296,9 +298,9 @@ def best_arm(st, live, ctx, limit, logt, c, ucb, skip, out):
 def first_unseen(st, r, m):
     """Run ``r``'s feasible (``N <= m``) unseen arm of highest priority (the first in index order on a tie), or -1."""
     unseen_best, countf, priority = st.unseen_best, st.countf, st.priority
-    n_max = st.count.shape[2]
+    n_max = st.n_blocks.shape[2]
     best = -1
-    for p in range(st.count.shape[1]):
+    for p in range(st.n_blocks.shape[1]):
         if m == n_max:  # every arm feasible: the prompt's own best
             a = unseen_best[r, p]
             if a >= 0 and (best < 0 or priority[r, a] > priority[r, best]):
@@ -323,7 +325,7 @@ def choose_row(st, r, x, m, lt, c, ucb, scratch, ub, scanned):
     best = -1
     if st.n_unseen[r] > 0:
         best = first_unseen(st, r, m)
-    if best < 0 and m < st.count.shape[2]:
+    if best < 0 and m < st.n_blocks.shape[2]:
         best = endgame_arm(st, r, x, m, lt, c, ucb)
     elif best < 0:
         best = bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned)
@@ -334,11 +336,11 @@ def choose_row(st, r, x, m, lt, c, ucb, scratch, ub, scanned):
 def endgame_arm(st, r, x, m, lt, c, ucb):
     """:func:`choose_row` when only ``N <= m < N_max`` is feasible (every feasible arm seen): exact scores of all."""
     mean, countf, priority = st.mean, st.countf, st.priority
-    n_max = st.count.shape[2]
+    n_max = st.n_blocks.shape[2]
     best = -1
     best_s = -np.inf
     best_p = -1.0
-    for p in range(st.count.shape[1]):
+    for p in range(st.n_blocks.shape[1]):
         for k in range(m):
             a = p * n_max + k
             s = mean[r, x, a]
@@ -372,8 +374,8 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
     holds ``A`` floats, ``ub`` and ``scanned`` ``|P|`` each.
     """
     mean, countf, priority, invsqrt, pmax, pinv, last = st.mean, st.countf, st.priority, st.invsqrt, st.pmax, st.pinv, st.last
-    n_max = st.count.shape[2]
-    n_prompts = st.count.shape[1]
+    n_max = st.n_blocks.shape[2]
+    n_prompts = st.n_blocks.shape[1]
     beta = np.sqrt(lt) * c if ucb else 0.0
     first = 0
     for p in range(n_prompts):
@@ -422,33 +424,56 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
     return best
 
 
+#: The rules of :func:`run_steps`: UCB (parameter ``c``), epsilon-greedy (``epsilon``), Softmax (``tau``).
+UCB, GREEDY, SOFTMAX = 0, 1, 2
+
+
+@helper
+def step_values(rule: int, n_arms: int, n_max: int) -> int:
+    """The most uniforms one step of ``rule`` takes from a run's stream in :func:`run_steps`."""
+    extra = 0
+    if rule == GREEDY:  # the explore coin and the random arm
+        extra = 2
+    elif rule == SOFTMAX:  # one per arm
+        extra = n_arms
+    return 1 + extra + 1 + n_max  # the context, then the query and at most N_max completions
+
+
 @kernel
-def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps, train, n_train, logs, ucb, c, epsilon):  # noqa: C901
-    """Many steps of UCB (``ucb``) or epsilon-greedy per live run, on a majority-voting table shared by the runs.
+def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps, deferred, train, n_train,  # noqa: C901
+              rule, param, logs, upper, lower, margin):  # fmt: skip
+    """Many steps of UCB, epsilon-greedy or Softmax (``rule``) per live run, on a majority-voting table shared by the runs.
 
     Run ``live[i]`` steps on while it has budget left (``budgets - spent - drawn``), its buffer of
-    uniforms ``buf[r, pos[r]:]`` holds the most one step takes, and (UCB) ``logs`` holds ``ln t``
-    of its block total ``t``; then the next run. A step takes, from the run's own values in order,
-    exactly what the one-step path draws: the context (``searchsorted(context_cdf, u, "right")``,
-    capped at the last context), epsilon-greedy's two (the explore coin, then the random arm), the
-    query (train column ``min(int(u n_train), n_train - 1)``) and the completions; it picks the arm
-    with :func:`choose_row` (or the ``floor(u k)``-th of the ``k`` feasible arms when exploring),
-    adds its ``N`` to ``drawn`` (the caller charges it: :meth:`iapo_gym.runs.RunBatch.charge_drawn`)
-    and records the pull with :func:`pull_mv_row`. ``logs[t]`` is numpy's ``log(max(t, 1))``, the
-    value the one-step path computes. Runs are independent, so their order changes nothing.
+    uniforms ``buf[r, pos[r]:]`` holds the most one step takes (:func:`step_values`), and (UCB)
+    ``logs`` holds ``ln t`` of its block total ``t``; then the next run. A step takes, from the
+    run's own values in order, exactly what the one-step path draws: the context
+    (``searchsorted(context_cdf, u, "right")``, capped at the last context), epsilon-greedy's two
+    (the explore coin, then the random arm) or Softmax's one per arm, the query (train column
+    ``min(int(u n_train), n_train - 1)``) and the completions. It picks the arm with
+    :func:`choose_row` (UCB with ``c = param``, or the greedy arm), the ``floor(u k)``-th of the
+    ``k`` feasible arms (epsilon-greedy exploring with probability ``param``) or
+    :func:`softmax_row` (``tau = param``), adds its ``N`` to ``drawn`` (the caller charges it:
+    :meth:`iapo_gym.runs.RunBatch.charge_drawn`) and records the pull with :func:`pull_mv_row`.
+    ``logs[t]`` is numpy's ``log(max(t, 1))``, the value the one-step path computes. A Softmax step
+    whose winner only numpy's own ``log`` can settle is left undrawn: ``deferred[r]`` is set and
+    the run stops there (the caller takes that step on the one-step path). Runs are independent,
+    so their order changes nothing.
     """
-    n_max = st.count.shape[2]
-    n_prompts = st.count.shape[1]
+    n_max = st.n_blocks.shape[2]
+    n_prompts = st.n_blocks.shape[1]
+    n_arms = st.countf.shape[1]
     a_n = tab.probs.shape[2]
     c_n = context_cdf.shape[0]
     width = buf.shape[1]
-    need = 1 + (0 if ucb else 2) + 1 + n_max  # the most values one step takes
+    need = step_values(rule, n_arms, n_max)
+    ucb = rule == UCB
     total = st.total
     cdf = np.empty(a_n)
     votes = np.zeros((n_max + 1, a_n), dtype=np.int64)
     csum = np.zeros(n_max + 1)
     blocks = np.empty(n_max, dtype=np.int64)
-    scratch = np.empty(st.countf.shape[1])
+    scratch = np.empty(n_arms)
     ub = np.empty(n_prompts)
     scanned = np.empty(n_prompts, dtype=np.bool_)
     for i in range(live.shape[0]):
@@ -467,16 +492,22 @@ def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps
             m = min(left, n_max)
             lt = logs[max(total[r], 1)] if ucb else 0.0
             explore = False
-            if not ucb:  # epsilon-greedy's explore coin, then its random arm
-                explore = u[b] < epsilon
+            if rule == GREEDY:  # epsilon-greedy's explore coin, then its random arm
+                explore = u[b] < param
                 pick = u[b + 1]
                 b += 2
-            if explore:  # the floor(pick k)-th of the k feasible arms, in index order
+            if rule == SOFTMAX:
+                arm = softmax_row(st, r, x, m, u, b, param, upper, lower, margin, scratch)
+                b += n_arms
+            elif explore:  # the floor(pick k)-th of the k feasible arms, in index order
                 kk = n_prompts * m
                 j = min(np.int64(pick * kk), kk - 1)
                 arm = (j // m) * n_max + j % m
-            else:  # one call site: numba inlines each helper call, and two copies trip its SSA checks
-                arm = choose_row(st, r, x, m, lt, c, ucb, scratch, ub, scanned)
+            else:  # one call site per helper: numba inlines each call, and two copies trip its SSA checks
+                arm = choose_row(st, r, x, m, lt, param if ucb else 0.0, ucb, scratch, ub, scanned)
+            if arm < 0:  # numpy's log decides this step: leave it (and the run) to the one-step path
+                deferred[r] = True
+                break
             p = arm // n_max
             nb = arm % n_max + 1
             drawn[r] += nb
@@ -484,6 +515,54 @@ def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps
             pull_mv_row(st, tab, r, p, train[r, col], nb, u, b + 1, cdf, votes, csum, blocks)
             pos[r] = b + 1 + nb
             steps[r] += 1
+
+
+@helper
+def softmax_row(st, r, x, m, u, first, tau, upper, lower, margin, high):
+    """Softmax's arm for run ``r`` under context ``x`` (feasible ``N <= m``), its arms' uniforms at ``u[first:]``; or -1.
+
+    An unseen feasible arm first (:func:`first_unseen`). Otherwise the Gumbel-max: the feasible
+    arm with the largest ``mean / tau + g(u)``, ``g(u) = -log(-log1p(-u))``, the first on a tie.
+    As in :func:`softmax_candidates`, an arm's logit lies between ``x_a + lower[b]`` and ``x_a +
+    upper[b]`` (``b`` its bucket of ``u``, ``x_a = mean * (1 / tau)``, a few ulps aside); the arms
+    whose upper end reaches the best lower end (less ``1e-9 (64 + |best|)``) are the candidates,
+    and their exact logits are computed here with numba's ``log`` and ``log1p``. numpy's may
+    differ from those in the last bits, so the winner is returned only when it beats every other
+    candidate by more than ``margin (1 + |best|)`` (``1e-9`` in use: millions of ulps); otherwise
+    -1, and numpy decides. ``high`` holds ``A`` floats.
+    """
+    unseen = first_unseen(st, r, m) if st.n_unseen[r] > 0 else -1
+    best = -1
+    if unseen < 0:
+        mean = st.mean
+        n_max = st.n_blocks.shape[2]
+        n_buckets = upper.shape[0]
+        inv_tau = 1.0 / tau
+        floor = -np.inf
+        for p in range(st.n_blocks.shape[1]):
+            for k in range(m):
+                a = p * n_max + k
+                x_a = mean[r, x, a] * inv_tau  # within an ulp of mean / tau: far inside the tolerance
+                bucket = np.int64(u[first + a] * n_buckets)
+                high[a] = x_a + upper[bucket]
+                floor = max(floor, x_a + lower[bucket])
+        threshold = floor - 1e-9 * (64.0 + abs(floor))
+        second = -np.inf
+        best_l = -np.inf
+        for p in range(st.n_blocks.shape[1]):
+            for k in range(m):
+                a = p * n_max + k
+                if high[a] >= threshold:
+                    val = mean[r, x, a] / tau
+                    val += -np.log(-np.log1p(-u[first + a]))  # numpy's operations, numba's log
+                    if best < 0 or val > best_l:
+                        second = max(second, best_l)
+                        best, best_l = a, val
+                    else:
+                        second = max(second, val)
+        if not best_l - second > margin * (1.0 + abs(best_l)):
+            best = -1  # too close for numba's log to decide: numpy's will
+    return unseen if unseen >= 0 else best
 
 
 @kernel
@@ -498,7 +577,7 @@ def softmax_candidates(st, live, ctx, limit, u, tau, upper, lower, out, cand, st
     candidates are the arms whose upper end reaches the best lower end, less
     ``1e-9 (64 + |best|)``, so the exact maximum and all its ties are among them.
     """
-    n_max = st.count.shape[2]
+    n_max = st.n_blocks.shape[2]
     n_arms = st.countf.shape[1]
     n_buckets = upper.shape[0]
     inv_tau = 1.0 / tau

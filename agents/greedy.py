@@ -19,7 +19,6 @@ at most one sweep over prompts.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,9 +51,9 @@ class EpsilonGreedy(SequentialAgent):
         greedy[rows] = first_unseen
         return np.where(u[:, 0] < float(self.epsilon), step.random_feasible(u[:, 1]), greedy)
 
-    def loop_rule(self) -> tuple[bool, float, float]:
+    def loop_rule(self) -> tuple[int, float]:
         """Epsilon-greedy with ``epsilon`` in the compiled whole loop (:meth:`SequentialAgent.loop_rule`)."""
-        return False, 0.0, float(self.epsilon)
+        return kernels.GREEDY, float(self.epsilon)
 
     def choose_kernel(self, step: KernelStep) -> NDArray[np.int64]:
         """:meth:`choose` with the greedy arm of the exploiting rows from one compiled pass per row."""
@@ -90,6 +89,10 @@ class Softmax(SequentialAgent):
         arm[rows] = first_unseen
         return arm
 
+    def loop_rule(self) -> tuple[int, float]:
+        """Softmax with ``tau`` in the compiled whole loop (:meth:`SequentialAgent.loop_rule`)."""
+        return kernels.SOFTMAX, float(self.tau)
+
     def choose_kernel(self, step: KernelStep) -> NDArray[np.int64]:
         """:meth:`choose` computing the Gumbel noise (numpy's ``log``) only for the arms that can win.
 
@@ -101,7 +104,7 @@ class Softmax(SequentialAgent):
         on = step.online
         b, a_n = step.live.size, on.countf.shape[1]
         u = step.rng.random((b, a_n))  # the uniforms rng.gumbel would draw
-        upper, lower = _gumbel_bounds()
+        upper, lower = kernels.gumbel_table()
         out = np.empty(b, dtype=np.int64)
         cand = np.empty(b * a_n, dtype=np.int64)
         start = np.empty(b + 1, dtype=np.int64)
@@ -122,8 +125,3 @@ class Softmax(SequentialAgent):
             np.copyto(logits, -np.inf, where=~feasible)
             out[slow] = np.argmax(logits, axis=1)
         return out
-
-
-@functools.lru_cache(maxsize=1)
-def _gumbel_bounds() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    return kernels.gumbel_table()

@@ -49,9 +49,9 @@ class UCB(SequentialAgent):
         arm[rows] = first_unseen
         return arm
 
-    def loop_rule(self) -> tuple[bool, float, float]:
+    def loop_rule(self) -> tuple[int, float]:
         """UCB with ``c`` in the compiled whole loop (:meth:`SequentialAgent.loop_rule`)."""
-        return True, float(self.c), 0.0
+        return kernels.UCB, float(self.c)
 
     def choose_kernel(self, step: KernelStep) -> NDArray[np.int64]:
         """:meth:`choose` in one compiled pass per row (:func:`iapo_gym.agents._sequential_kernels.best_arm`)."""

@@ -130,8 +130,9 @@ class RunStreams:
         self.salt = str(salt)
         crc = zlib.crc32(self.salt.encode())
         self.generators = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([s, crc]))) for s in self.seeds]
-        self._buf = np.empty((len(self.seeds), _BUFFER))
-        self._pos = np.full(len(self.seeds), _BUFFER, dtype=np.int64)
+        self._width = _BUFFER
+        self._buf = np.empty((len(self.seeds), self._width))
+        self._pos = np.full(len(self.seeds), self._width, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -155,7 +156,7 @@ class RunStreams:
         out = np.empty(int(ends[-1]) if ends.size else 0)
         starts = ends - counts_a
         pos = self._pos[runs_a]
-        cheap = counts_a <= _BUFFER - pos
+        cheap = counts_a <= self._width - pos
         if cheap.any() and _jit.enabled():  # each run's next values, copied from its buffer in place
             r = runs_a[cheap]
             _copy_buffered(self._buf, r, pos[cheap], counts_a[cheap], starts[cheap], out)
@@ -164,7 +165,7 @@ class RunStreams:
             r, c, first, p = runs_a[cheap], counts_a[cheap], starts[cheap], pos[cheap]
             packed = np.cumsum(c) - c  # where each run's values start among the cheap ones
             flat = np.arange(int(c.sum()))
-            src = np.repeat(r * _BUFFER + p - packed, c) + flat  # positions in the flattened buffer
+            src = np.repeat(r * self._width + p - packed, c) + flat  # positions in the flattened buffer
             if cheap.all():  # the usual case: the cheap values fill ``out`` in order
                 np.take(self._buf.reshape(-1), src, out=out, mode="clip")  # in range by construction
             else:
@@ -172,17 +173,17 @@ class RunStreams:
             self._pos[r] += c
         for i in np.flatnonzero(~cheap).tolist():
             s, c1, st = int(runs_a[i]), int(counts_a[i]), int(starts[i])
-            left = _BUFFER - int(self._pos[s])
+            left = self._width - int(self._pos[s])
             out[st : st + left] = self._buf[s, self._pos[s] :]
             need = c1 - left
             gen = self.generators[s]
-            if need <= _BUFFER // 2:  # small: refill the buffer and serve from it
+            if need <= self._width // 2:  # small: refill the buffer and serve from it
                 gen.random(out=self._buf[s])
                 out[st + left : st + c1] = self._buf[s, :need]
                 self._pos[s] = need
             else:  # large: straight from the generator into the output (the buffer stays empty)
                 gen.random(out=out[st + left : st + c1])
-                self._pos[s] = _BUFFER
+                self._pos[s] = self._width
         return out
 
     def random_rows(self, runs: ArrayLike, k: int) -> NDArray[np.float64]:
@@ -190,7 +191,7 @@ class RunStreams:
         runs_a = np.asarray(runs, dtype=np.int64).reshape(-1)
         k = int(k)
         pos = self._pos[runs_a]
-        cheap = pos + k <= _BUFFER
+        cheap = pos + k <= self._width
         if k < 16 and bool(cheap.all()):  # a few values per run (a context per step): one gather
             self._pos[runs_a] += k
             return self._buf[runs_a[:, None], pos[:, None] + np.arange(k)]
@@ -208,10 +209,10 @@ class RunStreams:
         # of a strided view are copied whole, many times faster than an element-wise gather)
         windows = np.lib.stride_tricks.sliding_window_view(self._buf.reshape(-1), k)
         if rows is None:
-            out = windows[r * _BUFFER + p]
+            out = windows[r * self._width + p]
         else:
             out = np.empty((runs_a.size, k))
-            out[rows] = windows[r * _BUFFER + p]
+            out[rows] = windows[r * self._width + p]
             rest = np.flatnonzero(~cheap)
             out[rest] = self.random(np.full(rest.size, k), runs_a[rest]).reshape(rest.size, k)
         self._pos[r] += k
@@ -231,6 +232,21 @@ class RunStreams:
         """``(S,)``: where each run's next buffered value sits in :attr:`buffer` (``width``: none left)."""
         return self._pos
 
+    def widen(self, width: int) -> None:
+        """Make the buffer ``width`` values wide per run (never narrower), each run's buffered values kept.
+
+        For a compiled consumer that takes many values per step (Softmax: one per arm): refills then
+        come in fewer, larger draws. Costs ``8 * S * width`` bytes.
+        """
+        width = int(width)
+        if width <= self._width:
+            return
+        buf = np.empty((len(self.seeds), width))
+        left = self._width - self._pos
+        for s in np.flatnonzero(left).tolist():  # each run's unread values go to the end of its new row
+            buf[s, width - left[s] :] = self._buf[s, self._pos[s] :]
+        self._buf, self._pos, self._width = buf, width - left, width
+
     def fill(self, runs: ArrayLike, k: int) -> None:
         """Make sure each run in ``runs`` has at least ``k`` (at most the buffer's width) values buffered.
 
@@ -238,12 +254,12 @@ class RunStreams:
         the buffer from its generator: its values stay the next ones of its stream, in order.
         """
         k = int(k)
-        if not 0 <= k <= _BUFFER:
-            raise ValueError(f"k must lie in 0..{_BUFFER} (the buffer's width); got {k}")
+        if not 0 <= k <= self._width:
+            raise ValueError(f"k must lie in 0..{self._width} (the buffer's width); got {k}")
         runs_a = np.asarray(runs, dtype=np.int64).reshape(-1)
-        for s in runs_a[self._pos[runs_a] > _BUFFER - k].tolist():
-            left = _BUFFER - int(self._pos[s])
-            self._buf[s, :left] = self._buf[s, _BUFFER - left :].copy()
+        for s in runs_a[self._pos[runs_a] > self._width - k].tolist():
+            left = self._width - int(self._pos[s])
+            self._buf[s, :left] = self._buf[s, self._width - left :].copy()
             self.generators[s].random(out=self._buf[s, left:])
             self._pos[s] = 0
 
