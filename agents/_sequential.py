@@ -308,8 +308,8 @@ class SequentialAgent(BatchAgent):
         rule, param = spec
         tab = kernels.mv_table(table, online.stats.split.obj_weights[:, 0], runs.n_max)
         need = kernels.step_values(rule, runs.n_prompts * runs.n_max, runs.n_max)
-        if rule == kernels.SOFTMAX:  # hundreds of values a step: a wider buffer, refilled less often
-            runs.streams.widen(min(32 * need, max(need, runs.memory_budget // (16 * runs.n_runs))))
+        if rule == kernels.SOFTMAX:  # hundreds of values a step: 32 steps' worth per refill, within 1/8 of the memory budget
+            runs.streams.widen(max(need, min(32 * need, runs.memory_budget // (64 * runs.n_runs))))
         upper, lower = kernels.gumbel_table()
         context_cdf = np.cumsum(runs.contexts.probs)  # what contexts.sample searches
         logs = np.empty(0)  # logs[t] = numpy's log(max(t, 1)), the one-step path's ln t

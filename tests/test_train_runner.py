@@ -272,8 +272,10 @@ def _wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120)
 
 def test_ctrl_c_keeps_finished_runs_prints_one_line_and_resumes_exactly(tmp_path: Path) -> None:
     _write_module(tmp_path)
+    # 1 s per slow run: the 12 of them outlast the second process's start-up (seconds on a loaded machine)
     argv = [sys.executable, "-m", "iapo_gym.experiments.train", "--env", ENV, "--agents", "slow=my_agent:Slow,random",
-            "--budgets", "100,200", "--runs", "6", "--out", "out", "--no-progress", "--no-plots"]
+            "--budgets", "100,200", "--runs", "6", "--agent-args", "slow:sleep=1.0", "--out", "out", "--no-progress",
+            "--no-plots"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = tmp_path / "out" / "results.csv"
     _wait_rows(results, 2, proc)
