@@ -276,7 +276,13 @@ def test_ctrl_c_keeps_finished_runs_prints_one_line_and_resumes_exactly(tmp_path
     argv = [sys.executable, "-m", "iapo_gym.experiments.train", "--env", ENV, "--agents", "slow=my_agent:Slow,random",
             "--budgets", "100,200", "--runs", "6", "--agent-args", "slow:sleep=1.0", "--out", "out", "--no-progress",
             "--no-plots"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A child inherits an *ignored* SIGINT (Python then never raises KeyboardInterrupt in it): whatever
+    # earlier code in this process did to the handler, start the runner with the default one.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     results = tmp_path / "out" / "results.csv"
     _wait_rows(results, 2, proc)
     # a second process on the same --out is refused while the first one runs
