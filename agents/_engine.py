@@ -910,6 +910,56 @@ _NO_LIVE = np.zeros((0, 0, 0), dtype=np.bool_)
 _NO_CDF = np.zeros((0, 0, 1))
 
 
+@_jit.helper
+def _running_cost(unit, b, nb, per_comp, csum):  # noqa: ANN001, ANN202
+    """``csum[j + 1]``: the running sum of pull ``b``'s first ``j + 1`` completion costs (``unit``: per pull or completion)."""
+    run_sum = 0.0
+    for j in range(nb):
+        x = unit[b, j if per_comp else 0]
+        run_sum = x if j == 0 else run_sum + x
+        csum[j + 1] = run_sum
+
+
+@_jit.helper
+def _cell_slots(run, prompt, n_runs, n_prompts):  # noqa: ANN001, ANN202
+    """Each ``(run, prompt)`` cell's accumulator row, numbered in order of first appearance: ``(slot, cells)``.
+
+    ``slot[run * n_prompts + prompt]`` is the row (-1: no pull of that cell). Shared by the block-add kernels.
+    """
+    slot = np.full(n_runs * n_prompts, -1, dtype=np.int64)
+    present = 0
+    for b in range(run.shape[0]):
+        c = run[b] * n_prompts + prompt[b]
+        if slot[c] < 0:
+            slot[c] = present
+            present += 1
+    return slot, present
+
+
+@_jit.helper
+def _flush_cells(run, prompt, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width):  # noqa: ANN001, ANN202
+    """Add each cell's accumulated sums to the tallies once, cells in order of their first pull.
+
+    Sizes whose arm is not live (``live`` non-empty) are skipped; ``slot`` is spent (set to -1).
+    Shared by the block-add kernels.
+    """
+    has_live = live.shape[0] > 0
+    for b in range(run.shape[0]):
+        r, p = run[b], prompt[b]
+        c = r * n_prompts + p
+        i = slot[c]
+        if i < 0:  # cell already written
+            continue
+        slot[c] = -1
+        for k in range(width):
+            if has_live and not live[r, p, k]:
+                continue
+            for u in range(acc_g.shape[1]):
+                gain[r, u, p, k] += acc_g[i, u, k]
+            cost[r, p, k] += acc_c[i, k]
+            count[r, p, k] += acc_n[i, k]
+
+
 @_jit.kernel
 def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     gain, cost, count, run, prompt, n, outcome, uniforms, start, cdf, cdf_p, cdf_q, gold, sums, w, unit,  # noqa: ANN001
@@ -958,13 +1008,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     cmask = (1 << fb) - 1
     cum = np.zeros(width + 1, dtype=np.int64)
     srow = np.zeros(width)
-    slot = np.full(cost.shape[0] * n_prompts, -1, dtype=np.int64)
-    present = 0
-    for b in range(b_n):
-        c = run[b] * n_prompts + prompt[b]
-        if slot[c] < 0:
-            slot[c] = present
-            present += 1
+    slot, present = _cell_slots(run, prompt, cost.shape[0], n_prompts)
     per_comp = unit.shape[1] > 1
     csum = np.zeros(width + 1)
     direct = present == b_n  # one pull per cell
@@ -1027,11 +1071,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
         else:
             for k in range(width):
                 srow[k] = sums[b, k]
-        run_sum = 0.0
-        for j in range(nb):
-            x = unit[b, j if per_comp else 0]
-            run_sum = x if j == 0 else run_sum + x
-            csum[j + 1] = run_sum
+        _running_cost(unit, b, nb, per_comp, csum)
         i = slot[r * n_prompts + p]
         for k in range(1, min(nb, width) + 1):  # larger sizes add nothing (0.0 and 0: the same bits)
             if has_live and not live[r, p, k - 1]:
@@ -1049,20 +1089,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                 acc_n[i, k - 1] += m
     if direct:
         return
-    for b in range(b_n):
-        r, p = run[b], prompt[b]
-        c = r * n_prompts + p
-        i = slot[c]
-        if i < 0:  # cell already written
-            continue
-        slot[c] = -1
-        for k in range(width):
-            if has_live and not live[r, p, k]:
-                continue
-            for u in range(u_n):
-                gain[r, u, p, k] += acc_g[i, u, k]
-            cost[r, p, k] += acc_c[i, k]
-            count[r, p, k] += acc_n[i, k]
+    _flush_cells(run, prompt, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
 
 
 #: Objective weights up to which a score ``sum_k w_k o_k`` in float32 is summed left to right by
@@ -1112,13 +1139,7 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     s_n = np.empty(64, dtype=np.int64)
     s_left = np.empty(64)
     s_state = np.empty(64, dtype=np.int64)
-    slot = np.full(cost.shape[0] * n_prompts, -1, dtype=np.int64)
-    present = 0
-    for b in range(b_n):
-        c = run[b] * n_prompts + prompt[b]
-        if slot[c] < 0:
-            slot[c] = present
-            present += 1
+    slot, present = _cell_slots(run, prompt, cost.shape[0], n_prompts)
     per_comp = unit.shape[1] > 1
     csum = np.zeros(width + 1)
     direct = present == b_n
@@ -1230,11 +1251,7 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                             sp -= 1
                     total += res
                 sums[u, k - 1] = total
-        run_sum = 0.0
-        for j in range(nb):
-            x = unit[b, j if per_comp else 0]
-            run_sum = x if j == 0 else run_sum + x
-            csum[j + 1] = run_sum
+        _running_cost(unit, b, nb, per_comp, csum)
         i = slot[r * n_prompts + p]
         for k in range(1, nb + 1):
             if has_live and not live[r, p, k - 1]:
@@ -1252,20 +1269,7 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                 acc_n[i, k - 1] += m
     if direct:
         return
-    for b in range(b_n):
-        r, p = run[b], prompt[b]
-        c = r * n_prompts + p
-        i = slot[c]
-        if i < 0:  # cell already written
-            continue
-        slot[c] = -1
-        for k in range(width):
-            if has_live and not live[r, p, k]:
-                continue
-            for u in range(u_n):
-                gain[r, u, p, k] += acc_g[i, u, k]
-            cost[r, p, k] += acc_c[i, k]
-            count[r, p, k] += acc_n[i, k]
+    _flush_cells(run, prompt, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
 
 
 def _equal_groups(group: NDArray[np.int64]) -> int:
