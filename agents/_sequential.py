@@ -292,7 +292,7 @@ class SequentialAgent(BatchAgent):
     #: (numba's ``log`` may differ from numpy's in the last bits: a few ulps, ~1e-15).
     softmax_margin: ClassVar[float] = 1e-9
 
-    def _run_loop(self, runs: RunBatch, online: _OnlineStats, priority: NDArray[np.float64], steps: NDArray[np.int64]) -> bool:
+    def _run_loop(self, runs: RunBatch, online: _OnlineStats, steps: NDArray[np.int64]) -> bool:
         """Every step of every run by the compiled loop, where it applies (else False and nothing done).
 
         The loop runs each run until its budget is spent, its buffered uniforms may not cover one
@@ -373,7 +373,7 @@ class SequentialAgent(BatchAgent):
         if fast and self.kernel_needs_invsqrt:
             online.keep_invsqrt()
         if fast:
-            self._run_loop(runs, online, priority, steps)  # every step at once where it applies
+            self._run_loop(runs, online, steps)  # every step at once where it applies
         while (live := np.flatnonzero(runs.remaining > 0)).size:
             self._step(runs, online, live, steps, fast)
         active = np.ones((s_n, len(runs.contexts), a_n), dtype=bool)
