@@ -14,13 +14,31 @@ repeat so that both see the same machine load. It prints runs per second (best o
 the least disturbed by other load), the new/old ratio and, for MATH, the speed-up over the paper
 authors' per-run time (``x authors``) with the reference it used (``ref``):
 
+* ``measured``: the authors' own code for the same agent, timed in this run on this machine,
+  interleaved with ours (``--authors-repo``, below). The fairest reference: the same machine and
+  load for both sides, which fixed numbers from another machine are not.
 * ``fixed``: the authors' own time for the same agent, a fixed number measured outside this
-  benchmark. Built in: their PSST on MATH, 0.45 s per run at T = 5,000 and 3.8 s at T = 50,000
-  (timed on their released code). Our side of every ratio is always measured in this run.
+  benchmark on another machine. Built in: their PSST on MATH, 0.45 s per run at T = 5,000 and
+  3.8 s at T = 50,000 (timed on their released code). Our side of every ratio is always measured
+  in this run.
 * ``file``: a time of the authors' for this agent given with ``--authors-times FILE`` (JSON
   ``{"ucb": {"5000": 2.0, "50000": 21.9}, ...}``), measured elsewhere by whoever wrote the file.
-* ``PSST-ref``: no time of the authors' for this agent, so their PSST time is applied to it: a
-  lower bound of nothing in particular, printed only to compare agents with one yardstick.
+* ``PSST-ref``: no code of the authors' for this agent (Sequential Halving, the paired and model
+  agents), so their PSST time is applied to it (measured in this run when ``--authors-repo`` is
+  given and ``psst`` comes first in ``--agents``, else the fixed number): printed only to compare
+  agents with one yardstick.
+
+``--authors-repo PATH`` takes a checkout of the authors' code (``git clone
+https://github.com/IAPO-AAAI25/IAPO-PSST``; it is never part of this package) and times their
+agents in a third worker process, on their own environment class and their released MATH table
+(``PATH/data/MATH_final.pkl``, or ``--authors-pkl``), exactly as their ``example_runner.py`` drives
+them: a fresh copy of the environment per run, ``combine_and_resplit(0.8, seed)``, their global
+``random`` / ``np.random`` seeded with the run's seed, then ``agent.train(env, budget)``, whose CPU
+(or wall) time per run is the reference (their ``print`` silenced). Their agents are built with
+the paper's hyper-parameters, which ours use (UCB ``c = 0.1``, epsilon-greedy ``0.15``, Softmax
+``tau = 0.05``, Top-K ``burn = 0.2``), so both sides take about the same number of steps. Each of
+their runs takes seconds, so ``--authors-runs`` (default 2) runs make one timing; the best of
+``--repeats`` timings is kept, as for ours.
 
 A ``new/old`` ratio below 0.95 is flagged with ``!``.
 
@@ -34,6 +52,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +62,42 @@ REPO = Path(__file__).resolve().parents[1]
 AUTHORS_S: dict[tuple[str, int], float] = {("psst", 5_000): 0.45, ("psst", 50_000): 3.8}
 
 
-def reference(agent: str, budget: int, measured: dict[tuple[str, int], float]) -> tuple[float | None, str]:
-    """The authors' per-run seconds to compare ``agent`` at ``budget`` with, and its label."""
-    if (agent, budget) in measured:
-        return measured[(agent, budget)], "file"
+#: Our agent name -> (the authors' module, class, keyword arguments): their code for the same agent,
+#: with the paper's hyper-parameters (which ours use). Agents absent here have no code of theirs.
+AUTHORS_AGENTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "psst": ("Agents.PSST", "PSSTAgent", {}),
+    "topk1": ("Agents.PSST_HB", "PSSTHAgent", {"burn": 0.2, "K": 1}),
+    "topk4": ("Agents.PSST_HB", "PSSTHAgent", {"burn": 0.2, "K": 4}),
+    "topk8": ("Agents.PSST_HB", "PSSTHAgent", {"burn": 0.2, "K": 8}),
+    "uniform": ("Agents.Uniform", "UniformAgent", {}),
+    "triple_n1": ("Agents.TRIPLE", "TRAgent", {"h": "one"}),
+    "triple_nrandom": ("Agents.TRIPLE", "TRAgent", {"h": "random"}),
+    "ucb": ("Agents.UCB", "UCBAgent", {"ucb_c": 0.1}),
+    "egreedy": ("Agents.adaptiv_sampling", "AdaptiveAgent", {"action_mode": "epsilon", "epsilon": 0.15}),
+    "softmax": ("Agents.adaptiv_sampling", "AdaptiveAgent", {"action_mode": "softmax", "tau": 0.05}),
+    "random": ("Agents.random_agent", "RandomAgent", {}),
+}
+
+
+def reference(
+    agent: str,
+    budget: int,
+    files: dict[tuple[str, int], float],
+    timed: dict[tuple[str, int], float] | None = None,
+) -> tuple[float | None, str]:
+    """The authors' per-run seconds to compare ``agent`` at ``budget`` with, and its label.
+
+    ``timed``: their times measured in this run (``--authors-repo``); ``files``: ``--authors-times``.
+    """
+    timed = timed or {}
+    if (agent, budget) in timed:
+        return timed[(agent, budget)], "measured"
+    if (agent, budget) in files:
+        return files[(agent, budget)], "file"
     if (agent, budget) in AUTHORS_S:
         return AUTHORS_S[(agent, budget)], "fixed"
+    if ("psst", budget) in timed:
+        return timed[("psst", budget)], "PSST-ref"
     if ("psst", budget) in AUTHORS_S:
         return AUTHORS_S[("psst", budget)], "PSST-ref"
     return None, "-"
@@ -127,12 +176,56 @@ def worker(root: str) -> None:
         print(json.dumps({"wall": wall / len(seeds), "cpu": cpu / len(seeds), "used": used}), flush=True)
 
 
-class Worker:
-    """A worker process for one engine checkout."""
+def authors_worker(repo: str, pkl: str | None) -> None:
+    """Serve timing requests for the authors' code in the checkout ``repo`` (one JSON line in, one out).
 
-    def __init__(self, root: Path) -> None:
+    A request ``{agent, budget, runs}`` times ``runs`` runs (seeds ``0..runs-1``) of their agent on
+    MATH as their ``example_runner.py`` drives it; the answer is the mean wall and CPU seconds of
+    ``agent.train`` per run, or ``{"error": ...}`` for an agent they do not have.
+    """
+    import contextlib
+    import copy
+    import importlib
+    import io
+    import pickle
+    import random
+
+    import numpy as np
+
+    root = Path(repo).resolve()
+    sys.path.insert(0, str(root))
+    with open(pkl or root / "data" / "MATH_final.pkl", "rb") as fh:
+        loaded = pickle.load(fh)  # noqa: S301 (the authors' released table, opened on purpose)
+    base = loaded[0] if isinstance(loaded, list) else loaded
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["agent"] not in AUTHORS_AGENTS:
+            print(json.dumps({"error": f"no code of the authors' for {req['agent']}"}), flush=True)
+            continue
+        module, cls, kwargs = AUTHORS_AGENTS[req["agent"]]
+        make = getattr(importlib.import_module(module), cls)
+        wall = cpu = 0.0
+        for seed in range(int(req["runs"])):
+            env = copy.deepcopy(base)
+            env.combine_and_resplit(train_frac=0.8, seed=seed)
+            random.seed(seed)
+            np.random.seed(seed)  # noqa: NPY002 (their agents draw from the global generators)
+            agent = make(strategy="mv", **kwargs)
+            t0, c0 = time.perf_counter(), time.process_time()
+            with contextlib.redirect_stdout(io.StringIO()):  # they print their spend
+                agent.train(env, int(req["budget"]))
+            wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
+        runs = max(1, int(req["runs"]))
+        print(json.dumps({"wall": wall / runs, "cpu": cpu / runs}), flush=True)
+
+
+class Worker:
+    """A worker process for one engine checkout (``mode="--worker"``) or the authors' code (``"--authors-worker"``)."""
+
+    def __init__(self, root: Path, mode: str = "--worker", extra: Sequence[str] = ()) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__, mode, str(root), *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         assert json.loads(self.ask_line())["ready"]
 
@@ -158,6 +251,25 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
+def measure(
+    engines: dict[str, Worker], authors: Worker | None, task: str, name: str, budget: int, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, Any]], float | None]:
+    """One cell: the best timing of each engine and (with ``authors``) the authors' best per-run time, interleaved."""
+    best: dict[str, dict[str, Any]] = {}
+    theirs: float | None = None
+    for rep in range(max(1, args.repeats)):
+        for key, w in engines.items():
+            r = w.ask(task=task, agent=name, budget=budget, seeds=args.seeds, warmup=rep == 0)
+            if "error" in r:
+                best[key] = r
+            elif key not in best or r[args.clock] < best[key][args.clock]:
+                best[key] = r
+        if authors is not None and name in AUTHORS_AGENTS:
+            t = float(authors.ask(agent=name, budget=budget, runs=args.authors_runs)[args.clock])
+            theirs = t if theirs is None else min(theirs, t)
+    return best, theirs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -179,31 +291,48 @@ def main() -> None:
         "less disturbed by other load on a shared machine) or wall time",
     )
     parser.add_argument("--authors-times", help="JSON {agent: {budget: s per run}} of the authors' code, timed elsewhere")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--authors-repo",
+        help="a checkout of the authors' code (git clone https://github.com/IAPO-AAAI25/IAPO-PSST): time their "
+        "agents on MATH in this run, interleaved with ours",
+    )
+    parser.add_argument("--authors-pkl", help="their MATH table (default: AUTHORS_REPO/data/MATH_final.pkl)")
+    parser.add_argument("--authors-runs", type=int, default=2, help="runs of the authors' code per timing (seconds each)")
+    parser.add_argument("--authors-worker", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
     if args.worker:
         worker(args.worker)
         return
+    if args.authors_worker:
+        authors_worker(args.authors_worker, rest[0] if rest else None)
+        return
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    if args.authors_repo and not (Path(args.authors_repo) / "Agents" / "PSST.py").exists():
+        parser.error(f"--authors-repo {args.authors_repo}: no Agents/PSST.py there; give a checkout of IAPO-AAAI25/IAPO-PSST")
+    if args.authors_runs < 1:
+        parser.error(f"--authors-runs must be at least 1; got {args.authors_runs}")
     engines = {"new": Worker(REPO)}
     if args.old:
         engines = {"old": Worker(Path(args.old)), **engines}
+    authors = None
+    if args.authors_repo:
+        authors = Worker(Path(args.authors_repo), "--authors-worker", [args.authors_pkl] if args.authors_pkl else [])
     budgets = [int(b) for b in args.budgets.split(",")]
     measured = load_authors_times(args.authors_times)
+    timed: dict[tuple[str, int], float] = {}
     try:
         for task in args.tasks.split(","):
             print(f"\n{task}: {args.seeds} seeds per batch, best of {args.repeats}, engines interleaved, {args.clock} time")
             head = f"{'agent':>15} {'T':>7}" + "".join(f" {k + ' r/s':>10}" for k in engines)
             head += f" {'new/old':>8} {'used':>7} {'x authors':>10} {'ref':>8}"
+            head += f" {'ref s/run':>9}" if authors is not None else ""
             print(head)
             for name in args.agents.split(","):
                 for budget in budgets:
-                    best: dict[str, dict[str, Any]] = {}
-                    for rep in range(max(1, args.repeats)):
-                        for key, w in engines.items():
-                            r = w.ask(task=task, agent=name, budget=budget, seeds=args.seeds, warmup=rep == 0)
-                            if "error" in r:
-                                best[key] = r
-                            elif key not in best or r[args.clock] < best[key][args.clock]:
-                                best[key] = r
+                    best, theirs = measure(engines, authors if task == "MATH" else None, task, name, budget, args)
+                    if theirs is not None:
+                        timed[(name, budget)] = theirs
                     if any("error" in r for r in best.values()):
                         print(f"{name:>15} {budget:>7} skipped: {next(r['error'] for r in best.values() if 'error' in r)}")
                         continue
@@ -212,18 +341,20 @@ def main() -> None:
                     if "old" in rates:
                         flag = "!" if rates["new"] / rates["old"] < 0.95 else " "
                         ratio = f"{rates['new'] / rates['old']:7.2f}{flag}"
-                    ref, label = reference(name, budget, measured) if task == "MATH" else (None, "-")
+                    ref, label = reference(name, budget, measured, timed) if task == "MATH" else (None, "-")
                     xref = f"{ref * rates['new']:10.0f}" if ref else "         -"
                     row = f"{name:>15} {budget:>7}" + "".join(f" {rates[k]:10.1f}" for k in engines)
-                    print(f"{row} {ratio} {best['new']['used']:7.0f} {xref} {label:>8}", flush=True)
+                    sref = f" {ref:9.3f}" if authors is not None and ref else ""
+                    print(f"{row} {ratio} {best['new']['used']:7.0f} {xref} {label:>8}{sref}", flush=True)
         print(
-            "\nref (ours is always measured in this run): fixed = the authors' own per-run time for this agent, "
-            "a fixed number measured outside this benchmark (PSST on MATH: 0.45 s at T=5,000, 3.8 s at T=50,000); "
-            "file = --authors-times; PSST-ref = the authors' PSST time applied to another agent (no time of theirs "
-            "for it); ! = new/old below 0.95"
+            "\nref (ours is always measured in this run): measured = the authors' code for this agent, timed in this "
+            "run (--authors-repo); fixed = the authors' own per-run time for this agent, a fixed number measured "
+            "outside this benchmark on another machine (PSST on MATH: 0.45 s at T=5,000, 3.8 s at T=50,000); "
+            "file = --authors-times; PSST-ref = the authors' PSST time (measured in this run if it was) applied to "
+            "another agent (no code of theirs for it); ! = new/old below 0.95"
         )
     finally:
-        for w in engines.values():
+        for w in [*engines.values(), *([authors] if authors is not None else [])]:
             w.close()
 
 

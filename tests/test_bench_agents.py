@@ -1,0 +1,103 @@
+"""benchmarks/bench_agents.py: which reference each ratio uses, and the worker that times the authors' code."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_agents", REPO / "benchmarks" / "bench_agents.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reference_prefers_this_runs_measurement_then_file_then_fixed() -> None:
+    bench = load_bench()
+    timed = {("ucb", 5000): 1.3, ("psst", 5000): 0.7}
+    files = {("ucb", 5000): 2.0, ("egreedy", 5000): 1.9}
+    assert bench.reference("ucb", 5000, files, timed) == (1.3, "measured")
+    assert bench.reference("egreedy", 5000, files, timed) == (1.9, "file")
+    assert bench.reference("psst", 50000, files, timed) == (3.8, "fixed")
+    # no code of theirs: their PSST, measured in this run when it was, else the fixed number
+    assert bench.reference("seqhalving", 5000, files, timed) == (0.7, "PSST-ref")
+    assert bench.reference("seqhalving", 50000, files, timed) == (3.8, "PSST-ref")
+    assert bench.reference("seqhalving", 1000, {}, {}) == (None, "-")
+
+
+FAKE_AGENT = '''
+import json, random
+import numpy as np
+
+class PSSTAgent:
+    def __init__(self, strategy="mv"):
+        self.strategy = strategy
+
+    def train(self, env, budget):
+        print("their agent prints its spend")
+        with open(env.log, "a") as fh:
+            fh.write(json.dumps({"budget": budget, "split": env.split_seed, "py": random.random(),
+                                 "np": float(np.random.random()), "strategy": self.strategy}) + "\\n")
+'''
+
+FAKE_ENV = '''
+class Env:
+    def __init__(self, log):
+        self.log = log
+        self.split_seed = None
+
+    def combine_and_resplit(self, train_frac=0.8, seed=None, shuffle=True):
+        assert train_frac == 0.8
+        self.split_seed = seed
+'''
+
+
+def test_authors_worker_drives_their_code_like_their_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stand-in checkout: the worker copies the env per run, resplits with the run's seed, seeds their globals."""
+    import random
+
+    import numpy as np
+
+    repo = tmp_path / "IAPO-PSST"
+    (repo / "Agents").mkdir(parents=True)
+    (repo / "Agents" / "PSST.py").write_text(FAKE_AGENT)
+    (repo / "fake_env.py").write_text(FAKE_ENV)
+    (repo / "data").mkdir()
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.syspath_prepend(str(repo))
+    import fake_env  # type: ignore[import-not-found]
+
+    with open(repo / "data" / "MATH_final.pkl", "wb") as fh:
+        pickle.dump([fake_env.Env(str(log))], fh)
+    bench = load_bench()
+    requests = [{"agent": "psst", "budget": 5000, "runs": 3}, {"agent": "seqhalving", "budget": 5000, "runs": 1}]
+    monkeypatch.setattr(sys, "stdin", [json.dumps(r) + "\n" for r in requests])
+    try:
+        bench.authors_worker(str(repo), None)
+    finally:
+        sys.modules.pop("Agents.PSST", None)
+        sys.modules.pop("Agents", None)
+    out = capsys.readouterr().out.splitlines()  # their own print went elsewhere: only the answers are here
+    answers = [json.loads(line) for line in out]
+    assert answers[0] == {"ready": True}
+    assert set(answers[1]) == {"wall", "cpu"} and answers[1]["cpu"] >= 0.0
+    assert "seqhalving" in answers[2]["error"]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c["split"] for c in calls] == [0, 1, 2]  # a fresh env per run, resplit with the run's seed
+    assert {c["budget"] for c in calls} == {5000} and {c["strategy"] for c in calls} == {"mv"}
+    for seed, c in enumerate(calls):  # their global generators seeded with the run's seed
+        random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002
+        assert c["py"] == random.random() and c["np"] == float(np.random.random())  # noqa: NPY002
