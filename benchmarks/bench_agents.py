@@ -344,7 +344,7 @@ def main() -> None:
                     ref, label = reference(name, budget, measured, timed) if task == "MATH" else (None, "-")
                     xref = f"{ref * rates['new']:10.0f}" if ref else "         -"
                     row = f"{name:>15} {budget:>7}" + "".join(f" {rates[k]:10.1f}" for k in engines)
-                    sref = f" {ref:9.3f}" if authors is not None and ref else ""
+                    sref = f" {ref:9.4g}" if authors is not None and ref else ""
                     print(f"{row} {ratio} {best['new']['used']:7.0f} {xref} {label:>8}{sref}", flush=True)
         print(
             "\nref (ours is always measured in this run): measured = the authors' code for this agent, timed in this "
