@@ -169,8 +169,24 @@ class CountStats:
 
 # ------------------------------------------------------------------------- bias-corrected plug-in
 def _unique_int_rows(rows: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return uniq, inverse.reshape(-1)
+    """``np.unique(rows, axis=0, return_inverse=True)`` for non-negative integer rows, the same result.
+
+    ``np.unique`` along an axis sorts the rows as structured records (about 0.3 s per call for a
+    200-run batch on MATH at T = 50,000, 45 % of ``psst_model``'s fit); the rows are instead read as
+    one mixed-radix integer each (the first column the most significant digit, base ``max + 1``), whose
+    numeric order is the rows' lexicographic order, so the distinct rows come out in the same order.
+    Rows whose key would not fit in 63 bits take ``np.unique`` itself.
+    """
+    r_n, a_n = rows.shape
+    base = int(rows.max()) + 1 if rows.size else 1
+    if r_n == 0 or int(rows.min()) < 0 or a_n * np.log2(max(base, 2)) >= 62:
+        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return uniq, inverse.reshape(-1)
+    key = rows[:, 0].astype(np.int64)
+    for j in range(1, a_n):
+        key = key * base + rows[:, j]
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return rows[first], inverse.reshape(-1)
 
 
 def jackknife_mv_credit(counts: NDArray[np.int64], n_max: int, jackknife: bool = True) -> NDArray[np.float64]:

@@ -353,3 +353,20 @@ def test_deployment_scores_add_z_standard_errors_where_known():
     sd = np.array([[[[0.1, 0.2, np.nan]]]])
     assert deployment_scores(q, sd, 0.0) is q
     np.testing.assert_array_equal(deployment_scores(q, sd, 2.0), np.array([[[[0.7, np.nan, 0.7]]]]))
+
+
+@pytest.mark.parametrize(
+    ("rows_n", "cols", "high"),
+    [(0, 3, 5), (1, 3, 2), (500, 2, 3), (4000, 5, 60), (300, 5, 2**20), (50, 53, 3)],  # the last two: np.unique itself
+)
+def test_unique_int_rows_is_numpys_unique_along_rows(rows_n, cols, high):
+    from iapo_gym.agents.psst_model import _unique_int_rows
+
+    rows = np.random.default_rng(rows_n + cols).integers(0, high, size=(rows_n, cols))
+    if rows_n > 10:
+        rows[::7] = rows[0]  # repeated rows
+    uniq, inverse = _unique_int_rows(rows)
+    want, want_inv = np.unique(rows, axis=0, return_inverse=True)
+    assert np.array_equal(uniq, want)  # same distinct rows, same (lexicographic) order
+    assert np.array_equal(inverse, want_inv.reshape(-1))
+    assert np.array_equal(uniq[inverse], rows)
