@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from iapo_gym import _jit
 from iapo_gym.arms import arm_from_index
 from iapo_gym.tables.format import OutcomeTable
 from iapo_gym.utility import as_weights
@@ -95,6 +96,10 @@ def _mv_credit_unique(rows: NDArray[np.float64], n_max: int) -> NDArray[np.float
     pg, others = rows[:, 0], rows[:, 1:]
     n_other = a - 1
     fact = np.array([np.exp(lgamma(n + 1)) for n in range(n_max + 1)])
+    if _jit.enabled() and u > 0:  # the compiled twin: the same operations per row, in the same order
+        out = np.empty((u, n_max))
+        _mv_credit_rows(np.ascontiguousarray(rows, dtype=np.float64), fact, out)
+        return np.clip(out, 0.0, 1.0)
     # pw[j, n, u] = p_j^n / n!  (the row axis last, so every degree slice is a contiguous block)
     pw = np.empty((n_other, n_max + 1, u))
     pw[:, 0] = 1.0
@@ -144,6 +149,91 @@ def _mv_credit_unique(rows: NDArray[np.float64], n_max: int) -> NDArray[np.float
             coef += e[t] / (t + 1)
         credit[k:] += scale * coef
     return np.clip(credit[1:].T, 0.0, 1.0)
+
+
+@_jit.kernel
+def _mv_credit_rows(rows, fact, out):  # noqa: ANN001, ANN202, C901 (one row's recursion, as the numpy loop nest)
+    """Compiled twin of :func:`_mv_credit_unique` before its clip: row ``i``'s credit for ``N = 1..n_max`` into ``out[i]``.
+
+    Each row runs the numpy code's recursion on its own (the numpy code vectorises every step over
+    the rows, and no step mixes rows): the same products and sums in the same order -- ``p^n / n!``
+    by the recurrence ``pw[n - 1] * (p / n)``, each truncated product's shifted multiply-adds over
+    ``n`` then the tie term, ``e_0 + e_t / (t + 1)`` over ``t``, and ``N! p_g^k / k!`` as
+    ``p_g^k / k! * N!`` -- so every value has the numpy path's bits, while the ``(degree, rows)``
+    temporaries become a few small arrays that stay in cache (``fact``: numpy's ``n!`` values).
+
+    One shortcut, exact too: an answer of probability 0 (the sorted others end with them) has
+    ``g_j = 1`` and ``h_j = 0``, so its factor leaves every ``e_t`` as it was (``0.0 + 1.0 e + 0.0``
+    has the bits of ``e``) and the ties it would add stay ``0.0``; the recursion stops at the last
+    answer of positive probability and the sum over ``t`` at the ties that can be nonzero.
+    """
+    u, a = rows.shape
+    n_max = out.shape[1]
+    n_other = a - 1
+    pw = np.empty((max(n_other, 1), n_max + 1))
+    pg_pw = np.empty(n_max + 1)
+    credit = np.empty(n_max + 1)
+    e = np.empty((n_other + 1, n_max + 1))
+    new = np.empty((n_other + 1, n_max + 1))
+    for i in range(u):
+        pg = rows[i, 0]
+        n_pos = 0  # others of positive probability (sorted descending: they come first)
+        while n_pos < n_other and rows[i, 1 + n_pos] > 0.0:
+            n_pos += 1
+        pg_pw[0] = 1.0
+        for j in range(n_other):
+            pw[j, 0] = 1.0
+        for n in range(1, n_max + 1):
+            for j in range(n_other):
+                pw[j, n] = pw[j, n - 1] * (rows[i, 1 + j] / n)
+            pg_pw[n] = pg_pw[n - 1] * (pg / n)
+        for d in range(n_max + 1):
+            credit[d] = 0.0
+        for k in range(1, n_max + 1):
+            deg = n_max - k
+            gd = min(k - 1, deg)
+            t_max = min(n_other, deg // k)
+            if n_other == 0:
+                credit[k] += pg_pw[k] * fact[k]
+                continue
+            if n_other == 1:
+                for n in range(gd + 1):
+                    credit[k + n] += (pw[0, n] * fact[k + n]) * pg_pw[k]
+                if t_max:
+                    credit[2 * k] += ((0.5 * fact[2 * k]) * pg_pw[k]) * pw[0, k]
+                continue
+            for t in range(t_max + 1):
+                for d in range(deg + 1):
+                    e[t, d] = 0.0
+            for n in range(gd + 1):
+                e[0, n] = pw[0, n]
+            if t_max >= 1:
+                e[1, k] = pw[0, k]
+            for j in range(1, n_pos):
+                for t in range(t_max + 1):
+                    for d in range(deg + 1):
+                        new[t, d] = 0.0
+                for t in range(min(t_max, j + 1) + 1):
+                    lo = k * t
+                    if t <= j:
+                        for n in range(min(gd, deg - lo) + 1):
+                            g = pw[j, n]
+                            for d in range(deg + 1 - lo - n):
+                                new[t, lo + n + d] += g * e[t, lo + d]
+                    if t >= 1:
+                        h = pw[j, k]
+                        for d in range(deg + 1 - lo):
+                            new[t, lo + d] += h * e[t - 1, lo - k + d]
+                for t in range(t_max + 1):
+                    for d in range(deg + 1):
+                        e[t, d] = new[t, d]
+            for t in range(1, min(t_max, n_pos) + 1):
+                for d in range(deg + 1):
+                    e[0, d] += e[t, d] / (t + 1)
+            for d in range(deg + 1):
+                credit[k + d] += (pg_pw[k] * fact[k + d]) * e[0, d]
+        for n in range(n_max):
+            out[i, n] = credit[n + 1]
 
 
 def _unique_rows(rows: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:

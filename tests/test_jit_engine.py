@@ -489,3 +489,34 @@ def test_psst_at_a_large_budget_is_identical(monkeypatch):
         pytest.skip("the released MATH table is absent (../shared/data/published/MATH_final.pkl)")
     prints = policies(monkeypatch, "MATH", "psst", 50_000, [[0, 1, 2, 3, 4, 5]])
     assert prints["0"] == prints["1"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    a=st.integers(1, 9),
+    n_max=st.integers(1, 40),
+    zeros=st.integers(0, 8),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_mv_credit_kernel_is_the_numpy_recursion(monkeypatch, a, n_max, zeros, seed):
+    """The oracle's exact MV credit per gold-first row: the compiled recursion gives numpy's bits.
+
+    Rows with answers of probability 0 (the kernel stops its recursion at the last positive one),
+    one-hot rows, uniform rows (ties of every size) and coarse rows of 1/128 multiples (the
+    released tables' grid).
+    """
+    from iapo_gym import oracle
+
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(a, 0.6), size=40)
+    probs[:10, a - min(zeros, a - 1) :] = 0.0  # trailing zero-probability answers
+    probs[10] = 0.0
+    probs[10, 0] = 1.0  # one-hot
+    probs[11] = 1.0 / a  # uniform: every tie size
+    probs[12:20] = np.floor(probs[12:20] * 128) + 1.0
+    probs /= probs.sum(axis=1, keepdims=True)
+    rows = oracle._gold_first(probs, rng.integers(0, a, size=40))
+    numpy_rows, kernel_rows = both(monkeypatch, oracle._mv_credit_unique, rows, n_max)
+    assert same_bits(numpy_rows, kernel_rows)
+    numpy_all, kernel_all = both(monkeypatch, oracle.mv_credit, probs, rng.integers(0, a, size=40), n_max)
+    assert same_bits(numpy_all, kernel_all)
