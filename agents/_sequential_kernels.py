@@ -497,7 +497,7 @@ def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps
                 pick = u[b + 1]
                 b += 2
             if rule == SOFTMAX:
-                arm = softmax_row(st, r, x, m, u, b, param, upper, lower, margin, scratch)
+                arm = softmax_row(st, r, x, m, u, b, param, upper, lower, margin, scratch, ub, scanned)
                 b += n_arms
             elif explore:  # the floor(pick k)-th of the k feasible arms, in index order
                 kk = n_prompts * m
@@ -518,38 +518,89 @@ def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps
 
 
 @helper
-def softmax_row(st, r, x, m, u, first, tau, upper, lower, margin, high):
-    """Softmax's arm for run ``r`` under context ``x`` (feasible ``N <= m``), its arms' uniforms at ``u[first:]``; or -1.
+def softmax_scan(st, r, x, m, u, first, inv_tau, upper, lower, high, ub, scanned):  # noqa: C901 (one fused pass)
+    """The bounds pass of Softmax's Gumbel-max (run ``r``, context ``x``, feasible ``N <= m``, every feasible arm seen).
 
-    An unseen feasible arm first (:func:`first_unseen`). Otherwise the Gumbel-max: the feasible
-    arm with the largest ``mean / tau + g(u)``, ``g(u) = -log(-log1p(-u))``, the first on a tie.
-    As in :func:`softmax_candidates`, an arm's logit lies between ``x_a + lower[b]`` and ``x_a +
-    upper[b]`` (``b`` its bucket of ``u``, ``x_a = mean * (1 / tau)``, a few ulps aside); the arms
-    whose upper end reaches the best lower end (less ``1e-9 (64 + |best|)``) are the candidates,
-    and their exact logits are computed here with numba's ``log`` and ``log1p``. numpy's may
-    differ from those in the last bits, so the winner is returned only when it beats every other
-    candidate by more than ``margin (1 + |best|)`` (``1e-9`` in use: millions of ulps); otherwise
-    -1, and numpy decides. ``high`` holds ``A`` floats.
+    Arm ``a`` (uniform ``u[first + a]``, bucket ``b_a = int64(u * n_buckets)``, ``x_a = mean * inv_tau``)
+    has its logit within ``[x_a + lower[b_a], x_a + upper[b_a]]`` (a few ulps aside). The full pass
+    would compute ``high[a] = x_a + upper[b_a]`` for every feasible arm and the *floor*, the
+    largest ``x_a + lower[b_a]``; the candidates are the arms with ``high >= threshold``,
+    ``threshold = floor - 1e-9 (64 + |floor|)`` (returned). This pass gives exactly that floor and
+    those candidates while computing ``high`` only for the arms of the prompts marked ``scanned``:
+
+    * a prompt's bound ``ub[p] = pmax[r, x, p] * inv_tau + upper[b_min]``, ``b_min`` the bucket of
+      the smallest ``u`` of its feasible arms, is at least every one of its arms' ``high``: ``pmax``
+      (kept by :func:`refresh_row`) is the prompt's largest mean and each operation is rounded
+      monotonically, so ``x_a <= pmax * inv_tau`` (``inv_tau > 0``); ``b_a >= b_min`` and ``upper``
+      does not increase with the bucket; and the sum of the computed values is monotone too;
+    * the prompt of highest bound is scanned first, then the others in index order, each skipped
+      when its bound is below ``cut = floor - 2e-9 (64 + |floor|)`` of the floor so far. The floor
+      only grows, and ``cut`` lies ``1e-9 (64 + |floor|)`` -- millions of ulps -- below the
+      threshold of the floor so far, whose exact value only grows with the floor, so a skipped
+      bound is below the final threshold, whatever the rounding of either;
+    * so a skipped arm has ``high < threshold``: not a candidate of the full pass; and its lower end
+      ``x_a + lower[b_a] <= high < threshold <= floor`` (``lower <= upper`` per bucket), so it
+      leaves the floor, hence the threshold, as the scanned arms alone make them.
+
+    The means are finite and ``inv_tau`` positive, so no bound is NaN (a NaN bound would only make
+    the prompt scanned). ``high`` holds ``A`` floats, ``ub`` and ``scanned`` ``|P|`` each.
     """
-    unseen = first_unseen(st, r, m) if st.n_unseen[r] > 0 else -1
-    best = -1
-    if unseen < 0:
-        mean = st.mean
-        n_max = st.n_blocks.shape[2]
-        n_buckets = upper.shape[0]
-        inv_tau = 1.0 / tau
-        floor = -np.inf
-        for p in range(st.n_blocks.shape[1]):
+    mean, pmax = st.mean, st.pmax
+    n_max = st.n_blocks.shape[2]
+    n_prompts = st.n_blocks.shape[1]
+    n_buckets = upper.shape[0]
+    top = 0
+    for p in range(n_prompts):
+        base = first + p * n_max
+        u_min = u[base]
+        for k in range(1, m):
+            u_min = min(u_min, u[base + k])
+        ub[p] = pmax[r, x, p] * inv_tau + upper[np.int64(u_min * n_buckets)]
+        scanned[p] = False
+        if ub[p] > ub[top]:
+            top = p
+    floor = -np.inf
+    cut = -np.inf
+    for j in range(n_prompts + 1):
+        p = top if j == 0 else j - 1
+        if not scanned[p] and not ub[p] < cut:
+            scanned[p] = True
             for k in range(m):
                 a = p * n_max + k
                 x_a = mean[r, x, a] * inv_tau  # within an ulp of mean / tau: far inside the tolerance
                 bucket = np.int64(u[first + a] * n_buckets)
                 high[a] = x_a + upper[bucket]
                 floor = max(floor, x_a + lower[bucket])
-        threshold = floor - 1e-9 * (64.0 + abs(floor))
+            cut = floor - 2e-9 * (64.0 + abs(floor))
+    return floor - 1e-9 * (64.0 + abs(floor))  # -inf for a floor of -inf
+
+
+@helper
+def softmax_row(st, r, x, m, u, first, tau, upper, lower, margin, high, ub, scanned):
+    """Softmax's arm for run ``r`` under context ``x`` (feasible ``N <= m``), its arms' uniforms at ``u[first:]``; or -1.
+
+    An unseen feasible arm first (:func:`first_unseen`). Otherwise the Gumbel-max: the feasible
+    arm with the largest ``mean / tau + g(u)``, ``g(u) = -log(-log1p(-u))``, the first on a tie.
+    As in :func:`softmax_candidates`, an arm's logit lies between ``x_a + lower[b]`` and ``x_a +
+    upper[b]`` (``b`` its bucket of ``u``, ``x_a = mean * (1 / tau)``, a few ulps aside); the arms
+    whose upper end reaches the best lower end (less ``1e-9 (64 + |best|)``) are the candidates
+    (:func:`softmax_scan`: whole prompts that cannot reach it are passed over), and their exact
+    logits are computed here, in index order, with numba's ``log`` and ``log1p``. numpy's may
+    differ from those in the last bits, so the winner is returned only when it beats every other
+    candidate by more than ``margin (1 + |best|)`` (``1e-9`` in use: millions of ulps); otherwise
+    -1, and numpy decides. ``high`` holds ``A`` floats, ``ub`` and ``scanned`` ``|P|`` each.
+    """
+    unseen = first_unseen(st, r, m) if st.n_unseen[r] > 0 else -1
+    best = -1
+    if unseen < 0:
+        mean = st.mean
+        n_max = st.n_blocks.shape[2]
+        threshold = softmax_scan(st, r, x, m, u, first, 1.0 / tau, upper, lower, high, ub, scanned)
         second = -np.inf
         best_l = -np.inf
         for p in range(st.n_blocks.shape[1]):
+            if not scanned[p]:
+                continue
             for k in range(m):
                 a = p * n_max + k
                 if high[a] >= threshold:
@@ -575,19 +626,21 @@ def softmax_candidates(st, live, ctx, limit, u, tau, upper, lower, out, cand, st
     Gumbel bucket of ``u``, an arm's logit lies in ``[x + lower[b], x + upper[b]]`` up to a few
     ulps (``x`` is taken as ``mean * (1 / tau)``, within an ulp, to spare a division per arm); the
     candidates are the arms whose upper end reaches the best lower end, less
-    ``1e-9 (64 + |best|)``, so the exact maximum and all its ties are among them.
+    ``1e-9 (64 + |best|)``, so the exact maximum and all its ties are among them. They are found by
+    :func:`softmax_scan`, which passes over the prompts that cannot reach that bound.
     """
     n_max = st.n_blocks.shape[2]
     n_arms = st.countf.shape[1]
-    n_buckets = upper.shape[0]
+    n_prompts = st.n_blocks.shape[1]
     inv_tau = 1.0 / tau
-    mean, n_unseen = st.mean, st.n_unseen
+    n_unseen = st.n_unseen
     high = np.empty(n_arms)
+    ub = np.empty(n_prompts)
+    scanned = np.empty(n_prompts, dtype=np.bool_)
     pos = 0
     for i in range(live.shape[0]):
         start[i] = pos
         r = live[i]
-        x = ctx[i]
         m = limit[i]
         if n_unseen[r] > 0:
             best = first_unseen(st, r, m)
@@ -598,19 +651,14 @@ def softmax_candidates(st, live, ctx, limit, u, tau, upper, lower, out, cand, st
             out[i] = -2
             continue
         out[i] = -1
-        floor = -np.inf
-        for a in range(n_arms):
-            x_a = mean[r, x, a] * inv_tau  # within an ulp of mean / tau: far inside the tolerance
-            b = int(u[i, a] * n_buckets)
-            high[a] = x_a + upper[b]
-            low = x_a + lower[b]
-            if low > floor:
-                floor = low
-        threshold = floor - 1e-9 * (64.0 + abs(floor)) if floor > -np.inf else floor
-        for a in range(n_arms):
-            if high[a] >= threshold:
-                cand[pos] = a
-                pos += 1
+        threshold = softmax_scan(st, r, ctx[i], m, u[i], 0, inv_tau, upper, lower, high, ub, scanned)
+        for p in range(n_prompts):
+            if scanned[p]:
+                for k in range(n_max):
+                    a = p * n_max + k
+                    if high[a] >= threshold:
+                        cand[pos] = a
+                        pos += 1
     start[live.shape[0]] = pos
 
 

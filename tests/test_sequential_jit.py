@@ -247,3 +247,96 @@ def test_softmax_steps_that_numpys_log_must_settle_take_the_one_step_path(monkey
     deferred = _fit(monkeypatch, "1", "softmax", {}, make_env, 1_200, seeds)
     assert calls[3] > 0 and calls[0] > 0 and calls[2] > 0, f"no step was deferred to the one-step path: {calls}"
     assert _prints(deferred, make_env) == reference
+
+
+def _softmax_full_pass(mean, u, m, n_max, tau, upper, lower, margin):
+    """The rule without pruning, in numpy: every feasible arm bounded; the candidates and the winner (-1: too close)."""
+    feasible = np.arange(mean.size) % n_max < m
+    x = mean * (1.0 / tau)
+    b = (u * upper.size).astype(np.int64)
+    floor = np.max(np.where(feasible, x + lower[b], -np.inf))
+    threshold = floor - 1e-9 * (64.0 + abs(floor))
+    with np.errstate(invalid="ignore"):  # NaN means of unseen infeasible arms
+        cand = np.flatnonzero(feasible & (x + upper[b] >= threshold))
+    with np.errstate(divide="ignore"):
+        val = mean[cand] / tau + -np.log(-np.log1p(-u[cand]))
+    j = int(np.argmax(val))
+    second = np.max(np.delete(val, j), initial=-np.inf)
+    return cand, (int(cand[j]) if val[j] - second > margin * (1.0 + abs(val[j])) else -1)
+
+
+def _pruning_states(rng: np.random.Generator, s_n: int, p_n: int, n_max: int):
+    """Runs whose prompts sit near or far below the best; uniforms in Gumbel bucket 0 and in the last; exact ties."""
+    a_n = p_n * n_max
+    offset = rng.choice(np.array([0.0, -0.02, -0.1, -0.5, -3.0]), size=(s_n, p_n))  # logits 0 to 60 below at tau 0.05
+    mean = np.repeat(offset, n_max, axis=1) + rng.choice(np.array([0.0, 0.05, 0.1]), size=(s_n, a_n))
+    u = rng.random((s_n, a_n))
+    tiny = rng.random((s_n, a_n)) < 0.01  # g(u) unbounded above in bucket 0 (upper = +inf)
+    u[tiny] = rng.random(np.count_nonzero(tiny)) / 4096 / 2
+    u[rng.random((s_n, a_n)) < 0.005] = 1.0 - rng.random() / 8192  # the last bucket (lower = -inf)
+    u[0] = 1.0 - 1e-6  # every arm in the last bucket: the floor is -inf, nothing can be passed over
+    twin = rng.random(s_n) < 0.3  # exact ties: a second arm with the same mean and the same uniform
+    src, dst = rng.integers(0, a_n, size=s_n), rng.integers(0, a_n, size=s_n)
+    mean[twin, dst[twin]] = mean[twin, src[twin]]
+    u[twin, dst[twin]] = u[twin, src[twin]]
+    limit = np.where(rng.random(s_n) < 0.25, rng.integers(1, n_max, size=s_n), n_max)
+    count = np.ones((s_n, a_n))
+    unseen = (rng.random((s_n, a_n)) < 0.2) & (np.arange(a_n) % n_max >= limit[:, None])  # only infeasible arms unseen
+    count[unseen] = 0.0
+    mean[unseen] = np.nan
+    on = _online(mean[:, None], count, count.sum(axis=1).astype(np.int64), np.count_nonzero(unseen, axis=1),
+                 rng.random((s_n, a_n)), n_max, p_n)  # fmt: skip
+    return on, mean, u, limit
+
+
+_softmax_row = kernels.softmax_row  # a plain global: numba compiles it inlined
+
+
+def _softmax_rows(st, ctx, limit, u, tau, upper, lower, margin, out, scanned_out):
+    """softmax_row for every run ``i`` (context ``ctx[i]``, uniforms ``u[i]``); the prompts it scanned."""
+    high = np.empty(st.countf.shape[1])
+    ub = np.empty(st.n_blocks.shape[1])
+    scanned = np.zeros(st.n_blocks.shape[1], dtype=np.bool_)
+    for i in range(out.shape[0]):
+        out[i] = _softmax_row(st, i, ctx[i], limit[i], u[i], 0, tau, upper, lower, margin, high, ub, scanned)
+        scanned_out[i] = scanned
+
+
+def test_softmax_passes_over_prompts_without_changing_the_candidates_or_the_winner():
+    """Pruned prompts (pmax far below, no arm in bucket 0) never hold a candidate: the full pass's candidates and winner."""
+    import numba
+
+    from iapo_gym import _jit
+
+    _jit._register_helpers()
+    rows_kernel = numba.njit(error_model="numpy")(_softmax_rows)  # not cached: it inlines the helpers as they are now
+    upper, lower = kernels.gumbel_table()
+    rng = np.random.default_rng(2026)
+    s_n, p_n, n_max, margin = 3_000, 9, 4, 1e-9
+    scanned_total, too_close = 0, 0
+    for tau in (0.05, 0.5):
+        on, mean, u, limit = _pruning_states(rng, s_n, p_n, n_max)
+        ctx = np.zeros(s_n, dtype=np.int64)
+        # the one-step path's kernel: the candidates of the rows where every arm is feasible
+        out = np.empty(s_n, dtype=np.int64)
+        cand = np.empty(s_n * p_n * n_max, dtype=np.int64)
+        start = np.empty(s_n + 1, dtype=np.int64)
+        kernels.softmax_candidates(on.kernel_state, np.arange(s_n), ctx, limit, u, tau, upper, lower, out, cand, start)
+        # the whole loop's helper: its winner (or -1: numpy's log decides), every row
+        arm = np.empty(s_n, dtype=np.int64)
+        scanned = np.empty((s_n, p_n), dtype=np.bool_)
+        rows_kernel(on.kernel_state, ctx, limit, u, tau, upper, lower, margin, arm, scanned)
+        for r in range(s_n):
+            expected_cand, expected_arm = _softmax_full_pass(mean[r], u[r], limit[r], n_max, tau, upper, lower, margin)
+            if limit[r] == n_max:
+                assert out[r] == -1
+                np.testing.assert_array_equal(cand[start[r] : start[r + 1]], expected_cand, err_msg=f"row {r}")
+            else:
+                assert out[r] == -2
+            assert arm[r] == expected_arm, f"tau {tau}, row {r}"
+            assert scanned[r, expected_cand // n_max].all(), f"row {r}: a candidate's prompt was passed over"
+        assert scanned[0].all()  # a floor of -inf passes nothing over
+        scanned_total += scanned.sum()
+        too_close += np.count_nonzero(arm == -1)
+    # the states exercise the pruning (most prompts passed over) and exact ties (-1: numpy decides)
+    assert scanned_total < 0.5 * 2 * s_n * p_n and too_close > 0, (scanned_total, too_close)
