@@ -535,15 +535,19 @@ def softmax_scan(st, r, x, m, u, first, inv_tau, upper, lower, high, ub, scanned
       does not increase with the bucket; and the sum of the computed values is monotone too;
     * the prompt of highest bound is scanned first, then the others in index order, each skipped
       when its bound is below ``cut = floor - 2e-9 (64 + |floor|)`` of the floor so far. The floor
-      only grows, and ``cut`` lies ``1e-9 (64 + |floor|)`` -- millions of ulps -- below the
-      threshold of the floor so far, whose exact value only grows with the floor, so a skipped
-      bound is below the final threshold, whatever the rounding of either;
+      only grows; the exact threshold grows with it (at slope ``1 +- 1e-9``), and ``cut`` lies
+      ``1e-9 (64 + |floor|)`` below the threshold of the same floor, millions of times the few ulps
+      of ``64 + |floor|`` by which either computed value can miss its exact one, so a skipped bound
+      is below the final threshold;
     * so a skipped arm has ``high < threshold``: not a candidate of the full pass; and its lower end
       ``x_a + lower[b_a] <= high < threshold <= floor`` (``lower <= upper`` per bucket), so it
       leaves the floor, hence the threshold, as the scanned arms alone make them.
 
     The means are finite and ``inv_tau`` positive, so no bound is NaN (a NaN bound would only make
-    the prompt scanned). ``high`` holds ``A`` floats, ``ub`` and ``scanned`` ``|P|`` each.
+    the prompt scanned). The smallest ``u`` of a prompt is taken over four running minima (``min``
+    is exact in any order; four independent chains instead of one). On MATH (25 prompts of 32
+    arms, tau 0.05) about 4 prompts a step are scanned. ``high`` holds ``A`` floats, ``ub`` and
+    ``scanned`` ``|P|`` each.
     """
     mean, pmax = st.mean, st.pmax
     n_max = st.n_blocks.shape[2]
@@ -552,9 +556,16 @@ def softmax_scan(st, r, x, m, u, first, inv_tau, upper, lower, high, ub, scanned
     top = 0
     for p in range(n_prompts):
         base = first + p * n_max
-        u_min = u[base]
-        for k in range(1, m):
-            u_min = min(u_min, u[base + k])
+        u0 = u1 = u2 = u3 = u[base]  # four running minima: independent chains
+        k = 1
+        while k + 4 <= m:
+            u0, u1 = min(u0, u[base + k]), min(u1, u[base + k + 1])
+            u2, u3 = min(u2, u[base + k + 2]), min(u3, u[base + k + 3])
+            k += 4
+        while k < m:
+            u0 = min(u0, u[base + k])
+            k += 1
+        u_min = min(min(u0, u1), min(u2, u3))
         ub[p] = pmax[r, x, p] * inv_tau + upper[np.int64(u_min * n_buckets)]
         scanned[p] = False
         if ub[p] > ub[top]:
