@@ -155,7 +155,10 @@ class CountStats:
         out = pulls.outcome[b_idx, slot]
         cell = (run[b_idx] * p_n + pulls.prompt[b_idx]) * w_n + col[b_idx]
         flat = cell * a_n + out
-        self.counts.reshape(-1)[:] += np.bincount(flat, minlength=self.counts.size).astype(np.int32)
+        if _jit.enabled():  # one increment per completion, in place (integer counts: the same values)
+            _add_counts(self.counts.reshape(-1), flat)
+        else:
+            self.counts.reshape(-1)[:] += np.bincount(flat, minlength=self.counts.size).astype(np.int32)
         if self.strategy == "mv":
             self.gold[run, col] = pulls.gold
         else:
@@ -165,6 +168,17 @@ class CountStats:
         rp = run * p_n + pulls.prompt
         self.cost.reshape(-1)[:] += np.bincount(rp, weights=np.where(mask, pulls.cost, 0.0).sum(axis=1), minlength=s_n * p_n)
         self.completions.reshape(-1)[:] += np.bincount(rp, weights=pulls.n, minlength=s_n * p_n).astype(np.int64)
+
+
+@_jit.kernel
+def _add_counts(counts, flat):  # noqa: ANN001, ANN202
+    """Compiled twin of :meth:`CountStats.add`'s count update: ``counts[flat[i]] += 1`` for every ``i``.
+
+    The numpy path counts ``flat`` with a ``bincount`` as long as the whole count array (``S P W A``
+    cells: 6.3 M for 200 runs on MATH) and adds it; this touches only the completions' cells.
+    """
+    for i in range(flat.shape[0]):
+        counts[flat[i]] += 1
 
 
 # ------------------------------------------------------------------------- bias-corrected plug-in

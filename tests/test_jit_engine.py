@@ -520,3 +520,17 @@ def test_mv_credit_kernel_is_the_numpy_recursion(monkeypatch, a, n_max, zeros, s
     assert same_bits(numpy_rows, kernel_rows)
     numpy_all, kernel_all = both(monkeypatch, oracle.mv_credit, probs, rng.integers(0, a, size=40), n_max)
     assert same_bits(numpy_all, kernel_all)
+
+
+def test_psst_model_count_kernel_adds_what_bincount_adds():
+    """psst_model's per-completion count update: the in-place kernel and the numpy bincount give the same counts."""
+    from iapo_gym.agents.psst_model import _add_counts
+
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 50, size=(3, 4, 7, 5)).astype(np.int32)
+    flat = rng.integers(0, counts.size, size=2_000)
+    flat[:300] = flat[0]  # many completions in one cell
+    want = counts.copy()
+    want.reshape(-1)[:] += np.bincount(flat, minlength=counts.size).astype(np.int32)
+    _add_counts(counts.reshape(-1), flat)
+    assert same_bits(counts, want)
