@@ -190,22 +190,52 @@ class CommonQueries:
         Paired means on few queries tie often, and a stable sort would favour low arm indices.
         """
         trim = groups[:, 0]
-        shape = self.active.shape
-        jitter = np.zeros(shape)
-        jitter[trim] = self.runs.streams.random(jitter[0].size, np.flatnonzero(trim)).reshape(-1, *shape[1:])
-        halve(self.active, JitteredMeans(self.stats, 1e-9 * jitter), trim)  # the active arms' means only
+        rows = np.flatnonzero(trim)
+        # the trimmed runs' next C * A uniforms each; only the active arms' ever enter a sum
+        draws = self.runs.streams.random(self.active[0].size, rows).reshape(rows.size, *self.active.shape[1:])
+        halve(self.active, JitteredMeans(self.stats, draws, rows, 1e-9), trim)  # the active arms' means only
 
 
 @dataclass
 class JitteredMeans:
-    """``means_at`` of ``stats`` plus a fixed ``noise (S, C, A)``: ``means() + noise`` at the chosen arms, bit for bit."""
+    """Means of ``stats`` plus a fixed noise ``scale * draws[row of run]`` at the chosen arms, bit for bit.
+
+    ``draws (len(runs), C, A)`` holds the uniforms of the runs ``runs`` (increasing); only arms of
+    those runs are asked for. The noise of an arm is the product ``scale * u`` (the same bits as
+    scaling the whole array first), added to its mean.
+    """
 
     stats: NestedStats
-    noise: NDArray[np.float64]
+    draws: NDArray[np.float64]
+    runs: NDArray[np.int64]
+    scale: float
+
+    def _noise(self, run: NDArray[np.int64], context: NDArray[np.int64], arm: NDArray[np.int64]) -> NDArray[np.float64]:
+        return self.scale * self.draws[np.searchsorted(self.runs, run), context, arm]
 
     def means_at(self, run: NDArray[np.int64], context: NDArray[np.int64], arm: NDArray[np.int64]) -> NDArray[np.float64]:
-        """Means of the chosen arms (:meth:`NestedStats.means_at`) plus their noise."""
-        return self.stats.means_at(run, context, arm) + self.noise[run, context, arm]
+        """Means of the chosen arms (:meth:`NestedStats.means_at`) plus their noise (NaN where unseen)."""
+        return self.stats.means_at(run, context, arm) + self._noise(run, context, arm)
+
+    def ranked_means(
+        self,
+        idx: NDArray[np.int64],
+        n_contexts: int,
+        unseen: float,
+        row_run: NDArray[np.int64] | None = None,
+        row_ctx: NDArray[np.int64] | None = None,
+    ) -> NDArray[np.float64]:
+        """:meth:`means_at` of arms ``idx (R, n)`` of (run, context) rows, ``unseen`` where unseen (compiled means).
+
+        The same bits as ``means_at`` with NaN replaced by ``unseen``: an unseen arm's ``unseen``
+        (``-1e300``) plus a noise below ``1e-9`` rounds back to ``unseen``.
+        """
+        if row_run is None or row_ctx is None:
+            rows = np.arange(idx.shape[0])
+            row_run, row_ctx = rows // n_contexts, rows % n_contexts
+        key = self.stats.ranked_means(idx, n_contexts, unseen, row_run, row_ctx)
+        key += self._noise(row_run[:, None], row_ctx[:, None], idx)
+        return key
 
 
 def run_paired_trimming(

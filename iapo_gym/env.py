@@ -242,6 +242,15 @@ class IAPOEnv(gym.Env):
             self._weights, self._context_index = weights, idx
             return weights.astype(np.float32), self._info(None)
 
+    def _begin_run(self, seed: int) -> None:
+        """``reset(seed=seed)`` without building the observation and info (a batch of runs reads neither).
+
+        Leaves the env exactly as :meth:`reset` does: the RNG re-seeded, the env's own ledger
+        cleared and the first context drawn. ``seed`` must be a whole number ``>= 0``.
+        """
+        with self._lock:
+            self._weights, self._context_index = self._next_context({}, seeded=seed)
+
     def _next_context(self, options: dict[str, Any], seeded: int | None) -> tuple[NDArray[np.float64], int]:
         """Check ``options`` (before the RNG or the ledger change), then seed and draw the context."""
         if "weights" in options:

@@ -384,8 +384,12 @@ class RunBatch:
         self.n_runs = len(self.envs)
         self.seeds = [int(s) for s in seeds]
         self.streams = RunStreams(self.seeds, salt)
+        from iapo_gym.env import IAPOEnv
+
         for env, seed in zip(self.envs, self.seeds, strict=True):
-            if hasattr(env, "reset"):
+            if type(env).reset is IAPOEnv.reset:  # the env's own reset, without the observation and info nobody reads
+                env._begin_run(seed)
+            elif hasattr(env, "reset"):
                 env.reset(seed=seed)  # a new training run: seeded RNG, cleared ledger
         self.budgets = np.array([min(int(budget), self._ledger_room(e)) for e in self.envs], dtype=np.int64)
         self.spent = np.zeros(self.n_runs, dtype=np.int64)
