@@ -780,9 +780,11 @@ class NestedStats:
             np.asarray(pulls.unit_cost, dtype=np.float64), np.ascontiguousarray(self.split.obj_weights[:, 0]), width, a,
             bits, *_vote_encoding(a, bits), _credit_lut(a),
         )
+        if starts.size < order.size:  # some cell holds several pulls: their per-cell sums
+            gain, cost = np.add.reduceat(gain, starts, axis=1), np.add.reduceat(cost, starts, axis=0)
+        # else one pull per cell (a round of one common query): reduceat over one row is that row, bit for bit
         _add_cells(  # one += per (cell, k): the fancy-indexed += of the numpy path, without its gathers
-            self.gain, self.cost, self.count, cell_run, cell_prompt,
-            np.add.reduceat(gain, starts, axis=1), np.add.reduceat(cost, starts, axis=0), count,
+            self.gain, self.cost, self.count, cell_run, cell_prompt, gain, cost, count,
         )  # fmt: skip
         return True
 

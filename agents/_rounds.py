@@ -103,12 +103,14 @@ def run_rounds(runs: RunBatch, alloc: Allocation, budgets: NDArray[np.int64], pl
         last = r == rounds - 1
         avail = budgets - used if last else plan[:, r] + carry
         units, rows = alloc.plan(avail, last)
-        spent = np.zeros(s_n * g_n, dtype=np.int64)
+        before = runs.spent.copy()
         for pulls, sel in runs.pull(rows.run, rows.prompt, rows.n, rows.col):
             alloc.record(pulls, rows, sel)
-            slot = rows.run[sel] * g_n if rows.group is None else rows.run[sel] * g_n + rows.group[sel]
-            spent += int_sums_by(slot, pulls.n, spent.size)
-        spent = spent.reshape(s_n, g_n)
+        if rows.group is None and g_n == 1:  # one group per run: what the round charged each run
+            spent = (runs.spent - before)[:, None]
+        else:  # every row was pulled: the completions of each group's rows, summed once per round
+            slot = rows.run * g_n if rows.group is None else rows.run * g_n + rows.group
+            spent = int_sums_by(slot, np.asarray(rows.n, dtype=np.int64), s_n * g_n).reshape(s_n, g_n)
         used += spent
         carry = avail - spent
         log.spent[:, r], log.units[:, r] = spent, units

@@ -133,6 +133,7 @@ class RunStreams:
         self._width = _BUFFER
         self._buf = np.empty((len(self.seeds), self._width))
         self._pos = np.full(len(self.seeds), self._width, dtype=np.int64)
+        self._bitgen_addr: NDArray[np.uint64] | None = None
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -155,13 +156,12 @@ class RunStreams:
         ends = np.cumsum(counts_a)
         out = np.empty(int(ends[-1]) if ends.size else 0)
         starts = ends - counts_a
+        if _jit.enabled():  # one pass: buffered values copied, refills drawn by each run's own generator in place
+            _stream_values(self._buf, self._pos, self._bitgens(), runs_a, np.ascontiguousarray(counts_a), starts, out)
+            return out
         pos = self._pos[runs_a]
         cheap = counts_a <= self._width - pos
-        if cheap.any() and _jit.enabled():  # each run's next values, copied from its buffer in place
-            r = runs_a[cheap]
-            _copy_buffered(self._buf, r, pos[cheap], counts_a[cheap], starts[cheap], out)
-            self._pos[r] += counts_a[cheap]
-        elif cheap.any():
+        if cheap.any():
             r, c, first, p = runs_a[cheap], counts_a[cheap], starts[cheap], pos[cheap]
             packed = np.cumsum(c) - c  # where each run's values start among the cheap ones
             flat = np.arange(int(c.sum()))
@@ -185,6 +185,19 @@ class RunStreams:
                 gen.random(out=out[st + left : st + c1])
                 self._pos[s] = self._width
         return out
+
+    def _bitgens(self) -> NDArray[np.uint64]:
+        """``(S,)`` addresses of the runs' C bit generators (numpy's ``bitgen_t``), for :func:`_stream_values`.
+
+        Read once per stream set: :attr:`generators` never changes, and its objects (kept alive by
+        this stream set) own the memory the addresses point to.
+        """
+        if self._bitgen_addr is None:
+            get = _capsule_pointer()
+            self._bitgen_addr = np.array(
+                [get(g.bit_generator.capsule, b"BitGenerator") for g in self.generators], dtype=np.uint64
+            )
+        return self._bitgen_addr
 
     def random_rows(self, runs: ArrayLike, k: int) -> NDArray[np.float64]:
         """``(len(runs), k)``: the next ``k`` uniforms of each run in ``runs``."""
@@ -268,13 +281,94 @@ class RunStreams:
         return RowGenerator(self, np.asarray(runs, dtype=np.int64).reshape(-1))
 
 
+@lru_cache(maxsize=1)
+def _capsule_pointer() -> Any:
+    """``PyCapsule_GetPointer`` (ctypes): the address a numpy bit generator's ``capsule`` holds."""
+    import ctypes
+
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype = ctypes.c_void_p
+    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return get
+
+
+def _next_double(bitgen):  # noqa: ANN001, ANN202
+    """The next double of the numpy bit generator at address ``bitgen`` (its own ``next_double``), in kernels.
+
+    A placeholder: :func:`_install_next_double` replaces it with a numba intrinsic before the first
+    kernel that calls it compiles.
+    """
+    raise RuntimeError("_next_double is a numba intrinsic; call it from a compiled kernel only")
+
+
+@lru_cache(maxsize=1)
+def _install_next_double() -> None:
+    """Make :func:`_next_double` a numba intrinsic: a call of the generator's own C ``next_double``.
+
+    numpy's ``bitgen_t`` (``numpy/random/bitgen.h``, the C API numba's own generator support
+    uses) starts with the state pointer, followed by the ``next_uint64``, ``next_uint32``,
+    ``next_double`` and ``next_raw`` function pointers; the intrinsic calls ``next_double(state)``,
+    the very function ``Generator.random`` fills its output with, so the values and the
+    generator's state afterwards are numpy's, bit for bit.
+    """
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic  # type: ignore[misc]
+    def next_double(typingctx: Any, bitgen: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            i8p = ir.IntType(8).as_pointer()
+            fnty = ir.FunctionType(ir.DoubleType(), [i8p])
+            slots = builder.inttoptr(args[0], i8p.as_pointer())  # bitgen_t as an array of pointers
+            state = builder.load(slots)  # slot 0: void *state
+            slot = builder.gep(slots, [ir.Constant(ir.IntType(64), 3)])  # slot 3: double (*next_double)(void *)
+            fn = builder.load(builder.bitcast(slot, fnty.as_pointer().as_pointer()))
+            return builder.call(fn, [state])
+
+        return types.float64(bitgen), codegen
+
+    globals()["_next_double"] = next_double
+
+
+def _stream_values(buf, pos, bitgen, run, count, first, out):  # noqa: ANN001, ANN202
+    """Compiled :meth:`RunStreams.random`: run ``run[i]``'s next ``count[i]`` values into ``out[first[i]:]``."""
+    _install_next_double()
+    _stream_values_kernel(buf, pos, bitgen, run, count, first, out)
+
+
 @_jit.kernel
-def _copy_buffered(buf, run, pos, count, first, out):  # noqa: ANN001, ANN202
-    """Compiled twin of the buffered path of :meth:`RunStreams.random`: run ``run[i]``'s values from ``pos[i]``."""
-    for i in range(run.size):
-        r, p, f = run[i], pos[i], first[i]
-        for j in range(count[i]):
+def _stream_values_kernel(buf, pos, bitgen, run, count, first, out):  # noqa: ANN001, ANN202
+    """The numpy path of :meth:`RunStreams.random`, step for step, with each refill drawn by :func:`_next_double`.
+
+    A request served by the buffer copies from it; otherwise what is left in the buffer comes
+    first, then a small rest refills the whole buffer (and is served from it) and a large one
+    (more than half the buffer) is drawn straight into ``out``, leaving the buffer empty.
+    """
+    width = buf.shape[1]
+    for i in range(run.shape[0]):
+        r, c, f = run[i], count[i], first[i]
+        p = pos[r]
+        left = width - p
+        if c <= left:
+            for j in range(c):
+                out[f + j] = buf[r, p + j]
+            pos[r] = p + c
+            continue
+        for j in range(left):
             out[f + j] = buf[r, p + j]
+        need = c - left
+        g = bitgen[r]
+        if need <= width // 2:
+            for j in range(width):
+                buf[r, j] = _next_double(g)
+            for j in range(need):
+                out[f + left + j] = buf[r, j]
+            pos[r] = need
+        else:
+            for j in range(need):
+                out[f + left + j] = _next_double(g)
+            pos[r] = width
 
 
 @_jit.kernel

@@ -50,6 +50,29 @@ def test_each_run_reads_its_own_generator_in_order_however_requests_are_cut(monk
     assert not np.array_equal(_reference(3, "psst", 4), _reference(3, "topk", 4))  # the agent name salts the stream
 
 
+def test_compiled_refills_leave_buffers_and_generators_as_numpys(monkeypatch):
+    """The kernel path draws refills with each generator's own C ``next_double`` (by address): after any
+    requests, the buffers, positions and generator states are the numpy path's, so later draws agree too."""
+    pytest.importorskip("numba")
+    requests = [([5, 2, 0, 4096], [0, 1, 2, 3]), ([3000, 2049], [1, 3]), ([7, 1, 2047], [2, 0, 3]), ([9000, 4, 1], [0, 2, 1])]
+    requests += [([4000, 90, 3, 0], [1, 0, 2, 3]), ([50, 60, 70, 2048], [2, 1, 0, 3]), ([4096, 4097], [0, 1])]
+    seen = {}
+    for jit in ("0", "1"):
+        monkeypatch.setenv("IAPO_GYM_JIT", jit)
+        streams = RunStreams([3, 8, 0, 5], "psst")
+        outs = [streams.random(c, r) for c, r in requests]
+        states = [g.bit_generator.state["state"] for g in streams.generators]
+        later = [g.random(3) for g in streams.generators]  # the generators go on where they stood
+        seen[jit] = (outs, streams.buffer.copy(), streams.position.copy(), states, later)
+    for a, b in zip(seen["0"][0], seen["1"][0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(seen["0"][1], seen["1"][1])
+    np.testing.assert_array_equal(seen["0"][2], seen["1"][2])
+    assert seen["0"][3] == seen["1"][3]
+    np.testing.assert_array_equal(np.stack(seen["0"][4]), np.stack(seen["1"][4]))
+    assert len({str(st) for st in seen["1"][3]}) == 4  # four distinct streams, each advanced on its own
+
+
 def test_random_rows_gives_each_run_its_next_values_in_and_out_of_step():
     """random_rows' fast paths (a few values per run, windows of the buffer, refills) keep every run's order."""
     seeds = [3, 8, 0, 5]
