@@ -315,7 +315,7 @@ def _install_next_double() -> None:
     from numba import types
     from numba.extending import intrinsic
 
-    @intrinsic  # type: ignore[misc]
+    @intrinsic
     def next_double(typingctx: Any, bitgen: Any) -> Any:
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             i8p = ir.IntType(8).as_pointer()
