@@ -372,17 +372,23 @@ def _stream_values_kernel(buf, pos, bitgen, run, count, first, out):  # noqa: AN
 
 
 @_jit.kernel
-def _query_layout(u, run, n, bounds, rows_per, n_train, train):  # noqa: ANN001, ANN202
+def _query_layout(u, run, prompt, n, bounds, rows_per, n_train, train, gold_table, cost_table):  # noqa: ANN001, ANN202
     """Compiled twin of :meth:`RunBatch._draw`'s layout: each row's query and the start of its completion uniforms.
 
     Run segment ``j`` (rows ``bounds[j]`` to ``bounds[j] + rows_per[j]``) owns the values of ``u``
     after every earlier segment's: first one query uniform per row, then its rows' completions,
     row after row. A row's train column is ``min(int(uq * n_train), n_train - 1)`` (the numpy
-    path's product and truncation).
+    path's product and truncation). With a majority-voting table's ``gold_table (Q,)`` and
+    ``cost_table (P, Q)`` (not empty), each row's gold answer and unit cost are gathered in the
+    same pass (what :func:`~iapo_gym.sampling.draw_pulls` would gather); otherwise those two
+    results are empty.
     """
     b_n = run.shape[0]
+    gather = gold_table.shape[0] > 0
     query = np.empty(b_n, dtype=np.int64)
     start = np.empty(b_n, dtype=np.int64)
+    gold = np.empty(b_n if gather else 0, dtype=np.int64)
+    unit = np.empty(b_n if gather else 0)
     offset = 0  # where segment j's values start in u
     for j in range(bounds.shape[0]):
         first = bounds[j]
@@ -393,11 +399,15 @@ def _query_layout(u, run, n, bounds, rows_per, n_train, train):  # noqa: ANN001,
             c = np.int64(u[offset + i - first] * nt)
             if c > nt - 1:
                 c = nt - 1
-            query[i] = train[run[i], c]
+            q = train[run[i], c]
+            query[i] = q
             start[i] = pos
             pos += n[i]
+            if gather:
+                gold[i] = gold_table[q]
+                unit[i] = cost_table[prompt[i], q]
         offset = pos
-    return query, start
+    return query, start, gold, unit
 
 
 class RowGenerator:
@@ -493,6 +503,7 @@ class RunBatch:
         self.memory_budget = resolve_memory_budget(memory_budget)
         self._live = self.n_runs == 1 and getattr(first, "backend", None) is not None
         self._prepare_table()
+        self._gather: tuple[NDArray[Any], NDArray[np.float64]] | None = None
         self._cap = call_completions(self.memory_budget, self.strategy, self.n_max, self._objective_rows())
 
     @staticmethod
@@ -722,14 +733,19 @@ class RunBatch:
     ) -> Pulls:
         """One call: each run draws its query uniforms, then its completion uniforms, from its own stream."""
         bounds, rows_per = _segments(run)  # rows are run-major
+        gold: NDArray[np.int64] | None = None
+        unit: NDArray[np.float64] | None = None
         runs_here = run[bounds]
         width = int(n.max())
         if col is None and not self._live:
             # One request per run for its query uniforms (one per row) followed by its completion
             # uniforms (row after row): the values each run would draw in two requests, in one.
             u = self.streams.random(rows_per + np.add.reduceat(n, bounds), runs_here)
-            if _jit.enabled():  # the same layout, columns and queries in one pass
-                query, start = _query_layout(u, run, n, bounds, rows_per, self.n_train, self.train)
+            if _jit.enabled():  # the same layout, columns and queries in one pass (and gold answers and unit costs)
+                gold_table, cost_table = self._gather_tables()
+                query, start, gold, unit = _query_layout(
+                    u, run, prompt, n, bounds, rows_per, self.n_train, self.train, gold_table, cost_table
+                )
             else:
                 done = np.cumsum(n) - n  # completions of the call before each row
                 seg = np.repeat(np.arange(bounds.size), rows_per)
@@ -753,7 +769,19 @@ class RunBatch:
         if self._table is None:  # one world per run: each run's rows from its own world, no stack built
             worlds = [self._tables[r] for r in runs_here.tolist()]
             return draw_pulls_worlds(worlds, bounds, prompt, query, query - self._offsets[run], n, u, start)
+        if gold is not None and gold.size == run.size:
+            return draw_pulls(self.table, prompt, query, n, u, start, gold=gold, unit_cost=unit)
         return draw_pulls(self.table, prompt, query, n, u, start)
+
+    def _gather_tables(self) -> tuple[NDArray[Any], NDArray[np.float64]]:
+        """``(gold (Q,), cost (P, Q))`` of the shared majority-voting table for :func:`_query_layout` to gather; empty otherwise."""
+        if self._gather is None:
+            table = self._table
+            if table is not None and table.strategy == "mv" and not self._live:
+                self._gather = (np.ascontiguousarray(table.mv_arrays()[1]), np.ascontiguousarray(table.cost, dtype=np.float64))
+            else:
+                self._gather = (np.zeros(0, dtype=np.int64), np.zeros((0, 0)))
+        return self._gather
 
 
 _STACK: list[tuple[list[Any], OutcomeTable]] = []  # the last stack, with weak references to its worlds

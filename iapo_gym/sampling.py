@@ -196,6 +196,9 @@ def draw_pulls(
     n: NDArray[np.int64],
     u: NDArray[np.float64],
     start: NDArray[np.int64] | None = None,
+    *,
+    gold: NDArray[np.int64] | None = None,
+    unit_cost: NDArray[np.float64] | None = None,
 ) -> Pulls:
     """Pulls from given uniforms: completion ``j < n[b]`` of row ``b`` is the inverse-CDF draw of ``u[b, j]``.
 
@@ -204,14 +207,19 @@ def draw_pulls(
     not checked: ``(B,)`` int64 indices inside the table, ``u`` of shape ``(B, L)`` with
     ``L >= n.max()``; entries of ``u`` past ``n[b]`` are ignored. With ``start (B,)``, ``u`` is
     flat instead and completion ``j`` of row ``b`` draws ``u[start[b] + j]`` (no padded copy).
+    ``gold`` and ``unit_cost`` (majority voting, ``(B,)``), when the caller has gathered them already,
+    must be the table's ``gold[query]`` (as int64) and ``cost[prompt, query]``.
     """
     mv = table.strategy == "mv"
-    gold = table.mv_arrays()[1][query].astype(np.int64) if mv else np.full(prompt.size, -1, dtype=np.int64)
+    if gold is None:
+        gold = table.mv_arrays()[1][query].astype(np.int64) if mv else np.full(prompt.size, -1, dtype=np.int64)
+    if unit_cost is None:
+        unit_cost = table.cost[prompt, query]
     if mv and start is not None and _jit.enabled():  # outcomes on first access: the compiled tallies read the draw
         whole = _cdf_table(table)  # read in place at (prompt, query) when the table keeps it: no per-row copy
         draw = (u, start, whole, prompt, query) if whole is not None else _row_draw(u, start, _cdf_rows(table, prompt, query))
         return Pulls(table.strategy, prompt, n, query, None, None, None, gold, None, table.n_outcomes,
-                     unit_cost=table.cost[prompt, query], draw=draw)
+                     unit_cost=unit_cost, draw=draw)
     cdf = _cdf_rows(table, prompt, query)
     outcome, mask, full = _outcomes(u, cdf, n, start)
     values: NDArray[np.float64] | None = None  # MV: built on first access (from outcome == gold)
@@ -224,7 +232,7 @@ def draw_pulls(
         if not full:
             values = np.where(mask[:, :, None], values, 0.0)
     return Pulls(table.strategy, prompt, n, query, outcome, values, None, gold, mask, table.n_outcomes,
-                 unit_cost=table.cost[prompt, query])
+                 unit_cost=unit_cost)
 
 
 def draw_pulls_worlds(
