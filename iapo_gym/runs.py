@@ -30,7 +30,7 @@ import os
 import zlib
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -569,9 +569,13 @@ class RunBatch:
         """``(S,)`` completions each run may still spend."""
         return self.budgets - self.spent
 
-    def _charge(self, run: NDArray[np.int64], n: NDArray[np.int64]) -> None:
-        """Check every run's budget and ledger, then charge them all (nothing is charged if one refuses)."""
-        charge = int_sums_by(run, n, self.n_runs)
+    def _charge(self, run: NDArray[np.int64], n: NDArray[np.int64], charge: NDArray[np.int64] | None = None) -> None:
+        """Check every run's budget and ledger, then charge them all (nothing is charged if one refuses).
+
+        ``charge`` is ``(S,)`` the completions of each run's rows when the caller has summed them.
+        """
+        if charge is None:
+            charge = int_sums_by(run, n, self.n_runs)
         over = self.spent + charge > self.budgets
         if over.any():
             bad = int(np.flatnonzero(over)[0])
@@ -618,21 +622,31 @@ class RunBatch:
         col_a = None if col is None else np.broadcast_to(np.asarray(col, dtype=np.int64), run_a.shape)
         if not run_a.shape == prompt_a.shape:
             raise ValueError(f"run, prompt and n need one entry per pull; got {run_a.shape}, {prompt_a.shape}")
-        self._check_pulls(run_a, prompt_a, n_a, col_a)
-        self._charge(run_a, n_a)
-        return self._draw_calls(run_a, prompt_a, n_a, col_a)
+        scan = None
+        if run_a.size >= _SCAN_ROWS and _jit.enabled():  # many rows (a round): one compiled pass over them
+            n_a = np.ascontiguousarray(n_a)
+            scan = _RowScan(*_scan_rows(run_a, prompt_a, n_a, self.n_runs))
+        self._check_pulls(run_a, prompt_a, n_a, col_a, scan)
+        self._charge(run_a, n_a, None if scan is None else scan.charge)
+        return self._draw_calls(run_a, prompt_a, n_a, col_a, scan)
 
     def _check_pulls(
-        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
+        self,
+        run: NDArray[np.int64],
+        prompt: NDArray[np.int64],
+        n: NDArray[np.int64],
+        col: NDArray[np.int64] | None,
+        scan: _RowScan | None = None,
     ) -> None:
         """Every index in range, before anything is charged or drawn (one clear error naming the argument)."""
         if run.size == 0:
             return
-        if run.min() < 0 or run.max() >= self.n_runs:
+        lims = (run.min(), run.max(), prompt.min(), prompt.max(), n.min(), n.max()) if scan is None else scan.limits
+        if lims[0] < 0 or lims[1] >= self.n_runs:
             raise ValueError(f"run indices must lie in 0..{self.n_runs - 1}")
-        if prompt.min() < 0 or prompt.max() >= self.n_prompts:
+        if lims[2] < 0 or lims[3] >= self.n_prompts:
             raise ValueError(f"prompt indices must lie in 0..{self.n_prompts - 1}")
-        if n.min() < 1 or n.max() > self.n_max:
+        if lims[4] < 1 or lims[5] > self.n_max:
             raise ValueError(f"N must lie in 1..{self.n_max}")
         if col is not None and np.any((col < 0) | (col >= self.n_train[run])):
             raise ValueError("every col must be a position in its run's train split (0..n_train - 1)")
@@ -691,19 +705,38 @@ class RunBatch:
         self._charge(run, counts[run])
 
     def _draw_calls(
-        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
+        self,
+        run: NDArray[np.int64],
+        prompt: NDArray[np.int64],
+        n: NDArray[np.int64],
+        col: NDArray[np.int64] | None,
+        scan: _RowScan | None = None,
     ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
         if run.size == 0:
             return
         cap = self._cap
-        increasing = bool(np.all(run[1:] > run[:-1]))
-        if increasing and int(n.sum()) <= cap:
+        increasing = bool(np.all(run[1:] > run[:-1])) if scan is None else scan.increasing
+        if increasing and (int(n.sum()) if scan is None else int(scan.total.sum())) <= cap:
             # one pull per run, run-major, within one call (a sequential agent's step): what the
             # general path below makes of it, without the packing
             yield self._draw(run, prompt, n, col), np.arange(run.size)
             return
         one_each = increasing or (run.size <= self.n_runs and np.bincount(run, minlength=self.n_runs).max() <= 1)
-        if one_each or int(n.min()) == int(n.max()):
+        same_n = int(n.min()) == int(n.max()) if scan is None else scan.limits[4] == scan.limits[5]
+        if scan is not None and scan.bounds.size and (one_each or same_n):
+            # run-major rows in one group (the scan found their runs' segments): cut between runs
+            # by cumulative size as _pack does, each call handed its segments
+            calls = _pack_segments(scan.bounds, scan.total, n, cap)
+            if calls is not None:
+                ends = np.append(scan.bounds[1:], run.size)
+                for lo, hi in calls:
+                    a, b = int(scan.bounds[lo]), int(ends[hi - 1])
+                    sel = slice(a, b)
+                    segs = (scan.bounds[lo:hi] - a, ends[lo:hi] - scan.bounds[lo:hi], scan.total[lo:hi])
+                    pulls = self._draw(run[sel], prompt[sel], n[sel], None if col is None else col[sel], segs)
+                    yield pulls, np.arange(a, b)
+                return
+        if one_each or same_n:
             # One group: every pull the same size (warm-ups, Uniform, PSST's first round), or at most
             # one pull per run (sequential agents' steps), where a run's sums cannot depend on the
             # grouping (a single row's tallies are the same in any call).
@@ -729,10 +762,22 @@ class RunBatch:
         return int(np.unique(w, axis=0).shape[0]) if w.size else 1
 
     def _draw(
-        self, run: NDArray[np.int64], prompt: NDArray[np.int64], n: NDArray[np.int64], col: NDArray[np.int64] | None
+        self,
+        run: NDArray[np.int64],
+        prompt: NDArray[np.int64],
+        n: NDArray[np.int64],
+        col: NDArray[np.int64] | None,
+        segs: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]] | None = None,
     ) -> Pulls:
-        """One call: each run draws its query uniforms, then its completion uniforms, from its own stream."""
-        bounds, rows_per = _segments(run)  # rows are run-major
+        """One call: each run draws its query uniforms, then its completion uniforms, from its own stream.
+
+        ``segs``: ``(bounds, rows_per, completions)`` of the call's run segments when the caller has them.
+        """
+        if segs is None:
+            bounds, rows_per = _segments(run)  # rows are run-major
+            per_run = None
+        else:
+            bounds, rows_per, per_run = segs
         gold: NDArray[np.int64] | None = None
         unit: NDArray[np.float64] | None = None
         runs_here = run[bounds]
@@ -740,7 +785,7 @@ class RunBatch:
         if col is None and not self._live:
             # One request per run for its query uniforms (one per row) followed by its completion
             # uniforms (row after row): the values each run would draw in two requests, in one.
-            u = self.streams.random(rows_per + np.add.reduceat(n, bounds), runs_here)
+            u = self.streams.random(rows_per + (np.add.reduceat(n, bounds) if per_run is None else per_run), runs_here)
             if _jit.enabled():  # the same layout, columns and queries in one pass (and gold answers and unit costs)
                 gold_table, cost_table = self._gather_tables()
                 query, start, gold, unit = _query_layout(
@@ -774,7 +819,7 @@ class RunBatch:
         return draw_pulls(self.table, prompt, query, n, u, start)
 
     def _gather_tables(self) -> tuple[NDArray[Any], NDArray[np.float64]]:
-        """``(gold (Q,), cost (P, Q))`` of the shared majority-voting table for :func:`_query_layout` to gather; empty otherwise."""
+        """``(gold (Q,), cost (P, Q))`` of the shared majority-voting table for :func:`_query_layout`; empty otherwise."""
         if self._gather is None:
             table = self._table
             if table is not None and table.strategy == "mv" and not self._live:
@@ -844,6 +889,92 @@ def _segments(run: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int
     """First row and row count of each run's segment of run-major rows (``np.r_`` is slow here)."""
     bounds = np.concatenate(([0], np.flatnonzero(run[1:] != run[:-1]) + 1))
     return bounds, np.diff(np.append(bounds, run.size))
+
+
+#: Rows from which :meth:`RunBatch.pull` scans its request in one compiled pass (:func:`_scan_rows`).
+_SCAN_ROWS = 1024
+
+
+class _RowScan(NamedTuple):
+    """What :func:`_scan_rows` found in a request (see there)."""
+
+    limits: NDArray[np.int64]
+    increasing: bool
+    charge: NDArray[np.int64]
+    bounds: NDArray[np.int64]
+    total: NDArray[np.int64]
+
+
+@_jit.kernel
+def _scan_rows(run, prompt, n, n_runs):  # noqa: ANN001, ANN202
+    """One pass over a request's rows (``B >= 1``): what :meth:`RunBatch.pull` checks, charges and cuts.
+
+    Returns ``(limits, increasing, charge, bounds, total)``: ``limits`` the minimum and maximum of
+    ``run``, ``prompt`` and ``n`` (in that order); whether ``run`` is strictly increasing; with
+    every run index in ``0..n_runs - 1``, ``charge (n_runs,)`` the completions of each run's rows
+    (integer sums: any order gives them) and, when ``run`` never decreases, ``bounds`` the first
+    row of each run's segment and ``total`` its completions (:func:`_segments` and
+    ``np.add.reduceat(n, bounds)``); empty otherwise.
+    """
+    b_n = run.shape[0]
+    limits = np.empty(6, dtype=np.int64)
+    limits[0] = limits[1] = run[0]
+    limits[2] = limits[3] = prompt[0]
+    limits[4] = limits[5] = n[0]
+    increasing = True
+    nondecreasing = True
+    segments = 1
+    for i in range(b_n):
+        r, p, k = run[i], prompt[i], n[i]
+        limits[0] = min(limits[0], r)
+        limits[1] = max(limits[1], r)
+        limits[2] = min(limits[2], p)
+        limits[3] = max(limits[3], p)
+        limits[4] = min(limits[4], k)
+        limits[5] = max(limits[5], k)
+        if i > 0:
+            d = r - run[i - 1]
+            if d <= 0:
+                increasing = False
+            if d < 0:
+                nondecreasing = False
+            if d != 0:
+                segments += 1
+    charge = np.zeros(n_runs, dtype=np.int64)
+    if limits[0] < 0 or limits[1] >= n_runs:
+        return limits, increasing, charge, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    for i in range(b_n):
+        charge[run[i]] += n[i]
+    if not nondecreasing:
+        return limits, increasing, charge, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    bounds = np.empty(segments, dtype=np.int64)
+    total = np.zeros(segments, dtype=np.int64)
+    j = 0
+    bounds[0] = 0
+    for i in range(b_n):
+        if i > 0 and run[i] != run[i - 1]:
+            j += 1
+            bounds[j] = i
+        total[j] += n[i]
+    return limits, increasing, charge, bounds, total
+
+
+def _pack_segments(
+    bounds: NDArray[np.int64], total: NDArray[np.int64], n: NDArray[np.int64], cap: int
+) -> list[tuple[int, int]] | None:
+    """:func:`_pack`'s common case from known run segments: calls as ``(first, end)`` segment ranges.
+
+    ``bounds`` and ``total`` are each run segment's first row and completions. Where every run's
+    last row starts within its first piece, returns the calls ``_pack`` makes (cut between runs by
+    cumulative size); otherwise None (use :func:`_pack`).
+    """
+    last = np.append(bounds[1:], n.size) - 1
+    if not bool(np.all(total - n[last] < PIECE_COMPLETIONS)):
+        return None
+    unit_call = (np.cumsum(total) - total) // max(int(cap), 1)
+    cut = (np.flatnonzero(unit_call[1:] != unit_call[:-1]) + 1).tolist()
+    edges = [0, *cut, int(bounds.size)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArray[np.int64]]:

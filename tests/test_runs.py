@@ -282,32 +282,73 @@ def test_own_world_draws_equal_stacked_draws():
         np.testing.assert_array_equal(a[r][: args[2][r]], b[r][: args[2][r]])
 
 
+@pytest.mark.parametrize("rows_n,same_n", [(60, False), (3000, False), (3000, True)])
 @pytest.mark.parametrize("capped", [False, True])
-def test_compiled_query_layout_draws_the_numpy_paths_queries_and_answers(monkeypatch, capped):
-    """The compiled layout (query uniform -> train column -> query, completion starts) and the
-    in-place table CDF give every pull the numpy path's query and answers, in one call or many."""
+def test_compiled_query_layout_draws_the_numpy_paths_queries_and_answers(monkeypatch, capped, rows_n, same_n):
+    """The compiled layout (query uniform -> train column -> query, completion starts, gold answers
+    and unit costs) and the in-place table CDF give every pull the numpy path's query and answers, in
+    one call or many; a round's many rows are scanned in one compiled pass (checks, charges, run
+    segments and the calls cut from them) into the numpy path's calls."""
     pytest.importorskip("numba")
     table = small_table("mv")
     rng = np.random.default_rng(3)
-    run = np.sort(rng.integers(0, 4, 60))
-    prompt, n = rng.integers(0, table.n_prompts, 60), rng.integers(1, table.n_max + 1, 60)
+    run = np.sort(rng.integers(0, 4, rows_n))
+    prompt, n = rng.integers(0, table.n_prompts, rows_n), rng.integers(1, table.n_max + 1, rows_n)
+    if same_n:
+        n[:] = 2
+    budget = int(n.sum())
 
-    def draws(jit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def draws(jit: str) -> tuple[np.ndarray, ...]:
         monkeypatch.setenv("IAPO_GYM_JIT", jit)
-        batch = RunBatch([make_env(table, s, budget=10_000) for s in range(4)], 1_000, [5, 6, 7, 8], "layout")
+        batch = RunBatch([make_env(table, s, budget=budget) for s in range(4)], budget, [5, 6, 7, 8], "layout")
         if capped:
-            batch.cap_calls(40)  # several calls, each run's rows in one of them
-        query, outcome = np.zeros(60, np.int64), np.full((60, table.n_max), -1)
+            batch.cap_calls(40 if rows_n < 1000 else 900)  # several calls, each run's rows in one of them
+        query, outcome = np.zeros(rows_n, np.int64), np.full((rows_n, table.n_max), -1)
+        gold, unit = np.zeros(rows_n, np.int64), np.zeros(rows_n)
+        calls = []
         for pulls, rows in batch.pull(run, prompt, n):
             query[rows], outcome[rows, : pulls.width] = pulls.query, pulls.outcome
-        return query, outcome, batch.streams.random(np.ones(4, np.int64))
+            gold[rows], unit[rows] = pulls.gold, pulls.unit_cost
+            calls.append(rows.tolist())
+        return query, outcome, gold, unit, batch.spent.copy(), batch.streams.random(np.ones(4, np.int64)), calls
 
-    q0, o0, next0 = draws("0")
-    q1, o1, next1 = draws("1")
+    q0, o0, g0, u0, spent0, next0, calls0 = draws("0")
+    q1, o1, g1, u1, spent1, next1, calls1 = draws("1")
     np.testing.assert_array_equal(q1, q0)
     np.testing.assert_array_equal(o1, o0)
+    np.testing.assert_array_equal(g1, g0)
+    np.testing.assert_array_equal(u1, u0)
+    np.testing.assert_array_equal(g0, table.gold[q0])
+    np.testing.assert_array_equal(u0, table.cost[prompt, q0])
+    np.testing.assert_array_equal(spent1, spent0)
+    np.testing.assert_array_equal(spent0, np.bincount(run, weights=n, minlength=4).astype(np.int64))
     np.testing.assert_array_equal(next1, next0)  # the same number of values taken from every stream
+    assert calls1 == calls0  # the same calls, rows in the same order
+    assert len(calls0) > (1 if capped else 0)
     assert np.unique(q0).size > 5 and (o0 >= 0).sum() == n.sum()
+
+
+@pytest.mark.parametrize("jit", ["0", "1"])
+def test_a_large_bad_request_is_refused_before_any_charge(monkeypatch, jit):
+    """Many rows (scanned in one compiled pass when numba is on): the same errors, nothing charged."""
+    if jit == "1":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("IAPO_GYM_JIT", jit)
+    table = small_table("mv")
+    batch = RunBatch([make_env(table, s, budget=100_000) for s in range(3)], 100_000, [1, 2, 3], "scan")
+    run, prompt, n = np.repeat(np.arange(3), 700), np.zeros(2100, np.int64), np.ones(2100, np.int64)
+    for bad_run, bad_prompt, bad_n, what in [
+        (np.where(np.arange(2100) == 2099, 3, run), prompt, n, "run indices"),
+        (np.where(np.arange(2100) == 5, -1, run), prompt, n, "run indices"),
+        (run, np.where(np.arange(2100) == 7, table.n_prompts, prompt), n, "prompt indices"),
+        (run, prompt, np.where(np.arange(2100) == 9, 0, n), "N must"),
+        (run, prompt, np.where(np.arange(2100) == 9, table.n_max + 1, n), "N must"),
+    ]:
+        with pytest.raises(ValueError, match=what):
+            batch.pull(bad_run, bad_prompt, bad_n)
+    assert batch.spent.tolist() == [0, 0, 0]
+    assert sum(int(p.n.sum()) for p, _ in batch.pull(run, prompt, n)) == 2100
+    assert batch.spent.tolist() == [700, 700, 700]
 
 
 def test_int_sums_by_is_the_bincount_for_sorted_and_unsorted_keys():
