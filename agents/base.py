@@ -112,14 +112,16 @@ class StochasticPolicy(Policy):
         # np.allclose(sums, 1.0)'s rule (|sum - 1| <= 1e-8 + 1e-5; NaN fails), without its overhead
         if not bool(np.all(np.abs(self.probs.sum(axis=1) - 1.0) <= 1e-8 + 1e-5)):
             raise ValueError("each context's arm distribution must sum to 1")
-        self._cdf = np.cumsum(self.probs, axis=1)
-        self._rng: np.random.Generator | None = None  # seeded on the first act (a batch builds many policies)
+        self._cdf: NDArray[np.float64] | None = None  # built on the first act, as the generator (a batch builds many policies)
+        self._rng: np.random.Generator | None = None  # seeded on the first act
 
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
         """One arm per context row of ``weights``, drawn from that context's distribution."""
         idx = np.atleast_1d(self.contexts.index_of(finite_weights(weights, self.contexts.n_objectives)))
         if self._rng is None:
             self._rng = np.random.default_rng(self.seed)
+        if self._cdf is None:
+            self._cdf = np.cumsum(self.probs, axis=1)
         u = self._rng.random(idx.size)
         arms = (u[:, None] >= self._cdf[idx]).sum(axis=1)
         return np.minimum(arms, self.probs.shape[1] - 1).astype(np.int64)

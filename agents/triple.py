@@ -56,17 +56,17 @@ class TRIPLE(BatchAgent):
         infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(p_n))
         prompts = best_arms_of(active, stats) // n_max  # (S, C)
         policies: list[Policy] = []
+        spent = runs.spent.tolist()
+        if self.n != "one":  # every run's distribution at once: uniform over N on its prompt, per context
+            probs = np.zeros((s_n, c_n, p_n, n_max))
+            probs[np.arange(s_n)[:, None], np.arange(c_n)[None, :], prompts, :] = 1.0 / n_max
+            probs = probs.reshape(s_n, c_n, p_n * n_max)
         for s in range(s_n):
-            info = {**infos[s], "budget_used": int(runs.spent[s]), "deploy_n": self.n}
+            info = {**infos[s], "budget_used": spent[s], "deploy_n": self.n}
             if self.n == "one":
-                policies.append(TablePolicy(runs.contexts, prompts[s] * n_max, n_max, int(runs.spent[s]), info))
+                policies.append(TablePolicy(runs.contexts, prompts[s] * n_max, n_max, spent[s], info))
             else:
-                probs = np.zeros((c_n, p_n, n_max))
-                probs[np.arange(c_n), prompts[s], :] = 1.0 / n_max
                 policies.append(
-                    StochasticPolicy(
-                        runs.contexts, probs.reshape(c_n, -1), n_max, seed=runs.seeds[s],
-                        budget_used=int(runs.spent[s]), info=info,
-                    )
+                    StochasticPolicy(runs.contexts, probs[s].copy(), n_max, seed=runs.seeds[s], budget_used=spent[s], info=info)
                 )
         return policies
