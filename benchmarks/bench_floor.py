@@ -313,8 +313,8 @@ def record_schedule(agent: Any, make_env: Any, budget: int, seeds: list[int]) ->
     segments: dict[int, dict[str, Any]] = {}
     original = runs_mod.RunBatch._draw
 
-    def draw(self: Any, run: Any, prompt: Any, n: Any, col: Any) -> Any:
-        pulls = original(self, run, prompt, n, col)
+    def draw(self: Any, run: Any, prompt: Any, n: Any, col: Any, segs: Any = None) -> Any:
+        pulls = original(self, run, prompt, n, col, segs)
         if id(self) not in segments:  # the segment keeps its batch alive, so ids are never reused
             segments[id(self)] = {"batch": self, "table": self.table, "contexts": self.contexts, "n_runs": self.n_runs}
             segments[id(self)].update(run=[], prompt=[], query=[], n=[])
