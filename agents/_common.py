@@ -206,9 +206,14 @@ def halve_compact(active: NDArray[np.bool_], idx: NDArray[np.int64], stats: Mean
     n0 = idx.shape[1]
     keep = _top_k_mask(_compact_means(stats, idx, active.shape[1], active.shape[2]), max(1, n0 // 2))
     new = idx[keep].reshape(idx.shape[0], -1)  # ascending within each row
-    flat = active.reshape(-1, active.shape[-1])
-    flat[...] = False
-    np.put_along_axis(flat, new, True, axis=1)
+    if active.flags.c_contiguous:  # one flat scatter into a view
+        flat = active.reshape(-1)
+        flat[...] = False
+        flat[(new + (np.arange(new.shape[0]) * active.shape[-1])[:, None]).reshape(-1)] = True
+    else:
+        mask = np.zeros((new.shape[0], active.shape[-1]), dtype=bool)
+        np.put_along_axis(mask, new, True, axis=1)
+        active[...] = mask.reshape(active.shape)
     return new
 
 

@@ -58,15 +58,14 @@ class TRIPLE(BatchAgent):
         policies: list[Policy] = []
         spent = runs.spent.tolist()
         if self.n != "one":  # every run's distribution at once: uniform over N on its prompt, per context
-            probs = np.zeros((s_n, c_n, p_n, n_max))
-            probs[np.arange(s_n)[:, None], np.arange(c_n)[None, :], prompts, :] = 1.0 / n_max
-            probs = probs.reshape(s_n, c_n, p_n * n_max)
+            dist = np.zeros((s_n, c_n, p_n, n_max))
+            dist[np.arange(s_n)[:, None], np.arange(c_n)[None, :], prompts, :] = 1.0 / n_max
+            probs = dist.reshape(s_n, c_n, p_n * n_max)
         for s in range(s_n):
             info = {**infos[s], "budget_used": spent[s], "deploy_n": self.n}
             if self.n == "one":
                 policies.append(TablePolicy(runs.contexts, prompts[s] * n_max, n_max, spent[s], info))
             else:
-                policies.append(
-                    StochasticPolicy(runs.contexts, probs[s].copy(), n_max, seed=runs.seeds[s], budget_used=spent[s], info=info)
-                )
+                policy = StochasticPolicy(runs.contexts, probs[s].copy(), n_max, runs.seeds[s], spent[s], info)
+                policies.append(policy)
         return policies

@@ -7,6 +7,7 @@ continuous context distributions live beside it (see ``iapo_gym.continuous``).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,9 +61,19 @@ class ContextSet:
 
     def sample(self, rng: np.random.Generator, size: int | None = None) -> NDArray[np.int64] | int:
         """Draw context indices from :attr:`probs` with ``rng``."""
+        if size is None:  # one context (an env's reset): the same comparisons on the cached CDF, without arrays
+            return min(bisect.bisect_right(self._cdf_values(), rng.random()), len(self.names) - 1)
         u = rng.random(size)
         idx = np.minimum(np.searchsorted(np.cumsum(self.probs), u, side="right"), len(self.names) - 1)
-        return int(idx) if size is None else idx.astype(np.int64)
+        return idx.astype(np.int64)
+
+    def _cdf_values(self) -> list[float]:
+        """``np.cumsum(probs)`` as Python floats (the same float64 values), built once: ``probs`` is read-only."""
+        cdf = self.__dict__.get("_cdf")
+        if cdf is None:
+            cdf = np.cumsum(self.probs).tolist()
+            object.__setattr__(self, "_cdf", cdf)
+        return cdf
 
     def index_of(self, weights: NDArray[np.floating]) -> NDArray[np.int64] | int:
         """Index of the context whose weight vector is nearest to ``weights`` (``(K+1,)`` or ``(B, K+1)``)."""

@@ -481,8 +481,9 @@ class RunBatch:
         for e in self.envs[1:]:
             if (int(e.n_prompts), int(e.n_max), str(e.strategy)) != (self.n_prompts, self.n_max, self.strategy):
                 raise ValueError("all envs of a batch must share prompts, n_max and strategy")
-            if e.contexts.weights.shape != self.contexts.weights.shape or not np.array_equal(
-                e.contexts.weights, self.contexts.weights
+            if e.contexts is not self.contexts and (
+                e.contexts.weights.shape != self.contexts.weights.shape
+                or not np.array_equal(e.contexts.weights, self.contexts.weights)
             ):
                 raise ValueError("all envs of a batch must share the same context set")
         self.n_runs = len(self.envs)
@@ -529,9 +530,12 @@ class RunBatch:
         self.n_train = np.array([t.size for t in train], dtype=np.int64)
         if np.any(self.n_train == 0):
             raise ValueError("every env needs a non-empty train split (env.unwrapped.train_queries)")
-        self.train = np.zeros((self.n_runs, int(self.n_train.max())), dtype=np.int64)
-        for s, t in enumerate(train):
-            self.train[s, : t.size] = t
+        if bool(np.all(self.n_train == self.n_train[0])):  # splits of one size (one table's re-splits): one stack
+            self.train = np.stack(train)
+        else:
+            self.train = np.zeros((self.n_runs, int(self.n_train.max())), dtype=np.int64)
+            for s, t in enumerate(train):
+                self.train[s, : t.size] = t
         self._offsets = offsets
 
     def cap_calls(self, completions: int = 0) -> None:
@@ -731,9 +735,8 @@ class RunBatch:
                 ends = np.append(scan.bounds[1:], run.size)
                 for lo, hi in calls:
                     a, b = int(scan.bounds[lo]), int(ends[hi - 1])
-                    sel = slice(a, b)
                     segs = (scan.bounds[lo:hi] - a, ends[lo:hi] - scan.bounds[lo:hi], scan.total[lo:hi])
-                    pulls = self._draw(run[sel], prompt[sel], n[sel], None if col is None else col[sel], segs)
+                    pulls = self._draw(run[a:b], prompt[a:b], n[a:b], None if col is None else col[a:b], segs)
                     yield pulls, np.arange(a, b)
                 return
         if one_each or same_n:

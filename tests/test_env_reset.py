@@ -30,3 +30,42 @@ def test_the_rule_is_documented_where_gymnasium_users_look() -> None:
         text = " ".join((doc or "").split())
         assert "reset(seed=...)" in text or "explicit ``seed``" in text
         assert "ledger" in text and "new training run" in text
+
+
+def test_a_batch_starts_each_run_as_a_seeded_reset_does() -> None:
+    """RunBatch starts IAPOEnv runs without building reset's observation and info: the env is left
+    exactly as ``reset(seed=s)`` leaves it (RNG state, first context, cleared ledger)."""
+    from iapo_gym.runs import RunBatch
+
+    envs = [IAPOEnv("SynthBernoulli", world_seed=1, budget=500) for _ in range(2)]
+    for e in envs:
+        e.reset(seed=9)
+        e.pull(np.arange(2), np.full(2, 3))  # spend and draw, so the start must undo both
+    RunBatch([envs[0]], 100, [4], "x")
+    envs[1].reset(seed=4)
+    a, b = envs
+    assert a.np_random.bit_generator.state == b.np_random.bit_generator.state
+    assert (a._context_index, a.ledger.spent) == (b._context_index, b.ledger.spent) == (b._context_index, 0)
+    np.testing.assert_array_equal(a._weights, b._weights)
+
+
+def test_the_one_context_draw_is_the_searchsorted_draw() -> None:
+    """ContextSet.sample() (one context, an env's reset) compares one uniform with the cached CDF as
+    ``searchsorted(cumsum(probs), u, "right")`` does, capped at the last context, zero-mass contexts included."""
+    from iapo_gym.contexts import ContextSet
+
+    ctx = ContextSet(("a", "b", "c", "d"), np.ones((4, 2)), np.array([0.25, 0.0, 0.5, 0.25]))
+    cdf = np.cumsum(ctx.probs)
+    for seed in range(300):
+        got = ctx.sample(np.random.default_rng(seed))
+        u = np.random.default_rng(seed).random()
+        assert got == min(int(np.searchsorted(cdf, u, side="right")), 3) and isinstance(got, int)
+    for u, want in [(0.0, 0), (0.25, 2), (0.75, 3), (np.nextafter(0.25, 0), 0)]:  # boundaries: the right side
+        class Fixed:
+            def random(self, size=None, value=u):  # noqa: ANN001, ANN202
+                return value
+
+        assert ctx.sample(Fixed()) == want  # type: ignore[arg-type]
+    assert ctx.sample(np.random.default_rng(1), 5).tolist() == np.minimum(
+        np.searchsorted(cdf, np.random.default_rng(1).random(5), side="right"), 3
+    ).tolist()
