@@ -1297,6 +1297,55 @@ def _row_key_order(keys: NDArray[np.float64]) -> NDArray[np.int64]:
     return within
 
 
+@_jit.kernel
+def _random_fit_rows(keys, cost, allowance):  # noqa: ANN001, ANN202
+    """Compiled twin of :func:`random_fit`'s row path (costs ``>= 0``): the same picks without sorting whole rows.
+
+    A row's picks are the longest prefix of its items in (key, position) order whose running cost
+    fits; with costs ``>= 0`` the running cost never decreases, so only the items up to the first
+    that does not fit matter. Those are among the items whose key lies below a threshold ``t``
+    (every other key is ``>= t``, so they come later in that order): the kernel sorts only those
+    (a stable sort: ties in position order) and doubles ``t`` until the prefix ends among them
+    (or takes every item once ``t >= 1``).
+    """
+    g_n, size = keys.shape
+    picked = np.zeros((g_n, size), dtype=np.bool_)
+    cand = np.empty(size, dtype=np.int64)
+    cand_key = np.empty(size)
+    for g in range(g_n):
+        allow = allowance[g]
+        total = 0
+        for i in range(size):
+            total += cost[g, i]
+        if total <= allow:  # the whole row fits
+            for i in range(size):
+                picked[g, i] = True
+            continue
+        t = 2.0 * allow / total + 4.0 / size  # about twice the share of the items that fit
+        while True:
+            every = t >= 1.0
+            m = 0
+            for i in range(size):
+                if every or keys[g, i] < t:
+                    cand[m] = i
+                    cand_key[m] = keys[g, i]
+                    m += 1
+            order = np.argsort(cand_key[:m], kind="mergesort")
+            spent = 0
+            stop = m
+            for j in range(m):
+                spent += cost[g, cand[order[j]]]
+                if spent > allow:
+                    stop = j
+                    break
+            if stop < m or every:
+                for j in range(stop):
+                    picked[g, cand[order[j]]] = True
+                break
+            t *= 2.0
+    return picked
+
+
 def random_fit(
     group: NDArray[np.int64], cost: NDArray[np.int64], allowance: NDArray[np.int64], keys: NDArray[np.float64]
 ) -> NDArray[np.bool_]:
@@ -1312,6 +1361,11 @@ def random_fit(
     if group.size == 0:
         return np.zeros(0, dtype=bool)
     size = _equal_groups(group)
+    integral = np.issubdtype(cost.dtype, np.integer) and np.issubdtype(np.asarray(allowance).dtype, np.integer)
+    if size and integral and _jit.enabled() and int(cost.min()) >= 0:  # compiled: each row's prefix, no full sort
+        rows = np.ascontiguousarray(keys.reshape(-1, size), dtype=np.float64)
+        costs = np.ascontiguousarray(cost.reshape(-1, size), dtype=np.int64)
+        return _random_fit_rows(rows, costs, np.ascontiguousarray(allowance[group[::size]], dtype=np.int64)).reshape(-1)
     if size:
         within = _row_key_order(keys.reshape(-1, size))
         spent = np.cumsum(np.take_along_axis(cost.reshape(-1, size), within, axis=1), axis=1)

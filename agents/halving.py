@@ -65,11 +65,10 @@ class PerContext:
         if not last and not lam.any():  # no context affords a pull of every active arm: the budget carries forward
             none = np.zeros(0, dtype=np.int64)
             return lam, Rows(none, none, none, None, none)
-        cell = np.flatnonzero(self.active)  # (run, context, arm) cells, run-major
-        group, cell_a = np.divmod(cell, a_n)  # group = run * C + context
-        cell_s, cell_c = np.divmod(group, c_n)
+        cell_s, cell_c, cell_a = np.nonzero(self.active)  # (run, context, arm) cells, run-major (no divisions)
+        group = cell_s * c_n + cell_c  # one budget group per (run, context)
         reps = lam.reshape(-1)[group]
-        rows = [np.repeat(x, reps) for x in (cell_s, cell_c, cell_a)] if lam.any() else [cell[:0]] * 3
+        rows = [np.repeat(x, reps) for x in (cell_s, cell_c, cell_a)] if lam.any() else [cell_s[:0]] * 3
         if last:
             keys = self.runs.streams.random(np.bincount(cell_s, minlength=s_n))  # cells are run-major
             extra = np.flatnonzero(random_fit(group, self.arm_cost[cell_a], (avail - lam * m).reshape(-1), keys))

@@ -143,13 +143,18 @@ def test_random_fit_takes_a_random_prefix_that_fits_each_group():
     assert len(picks) > 1  # the subset is random, not the first items
 
 
+@pytest.mark.parametrize("jit", ["0", "1"])
 @pytest.mark.parametrize("layout", ["equal", "unequal", "unsorted"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_random_fit_row_path_takes_the_lexsort_prefix(layout, tied):
-    """Equal contiguous groups (row-sorted fast path) and any others pick exactly the prefix of the lexsort order."""
+def test_random_fit_row_path_takes_the_lexsort_prefix(monkeypatch, layout, tied, jit):
+    """Equal contiguous groups (row-sorted fast path; compiled: only each row's prefix sorted) and any
+    others pick exactly the prefix of the lexsort order, zero-cost items and empty allowances included."""
+    if jit == "1":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("IAPO_GYM_JIT", jit)
     rng = np.random.default_rng(7)
     for _ in range(50):
-        g_n, size = int(rng.integers(1, 12)), int(rng.integers(1, 40))
+        g_n, size = int(rng.integers(1, 12)), int(rng.integers(1, 900 if layout == "equal" else 40))
         group = {
             "equal": np.repeat(np.arange(g_n), size) * 3 + 1,  # group ids need not be 0..G-1
             "unequal": np.repeat(np.arange(g_n), rng.integers(1, 9, g_n)),
@@ -158,8 +163,9 @@ def test_random_fit_row_path_takes_the_lexsort_prefix(layout, tied):
         keys = rng.random(group.size)
         if tied:  # repeated keys: ties go in item order (the unstable row sort must fall back)
             keys = np.floor(keys * 3) / 3
-        cost = rng.integers(1, 6, group.size)
+        cost = rng.integers(0 if tied else 1, 6, group.size)
         allowance = rng.integers(0, 4 * size + 2, int(group.max()) + 1)
+        allowance[rng.random(allowance.size) < 0.2] = 0
         order = np.lexsort((keys, group))
         g, c = group[order], cost[order]
         expect = np.zeros(group.size, dtype=bool)
