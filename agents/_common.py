@@ -260,7 +260,7 @@ def best_arms(active: NDArray[np.bool_], mean: NDArray[np.float64]) -> NDArray[n
 
 def table_policies(runs: RunBatch, arms: NDArray[np.int64], infos: list[dict[str, Any]]) -> list[Policy]:
     """One :class:`TablePolicy` per run from ``arms (S, C)``."""
+    spent = runs.spent.tolist()
     return [
-        TablePolicy(runs.contexts, arms[s], runs.n_max, budget_used=int(runs.spent[s]), info=infos[s])
-        for s in range(runs.n_runs)
+        TablePolicy(runs.contexts, arms[s], runs.n_max, budget_used=spent[s], info=infos[s]) for s in range(runs.n_runs)
     ]

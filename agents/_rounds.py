@@ -221,13 +221,11 @@ def equal_rounds(budgets: NDArray[np.int64], rounds: int) -> NDArray[np.int64]:
 
 def trimming_info(log: RoundLog, active: NDArray[np.bool_], rounds: int, plan: NDArray[np.int64]) -> list[dict[str, Any]]:
     """PSST's per-run diagnostics: rounds, round budget, spend per round, halvings, survivors per context."""
+    columns = zip(  # every run's numbers at once, as Python ints
+        plan[:, 0, 0].tolist(), log.spent[:, :, 0].tolist(), log.halvings.tolist(),
+        np.count_nonzero(active, axis=-1).tolist(), strict=True,
+    )  # fmt: skip
     return [
-        {
-            "rounds": rounds,
-            "round_budget": int(plan[s, 0, 0]),
-            "spent_per_round": log.spent[s, :, 0].tolist(),
-            "halvings": int(log.halvings[s]),
-            "survivors": active[s].sum(axis=-1).tolist(),
-        }
-        for s in range(active.shape[0])
+        {"rounds": rounds, "round_budget": budget, "spent_per_round": spent, "halvings": halvings, "survivors": survivors}
+        for budget, spent, halvings, survivors in columns
     ]

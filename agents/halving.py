@@ -121,8 +121,7 @@ class SequentialHalving(BatchAgent):
         log = run_rounds(runs, alloc, budgets, equal_rounds(budgets, rounds))
         arms = best_arms(alloc.active, alloc.means())
         infos = [
-            {"rounds": rounds, "halvings": int(log.halvings[s]), "spent_per_context": log.used[s].tolist(),
-             "budget_used": int(runs.spent[s])}
-            for s in range(s_n)
+            {"rounds": rounds, "halvings": halvings, "spent_per_context": used, "budget_used": spent}
+            for halvings, used, spent in zip(log.halvings.tolist(), log.used.tolist(), runs.spent.tolist(), strict=True)
         ]
         return table_policies(runs, arms, infos)

@@ -103,6 +103,6 @@ class PSST(BatchAgent):
         active = np.ones((runs.n_runs, len(runs.contexts), n_arms), dtype=bool)
         infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(n_arms))
         arms = best_arms_of(active, stats)
-        for s, info in enumerate(infos):
-            info["budget_used"] = int(runs.spent[s])
+        for info, used in zip(infos, runs.spent.tolist(), strict=True):
+            info["budget_used"] = used
         return table_policies(runs, arms, infos)

@@ -271,17 +271,16 @@ def run_paired_trimming(
     alloc = CommonQueries(runs, stats, active, schedule, int(min_queries))
     log = run_rounds(runs, alloc, np.asarray(budgets, dtype=np.int64)[:, None], plan[:, :, None])
     unspent = budgets - log.used[:, 0]
+    columns = zip(  # every run's numbers at once, as Python ints
+        plan.tolist(), log.spent[:, :, 0].tolist(), log.units[:, :, 0].tolist(), log.halvings.tolist(), unspent.tolist(),
+        np.count_nonzero(active, axis=-1).tolist(), strict=True,
+    )  # fmt: skip
     return [
         {
-            "rounds": rounds,
-            "round_budgets": plan[s].tolist(),
-            "spent_per_round": log.spent[s, :, 0].tolist(),
-            "queries_per_round": log.units[s, :, 0].tolist(),
-            "halvings": int(log.halvings[s]),
-            "unspent": int(unspent[s]),
-            "survivors": active[s].sum(axis=-1).tolist(),
-        }
-        for s in range(runs.n_runs)
+            "rounds": rounds, "round_budgets": plan_s, "spent_per_round": spent, "queries_per_round": units,
+            "halvings": halvings, "unspent": left, "survivors": survivors,
+        }  # fmt: skip
+        for plan_s, spent, units, halvings, left, survivors in columns
     ]
 
 
@@ -363,8 +362,8 @@ class PSSTPaired(BatchAgent):
             runs, stats, active, runs.budgets - runs.spent, rounds, float(self.growth), schedule, int(self.min_queries)
         )
         arms = best_arms(active, stats.means().reshape(active.shape))
-        for s, info in enumerate(infos):
-            info["budget_used"] = int(runs.spent[s])
+        for s, (info, used) in enumerate(zip(infos, runs.spent.tolist(), strict=True)):
+            info["budget_used"] = used
             if screened:
                 info.update(warmup_spent=int(warm_spent[s]), screened=[np.flatnonzero(row).tolist() for row in keep[s]])
         return table_policies(runs, arms, infos)

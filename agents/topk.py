@@ -78,6 +78,6 @@ class TopK(BatchAgent):
             stats = NestedStats(s_n, p_n, n_max, runs.contexts)
         infos = run_trimming(runs, stats, active, runs.budgets - runs.spent, n_rounds(k * n_max))
         arms = best_arms_of(active, stats)
-        for s, info in enumerate(infos):
-            info.update(warmup_spent=int(warm_spent[s]), screened=top[s].tolist(), budget_used=int(runs.spent[s]))
+        for info, warm_s, top_s, used in zip(infos, warm_spent.tolist(), top.tolist(), runs.spent.tolist(), strict=True):
+            info.update(warmup_spent=warm_s, screened=top_s, budget_used=used)
         return table_policies(runs, arms, infos)
