@@ -54,6 +54,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from iapo_gym import _jit
 from iapo_gym.agents._common import BatchAgent, best_arms, halve, ranking_key, table_policies
 from iapo_gym.agents._engine import NestedStats
 from iapo_gym.agents._rounds import Rows, maximal_sizes, run_rounds
@@ -234,8 +235,17 @@ class JitteredMeans:
             rows = np.arange(idx.shape[0])
             row_run, row_ctx = rows // n_contexts, rows % n_contexts
         key = self.stats.ranked_means(idx, n_contexts, unseen, row_run, row_ctx)
-        key += self._noise(row_run[:, None], row_ctx[:, None], idx)
+        row = np.searchsorted(self.runs, row_run)  # each (run, context) row's run among the drawn ones
+        _add_noise(key, self.draws.reshape(self.draws.shape[0], -1), row, row_ctx * self.draws.shape[2], idx, self.scale)
         return key
+
+
+@_jit.kernel
+def _add_noise(key, draws, row, offset, idx, scale):  # noqa: ANN001, ANN202
+    """``key[r, j] += scale * draws[row[r], offset[r] + idx[r, j]]``: :meth:`JitteredMeans.means_at`'s product and sum."""
+    for r in range(key.shape[0]):
+        for j in range(key.shape[1]):
+            key[r, j] += scale * draws[row[r], offset[r] + idx[r, j]]
 
 
 def run_paired_trimming(
