@@ -1297,21 +1297,36 @@ def _row_key_order(keys: NDArray[np.float64]) -> NDArray[np.int64]:
     return within
 
 
+@_jit.helper
+def _bucket(key, lo, scale, m):  # noqa: ANN001, ANN202
+    """Bucket ``0..m-1`` of ``key``: ``(key - lo) * scale`` truncated and clamped (NaN -> 0); never decreasing in ``key``."""
+    x = (key - lo) * scale
+    if not x >= 1.0:
+        return 0
+    if x >= m - 1:
+        return m - 1
+    return np.int64(x)
+
+
 @_jit.kernel
-def _random_fit_rows(keys, cost, allowance):  # noqa: ANN001, ANN202
+def _random_fit_rows(keys, cost, allowance):  # noqa: ANN001, ANN202, C901
     """Compiled twin of :func:`random_fit`'s row path (costs ``>= 0``): the same picks without sorting whole rows.
 
     A row's picks are the longest prefix of its items in (key, position) order whose running cost
     fits; with costs ``>= 0`` the running cost never decreases, so only the items up to the first
     that does not fit matter. Those are among the items whose key lies below a threshold ``t``
-    (every other key is ``>= t``, so they come later in that order): the kernel sorts only those
-    (a stable sort: ties in position order) and doubles ``t`` until the prefix ends among them
-    (or takes every item once ``t >= 1``).
+    (every other key is ``>= t``, so they come later in that order). The kernel orders only those:
+    a counting sort into buckets by key (bucket = a monotone function of the key; items enter in
+    position order), each bucket then sorted by key by insertion (stable: ties keep position
+    order), walked bucket after bucket until an item does not fit. If all of them fit, ``t``
+    doubles; once ``t >= 1`` every item is a candidate.
     """
     g_n, size = keys.shape
     picked = np.zeros((g_n, size), dtype=np.bool_)
     cand = np.empty(size, dtype=np.int64)
-    cand_key = np.empty(size)
+    ranked = np.empty(size, dtype=np.int64)
+    start = np.empty(size + 1, dtype=np.int64)
+    bucket = np.empty(size, dtype=np.int64)
     for g in range(g_n):
         allow = allowance[g]
         total = 0
@@ -1325,22 +1340,53 @@ def _random_fit_rows(keys, cost, allowance):  # noqa: ANN001, ANN202
         while True:
             every = t >= 1.0
             m = 0
+            lo = np.inf
+            hi = -np.inf
             for i in range(size):
-                if every or keys[g, i] < t:
+                k = keys[g, i]
+                if every or k < t:
                     cand[m] = i
-                    cand_key[m] = keys[g, i]
                     m += 1
-            order = np.argsort(cand_key[:m], kind="mergesort")
+                    lo = min(lo, k)
+                    hi = max(hi, k)
+            scale = m / (hi - lo) if hi > lo else 0.0
+            for b in range(m + 1):
+                start[b] = 0
+            for j in range(m):  # bucket sizes
+                b = _bucket(keys[g, cand[j]], lo, scale, m)
+                bucket[j] = b
+                start[b + 1] += 1
+            for b in range(m):
+                start[b + 1] += start[b]
+            for j in range(m):  # items into their buckets, in position order
+                b = bucket[j]
+                ranked[start[b]] = cand[j]
+                start[b] += 1
+            # start[b] is now the end of bucket b (and the start of b + 1)
             spent = 0
-            stop = m
-            for j in range(m):
-                spent += cost[g, cand[order[j]]]
-                if spent > allow:
-                    stop = j
+            stop = -1  # items of ranked[:stop] fit; -1: all candidates fit
+            first = 0
+            for b in range(m):
+                last = start[b]
+                for j in range(first + 1, last):  # insertion sort of the bucket by key (stable)
+                    item = ranked[j]
+                    k = keys[g, item]
+                    q = j
+                    while q > first and keys[g, ranked[q - 1]] > k:
+                        ranked[q] = ranked[q - 1]
+                        q -= 1
+                    ranked[q] = item
+                for j in range(first, last):
+                    spent += cost[g, ranked[j]]
+                    if spent > allow:
+                        stop = j
+                        break
+                if stop >= 0:
                     break
-            if stop < m or every:
-                for j in range(stop):
-                    picked[g, cand[order[j]]] = True
+                first = last
+            if stop >= 0 or every:
+                for j in range(m if stop < 0 else stop):
+                    picked[g, ranked[j]] = True
                 break
             t *= 2.0
     return picked

@@ -242,3 +242,33 @@ def test_stable_order_is_the_stable_argsort():
         key = rng.integers(0, high, 4_000)
         np.testing.assert_array_equal(stable_order(key), np.argsort(key, kind="stable"))
     assert stable_order(np.zeros(0, dtype=np.int64)).size == 0
+
+
+@pytest.mark.parametrize("jit", ["0", "1"])
+def test_random_fit_rows_with_degenerate_keys_take_the_lexsort_prefix(monkeypatch, jit):
+    """Keys all equal, a few subnormals apart, negative or above 1 (the compiled row path buckets keys by
+    value): still exactly the prefix of the (key, position) order that fits."""
+    if jit == "1":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("IAPO_GYM_JIT", jit)
+    rng = np.random.default_rng(11)
+    size, g_n = 300, 4
+    group = np.repeat(np.arange(g_n), size)
+    tiny = np.float64(5e-324)
+    for keys in (
+        np.full(group.size, 0.5),
+        np.where(rng.random(group.size) < 0.5, 0.25, 0.25 + tiny),
+        rng.normal(0.0, 3.0, group.size),
+        rng.random(group.size) * 1e-300,
+        np.where(rng.random(group.size) < 0.01, 0.0, 0.9),
+    ):
+        cost = rng.integers(0, 4, group.size)
+        allowance = np.array([0, 30, 200, 10_000])
+        order = np.lexsort((keys, group))
+        expect = np.zeros(group.size, dtype=bool)
+        for gid in range(g_n):
+            total = 0
+            for i in order[group[order] == gid]:
+                total += cost[i]
+                expect[i] = total <= allowance[gid]
+        np.testing.assert_array_equal(random_fit(group, cost, allowance, keys), expect)
