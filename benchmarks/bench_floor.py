@@ -52,8 +52,9 @@ paths). The cost: a first call compiles each kernel (seconds, once; cached on di
 Where ours stands (CPU ms per run, 200 runs, best of 3, 2-core machine shared with two other
 sessions; see docs/AGENTS.md for the table): within 1.5x of the numba floor on both tasks at
 T = 20,000 and 50,000 (0.9-1.3x, Synth-Categorical at 20,000 1.30-1.52 across runs; ours skips the
-blocks of dead arms, which the floor scores); not at T = 5,000 (MATH 2.4-3.0x, 2.1 after the fixed-cost work of issue 18; Synth-Categorical
-2.9-3.9x), where a run is mostly per-round work the floor does not do: halving every (run,
+blocks of dead arms, which the floor scores); not at T = 5,000 (MATH 2.4-3.0x, 2.1 after the
+fixed-cost work of issue 18; Synth-Categorical 2.9-3.9x), where a run is mostly per-round work the
+floor does not do: halving every (run,
 context) -- 27 contexts x 1,024 arms per run on Synth-Categorical --, choosing the final arms,
 allocation, one sampler call per size class, the batch's setup.
 """
