@@ -221,25 +221,33 @@ def jackknife_mv_credit(counts: NDArray[np.int64], n_max: int, jackknife: bool =
     c = c[:, : min(width, c.shape[1])]
     uniq, inverse = _unique_int_rows(c)
     m = uniq.sum(axis=1)
-    gold0 = np.zeros(uniq.shape[0], dtype=np.int64)
-    base = oracle.mv_credit(uniq / m[:, None], gold0, n_max)
-    if not jackknife:
-        return base[inverse]
-    est = base.copy()
-    jk = (m >= 2)
-    if jk.any():
-        a_n = uniq.shape[1]
-        loo = np.zeros((int(jk.sum()), n_max))
-        sub, msub = uniq[jk], m[jk]
-        for a in range(a_n):  # leave one completion of category a out (A is small)
-            has = sub[:, a] > 0
-            if not has.any():
-                continue
+    jk = (m >= 2) if jackknife else np.zeros(m.shape, dtype=bool)
+    sub, msub = uniq[jk], m[jk]
+    # every distribution the estimate reads -- each row's c / m, and with the jackknife each
+    # (c - e_a) / (m - 1) -- in one exact evaluation: the oracle computes each distinct row once
+    # (a leave-one-out row is often another row's own) and every row's credit on its own
+    rows = [uniq / m[:, None]]
+    kept = []
+    for a in range(uniq.shape[1]):  # leave one completion of category a out (A is small)
+        has = sub[:, a] > 0
+        if has.any():
             red = sub[has].copy()
             red[:, a] -= 1
-            f = oracle.mv_credit(red / (msub[has] - 1)[:, None], np.zeros(int(has.sum()), np.int64), n_max)
-            loo[has] += (sub[has, a] / msub[has])[:, None] * f
-        est[jk] = msub[:, None] * base[jk] - (msub - 1)[:, None] * loo
+            rows.append(red / (msub[has] - 1)[:, None])
+            kept.append((a, has))
+    flat = np.concatenate(rows) if len(rows) > 1 else rows[0]
+    credit = oracle.mv_credit(flat, np.zeros(flat.shape[0], np.int64), n_max)
+    base = credit[: uniq.shape[0]]
+    if not jk.any():
+        return base[inverse]
+    est = base.copy()
+    loo = np.zeros((int(jk.sum()), n_max))
+    start = uniq.shape[0]
+    for a, has in kept:
+        f = credit[start : start + int(has.sum())]
+        start += int(has.sum())
+        loo[has] += (sub[has, a] / msub[has])[:, None] * f
+    est[jk] = msub[:, None] * base[jk] - (msub - 1)[:, None] * loo
     return est[inverse]
 
 
