@@ -147,17 +147,16 @@ def step_mv(st, tab, run, prompt, query, n, u, start):
 @helper
 def add_counts(st, r, p, blocks, width):
     """Add ``blocks[k]`` blocks to arm ``(p, k + 1)`` of run ``r`` for ``k < width``: counts, total, unseen arms."""
-    count, countf = st.n_blocks, st.countf
-    base = p * count.shape[2]
+    base = p * st.n_blocks.shape[2]
     added = 0
     seen = 0
     for k in range(width):
-        old = count[r, p, k]
+        old = st.n_blocks[r, p, k]
         new = old + blocks[k]
-        count[r, p, k] = new
+        st.n_blocks[r, p, k] = new
         added += blocks[k]
         seen += old == 0 and new > 0
-        countf[r, base + k] = np.float64(new)
+        st.countf[r, base + k] = np.float64(new)
     st.total[r] += added
     st.n_unseen[r] -= seen
 
@@ -179,14 +178,15 @@ def pull_mv_row(st, tab, r, p, q, nb, u, first, cdf, votes, csum, blocks):  # no
     ``(N_max + 1, A)`` (the cumulative words in column 0 when packed) with a zero first row,
     ``csum`` ``(N_max + 1,)`` with a zero first entry, ``blocks`` ``(N_max,)`` integers.
     """
-    probs, word, lut, weight = tab.probs, tab.word, tab.lut, tab.weight  # bound once (no reference counting in loops)
-    gain_tab, cost_tab = st.gain, st.cost
-    a_n = probs.shape[2]
-    packed = word.shape[0] > 0
+    # every array is read as ``st.x[...]`` / ``tab.x[...]`` where it is used, never bound to a
+    # name: a name that lives across loops costs an (atomic) incref and decref per inlined call,
+    # which numba's pruning of reference counts removes only within one basic block
+    a_n = tab.probs.shape[2]
+    packed = tab.word.shape[0] > 0
     g0 = tab.gold[q]
     acc = 0.0
     for c in range(a_n):
-        acc += probs[p, q, c]
+        acc += tab.probs[p, q, c]
         cdf[c] = acc
     c0 = tab.unit_cost[p, q]
     for j in range(nb):
@@ -198,7 +198,7 @@ def pull_mv_row(st, tab, r, p, q, nb, u, first, cdf, votes, csum, blocks):  # no
         if rel < 0:
             rel += a_n
         if packed:
-            votes[j + 1, 0] = votes[j, 0] + word[rel]
+            votes[j + 1, 0] = votes[j, 0] + tab.word[rel]
         else:
             for c in range(a_n):
                 votes[j + 1, c] = votes[j, c]
@@ -216,7 +216,7 @@ def pull_mv_row(st, tab, r, p, q, nb, u, first, cdf, votes, csum, blocks):  # no
                 d = votes[s + k, 0] - votes[s, 0] + guards  # guard of field c set iff v_c >= g
                 ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
                 won = ((d - ones) & guards) == 0  # no answer beats gold: then v_c >= g means a tie
-                credit += lut[ties] * won
+                credit += tab.lut[ties] * won
         else:
             for s in range(0, m * k, k):  # no branch per answer: a block's outcome is a coin flip for the predictor
                 g = votes[s + k, 0] - votes[s, 0]
@@ -227,10 +227,10 @@ def pull_mv_row(st, tab, r, p, q, nb, u, first, cdf, votes, csum, blocks):  # no
                     beaten |= v > g
                     ties += v == g
                 if not beaten:
-                    credit += lut[ties]
-        for w in range(weight.shape[0]):
-            gain_tab[r, w, p, k - 1] += weight[w] * credit
-        cost_tab[r, p, k - 1] += csum[m * k]
+                    credit += tab.lut[ties]
+        for w in range(tab.weight.shape[0]):
+            st.gain[r, w, p, k - 1] += tab.weight[w] * credit
+        st.cost[r, p, k - 1] += csum[m * k]
     add_counts(st, r, p, blocks, nb)
     refresh_row(st, r, p, nb)
 
@@ -245,25 +245,30 @@ def refresh_row(st, r, p, width):
     only once every arm is seen), its bounds from the last scan marked stale, and its unseen arm of
     highest priority.
     """
-    mean, gain, cost, countf, invsqrt, priority = st.mean, st.gain, st.cost, st.countf, st.invsqrt, st.priority
     n_max = st.n_blocks.shape[2]
     base = p * n_max
-    for c in range(st.group.shape[0]):
+    for c in range(st.group.shape[0]):  # arrays read where used, never named (see pull_mv_row)
         g = st.group[c]
         w = st.cost_weight[c]
-        for k in range(width):
-            mean[r, c, base + k] = (gain[r, g, p, k] - w * cost[r, p, k]) / countf[r, base + k]
         top = -np.inf
-        for k in range(n_max):
-            if mean[r, c, base + k] > top:  # NaN (unseen) never is
-                top = mean[r, c, base + k]
+        for k in range(width):  # the changed means, then the others: the largest, the first on a tie
+            v = (st.gain[r, g, p, k] - w * st.cost[r, p, k]) / st.countf[r, base + k]
+            st.mean[r, c, base + k] = v
+            if v > top:  # NaN (unseen) never is
+                top = v
+        for k in range(width, n_max):
+            v = st.mean[r, c, base + k]
+            if v > top:
+                top = v
         st.pmax[r, c, p] = top
-    if invsqrt.shape[0] > 0:
-        for k in range(width):
-            invsqrt[r, base + k] = 1.0 / np.sqrt(countf[r, base + k])
+    if st.invsqrt.shape[0] > 0:
         top = 0.0
-        for k in range(n_max):
-            top = max(top, invsqrt[r, base + k])
+        for k in range(width):
+            v = 1.0 / np.sqrt(st.countf[r, base + k])
+            st.invsqrt[r, base + k] = v
+            top = max(top, v)
+        for k in range(width, n_max):
+            top = max(top, st.invsqrt[r, base + k])
         st.pinv[r, p] = top
         for c in range(st.last.shape[1]):
             st.last[r, c, p, 1] = -1.0
@@ -271,7 +276,7 @@ def refresh_row(st, r, p, width):
         best = -1
         for k in range(n_max):
             a = base + k
-            if countf[r, a] == 0.0 and (best < 0 or priority[r, a] > priority[r, best]):
+            if st.countf[r, a] == 0.0 and (best < 0 or st.priority[r, a] > st.priority[r, best]):
                 best = a
         st.unseen_best[r, p] = best
 
