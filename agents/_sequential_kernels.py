@@ -111,7 +111,7 @@ def record(st, run, prompt, gain, count, cost):
     """Add pull ``i``'s sums (``gain (U, B, L)``, ``count``, ``cost (B, L)``) to cell ``(run[i], prompt[i])`` and refresh it.
 
     One pull per run (so per cell): the tallies take ``+=`` of the pull's own sums, then
-    :func:`refresh_row`.
+    :func:`refresh_row` (with the counts).
     """
     gain_tab, cost_tab = st.gain, st.cost  # arrays bound once: no reference counting inside the loops
     n_u = gain.shape[0]
@@ -123,8 +123,7 @@ def record(st, run, prompt, gain, count, cost):
             for w in range(n_u):
                 gain_tab[r, w, p, k] += gain[w, i, k]
             cost_tab[r, p, k] += cost[i, k]
-        add_counts(st, r, p, count[i], width)
-        refresh_row(st, r, p, width)
+        refresh_row(st, r, p, count[i], width)
 
 
 @kernel
@@ -142,23 +141,6 @@ def step_mv(st, tab, run, prompt, query, n, u, start):
     blocks = np.empty(n_max, dtype=np.int64)
     for i in range(run.shape[0]):
         pull_mv_row(st, tab, run[i], prompt[i], query[i], n[i], u, start[i], cdf, votes, csum, blocks)
-
-
-@helper
-def add_counts(st, r, p, blocks, width):
-    """Add ``blocks[k]`` blocks to arm ``(p, k + 1)`` of run ``r`` for ``k < width``: counts, total, unseen arms."""
-    base = p * st.n_blocks.shape[2]
-    added = 0
-    seen = 0
-    for k in range(width):
-        old = st.n_blocks[r, p, k]
-        new = old + blocks[k]
-        st.n_blocks[r, p, k] = new
-        added += blocks[k]
-        seen += old == 0 and new > 0
-        st.countf[r, base + k] = np.float64(new)
-    st.total[r] += added
-    st.n_unseen[r] -= seen
 
 
 @helper
@@ -231,13 +213,16 @@ def pull_mv_row(st, tab, r, p, q, nb, u, first, cdf, votes, csum, blocks):  # no
         for w in range(tab.weight.shape[0]):
             st.gain[r, w, p, k - 1] += tab.weight[w] * credit
         st.cost[r, p, k - 1] += csum[m * k]
-    add_counts(st, r, p, blocks, nb)
-    refresh_row(st, r, p, nb)
+    refresh_row(st, r, p, blocks, nb)
 
 
 @helper
-def refresh_row(st, r, p, width):
-    """After a pull of prompt ``p`` (arms ``N <= width`` changed): run ``r``'s means and bounds of that prompt.
+def refresh_row(st, r, p, blocks, width):
+    """After a pull of prompt ``p`` (arms ``N <= width`` changed): run ``r``'s counts, means and bounds of that prompt.
+
+    First ``blocks[k]`` blocks are added to arm ``(p, k + 1)`` for ``k < width``: counts, total,
+    unseen arms (one helper for both: every helper call inlined per step binds ``st`` anew, an
+    incref and a decref of each of its arrays).
 
     The means under every context are ``(gain[group[c]] - cost_weight[c] * cost) / count``, as the
     numpy refresh computes them; then ``invsqrt`` (kept for UCB), the prompt's bounds ``pmax`` and
@@ -247,6 +232,17 @@ def refresh_row(st, r, p, width):
     """
     n_max = st.n_blocks.shape[2]
     base = p * n_max
+    added = 0
+    seen = 0
+    for k in range(width):
+        old = st.n_blocks[r, p, k]
+        new = old + blocks[k]
+        st.n_blocks[r, p, k] = new
+        added += blocks[k]
+        seen += old == 0 and new > 0
+        st.countf[r, base + k] = np.float64(new)
+    st.total[r] += added
+    st.n_unseen[r] -= seen
     for c in range(st.group.shape[0]):  # arrays read where used, never named (see pull_mv_row)
         g = st.group[c]
         w = st.cost_weight[c]
@@ -302,18 +298,17 @@ def best_arm(st, live, ctx, limit, logt, c, ucb, skip, out):
 @helper
 def first_unseen(st, r, m):
     """Run ``r``'s feasible (``N <= m``) unseen arm of highest priority (the first in index order on a tie), or -1."""
-    unseen_best, countf, priority = st.unseen_best, st.countf, st.priority
     n_max = st.n_blocks.shape[2]
     best = -1
     for p in range(st.n_blocks.shape[1]):
         if m == n_max:  # every arm feasible: the prompt's own best
-            a = unseen_best[r, p]
-            if a >= 0 and (best < 0 or priority[r, a] > priority[r, best]):
+            a = st.unseen_best[r, p]
+            if a >= 0 and (best < 0 or st.priority[r, a] > st.priority[r, best]):
                 best = a
         else:  # the endgame: the feasible arms only
             for k in range(m):
                 a = p * n_max + k
-                if countf[r, a] == 0.0 and (best < 0 or priority[r, a] > priority[r, best]):
+                if st.countf[r, a] == 0.0 and (best < 0 or st.priority[r, a] > st.priority[r, best]):
                     best = a
     return best
 
@@ -340,7 +335,6 @@ def choose_row(st, r, x, m, lt, c, ucb, scratch, ub, scanned):
 @helper
 def endgame_arm(st, r, x, m, lt, c, ucb):
     """:func:`choose_row` when only ``N <= m < N_max`` is feasible (every feasible arm seen): exact scores of all."""
-    mean, countf, priority = st.mean, st.countf, st.priority
     n_max = st.n_blocks.shape[2]
     best = -1
     best_s = -np.inf
@@ -348,11 +342,11 @@ def endgame_arm(st, r, x, m, lt, c, ucb):
     for p in range(st.n_blocks.shape[1]):
         for k in range(m):
             a = p * n_max + k
-            s = mean[r, x, a]
+            s = st.mean[r, x, a]
             if ucb:
-                s = s + np.sqrt(lt / countf[r, a]) * c
-            if best < 0 or s > best_s or (s == best_s and priority[r, a] > best_p):
-                best, best_s, best_p = a, s, priority[r, a]
+                s = s + np.sqrt(lt / st.countf[r, a]) * c
+            if best < 0 or s > best_s or (s == best_s and st.priority[r, a] > best_p):
+                best, best_s, best_p = a, s, st.priority[r, a]
     return best
 
 
@@ -378,23 +372,22 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
     threshold; the exact scores are compared in index order, as a full scan would. ``scratch``
     holds ``A`` floats, ``ub`` and ``scanned`` ``|P|`` each.
     """
-    mean, countf, priority, invsqrt, pmax, pinv, last = st.mean, st.countf, st.priority, st.invsqrt, st.pmax, st.pinv, st.last
     n_max = st.n_blocks.shape[2]
     n_prompts = st.n_blocks.shape[1]
     beta = np.sqrt(lt) * c if ucb else 0.0
     first = 0
     for p in range(n_prompts):
         if ucb:
-            ub[p] = pmax[r, x, p] + beta * pinv[r, p]
-            v, beta0 = last[r, x, p, 0], last[r, x, p, 1]
+            ub[p] = st.pmax[r, x, p] + beta * st.pinv[r, p]
+            v, beta0 = st.last[r, x, p, 0], st.last[r, x, p, 1]
             if beta0 >= 0.0:
-                ub[p] = min(ub[p], v + (beta - beta0) * pinv[r, p] + 1e-9 * (1.0 + abs(v) + beta))
+                ub[p] = min(ub[p], v + (beta - beta0) * st.pinv[r, p] + 1e-9 * (1.0 + abs(v) + beta))
         else:
-            ub[p] = pmax[r, x, p]
+            ub[p] = st.pmax[r, x, p]
         scanned[p] = False
         if ub[p] > ub[first]:
             first = p
-    bound = scratch if ucb else mean[r, x]  # greedy: the mean is its own bound
+    bound = scratch if ucb else st.mean[r, x]  # greedy: the mean is its own bound
     top = -np.inf
     threshold = -np.inf
     for j in range(n_prompts + 1):
@@ -406,11 +399,11 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
             for k in range(n_max):
                 a = base + k
                 if ucb:
-                    scratch[a] = mean[r, x, a] + beta * invsqrt[r, a]
+                    scratch[a] = st.mean[r, x, a] + beta * st.invsqrt[r, a]
                 top_p = max(top_p, bound[a])
             if ucb:
-                last[r, x, p, 0] = top_p
-                last[r, x, p, 1] = beta
+                st.last[r, x, p, 0] = top_p
+                st.last[r, x, p, 1] = beta
             top = max(top, top_p)
             threshold = top - 1e-12 * (abs(top) + beta) if ucb else top
     best = -1
@@ -423,9 +416,9 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
                 if bound[a] >= threshold:
                     s = bound[a]
                     if ucb:
-                        s = mean[r, x, a] + np.sqrt(lt / countf[r, a]) * c
-                    if best < 0 or s > best_s or (s == best_s and priority[r, a] > best_p):
-                        best, best_s, best_p = a, s, priority[r, a]
+                        s = st.mean[r, x, a] + np.sqrt(lt / st.countf[r, a]) * c
+                    if best < 0 or s > best_s or (s == best_s and st.priority[r, a] > best_p):
+                        best, best_s, best_p = a, s, st.priority[r, a]
     return best
 
 
@@ -609,7 +602,6 @@ def softmax_row(st, r, x, m, u, first, tau, upper, lower, margin, high, ub, scan
     unseen = first_unseen(st, r, m) if st.n_unseen[r] > 0 else -1
     best = -1
     if unseen < 0:
-        mean = st.mean
         n_max = st.n_blocks.shape[2]
         threshold = softmax_scan(st, r, x, m, u, first, 1.0 / tau, upper, lower, high, ub, scanned)
         second = -np.inf
@@ -620,7 +612,7 @@ def softmax_row(st, r, x, m, u, first, tau, upper, lower, margin, high, ub, scan
             for k in range(m):
                 a = p * n_max + k
                 if high[a] >= threshold:
-                    val = mean[r, x, a] / tau
+                    val = st.mean[r, x, a] / tau
                     val += -np.log(-np.log1p(-u[first + a]))  # numpy's operations, numba's log
                     if best < 0 or val > best_l:
                         second = max(second, best_l)
