@@ -340,3 +340,67 @@ def test_softmax_passes_over_prompts_without_changing_the_candidates_or_the_winn
         too_close += np.count_nonzero(arm == -1)
     # the states exercise the pruning (most prompts passed over) and exact ties (-1: numpy decides)
     assert scanned_total < 0.5 * 2 * s_n * p_n and too_close > 0, (scanned_total, too_close)
+
+
+def test_refresh_keeps_counts_means_and_bounds_of_partial_pulls():
+    """``record`` (:func:`refresh_row`): pulls of ``N <= width < N_max`` keep every count, mean and bound a full pass gives.
+
+    The largest mean or ``1 / sqrt(count)`` of a prompt often sits on an arm the pull did not
+    change (``N > width``), means tie exactly, arms stay unseen, and UCB's bounds and the unseen
+    arms are kept: all compared bit for bit with numpy computing them from the tallies.
+    """
+    rng = np.random.default_rng(11)
+    s_n, c_n, p_n, n_max, u_n = 5, 3, 4, 8, 2
+    a_n = p_n * n_max
+    priority = rng.permutation(s_n * a_n).reshape(s_n, a_n).astype(np.float64)
+    unseen_best = priority.reshape(s_n, p_n, n_max).argmax(axis=2) + np.arange(p_n) * n_max
+    st = kernels.Online(
+        gain=np.zeros((s_n, u_n, p_n, n_max)), cost=np.zeros((s_n, p_n, n_max)),
+        n_blocks=np.zeros((s_n, p_n, n_max), dtype=np.int64), countf=np.zeros((s_n, a_n)),
+        total=np.zeros(s_n, dtype=np.int64), n_unseen=np.full(s_n, a_n, dtype=np.int64),
+        mean=np.full((s_n, c_n, a_n), np.nan), group=np.array([0, 1, 1]), cost_weight=np.array([0.0, 0.2, 1.0]),
+        priority=priority, unseen_best=unseen_best, pmax=np.full((s_n, c_n, p_n), -np.inf),
+        invsqrt=np.full((s_n, a_n), np.inf), pinv=np.full((s_n, p_n), np.inf), last=np.full((s_n, c_n, p_n, 2), 5.0),
+    )  # fmt: skip
+    for step in range(60):
+        width = int(rng.choice([1, 2, 3, n_max])) if step % 4 else n_max // 2
+        run, prompt = rng.permutation(s_n)[:3], rng.integers(0, p_n, 3)
+        gain = rng.choice(np.array([0.0, 0.5, 1.0, 2.0]), size=(u_n, 3, width))  # exact ties among means
+        count = rng.integers(1, 3, size=(3, width)).astype(np.int64)  # a pull adds a block to every arm it reaches
+        cost = rng.choice(np.array([0.0, 1.0, 3.0]), size=(3, width))
+        before = {f: getattr(st, f).copy() for f in ("gain", "cost", "n_blocks", "last")}
+        kernels.record(st, run, prompt, gain, count, cost)
+        # the tallies: the pull's sums added to the first `width` arms of its cell, nothing else
+        gain_t, cost_t, count_t = before["gain"], before["cost"], before["n_blocks"]
+        for i in range(3):
+            gain_t[run[i], :, prompt[i], :width] += gain[:, i]
+            cost_t[run[i], prompt[i], :width] += cost[i]
+            count_t[run[i], prompt[i], :width] += count[i]
+        np.testing.assert_array_equal(st.gain, gain_t)
+        np.testing.assert_array_equal(st.cost, cost_t)
+        np.testing.assert_array_equal(st.n_blocks, count_t)
+        countf = count_t.reshape(s_n, a_n).astype(np.float64)
+        np.testing.assert_array_equal(st.countf, countf)
+        np.testing.assert_array_equal(st.n_unseen, np.count_nonzero(countf == 0, axis=1))
+        np.testing.assert_array_equal(st.total, count_t.sum(axis=(1, 2)))
+        # the means of every context (unseen: NaN), and each prompt's largest (-inf while all unseen)
+        g = gain_t[:, st.group].reshape(s_n, c_n, a_n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (g - st.cost_weight[None, :, None] * cost_t.reshape(s_n, 1, a_n)) / countf[:, None]
+            invsqrt = 1.0 / np.sqrt(countf)
+        assert np.array_equal(st.mean, mean, equal_nan=True)
+        with np.errstate(invalid="ignore"):
+            pmax = np.nan_to_num(np.fmax.reduce(mean.reshape(s_n, c_n, p_n, n_max), axis=3), nan=-np.inf)
+        np.testing.assert_array_equal(st.pmax, pmax)
+        # UCB's bounds: 1 / sqrt(count) (inf unseen) and each prompt's largest; a pulled prompt's last scan stale
+        np.testing.assert_array_equal(st.invsqrt, invsqrt)
+        np.testing.assert_array_equal(st.pinv, invsqrt.reshape(s_n, p_n, n_max).max(axis=2))
+        stale = before["last"].copy()
+        stale[run, :, prompt, 1] = -1.0
+        np.testing.assert_array_equal(st.last, stale)
+        # each prompt's unseen arm of highest priority, -1 once none is left
+        unseen = np.where(countf == 0, priority, -1.0).reshape(s_n, p_n, n_max)
+        best = np.where(unseen.max(axis=2) >= 0, unseen.argmax(axis=2) + np.arange(p_n) * n_max, -1)
+        np.testing.assert_array_equal(st.unseen_best, best)
+    assert np.isfinite(st.pinv).any() and np.isinf(st.pinv).any()  # some prompts fully seen, some not
+    assert (st.unseen_best < 0).any() and (st.unseen_best >= 0).any()
