@@ -97,8 +97,12 @@ def helper(fn: F) -> F:
     many-step loop) instead of copies. ``fn`` itself is returned unchanged; numba learns to compile
     it (``numba.extending.register_jitable``, with the kernels' ``error_model="numpy"``) just before
     the first kernel compiles, so importing a module of kernels never imports numba. Numba inlines
-    each call into its caller (``inline="always"``: no call overhead and no reference counting of
-    array arguments per call). Two rules: define a helper in the same module as the kernels that
+    each call into its caller (``inline="always"``: no call overhead). Inlining does not remove
+    reference counting: each inlined call binds its parameters anew, and a name bound to an array
+    (or a tuple of arrays: each member) that lives across a loop costs an incref and a decref
+    (atomic, through a call) per call unless numba's pruning removes the pair, which it does reliably
+    only within one basic block; so a helper called once per step reads ``st.x[i]`` where it uses
+    it instead of naming ``x = st.x`` at its top. Two rules: define a helper in the same module as the kernels that
     call it (numba's on-disk cache of a kernel is invalidated by changes to the kernel's own file
     only), and call a given helper from one place per function (two inlined copies in one function
     trip numba's SSA checks: ``NumbaIRAssumptionWarning``).
