@@ -4,6 +4,8 @@ Run::
 
     git worktree add /tmp/old-engine <previous commit>
     python benchmarks/bench_agents.py --old /tmp/old-engine [--seeds 200] [--agents psst,topk4,...]
+    git clone https://github.com/IAPO-AAAI25/IAPO-PSST /tmp/IAPO-PSST  # the authors' code, to time it too
+    python benchmarks/bench_agents.py --old /tmp/old-engine --authors-repo /tmp/IAPO-PSST --tasks MATH
 
 For every task (MATH -- the paper's released table from the data directory, skipped when absent:
 ``iapo-gym data import MATH_final.pkl`` -- and Synth-Categorical), agent and budget it fits
@@ -277,7 +279,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=200, help="runs per batch")
     parser.add_argument(
         "--agents",
-        default="psst,topk1,topk4,topk8,uniform,triple_n1,triple_nrandom,seqhalving,psst_paired,ucb,egreedy,softmax,random",
+        default="psst,topk1,topk4,topk8,uniform,triple_n1,triple_nrandom,seqhalving,psst_paired,topk_paired,psst_model,"
+        "ucb,egreedy,softmax,random",
         help="comma-separated agent names (SB3 agents are per-seed and slow; add them explicitly)",
     )
     parser.add_argument("--budgets", default="5000,50000", help="comma-separated budgets in completions")
