@@ -547,7 +547,6 @@ def softmax_scan(st, r, x, m, u, first, inv_tau, upper, lower, high, ub, scanned
     arms, tau 0.05) about 4 prompts a step are scanned. ``high`` holds ``A`` floats, ``ub`` and
     ``scanned`` ``|P|`` each.
     """
-    mean, pmax = st.mean, st.pmax
     n_max = st.n_blocks.shape[2]
     n_prompts = st.n_blocks.shape[1]
     n_buckets = upper.shape[0]
@@ -564,7 +563,7 @@ def softmax_scan(st, r, x, m, u, first, inv_tau, upper, lower, high, ub, scanned
             u0 = min(u0, u[base + k])
             k += 1
         u_min = min(min(u0, u1), min(u2, u3))
-        ub[p] = pmax[r, x, p] * inv_tau + upper[np.int64(u_min * n_buckets)]
+        ub[p] = st.pmax[r, x, p] * inv_tau + upper[np.int64(u_min * n_buckets)]  # read where used (see pull_mv_row)
         scanned[p] = False
         if ub[p] > ub[top]:
             top = p
@@ -576,7 +575,7 @@ def softmax_scan(st, r, x, m, u, first, inv_tau, upper, lower, high, ub, scanned
             scanned[p] = True
             for k in range(m):
                 a = p * n_max + k
-                x_a = mean[r, x, a] * inv_tau  # within an ulp of mean / tau: far inside the tolerance
+                x_a = st.mean[r, x, a] * inv_tau  # within an ulp of mean / tau: far inside the tolerance
                 bucket = np.int64(u[first + a] * n_buckets)
                 high[a] = x_a + upper[bucket]
                 floor = max(floor, x_a + lower[bucket])
