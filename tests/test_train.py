@@ -66,9 +66,11 @@ def test_results_csv_has_every_run_and_sane_exact_metrics(experiment) -> None:
     keys = {(r["env"], r["agent"], int(r["budget"]), int(r["seed"])) for r in rows}
     assert keys == {(e, a, b, s) for e in (TINY_MV, TINY_SYNTH) for a in AGENTS for b in BUDGETS for s in range(RUNS)}
     assert len(rows) == len(keys)
-    # batched agents fit a configuration's seeds as one chunk, one-seed-at-a-time agents per run
-    assert [runner.chunk_size(a) for a in AGENTS] == [train.BATCH_CHUNK, train.BATCH_CHUNK, 1]
-    assert runner.fits == 2 * len(BUDGETS) * (1 + 1 + RUNS)
+    # agents with their own fit_many fit a configuration's seeds as one chunk (Random too: its
+    # fit_many shares one distribution per table); one-seed-at-a-time agents (SB3) run per seed
+    # (tests/test_train_continuous.py)
+    assert [runner.chunk_size(a) for a in AGENTS] == [train.BATCH_CHUNK] * 3
+    assert runner.fits == 2 * len(BUDGETS) * 3
     for r in rows:
         acr, best, regret = float(r["acr"]), float(r["oracle_acr"]), float(r["regret"])
         assert acr <= best + 1e-12 and regret >= 0 and regret == pytest.approx(best - acr, abs=1e-12)
@@ -231,3 +233,11 @@ def test_unknown_task_is_a_clear_error(tiny_tasks: None, capsys: pytest.CaptureF
     assert train.main(["--env", "IAPO-Nope-v0", "--agents", "psst", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "unknown task id(s) IAPO-Nope-v0" in err and "IAPO-SynthBernoulli-v0" in err
+
+
+def test_agents_without_their_own_fit_many_run_one_seed_per_chunk(tiny_tasks: None, tmp_path: Path) -> None:
+    pytest.importorskip("stable_baselines3")
+    args = train.Args(env=TINY_MV, agents="ppo,random,psst", budgets="40", runs=3, out=str(tmp_path), progress=False)
+    runner = train.Runner(args, train.make_plan(args))
+    assert [runner.chunk_size(a) for a in ("ppo", "random", "psst")] == [1, train.BATCH_CHUNK, train.BATCH_CHUNK]
+    assert runner.chunks(TINY_MV, "ppo", 40) == [[0], [1], [2]] and runner.chunks(TINY_MV, "random", 40) == [[0, 1, 2]]
