@@ -264,3 +264,250 @@ def table_policies(runs: RunBatch, arms: NDArray[np.int64], infos: list[dict[str
     return [
         TablePolicy(runs.contexts, arms[s], runs.n_max, budget_used=spent[s], info=infos[s]) for s in range(runs.n_runs)
     ]
+
+
+# --------------------------------------------------------------------------- compact halving
+@_jit.helper
+def _kth_smallest(buf, n, want):  # noqa: ANN001, ANN202
+    """The ``want``-th smallest (0-based) of ``buf[:n]`` (reordered in place): a quickselect, median-of-three pivots."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        a, b, c = buf[lo], buf[mid], buf[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = lo, hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                buf[i], buf[j] = buf[j], buf[i]
+                i += 1
+                j -= 1
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            break
+    return buf[want]
+
+
+@_jit.helper
+def _kth_key(key, n, want, buf, bucket, hist):  # noqa: ANN001, ANN202
+    """``(x, above, equal)``: the ``want``-th smallest (0-based) ``x`` of ``key[:n]`` (no NaN; left as it is) and how many keys are above and equal to it.
+
+    A bucket pass first (the value is unique whatever the algorithm): keys map to ``m = n // 2 + 1``
+    buckets by ``(key - lo) * m / (hi - lo)`` truncated and clamped to ``[0, m - 1]`` -- a
+    non-decreasing function of the key, so a bucket's keys all lie below the next bucket's, whatever
+    ``lo`` and ``hi`` are (taken from a sample of the keys, ``UNSEEN`` left out: they only decide
+    how evenly the keys spread). Counting the buckets finds the one that holds the wanted key; a
+    quickselect (:func:`_kth_smallest`) among its keys gives it. Keys whose sample spans no positive
+    finite range go to the quickselect directly. Scratch: ``buf`` and ``bucket`` of ``n`` entries,
+    ``hist`` of ``n // 2 + 1``.
+    """
+    lo = np.inf
+    hi = -np.inf
+    for i in range(0, n, max(1, n >> 6)):  # about 64 keys
+        v = key[i]
+        lo = min(lo, v if v > UNSEEN else np.inf)
+        hi = max(hi, v)
+    m = (n >> 1) + 1
+    d = hi - lo
+    j, below = n, 0
+    scale = m / d if d > 0.0 else 0.0
+    if d < np.inf and scale < np.inf and scale > 0.0:
+        top = m - 1.0
+        for b in range(m):
+            hist[b] = 0
+        for i in range(n):
+            b = np.int64(min(max((key[i] - lo) * scale, 0.0), top))
+            bucket[i] = b
+            hist[b] += 1
+        t = 0
+        while below + hist[t] <= want:
+            below += hist[t]
+            t += 1
+        j = 0
+        for i in range(n):  # the wanted bucket's keys, without branches
+            buf[j] = key[i]
+            j += bucket[i] == t
+    else:
+        for i in range(n):
+            buf[i] = key[i]
+    x = _kth_smallest(buf, j, want - below)
+    above = n - below - j  # the keys of the buckets above
+    equal = 0
+    for i in range(j):
+        above += buf[i] > x
+        equal += buf[i] == x
+    return x, above, equal
+
+
+@_jit.helper
+def _row_keys(gain, cost, cf, cost_weight, group, u_n, run, ctx, active, idx, n_row, row, cap, key, arm):  # noqa: ANN001, ANN202
+    """Ranking keys of row ``(run, ctx)``'s active arms into ``key`` and ``arm`` (ascending arms); returns their number.
+
+    The arms come from ``active[run, ctx]`` until the row's first halving (``n_row[row] < 0``), then
+    from its compact list ``idx[row * cap : row * cap + n_row[row]]``. A key is
+    :meth:`~iapo_gym.agents._engine.NestedStats.means_at`'s ``(gain - w * cost) / count``
+    (``cf``: the run's counts as floats, as numpy converts them), ``UNSEEN`` for NaN.
+    """
+    n_arms = active.shape[2]
+    w = cost_weight[ctx]
+    g0 = (run * u_n + group[ctx]) * n_arms
+    c0 = run * n_arms
+    n = n_row[row]
+    if n < 0:
+        n = 0
+        for a in range(n_arms):
+            n += active[run, ctx, a]
+        if n == n_arms:  # every arm (before the first halving): contiguous
+            for a in range(n_arms):
+                arm[a] = a
+                v = (gain[g0 + a] - w * cost[c0 + a]) / cf[a]
+                key[a] = UNSEEN if np.isnan(v) else v
+            return n
+        n = 0
+        for a in range(n_arms):
+            if active[run, ctx, a]:
+                arm[n] = a
+                n += 1
+    else:
+        base = row * cap
+        for i in range(n):
+            arm[i] = idx[base + i]
+    for i in range(n):
+        a = arm[i]
+        v = (gain[g0 + a] - w * cost[c0 + a]) / cf[a]
+        key[i] = UNSEEN if np.isnan(v) else v
+    return n
+
+
+@_jit.kernel
+def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, active, idx, n_row, cap, live):  # noqa: ANN001, ANN202
+    """:func:`halve` of the runs where ``trim`` is True, on the compact state of :class:`CompactHalving`, in place.
+
+    Per (run, context) row: the active arms' keys (:func:`_row_keys`); the ``k = max(1, n // 2)``
+    kept by :func:`_top_k_mask_kernel`'s rule (keys above the ``k``-th largest, then keys equal to
+    it in arm order) written to the row's compact list, the others cleared in ``active``; then the
+    run's union over contexts ``live (S, A)``.
+    """
+    s_n, c_n, n_arms = active.shape
+    key = np.empty(n_arms)
+    cf = np.empty(n_arms)
+    buf = np.empty(n_arms)
+    bucket = np.empty(n_arms, dtype=np.int64)
+    hist = np.empty(n_arms // 2 + 1, dtype=np.int64)
+    arm = np.empty(n_arms, dtype=np.int64)
+    for s in range(s_n):
+        if not trim[s]:
+            continue
+        for a in range(n_arms):
+            cf[a] = count[s * n_arms + a]
+        for c in range(c_n):
+            row = s * c_n + c
+            n = _row_keys(gain, cost, cf, cost_weight, group, u_n, s, c, active, idx, n_row, row, cap, key, arm)
+            base = row * cap
+            k = max(1, n // 2)
+            if n <= 1:  # nothing to trim
+                if n == 1:
+                    idx[base] = arm[0]
+                n_row[row] = n
+                continue
+            thr, above, equal = _kth_key(key, n, n - k, buf, bucket, hist)
+            cut = n  # keys equal to thr are kept at positions below cut: the first k - above of them
+            room = k - above
+            if room < equal:
+                for i in range(n):
+                    if key[i] == thr:
+                        room -= 1
+                        if room < 0:
+                            cut = i
+                            break
+            out = 0
+            for i in range(n):  # without branches: every arm written, the kept ones advance
+                v = key[i]
+                keep = (v > thr) | ((v == thr) & (i < cut))
+                idx[base + out] = arm[i]
+                out += keep
+                active[s, c, arm[i]] = keep
+            n_row[row] = k
+        for a in range(n_arms):
+            live[s, a] = False
+        for c in range(c_n):
+            row = s * c_n + c
+            base = row * cap
+            for i in range(n_row[row]):
+                live[s, idx[base + i]] = True
+
+
+@_jit.kernel
+def _best_compact_kernel(gain, cost, count, cost_weight, group, u_n, active, idx, n_row, cap):  # noqa: ANN001, ANN202
+    """:func:`best_arms` on the compact state of :class:`CompactHalving`: ``(S, C)`` first maximum among active arms, and counts.
+
+    Returns ``(best, n_active)``; a row without active arms gets arm 0 (``argmax`` over ``-inf``).
+    """
+    s_n, c_n, n_arms = active.shape
+    key = np.empty(n_arms)
+    cf = np.empty(n_arms)
+    arm = np.empty(n_arms, dtype=np.int64)
+    best = np.zeros((s_n, c_n), dtype=np.int64)
+    n_active = np.zeros((s_n, c_n), dtype=np.int64)
+    for s in range(s_n):
+        for a in range(n_arms):
+            cf[a] = count[s * n_arms + a]
+        for c in range(c_n):
+            row = s * c_n + c
+            n = _row_keys(gain, cost, cf, cost_weight, group, u_n, s, c, active, idx, n_row, row, cap, key, arm)
+            n_active[s, c] = n
+            if n == 0:
+                continue
+            top = key[0]
+            b = arm[0]
+            for i in range(1, n):
+                if key[i] > top:
+                    top = key[i]
+                    b = arm[i]
+            best[s, c] = b
+    return best, n_active
+
+
+class CompactHalving:
+    """Per-(run, context) active arm lists of an elimination ranked on :class:`~iapo_gym.agents._engine.NestedStats`.
+
+    The compiled twin of :func:`halve` / :func:`halve_compact` plus :func:`best_arms_of` for
+    statistics with ``gain``, ``cost``, ``count`` and ``split`` (one pass per halving: each row's
+    keys, its threshold and its compacted list, with no ``(S, C, A)`` temporaries), keeping
+    ``active`` up to date and each run's union over contexts (:attr:`live`, ``(S, A)``) for the
+    allocation. The same decisions bit for bit (same keys, same rule for ties). Use only when
+    :func:`iapo_gym._jit.enabled` and ``active`` is C-contiguous.
+    """
+
+    def __init__(self, active: NDArray[np.bool_], stats: Any) -> None:
+        s_n, c_n, n_arms = active.shape
+        self.active, self.stats = active, stats
+        # a halved row keeps at most half of its arms; one slot more for the branchless compaction's last write
+        self.cap = max(1, n_arms // 2) + 1
+        self.idx = np.empty(s_n * c_n * self.cap, dtype=np.int32)  # untouched until a row's first halving
+        self.n_row = np.full(s_n * c_n, -1, dtype=np.int64)  # -1: the row's arms are still read from ``active``
+        self.live = active.any(axis=1)
+
+    def _stats_args(self) -> tuple[Any, ...]:
+        st = self.stats
+        return (
+            st.gain.reshape(-1), st.cost.reshape(-1), st.count.reshape(-1), st.split.cost_weight, st.split.group,
+            int(st.gain.shape[1]),
+        )  # fmt: skip
+
+    def halve(self, runs: NDArray[np.bool_]) -> None:
+        """Halve every (run, context) of the runs where ``runs (S,)`` is True (:func:`halve`'s decision)."""
+        _halve_compact_kernel(
+            *self._stats_args(), np.ascontiguousarray(runs, dtype=np.bool_), self.active, self.idx, self.n_row, self.cap,
+            self.live,
+        )  # fmt: skip
+
+    def best_arms(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """``(best (S, C), n_active (S, C))``: :func:`best_arms_of`'s arms and each row's number of active arms."""
+        return _best_compact_kernel(*self._stats_args(), self.active, self.idx, self.n_row, self.cap)

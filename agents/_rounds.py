@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym.agents._common import active_index, halve, halve_compact
+from iapo_gym import _jit
+from iapo_gym.agents._common import CompactHalving, active_index, halve, halve_compact
 from iapo_gym.agents._engine import NestedStats, random_fit
 from iapo_gym.runs import RunBatch, int_sums_by
 from iapo_gym.sampling import Pulls
@@ -161,11 +162,20 @@ class MaximalArms:
     active: NDArray[np.bool_]
     _idx: NDArray[np.int64] | None = field(default=None, init=False, repr=False)
     _live: NDArray[np.bool_] | None = field(default=None, init=False, repr=False)
+    compact: CompactHalving | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # compiled halving on the tallies' arrays (the same decisions as halve / halve_compact)
+        if isinstance(self.stats, NestedStats) and _jit.enabled() and self.active.flags.c_contiguous:
+            self.compact = CompactHalving(self.active, self.stats)
 
     def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
         """``lambda`` pulls of each maximal arm; the last round adds a random subset that fits."""
         runs, avail1 = self.runs, avail[:, 0]
-        union = live_arms(self.active, runs.n_max)
+        if self.compact is not None:  # kept up to date by its halvings
+            union = self.compact.live.reshape(runs.n_runs, -1, runs.n_max)
+        else:
+            union = live_arms(self.active, runs.n_max)
         # arms trimmed in every context are never read again: the tallies need not score their blocks
         self._live = union if isinstance(self.stats, NestedStats) and not bool(union.all()) else None
         sizes = maximal_sizes(self.active, runs.n_max, union)  # (S, P)
@@ -204,6 +214,9 @@ class MaximalArms:
         between rounds (the allocation owns ``active`` while the loop runs). Otherwise
         :func:`~iapo_gym.agents._common.halve` computes the active arms' means of the trimmed runs.
         """
+        if self.compact is not None:
+            self.compact.halve(groups[:, 0])
+            return
         lazy = hasattr(self.stats, "means_at")
         if bool(groups[:, 0].all()) and lazy:
             idx = self._idx if self._idx is not None else active_index(self.active)

@@ -448,6 +448,80 @@ def test_halving_and_best_arms_of_uneven_rows_are_the_numpy_ones(monkeypatch, se
     for x, y in zip(numpy_path, kernels, strict=True):
         assert same_bits(x, y)
 
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1), runs=st.integers(1, 4), n_max=st.integers(1, 40), spread=st.sampled_from([0, 1, 3, 1000]),
+    start=st.sampled_from(["all", "some", "topk"]),
+)
+def test_compact_halving_makes_halve_s_decisions(monkeypatch, seed, runs, n_max, spread, start):
+    """:class:`CompactHalving` (one compiled pass per halving) trims, unions and deploys as ``halve`` / ``best_arms_of``.
+
+    Several halvings of random subsets of runs, rows that start full, partly active or empty,
+    means with many ties (``spread`` distinct gains: 0 -> every seen arm ties; the threshold falls
+    inside a tie) and unseen arms; rows wide enough for the bucket pass and narrow ones.
+    """
+    rng = np.random.default_rng(seed)
+    contexts = contexts_of([[1.0, 0.0], [1.0, 0.3], [0.5, 1.0], [0.5, 0.0]])
+    c_n, p_n = 4, 5
+    n_arms = p_n * n_max
+    stats = _engine.NestedStats(runs, p_n, n_max, contexts)
+    stats.gain[...] = rng.integers(0, spread + 1, stats.gain.shape) * 0.25
+    stats.cost[...] = rng.integers(0, 3, stats.cost.shape) * 0.5
+    stats.count[...] = rng.integers(0, 4, stats.count.shape)  # 0: unseen (NaN mean)
+    if start == "all":
+        active = np.ones((runs, c_n, n_arms), dtype=bool)
+    elif start == "some":
+        active = rng.random((runs, c_n, n_arms)) < rng.choice([0.0, 0.3, 1.0], (runs, c_n, 1))
+    else:  # Top-K: whole prompts per context
+        active = np.repeat(rng.random((runs, c_n, p_n)) < 0.5, n_max, axis=-1)
+    trims = [rng.random(runs) < 0.7 for _ in range(6)]
+
+    def numpy_path():  # noqa: ANN202
+        act = active.copy()
+        lives = []
+        for t in trims:
+            _common.halve(act, stats, t)
+            lives.append(act.any(axis=1))
+        return act, lives, _common.best_arms_of(act, stats), np.count_nonzero(act, axis=-1)
+
+    monkeypatch.setenv(_jit.ENV_VAR, "0")
+    want_act, want_lives, want_best, want_n = numpy_path()
+    monkeypatch.setenv(_jit.ENV_VAR, "1")
+    act = active.copy()
+    compact = _common.CompactHalving(act, stats)
+    assert same_bits(compact.live, active.any(axis=1))
+    for t, live in zip(trims, want_lives, strict=True):
+        compact.halve(t)
+        assert same_bits(compact.live, live)
+    best, n_active = compact.best_arms()
+    assert same_bits(act, want_act)
+    assert same_bits(best, want_best)
+    assert same_bits(n_active, want_n)
+
+
+def test_kth_key_finds_every_rank_among_ties_and_unseen():
+    """The bucketed selection gives the k-th smallest of keys with ties, UNSEEN, one value, and a huge spread."""
+    kth_key = _common._kth_key
+    rng = np.random.default_rng(3)
+    cases = [
+        rng.random(300),
+        np.round(rng.random(257) * 4) / 4,  # five values
+        np.full(64, 0.5),
+        np.where(rng.random(100) < 0.3, _common.UNSEEN, rng.random(100)),
+        np.full(10, _common.UNSEEN),
+        np.array([1e308, -1e308, 0.0, 3.0, -2.0]),
+        np.array([2.0, 1.0]),
+    ]
+    for key in cases:
+        n = key.size
+        ordered = np.sort(key)
+        for want in range(n):
+            x, above, equal = kth_key(key.copy(), n, want, np.empty(n), np.empty(n, np.int64), np.empty(n // 2 + 1, np.int64))
+            assert x == ordered[want]
+            assert above == np.count_nonzero(key > x) and equal == np.count_nonzero(key == x)
+
+
 # ------------------------------------------------------------------------------ whole policies
 AGENTS = ("psst", "topk4", "seqhalving", "psst_paired", "topk_paired", "psst_model", "uniform", "triple_n1")
 
