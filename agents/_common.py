@@ -296,7 +296,9 @@ def _kth_smallest(buf, n, want):  # noqa: ANN001, ANN202
 
 @_jit.helper
 def _kth_key(key, n, want, buf, bucket, hist):  # noqa: ANN001, ANN202
-    """``(x, above, equal)``: the ``want``-th smallest (0-based) ``x`` of ``key[:n]`` (no NaN; left as it is) and how many keys are above and equal to it.
+    """``(x, above, equal)``: the ``want``-th smallest (0-based) ``x`` of ``key[:n]`` and how many keys lie above and at it.
+
+    ``key`` holds no NaN and is left as it is.
 
     A bucket pass first (the value is unique whatever the algorithm): keys map to ``m = n // 2 + 1``
     buckets by ``(key - lo) * m / (hi - lo)`` truncated and clamped to ``[0, m - 1]`` -- a
@@ -322,9 +324,9 @@ def _kth_key(key, n, want, buf, bucket, hist):  # noqa: ANN001, ANN202
         for b in range(m):
             hist[b] = 0
         for i in range(n):
-            b = np.int64(min(max((key[i] - lo) * scale, 0.0), top))
-            bucket[i] = b
-            hist[b] += 1
+            at = np.int64(min(max((key[i] - lo) * scale, 0.0), top))
+            bucket[i] = at
+            hist[at] += 1
         t = 0
         while below + hist[t] <= want:
             below += hist[t]
@@ -445,9 +447,9 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
 
 @_jit.kernel
 def _best_compact_kernel(gain, cost, count, cost_weight, group, u_n, active, idx, n_row, cap):  # noqa: ANN001, ANN202
-    """:func:`best_arms` on the compact state of :class:`CompactHalving`: ``(S, C)`` first maximum among active arms, and counts.
+    """:func:`best_arms` on the compact state of :class:`CompactHalving`: each row's first maximum among its active arms.
 
-    Returns ``(best, n_active)``; a row without active arms gets arm 0 (``argmax`` over ``-inf``).
+    Returns ``(best (S, C), n_active (S, C))``; a row without active arms gets arm 0 (``argmax`` over ``-inf``).
     """
     s_n, c_n, n_arms = active.shape
     key = np.empty(n_arms)
@@ -494,20 +496,19 @@ class CompactHalving:
         self.n_row = np.full(s_n * c_n, -1, dtype=np.int64)  # -1: the row's arms are still read from ``active``
         self.live = active.any(axis=1)
 
-    def _stats_args(self) -> tuple[Any, ...]:
-        st = self.stats
-        return (
-            st.gain.reshape(-1), st.cost.reshape(-1), st.count.reshape(-1), st.split.cost_weight, st.split.group,
-            int(st.gain.shape[1]),
-        )  # fmt: skip
-
     def halve(self, runs: NDArray[np.bool_]) -> None:
         """Halve every (run, context) of the runs where ``runs (S,)`` is True (:func:`halve`'s decision)."""
+        st = self.stats
         _halve_compact_kernel(
-            *self._stats_args(), np.ascontiguousarray(runs, dtype=np.bool_), self.active, self.idx, self.n_row, self.cap,
+            st.gain.reshape(-1), st.cost.reshape(-1), st.count.reshape(-1), st.split.cost_weight, st.split.group,
+            int(st.gain.shape[1]), np.ascontiguousarray(runs, dtype=np.bool_), self.active, self.idx, self.n_row, self.cap,
             self.live,
         )  # fmt: skip
 
     def best_arms(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """``(best (S, C), n_active (S, C))``: :func:`best_arms_of`'s arms and each row's number of active arms."""
-        return _best_compact_kernel(*self._stats_args(), self.active, self.idx, self.n_row, self.cap)
+        st = self.stats
+        return _best_compact_kernel(
+            st.gain.reshape(-1), st.cost.reshape(-1), st.count.reshape(-1), st.split.cost_weight, st.split.group,
+            int(st.gain.shape[1]), self.active, self.idx, self.n_row, self.cap,
+        )  # fmt: skip

@@ -232,11 +232,21 @@ def equal_rounds(budgets: NDArray[np.int64], rounds: int) -> NDArray[np.int64]:
     return np.repeat((budgets // rounds)[:, None, :], rounds, axis=1)
 
 
-def trimming_info(log: RoundLog, active: NDArray[np.bool_], rounds: int, plan: NDArray[np.int64]) -> list[dict[str, Any]]:
-    """PSST's per-run diagnostics: rounds, round budget, spend per round, halvings, survivors per context."""
+def trimming_info(
+    log: RoundLog,
+    active: NDArray[np.bool_],
+    rounds: int,
+    plan: NDArray[np.int64],
+    survivors: NDArray[np.int64] | None = None,
+) -> list[dict[str, Any]]:
+    """PSST's per-run diagnostics: rounds, round budget, spend per round, halvings, survivors per context.
+
+    ``survivors (S, C)``: the active arms per context when the caller has counted them already.
+    """
+    if survivors is None:
+        survivors = np.count_nonzero(active, axis=-1)
     columns = zip(  # every run's numbers at once, as Python ints
-        plan[:, 0, 0].tolist(), log.spent[:, :, 0].tolist(), log.halvings.tolist(),
-        np.count_nonzero(active, axis=-1).tolist(), strict=True,
+        plan[:, 0, 0].tolist(), log.spent[:, :, 0].tolist(), log.halvings.tolist(), survivors.tolist(), strict=True,
     )  # fmt: skip
     return [
         {"rounds": rounds, "round_budget": budget, "spent_per_round": spent, "halvings": halvings, "survivors": survivors}

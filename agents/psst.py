@@ -55,7 +55,7 @@ from iapo_gym.agents._rounds import MaximalArms, Tally, equal_rounds, maximal_si
 from iapo_gym.agents.base import Policy
 from iapo_gym.runs import RunBatch
 
-__all__ = ["PSST", "maximal_sizes", "n_rounds", "run_trimming"]
+__all__ = ["PSST", "maximal_sizes", "n_rounds", "run_trimming", "trim_and_choose"]
 
 
 def n_rounds(n_arms: int) -> int:
@@ -84,10 +84,41 @@ def run_trimming(
 
     Returns one diagnostics dict per run.
     """
+    return _trimming(runs, stats, active, budgets, rounds, choose=False)[0]
+
+
+def trim_and_choose(
+    runs: RunBatch,
+    stats: Tally,
+    active: NDArray[np.bool_],
+    budgets: NDArray[np.int64],
+    rounds: int,
+) -> tuple[list[dict[str, Any]], NDArray[np.int64]]:
+    """:func:`run_trimming`, then each context's deployed arm: ``(infos, arms (S, C))``.
+
+    ``arms`` is :func:`~iapo_gym.agents._common.best_arms_of` ``(active, stats)``, read from the
+    loop's compact arm lists when it kept them (compiled halving on
+    :class:`~iapo_gym.agents._engine.NestedStats`: the same arms, without a pass over ``active``).
+    """
+    infos, arms = _trimming(runs, stats, active, budgets, rounds, choose=True)
+    assert arms is not None
+    return infos, arms
+
+
+def _trimming(
+    runs: RunBatch, stats: Tally, active: NDArray[np.bool_], budgets: NDArray[np.int64], rounds: int, choose: bool
+) -> tuple[list[dict[str, Any]], NDArray[np.int64] | None]:
+    """:func:`run_trimming`'s loop; the deployed arms too when ``choose``."""
     group_budgets = np.asarray(budgets, dtype=np.int64)[:, None]  # one budget group per run
     plan = equal_rounds(group_budgets, rounds)
-    log = run_rounds(runs, MaximalArms(runs, stats, active), group_budgets, plan)
-    return trimming_info(log, active, rounds, plan)
+    alloc = MaximalArms(runs, stats, active)
+    log = run_rounds(runs, alloc, group_budgets, plan)
+    arms = survivors = None
+    if alloc.compact is not None:
+        arms, survivors = alloc.compact.best_arms()
+    elif choose:
+        arms = best_arms_of(active, stats)
+    return trimming_info(log, active, rounds, plan, survivors), arms
 
 
 @dataclass
@@ -101,8 +132,7 @@ class PSST(BatchAgent):
         n_arms = runs.n_prompts * runs.n_max
         stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, runs.contexts)
         active = np.ones((runs.n_runs, len(runs.contexts), n_arms), dtype=bool)
-        infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(n_arms))
-        arms = best_arms_of(active, stats)
+        infos, arms = trim_and_choose(runs, stats, active, runs.budgets.copy(), n_rounds(n_arms))
         for info, used in zip(infos, runs.spent.tolist(), strict=True):
             info["budget_used"] = used
         return table_policies(runs, arms, infos)

@@ -18,10 +18,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from iapo_gym.agents._common import BatchAgent, best_arms_of
+from iapo_gym.agents._common import BatchAgent
 from iapo_gym.agents._engine import NestedStats
 from iapo_gym.agents.base import Policy, TablePolicy
-from iapo_gym.agents.psst import n_rounds, run_trimming
+from iapo_gym.agents.psst import n_rounds, trim_and_choose
 from iapo_gym.contexts import ContextSet
 from iapo_gym.continuous import distribution_of
 from iapo_gym.runs import RunBatch
@@ -60,8 +60,7 @@ class PSSTGrid(BatchAgent):
         n_arms = runs.n_prompts * runs.n_max
         stats = NestedStats(runs.n_runs, runs.n_prompts, runs.n_max, grid)
         active = np.ones((runs.n_runs, len(grid), n_arms), dtype=bool)
-        infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(n_arms))
-        arms = best_arms_of(active, stats)
+        infos, arms = trim_and_choose(runs, stats, active, runs.budgets.copy(), n_rounds(n_arms))
         policies: list[Policy] = []
         for s, info in enumerate(infos):
             info["budget_used"] = int(runs.spent[s])

@@ -23,10 +23,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from iapo_gym.agents._common import BatchAgent, best_arms_of, ranking_key, table_policies
+from iapo_gym.agents._common import BatchAgent, ranking_key, table_policies
 from iapo_gym.agents._engine import NestedStats, random_fit
 from iapo_gym.agents.base import Policy
-from iapo_gym.agents.psst import n_rounds, run_trimming
+from iapo_gym.agents.psst import n_rounds, trim_and_choose
 from iapo_gym.runs import RunBatch
 
 
@@ -76,8 +76,7 @@ class TopK(BatchAgent):
         active = np.repeat(keep[..., None], n_max, axis=-1).reshape(s_n, c_n, p_n * n_max)
         if not self.reuse_warmup:
             stats = NestedStats(s_n, p_n, n_max, runs.contexts)
-        infos = run_trimming(runs, stats, active, runs.budgets - runs.spent, n_rounds(k * n_max))
-        arms = best_arms_of(active, stats)
+        infos, arms = trim_and_choose(runs, stats, active, runs.budgets - runs.spent, n_rounds(k * n_max))
         for info, warm_s, top_s, used in zip(infos, warm_spent.tolist(), top.tolist(), runs.spent.tolist(), strict=True):
             info.update(warmup_spent=warm_s, screened=top_s, budget_used=used)
         return table_policies(runs, arms, infos)

@@ -26,10 +26,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from iapo_gym.agents._common import BatchAgent, best_arms_of
+from iapo_gym.agents._common import BatchAgent
 from iapo_gym.agents._engine import NestedStats
 from iapo_gym.agents.base import Policy, StochasticPolicy, TablePolicy
-from iapo_gym.agents.psst import n_rounds, run_trimming
+from iapo_gym.agents.psst import n_rounds, trim_and_choose
 from iapo_gym.runs import RunBatch
 
 
@@ -53,8 +53,8 @@ class TRIPLE(BatchAgent):
         n_one = np.zeros((s_n, c_n, p_n, n_max), dtype=bool)
         n_one[..., 0] = True  # the trimming runs on the N = 1 arm of each prompt
         active = n_one.reshape(s_n, c_n, p_n * n_max)
-        infos = run_trimming(runs, stats, active, runs.budgets.copy(), n_rounds(p_n))
-        prompts = best_arms_of(active, stats) // n_max  # (S, C)
+        infos, arms = trim_and_choose(runs, stats, active, runs.budgets.copy(), n_rounds(p_n))
+        prompts = arms // n_max  # (S, C)
         policies: list[Policy] = []
         spent = runs.spent.tolist()
         if self.n != "one":  # every run's distribution at once: uniform over N on its prompt, per context
