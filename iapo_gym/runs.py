@@ -38,7 +38,7 @@ from numpy.typing import ArrayLike, NDArray
 from iapo_gym import _jit
 from iapo_gym.contexts import ContextSet
 from iapo_gym.ledger import LedgerGroup
-from iapo_gym.sampling import Pulls, draw_pulls, draw_pulls_worlds
+from iapo_gym.sampling import Pulls, WorldArrays, draw_pulls, draw_pulls_worlds
 from iapo_gym.tables.format import OutcomeTable
 
 __all__ = [
@@ -505,6 +505,7 @@ class RunBatch:
         self._live = self.n_runs == 1 and getattr(first, "backend", None) is not None
         self._prepare_table()
         self._gather: tuple[NDArray[Any], NDArray[np.float64]] | None = None
+        self._worlds: WorldArrays | bool | None = None  # False: the worlds cannot be listed
         self._cap = call_completions(self.memory_budget, self.strategy, self.n_max, self._objective_rows())
 
     @staticmethod
@@ -816,10 +817,20 @@ class RunBatch:
             return draw_pulls(self._tables[r0], prompt, query - self._offsets[r0], n, u, start)
         if self._table is None:  # one world per run: each run's rows from its own world, no stack built
             worlds = [self._tables[r] for r in runs_here.tolist()]
-            return draw_pulls_worlds(worlds, bounds, prompt, query, query - self._offsets[run], n, u, start)
+            arrays = self._world_arrays() if runs_here.size > 1 else None
+            return draw_pulls_worlds(worlds, bounds, prompt, query, query - self._offsets[run], n, u, start, arrays, runs_here)
         if gold is not None and gold.size == run.size:
             return draw_pulls(self.table, prompt, query, n, u, start, gold=gold, unit_cost=unit)
         return draw_pulls(self.table, prompt, query, n, u, start)
+
+    def _world_arrays(self) -> WorldArrays | None:
+        """The batch's worlds as :class:`~iapo_gym.sampling.WorldArrays` (best-of-N, compiled path), built on first use."""
+        if not _jit.enabled():
+            return None
+        if self._worlds is None:
+            arrays = WorldArrays.of(self._tables)
+            self._worlds = False if arrays is None else arrays
+        return self._worlds if isinstance(self._worlds, WorldArrays) else None
 
     def _gather_tables(self) -> tuple[NDArray[Any], NDArray[np.float64]]:
         """``(gold (Q,), cost (P, Q))`` of the shared majority-voting table for :func:`_query_layout`; empty otherwise."""

@@ -7,7 +7,7 @@ marks the real completions (the first ``n[b]`` of row ``b``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -244,6 +244,8 @@ def draw_pulls_worlds(
     n: NDArray[np.int64],
     u: NDArray[np.float64],
     start: NDArray[np.int64] | None = None,
+    arrays: WorldArrays | None = None,
+    world_of: NDArray[np.int64] | None = None,
 ) -> Pulls:
     """:func:`draw_pulls` for rows that come from several tables of one shape (one world per run).
 
@@ -251,10 +253,23 @@ def draw_pulls_worlds(
     pulls record ``query`` (the caller's index, e.g. into the worlds stacked along the query axis).
     The same outcomes, values and costs as :func:`draw_pulls` on the stacked tables, without
     building the stack: only the rows' own entries are gathered from each world.
+
+    ``arrays`` (best-of-N, compiled path): the worlds' arrays kept by the caller (:class:`WorldArrays`),
+    ``tables[j]`` being its world ``world_of[j]``: one kernel call draws every segment.
     """
     first = tables[0]
     mv = first.strategy == "mv"
     b = prompt.size
+    if not mv and start is not None and arrays is not None and world_of is not None and _jit.enabled():
+        width = int(n.max(initial=0)) if n.size else 0
+        outcome = np.empty((b, width), dtype=np.int64)
+        mask = np.empty((b, width), dtype=np.bool_)
+        drawn = np.empty((b, width, arrays.n_objectives), dtype=np.float64)
+        unit_cost = np.empty(b)
+        _bon_worlds_kernel(np.asarray(bounds, dtype=np.int64), np.asarray(world_of, dtype=np.int64), arrays.cdf, arrays.cost,
+                           arrays.values, prompt, local, n, u, start, outcome, mask, drawn, unit_cost)  # fmt: skip
+        gold = np.full(b, -1, dtype=np.int64)
+        return Pulls(first.strategy, prompt, n, query, outcome, drawn, None, gold, mask, first.n_outcomes, unit_cost=unit_cost)
     ends = np.append(bounds[1:], b).tolist()
     segments = list(zip(tables, bounds.tolist(), ends, strict=True))
     if not mv and start is not None and _jit.enabled():
@@ -342,15 +357,9 @@ def _outcomes(
     return outcome, mask, full
 
 
-@_jit.kernel
-def _bon_world_rows_kernel(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost):  # noqa: ANN001, ANN202, E501
-    """Rows ``lo:hi`` of best-of-N pulls drawn from one world: outcomes, mask, values and unit costs, in place.
-
-    Completion ``j`` of row ``b`` is the inverse-CDF draw of ``u[start[b] + j]`` under the world's
-    cached ``cdf[prompt[b], query[b]]`` (the comparisons of :func:`_outcomes_flat_kernel` on the
-    same values as :func:`_cdf_rows`); values and cost are the world's entries
-    (:func:`_bon_values_kernel`); past ``n[b]``: outcome -1, mask False, values 0.0.
-    """
+@_jit.helper
+def _bon_world_rows(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost):  # noqa: ANN001, ANN202, E501
+    """Rows ``lo:hi`` drawn from one world (:func:`_bon_world_rows_kernel`'s body)."""
     width = outcome.shape[1]
     k_n = values.shape[2]
     a1 = cdf.shape[2] - 1  # u < 1 = cdf[..., -1] always
@@ -373,6 +382,63 @@ def _bon_world_rows_kernel(lo, hi, cdf, cost, table_values, prompt, query, n, u,
             mask[b, j] = False
             for k in range(k_n):
                 values[b, j, k] = 0.0
+
+
+
+
+@_jit.kernel
+def _bon_world_rows_kernel(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost):  # noqa: ANN001, ANN202, E501
+    """Rows ``lo:hi`` of best-of-N pulls drawn from one world: outcomes, mask, values and unit costs, in place.
+
+    Completion ``j`` of row ``b`` is the inverse-CDF draw of ``u[start[b] + j]`` under the world's
+    cached ``cdf[prompt[b], query[b]]`` (the comparisons of :func:`_outcomes_flat_kernel` on the
+    same values as :func:`_cdf_rows`); values and cost are the world's entries
+    (:func:`_bon_values_kernel`); past ``n[b]``: outcome -1, mask False, values 0.0.
+    """
+    _bon_world_rows(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost)
+
+
+@_jit.kernel
+def _bon_worlds_kernel(bounds, world_of, cdfs, costs, tables, prompt, query, n, u, start, outcome, mask, values, unit_cost):  # noqa: ANN001, ANN202, E501
+    """:func:`_bon_world_rows_kernel` for every segment at once: segment ``j``'s rows from world ``world_of[j]``.
+
+    Segment ``j`` is rows ``bounds[j]:bounds[j + 1]`` (the last one to the end); ``cdfs``,
+    ``costs`` and ``tables`` are the worlds' arrays (:class:`WorldArrays`): the same draws, values
+    and costs as one call per world.
+    """
+    b_n = prompt.shape[0]
+    for j in range(bounds.shape[0]):
+        hi = bounds[j + 1] if j + 1 < bounds.shape[0] else b_n
+        w = world_of[j]
+        lo = bounds[j]
+        _bon_world_rows(lo, hi, cdfs[w], costs[w], tables[w], prompt, query, n, u, start, outcome, mask, values, unit_cost)
+
+
+class WorldArrays:
+    """The best-of-N worlds of a batch as compiled-code lists (cumulative probabilities, costs, values), built once.
+
+    For :func:`draw_pulls_worlds`: one kernel call draws the rows of many worlds (instead of one
+    call per world). Build only when :func:`iapo_gym._jit.enabled`; :meth:`of` returns None for
+    worlds it cannot hold (majority-voting tables, tables above :data:`CDF_CACHE_ENTRIES`).
+    """
+
+    def __init__(self, cdf: Any, cost: Any, values: Any, n_objectives: int) -> None:
+        self.cdf, self.cost, self.values, self.n_objectives = cdf, cost, values, n_objectives
+
+    @classmethod
+    def of(cls, tables: list[OutcomeTable]) -> WorldArrays | None:
+        """The lists of ``tables`` (world ``i`` = ``tables[i]``), or None."""
+        if not tables or tables[0].strategy == "mv":
+            return None
+        cdfs = [_cdf_table(t) for t in tables]
+        if any(c is None for c in cdfs):
+            return None
+        import importlib
+
+        List = importlib.import_module("numba.typed").List  # noqa: N806  # numba only here: the compiled path
+        values = [np.ascontiguousarray(t.bon_arrays()[0], dtype=np.float64) for t in tables]
+        costs = [np.ascontiguousarray(t.cost, dtype=np.float64) for t in tables]
+        return cls(List(cdfs), List(costs), List(values), int(values[0].shape[-1]))
 
 
 @_jit.kernel

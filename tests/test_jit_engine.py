@@ -400,6 +400,21 @@ def test_bon_values_of_the_draw_are_the_numpy_values(monkeypatch, seed, b, width
     numpy_path, kernels = both(monkeypatch, draws)
     for x, y in zip(numpy_path, kernels, strict=True):
         assert same_bits(x, y)
+    # one kernel call over the batch's listed worlds (segment j from world world_of[j], any order): the same pulls
+    from iapo_gym.sampling import WorldArrays
+
+    order = rng.permutation(worlds)[: bounds.size]
+    listed = draw_pulls_worlds(
+        [tables[w] for w in order], bounds, prompt, query + 7, query, n, u, start, WorldArrays.of(tables), order
+    )
+    monkeypatch.setenv(_jit.ENV_VAR, "0")
+    want = draw_pulls_worlds([tables[w] for w in order], bounds, prompt, query + 7, query, n, u, start)
+    for x, y in zip(
+        (want.outcome, want.mask, want.values, want.unit_cost, want.query),
+        (listed.outcome, listed.mask, listed.values, listed.unit_cost, listed.query),
+        strict=True,
+    ):
+        assert same_bits(x, y)
 
 
 def test_ranked_means_are_means_at(monkeypatch):
