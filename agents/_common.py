@@ -324,9 +324,9 @@ def _kth_key(key, n, want, buf, bucket, hist):  # noqa: ANN001, ANN202
         for b in range(m):
             hist[b] = 0
         for i in range(n):
-            at = np.int64(min(max((key[i] - lo) * scale, 0.0), top))
-            bucket[i] = at
-            hist[at] += 1
+            bucket[i] = np.int32(min(max((key[i] - lo) * scale, 0.0), top))
+        for i in range(n):
+            hist[bucket[i]] += 1
         t = 0
         while below + hist[t] <= want:
             below += hist[t]
@@ -400,9 +400,10 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
     key = np.empty(n_arms)
     cf = np.empty(n_arms)
     buf = np.empty(n_arms)
-    bucket = np.empty(n_arms, dtype=np.int64)
+    bucket = np.empty(n_arms, dtype=np.int32)
     hist = np.empty(n_arms // 2 + 1, dtype=np.int64)
     arm = np.empty(n_arms, dtype=np.int64)
+    kept = np.empty(n_arms, dtype=np.bool_)
     for s in range(s_n):
         if not trim[s]:
             continue
@@ -428,13 +429,15 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
                         if room < 0:
                             cut = i
                             break
+            for i in range(n):
+                v = key[i]
+                kept[i] = (v > thr) | ((v == thr) & (i < cut))
+            for i in range(n):
+                active[s, c, arm[i]] = kept[i]
             out = 0
             for i in range(n):  # without branches: every arm written, the kept ones advance
-                v = key[i]
-                keep = (v > thr) | ((v == thr) & (i < cut))
                 idx[base + out] = arm[i]
-                out += keep
-                active[s, c, arm[i]] = keep
+                out += kept[i]
             n_row[row] = k
         for a in range(n_arms):
             live[s, a] = False
