@@ -348,13 +348,14 @@ def _kth_key(key, n, want, buf, bucket, hist):  # noqa: ANN001, ANN202
 
 
 @_jit.helper
-def _row_keys(gain, cost, cf, cost_weight, group, u_n, run, ctx, active, idx, n_row, row, cap, key, arm):  # noqa: ANN001, ANN202
+def _row_keys(gain, cost, count, cf, cost_weight, group, u_n, run, ctx, active, idx, n_row, row, cap, key, arm):  # noqa: ANN001, ANN202
     """Ranking keys of row ``(run, ctx)``'s active arms into ``key`` and ``arm`` (ascending arms); returns their number.
 
     The arms come from ``active[run, ctx]`` until the row's first halving (``n_row[row] < 0``), then
     from its compact list ``idx[row * cap : row * cap + n_row[row]]``. A key is
     :meth:`~iapo_gym.agents._engine.NestedStats.means_at`'s ``(gain - w * cost) / count``
-    (``cf``: the run's counts as floats, as numpy converts them), ``UNSEEN`` for NaN.
+    (``cf``: the run's counts as floats, as numpy converts them, filled when the run's rows were
+    never halved), ``UNSEEN`` for NaN.
     """
     n_arms = active.shape[2]
     w = cost_weight[ctx]
@@ -382,7 +383,7 @@ def _row_keys(gain, cost, cf, cost_weight, group, u_n, run, ctx, active, idx, n_
             arm[i] = idx[base + i]
     for i in range(n):
         a = arm[i]
-        v = (gain[g0 + a] - w * cost[c0 + a]) / cf[a]
+        v = (gain[g0 + a] - w * cost[c0 + a]) / count[c0 + a]
         key[i] = UNSEEN if np.isnan(v) else v
     return n
 
@@ -407,13 +408,22 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
     for s in range(s_n):
         if not trim[s]:
             continue
-        for a in range(n_arms):
-            cf[a] = count[s * n_arms + a]
+        listed = n_row[s * c_n]  # a run's rows halve together: all listed or none
+        if listed < 0:  # rows never halved: every arm's key may be needed
+            for a in range(n_arms):
+                cf[a] = count[s * n_arms + a]
+        clear_all = listed < 0 or c_n * listed >= n_arms  # the run's union: cleared at once or arm by arm
+        if clear_all:
+            for a in range(n_arms):
+                live[s, a] = False
         for c in range(c_n):
             row = s * c_n + c
-            n = _row_keys(gain, cost, cf, cost_weight, group, u_n, s, c, active, idx, n_row, row, cap, key, arm)
+            n = _row_keys(gain, cost, count, cf, cost_weight, group, u_n, s, c, active, idx, n_row, row, cap, key, arm)
             base = row * cap
             k = max(1, n // 2)
+            if not clear_all:  # the run's union is its rows' arms: cleared, then set again from the kept ones
+                for i in range(n):
+                    live[s, arm[i]] = False
             if n <= 1:  # nothing to trim
                 if n == 1:
                     idx[base] = arm[0]
@@ -439,8 +449,6 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
                 idx[base + out] = arm[i]
                 out += kept[i]
             n_row[row] = k
-        for a in range(n_arms):
-            live[s, a] = False
         for c in range(c_n):
             row = s * c_n + c
             base = row * cap
@@ -461,11 +469,12 @@ def _best_compact_kernel(gain, cost, count, cost_weight, group, u_n, active, idx
     best = np.zeros((s_n, c_n), dtype=np.int64)
     n_active = np.zeros((s_n, c_n), dtype=np.int64)
     for s in range(s_n):
-        for a in range(n_arms):
-            cf[a] = count[s * n_arms + a]
+        if n_row[s * c_n] < 0:
+            for a in range(n_arms):
+                cf[a] = count[s * n_arms + a]
         for c in range(c_n):
             row = s * c_n + c
-            n = _row_keys(gain, cost, cf, cost_weight, group, u_n, s, c, active, idx, n_row, row, cap, key, arm)
+            n = _row_keys(gain, cost, count, cf, cost_weight, group, u_n, s, c, active, idx, n_row, row, cap, key, arm)
             n_active[s, c] = n
             if n == 0:
                 continue

@@ -483,7 +483,9 @@ def test_compact_halving_makes_halve_s_decisions(monkeypatch, seed, runs, n_max,
     stats = _engine.NestedStats(runs, p_n, n_max, contexts)
     stats.gain[...] = rng.integers(0, spread + 1, stats.gain.shape) * 0.25
     stats.cost[...] = rng.integers(0, 3, stats.cost.shape) * 0.5
-    stats.count[...] = rng.integers(0, 4, stats.count.shape)  # 0: unseen (NaN mean)
+    stats.count[...] = rng.integers(0, 4, stats.count.shape)  # 0: unseen (NaN mean): no gain, no cost, as tallies hold
+    stats.gain *= stats.count[:, None] > 0
+    stats.cost *= stats.count > 0
     if start == "all":
         active = np.ones((runs, c_n, n_arms), dtype=bool)
     elif start == "some":
