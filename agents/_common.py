@@ -389,7 +389,7 @@ def _row_keys(gain, cost, count, cf, cost_weight, group, u_n, run, ctx, active, 
 
 
 @_jit.kernel
-def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, active, idx, n_row, cap, live):  # noqa: ANN001, ANN202
+def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, active, idx, n_row, cap, live):  # noqa: ANN001, ANN202, C901
     """:func:`halve` of the runs where ``trim`` is True, on the compact state of :class:`CompactHalving`, in place.
 
     Per (run, context) row: the active arms' keys (:func:`_row_keys`); the ``k = max(1, n // 2)``
