@@ -42,21 +42,20 @@ Why the engine uses numba (optional) now: numpy alone could not reach the target
 full-work replay above is about as slow per run as the authors' budget for 1000x at T = 5,000),
 while a compiled kernel is several times faster per block. The engine keeps its numpy code as the
 reference and runs a compiled twin of the hot per-completion and per-block loops (majority-vote
-credit of every nested block, the tallies, the inverse-CDF draw, halving's means and top-k;
-best-of-N: scores, sparse-table maxima, per-size sums and tallies in one kernel that does numpy's
-additions in numpy's order -- ``reduceat``'s first block plus numpy's pairwise sum of the rest --
-and the gather of the pulls' values) when numba is installed (``iapo_gym._jit``); every kernel
+credit of every nested block, the tallies, the inverse-CDF draw, halving -- every (run, context)
+in one pass over compact arm lists --; best-of-N: scores, sparse-table maxima, per-size sums and
+tallies in one kernel that does numpy's additions in numpy's order -- ``reduceat``'s first block
+plus numpy's pairwise sum of the rest -- and the gather of the pulls' values) when numba is installed (``iapo_gym._jit``); every kernel
 gives the numpy path's bits, so a seed's decisions do not depend on which ran (tested on both
 paths). The cost: a first call compiles each kernel (seconds, once; cached on disk after).
 
 Where ours stands (CPU ms per run, 200 runs, best of 3, 2-core machine shared with two other
-sessions; see docs/AGENTS.md for the table): within 1.5x of the numba floor on both tasks at
-T = 20,000 and 50,000 (0.9-1.3x, Synth-Categorical at 20,000 1.30-1.52 across runs; ours skips the
-blocks of dead arms, which the floor scores); not at T = 5,000 (MATH 2.4-3.0x, 2.1 after the
-fixed-cost work of issue 18; Synth-Categorical 2.9-3.9x), where a run is mostly per-round work the
-floor does not do: halving every (run,
-context) -- 27 contexts x 1,024 arms per run on Synth-Categorical --, choosing the final arms,
-allocation, one sampler call per size class, the batch's setup.
+sessions; see docs/AGENTS.md for the numbers): within 1.5x of the numba floor on both tasks at
+T = 20,000 and 50,000 (0.8-1.2x; ours skips the blocks of dead arms, which the floor scores); not
+at T = 5,000: MATH 1.9x (2.0-2.2 before the compact halving of issue 18), Synth-Categorical 1.8-1.9x
+(2.9-3.9 before). There a run is mostly work the floor does not do -- halving every (run, context)
+(27 contexts x 1,024 arms per run on Synth-Categorical), the draws' uniforms and values, allocation,
+the batch's setup -- on top of a block kernel that alone takes 0.8-0.95x of the floor's run.
 """
 
 from __future__ import annotations
