@@ -45,9 +45,10 @@ reference and runs a compiled twin of the hot per-completion and per-block loops
 credit of every nested block, the tallies, the inverse-CDF draw, halving -- every (run, context)
 in one pass over compact arm lists --; best-of-N: scores, sparse-table maxima, per-size sums and
 tallies in one kernel that does numpy's additions in numpy's order -- ``reduceat``'s first block
-plus numpy's pairwise sum of the rest -- and the gather of the pulls' values) when numba is installed (``iapo_gym._jit``); every kernel
-gives the numpy path's bits, so a seed's decisions do not depend on which ran (tested on both
-paths). The cost: a first call compiles each kernel (seconds, once; cached on disk after).
+plus numpy's pairwise sum of the rest -- and the gather of the pulls' values) when numba is
+installed (``iapo_gym._jit``); every kernel gives the numpy path's bits, so a seed's decisions do
+not depend on which ran (tested on both paths). The cost: a first call compiles each kernel
+(seconds, once; cached on disk after).
 
 Where ours stands (CPU ms per run, 200 runs, best of 3, 2-core machine shared with two other
 sessions; see docs/AGENTS.md for the numbers): within 1.5x of the numba floor on both tasks at
