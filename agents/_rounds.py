@@ -178,13 +178,18 @@ class MaximalArms:
             union = live_arms(self.active, runs.n_max)
         # arms trimmed in every context are never read again: the tallies need not score their blocks
         self._live = union if isinstance(self.stats, NestedStats) and not bool(union.all()) else None
-        sizes = maximal_sizes(self.active, runs.n_max, union)  # (S, P)
-        m = sizes.sum(axis=1)
-        lam = np.where(m > 0, avail1 // np.maximum(m, 1), 0)
-        cell_run, cell_prompt = np.nonzero(sizes)
-        cell_n = sizes[cell_run, cell_prompt]
-        reps = lam[cell_run]
-        run_rows, prompt_rows, n_rows = (np.repeat(x, reps) for x in (cell_run, cell_prompt, cell_n))
+        if _jit.enabled() and union.flags.c_contiguous:  # the same rows in one compiled pass
+            lam, m, cell_run, cell_prompt, cell_n, run_rows, prompt_rows, n_rows = _maximal_rows(
+                union, np.ascontiguousarray(avail1, dtype=np.int64)
+            )
+        else:
+            sizes = maximal_sizes(self.active, runs.n_max, union)  # (S, P)
+            m = sizes.sum(axis=1)
+            lam = np.where(m > 0, avail1 // np.maximum(m, 1), 0)
+            cell_run, cell_prompt = np.nonzero(sizes)
+            cell_n = sizes[cell_run, cell_prompt]
+            reps = lam[cell_run]
+            run_rows, prompt_rows, n_rows = (np.repeat(x, reps) for x in (cell_run, cell_prompt, cell_n))
         if last:
             keys = runs.streams.random(np.bincount(cell_run, minlength=runs.n_runs))  # cells are run-major
             extra = random_fit(cell_run, cell_n, avail1 - lam * m, keys)
@@ -225,6 +230,57 @@ class MaximalArms:
                 return
         self._idx = None
         halve(self.active, self.stats if lazy else self.stats.means().reshape(self.active.shape), groups[:, 0])  # type: ignore[arg-type]
+
+
+@_jit.kernel
+def _maximal_rows(union, avail):  # noqa: ANN001, ANN202
+    """Compiled twin of :meth:`MaximalArms.plan`'s rows: ``(lam, m, cell_run, cell_prompt, cell_n, run, prompt, n)``.
+
+    ``union (S, P, N_max)`` the arms live in some context of each run, ``avail (S,)`` each run's
+    budget. A cell is a (run, prompt) with a live arm, run-major (``np.nonzero`` of
+    :func:`maximal_sizes`), ``cell_n`` its largest live ``N``; ``lam[s] = avail[s] // M_s``
+    (0 where ``M_s = 0``; ``m (S,)`` holds ``M_s``), and each cell's row repeated ``lam`` times in cell order (``np.repeat``).
+    """
+    s_n, p_n, n_max = union.shape
+    sizes = np.zeros((s_n, p_n), dtype=np.int64)
+    lam = np.zeros(s_n, dtype=np.int64)
+    m_all = np.zeros(s_n, dtype=np.int64)
+    cells = 0
+    rows = 0
+    for s in range(s_n):
+        m = 0
+        here = 0
+        for p in range(p_n):
+            for k in range(n_max - 1, -1, -1):
+                if union[s, p, k]:
+                    sizes[s, p] = k + 1
+                    m += k + 1
+                    here += 1
+                    break
+        m_all[s] = m
+        if m > 0:
+            lam[s] = avail[s] // m
+        cells += here
+        rows += here * lam[s]
+    cell_run = np.empty(cells, dtype=np.int64)
+    cell_prompt = np.empty(cells, dtype=np.int64)
+    cell_n = np.empty(cells, dtype=np.int64)
+    run_rows = np.empty(rows, dtype=np.int64)
+    prompt_rows = np.empty(rows, dtype=np.int64)
+    n_rows = np.empty(rows, dtype=np.int64)
+    i = 0
+    j = 0
+    for s in range(s_n):
+        for p in range(p_n):
+            k = sizes[s, p]
+            if k == 0:
+                continue
+            cell_run[i], cell_prompt[i], cell_n[i] = s, p, k
+            i += 1
+            for _ in range(lam[s]):
+                run_rows[j], prompt_rows[j], n_rows[j] = s, p, k
+                j += 1
+    return lam, m_all, cell_run, cell_prompt, cell_n, run_rows, prompt_rows, n_rows
 
 
 def equal_rounds(budgets: NDArray[np.int64], rounds: int) -> NDArray[np.int64]:

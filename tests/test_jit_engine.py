@@ -625,3 +625,30 @@ def test_psst_model_count_kernel_adds_what_bincount_adds():
     want.reshape(-1)[:] += np.bincount(flat, minlength=counts.size).astype(np.int32)
     _add_counts(counts.reshape(-1), flat)
     assert same_bits(counts, want)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1), runs=st.integers(1, 6), prompts=st.integers(1, 5), n_max=st.integers(1, 9),
+    live=st.floats(0.0, 1.0), last=st.booleans(),
+)
+def test_maximal_arms_rows_are_the_numpy_rows(monkeypatch, seed, runs, prompts, n_max, live, last):
+    """PSST's allocation (Eq. 6) from the compiled pass: the same lambda and rows, dead prompts and runs included."""
+    from types import SimpleNamespace
+
+    from iapo_gym.agents._rounds import MaximalArms
+    from iapo_gym.runs import RunStreams
+
+    rng = np.random.default_rng(seed)
+    active = rng.random((runs, 2, prompts * n_max)) < live
+    avail = rng.integers(0, 4 * prompts * n_max, size=(runs, 1))
+
+    def plan():  # noqa: ANN202
+        batch = SimpleNamespace(n_runs=runs, n_max=n_max, streams=RunStreams(list(range(runs)), "t"))
+        units, rows = MaximalArms(batch, object(), active.copy()).plan(avail, last)  # type: ignore[arg-type]
+        return units, rows.run, rows.prompt, rows.n
+
+    numpy_path, kernels = both(monkeypatch, plan)
+    for x, y in zip(numpy_path, kernels, strict=True):
+        assert x.dtype == y.dtype and same_bits(x, y)
+    assert (np.bincount(kernels[1], weights=kernels[3], minlength=runs) <= avail[:, 0]).all()  # within each budget
