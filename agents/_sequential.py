@@ -295,9 +295,10 @@ class SequentialAgent(BatchAgent):
     def _run_loop(self, runs: RunBatch, online: _OnlineStats, steps: NDArray[np.int64]) -> bool:
         """Every step of every run by the compiled loop, where it applies (else False and nothing done).
 
-        The loop runs each run until its budget is spent, its buffered uniforms may not cover one
-        more step, or (UCB) its table of ``ln t`` is too short; then the drawn completions are
-        charged, the buffers refilled, the table extended, and the loop resumes. A Softmax step that
+        The loop runs each run until its budget is spent or (UCB) its table of ``ln t`` is too
+        short, drawing from the run's stream itself (its buffered values, then its PCG64 generator,
+        stepped in the kernel and handed back: :meth:`iapo_gym.runs.RunStreams.pcg_states`); then the
+        drawn completions are charged, the table extended, and the loop resumes. A Softmax step that
         numpy's ``log`` must settle is taken on the one-step path (:meth:`_step`). The same draws, in
         the same order, and the same arithmetic as the one-step path: the same policies.
         """
@@ -307,25 +308,26 @@ class SequentialAgent(BatchAgent):
             return False
         rule, param = spec
         tab = kernels.mv_table(table, online.stats.split.obj_weights[:, 0], runs.n_max)
-        need = kernels.step_values(rule, runs.n_prompts * runs.n_max, runs.n_max)
-        if rule == kernels.SOFTMAX:  # hundreds of values a step: 32 steps' worth per refill, within 1/8 of the memory budget
-            runs.streams.widen(max(need, min(32 * need, runs.memory_budget // (64 * runs.n_runs))))
+        kernels.install_pcg()
+        jumps = kernels.pcg_jumps(1 + runs.n_prompts * runs.n_max)  # Softmax passes over its context and arm values at once
+        pcg = np.zeros((runs.n_runs, 4), dtype=np.int64)
         upper, lower = kernels.gumbel_table()
         context_cdf = np.cumsum(runs.contexts.probs)  # what contexts.sample searches
         logs = np.empty(0)  # logs[t] = numpy's log(max(t, 1)), the one-step path's ln t
         drawn = np.zeros(runs.n_runs, dtype=np.int64)
         deferred = np.zeros(runs.n_runs, dtype=np.bool_)
         while (live := np.flatnonzero(runs.remaining > 0)).size:
-            runs.streams.fill(live, need)
             if rule == kernels.UCB and int(online.total[live].max()) >= logs.size:
                 logs = np.log(np.maximum(np.arange(2 * int(online.total.max()) + 4096), 1))
             drawn[:] = 0
             deferred[:] = False
+            pcg[live] = runs.streams.pcg_states(live)  # the kernel steps the runs' generators itself
             kernels.run_steps(
-                online.kernel_state, tab, context_cdf, live, runs.streams.buffer, runs.streams.position, runs.budgets,
-                runs.spent, drawn, steps, deferred, runs.train, runs.n_train, rule, float(param), logs, upper, lower,
-                float(self.softmax_margin),
+                online.kernel_state, tab, context_cdf, live, runs.streams.buffer, runs.streams.position, pcg, jumps,
+                runs.budgets, runs.spent, drawn, steps, deferred, runs.train, runs.n_train, rule, float(param), logs,
+                upper, lower, float(self.softmax_margin),
             )  # fmt: skip
+            runs.streams.set_pcg_states(live, pcg[live])  # before anything else draws from them
             runs.charge_drawn(drawn)
             if deferred.any():
                 self._step(runs, online, np.flatnonzero(deferred), steps, fast=True)

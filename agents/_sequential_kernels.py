@@ -36,7 +36,7 @@ Why the results are the same bits (the contract of :mod:`iapo_gym._jit`):
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -325,9 +325,18 @@ def choose_row(st, r, x, m, lt, c, ucb, scratch, ub, scanned):
     best = -1
     if st.n_unseen[r] > 0:
         best = first_unseen(st, r, m)
-    if best < 0 and m < st.n_blocks.shape[2]:
+    if best < 0:
+        best = seen_arm(st, r, x, m, lt, c, ucb, scratch, ub, scanned)
+    return best
+
+
+@helper
+def seen_arm(st, r, x, m, lt, c, ucb, scratch, ub, scanned):
+    """:func:`choose_row` without the unseen arms: :func:`endgame_arm` when some arms are infeasible, else :func:`bounded_arm`."""
+    best = -1
+    if m < st.n_blocks.shape[2]:
         best = endgame_arm(st, r, x, m, lt, c, ucb)
-    elif best < 0:
+    else:
         best = bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned)
     return best
 
@@ -422,6 +431,160 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
     return best
 
 
+#: numpy's ``PCG64`` (``pcg_setseq_128_xsl_rr_64``) multiplier, and its high and low 64-bit words.
+PCG_MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
+PCG_MULT_HI, PCG_MULT_LO = PCG_MULTIPLIER >> 64, PCG_MULTIPLIER & ((1 << 64) - 1)  # both below 2^63: int64 constants
+
+
+def _as_words(value: int) -> tuple[int, int]:
+    """A 128-bit value as its (high, low) words, each the int64 with the same bits."""
+    hi, lo = value >> 64 & ((1 << 64) - 1), value & ((1 << 64) - 1)
+    return hi - (hi >> 63 << 64), lo - (lo >> 63 << 64)
+
+
+@functools.lru_cache(maxsize=8)
+def pcg_jump(k: int) -> tuple[int, int, int, int]:
+    """``(A, S)`` as four int64 words: ``k`` steps of PCG64 take ``state`` to ``A state + S inc`` (mod ``2^128``).
+
+    One step is ``state M + inc``; ``k`` steps compose to ``A = M^k``, ``S = 1 + M + ... + M^(k-1)``
+    (by squaring: ``O(log k)`` products).
+    """
+    mask = (1 << 128) - 1
+    a, s = 1, 0  # the identity
+    pa, ps = PCG_MULTIPLIER, 1  # 2^j steps
+    k = int(k)
+    while k:
+        if k & 1:
+            a, s = a * pa & mask, (s * pa + ps) & mask
+        pa, ps = pa * pa & mask, (ps * pa + ps) & mask
+        k >>= 1
+    return (*_as_words(a), *_as_words(s))
+
+
+def pcg_jumps(skip: int) -> NDArray[np.int64]:
+    """The jumps :func:`stream_take` reads: 4 steps (its four interleaved chains), then ``skip`` steps."""
+    return np.array((*pcg_jump(4), *pcg_jump(skip)), dtype=np.int64)
+
+
+def pcg_advance(hi, lo, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN201
+    """``(A s + C) mod 2^128`` of 128-bit values given as (high, low) int64 words: one PCG64 step, or a jump.
+
+    A placeholder: :func:`install_pcg` makes it a numba intrinsic (LLVM's 128-bit integers).
+    """
+    raise RuntimeError("pcg_advance is a numba intrinsic; call install_pcg, then use it in a kernel")
+
+
+def pcg_uniform(hi, lo):  # noqa: ANN001, ANN201
+    """numpy's ``next_double`` of PCG64 state ``(hi, lo)`` (just stepped): ``(xsl_rr(state) >> 11) 2^-53``.
+
+    ``xsl_rr`` is ``(hi ^ lo)`` rotated right by ``hi >> 58``. A placeholder, as :func:`pcg_advance`.
+    """
+    raise RuntimeError("pcg_uniform is a numba intrinsic; call install_pcg, then use it in a kernel")
+
+
+@functools.lru_cache(maxsize=1)
+def install_pcg() -> None:
+    """Make :func:`pcg_advance` and :func:`pcg_uniform` numba intrinsics (before the first kernel using them compiles).
+
+    They live in this module, beside the kernels that inline them, so a change to either
+    invalidates those kernels' cache on disk as a change of the kernels would.
+    """
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    i64, i128 = ir.IntType(64), ir.IntType(128)
+
+    @intrinsic
+    def advance(typingctx: Any, hi: Any, lo: Any, a_hi: Any, a_lo: Any, c_hi: Any, c_lo: Any) -> Any:
+        if not all(isinstance(t, types.Integer) for t in (hi, lo, a_hi, a_lo, c_hi, c_lo)):
+            return None
+        sig = types.UniTuple(types.int64, 2)(*([types.int64] * 6))
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            def join(h: Any, lo_: Any) -> Any:
+                return builder.or_(builder.shl(builder.zext(h, i128), ir.Constant(i128, 64)), builder.zext(lo_, i128))
+
+            s = builder.add(builder.mul(join(args[0], args[1]), join(args[2], args[3])), join(args[4], args[5]))
+            words = [builder.trunc(builder.lshr(s, ir.Constant(i128, 64)), i64), builder.trunc(s, i64)]
+            return context.make_tuple(builder, signature.return_type, words)
+
+        return sig, codegen
+
+    @intrinsic
+    def uniform(typingctx: Any, hi: Any, lo: Any) -> Any:
+        if not all(isinstance(t, types.Integer) for t in (hi, lo)):
+            return None
+        sig = types.float64(types.int64, types.int64)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            hi, lo = args
+            x = builder.xor(hi, lo)
+            rot = builder.lshr(hi, ir.Constant(i64, 58))
+            fshr = builder.module.declare_intrinsic("llvm.fshr", [i64], ir.FunctionType(i64, [i64, i64, i64]))
+            bits = builder.lshr(builder.call(fshr, [x, x, rot]), ir.Constant(i64, 11))  # below 2^53: exact as a double
+            return builder.fmul(builder.sitofp(bits, ir.DoubleType()), ir.Constant(ir.DoubleType(), 2.0**-53))
+
+        return sig, codegen
+
+    globals()["pcg_advance"] = advance
+    globals()["pcg_uniform"] = uniform
+
+
+@helper
+def stream_take(buf, pos, pcg, r, out, first, k, skip, jumps, c4_hi, c4_lo, cs_hi, cs_lo):  # noqa: C901 (one fused pass)
+    """Run ``r``'s next ``k`` uniforms, the first ``skip`` passed over: value ``j >= skip`` into ``out[first + j]``.
+
+    Run ``r``'s stream is its buffered values ``buf[r, pos[r]:]`` (``pos`` is advanced past those
+    taken), then its PCG64 generator, whose state ``pcg[r] = (state high, state low, inc high,
+    inc low)`` (:meth:`iapo_gym.runs.RunStreams.pcg_states`) is stepped here as numpy steps it
+    (:func:`pcg_advance`, :func:`pcg_uniform`): the same values, and the same state after them.
+    ``jumps`` is :func:`pcg_jumps` of ``skip``, ``(c4_hi, c4_lo)`` and ``(cs_hi, cs_lo)`` its two
+    ``S`` times the run's increment. ``skip`` values with none buffered are one jump; a run of
+    eight or more values is drawn by four interleaved chains (positions ``t + 1 .. t + 4``, each
+    jumped four steps at a time: independent products instead of one chain of them).
+    """
+    width = buf.shape[1]
+    p = pos[r]
+    j = 0
+    if skip > 0 and p == width:  # nothing buffered: the skipped values are one jump
+        pcg[r, 0], pcg[r, 1] = pcg_advance(pcg[r, 0], pcg[r, 1], jumps[4], jumps[5], cs_hi, cs_lo)
+        j = skip
+    while j < k and p < width:  # the buffered values first
+        if j >= skip:
+            out[first + j] = buf[r, p]
+        j += 1
+        p += 1
+    pos[r] = p
+    if j < k:
+        hi, lo = pcg[r, 0], pcg[r, 1]
+        inc_hi, inc_lo = pcg[r, 2], pcg[r, 3]
+        while j < skip:  # (only when the buffer held a part of them)
+            hi, lo = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            j += 1
+        if k - j >= 8:
+            h0, l0 = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            h1, l1 = pcg_advance(h0, l0, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            h2, l2 = pcg_advance(h1, l1, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            h3, l3 = pcg_advance(h2, l2, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            while j + 4 <= k:
+                out[first + j] = pcg_uniform(h0, l0)
+                out[first + j + 1] = pcg_uniform(h1, l1)
+                out[first + j + 2] = pcg_uniform(h2, l2)
+                out[first + j + 3] = pcg_uniform(h3, l3)
+                hi, lo = h3, l3  # the state after these four
+                j += 4
+                h0, l0 = pcg_advance(h0, l0, jumps[0], jumps[1], c4_hi, c4_lo)
+                h1, l1 = pcg_advance(h1, l1, jumps[0], jumps[1], c4_hi, c4_lo)
+                h2, l2 = pcg_advance(h2, l2, jumps[0], jumps[1], c4_hi, c4_lo)
+                h3, l3 = pcg_advance(h3, l3, jumps[0], jumps[1], c4_hi, c4_lo)
+        while j < k:
+            hi, lo = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            out[first + j] = pcg_uniform(hi, lo)
+            j += 1
+        pcg[r, 0], pcg[r, 1] = hi, lo
+
+
 #: The rules of :func:`run_steps`: UCB (parameter ``c``), epsilon-greedy (``epsilon``), Softmax (``tau``).
 UCB, GREEDY, SOFTMAX = 0, 1, 2
 
@@ -438,33 +601,35 @@ def step_values(rule: int, n_arms: int, n_max: int) -> int:
 
 
 @kernel
-def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps, deferred, train, n_train,  # noqa: C901
+def run_steps(st, tab, context_cdf, live, buf, pos, pcg, jumps, budgets, spent, drawn, steps, deferred, train, n_train,  # noqa: C901
               rule, param, logs, upper, lower, margin):  # fmt: skip
     """Many steps of UCB, epsilon-greedy or Softmax (``rule``) per live run, on a majority-voting table shared by the runs.
 
-    Run ``live[i]`` steps on while it has budget left (``budgets - spent - drawn``), its buffer of
-    uniforms ``buf[r, pos[r]:]`` holds the most one step takes (:func:`step_values`), and (UCB)
+    Run ``live[i]`` steps on while it has budget left (``budgets - spent - drawn``) and (UCB)
     ``logs`` holds ``ln t`` of its block total ``t``; then the next run. A step takes, from the
-    run's own values in order, exactly what the one-step path draws: the context
-    (``searchsorted(context_cdf, u, "right")``, capped at the last context), epsilon-greedy's two
-    (the explore coin, then the random arm) or Softmax's one per arm, the query (train column
-    ``min(int(u n_train), n_train - 1)``) and the completions. It picks the arm with
-    :func:`choose_row` (UCB with ``c = param``, or the greedy arm), the ``floor(u k)``-th of the
-    ``k`` feasible arms (epsilon-greedy exploring with probability ``param``) or
-    :func:`softmax_row` (``tau = param``), adds its ``N`` to ``drawn`` (the caller charges it:
-    :meth:`iapo_gym.runs.RunBatch.charge_drawn`) and records the pull with :func:`pull_mv_row`.
-    ``logs[t]`` is numpy's ``log(max(t, 1))``, the value the one-step path computes. A Softmax step
-    whose winner only numpy's own ``log`` can settle is left undrawn: ``deferred[r]`` is set and
-    the run stops there (the caller takes that step on the one-step path). Runs are independent,
-    so their order changes nothing.
+    run's own stream in order (:func:`stream_take`: its buffered values ``buf[r, pos[r]:]``, then
+    its PCG64 generator ``pcg[r]``, stepped here; ``jumps`` is :func:`pcg_jumps` of ``1 + A``),
+    exactly what the one-step path draws: the context (``searchsorted(context_cdf, u, "right")``,
+    capped at the last context), epsilon-greedy's two (the explore coin, then the random arm) or
+    Softmax's one per arm, the query (train column ``min(int(u n_train), n_train - 1)``) and the
+    completions. It picks the arm with :func:`choose_row` (UCB with ``c = param``, or the greedy
+    arm), the ``floor(u k)``-th of the ``k`` feasible arms (epsilon-greedy exploring with
+    probability ``param``) or :func:`softmax_row` (``tau = param``), adds its ``N`` to ``drawn``
+    (the caller charges it: :meth:`iapo_gym.runs.RunBatch.charge_drawn`) and records the pull with
+    :func:`pull_mv_row`. A Softmax step whose arm is an unseen one reads neither its context nor
+    its ``A`` arm values: they are passed over as one jump of the generator. ``logs[t]`` is numpy's
+    ``log(max(t, 1))``, the value the one-step path computes. A Softmax step whose winner only
+    numpy's own ``log`` can settle is left undrawn (the stream put back where the step began):
+    ``deferred[r]`` is set and the run stops there (the caller takes that step on the one-step
+    path). Runs are independent, so their order changes nothing.
     """
     n_max = st.n_blocks.shape[2]
     n_prompts = st.n_blocks.shape[1]
     n_arms = st.countf.shape[1]
     a_n = tab.probs.shape[2]
     c_n = context_cdf.shape[0]
-    width = buf.shape[1]
     need = step_values(rule, n_arms, n_max)
+    pre = need - n_max  # the context, the rule's values and the query
     ucb = rule == UCB
     total = st.total
     cdf = np.empty(a_n)
@@ -474,44 +639,63 @@ def run_steps(st, tab, context_cdf, live, buf, pos, budgets, spent, drawn, steps
     scratch = np.empty(n_arms)
     ub = np.empty(n_prompts)
     scanned = np.empty(n_prompts, dtype=np.bool_)
+    u = np.empty(need)  # one step's values: u[0] the context, then the rule's, the query, the completions
     for i in range(live.shape[0]):
         r = live[i]
-        u = buf[r]
+        c4_hi, c4_lo = pcg_advance(pcg[r, 2], pcg[r, 3], jumps[2], jumps[3], 0, 0)  # S times the increment
+        cs_hi, cs_lo = pcg_advance(pcg[r, 2], pcg[r, 3], jumps[6], jumps[7], 0, 0)
         while True:
             left = budgets[r] - spent[r] - drawn[r]
-            b = pos[r]
-            if left <= 0 or b + need > width or (ucb and total[r] >= logs.shape[0]):
+            if left <= 0 or (ucb and total[r] >= logs.shape[0]):
                 break
-            x = 0
-            for k in range(c_n):
-                x += u[b] >= context_cdf[k]
-            x = min(x, c_n - 1)
-            b += 1
             m = min(left, n_max)
-            lt = logs[max(total[r], 1)] if ucb else 0.0
-            explore = False
-            if rule == GREEDY:  # epsilon-greedy's explore coin, then its random arm
-                explore = u[b] < param
-                pick = u[b + 1]
-                b += 2
-            if rule == SOFTMAX:
-                arm = softmax_row(st, r, x, m, u, b, param, upper, lower, margin, scratch, ub, scanned)
-                b += n_arms
-            elif explore:  # the floor(pick k)-th of the k feasible arms, in index order
-                kk = n_prompts * m
-                j = min(np.int64(pick * kk), kk - 1)
-                arm = (j // m) * n_max + j % m
-            else:  # one call site per helper: numba inlines each call, and two copies trip its SSA checks
-                arm = choose_row(st, r, x, m, lt, param if ucb else 0.0, ucb, scratch, ub, scanned)
+            unseen = -1
+            if st.n_unseen[r] > 0:  # the unseen-first rule (one call site of each helper: see choose_row)
+                unseen = first_unseen(st, r, m)
+            skip = 1 + n_arms if rule == SOFTMAX and unseen >= 0 else 0  # its context and arm values unread
+            p0, s_hi, s_lo = pos[r], pcg[r, 0], pcg[r, 1]  # where the step begins
+            arm = -1
+            b = 1
+            first, k_n = 0, pre
+            for phase in range(2):  # the values up to the query, then the completions (one call site: inlined once)
+                stream_take(buf, pos, pcg, r, u, first, k_n, skip, jumps, c4_hi, c4_lo, cs_hi, cs_lo)
+                if phase == 1:
+                    break
+                x = 0
+                if skip == 0:
+                    for k in range(c_n):
+                        x += u[0] >= context_cdf[k]
+                    x = min(x, c_n - 1)
+                lt = logs[max(total[r], 1)] if ucb else 0.0
+                explore = False
+                if rule == GREEDY:  # epsilon-greedy's explore coin, then its random arm
+                    explore = u[b] < param
+                    pick = u[b + 1]
+                    b += 2
+                if explore:  # the floor(pick k)-th of the k feasible arms, in index order
+                    kk = n_prompts * m
+                    j = min(np.int64(pick * kk), kk - 1)
+                    arm = (j // m) * n_max + j % m
+                elif unseen >= 0:
+                    arm = unseen
+                elif rule == SOFTMAX:  # softmax_row's and choose_row's rules, their unseen-first part above
+                    arm = softmax_gumbel(st, r, x, m, u, b, param, upper, lower, margin, scratch, ub, scanned)
+                else:  # one call site per helper: numba inlines each call, and two copies trip its SSA checks
+                    arm = seen_arm(st, r, x, m, lt, param if ucb else 0.0, ucb, scratch, ub, scanned)
+                if rule == SOFTMAX:
+                    b += n_arms
+                if arm < 0:
+                    break
+                first, k_n, skip = pre, arm % n_max + 1, 0
             if arm < 0:  # numpy's log decides this step: leave it (and the run) to the one-step path
+                pos[r], pcg[r, 0], pcg[r, 1] = p0, s_hi, s_lo  # its values drawn again there
                 deferred[r] = True
                 break
             p = arm // n_max
             nb = arm % n_max + 1
             drawn[r] += nb
             col = min(np.int64(u[b] * n_train[r]), n_train[r] - 1)
-            pull_mv_row(st, tab, r, p, train[r, col], nb, u, b + 1, cdf, votes, csum, blocks)
-            pos[r] = b + 1 + nb
+            pull_mv_row(st, tab, r, p, train[r, col], nb, u, pre, cdf, votes, csum, blocks)
             steps[r] += 1
 
 
@@ -601,26 +785,34 @@ def softmax_row(st, r, x, m, u, first, tau, upper, lower, margin, high, ub, scan
     unseen = first_unseen(st, r, m) if st.n_unseen[r] > 0 else -1
     best = -1
     if unseen < 0:
-        n_max = st.n_blocks.shape[2]
-        threshold = softmax_scan(st, r, x, m, u, first, 1.0 / tau, upper, lower, high, ub, scanned)
-        second = -np.inf
-        best_l = -np.inf
-        for p in range(st.n_blocks.shape[1]):
-            if not scanned[p]:
-                continue
-            for k in range(m):
-                a = p * n_max + k
-                if high[a] >= threshold:
-                    val = st.mean[r, x, a] / tau
-                    val += -np.log(-np.log1p(-u[first + a]))  # numpy's operations, numba's log
-                    if best < 0 or val > best_l:
-                        second = max(second, best_l)
-                        best, best_l = a, val
-                    else:
-                        second = max(second, val)
-        if not best_l - second > margin * (1.0 + abs(best_l)):
-            best = -1  # too close for numba's log to decide: numpy's will
+        best = softmax_gumbel(st, r, x, m, u, first, tau, upper, lower, margin, high, ub, scanned)
     return unseen if unseen >= 0 else best
+
+
+@helper
+def softmax_gumbel(st, r, x, m, u, first, tau, upper, lower, margin, high, ub, scanned):
+    """:func:`softmax_row` once no feasible arm is unseen: the Gumbel-max winner, or -1 (numpy's ``log`` decides)."""
+    best = -1
+    n_max = st.n_blocks.shape[2]
+    threshold = softmax_scan(st, r, x, m, u, first, 1.0 / tau, upper, lower, high, ub, scanned)
+    second = -np.inf
+    best_l = -np.inf
+    for p in range(st.n_blocks.shape[1]):
+        if not scanned[p]:
+            continue
+        for k in range(m):
+            a = p * n_max + k
+            if high[a] >= threshold:
+                val = st.mean[r, x, a] / tau
+                val += -np.log(-np.log1p(-u[first + a]))  # numpy's operations, numba's log
+                if best < 0 or val > best_l:
+                    second = max(second, best_l)
+                    best, best_l = a, val
+                else:
+                    second = max(second, val)
+    if not best_l - second > margin * (1.0 + abs(best_l)):
+        best = -1  # too close for numba's log to decide: numpy's will
+    return best
 
 
 @kernel

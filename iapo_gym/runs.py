@@ -71,6 +71,7 @@ SIZE_CLASS_RATIO = 0.7
 CACHE_CALL_COMPLETIONS = 1 << 15
 
 _BUFFER = 4096  # per-run buffer of small draws (refilled from the run's generator)
+_WORD = (1 << 64) - 1  # the low 64 bits of a PCG64 state
 
 
 def resolve_memory_budget(value: int | None = None) -> int:
@@ -275,6 +276,37 @@ class RunStreams:
             self._buf[s, :left] = self._buf[s, self._width - left :].copy()
             self.generators[s].random(out=self._buf[s, left:])
             self._pos[s] = 0
+
+    def pcg_states(self, runs: ArrayLike) -> NDArray[np.int64]:
+        """``(len(runs), 4)``: each run's PCG64 ``(state high, state low, inc high, inc low)`` words, as int64 bit patterns.
+
+        For a compiled consumer that draws the runs' next values itself, bit for bit as numpy's
+        ``PCG64`` would (:func:`iapo_gym.agents._sequential_kernels.stream_take`); it must hand the
+        advanced states back with :meth:`set_pcg_states` before anything else draws. The values in
+        :attr:`buffer` come first: the generator is already past them.
+        """
+        runs_a = np.asarray(runs, dtype=np.int64).reshape(-1)
+        words = []
+        for s in runs_a.tolist():
+            st = self.generators[s].bit_generator.state["state"]
+            state, inc = int(st["state"]), int(st["inc"])
+            words.append((state >> 64, state & _WORD, inc >> 64, inc & _WORD))
+        return np.array(words, dtype=np.uint64).reshape(runs_a.size, 4).view(np.int64)
+
+    def set_pcg_states(self, runs: ArrayLike, states: ArrayLike) -> None:
+        """Set run ``runs[i]``'s PCG64 state to ``states[i]`` (as :meth:`pcg_states` gives; the increments must be the runs' own).
+
+        numpy's 32-bit buffer (``has_uint32``, ``uinteger``) is kept: doubles never touch it.
+        """
+        runs_a = np.asarray(runs, dtype=np.int64).reshape(-1)
+        words = np.asarray(states, dtype=np.int64).reshape(runs_a.size, 4).view(np.uint64).tolist()
+        for s, (hi, lo, inc_hi, inc_lo) in zip(runs_a.tolist(), words, strict=True):
+            bg = self.generators[s].bit_generator
+            full = bg.state
+            if full["state"]["inc"] != (inc_hi << 64) | inc_lo:
+                raise ValueError(f"run {s}: the increment does not match its generator's")
+            full["state"]["state"] = (hi << 64) | lo
+            bg.state = full
 
     def rows(self, runs: ArrayLike) -> RowGenerator:
         """A ``numpy.random.Generator``-like view whose row ``i`` draws from run ``runs[i]`` (see :class:`RowGenerator`)."""
