@@ -434,6 +434,8 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
 #: numpy's ``PCG64`` (``pcg_setseq_128_xsl_rr_64``) multiplier, and its high and low 64-bit words.
 PCG_MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
 PCG_MULT_HI, PCG_MULT_LO = PCG_MULTIPLIER >> 64, PCG_MULTIPLIER & ((1 << 64) - 1)  # both below 2^63: int64 constants
+#: Interleaved PCG64 chains of :func:`pcg_fill` (two 512-bit vectors of 64-bit lanes where the CPU has them).
+PCG_LANES = 16
 
 
 def _as_words(value: int) -> tuple[int, int]:
@@ -462,8 +464,8 @@ def pcg_jump(k: int) -> tuple[int, int, int, int]:
 
 
 def pcg_jumps(skip: int) -> NDArray[np.int64]:
-    """The jumps :func:`stream_take` reads: 4 steps (its four interleaved chains), then ``skip`` steps."""
-    return np.array((*pcg_jump(4), *pcg_jump(skip)), dtype=np.int64)
+    """The jumps :func:`stream_take` reads: :data:`PCG_LANES` steps (:func:`pcg_fill`'s chains), then ``skip`` steps."""
+    return np.array((*pcg_jump(PCG_LANES), *pcg_jump(skip)), dtype=np.int64)
 
 
 def pcg_advance(hi, lo, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN201
@@ -482,9 +484,23 @@ def pcg_uniform(hi, lo):  # noqa: ANN001, ANN201
     raise RuntimeError("pcg_uniform is a numba intrinsic; call install_pcg, then use it in a kernel")
 
 
+def pcg_fill(out, first, n, lanes, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN201
+    """``n`` values (a multiple of :data:`PCG_LANES`, at least one) of :data:`PCG_LANES` interleaved chains into ``out[first:]``.
+
+    Chain ``l`` starts at state ``(lanes[l], lanes[L + l])`` (``L`` = :data:`PCG_LANES`) and gives
+    values ``l, l + L, l + 2L, ...``: its state's :func:`pcg_uniform`, then a jump of ``L`` steps
+    ``(A, C)`` (:func:`pcg_jump` of ``L``, ``C = S inc``). ``lanes`` is left holding each chain's
+    state of its last value (so lane ``L - 1``'s is the state after all ``n``). The chains are
+    vectors of 64-bit lanes in LLVM IR: the 128-bit products from 32-bit halves (``a 64 x 64 -> 128``
+    multiply has no vector instruction), the rotation a funnel shift. A placeholder, as
+    :func:`pcg_advance`.
+    """
+    raise RuntimeError("pcg_fill is a numba intrinsic; call install_pcg, then use it in a kernel")
+
+
 @functools.lru_cache(maxsize=1)
 def install_pcg() -> None:
-    """Make :func:`pcg_advance` and :func:`pcg_uniform` numba intrinsics (before the first kernel using them compiles).
+    """Make :func:`pcg_advance`, :func:`pcg_uniform` and :func:`pcg_fill` numba intrinsics (before a kernel using them compiles).
 
     They live in this module, beside the kernels that inline them, so a change to either
     invalidates those kernels' cache on disk as a change of the kernels would.
@@ -529,20 +545,97 @@ def install_pcg() -> None:
 
     globals()["pcg_advance"] = advance
     globals()["pcg_uniform"] = uniform
+    globals()["pcg_fill"] = _fill_intrinsic(intrinsic, ir, types)
+
+
+def _fill_intrinsic(intrinsic: Any, ir: Any, types: Any) -> Any:
+    """:func:`pcg_fill` as a numba intrinsic (LLVM IR: one loop over vectors of :data:`PCG_LANES` 64-bit lanes)."""
+    from numba.core import cgutils
+
+    i32, i64, f64 = ir.IntType(32), ir.IntType(64), ir.DoubleType()
+    vec, dvec = ir.VectorType(i64, PCG_LANES), ir.VectorType(f64, PCG_LANES)
+
+    def const(value: int) -> Any:
+        return ir.Constant(vec, [ir.Constant(i64, value)] * PCG_LANES)
+
+    def splat(builder: Any, value: Any) -> Any:
+        out = ir.Constant(vec, ir.Undefined)
+        for lane in range(PCG_LANES):
+            out = builder.insert_element(out, value, ir.Constant(i32, lane))
+        return out
+
+    @intrinsic
+    def fill(typingctx: Any, out: Any, first: Any, n: Any, lanes: Any, a_hi: Any, a_lo: Any, c_hi: Any, c_lo: Any) -> Any:
+        arrays = isinstance(out, types.Array) and out.dtype == types.float64 and out.ndim == 1
+        arrays = arrays and isinstance(lanes, types.Array) and lanes.dtype == types.int64 and lanes.ndim == 1
+        if not arrays or not all(isinstance(t, types.Integer) for t in (first, n, a_hi, a_lo, c_hi, c_lo)):
+            return None
+        sig = types.void(out, types.int64, types.int64, lanes, *([types.int64] * 4))
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            out_a = context.make_array(signature.args[0])(context, builder, args[0])
+            lanes_a = context.make_array(signature.args[3])(context, builder, args[3])
+            first, n, a_hi, a_lo, c_hi, c_lo = args[1], args[2], *args[4:]
+            state = builder.bitcast(lanes_a.data, vec.as_pointer())  # [high words, low words]
+            h0 = builder.load(state, align=8)
+            x0 = builder.load(builder.gep(state, [ir.Constant(i64, 1)]), align=8)
+            base = builder.gep(out_a.data, [first])
+            m32, s32 = const(0xFFFFFFFF), const(32)
+            ah, al, ch, cl = (splat(builder, v) for v in (a_hi, a_lo, c_hi, c_lo))
+            al0, al1 = builder.and_(al, m32), builder.lshr(al, s32)
+            fty = ir.FunctionType(vec, [vec, vec, vec])
+            fshr = cgutils.get_or_insert_function(builder.module, fty, f"llvm.fshr.v{PCG_LANES}i64")
+            scale = ir.Constant(dvec, [ir.Constant(f64, 2.0**-53)] * PCG_LANES)
+            entry = builder.basic_block
+            loop = builder.append_basic_block("pcg_fill.loop")
+            step = builder.append_basic_block("pcg_fill.step")
+            done = builder.append_basic_block("pcg_fill.done")
+            builder.branch(loop)
+            builder.position_at_end(loop)  # the values of the chains' states
+            i, h, x = builder.phi(i64), builder.phi(vec), builder.phi(vec)
+            xored = builder.xor(h, x)
+            bits = builder.lshr(builder.call(fshr, [xored, xored, builder.lshr(h, const(58))]), const(11))
+            values = builder.fmul(builder.sitofp(bits, dvec), scale)  # bits < 2^53: exact, as numpy's next_double
+            builder.store(values, builder.bitcast(builder.gep(base, [i]), dvec.as_pointer()), align=8)
+            i_next = builder.add(i, ir.Constant(i64, PCG_LANES))
+            builder.cbranch(builder.icmp_signed("<", i_next, n), step, done)
+            builder.position_at_end(step)  # (h, x) <- (h, x) (A_hi, A_lo) + (C_hi, C_lo) mod 2^128, per lane
+            x0_, x1_ = builder.and_(x, m32), builder.lshr(x, s32)
+            p00, p01 = builder.mul(x0_, al0), builder.mul(x0_, al1)
+            p10, p11 = builder.mul(x1_, al0), builder.mul(x1_, al1)
+            mid = builder.add(builder.add(builder.lshr(p00, s32), builder.and_(p01, m32)), builder.and_(p10, m32))
+            low = builder.or_(builder.and_(p00, m32), builder.shl(mid, s32))
+            high = builder.add(builder.add(p11, builder.lshr(p01, s32)), builder.add(builder.lshr(p10, s32), builder.lshr(mid, s32)))
+            high = builder.add(high, builder.add(builder.mul(h, al), builder.mul(x, ah)))
+            x_next = builder.add(low, cl)
+            h_next = builder.add(builder.add(high, ch), builder.zext(builder.icmp_unsigned("<", x_next, low), vec))
+            builder.branch(loop)
+            for phi, start, nxt in ((i, ir.Constant(i64, 0), i_next), (h, h0, h_next), (x, x0, x_next)):
+                phi.add_incoming(start, entry)
+                phi.add_incoming(nxt, step)
+            builder.position_at_end(done)
+            builder.store(h, state, align=8)
+            builder.store(x, builder.gep(state, [ir.Constant(i64, 1)]), align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return fill
 
 
 @helper
-def stream_take(buf, pos, pcg, r, out, first, k, skip, jumps, c4_hi, c4_lo, cs_hi, cs_lo):  # noqa: C901 (one fused pass)
+def stream_take(buf, pos, pcg, r, out, first, k, skip, jumps, cl_hi, cl_lo, cs_hi, cs_lo, lanes):
     """Run ``r``'s next ``k`` uniforms, the first ``skip`` passed over: value ``j >= skip`` into ``out[first + j]``.
 
     Run ``r``'s stream is its buffered values ``buf[r, pos[r]:]`` (``pos`` is advanced past those
     taken), then its PCG64 generator, whose state ``pcg[r] = (state high, state low, inc high,
     inc low)`` (:meth:`iapo_gym.runs.RunStreams.pcg_states`) is stepped here as numpy steps it
     (:func:`pcg_advance`, :func:`pcg_uniform`): the same values, and the same state after them.
-    ``jumps`` is :func:`pcg_jumps` of ``skip``, ``(c4_hi, c4_lo)`` and ``(cs_hi, cs_lo)`` its two
+    ``jumps`` is :func:`pcg_jumps` of ``skip``, ``(cl_hi, cl_lo)`` and ``(cs_hi, cs_lo)`` its two
     ``S`` times the run's increment. ``skip`` values with none buffered are one jump; a run of
-    eight or more values is drawn by four interleaved chains (positions ``t + 1 .. t + 4``, each
-    jumped four steps at a time: independent products instead of one chain of them).
+    ``2 L`` or more values (``L`` = :data:`PCG_LANES`) is drawn by :func:`pcg_fill`: ``L``
+    interleaved chains (positions ``t + 1 .. t + L``, each jumped ``L`` steps at a time), their
+    states in ``lanes`` (``2 L`` integers).
     """
     width = buf.shape[1]
     p = pos[r]
@@ -562,22 +655,14 @@ def stream_take(buf, pos, pcg, r, out, first, k, skip, jumps, c4_hi, c4_lo, cs_h
         while j < skip:  # (only when the buffer held a part of them)
             hi, lo = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
             j += 1
-        if k - j >= 8:
-            h0, l0 = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
-            h1, l1 = pcg_advance(h0, l0, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
-            h2, l2 = pcg_advance(h1, l1, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
-            h3, l3 = pcg_advance(h2, l2, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
-            while j + 4 <= k:
-                out[first + j] = pcg_uniform(h0, l0)
-                out[first + j + 1] = pcg_uniform(h1, l1)
-                out[first + j + 2] = pcg_uniform(h2, l2)
-                out[first + j + 3] = pcg_uniform(h3, l3)
-                hi, lo = h3, l3  # the state after these four
-                j += 4
-                h0, l0 = pcg_advance(h0, l0, jumps[0], jumps[1], c4_hi, c4_lo)
-                h1, l1 = pcg_advance(h1, l1, jumps[0], jumps[1], c4_hi, c4_lo)
-                h2, l2 = pcg_advance(h2, l2, jumps[0], jumps[1], c4_hi, c4_lo)
-                h3, l3 = pcg_advance(h3, l3, jumps[0], jumps[1], c4_hi, c4_lo)
+        if k - j >= 2 * PCG_LANES:  # the chains' first states, then their values at once
+            for lane in range(PCG_LANES):
+                hi, lo = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+                lanes[lane], lanes[PCG_LANES + lane] = hi, lo
+            n_fill = (k - j) // PCG_LANES * PCG_LANES
+            pcg_fill(out, first + j, n_fill, lanes, jumps[0], jumps[1], cl_hi, cl_lo)
+            hi, lo = lanes[PCG_LANES - 1], lanes[2 * PCG_LANES - 1]
+            j += n_fill
         while j < k:
             hi, lo = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
             out[first + j] = pcg_uniform(hi, lo)
@@ -640,9 +725,10 @@ def run_steps(st, tab, context_cdf, live, buf, pos, pcg, jumps, budgets, spent, 
     ub = np.empty(n_prompts)
     scanned = np.empty(n_prompts, dtype=np.bool_)
     u = np.empty(need)  # one step's values: u[0] the context, then the rule's, the query, the completions
+    lanes = np.empty(2 * PCG_LANES, dtype=np.int64)
     for i in range(live.shape[0]):
         r = live[i]
-        c4_hi, c4_lo = pcg_advance(pcg[r, 2], pcg[r, 3], jumps[2], jumps[3], 0, 0)  # S times the increment
+        cl_hi, cl_lo = pcg_advance(pcg[r, 2], pcg[r, 3], jumps[2], jumps[3], 0, 0)  # S times the increment
         cs_hi, cs_lo = pcg_advance(pcg[r, 2], pcg[r, 3], jumps[6], jumps[7], 0, 0)
         while True:
             left = budgets[r] - spent[r] - drawn[r]
@@ -658,7 +744,7 @@ def run_steps(st, tab, context_cdf, live, buf, pos, pcg, jumps, budgets, spent, 
             b = 1
             first, k_n = 0, pre
             for phase in range(2):  # the values up to the query, then the completions (one call site: inlined once)
-                stream_take(buf, pos, pcg, r, u, first, k_n, skip, jumps, c4_hi, c4_lo, cs_hi, cs_lo)
+                stream_take(buf, pos, pcg, r, u, first, k_n, skip, jumps, cl_hi, cl_lo, cs_hi, cs_lo, lanes)
                 if phase == 1:
                     break
                 x = 0
@@ -726,27 +812,23 @@ def softmax_scan(st, r, x, m, u, first, inv_tau, upper, lower, high, ub, scanned
       leaves the floor, hence the threshold, as the scanned arms alone make them.
 
     The means are finite and ``inv_tau`` positive, so no bound is NaN (a NaN bound would only make
-    the prompt scanned). The smallest ``u`` of a prompt is taken over four running minima (``min``
-    is exact in any order; four independent chains instead of one). On MATH (25 prompts of 32
-    arms, tau 0.05) about 4 prompts a step are scanned. ``high`` holds ``A`` floats, ``ub`` and
+    the prompt scanned). The smallest ``u`` of a prompt is the one of smallest bit pattern (``u >= 0``:
+    the same order; an integer minimum, which LLVM vectorises), and a prompt's floor is taken over
+    two running maxima (``max`` is exact in any order: two independent chains instead of one). On
+    MATH (25 prompts of 32 arms, tau 0.05) about 4 prompts a step are scanned. ``high`` holds ``A`` floats, ``ub`` and
     ``scanned`` ``|P|`` each.
     """
     n_max = st.n_blocks.shape[2]
     n_prompts = st.n_blocks.shape[1]
     n_buckets = upper.shape[0]
     top = 0
+    bits = u.view(np.int64)  # u >= 0: ordered as their bit patterns, whose minimum vectorises
     for p in range(n_prompts):
         base = first + p * n_max
-        u0 = u1 = u2 = u3 = u[base]  # four running minima: independent chains
-        k = 1
-        while k + 4 <= m:
-            u0, u1 = min(u0, u[base + k]), min(u1, u[base + k + 1])
-            u2, u3 = min(u2, u[base + k + 2]), min(u3, u[base + k + 3])
-            k += 4
-        while k < m:
-            u0 = min(u0, u[base + k])
-            k += 1
-        u_min = min(min(u0, u1), min(u2, u3))
+        q = bits[base]
+        for k in range(1, m):
+            q = min(q, bits[base + k])
+        u_min = np.int64(q).view(np.float64)  # (a fresh value: numba views a name defined once)
         ub[p] = st.pmax[r, x, p] * inv_tau + upper[np.int64(u_min * n_buckets)]  # read where used (see pull_mv_row)
         scanned[p] = False
         if ub[p] > ub[top]:
@@ -757,12 +839,21 @@ def softmax_scan(st, r, x, m, u, first, inv_tau, upper, lower, high, ub, scanned
         p = top if j == 0 else j - 1
         if not scanned[p] and not ub[p] < cut:
             scanned[p] = True
-            for k in range(m):
+            f0 = f1 = -np.inf  # two running maxima: independent chains
+            k = 0
+            while k < m:
                 a = p * n_max + k
                 x_a = st.mean[r, x, a] * inv_tau  # within an ulp of mean / tau: far inside the tolerance
                 bucket = np.int64(u[first + a] * n_buckets)
                 high[a] = x_a + upper[bucket]
-                floor = max(floor, x_a + lower[bucket])
+                f0 = max(f0, x_a + lower[bucket])
+                if k + 1 < m:
+                    x_b = st.mean[r, x, a + 1] * inv_tau
+                    bucket = np.int64(u[first + a + 1] * n_buckets)
+                    high[a + 1] = x_b + upper[bucket]
+                    f1 = max(f1, x_b + lower[bucket])
+                k += 2
+            floor = max(floor, max(f0, f1))
             cut = floor - 2e-9 * (64.0 + abs(floor))
     return floor - 1e-9 * (64.0 + abs(floor))  # -inf for a floor of -inf
 
