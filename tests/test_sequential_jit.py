@@ -404,3 +404,81 @@ def test_refresh_keeps_counts_means_and_bounds_of_partial_pulls():
         np.testing.assert_array_equal(st.unseen_best, best)
     assert np.isfinite(st.pinv).any() and np.isinf(st.pinv).any()  # some prompts fully seen, some not
     assert (st.unseen_best < 0).any() and (st.unseen_best >= 0).any()
+
+
+_stream_take = kernels.stream_take  # a plain global: numba compiles it inlined
+
+
+def _takes(buf, pos, pcg, runs, counts, skips, jumps, out):
+    """stream_take of ``counts[i]`` values (the first ``skips[i]`` passed over) from run ``runs[i]``, in order, into ``out``."""
+    lanes = np.empty(2 * kernels.PCG_LANES, dtype=np.int64)
+    first = 0
+    for i in range(runs.shape[0]):
+        r = runs[i]
+        cl_hi, cl_lo = kernels.pcg_advance(pcg[r, 2], pcg[r, 3], jumps[2], jumps[3], 0, 0)
+        cs_hi, cs_lo = kernels.pcg_advance(pcg[r, 2], pcg[r, 3], jumps[6], jumps[7], 0, 0)
+        _stream_take(buf, pos, pcg, r, out, first, counts[i], skips[i], jumps, cl_hi, cl_lo, cs_hi, cs_lo, lanes)
+        first += counts[i]
+
+
+def test_the_kernels_pcg64_is_numpys_stream_bit_for_bit():
+    """stream_take gives each run the values numpy's PCG64 gives it, and leaves the generator where numpy would.
+
+    Three runs of different seeds, their buffers partly drawn (so values come from the buffer first),
+    requests of every size from 0 to past two full vector fills (the single chain, pcg_fill's
+    16 lanes and the tail), skips served by the buffer, by one jump and in part; after the states
+    are handed back (RunStreams.set_pcg_states), the generators continue the same stream.
+    """
+    import numba
+
+    from iapo_gym import _jit
+
+    kernels.install_pcg()
+    _jit._register_helpers()
+    takes = numba.njit(error_model="numpy")(_takes)  # not cached: it inlines the helper as it is now
+    rng = np.random.default_rng(11)
+    skip_len = 1 + 800  # Softmax's jump on MATH: the context and one value per arm
+    jumps = kernels.pcg_jumps(skip_len)
+    for seeds in ([0, 1, 2], [123456789, 7, 2**40 + 3]):
+        ours, ref = RunStreams(seeds, "pcg-test"), RunStreams(seeds, "pcg-test")
+        for s in (ours, ref):
+            s.random([5, 300, 4095], [0, 1, 2])  # buffered values left: 4091, 3796, 1
+        runs = rng.integers(0, 3, 400)
+        counts = rng.integers(0, 70, 400)
+        counts[::9] = rng.integers(70, 1200, counts[::9].size)  # long runs: pcg_fill and its tail
+        skips = np.zeros(400, dtype=np.int64)
+        jump_rows = np.flatnonzero(rng.random(400) < 0.2)
+        skips[jump_rows] = skip_len
+        counts[jump_rows] += rng.integers(0, 40, jump_rows.size) + skip_len
+        pcg = np.zeros((3, 4), dtype=np.int64)
+        pcg[:] = ours.pcg_states([0, 1, 2])
+        out = np.full(int(counts.sum()), np.nan)
+        takes(ours.buffer, ours.position, pcg, runs, counts, skips, jumps, out)
+        ours.set_pcg_states([0, 1, 2], pcg)
+        first = np.cumsum(counts) - counts
+        for i in range(400):  # numpy's values, request after request
+            want = ref.random([counts[i]], [runs[i]])
+            got = out[first[i] : first[i] + counts[i]]
+            np.testing.assert_array_equal(got[skips[i] :], want[skips[i] :])
+            assert np.isnan(got[: skips[i]]).all()  # passed over: never written
+        for r in range(3):  # the streams go on alike: the buffers' rest, then the generators
+            np.testing.assert_array_equal(ours.random([5000], [r]), ref.random([5000], [r]))
+            state = ours.generators[r].bit_generator.state
+            assert state == ref.generators[r].bit_generator.state
+        assert (ours.position == ref.position).all()
+
+
+def test_pcg_jump_is_numpys_advance():
+    """pcg_jump(k) moves a state as PCG64.advance(k) does (and as k single steps do)."""
+    for k in (0, 1, 4, 16, 801, 12_345):
+        bg = np.random.PCG64(k + 5)
+        state, inc = bg.state["state"]["state"], bg.state["state"]["inc"]
+        a_hi, a_lo, s_hi, s_lo = (w % (1 << 64) for w in kernels.pcg_jump(k))
+        a, s = (a_hi << 64) | a_lo, (s_hi << 64) | s_lo
+        bg.advance(k)
+        assert (a * state + s * inc) % (1 << 128) == bg.state["state"]["state"]
+        single = state
+        for _ in range(min(k, 20)):
+            single = (single * kernels.PCG_MULTIPLIER + inc) % (1 << 128)
+        if k <= 20:
+            assert single == bg.state["state"]["state"]
