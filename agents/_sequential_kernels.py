@@ -332,7 +332,7 @@ def choose_row(st, r, x, m, lt, c, ucb, scratch, ub, scanned):
 
 @helper
 def seen_arm(st, r, x, m, lt, c, ucb, scratch, ub, scanned):
-    """:func:`choose_row` without the unseen arms: :func:`endgame_arm` when some arms are infeasible, else :func:`bounded_arm`."""
+    """:func:`choose_row` past the unseen arms: :func:`endgame_arm` when some arms are infeasible, else :func:`bounded_arm`."""
     best = -1
     if m < st.n_blocks.shape[2]:
         best = endgame_arm(st, r, x, m, lt, c, ucb)
@@ -477,7 +477,7 @@ def pcg_advance(hi, lo, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN201
 
 
 def pcg_uniform(hi, lo):  # noqa: ANN001, ANN201
-    """numpy's ``next_double`` of PCG64 state ``(hi, lo)`` (just stepped): ``(xsl_rr(state) >> 11) 2^-53``.
+    """The ``next_double`` of numpy's PCG64 at state ``(hi, lo)`` (just stepped): ``(xsl_rr(state) >> 11) 2^-53``.
 
     ``xsl_rr`` is ``(hi ^ lo)`` rotated right by ``hi >> 58``. A placeholder, as :func:`pcg_advance`.
     """
@@ -485,9 +485,9 @@ def pcg_uniform(hi, lo):  # noqa: ANN001, ANN201
 
 
 def pcg_fill(out, first, n, lanes, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN201
-    """``n`` values (a multiple of :data:`PCG_LANES`, at least one) of :data:`PCG_LANES` interleaved chains into ``out[first:]``.
+    """``n`` values (a multiple of ``L`` = :data:`PCG_LANES`, at least ``L``) of ``L`` interleaved chains into ``out[first:]``.
 
-    Chain ``l`` starts at state ``(lanes[l], lanes[L + l])`` (``L`` = :data:`PCG_LANES`) and gives
+    Chain ``l`` starts at state ``(lanes[l], lanes[L + l])`` and gives
     values ``l, l + L, l + 2L, ...``: its state's :func:`pcg_uniform`, then a jump of ``L`` steps
     ``(A, C)`` (:func:`pcg_jump` of ``L``, ``C = S inc``). ``lanes`` is left holding each chain's
     state of its last value (so lane ``L - 1``'s is the state after all ``n``). The chains are
@@ -500,7 +500,7 @@ def pcg_fill(out, first, n, lanes, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN
 
 @functools.lru_cache(maxsize=1)
 def install_pcg() -> None:
-    """Make :func:`pcg_advance`, :func:`pcg_uniform` and :func:`pcg_fill` numba intrinsics (before a kernel using them compiles).
+    """Make :func:`pcg_advance`, :func:`pcg_uniform` and :func:`pcg_fill` numba intrinsics (before a kernel that uses them).
 
     They live in this module, beside the kernels that inline them, so a change to either
     invalidates those kernels' cache on disk as a change of the kernels would.
@@ -575,7 +575,7 @@ def _fill_intrinsic(intrinsic: Any, ir: Any, types: Any) -> Any:
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             out_a = context.make_array(signature.args[0])(context, builder, args[0])
             lanes_a = context.make_array(signature.args[3])(context, builder, args[3])
-            first, n, a_hi, a_lo, c_hi, c_lo = args[1], args[2], *args[4:]
+            first, n, a_hi, a_lo, c_hi, c_lo = args[1], args[2], args[4], args[5], args[6], args[7]
             state = builder.bitcast(lanes_a.data, vec.as_pointer())  # [high words, low words]
             h0 = builder.load(state, align=8)
             x0 = builder.load(builder.gep(state, [ir.Constant(i64, 1)]), align=8)
@@ -605,7 +605,8 @@ def _fill_intrinsic(intrinsic: Any, ir: Any, types: Any) -> Any:
             p10, p11 = builder.mul(x1_, al0), builder.mul(x1_, al1)
             mid = builder.add(builder.add(builder.lshr(p00, s32), builder.and_(p01, m32)), builder.and_(p10, m32))
             low = builder.or_(builder.and_(p00, m32), builder.shl(mid, s32))
-            high = builder.add(builder.add(p11, builder.lshr(p01, s32)), builder.add(builder.lshr(p10, s32), builder.lshr(mid, s32)))
+            carried = builder.add(builder.lshr(p10, s32), builder.lshr(mid, s32))
+            high = builder.add(builder.add(p11, builder.lshr(p01, s32)), carried)
             high = builder.add(high, builder.add(builder.mul(h, al), builder.mul(x, ah)))
             x_next = builder.add(low, cl)
             h_next = builder.add(builder.add(high, ch), builder.zext(builder.icmp_unsigned("<", x_next, low), vec))

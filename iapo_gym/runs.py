@@ -294,7 +294,7 @@ class RunStreams:
         return np.array(words, dtype=np.uint64).reshape(runs_a.size, 4).view(np.int64)
 
     def set_pcg_states(self, runs: ArrayLike, states: ArrayLike) -> None:
-        """Set run ``runs[i]``'s PCG64 state to ``states[i]`` (as :meth:`pcg_states` gives; the increments must be the runs' own).
+        """Set run ``runs[i]``'s PCG64 state to ``states[i]`` (as :meth:`pcg_states` gives; the runs' own increments).
 
         numpy's 32-bit buffer (``has_uint32``, ``uinteger``) is kept: doubles never touch it.
         """

@@ -213,7 +213,7 @@ def test_ucb_bound_never_hides_an_exact_tie(monkeypatch):
 
 @pytest.mark.parametrize("name", LOOPED)
 def test_the_whole_loop_draws_past_the_buffer_and_decides_as_numpy(monkeypatch, name):
-    """At T = 9,000 each run's 4,096 buffered uniforms run dry: run_steps steps the generators on (UCB resumes as ln t grows)."""
+    """At T = 9,000 each run's 4,096 buffered uniforms run dry: run_steps steps generators on (UCB resumes as ln t grows)."""
     make_env = _make_env("MATH")
     seeds = [7, 2, 9]
     reference = _prints(_fit(monkeypatch, "0", name, {}, make_env, 9_000, seeds), make_env)
@@ -410,7 +410,7 @@ _stream_take = kernels.stream_take  # a plain global: numba compiles it inlined
 
 
 def _takes(buf, pos, pcg, runs, counts, skips, jumps, out):
-    """stream_take of ``counts[i]`` values (the first ``skips[i]`` passed over) from run ``runs[i]``, in order, into ``out``."""
+    """stream_take of ``counts[i]`` values (the first ``skips[i]`` passed over) of run ``runs[i]``, in order, into ``out``."""
     lanes = np.empty(2 * kernels.PCG_LANES, dtype=np.int64)
     first = 0
     for i in range(runs.shape[0]):
