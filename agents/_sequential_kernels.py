@@ -3,9 +3,10 @@
 Each kernel does, row by row, what :mod:`iapo_gym.agents._sequential` does with ``(B, |P| N_max)``
 numpy passes, reading and updating the runs' state (:class:`Online`) in place:
 
-* :func:`run_steps` -- UCB's or epsilon-greedy's whole loop on a majority-voting table shared by
-  the runs: many steps per run in one call (the context, the arm, the query and the completions
-  drawn from the run's buffered uniforms), so a step costs no Python at all;
+* :func:`run_steps` -- UCB's, epsilon-greedy's or Softmax's whole loop on a majority-voting table
+  shared by the runs: many steps per run in one call (the context, the arm, the query and the
+  completions drawn from the run's own stream: :func:`stream_take`, which steps the run's PCG64
+  generator in the kernel, bit for bit as numpy does), so a step costs no Python at all;
 * :func:`step_mv` -- one step's pulls on a shared majority-voting table: drawn, scored and recorded;
 * :func:`record` -- add one pull's nested sums per live run (pulled by the engine) and refresh;
 * :func:`best_arm` -- one step's arms of UCB or of epsilon-greedy's greedy rows;
@@ -464,8 +465,8 @@ def pcg_jump(k: int) -> tuple[int, int, int, int]:
 
 
 def pcg_jumps(skip: int) -> NDArray[np.int64]:
-    """The jumps :func:`stream_take` reads: :data:`PCG_LANES` steps (:func:`pcg_fill`'s chains), then ``skip`` steps."""
-    return np.array((*pcg_jump(PCG_LANES), *pcg_jump(skip)), dtype=np.int64)
+    """The jumps :func:`stream_take` reads: :data:`PCG_LANES` steps (:func:`pcg_fill`'s chains), ``skip`` steps, 4 steps."""
+    return np.array((*pcg_jump(PCG_LANES), *pcg_jump(skip), *pcg_jump(4)), dtype=np.int64)
 
 
 def pcg_advance(hi, lo, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN201
@@ -636,7 +637,8 @@ def stream_take(buf, pos, pcg, r, out, first, k, skip, jumps, cl_hi, cl_lo, cs_h
     ``S`` times the run's increment. ``skip`` values with none buffered are one jump; a run of
     ``2 L`` or more values (``L`` = :data:`PCG_LANES`) is drawn by :func:`pcg_fill`: ``L``
     interleaved chains (positions ``t + 1 .. t + L``, each jumped ``L`` steps at a time), their
-    states in ``lanes`` (``2 L`` integers).
+    states in ``lanes`` (``2 L`` integers); a rest of 8 or more by four such chains in scalars, the
+    last few by the one chain.
     """
     width = buf.shape[1]
     p = pos[r]
@@ -664,6 +666,25 @@ def stream_take(buf, pos, pcg, r, out, first, k, skip, jumps, cl_hi, cl_lo, cs_h
             pcg_fill(out, first + j, n_fill, lanes, jumps[0], jumps[1], cl_hi, cl_lo)
             hi, lo = lanes[PCG_LANES - 1], lanes[2 * PCG_LANES - 1]
             j += n_fill
+        if k - j >= 8:  # (a pull's completions) four interleaved chains, jumped four steps at a time
+            c4_hi, c4_lo = pcg_advance(inc_hi, inc_lo, jumps[10], jumps[11], 0, 0)
+            h0, l0 = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            h1, l1 = pcg_advance(h0, l0, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            h2, l2 = pcg_advance(h1, l1, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            h3, l3 = pcg_advance(h2, l2, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
+            while True:
+                out[first + j] = pcg_uniform(h0, l0)
+                out[first + j + 1] = pcg_uniform(h1, l1)
+                out[first + j + 2] = pcg_uniform(h2, l2)
+                out[first + j + 3] = pcg_uniform(h3, l3)
+                hi, lo = h3, l3  # the state after these four
+                j += 4
+                if k - j < 4:
+                    break
+                h0, l0 = pcg_advance(h0, l0, jumps[8], jumps[9], c4_hi, c4_lo)
+                h1, l1 = pcg_advance(h1, l1, jumps[8], jumps[9], c4_hi, c4_lo)
+                h2, l2 = pcg_advance(h2, l2, jumps[8], jumps[9], c4_hi, c4_lo)
+                h3, l3 = pcg_advance(h3, l3, jumps[8], jumps[9], c4_hi, c4_lo)
         while j < k:
             hi, lo = pcg_advance(hi, lo, PCG_MULT_HI, PCG_MULT_LO, inc_hi, inc_lo)
             out[first + j] = pcg_uniform(hi, lo)
