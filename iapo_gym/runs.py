@@ -249,8 +249,8 @@ class RunStreams:
     def widen(self, width: int) -> None:
         """Make the buffer ``width`` values wide per run (never narrower), each run's buffered values kept.
 
-        For a compiled consumer that takes many values per step (Softmax: one per arm): refills then
-        come in fewer, larger draws. Costs ``8 * S * width`` bytes.
+        For a compiled consumer that takes many values per step and reads them from the buffer:
+        refills then come in fewer, larger draws. Costs ``8 * S * width`` bytes.
         """
         width = int(width)
         if width <= self._width:
