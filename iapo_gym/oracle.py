@@ -151,89 +151,177 @@ def _mv_credit_unique(rows: NDArray[np.float64], n_max: int) -> NDArray[np.float
     return np.clip(credit[1:].T, 0.0, 1.0)
 
 
+#: Rows the compiled MV recursion runs side by side (:func:`_mv_credit_rows`): its innermost loops run over them.
+_MV_LANES = 16
+_MV_ULANES = np.uint64(_MV_LANES)
+
+
 @_jit.kernel
-def _mv_credit_rows(rows, fact, out):  # noqa: ANN001, ANN202, C901 (one row's recursion, as the numpy loop nest)
+def _mv_credit_rows(rows, fact, out):  # noqa: ANN001, ANN202, C901 (the recursion's loop nest, rows side by side)
     """Compiled twin of :func:`_mv_credit_unique` before its clip: row ``i``'s credit for ``N = 1..n_max`` into ``out[i]``.
 
-    Each row runs the numpy code's recursion on its own (the numpy code vectorises every step over
-    the rows, and no step mixes rows): the same products and sums in the same order -- ``p^n / n!``
-    by the recurrence ``pw[n - 1] * (p / n)``, each truncated product's shifted multiply-adds over
-    ``n`` then the tie term, ``e_0 + e_t / (t + 1)`` over ``t``, and ``N! p_g^k / k!`` as
-    ``p_g^k / k! * N!`` -- so every value has the numpy path's bits, while the ``(degree, rows)``
-    temporaries become a few small arrays that stay in cache (``fact``: numpy's ``n!`` values).
+    Every row runs the numpy code's recursion (the numpy code vectorises every step over the rows,
+    and no step mixes rows): the same products and sums in the same order -- ``p^n / n!`` by the
+    recurrence ``pw[n - 1] * (p / n)``, each truncated product's terms ``g_n e_t(x - n)`` in
+    increasing ``n`` then the tie term, ``e_0 + e_t / (t + 1)`` over ``t``, and ``N! p_g^k / k!`` as
+    ``p_g^k / k! * N!`` -- so every value has the numpy path's bits. :data:`_MV_LANES` rows run in
+    lock-step, one lane each (the innermost loops run over the lanes, so they become SIMD
+    instructions; each lane's operations are its row's, in its row's order, and plain IEEE ``*``
+    and ``+`` are not fused). Each output coefficient is summed in a lane accumulator over the
+    terms in order (output-stationary: no zero-filled temporaries, no copies); the indices are
+    unsigned so that numba emits no negative-index wrap-around, which would block the SIMD loops.
 
-    One shortcut, exact too: an answer of probability 0 (the sorted others end with them) has
-    ``g_j = 1`` and ``h_j = 0``, so its factor leaves every ``e_t`` as it was (``0.0 + 1.0 e + 0.0``
-    has the bits of ``e``) and the ties it would add stay ``0.0``; the recursion stops at the last
-    answer of positive probability and the sum over ``t`` at the ties that can be nonzero.
+    Two shortcuts, both exact: (1) an answer of probability 0 (the sorted others end with them)
+    has ``g_j = 1`` and ``h_j = 0``, so its factor leaves every ``e_t`` as it was (``0.0 + 1.0 e +
+    0.0`` has the bits of ``e``): rows are grouped by their number of positive answers (a counting
+    sort), and a group of lanes stops its recursion at the last positive answer of any of its
+    rows (later ones leave the others' bits as they are). (2) ``e_t`` is zero outside the degrees
+    ``[k t, hi_t]`` that its factors can reach (tracked per ``k`` and answer), and adding the
+    ``+0.0`` of a zero term leaves a non-negative sum's bits as they are, so those terms are
+    skipped (about 40 % of the multiply-adds at ``n_max = 32``).
     """
     u, a = rows.shape
     n_max = out.shape[1]
     n_other = a - 1
-    pw = np.empty((max(n_other, 1), n_max + 1))
-    pg_pw = np.empty(n_max + 1)
-    credit = np.empty(n_max + 1)
-    e = np.empty((n_other + 1, n_max + 1))
-    new = np.empty((n_other + 1, n_max + 1))
+    lanes, ul = _MV_LANES, _MV_ULANES
+    # group the rows by their number of positive others (sorted descending: those come first)
+    n_pos = np.empty(u, np.int64)
     for i in range(u):
-        pg = rows[i, 0]
-        n_pos = 0  # others of positive probability (sorted descending: they come first)
-        while n_pos < n_other and rows[i, 1 + n_pos] > 0.0:
-            n_pos += 1
-        pg_pw[0] = 1.0
+        c = 0
+        while c < n_other and rows[i, 1 + c] > 0.0:
+            c += 1
+        n_pos[i] = c
+    start = np.zeros(n_other + 2, np.int64)
+    for i in range(u):
+        start[n_pos[i] + 1] += 1
+    for c in range(n_other + 1):
+        start[c + 1] += start[c]
+    order = np.empty(u, np.int64)
+    for i in range(u):
+        order[start[n_pos[i]]] = i
+        start[n_pos[i]] += 1
+    # lane-major working arrays, flat: element [i, j, lane] at (i * dim_j + j) * lanes + lane
+    d1 = n_max + 1
+    p_lane = np.empty(max(n_other, 1) * lanes)
+    pg_lane = np.empty(lanes)
+    pw = np.empty(max(n_other, 1) * d1 * lanes)  # p_j^n / n!
+    pg_pw = np.empty(d1 * lanes)
+    credit = np.empty(d1 * lanes)
+    e = np.empty((n_other + 1) * d1 * lanes)
+    new = np.empty((n_other + 1) * d1 * lanes)
+    acc = np.empty(lanes)
+    hi = np.empty(n_other + 1, np.int64)  # e_t is zero above degree hi[t] (and below k t)
+    new_hi = np.empty(n_other + 1, np.int64)
+    row_of = np.empty(lanes, np.int64)
+    for b0 in range(0, u, lanes):
+        nb = min(lanes, u - b0)
+        n_run = 0  # the answers this group's recursion runs over
+        for r in range(lanes):
+            i = order[b0 + min(r, nb - 1)]  # a short last group repeats its last row
+            row_of[r] = i
+            n_run = max(n_run, n_pos[i])
+            pg_lane[r] = rows[i, 0]
+            for j in range(n_other):
+                p_lane[j * lanes + r] = rows[i, 1 + j]
+        for r in range(ul):
+            pg_pw[r] = 1.0
         for j in range(n_other):
-            pw[j, 0] = 1.0
+            o = np.uint64(j * d1 * lanes)
+            for r in range(ul):
+                pw[o + r] = 1.0
         for n in range(1, n_max + 1):
             for j in range(n_other):
-                pw[j, n] = pw[j, n - 1] * (rows[i, 1 + j] / n)
-            pg_pw[n] = pg_pw[n - 1] * (pg / n)
-        for d in range(n_max + 1):
-            credit[d] = 0.0
+                o = np.uint64((j * d1 + n) * lanes)
+                op = np.uint64(j * lanes)
+                for r in range(ul):
+                    pw[o + r] = pw[o - ul + r] * (p_lane[op + r] / n)
+            o = np.uint64(n * lanes)
+            for r in range(ul):
+                pg_pw[o + r] = pg_pw[o - ul + r] * (pg_lane[r] / n)
+        for r in range(np.uint64(d1 * lanes)):
+            credit[r] = 0.0
         for k in range(1, n_max + 1):
             deg = n_max - k
             gd = min(k - 1, deg)
             t_max = min(n_other, deg // k)
+            ok = np.uint64(k * lanes)
             if n_other == 0:
-                credit[k] += pg_pw[k] * fact[k]
+                f = fact[k]
+                for r in range(ul):
+                    credit[ok + r] += pg_pw[ok + r] * f
                 continue
             if n_other == 1:
                 for n in range(gd + 1):
-                    credit[k + n] += (pw[0, n] * fact[k + n]) * pg_pw[k]
+                    o = np.uint64(n * lanes)
+                    oc = np.uint64((k + n) * lanes)
+                    f = fact[k + n]
+                    for r in range(ul):
+                        credit[oc + r] += (pw[o + r] * f) * pg_pw[ok + r]
                 if t_max:
-                    credit[2 * k] += ((0.5 * fact[2 * k]) * pg_pw[k]) * pw[0, k]
+                    oc = np.uint64(2 * k * lanes)
+                    f = 0.5 * fact[2 * k]
+                    for r in range(ul):
+                        credit[oc + r] += (f * pg_pw[ok + r]) * pw[ok + r]
                 continue
-            for t in range(t_max + 1):
-                for d in range(deg + 1):
-                    e[t, d] = 0.0
-            for n in range(gd + 1):
-                e[0, n] = pw[0, n]
+            for r in range(np.uint64((gd + 1) * lanes)):
+                e[r] = pw[r]
+            hi[0] = gd
             if t_max >= 1:
-                e[1, k] = pw[0, k]
-            for j in range(1, n_pos):
-                for t in range(t_max + 1):
-                    for d in range(deg + 1):
-                        new[t, d] = 0.0
+                o = np.uint64((d1 + k) * lanes)
+                for r in range(ul):
+                    e[o + r] = pw[ok + r]
+                hi[1] = k
+            for j in range(1, n_run):
+                oh = np.uint64((j * d1 + k) * lanes)
                 for t in range(min(t_max, j + 1) + 1):
                     lo = k * t
+                    top = -1
                     if t <= j:
-                        for n in range(min(gd, deg - lo) + 1):
-                            g = pw[j, n]
-                            for d in range(deg + 1 - lo - n):
-                                new[t, lo + n + d] += g * e[t, lo + d]
+                        top = min(deg, hi[t] + gd)
                     if t >= 1:
-                        h = pw[j, k]
-                        for d in range(deg + 1 - lo):
-                            new[t, lo + d] += h * e[t - 1, lo - k + d]
-                for t in range(t_max + 1):
-                    for d in range(deg + 1):
-                        e[t, d] = new[t, d]
-            for t in range(1, min(t_max, n_pos) + 1):
-                for d in range(deg + 1):
-                    e[0, d] += e[t, d] / (t + 1)
-            for d in range(deg + 1):
-                credit[k + d] += (pg_pw[k] * fact[k + d]) * e[0, d]
-        for n in range(n_max):
-            out[i, n] = credit[n + 1]
+                        top = max(top, min(deg, hi[t - 1] + k))
+                    new_hi[t] = top
+                    for x in range(lo, top + 1):
+                        for r in range(ul):
+                            acc[r] = 0.0
+                        if t <= j:
+                            for n in range(max(0, x - hi[t]), min(gd, x - lo) + 1):
+                                og = np.uint64((j * d1 + n) * lanes)
+                                oe = np.uint64((t * d1 + x - n) * lanes)
+                                for r in range(ul):
+                                    acc[r] += pw[og + r] * e[oe + r]
+                        if t >= 1 and x - k <= hi[t - 1]:
+                            oe = np.uint64(((t - 1) * d1 + x - k) * lanes)
+                            for r in range(ul):
+                                acc[r] += pw[oh + r] * e[oe + r]
+                        on = np.uint64((t * d1 + x) * lanes)
+                        for r in range(ul):
+                            new[on + r] = acc[r]
+                for t in range(min(t_max, j + 1) + 1):
+                    hi[t] = new_hi[t]
+                e, new = new, e
+            top0 = hi[0]
+            for t in range(1, min(t_max, n_run) + 1):
+                top0 = max(top0, hi[t])
+            for r in range(np.uint64((hi[0] + 1) * lanes), np.uint64((top0 + 1) * lanes)):
+                e[r] = 0.0  # e_0's zeros that the ties below reach
+            for t in range(1, min(t_max, n_run) + 1):
+                o = np.uint64(t * d1 * lanes)
+                div = t + 1.0
+                for d in range(k * t, hi[t] + 1):
+                    od = np.uint64(d * lanes)
+                    for r in range(ul):
+                        e[od + r] += e[o + od + r] / div
+            for d in range(top0 + 1):
+                oc = np.uint64((k + d) * lanes)
+                od = np.uint64(d * lanes)
+                f = fact[k + d]
+                for r in range(ul):
+                    credit[oc + r] += (pg_pw[ok + r] * f) * e[od + r]
+        for r in range(nb):
+            i = row_of[r]
+            for n in range(n_max):
+                out[i, n] = credit[(n + 1) * lanes + r]
 
 
 def _unique_rows(rows: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
