@@ -103,6 +103,7 @@ __all__ = [
     "CountStats",
     "PSSTModel",
     "PairedModelAllocation",
+    "MVCreditMemo",
     "PlugInSums",
     "confidently_worse",
     "deployment_scores",
@@ -629,6 +630,149 @@ def _scatter_sums_rows(acc, acc2, target, v, sign):  # numba kernel of _scatter_
                 acc2[t, n] -= sq
 
 
+# ------------------------------------------------------------------- memo of the MV estimates
+def _mv_count_keys(
+    counts: NDArray[np.int32], gold: NDArray[np.int64], cell: NDArray[np.int64], gcell: NDArray[np.int64], bits: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], int]:
+    """Key, completions and largest count of each cell's canonical count row (MV).
+
+    ``counts (C, A)`` are the per-cell counts (:attr:`CountStats.counts`, flat over run, prompt and
+    column), ``gold`` the gold category per (run, column); row ``r`` reads cell ``cell[r]`` with gold
+    ``gold[gcell[r]]``. The canonical row is the gold count followed by the other counts sorted
+    descending (what :meth:`PlugInSums.values` hands :func:`jackknife_mv_credit`), its key the
+    row's ``bits``-bit digits, gold first: distinct rows have distinct keys when every count is
+    below ``2^bits`` (the third value says whether they are), and keys order as the rows do.
+    Cells without completions get key 0 and ``m`` 0.
+    """
+    if _jit.enabled() and cell.size:
+        keys = np.empty(cell.size, dtype=np.int64)
+        m = np.empty(cell.size, dtype=np.int64)
+        top = _mv_count_keys_rows(counts, gold, cell, gcell, int(bits), keys, m)
+        return keys, m, int(top)
+    c = counts[cell].astype(np.int64)
+    a_n = c.shape[1]
+    g = gold[gcell]
+    own = c[np.arange(c.shape[0]), g]
+    others = np.where(np.arange(a_n)[None, :] == g[:, None], -1, c)
+    others = np.maximum(-np.sort(-others, axis=1)[:, : a_n - 1], 0)
+    keys = own.copy()
+    for j in range(a_n - 1):
+        keys = (keys << bits) | others[:, j]
+    top = max(int(own.max(initial=0)), int(others.max(initial=0)))
+    return keys, c.sum(axis=1), top
+
+
+@_jit.kernel
+def _mv_count_keys_rows(counts, gold, cell, gcell, bits, keys, m):  # noqa: ANN001, ANN202
+    """Compiled twin of :func:`_mv_count_keys` (integers: the same keys); returns the largest count."""
+    a_n = counts.shape[1]
+    row = np.empty(a_n, np.int64)
+    top = 0
+    for r in range(cell.size):
+        c = cell[r]
+        g = gold[gcell[r]]
+        tot = 0
+        for a in range(a_n):
+            tot += counts[c, a]
+        m[r] = tot
+        if tot == 0:
+            keys[r] = 0
+            continue
+        n_o = 0  # the other counts, sorted descending by insertion
+        for a in range(a_n):
+            if a != g:
+                v = np.int64(counts[c, a])
+                i = n_o
+                while i > 0 and row[i - 1] < v:
+                    row[i] = row[i - 1]
+                    i -= 1
+                row[i] = v
+                n_o += 1
+        key = np.int64(counts[c, g])
+        top = max(top, key)
+        for i in range(n_o):
+            key = (key << bits) | row[i]
+            top = max(top, row[i])
+        keys[r] = key
+    return top
+
+
+class MVCreditMemo:
+    """:func:`jackknife_mv_credit` of every canonical MV count row met so far, by key (see :func:`_mv_count_keys`).
+
+    A row's estimate depends on that row only (the exact credit of each distribution it reads, and
+    the jackknife's sums over its own categories in a fixed order), so a row met again -- in a
+    later round, in another run, or when a round takes a cell's old values out -- reads the bits
+    it was given the first time instead of being evaluated again. ``keys`` are sorted, ``slot[i]``
+    is the row of ``vals`` that holds key ``keys[i]``'s estimate ``(n_max,)``.
+    """
+
+    def __init__(self, n_categories: int, n_max: int, jackknife: bool) -> None:
+        self.n_categories, self.n_max, self.jackknife = int(n_categories), int(n_max), bool(jackknife)
+        #: bits per count in a key: ``A`` digits in 62 bits
+        self.bits = 62 // max(self.n_categories, 1)
+        self.keys = np.empty(0, dtype=np.int64)
+        self.slot = np.empty(0, dtype=np.int64)
+        self.vals = np.empty((0, self.n_max))
+        self.size = 0
+
+    def rows(self, keys: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The canonical count rows ``(R, A)`` of ``keys``."""
+        a_n, bits = self.n_categories, self.bits
+        mask = (1 << bits) - 1
+        return np.stack([(keys >> (bits * (a_n - 1 - j))) & mask for j in range(a_n)], axis=1)
+
+    def slots(self, keys: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Row of :attr:`vals` holding each key's estimate; keys not met before are evaluated (in one batch) first."""
+        pos = np.searchsorted(self.keys, keys)
+        hit = np.zeros(keys.shape, dtype=bool)
+        if self.keys.size:
+            hit = self.keys[np.minimum(pos, self.keys.size - 1)] == keys
+        if not hit.all():
+            new = np.unique(keys[~hit])
+            est = jackknife_mv_credit(self.rows(new), self.n_max, self.jackknife)
+            if self.size + new.size > self.vals.shape[0]:  # grow geometrically: appends stay linear
+                grown = np.empty((max(2 * self.vals.shape[0], self.size + new.size, 1024), self.n_max))
+                grown[: self.size] = self.vals[: self.size]
+                self.vals = grown
+            self.vals[self.size : self.size + new.size] = est
+            at = np.searchsorted(self.keys, new)
+            self.keys = np.insert(self.keys, at, new)
+            self.slot = np.insert(self.slot, at, np.arange(self.size, self.size + new.size))
+            self.size += new.size
+            pos = np.searchsorted(self.keys, keys)
+        return self.slot[pos]
+
+
+def _scatter_memo(
+    acc: NDArray[np.float64], acc2: NDArray[np.float64], cells: NDArray[np.int64], target: NDArray[np.int64],
+    vals: NDArray[np.float64], slot: NDArray[np.int64], sign: int,
+) -> None:
+    """:func:`_scatter_sums` of the rows ``vals[slot]`` into ``acc (T, n)`` / ``acc2``, and ``cells[target] +=/-= 1``."""
+    if _jit.enabled():
+        _scatter_memo_rows(acc, acc2, cells, target, vals, slot, sign)
+        return
+    _scatter_sums(acc, acc2, target, vals[slot], sign)
+    (np.add if sign > 0 else np.subtract).at(cells, target, 1)
+
+
+@_jit.kernel
+def _scatter_memo_rows(acc, acc2, cells, target, vals, slot, sign):  # noqa: ANN001, ANN202  # numba kernel of _scatter_memo
+    for r in range(target.size):
+        t = target[r]
+        s = slot[r]
+        cells[t] += sign
+        for n in range(vals.shape[1]):
+            x = vals[s, n]
+            sq = x * x
+            if sign > 0:
+                acc[t, n] += x
+                acc2[t, n] += sq
+            else:
+                acc[t, n] -= x
+                acc2[t, n] -= sq
+
+
 class PlugInSums:
     """Running sums over train columns of the per-query bias-corrected plug-in values.
 
@@ -661,6 +805,7 @@ class PlugInSums:
         self.acc = np.zeros((s_n, p_n, self.obj_w.shape[0], self.n_max))
         self.acc2 = np.zeros_like(self.acc)  # sums of squares: the spread across queries
         self.cells = np.zeros((s_n, p_n), dtype=np.int64)
+        self.memo: MVCreditMemo | None = None  # MV: the estimates of the count rows met so far
 
     def values(self, s_i: NDArray[np.int64], p_i: NDArray[np.int64], w_i: NDArray[np.int64]) -> NDArray[np.float64]:
         """Per-query estimates ``(R, U, n_max)`` of the given (non-empty) cells from their current counts."""
@@ -687,6 +832,8 @@ class PlugInSums:
     def _update(self, cells: tuple[NDArray[np.int64], ...], sign: int) -> None:
         """Add (``sign`` 1) or subtract (-1) the current values of the non-empty ``cells`` and their squares."""
         s_i, p_i, w_i = cells
+        if self.stats.strategy == "mv" and self._update_mv(cells, sign):
+            return
         seen = self.stats.counts[s_i, p_i, w_i].sum(axis=1) > 0
         if not seen.any():
             return
@@ -698,6 +845,28 @@ class PlugInSums:
             for u, v in enumerate(self._values(s_i, p_i, w_i)):
                 _scatter_sums(acc[:, u], acc2[:, u], target, v, sign)
         (np.add if sign > 0 else np.subtract).at(self.cells.reshape(-1), target, 1)
+
+    def _update_mv(self, cells: tuple[NDArray[np.int64], ...], sign: int) -> bool:
+        """:meth:`_update` of majority voting through :attr:`memo`; False (nothing done) when a count is too large for a key."""
+        st = self.stats
+        s_n, p_n, w_n, a_n = st.shape
+        if a_n == 0:  # nothing pulled yet
+            return False
+        if self.memo is None:
+            self.memo = MVCreditMemo(a_n, self.n_max, self.jackknife)
+        s_i, p_i, w_i = cells
+        keys, m, top = _mv_count_keys(
+            st.counts.reshape(-1, a_n), st.gold.reshape(-1), (s_i * p_n + p_i) * w_n + w_i, s_i * w_n + w_i, self.memo.bits
+        )
+        if top >= 1 << self.memo.bits:
+            return False
+        seen = m > 0
+        if not seen.any():
+            return True
+        slot = self.memo.slots(keys[seen])
+        acc, acc2 = self.acc.reshape(s_n * p_n, self.n_max), self.acc2.reshape(s_n * p_n, self.n_max)
+        _scatter_memo(acc, acc2, self.cells.reshape(-1), (s_i * p_n + p_i)[seen], self.memo.vals, slot, sign)
+        return True
 
     def remove(self, cells: tuple[NDArray[np.int64], ...]) -> None:
         """Subtract the current values of ``cells`` (call before new counts are added to them)."""
