@@ -703,18 +703,24 @@ class MVCreditMemo:
     A row's estimate depends on that row only (the exact credit of each distribution it reads, and
     the jackknife's sums over its own categories in a fixed order), so a row met again -- in a
     later round, in another run, or when a round takes a cell's old values out -- reads the bits
-    it was given the first time instead of being evaluated again. ``keys`` are sorted, ``slot[i]``
-    is the row of ``vals`` that holds key ``keys[i]``'s estimate ``(n_max,)``.
+    it was given the first time instead of being evaluated again. ``vals[:size]`` holds the
+    estimates ``(n_max,)`` in the order the rows were first met; keys find them through a hash
+    table (open addressing, compiled: one probe per cell) on the compiled path, through a sorted
+    key array (``np.searchsorted``) on the numpy path.
     """
 
     def __init__(self, n_categories: int, n_max: int, jackknife: bool) -> None:
         self.n_categories, self.n_max, self.jackknife = int(n_categories), int(n_max), bool(jackknife)
         #: bits per count in a key: ``A`` digits in 62 bits
         self.bits = 62 // max(self.n_categories, 1)
-        self.keys = np.empty(0, dtype=np.int64)
-        self.slot = np.empty(0, dtype=np.int64)
         self.vals = np.empty((0, self.n_max))
         self.size = 0
+        self.hashed = _jit.enabled()
+        # numpy path: sorted keys and the row of vals of each; compiled path: a hash table (-1: empty)
+        self.keys = np.empty(0, dtype=np.int64)
+        self.slot = np.empty(0, dtype=np.int64)
+        self.table_keys = np.full(1 << 12, -1, dtype=np.int64)
+        self.table_slot = np.zeros(1 << 12, dtype=np.int64)
 
     def rows(self, keys: NDArray[np.int64]) -> NDArray[np.int64]:
         """The canonical count rows ``(R, A)`` of ``keys``."""
@@ -722,26 +728,103 @@ class MVCreditMemo:
         mask = (1 << bits) - 1
         return np.stack([(keys >> (bits * (a_n - 1 - j))) & mask for j in range(a_n)], axis=1)
 
+    def _store(self, new: NDArray[np.int64]) -> None:
+        """Evaluate the rows of the keys ``new`` (not met before) in one batch and append their estimates to :attr:`vals`."""
+        if new.size == 0:
+            return
+        est = jackknife_mv_credit(self.rows(new), self.n_max, self.jackknife)
+        if self.size + new.size > self.vals.shape[0]:  # grow geometrically: appends stay linear
+            grown = np.empty((max(2 * self.vals.shape[0], self.size + new.size, 1024), self.n_max))
+            grown[: self.size] = self.vals[: self.size]
+            self.vals = grown
+        self.vals[self.size : self.size + new.size] = est
+        self.size += new.size
+
     def slots(self, keys: NDArray[np.int64]) -> NDArray[np.int64]:
         """Row of :attr:`vals` holding each key's estimate; keys not met before are evaluated (in one batch) first."""
+        if self.hashed:
+            return self._slots_hashed(keys)
         pos = np.searchsorted(self.keys, keys)
         hit = np.zeros(keys.shape, dtype=bool)
         if self.keys.size:
             hit = self.keys[np.minimum(pos, self.keys.size - 1)] == keys
         if not hit.all():
             new = np.unique(keys[~hit])
-            est = jackknife_mv_credit(self.rows(new), self.n_max, self.jackknife)
-            if self.size + new.size > self.vals.shape[0]:  # grow geometrically: appends stay linear
-                grown = np.empty((max(2 * self.vals.shape[0], self.size + new.size, 1024), self.n_max))
-                grown[: self.size] = self.vals[: self.size]
-                self.vals = grown
-            self.vals[self.size : self.size + new.size] = est
             at = np.searchsorted(self.keys, new)
             self.keys = np.insert(self.keys, at, new)
             self.slot = np.insert(self.slot, at, np.arange(self.size, self.size + new.size))
-            self.size += new.size
+            self._store(new)
             pos = np.searchsorted(self.keys, keys)
         return self.slot[pos]
+
+    def _slots_hashed(self, keys: NDArray[np.int64]) -> NDArray[np.int64]:
+        """:meth:`slots` through the hash table: keys not in it are entered (numbered in order of first sight) and evaluated."""
+        out = np.empty(keys.size, dtype=np.int64)
+        new = np.empty(keys.size, dtype=np.int64)
+        start, count = 0, self.size
+        while True:
+            shift = 64 - (self.table_keys.size.bit_length() - 1)
+            start, count = _memo_probe(self.table_keys, self.table_slot, keys, start, count, self.size, shift, out, new)
+            if start == keys.size:
+                break
+            self._grow_table()  # half full: double it and go on from the key that did not fit
+        self._store(new[: count - self.size])
+        return out
+
+    def _grow_table(self) -> None:
+        old_keys, old_slot = self.table_keys, self.table_slot
+        self.table_keys = np.full(2 * old_keys.size, -1, dtype=np.int64)
+        self.table_slot = np.zeros(2 * old_keys.size, dtype=np.int64)
+        held = old_keys >= 0
+        shift = 64 - (self.table_keys.size.bit_length() - 1)
+        _memo_insert(self.table_keys, self.table_slot, old_keys[held], old_slot[held], shift)
+
+
+#: Multiplier of :func:`_memo_probe`'s hash (Fibonacci hashing: the top bits of ``key * 2^64 / phi``).
+_MEMO_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+@_jit.kernel
+def _memo_probe(table_keys, table_slot, keys, start, count, size, shift, out, new):  # noqa: ANN001, ANN202
+    """Slot of each of ``keys[start:]`` in the open-addressing table (linear probing), entering unseen keys.
+
+    An unseen key gets the next number ``count`` (``new[count - size]`` records it). Stops before a
+    key that would fill the table past half and returns ``(where it stopped, count)``. ``shift``:
+    64 minus the table's log2 size (the hash keeps the product's top bits).
+    """
+    cap = table_keys.size
+    mask = cap - 1
+    for r in range(start, keys.size):
+        k = keys[r]
+        h = np.int64((np.uint64(k) * _MEMO_HASH) >> np.uint64(shift))
+        while True:
+            t = table_keys[h]
+            if t == k:
+                out[r] = table_slot[h]
+                break
+            if t < 0:
+                if 2 * (count + 1) > cap:
+                    return r, count
+                table_keys[h] = k
+                table_slot[h] = count
+                new[count - size] = k
+                out[r] = count
+                count += 1
+                break
+            h = (h + 1) & mask
+    return keys.size, count
+
+
+@_jit.kernel
+def _memo_insert(table_keys, table_slot, keys, slot, shift):  # noqa: ANN001, ANN202
+    """Enter distinct ``keys`` with their ``slot`` numbers into an open-addressing table (the probe of :func:`_memo_probe`)."""
+    mask = table_keys.size - 1
+    for r in range(keys.size):
+        h = np.int64((np.uint64(keys[r]) * _MEMO_HASH) >> np.uint64(shift))
+        while table_keys[h] >= 0:
+            h = (h + 1) & mask
+        table_keys[h] = keys[r]
+        table_slot[h] = slot[r]
 
 
 def _scatter_memo(
