@@ -151,6 +151,20 @@ class CountStats:
         if self.shape[3] == 0:
             self._allocate(int(pulls.n_categories))
         s_n, p_n, w_n, a_n = self.shape
+        draw = pulls.pending_draw
+        if draw is not None and self.strategy == "mv" and pulls.unit_cost is not None and 0 < pulls.width <= 128:
+            # compiled, reading the draw itself (no (B, L) outcome and mask arrays); only the compiled
+            # path leaves a draw pending (:func:`iapo_gym.sampling.draw_pulls`)
+            u, start, cdf, cdf_p, cdf_q = draw
+            self.gold[run, col] = pulls.gold
+            cost = np.zeros(s_n * p_n)
+            _add_drawn_counts(
+                self.counts.reshape(-1), cost, self.completions.reshape(-1), (run * p_n + pulls.prompt) * w_n + col,
+                run * p_n + pulls.prompt, pulls.n.astype(np.int64, copy=False), u, start, cdf, cdf_p, cdf_q,
+                pulls.unit_cost, pulls.width,
+            )
+            self.cost.reshape(-1)[:] += cost
+            return
         mask = pulls.mask
         b_idx, slot = np.nonzero(mask)
         out = pulls.outcome[b_idx, slot]
@@ -180,6 +194,54 @@ def _add_counts(counts, flat):  # noqa: ANN001, ANN202
     """
     for i in range(flat.shape[0]):
         counts[flat[i]] += 1
+
+
+@_jit.kernel
+def _add_drawn_counts(counts, cost, completions, cell, rp, n, u, start, cdf, cdf_p, cdf_q, unit_cost, width):  # noqa: ANN001, ANN202
+    """Compiled :meth:`CountStats.add` of MV pulls whose outcomes are still a pending draw: the same counts and bits.
+
+    Completion ``j`` of row ``b`` is the outcome of ``u[start[b] + j]`` under the cumulative
+    probabilities ``cdf[cdf_p[b], cdf_q[b]]`` (its count of passed thresholds, as
+    :func:`iapo_gym.sampling._outcomes_flat_kernel` counts them) and adds one to the count of its
+    cell ``cell[b]``; ``completions[rp[b]] += n[b]``. ``cost[rp[b]]`` (zeros, added to the running
+    costs by the caller, as the numpy path adds its ``bincount``) sums the rows' costs in row
+    order, each row's cost as numpy sums the padded row ``(c, ..., c, 0, ..., 0)`` (``n[b]`` copies
+    of ``unit_cost[b]``, ``width`` entries): pairwise, i.e. for ``width >= 8`` eight running sums
+    over the blocks of eight, combined as a tree, then the rest in order (``width <= 128``).
+    """
+    a_n = cdf.shape[2]
+    a1 = a_n - 1
+    r8 = np.empty(8)
+    for b in range(n.shape[0]):
+        base = cell[b] * a_n
+        nb = n[b]
+        s0 = start[b]
+        pb, qb = cdf_p[b], cdf_q[b]
+        for j in range(nb):
+            x = u[s0 + j]
+            o = 0
+            for c in range(a1):
+                o += x >= cdf[pb, qb, c]
+            counts[base + o] += 1
+        c_b = unit_cost[b]
+        if width < 8:
+            s = 0.0
+            for i in range(width):
+                s += c_b if i < nb else 0.0
+        else:
+            for i in range(8):
+                r8[i] = c_b if i < nb else 0.0
+            i = 8
+            while i < width - width % 8:
+                for k in range(8):
+                    r8[k] += c_b if i + k < nb else 0.0
+                i += 8
+            s = ((r8[0] + r8[1]) + (r8[2] + r8[3])) + ((r8[4] + r8[5]) + (r8[6] + r8[7]))
+            while i < width:
+                s += c_b if i < nb else 0.0
+                i += 1
+        cost[rp[b]] += 0.0 + s
+        completions[rp[b]] += nb
 
 
 # ------------------------------------------------------------------------- bias-corrected plug-in
