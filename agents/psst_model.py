@@ -1344,10 +1344,17 @@ class PairedModelAllocation:
         row_q, row_p = np.nonzero(alive[q_run])
         run_rows, col_rows = q_run[row_q], q_col[row_q]
         if run_rows.size:
+            # the distinct (run, prompt, column) cells, sorted: every alive prompt of a run on each of
+            # the run's distinct columns (sorted), built per run instead of sorting all the cells
             width = self.stats.shape[2]
-            key = np.unique((run_rows * runs.n_prompts + row_p) * width + col_rows)
-            rp, w_i = np.divmod(key, width)
-            self.pending = (rp // runs.n_prompts, rp % runs.n_prompts, w_i)
+            u_run, u_col = np.divmod(np.unique(q_run * width + q_col), width)
+            n_cols = np.bincount(u_run, minlength=runs.n_runs)
+            a_run, a_p = np.nonzero(alive & (n_cols > 0)[:, None])
+            reps = n_cols[a_run]
+            first = np.cumsum(n_cols) - n_cols
+            step = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+            s_i = np.repeat(a_run, reps)
+            self.pending = (s_i, np.repeat(a_p, reps), u_col[first[s_i] + step])
             self.sums.remove(self.pending)
         self.log_q[:, r], self.log_m[:, r] = q_r, m_r
         self.r += 1
