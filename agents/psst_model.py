@@ -1075,6 +1075,16 @@ class PlugInSums:
     def q(self, alive: NDArray[np.bool_], weights: NDArray[np.float64], shrink: bool = False) -> NDArray[np.float64]:
         """``Qhat (S, C, P, n_max)``; NaN for prompts not in ``alive (S, P)`` or never pulled."""
         st = self.stats
+        if st.strategy == "mv" and not (self.npmle and st.shape[3] == 2) and _jit.enabled():
+            # the plug-in of majority voting: every step below is element-wise, fused in one pass
+            s_n, p_n = self.cells.shape
+            q = np.empty((s_n, weights.shape[0], p_n, self.n_max))
+            self.sd = np.empty_like(q)
+            _q_plugin_mv(
+                self.acc[:, :, 0], self.acc2[:, :, 0], self.cells, st.cost, st.completions, alive,
+                np.ascontiguousarray(weights[:, 0]), np.ascontiguousarray(weights[:, -1]), q, self.sd,
+            )
+            return q
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = self.acc / self.cells[:, :, None, None]  # (S, P, U, n_max)
             cost = st.cost / st.completions  # (S, P) mean cost per completion
@@ -1106,6 +1116,32 @@ class PlugInSums:
         bad = ~(alive & (self.cells > 0))
         q[np.broadcast_to(bad[:, None, :, None], q.shape)] = np.nan
         return q
+
+
+@_jit.kernel
+def _q_plugin_mv(acc, acc2, cells, cost, completions, alive, w_gain, w_cost, q, sd):  # noqa: ANN001, ANN202
+    """Compiled :meth:`PlugInSums.q` of the majority-vote plug-in (``U = 1``): its element-wise steps, the same bits.
+
+    ``mean = acc / cells``, ``var = max(acc2 / cells - mean^2, 0) / cells`` (NaN kept, as
+    ``np.maximum``), ``q[s, c, p, n] = mean w_gain[c] - w_cost[c] ((cost / completions) (n + 1))``,
+    ``sd = sqrt(var) w_gain[c]``, and NaN in ``q`` where the prompt is not alive or never pulled.
+    """
+    s_n, c_n, p_n, n_n = q.shape
+    for s in range(s_n):
+        for p in range(p_n):
+            k = cells[s, p]
+            c_pp = cost[s, p] / completions[s, p]
+            ok = alive[s, p] and k > 0
+            for n in range(n_n):
+                mean = acc[s, p, n] / k
+                v = acc2[s, p, n] / k - mean * mean
+                if not (v >= 0.0 or v != v):  # np.maximum(v, 0.0)
+                    v = 0.0
+                root = np.sqrt(v / k)
+                cn = c_pp * (n + 1)
+                for c in range(c_n):
+                    q[s, c, p, n] = mean * w_gain[c] - w_cost[c] * cn if ok else np.nan
+                    sd[s, c, p, n] = root * w_gain[c]
 
 
 # ------------------------------------------------------------------------------------- the agent
