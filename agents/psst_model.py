@@ -729,7 +729,7 @@ def _mv_count_keys_rows(counts, gold, cell, gcell, bits, keys, m):  # noqa: ANN0
     """Compiled twin of :func:`_mv_count_keys` (integers: the same keys); returns the largest count."""
     a_n = counts.shape[1]
     row = np.empty(a_n, np.int64)
-    top = 0
+    top = np.int64(0)
     for r in range(cell.size):
         c = cell[r]
         g = gold[gcell[r]]
@@ -751,10 +751,10 @@ def _mv_count_keys_rows(counts, gold, cell, gcell, bits, keys, m):  # noqa: ANN0
                 row[i] = v
                 n_o += 1
         key = np.int64(counts[c, g])
-        top = max(top, key)
+        top = key if key > top else top
         for i in range(n_o):
             key = (key << bits) | row[i]
-            top = max(top, row[i])
+            top = row[i] if row[i] > top else top
         keys[r] = key
     return top
 
@@ -820,7 +820,7 @@ class MVCreditMemo:
         return self.slot[pos]
 
     def _slots_hashed(self, keys: NDArray[np.int64]) -> NDArray[np.int64]:
-        """:meth:`slots` through the hash table: keys not in it are entered (numbered in order of first sight) and evaluated."""
+        """:meth:`slots` through the hash table: unseen keys are entered (numbered in order of first sight) and evaluated."""
         out = np.empty(keys.size, dtype=np.int64)
         new = np.empty(keys.size, dtype=np.int64)
         start, count = 0, self.size
@@ -992,7 +992,7 @@ class PlugInSums:
         (np.add if sign > 0 else np.subtract).at(self.cells.reshape(-1), target, 1)
 
     def _update_mv(self, cells: tuple[NDArray[np.int64], ...], sign: int) -> bool:
-        """:meth:`_update` of majority voting through :attr:`memo`; False (nothing done) when a count is too large for a key."""
+        """:meth:`_update` of majority voting through :attr:`memo`; False (nothing done) when a count is too big for a key."""
         st = self.stats
         s_n, p_n, w_n, a_n = st.shape
         if a_n == 0:  # nothing pulled yet

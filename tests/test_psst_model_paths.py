@@ -194,6 +194,146 @@ def test_npmle_variance_from_held_pairs_equals_the_dense_form():
     assert var[8].max() > 0 and not var[7].any()
 
 
+# ------------------------------------------------------------- memo of the majority-vote estimates
+def _count_cells(seed: int, cells: int, a_n: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell counts ``(cells, A)`` with many repeated rows, unanimous rows and a few empty cells, and a gold per cell."""
+    rng = np.random.default_rng(seed)
+    m = rng.integers(1, high + 1, size=cells)
+    counts = np.stack([rng.multinomial(k, rng.dirichlet(np.full(a_n, 0.5))) for k in m]).astype(np.int32)
+    counts[::9] = 0
+    counts[::9, 0] = m[::9]  # unanimous
+    counts[::13] = 0  # never pulled
+    return counts, rng.integers(0, a_n, size=cells)
+
+
+@pytest.mark.parametrize(("a_n", "high"), [(2, 9), (3, 6), (5, 40), (7, 3)])
+def test_memo_estimates_are_the_direct_estimates_of_each_row(monkeypatch: pytest.MonkeyPatch, a_n: int, high: int):
+    """Rows read from the memo -- met in earlier calls, in any order, through table growth -- have one direct batch's bits."""
+    counts, gold = _count_cells(a_n + high, 3_000, a_n, high)
+    seen = counts.sum(axis=1) > 0
+    own = counts[np.arange(counts.shape[0]), gold]
+    others = np.where(np.arange(a_n)[None, :] == gold[:, None], -1, counts)
+    others = np.maximum(-np.sort(-others, axis=1)[:, : a_n - 1], 0)
+    want = pm.jackknife_mv_credit(np.concatenate([own[:, None], others], axis=1)[seen], 9)
+    for flag in ("0", "1") if _jit.available() else ("0",):
+        monkeypatch.setenv(_jit.ENV_VAR, flag)
+        memo = pm.MVCreditMemo(a_n, 9, True)
+        cell = np.arange(counts.shape[0])
+        keys, m, top = pm._mv_count_keys(counts, gold, cell, cell, memo.bits)
+        assert top < 1 << memo.bits
+        np.testing.assert_array_equal(m, counts.sum(axis=1))
+        keys = keys[seen]
+        for part in (keys[1500:], keys[::-1], keys[:700], keys):  # new rows in several batches, then all met
+            slot = memo.slots(part)
+            np.testing.assert_array_equal(memo.vals[slot], want[_where(keys, part)])
+        assert memo.size == np.unique(keys).size
+        if flag == "1" and memo.size > 1 << 11:
+            assert memo.table_keys.size >= 2 * memo.size  # the table grew (kept at most half full)
+
+
+def _where(keys: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """Index into ``keys`` of each of ``part``'s entries (the first one where keys repeat)."""
+    order = np.argsort(keys, kind="stable")
+    return order[np.searchsorted(keys[order], part)]
+
+
+@needs_numba
+@pytest.mark.parametrize("a_n", [2, 5, 9])
+def test_count_keys_kernel_gives_the_numpy_keys(monkeypatch: pytest.MonkeyPatch, a_n: int):
+    counts, gold = _count_cells(40 + a_n, 900, a_n, 20)
+    rng = np.random.default_rng(a_n)
+    cell = rng.integers(0, counts.shape[0], size=1_500)  # cells read in any order, some twice
+    gold_flat = np.concatenate([gold, [-1]])  # an unseen (run, column): gold -1
+    gcell = cell.copy()
+    gcell[counts[cell].sum(axis=1) == 0] = gold.size  # empty cells point at it
+    a, b = _both_paths(monkeypatch, pm._mv_count_keys, counts, gold_flat, cell, gcell, 62 // a_n)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert a[2] == counts[cell].max()
+
+
+@needs_numba
+@pytest.mark.parametrize("width", [1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 127, 128])
+def test_add_of_a_pending_draw_gives_the_numpy_counts_and_cost_bits(monkeypatch: pytest.MonkeyPatch, width: int):
+    """CountStats.add reading the draw: the counts, completions and (numpy's pairwise) cost sums of the materialised pulls."""
+    from iapo_gym.sampling import draw_pulls
+    from iapo_gym.tables.testing import example_table
+
+    table = example_table("mv", seed=width, n_prompts=4, n_queries=9, n_outcomes=5)
+    rng = np.random.default_rng(width)
+    b = 300
+    prompt, query = rng.integers(0, 4, size=b), rng.integers(0, 9, size=b)
+    n = rng.integers(1, width + 1, size=b)
+    n[0] = width
+    start = np.concatenate([[0], np.cumsum(n)[:-1]])
+    u = rng.random(int(n.sum()))
+    unit_cost = rng.uniform(0.1, 3.0, size=b) * 10.0 ** rng.integers(-3, 3, size=b)
+    run, col = rng.integers(0, 3, size=b), rng.integers(0, 6, size=b)
+    stats = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(_jit.ENV_VAR, flag)
+        pulls = draw_pulls(table, prompt, query, n, u, start, unit_cost=unit_cost)
+        assert (pulls.pending_draw is not None) == (flag == "1")
+        st = pm.CountStats(3, 4, 6, 1, "mv")
+        st.add(pulls, run, col)
+        st.add(pulls, run, col)  # running sums: the second call adds to the first
+        stats[flag] = st
+    for name in ("counts", "gold", "cost", "completions"):
+        np.testing.assert_array_equal(getattr(stats["0"], name), getattr(stats["1"], name))
+    assert stats["1"].counts.sum() == 2 * n.sum()
+
+
+@needs_numba
+def test_plugin_q_kernel_gives_the_numpy_bits(monkeypatch: pytest.MonkeyPatch):
+    """PlugInSums.q of the majority-vote plug-in: the fused pass and the numpy steps, NaN where not alive or never pulled."""
+    rng = np.random.default_rng(3)
+    s_n, p_n, n_max = 5, 7, 6
+    stats = pm.CountStats(s_n, p_n, 4, 1, "mv")
+    stats._allocate(4)
+    stats.cost[:] = rng.uniform(1.0, 9.0, size=(s_n, p_n))
+    stats.completions[:] = rng.integers(1, 30, size=(s_n, p_n))
+    weights = np.array([[1.0, 0.02], [2.0, 0.0], [0.5, 0.3]])
+    sums = pm.PlugInSums(stats, weights, n_max, True)
+    vals = rng.random((40, n_max))
+    target = rng.integers(0, s_n * p_n, size=40)
+    acc, acc2 = sums.acc.reshape(-1, n_max), sums.acc2.reshape(-1, n_max)
+    np.add.at(acc, target, vals)
+    np.add.at(acc2, target, vals * vals)
+    np.add.at(sums.cells.reshape(-1), target, 1)
+    acc2[target[0]] -= 1e-3  # a negative spread: clipped to 0
+    alive = rng.random((s_n, p_n)) < 0.8
+    (q0, sd0), (q1, sd1) = _both_paths(monkeypatch, lambda: (sums.q(alive, weights), sums.sd))
+    np.testing.assert_array_equal(q0, q1)
+    np.testing.assert_array_equal(sd0, sd1)
+    assert np.isnan(q1).any() and np.isfinite(q1).any()
+
+
+def test_plan_takes_the_sorted_distinct_cells_of_the_round(monkeypatch: pytest.MonkeyPatch):
+    """The cells a round takes out: every alive prompt on each distinct column of its run, sorted as np.unique sorts them."""
+    from iapo_gym.agents import make_agent
+    from iapo_gym.env import IAPOEnv
+    from iapo_gym.tables.testing import example_table
+
+    table = example_table("mv", seed=2, n_prompts=6, n_queries=10, n_outcomes=4, n_max=8)
+    envs = [IAPOEnv(table, split_seed=s) for s in range(4)]
+    seen = []
+    original = pm.PairedModelAllocation.plan
+
+    def plan(self, avail, last):  # noqa: ANN001, ANN202
+        units, rows = original(self, avail, last)
+        seen.append((self.pending, rows))
+        return units, rows
+
+    monkeypatch.setattr(pm.PairedModelAllocation, "plan", plan)
+    make_agent("psst_model").fit_many(lambda s: envs[s], 3_000, list(range(4)))  # 8 train queries: the walk wraps
+    assert seen
+    for pending, rows in seen:
+        want = np.unique((rows.run * 6 + rows.prompt) * 8 + rows.col)  # what the cells were before
+        s_i, p_i, w_i = pending
+        np.testing.assert_array_equal((s_i * 6 + p_i) * 8 + w_i, want)
+    assert any(rows.run.size > np.unique((rows.run * 6 + rows.prompt) * 8 + rows.col).size for _, rows in seen)  # repeats
+
+
 # ------------------------------------------------------------------------ policies, both paths
 MODEL_CASES = [c for c in CASES if c.agent == "psst_model"]
 
