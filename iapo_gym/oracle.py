@@ -31,6 +31,7 @@ then evaluated by averaging.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from math import lgamma
 from typing import Any
@@ -83,6 +84,14 @@ def _gold_first(probs: NDArray[np.float64], gold: NDArray[np.int64]) -> NDArray[
     return np.concatenate([pg[:, None], others], axis=1)
 
 
+@functools.lru_cache(maxsize=16)
+def _factorials(n_max: int) -> NDArray[np.float64]:
+    """``n!`` for ``n = 0..n_max`` as ``exp(lgamma(n + 1))`` (read-only; computed once per ``n_max``)."""
+    fact = np.array([np.exp(lgamma(n + 1)) for n in range(n_max + 1)])
+    fact.setflags(write=False)
+    return fact
+
+
 def _mv_credit_unique(rows: NDArray[np.float64], n_max: int) -> NDArray[np.float64]:
     """Exact expected credit of gold-first rows ``(U, A)`` for ``N = 1..n_max`` -> ``(U, n_max)``.
 
@@ -95,7 +104,7 @@ def _mv_credit_unique(rows: NDArray[np.float64], n_max: int) -> NDArray[np.float
     u, a = rows.shape
     pg, others = rows[:, 0], rows[:, 1:]
     n_other = a - 1
-    fact = np.array([np.exp(lgamma(n + 1)) for n in range(n_max + 1)])
+    fact = _factorials(n_max)
     if _jit.enabled() and u > 0:  # the compiled twin: the same operations per row, in the same order
         out = np.empty((u, n_max))
         _mv_credit_rows(np.ascontiguousarray(rows, dtype=np.float64), fact, out)
