@@ -1169,7 +1169,7 @@ def confidently_worse(
     qn = np.where(np.isnan(q_hat), -np.inf, q_hat)
     arg = np.argmax(qn, axis=-1)[..., None]
     best = np.take_along_axis(qn, arg, axis=-1)[..., 0]  # (S, C, P)
-    se = np.take_along_axis(np.nan_to_num(sd, nan=0.0), arg, axis=-1)[..., 0]
+    se = np.nan_to_num(np.take_along_axis(sd, arg, axis=-1)[..., 0], nan=0.0)  # the chosen arms' only
     ok = alive[:, None, :] & np.isfinite(best)
     lead = np.where(ok, best - z * se, -np.inf).max(axis=-1, keepdims=True)
     close = (ok & (best + z * se >= lead)).any(axis=1)
@@ -1415,7 +1415,7 @@ class PairedModelAllocation:
         near-ties of a context's leader, which the deployment has to tell apart.
         """
         q_hat = self.estimate()
-        best = np.nanmax(np.where(np.isnan(q_hat), -np.inf, q_hat), axis=-1)  # (S, C, P)
+        best = np.where(np.isnan(q_hat), -np.inf, q_hat).max(axis=-1)  # (S, C, P); no NaN left: a plain max
         best = np.where(np.isinf(best), np.nan, best)
         keep = _keep_top(best, self.alive, bool(self.agent.strict), float(self.agent.keep))
         z = float(self.agent.drop_z)
