@@ -394,8 +394,9 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
 
     Per (run, context) row: the active arms' keys (:func:`_row_keys`); the ``k = max(1, n // 2)``
     kept by :func:`_top_k_mask_kernel`'s rule (keys above the ``k``-th largest, then keys equal to
-    it in arm order) written to the row's compact list, the others cleared in ``active``; then the
-    run's union over contexts ``live (S, A)``.
+    it in arm order) written to the row's compact list; then the run's union over contexts
+    ``live (S, A)``. ``active`` is read (a row's arms before its first halving), never written: a
+    halved row's active arms are its list until :func:`_sync_active_kernel` writes them back.
     """
     s_n, c_n, n_arms = active.shape
     key = np.empty(n_arms)
@@ -442,8 +443,6 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
             for i in range(n):
                 v = key[i]
                 kept[i] = (v > thr) | ((v == thr) & (i < cut))
-            for i in range(n):
-                active[s, c, arm[i]] = kept[i]
             out = 0
             for i in range(n):  # without branches: every arm written, the kept ones advance
                 idx[base + out] = arm[i]
@@ -454,6 +453,23 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
             base = row * cap
             for i in range(n_row[row]):
                 live[s, idx[base + i]] = True
+
+
+@_jit.kernel
+def _sync_active_kernel(active, idx, n_row, cap):  # noqa: ANN001, ANN202
+    """Write every halved (run, context) row's compact list into ``active (S, C, A)``: its listed arms only."""
+    s_n, c_n, n_arms = active.shape
+    for s in range(s_n):
+        for c in range(c_n):
+            row = s * c_n + c
+            n = n_row[row]
+            if n < 0:  # never halved: active holds the row
+                continue
+            for a in range(n_arms):
+                active[s, c, a] = False
+            base = row * cap
+            for i in range(n):
+                active[s, c, idx[base + i]] = True
 
 
 @_jit.kernel
@@ -493,10 +509,11 @@ class CompactHalving:
 
     The compiled twin of :func:`halve` / :func:`halve_compact` plus :func:`best_arms_of` for
     statistics with ``gain``, ``cost``, ``count`` and ``split`` (one pass per halving: each row's
-    keys, its threshold and its compacted list, with no ``(S, C, A)`` temporaries), keeping
-    ``active`` up to date and each run's union over contexts (:attr:`live`, ``(S, A)``) for the
-    allocation. The same decisions bit for bit (same keys, same rule for ties). Use only when
-    :func:`iapo_gym._jit.enabled` and ``active`` is C-contiguous.
+    keys, its threshold and its compacted list, with no ``(S, C, A)`` temporaries), keeping each
+    run's union over contexts (:attr:`live`, ``(S, A)``) for the allocation. A halved row's active
+    arms live in its list: ``active`` is brought up to date by :meth:`sync` (once, when the
+    elimination ends; halving only reads it). The same decisions bit for bit (same keys, same rule
+    for ties). Use only when :func:`iapo_gym._jit.enabled` and ``active`` is C-contiguous.
     """
 
     def __init__(self, active: NDArray[np.bool_], stats: Any) -> None:
@@ -516,6 +533,10 @@ class CompactHalving:
             int(st.gain.shape[1]), np.ascontiguousarray(runs, dtype=np.bool_), self.active, self.idx, self.n_row, self.cap,
             self.live,
         )  # fmt: skip
+
+    def sync(self) -> None:
+        """Bring ``active`` up to date: each halved row's active arms are its listed ones."""
+        _sync_active_kernel(self.active, self.idx, self.n_row, self.cap)
 
     def best_arms(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """``(best (S, C), n_active (S, C))``: :func:`best_arms_of`'s arms and each row's number of active arms."""

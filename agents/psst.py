@@ -115,6 +115,7 @@ def _trimming(
     log = run_rounds(runs, alloc, group_budgets, plan)
     arms = survivors = None
     if alloc.compact is not None:
+        alloc.compact.sync()  # its halvings kept the active arms in compact lists
         arms, survivors = alloc.compact.best_arms()
     elif choose:
         arms = best_arms_of(active, stats)

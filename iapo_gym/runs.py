@@ -72,6 +72,10 @@ CACHE_CALL_COMPLETIONS = 1 << 15
 
 _BUFFER = 4096  # per-run buffer of small draws (refilled from the run's generator)
 _WORD = (1 << 64) - 1  # the low 64 bits of a PCG64 state
+#: A request's rest beyond the buffered values refills the buffer only up to this many values; a
+#: larger rest is drawn straight into the output. Which values a run gets never depends on it (they
+#: are always its generator's next ones); only how many sit unused in buffers when the runs end.
+_REFILL_REST = 64
 
 
 def resolve_memory_budget(value: int | None = None) -> int:
@@ -132,7 +136,7 @@ class RunStreams:
         crc = zlib.crc32(self.salt.encode())
         self.generators = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([s, crc]))) for s in self.seeds]
         self._width = _BUFFER
-        self._buf = np.empty((len(self.seeds), self._width))
+        self._buf = np.zeros((len(self.seeds), self._width))  # zeros: a buffer never refilled reads the same everywhere
         self._pos = np.full(len(self.seeds), self._width, dtype=np.int64)
         self._bitgen_addr: NDArray[np.uint64] | None = None
 
@@ -178,7 +182,7 @@ class RunStreams:
             out[st : st + left] = self._buf[s, self._pos[s] :]
             need = c1 - left
             gen = self.generators[s]
-            if need <= self._width // 2:  # small: refill the buffer and serve from it
+            if need <= _REFILL_REST:  # small: refill the buffer and serve from it
                 gen.random(out=self._buf[s])
                 out[st + left : st + c1] = self._buf[s, :need]
                 self._pos[s] = need
@@ -374,8 +378,8 @@ def _stream_values_kernel(buf, pos, bitgen, run, count, first, out):  # noqa: AN
     """The numpy path of :meth:`RunStreams.random`, step for step, with each refill drawn by :func:`_next_double`.
 
     A request served by the buffer copies from it; otherwise what is left in the buffer comes
-    first, then a small rest refills the whole buffer (and is served from it) and a large one
-    (more than half the buffer) is drawn straight into ``out``, leaving the buffer empty.
+    first, then a small rest (at most :data:`_REFILL_REST`) refills the whole buffer (and is served
+    from it) and a larger one is drawn straight into ``out``, leaving the buffer empty.
     """
     width = buf.shape[1]
     for i in range(run.shape[0]):
@@ -391,7 +395,7 @@ def _stream_values_kernel(buf, pos, bitgen, run, count, first, out):  # noqa: AN
             out[f + j] = buf[r, p + j]
         need = c - left
         g = bitgen[r]
-        if need <= width // 2:
+        if need <= _REFILL_REST:
             for j in range(width):
                 buf[r, j] = _next_double(g)
             for j in range(need):
@@ -772,6 +776,20 @@ class RunBatch:
                     pulls = self._draw(run[a:b], prompt[a:b], n[a:b], None if col is None else col[a:b], segs)
                     yield pulls, np.arange(a, b)
                 return
+        if scan is not None and scan.bounds.size and not (one_each or same_n) and _jit.enabled():
+            # run-major rows of several sizes (PSST's later rounds): _pack's calls of each size
+            # class, found in one compiled pass; None where a run's rows span several pieces
+            found = _class_calls(run, n, size_classes(n, self.n_max), cap, PIECE_COMPLETIONS)
+            if found[0].size:
+                order, call_rows, call_segs, seg_bounds, seg_rows, seg_total = found
+                run_o, prompt_o, n_o = run[order], prompt[order], n[order]
+                col_o = None if col is None else col[order]
+                for c in range(call_rows.size - 1):
+                    a, b, lo, hi = int(call_rows[c]), int(call_rows[c + 1]), int(call_segs[c]), int(call_segs[c + 1])
+                    segs = (seg_bounds[lo:hi] - a, seg_rows[lo:hi], seg_total[lo:hi])
+                    pulls = self._draw(run_o[a:b], prompt_o[a:b], n_o[a:b], None if col_o is None else col_o[a:b], segs)
+                    yield pulls, order[a:b]
+                return
         if one_each or same_n:
             # One group: every pull the same size (warm-ups, Uniform, PSST's first round), or at most
             # one pull per run (sequential agents' steps), where a run's sums cannot depend on the
@@ -1021,6 +1039,73 @@ def _pack_segments(
     cut = (np.flatnonzero(unit_call[1:] != unit_call[:-1]) + 1).tolist()
     edges = [0, *cut, int(bounds.size)]
     return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+@_jit.kernel
+def _class_calls(run, n, cls, cap, piece):  # noqa: ANN001, ANN202
+    """Compiled twin of :meth:`RunBatch.pull`'s calls for run-major rows of several size classes.
+
+    ``run`` never decreases; ``cls`` is each row's :func:`size_classes`. The rows of each class
+    (classes ascending, rows in order) are cut as :func:`_pack` cuts them when every run's last row
+    of the class starts within its first piece (between runs, by cumulative size). Returns
+    ``(order, call_rows, call_segs, seg_bounds, seg_rows, seg_total)``: the rows class after class,
+    call ``c`` the rows ``order[call_rows[c] : call_rows[c + 1]]`` and the run segments
+    ``call_segs[c]`` to ``call_segs[c + 1]`` (each segment's first position in ``order``, rows and
+    completions). ``order`` is empty where some run's rows of a class span several pieces (use
+    :func:`_pack`).
+    """
+    b_n = run.shape[0]
+    n_cls = 0
+    for i in range(b_n):
+        n_cls = max(n_cls, cls[i] + 1)
+    start = np.zeros(n_cls + 1, dtype=np.int64)
+    for i in range(b_n):
+        start[cls[i] + 1] += 1
+    for c in range(n_cls):
+        start[c + 1] += start[c]
+    fill = start[:-1].copy()
+    order = np.empty(b_n, dtype=np.int64)
+    for i in range(b_n):  # counting sort by class, stable: each class's rows stay run-major
+        order[fill[cls[i]]] = i
+        fill[cls[i]] += 1
+    seg_bounds = np.empty(b_n, dtype=np.int64)
+    seg_rows = np.empty(b_n, dtype=np.int64)
+    seg_total = np.empty(b_n, dtype=np.int64)
+    call_rows = np.empty(b_n + 1, dtype=np.int64)
+    call_segs = np.empty(b_n + 1, dtype=np.int64)
+    n_seg = 0
+    n_call = 0
+    step = max(cap, 1)
+    for c in range(n_cls):
+        lo, hi = start[c], start[c + 1]
+        if lo == hi:
+            continue
+        before = 0  # completions of the class's earlier segments
+        unit = -1
+        for j in range(lo, hi):
+            i = order[j]
+            if j == lo or run[i] != run[order[j - 1]]:  # a new run segment
+                if j > lo and seg_total[n_seg - 1] - n[order[j - 1]] >= piece:
+                    return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total
+                if j > lo:
+                    before += seg_total[n_seg - 1]
+                u = before // step
+                if u != unit:  # a new call
+                    call_rows[n_call] = j
+                    call_segs[n_call] = n_seg
+                    n_call += 1
+                    unit = u
+                seg_bounds[n_seg] = j
+                seg_rows[n_seg] = 0
+                seg_total[n_seg] = 0
+                n_seg += 1
+            seg_rows[n_seg - 1] += 1
+            seg_total[n_seg - 1] += n[i]
+        if seg_total[n_seg - 1] - n[order[hi - 1]] >= piece:
+            return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total
+    call_rows[n_call] = b_n
+    call_segs[n_call] = n_seg
+    return order, call_rows[: n_call + 1], call_segs[: n_call + 1], seg_bounds[:n_seg], seg_rows[:n_seg], seg_total[:n_seg]
 
 
 def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArray[np.int64]]:

@@ -512,6 +512,7 @@ def test_compact_halving_makes_halve_s_decisions(monkeypatch, seed, runs, n_max,
         compact.halve(t)
         assert same_bits(compact.live, live)
     best, n_active = compact.best_arms()
+    compact.sync()
     assert same_bits(act, want_act)
     assert same_bits(best, want_best)
     assert same_bits(n_active, want_n)

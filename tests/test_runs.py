@@ -143,6 +143,37 @@ def test_calls_respect_the_cap_and_never_split_or_merge_a_runs_piece():
     assert size_classes(np.array([32, 23, 22, 1]), 32).tolist() == [0, 0, 1, 9]
 
 
+@pytest.mark.parametrize("strategy", ["mv", "bon"])
+def test_compiled_class_calls_are_packs_calls(monkeypatch, strategy):
+    """Run-major rows of several sizes (PSST's later rounds): the compiled cut gives ``_pack``'s calls, rows and draws."""
+    pytest.importorskip("numba")
+    from iapo_gym import runs as runs_mod
+
+    monkeypatch.setenv("IAPO_GYM_JIT", "1")
+    table = small_table(strategy, n_prompts=5, n_max=32, n_queries=30)
+    rng = np.random.default_rng(1)
+    run = np.sort(rng.integers(0, 60, 3000))
+    prompt, n = rng.integers(0, 5, run.size), rng.integers(1, 33, run.size)
+
+    def calls(cap: int) -> list[tuple[list[int], list[int], list[int], list[int], list[float]]]:
+        batch = RunBatch([make_env(table, s) for s in range(60)], 10**6, list(range(60)), "t")
+        batch._cap = cap
+        out = []
+        for pulls, rows in batch.pull(run, prompt, n):
+            out.append((np.asarray(rows).tolist(), pulls.prompt.tolist(), pulls.query.tolist(), pulls.n.tolist(),
+                        np.asarray(pulls.values, dtype=np.float64).ravel().tolist()))  # fmt: skip
+        return out
+
+    for cap in (1, 700, 5000, 10**6):
+        compiled = calls(cap)
+        with monkeypatch.context() as m:  # the numpy cut: size classes, then _pack
+            m.setattr(runs_mod, "_class_calls", lambda *a: (np.zeros(0, np.int64),) * 6)
+            reference = calls(cap)
+        assert compiled == reference
+        assert sorted(i for c in compiled for i in c[0]) == list(range(run.size))
+        assert len(compiled) > (1 if cap < 10**6 else 0)
+
+
 def test_chunks_build_envs_lazily_within_the_memory_budget():
     built: list[int] = []
 
