@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from iapo_gym._jit import helper, kernel
+from iapo_gym._jit import helper, kernel, twin
 from iapo_gym.agents._engine import _credit_lut, _vote_encoding
 
 #: Softmax's Gumbel table: ``u`` in ``[b / GUMBEL_BUCKETS, (b + 1) / GUMBEL_BUCKETS)`` bounds the
@@ -692,6 +692,9 @@ def stream_take(buf, pos, pcg, r, out, first, k, skip, jumps, cl_hi, cl_lo, cs_h
         pcg[r, 0], pcg[r, 1] = hi, lo
 
 
+#: :func:`stream_take` for a second call site in one kernel (:func:`run_steps`: a step's completions).
+stream_take_next = twin(stream_take, "stream_take_next")
+
 #: The rules of :func:`run_steps`: UCB (parameter ``c``), epsilon-greedy (``epsilon``), Softmax (``tau``).
 UCB, GREEDY, SOFTMAX = 0, 1, 2
 
@@ -762,39 +765,33 @@ def run_steps(st, tab, context_cdf, live, buf, pos, pcg, jumps, budgets, spent, 
                 unseen = first_unseen(st, r, m)
             skip = 1 + n_arms if rule == SOFTMAX and unseen >= 0 else 0  # its context and arm values unread
             p0, s_hi, s_lo = pos[r], pcg[r, 0], pcg[r, 1]  # where the step begins
-            arm = -1
+            stream_take(buf, pos, pcg, r, u, 0, pre, skip, jumps, cl_hi, cl_lo, cs_hi, cs_lo, lanes)
+            x = 0
+            if skip == 0:
+                for k in range(c_n):
+                    x += u[0] >= context_cdf[k]
+                x = min(x, c_n - 1)
             b = 1
-            first, k_n = 0, pre
-            for phase in range(2):  # the values up to the query, then the completions (one call site: inlined once)
-                stream_take(buf, pos, pcg, r, u, first, k_n, skip, jumps, cl_hi, cl_lo, cs_hi, cs_lo, lanes)
-                if phase == 1:
-                    break
-                x = 0
-                if skip == 0:
-                    for k in range(c_n):
-                        x += u[0] >= context_cdf[k]
-                    x = min(x, c_n - 1)
-                lt = logs[max(total[r], 1)] if ucb else 0.0
-                explore = False
-                if rule == GREEDY:  # epsilon-greedy's explore coin, then its random arm
-                    explore = u[b] < param
-                    pick = u[b + 1]
-                    b += 2
-                if explore:  # the floor(pick k)-th of the k feasible arms, in index order
-                    kk = n_prompts * m
-                    j = min(np.int64(pick * kk), kk - 1)
-                    arm = (j // m) * n_max + j % m
-                elif unseen >= 0:
-                    arm = unseen
-                elif rule == SOFTMAX:  # softmax_row's and choose_row's rules, their unseen-first part above
-                    arm = softmax_gumbel(st, r, x, m, u, b, param, upper, lower, margin, scratch, ub, scanned)
-                else:  # one call site per helper: numba inlines each call, and two copies trip its SSA checks
-                    arm = seen_arm(st, r, x, m, lt, param if ucb else 0.0, ucb, scratch, ub, scanned)
-                if rule == SOFTMAX:
-                    b += n_arms
-                if arm < 0:
-                    break
-                first, k_n, skip = pre, arm % n_max + 1, 0
+            lt = logs[max(total[r], 1)] if ucb else 0.0
+            explore = False
+            if rule == GREEDY:  # epsilon-greedy's explore coin, then its random arm
+                explore = u[b] < param
+                pick = u[b + 1]
+                b += 2
+            if explore:  # the floor(pick k)-th of the k feasible arms, in index order
+                kk = n_prompts * m
+                j = min(np.int64(pick * kk), kk - 1)
+                arm = (j // m) * n_max + j % m
+            elif unseen >= 0:
+                arm = unseen
+            elif rule == SOFTMAX:  # softmax_row's and choose_row's rules, their unseen-first part above
+                arm = softmax_gumbel(st, r, x, m, u, b, param, upper, lower, margin, scratch, ub, scanned)
+            else:  # one call site per helper: numba inlines each call, and two copies trip its SSA checks
+                arm = seen_arm(st, r, x, m, lt, param if ucb else 0.0, ucb, scratch, ub, scanned)
+            if rule == SOFTMAX:
+                b += n_arms
+            if arm >= 0:  # the completions (a twin of stream_take: a helper inlined once per kernel)
+                stream_take_next(buf, pos, pcg, r, u, pre, arm % n_max + 1, 0, jumps, cl_hi, cl_lo, cs_hi, cs_lo, lanes)
             if arm < 0:  # numpy's log decides this step: leave it (and the run) to the one-step path
                 pos[r], pcg[r, 0], pcg[r, 1] = p0, s_hi, s_lo  # its values drawn again there
                 deferred[r] = True

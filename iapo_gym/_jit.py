@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["ENV_VAR", "available", "enabled", "helper", "kernel"]
+__all__ = ["ENV_VAR", "available", "enabled", "helper", "kernel", "twin"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,6 +109,21 @@ def helper(fn: F) -> F:
     """
     _HELPERS.append(fn)
     return fn
+
+
+def twin(fn: F, name: str) -> F:
+    """A second :func:`helper` with ``fn``'s code under another name, for a second call site in one kernel.
+
+    Two inlined copies of one helper in one function trip numba's SSA checks; a distinct function
+    object with the same code (and globals) is inlined as a helper of its own. Define the twin
+    in the module of ``fn`` (numba's cache of a kernel follows its own file).
+    """
+    import types
+
+    copy = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__doc__ = f"A twin of :func:`{fn.__name__}` (:func:`iapo_gym._jit.twin`): the same code."
+    copy.__qualname__ = name
+    return helper(copy)  # type: ignore[return-value]
 
 
 def _register_helpers() -> None:
