@@ -179,9 +179,12 @@ class MaximalArms:
         # arms trimmed in every context are never read again: the tallies need not score their blocks
         self._live = union if isinstance(self.stats, NestedStats) and not bool(union.all()) else None
         if _jit.enabled() and union.flags.c_contiguous:  # the same rows in one compiled pass
-            lam, m, cell_run, cell_prompt, cell_n, run_rows, prompt_rows, n_rows = _maximal_rows(
-                union, np.ascontiguousarray(avail1, dtype=np.int64)
-            )
+            lam, m, sizes, cells, rows = _maximal_sizes(union, np.ascontiguousarray(avail1, dtype=np.int64))
+            # numpy allocates the outputs: it asks the kernel for huge pages on large arrays (numba's
+            # allocator does not), so long rounds do not pay a page fault per 4 KiB of rows
+            cell_run, cell_prompt, cell_n = (np.empty(cells, dtype=np.int64) for _ in range(3))
+            run_rows, prompt_rows, n_rows = (np.empty(rows, dtype=np.int64) for _ in range(3))
+            _maximal_rows(sizes, lam, cell_run, cell_prompt, cell_n, run_rows, prompt_rows, n_rows)
         else:
             sizes = maximal_sizes(self.active, runs.n_max, union)  # (S, P)
             m = sizes.sum(axis=1)
@@ -233,13 +236,13 @@ class MaximalArms:
 
 
 @_jit.kernel
-def _maximal_rows(union, avail):  # noqa: ANN001, ANN202
-    """Compiled twin of :meth:`MaximalArms.plan`'s rows: ``(lam, m, cell_run, cell_prompt, cell_n, run, prompt, n)``.
+def _maximal_sizes(union, avail):  # noqa: ANN001, ANN202
+    """The counts of :meth:`MaximalArms.plan`'s rows (compiled): ``(lam, m, sizes, cells, rows)``.
 
     ``union (S, P, N_max)`` the arms live in some context of each run, ``avail (S,)`` each run's
-    budget. A cell is a (run, prompt) with a live arm, run-major (``np.nonzero`` of
-    :func:`maximal_sizes`), ``cell_n`` its largest live ``N``; ``lam[s] = avail[s] // M_s``
-    (0 where ``M_s = 0``; ``m (S,)`` holds ``M_s``), and each cell's row repeated ``lam`` times in cell order (``np.repeat``).
+    budget. ``sizes (S, P)`` is :func:`maximal_sizes` (a prompt's largest live ``N``, 0 if none),
+    ``m (S,)`` its row sums ``M_s``, ``lam[s] = avail[s] // M_s`` (0 where ``M_s = 0``); ``cells``
+    counts the nonzero sizes and ``rows`` the cells' rows, each cell repeated ``lam`` times.
     """
     s_n, p_n, n_max = union.shape
     sizes = np.zeros((s_n, p_n), dtype=np.int64)
@@ -262,12 +265,18 @@ def _maximal_rows(union, avail):  # noqa: ANN001, ANN202
             lam[s] = avail[s] // m
         cells += here
         rows += here * lam[s]
-    cell_run = np.empty(cells, dtype=np.int64)
-    cell_prompt = np.empty(cells, dtype=np.int64)
-    cell_n = np.empty(cells, dtype=np.int64)
-    run_rows = np.empty(rows, dtype=np.int64)
-    prompt_rows = np.empty(rows, dtype=np.int64)
-    n_rows = np.empty(rows, dtype=np.int64)
+    return lam, m_all, sizes, cells, rows
+
+
+@_jit.kernel
+def _maximal_rows(sizes, lam, cell_run, cell_prompt, cell_n, run_rows, prompt_rows, n_rows):  # noqa: ANN001, ANN202
+    """Fill :meth:`MaximalArms.plan`'s cells and rows (compiled twin of ``np.nonzero`` and ``np.repeat``).
+
+    A cell is a (run, prompt) with ``sizes[s, p] > 0``, run-major; ``cell_n`` its size; its row
+    ``(s, p, size)`` is repeated ``lam[s]`` times, in cell order. The outputs are sized by
+    :func:`_maximal_sizes`.
+    """
+    s_n, p_n = sizes.shape
     i = 0
     j = 0
     for s in range(s_n):
@@ -277,10 +286,14 @@ def _maximal_rows(union, avail):  # noqa: ANN001, ANN202
                 continue
             cell_run[i], cell_prompt[i], cell_n[i] = s, p, k
             i += 1
-            for _ in range(lam[s]):
-                run_rows[j], prompt_rows[j], n_rows[j] = s, p, k
-                j += 1
-    return lam, m_all, cell_run, cell_prompt, cell_n, run_rows, prompt_rows, n_rows
+            end = j + lam[s]
+            for t in range(j, end):  # a constant fill per array: each vectorises
+                run_rows[t] = s
+            for t in range(j, end):
+                prompt_rows[t] = p
+            for t in range(j, end):
+                n_rows[t] = k
+            j = end
 
 
 def equal_rounds(budgets: NDArray[np.int64], rounds: int) -> NDArray[np.int64]:
