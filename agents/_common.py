@@ -62,28 +62,7 @@ def _top_k_mask_kernel(key, k):  # noqa: ANN001, ANN202
     for r in range(rows):
         for i in range(n):
             buf[i] = key[r, i]
-        lo, hi = 0, n - 1
-        while lo < hi:  # Hoare quickselect with a median-of-three pivot
-            mid = (lo + hi) >> 1
-            a, b, c = buf[lo], buf[mid], buf[hi]
-            pivot = max(min(a, b), min(max(a, b), c))
-            i, j = lo, hi
-            while i <= j:
-                while buf[i] < pivot:
-                    i += 1
-                while buf[j] > pivot:
-                    j -= 1
-                if i <= j:
-                    buf[i], buf[j] = buf[j], buf[i]
-                    i += 1
-                    j -= 1
-            if want <= j:
-                hi = j
-            elif want >= i:
-                lo = i
-            else:
-                break
-        thr = buf[want]
+        thr = _kth_smallest(buf, n, want)  # Hoare quickselect with a median-of-three pivot
         room = k
         for i in range(n):
             room -= key[r, i] > thr
