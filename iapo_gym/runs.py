@@ -250,21 +250,6 @@ class RunStreams:
         """``(S,)``: where each run's next buffered value sits in :attr:`buffer` (``width``: none left)."""
         return self._pos
 
-    def widen(self, width: int) -> None:
-        """Make the buffer ``width`` values wide per run (never narrower), each run's buffered values kept.
-
-        For a compiled consumer that takes many values per step and reads them from the buffer:
-        refills then come in fewer, larger draws. Costs ``8 * S * width`` bytes.
-        """
-        width = int(width)
-        if width <= self._width:
-            return
-        buf = np.empty((len(self.seeds), width))
-        left = self._width - self._pos
-        for s in np.flatnonzero(left).tolist():  # each run's unread values go to the end of its new row
-            buf[s, width - left[s] :] = self._buf[s, self._pos[s] :]
-        self._buf, self._pos, self._width = buf, width - left, width
-
     def fill(self, runs: ArrayLike, k: int) -> None:
         """Make sure each run in ``runs`` has at least ``k`` (at most the buffer's width) values buffered.
 

@@ -384,8 +384,6 @@ def _bon_world_rows(lo, hi, cdf, cost, table_values, prompt, query, n, u, start,
                 values[b, j, k] = 0.0
 
 
-
-
 @_jit.kernel
 def _bon_world_rows_kernel(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost):  # noqa: ANN001, ANN202, E501
     """Rows ``lo:hi`` of best-of-N pulls drawn from one world: outcomes, mask, values and unit costs, in place.
