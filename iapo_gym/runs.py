@@ -70,7 +70,11 @@ SIZE_CLASS_RATIO = 0.7
 #: completion than the memory-bound calls of millions a large budget would otherwise make.
 CACHE_CALL_COMPLETIONS = 1 << 15
 
-_BUFFER = 4096  # per-run buffer of small draws (refilled from the run's generator)
+#: Per-run buffer of small draws (refilled from the run's generator). Which values a run gets never
+#: depends on it; a wider one only leaves more drawn-but-unused values when the runs end (up to the
+#: width per run) and a larger batch buffer: 256 measured 8% faster per PSST run than 4096 on MATH at
+#: T = 5,000 (0.198 against 0.214 ms, 200 runs, best of 5), and no agent slower.
+_BUFFER = 256
 _WORD = (1 << 64) - 1  # the low 64 bits of a PCG64 state
 #: A request's rest beyond the buffered values refills the buffer only up to this many values; a
 #: larger rest is drawn straight into the output. Which values a run gets never depends on it (they
