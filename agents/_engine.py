@@ -1133,13 +1133,21 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     levels = 1
     while (1 << levels) <= width:
         levels += 1
-    score = np.empty((levels, width), dtype=np.float32)
+    # Objective rows are the innermost axis of every scratch array: each row's arithmetic is the
+    # scalar order described above, and the rows run side by side in SIMD lanes.
+    wt = np.empty((k_n, u_n), dtype=np.float32)
+    for u in range(u_n):
+        for x in range(k_n):
+            wt[x, u] = w[u, x]
+    score = np.empty((levels, width, u_n), dtype=np.float32)
     v32 = np.empty((width, k_n), dtype=np.float32)
-    buf = np.zeros(width)  # one size's block bests (float64), 0.0 past the real ones
-    sums = np.zeros((u_n, width))
+    buf = np.zeros((width, u_n))  # one size's block bests (float64), 0.0 past the real ones
+    sums = np.zeros((width, u_n))
+    total = np.empty(u_n)
+    res = np.empty(u_n)
     s_lo = np.empty(64, dtype=np.int64)  # the pairwise recursion's pending halves
     s_n = np.empty(64, dtype=np.int64)
-    s_left = np.empty(64)
+    s_left = np.empty((64, u_n))
     s_state = np.empty(64, dtype=np.int64)
     slot, present = _cell_slots(run, prompt, cost.shape[0], n_prompts)
     per_comp = unit.shape[1] > 1
@@ -1162,97 +1170,113 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
         for j in range(nb):
             for x in range(k_n):
                 v32[j, x] = np.float32(values[b, j, x])
-        for u in range(u_n):
-            for j in range(nb):
-                s = v32[j, 0] * w[u, 0]
-                for x in range(1, k_n):
-                    s += v32[j, x] * w[u, x]
-                score[0, j] = s
-            lev = 1
-            while (1 << lev) <= nb:
-                half = 1 << (lev - 1)
-                for j in range(nb - (1 << lev) + 1):
-                    a0, a1 = score[lev - 1, j], score[lev - 1, j + half]
-                    score[lev, j] = a0 if a0 > a1 or a0 != a0 else a1
-                lev += 1
-            lk = 0
-            for k in range(1, nb + 1):
-                if (2 << lk) <= k:
-                    lk += 1
-                if has_live and not live[r, p, k - 1]:
-                    continue
-                m = nb // k
-                span = width // k
-                off = k - (1 << lk)
-                if span <= 8:  # reduceat: the first block plus a running sum from 0.0 of the others
-                    a0, a1 = score[lk, 0], score[lk, off]
-                    total = np.float64(a0 if a0 > a1 or a0 != a0 else a1)
-                    if span > 1:
-                        res = 0.0  # never -0.0: adding the padding's 0.0 would change nothing
-                        for i in range(1, m):
-                            a0, a1 = score[lk, i * k], score[lk, i * k + off]
-                            res += np.float64(a0 if a0 > a1 or a0 != a0 else a1)
-                        total += res
-                    sums[u, k - 1] = total
-                    continue
-                for i in range(m):
-                    a0, a1 = score[lk, i * k], score[lk, i * k + off]
-                    buf[i] = np.float64(a0 if a0 > a1 or a0 != a0 else a1)
-                for i in range(m, span):
-                    buf[i] = 0.0
-                # reduceat: the first block, plus the pairwise sum of the other span - 1
-                total = buf[0]
+        for j in range(nb):
+            v0 = v32[j, 0]
+            for u in range(u_n):
+                score[0, j, u] = v0 * wt[0, u]
+            for x in range(1, k_n):
+                vx = v32[j, x]
+                for u in range(u_n):
+                    score[0, j, u] += vx * wt[x, u]
+        lev = 1
+        while (1 << lev) <= nb:
+            half = 1 << (lev - 1)
+            for j in range(nb - (1 << lev) + 1):
+                for u in range(u_n):
+                    a0, a1 = score[lev - 1, j, u], score[lev - 1, j + half, u]
+                    score[lev, j, u] = a0 if a0 > a1 or a0 != a0 else a1
+            lev += 1
+        lk = 0
+        for k in range(1, nb + 1):
+            if (2 << lk) <= k:
+                lk += 1
+            if has_live and not live[r, p, k - 1]:
+                continue
+            m = nb // k
+            span = width // k
+            off = k - (1 << lk)
+            if span <= 8:  # reduceat: the first block plus a running sum from 0.0 of the others
+                for u in range(u_n):
+                    a0, a1 = score[lk, 0, u], score[lk, off, u]
+                    total[u] = np.float64(a0 if a0 > a1 or a0 != a0 else a1)
                 if span > 1:
-                    s_lo[0], s_n[0], s_state[0] = 1, span - 1, 0
-                    sp = 1
-                    res = 0.0
-                    while sp > 0:
-                        top = sp - 1  # a node not started yet (state 0)
-                        lo, cnt = s_lo[top], s_n[top]
-                        if cnt > 128:  # split: the left half first
-                            h = cnt // 2
+                    for u in range(u_n):
+                        res[u] = 0.0  # never -0.0: adding the padding's 0.0 would change nothing
+                    for i in range(1, m):
+                        for u in range(u_n):
+                            a0, a1 = score[lk, i * k, u], score[lk, i * k + off, u]
+                            res[u] += np.float64(a0 if a0 > a1 or a0 != a0 else a1)
+                    for u in range(u_n):
+                        total[u] += res[u]
+                for u in range(u_n):
+                    sums[k - 1, u] = total[u]
+                continue
+            for i in range(m):
+                for u in range(u_n):
+                    a0, a1 = score[lk, i * k, u], score[lk, i * k + off, u]
+                    buf[i, u] = np.float64(a0 if a0 > a1 or a0 != a0 else a1)
+            for i in range(m, span):
+                for u in range(u_n):
+                    buf[i, u] = 0.0
+            # reduceat: the first block, plus the pairwise sum of the other span - 1
+            for u in range(u_n):
+                total[u] = buf[0, u]
+            if span > 1:
+                s_lo[0], s_n[0], s_state[0] = 1, span - 1, 0
+                sp = 1
+                while sp > 0:
+                    top = sp - 1  # a node not started yet (state 0)
+                    lo, cnt = s_lo[top], s_n[top]
+                    if cnt > 128:  # split: the left half first
+                        h = cnt // 2
+                        h -= h % 8
+                        s_state[top] = 1
+                        s_lo[sp], s_n[sp], s_state[sp] = lo, h, 0
+                        sp += 1
+                        continue
+                    if cnt < 8:  # a leaf
+                        for u in range(u_n):
+                            res[u] = 0.0
+                        for i in range(lo, lo + cnt):
+                            for u in range(u_n):
+                                res[u] += buf[i, u]
+                    else:
+                        full = cnt - cnt % 8
+                        for u in range(u_n):
+                            r0, r1, r2, r3 = buf[lo, u], buf[lo + 1, u], buf[lo + 2, u], buf[lo + 3, u]
+                            r4, r5, r6, r7 = buf[lo + 4, u], buf[lo + 5, u], buf[lo + 6, u], buf[lo + 7, u]
+                            for i in range(lo + 8, lo + full, 8):
+                                r0 += buf[i, u]
+                                r1 += buf[i + 1, u]
+                                r2 += buf[i + 2, u]
+                                r3 += buf[i + 3, u]
+                                r4 += buf[i + 4, u]
+                                r5 += buf[i + 5, u]
+                                r6 += buf[i + 6, u]
+                                r7 += buf[i + 7, u]
+                            res[u] = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+                        for i in range(lo + full, lo + cnt):
+                            for u in range(u_n):
+                                res[u] += buf[i, u]
+                    sp -= 1
+                    while sp > 0:  # hand the result to the parent
+                        par = sp - 1
+                        if s_state[par] == 1:  # its left half: now the right one
+                            for u in range(u_n):
+                                s_left[par, u] = res[u]
+                            s_state[par] = 2
+                            h = s_n[par] // 2
                             h -= h % 8
-                            s_state[top] = 1
-                            s_lo[sp], s_n[sp], s_state[sp] = lo, h, 0
+                            s_lo[sp], s_n[sp], s_state[sp] = s_lo[par] + h, s_n[par] - h, 0
                             sp += 1
-                            continue
-                        if cnt < 8:  # a leaf
-                            res = 0.0
-                            for i in range(lo, lo + cnt):
-                                res += buf[i]
-                        else:
-                            r0, r1, r2, r3 = buf[lo], buf[lo + 1], buf[lo + 2], buf[lo + 3]
-                            r4, r5, r6, r7 = buf[lo + 4], buf[lo + 5], buf[lo + 6], buf[lo + 7]
-                            i = 8
-                            while i < cnt - cnt % 8:
-                                r0 += buf[lo + i]
-                                r1 += buf[lo + i + 1]
-                                r2 += buf[lo + i + 2]
-                                r3 += buf[lo + i + 3]
-                                r4 += buf[lo + i + 4]
-                                r5 += buf[lo + i + 5]
-                                r6 += buf[lo + i + 6]
-                                r7 += buf[lo + i + 7]
-                                i += 8
-                            res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-                            while i < cnt:
-                                res += buf[lo + i]
-                                i += 1
+                            break
+                        for u in range(u_n):  # its right half: the parent is done
+                            res[u] = s_left[par, u] + res[u]
                         sp -= 1
-                        while sp > 0:  # hand the result to the parent
-                            par = sp - 1
-                            if s_state[par] == 1:  # its left half: now the right one
-                                s_left[par] = res
-                                s_state[par] = 2
-                                h = s_n[par] // 2
-                                h -= h % 8
-                                s_lo[sp], s_n[sp], s_state[sp] = s_lo[par] + h, s_n[par] - h, 0
-                                sp += 1
-                                break
-                            res = s_left[par] + res  # its right half: the parent is done
-                            sp -= 1
-                    total += res
-                sums[u, k - 1] = total
+                for u in range(u_n):
+                    total[u] += res[u]
+            for u in range(u_n):
+                sums[k - 1, u] = total[u]
         _running_cost(unit, b, nb, per_comp, csum)
         i = slot[r * n_prompts + p]
         for k in range(1, nb + 1):
@@ -1261,12 +1285,12 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
             m = nb // k
             if direct:
                 for u in range(u_n):
-                    gain[r, u, p, k - 1] += sums[u, k - 1]
+                    gain[r, u, p, k - 1] += sums[k - 1, u]
                 cost[r, p, k - 1] += csum[m * k]
                 count[r, p, k - 1] += m
             else:
                 for u in range(u_n):
-                    acc_g[i, u, k - 1] += sums[u, k - 1]
+                    acc_g[i, u, k - 1] += sums[k - 1, u]
                 acc_c[i, k - 1] += csum[m * k]
                 acc_n[i, k - 1] += m
     if direct:
