@@ -1009,6 +1009,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     counters = a * fb <= 62
     cmask = (1 << fb) - 1
     cum = np.zeros(width + 1, dtype=np.int64)
+    drawn = np.empty(width, dtype=np.int64)  # a pull's answers drawn from its uniforms
     srow = np.zeros(width)
     slot, present = _cell_slots(run, prompt, cost.shape[0], n_prompts)
     per_comp = unit.shape[1] > 1
@@ -1027,13 +1028,17 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
             cw = 0  # running word and gold count in registers
             gc = 0
             g_even = 0
+            if from_draw:  # the answers first, threshold by threshold: SIMD comparisons over the pull
+                cp, cq = cdf_p[b], cdf_q[b]
+                for j in range(nb):
+                    drawn[j] = 0
+                for c in range(a1):
+                    t = cdf[cp, cq, c]
+                    for j in range(nb):
+                        drawn[j] += uniforms[s0 + j] >= t
             for j in range(nb):
                 if from_draw:
-                    x = uniforms[s0 + j]
-                    o = 0
-                    cp, cq = cdf_p[b], cdf_q[b]
-                    for c in range(a1):
-                        o += x >= cdf[cp, cq, c]
+                    o = drawn[j]
                 else:
                     o = outcome[b, j]
                 diff = o - g0
