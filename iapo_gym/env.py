@@ -242,14 +242,24 @@ class IAPOEnv(gym.Env):
             self._weights, self._context_index = weights, idx
             return weights.astype(np.float32), self._info(None)
 
-    def _begin_run(self, seed: int) -> None:
+    def _begin_run(self, seed: int, rng: np.random.Generator | None = None) -> None:
         """``reset(seed=seed)`` without building the observation and info (a batch of runs reads neither).
 
         Leaves the env exactly as :meth:`reset` does: the RNG re-seeded, the env's own ledger
-        cleared and the first context drawn. ``seed`` must be a whole number ``>= 0``.
+        cleared and the first context drawn. ``seed`` must be a Python int ``>= 0``. ``rng``, when
+        given, must be a fresh ``Generator(PCG64(SeedSequence(seed)))`` -- what gymnasium's
+        ``Env.reset(seed=seed)`` builds (``gymnasium.utils.seeding.np_random``), as
+        :func:`iapo_gym._seeding.generators` builds many at once -- and becomes the env's RNG, with
+        ``np_random_seed`` the seed, as gymnasium sets them.
         """
         with self._lock:
-            self._weights, self._context_index = self._next_context({}, seeded=seed)
+            if rng is None:
+                self._weights, self._context_index = self._next_context({}, seeded=seed)
+                return
+            self._np_random, self._np_random_seed = rng, seed
+            if self._owns_ledger:
+                self.ledger.reset()
+            self._weights, self._context_index = self._first_context()
 
     def _next_context(self, options: dict[str, Any], seeded: int | None) -> tuple[NDArray[np.float64], int]:
         """Check ``options`` (before the RNG or the ledger change), then seed and draw the context."""
@@ -284,6 +294,10 @@ class IAPOEnv(gym.Env):
             self.ledger.reset()
         if weights is not None:
             return weights, idx
+        return self._first_context()
+
+    def _first_context(self) -> tuple[NDArray[np.float64], int]:
+        """A context drawn from :attr:`context_source` with the env's RNG: ``(weights, index)`` (index -1: continuous)."""
         if isinstance(self.context_source, ContextSet):
             idx = int(self.context_source.sample(self.np_random))
             return self.context_source.weights[idx], idx

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from iapo_gym import _jit
+from iapo_gym import _jit, _seeding
 from iapo_gym.contexts import ContextSet
 from iapo_gym.ledger import LedgerGroup
 from iapo_gym.sampling import Pulls, WorldArrays, draw_pulls, draw_pulls_worlds
@@ -138,7 +138,8 @@ class RunStreams:
             raise ValueError(f"seeds must be non-negative integers; got {self.seeds}")
         self.salt = str(salt)
         crc = zlib.crc32(self.salt.encode())
-        self.generators = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([s, crc]))) for s in self.seeds]
+        # numpy's generators bit for bit, their seed words hashed for all runs at once (iapo_gym._seeding)
+        self.generators = _seeding.generators(self.seeds, [crc])
         self._width = _BUFFER
         self._buf = np.zeros((len(self.seeds), self._width))  # zeros: a buffer never refilled reads the same everywhere
         self._pos = np.full(len(self.seeds), self._width, dtype=np.int64)
@@ -516,9 +517,13 @@ class RunBatch:
         self.streams = RunStreams(self.seeds, salt)
         from iapo_gym.env import IAPOEnv
 
-        for env, seed in zip(self.envs, self.seeds, strict=True):
-            if type(env).reset is IAPOEnv.reset:  # the env's own reset, without the observation and info nobody reads
-                env._begin_run(seed)
+        own = [type(env).reset is IAPOEnv.reset for env in self.envs]
+        # the env's own reset, without the observation and info nobody reads, and with its RNG
+        # (gymnasium's np_random(seed)) seeded together with the others' (iapo_gym._seeding)
+        rngs = iter(_seeding.generators([s for s, o in zip(self.seeds, own, strict=True) if o]) if any(own) else ())
+        for env, seed, o in zip(self.envs, self.seeds, own, strict=True):
+            if o:
+                env._begin_run(seed, next(rngs))
             elif hasattr(env, "reset"):
                 env.reset(seed=seed)  # a new training run: seeded RNG, cleared ledger
         self.budgets = np.array([min(int(budget), self._ledger_room(e)) for e in self.envs], dtype=np.int64)
