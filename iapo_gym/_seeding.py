@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from numpy.random.bit_generator import ISpawnableSeedSequence
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import NDArray
 
 __all__ = ["PrecomputedSeedSequence", "generators", "state_words"]
 
@@ -172,7 +172,7 @@ class PrecomputedSeedSequence(ISpawnableSeedSequence):
             self._real = np.random.SeedSequence(self._entropy)
         return self._real
 
-    def generate_state(self, n_words: int, dtype: DTypeLike = np.uint32) -> NDArray[Any]:
+    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> NDArray[Any]:
         """``n_words`` words of seed state, as ``SeedSequence.generate_state``."""
         words = self._words
         if words is not None and n_words == _POOL and dtype is np.uint64:
@@ -180,7 +180,7 @@ class PrecomputedSeedSequence(ISpawnableSeedSequence):
             return words
         return self.real().generate_state(n_words, dtype)
 
-    def spawn(self, n_children: int) -> list[np.random.SeedSequence]:
+    def spawn(self, n_children: int) -> list[np.random.SeedSequence]:  # type: ignore[override]  # numpy's own children
         """Child sequences, as ``SeedSequence.spawn`` (numbered on from those spawned before)."""
         return self.real().spawn(n_children)
 
