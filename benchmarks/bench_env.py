@@ -7,7 +7,10 @@ Run: ``python benchmarks/bench_env.py [--batch 1024] [--n 32] [--repeats 5]``. P
   on MATH (the paper's released table; skipped when it is neither in the data directory nor at
   ``../shared/data/published/MATH_final.pkl``) and on Synth-Categorical;
 * ``env.step`` per second through ``gym.make`` (reset + step, one-step episodes), and the
-  ratio of batched to stepped completion throughput.
+  ratio of batched to stepped completion throughput;
+* seeding a batch of runs' generators (``--runs``, each ``Generator(PCG64(SeedSequence([seed,
+  salt])))``): numpy's per-run construction against :func:`iapo_gym._seeding.generators` (the
+  same generators), CPU time per run, interleaved, best of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 import iapo_gym  # noqa: F401  (registers the ids)
+from iapo_gym import _seeding
 from iapo_gym.env import IAPOEnv
 from iapo_gym.tables.format import OutcomeTable
 
@@ -67,12 +71,34 @@ def bench_steps(env: gym.Env, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
+def bench_seeding(runs: int, repeats: int) -> tuple[float, float]:
+    """(us per run numpy's way, us per run batched) to seed ``runs`` generators; best of ``repeats``, interleaved."""
+    seeds, salt = list(range(runs)), 0x1234ABCD
+
+    def numpys() -> list[np.random.Generator]:
+        return [np.random.Generator(np.random.PCG64(np.random.SeedSequence([s, salt]))) for s in seeds]
+
+    def batched() -> list[np.random.Generator]:
+        return _seeding.generators(seeds, [salt])
+
+    best = [float("inf"), float("inf")]
+    loops = max(1, 20_000 // max(runs, 1))
+    for _ in range(repeats):
+        for i, fn in enumerate((numpys, batched)):
+            t0 = time.process_time()
+            for _ in range(loops):
+                fn()
+            best[i] = min(best[i], (time.process_time() - t0) / loops / runs * 1e6)
+    return best[0], best[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1024, help="pulls per batch")
     parser.add_argument("--n", type=int, default=32, help="completions per pull")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats (best is reported)")
     parser.add_argument("--steps", type=int, default=5000, help="env.step calls to time")
+    parser.add_argument("--runs", type=int, default=200, help="runs whose generators are seeded together")
     args = parser.parse_args()
 
     math_table, math_stored = _math_table()
@@ -93,6 +119,9 @@ def main() -> None:
         )
         print(f"  {'':<17} env.step (N=1): {raw:,.0f} steps/s unwrapped, {made} through gym.make; "
               f"batched / stepped completions: {pull_rate / raw:,.0f}x")
+    old, new = bench_seeding(args.runs, args.repeats)
+    print(f"seeding {args.runs} runs' generators: {old:.2f} us/run numpy's way, {new:.2f} us/run batched "
+          f"(iapo_gym._seeding): {old / new:.1f}x")
 
 if __name__ == "__main__":
     main()
