@@ -2,11 +2,11 @@
 
 Seeding one generator the usual way costs ~8 us, most of it ``SeedSequence``'s hashing in
 Python-level loops (``SeedSequence(entropy)``, then ``generate_state(4, np.uint64)`` inside
-``PCG64``). When an entropy assembles to at most four 32-bit words (a seed below ``2**64``; a
-seed below ``2**64`` followed by one 32-bit word, as :class:`~iapo_gym.runs.RunStreams` seeds),
-numpy pads it with zero words to its pool of four and the hash constants never depend on the
-data: the state words of many entropies are one fixed sequence of ``uint32`` array operations
-(:func:`state_words`). Each generator is then built from a :class:`PrecomputedSeedSequence`
+``PCG64``). When an entropy assembles to at most four 32-bit words (a seed below ``2**64``, as
+gymnasium seeds an env; such a seed followed by a 32-bit salt, as :class:`~iapo_gym.runs.RunStreams`
+seeds a run), numpy pads it with zero words to its pool of four and the hash constants never
+depend on the data: the state words of many entropies are one fixed sequence of ``uint32`` array
+operations (:func:`state_words`). Each generator is then built from a :class:`PrecomputedSeedSequence`
 that hands ``PCG64`` its precomputed words and is the real ``SeedSequence`` for everything else
 (spawning, attributes, pickling): the generators are indistinguishable from numpy's own.
 
