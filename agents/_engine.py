@@ -1028,14 +1028,22 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
             cw = 0  # running word and gold count in registers
             gc = 0
             g_even = 0
-            if from_draw:  # the answers first, threshold by threshold: SIMD comparisons over the pull
+            if from_draw:
                 cp, cq = cdf_p[b], cdf_q[b]
-                for j in range(nb):
-                    drawn[j] = 0
-                for c in range(a1):
-                    t = cdf[cp, cq, c]
+                if nb >= 8:  # threshold by threshold: SIMD comparisons over the pull (a loss on a few completions)
                     for j in range(nb):
-                        drawn[j] += uniforms[s0 + j] >= t
+                        drawn[j] = 0
+                    for c in range(a1):
+                        t = cdf[cp, cq, c]
+                        for j in range(nb):
+                            drawn[j] += uniforms[s0 + j] >= t
+                else:
+                    for j in range(nb):
+                        x = uniforms[s0 + j]
+                        o = 0
+                        for c in range(a1):
+                            o += x >= cdf[cp, cq, c]
+                        drawn[j] = o
             for j in range(nb):
                 if from_draw:
                     o = drawn[j]
