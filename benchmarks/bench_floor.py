@@ -50,14 +50,14 @@ installed (``iapo_gym._jit``); every kernel gives the numpy path's bits, so a se
 not depend on which ran (tested on both paths). The cost: a first call compiles each kernel
 (seconds, once; cached on disk after).
 
-Where ours stands (CPU ms per run, 200 runs, best of 3, 2-core machine shared with two other
-sessions; see docs/AGENTS.md for the numbers): within 1.5x of the numba floor on both tasks at
-T = 20,000 and 50,000 (0.8-1.2x; ours skips the blocks of dead arms, which the floor scores); not
-at T = 5,000: MATH 1.53-1.59x (1.9-2.1 before the compiled round steps, 2.0-2.2 before the compact
-halving of issue 18), Synth-Categorical 1.74-1.83x (1.8-1.9 before them, 2.9-3.9 before the compact
-halving). There a run is mostly work the floor does not do -- halving every (run, context)
-(27 contexts x 1,024 arms per run on Synth-Categorical), the draws' uniforms and values, allocation,
-the batch's setup -- on top of a block kernel that alone takes 0.8-0.95x of the floor's run.
+Where ours stands (CPU ms per run, 200 runs, best of 3, the idle 2-core machine; see docs/AGENTS.md,
+"The floor at 5,000 met", for the numbers): within 1.5x of the numba floor on both tasks at every
+budget since issue 18's last pass -- at T = 5,000 MATH about 1.4x and Synth-Categorical about 1.2x
+(1.66 / 1.69-1.73 before it: the best-of-N kernel's objective rows in SIMD lanes, the MV answers
+drawn over a whole pull at once, a smaller stream buffer and batched seeding), 0.6-0.9x at 20,000
+and 50,000 (ours skips the blocks of dead arms, which the floor scores). At 5,000 about a third of
+our run is still work the floor does not do: halving every (run, context), allocation, the runs'
+uniforms and the batch's set-up.
 """
 
 from __future__ import annotations
