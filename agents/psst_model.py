@@ -677,19 +677,24 @@ def _scatter_sums(
     ufunc.at(acc2, target, v * v)
 
 
+@_jit.helper
+def _scatter_row(acc, acc2, t, src, s, sign):  # noqa: ANN001, ANN202
+    """``acc[t] +=/-= src[s]`` and ``acc2[t] +=/-= src[s]^2`` (one row of :func:`_scatter_sums` / :func:`_scatter_memo`)."""
+    for n in range(src.shape[1]):
+        x = src[s, n]
+        sq = x * x
+        if sign > 0:
+            acc[t, n] += x
+            acc2[t, n] += sq
+        else:
+            acc[t, n] -= x
+            acc2[t, n] -= sq
+
+
 @_jit.kernel
-def _scatter_sums_rows(acc, acc2, target, v, sign):  # numba kernel of _scatter_sums
+def _scatter_sums_rows(acc, acc2, target, v, sign):  # noqa: ANN001, ANN202  # numba kernel of _scatter_sums
     for r in range(target.size):
-        t = target[r]
-        for n in range(v.shape[1]):
-            x = v[r, n]
-            sq = x * x
-            if sign > 0:
-                acc[t, n] += x
-                acc2[t, n] += sq
-            else:
-                acc[t, n] -= x
-                acc2[t, n] -= sq
+        _scatter_row(acc, acc2, target[r], v, r, sign)
 
 
 # ------------------------------------------------------------------- memo of the MV estimates
@@ -904,18 +909,8 @@ def _scatter_memo(
 @_jit.kernel
 def _scatter_memo_rows(acc, acc2, cells, target, vals, slot, sign):  # noqa: ANN001, ANN202  # numba kernel of _scatter_memo
     for r in range(target.size):
-        t = target[r]
-        s = slot[r]
-        cells[t] += sign
-        for n in range(vals.shape[1]):
-            x = vals[s, n]
-            sq = x * x
-            if sign > 0:
-                acc[t, n] += x
-                acc2[t, n] += sq
-            else:
-                acc[t, n] -= x
-                acc2[t, n] -= sq
+        cells[target[r]] += sign
+        _scatter_row(acc, acc2, target[r], vals, slot[r], sign)
 
 
 class PlugInSums:
