@@ -502,20 +502,12 @@ def npmle_binary_q_var(
     code = code.reshape(-1)
     from scipy.stats import binom
 
-    lik = binom.pmf(pairs[:, 0][None, :], pairs[:, 1][None, :], grid[:, None])  # (Grid, K)
-    hist = np.bincount(group * pairs.shape[0] + code, minlength=n_groups * pairs.shape[0]).reshape(n_groups, -1)
-    hist = hist.astype(np.float64)
-    n = hist.sum(axis=1, keepdims=True)
-    w = np.full((n_groups, grid.size), 1.0 / grid.size)
-    for _ in range(NPMLE_ITERS):
-        denom = w @ lik  # (G, K)
-        w = w * ((hist / np.maximum(denom, 1e-300)) @ lik.T) / np.maximum(n, 1.0)
-    f = oracle.mv_credit(np.stack([grid, 1.0 - grid], axis=1), np.zeros(grid.size, np.int64), n_max)  # (Grid, n_max)
-    if not with_var:
-        return w @ f, None
-    # only the (group, pair) cells a group holds enter its variance: gather them per group (in pair
-    # order, padded with an all-zero likelihood column whose posterior is 0) instead of all K pairs;
-    # every sum below is over the grid or the pairs of one group, in the same order as the dense form
+    lik = binom.pmf(pairs[:, 0][None, :], pairs[:, 1][None, :], grid[:, None])  # (Grid, K), element-wise
+    # Each group's own (k, m) pairs, in pair order, padded with an all-zero likelihood column of
+    # multiplicity 0: every sum below runs over one group's pairs (sequentially) or over the grid (a
+    # contiguous pairwise sum of fixed length), so a group's estimate never depends on which other
+    # groups share the call (a run's on the other runs of its batch). A product with the whole
+    # batch's pairs (one matrix product) would sum over them in a blocked order that does.
     held = np.unique(group * pairs.shape[0] + code)  # sorted: by group, then pair
     g_of, p_of = np.divmod(held, pairs.shape[0])
     per = np.bincount(g_of, minlength=n_groups)
@@ -523,23 +515,33 @@ def npmle_binary_q_var(
     slot = np.arange(held.size) - np.repeat(np.cumsum(per) - per, per)
     idx = np.full((n_groups, width), pairs.shape[0])  # the padding column
     idx[g_of, slot] = p_of
-    lik_pad = np.concatenate([lik, np.zeros((grid.size, 1))], axis=1)
-    hist_pad = np.zeros((n_groups, width))
-    hist_pad[g_of, slot] = hist[g_of, p_of]
-    var = np.empty((n_groups, n_max))
-    step = max(1, (1 << 22) // (grid.size * width))  # bounded memory: (B, Grid, width) per block
+    lik_t = np.concatenate([lik, np.zeros((grid.size, 1))], axis=1).T.copy()  # (K + 1, Grid)
+    hist = np.zeros((n_groups, width))
+    hist[g_of, slot] = np.bincount(group * pairs.shape[0] + code, minlength=n_groups * pairs.shape[0])[held]
+    n = hist.sum(axis=1)  # sequential over a group's pairs
+    f_t = oracle.mv_credit(np.stack([grid, 1.0 - grid], axis=1), np.zeros(grid.size, np.int64), n_max).T.copy()
+    est = np.empty((n_groups, n_max))
+    var = np.empty((n_groups, n_max)) if with_var else None
+    step = max(1, (1 << 21) // (grid.size * max(width, n_max)))  # bounded memory per block of groups
     for lo in range(0, n_groups, step):
         hi = min(lo + step, n_groups)
-        lk = np.ascontiguousarray(np.moveaxis(lik_pad[:, idx[lo:hi]], 0, 1))  # (B, Grid, width)
-        post = w[lo:hi, :, None] * lk
-        post /= np.maximum(post.sum(axis=1, keepdims=True), 1e-300)
-        pm = np.einsum("btk,tn->bkn", post, f)  # (B, width, n_max) per-query posterior means
-        nn = np.maximum(n[lo:hi], 1.0)
-        hb = hist_pad[lo:hi]
-        mean = np.einsum("bk,bkn->bn", hb, pm) / nn
-        ms = np.einsum("bk,bkn->bn", hb, pm * pm) / nn
+        lk = lik_t[idx[lo:hi]]  # (B, width, Grid)
+        w = _shrink_em(lk, np.maximum(n[lo:hi], 1.0), NPMLE_ITERS, mult=hist[lo:hi])
+        est[lo:hi] = (w[:, None, :] * f_t[None, :, :]).sum(axis=2)  # (B, n_max): pairwise over the grid
+        if var is None:
+            continue
+        # the per-query posterior means E[credit_N(theta) | k, m] of each held pair
+        post = w[:, None, :] * lk
+        post /= np.maximum(post.sum(axis=2, keepdims=True), 1e-300)
+        pm = np.zeros((hi - lo, width, n_max))
+        for t in range(grid.size):  # sequential over the grid
+            pm += post[:, :, t, None] * f_t[None, None, :, t]
+        nn = np.maximum(n[lo:hi], 1.0)[:, None]
+        hb = hist[lo:hi, :, None]
+        mean = (hb * pm).sum(axis=1) / nn  # sequential over the group's pairs
+        ms = (hb * (pm * pm)).sum(axis=1) / nn
         var[lo:hi] = np.maximum(ms - mean * mean, 0.0) / nn
-    return w @ f, var
+    return est, var
 
 
 def eb_shrink(
@@ -585,35 +587,46 @@ def eb_shrink(
 SHRINK_BLOCK_BYTES = 1 << 18
 
 
-def _shrink_em(lik: NDArray[np.float64], cnt: NDArray[np.float64], iters: int) -> NDArray[np.float64]:
-    """The EM iterations of :func:`eb_shrink`: grid weights ``(B, G)`` from likelihoods ``lik (B, P, G)``.
+def _shrink_em(
+    lik: NDArray[np.float64], cnt: NDArray[np.float64], iters: int, mult: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
+    """The EM iterations of a grid prior: weights ``(B, G)`` from likelihoods ``lik (B, P, G)``.
 
-    ``w <- sum_p post_p / cnt`` with ``post_p = w lik_p / max(sum_g w lik_p, 1e-300)``, from uniform
-    weights. Rows are independent, so the numpy path runs ``iters`` iterations on one block of rows
-    at a time (the block's posterior stays in cache instead of streaming the whole batch through
-    memory every iteration), and the compiled path row by row; both give the bits of the batched
-    loop (a contiguous sum over the grid is numpy's pairwise sum, the sum over prompts is sequential).
+    ``w <- sum_p mult_p post_p / cnt`` with ``post_p = w lik_p / max(sum_g w lik_p, 1e-300)``, from
+    uniform weights; ``mult (B, P)`` counts how many observations share row ``p``'s likelihood (None:
+    one each, :func:`eb_shrink`; the pairs' counts in :func:`npmle_binary_q_var`). Rows are
+    independent, so the numpy path runs ``iters`` iterations on one block of rows at a time (the
+    block's posterior stays in cache instead of streaming the whole batch through memory every
+    iteration), and the compiled path row by row; both give the bits of the batched loop (a
+    contiguous sum over the grid is numpy's pairwise sum, the sum over ``p`` is sequential, so rows of
+    zero likelihood and multiplicity appended to a row change nothing): a row's weights never depend
+    on the other rows of the call.
     """
     b_n, p_n, g_n = lik.shape
+    ones = mult is None
+    m = np.ones((b_n, p_n)) if mult is None else np.ascontiguousarray(mult, dtype=np.float64)
     if b_n and g_n <= 128 and _jit.enabled():  # _shrink_em_rows spells out numpy's pairwise sum for <= 128 terms
-        return np.asarray(_shrink_em_rows(np.ascontiguousarray(lik), cnt, int(iters)))
+        return np.asarray(_shrink_em_rows(np.ascontiguousarray(lik), m, cnt, int(iters)))
     w = np.full((b_n, g_n), 1.0 / g_n)
     step = max(1, SHRINK_BLOCK_BYTES // (8 * max(p_n * g_n, 1)))
     for lo in range(0, b_n, step):
         lk, c = lik[lo : lo + step], cnt[lo : lo + step, None]
+        mb = m[lo : lo + step, :, None]
         wb = w[lo : lo + step]
         post = np.empty_like(lk)
         for _ in range(iters):
             np.multiply(wb[:, None, :], lk, out=post)
             den = post.sum(axis=2, keepdims=True)
             post /= np.maximum(den, 1e-300, out=den)
+            if not ones:
+                post *= mb
             wb = post.sum(axis=1) / c
         w[lo : lo + step] = wb
     return w
 
 
 @_jit.kernel
-def _shrink_em_rows(lik, cnt, iters):  # noqa: C901  # numba kernel of _shrink_em: one loop nest
+def _shrink_em_rows(lik, mult, cnt, iters):  # noqa: C901  # numba kernel of _shrink_em: one loop nest
     b_n, p_n, g_n = lik.shape
     out = np.empty((b_n, g_n))
     row = np.empty(g_n)  # w * lik of one prompt
@@ -652,12 +665,13 @@ def _shrink_em_rows(lik, cnt, iters):  # noqa: C901  # numba kernel of _shrink_e
                 s = 0.0 + s  # the reduction starts from add's identity
                 if not s >= 1e-300 and s == s:  # np.maximum(s, 1e-300), NaN kept
                     s = 1e-300
+                m = mult[b, p]
                 if p == 0:
                     for g in range(g_n):
-                        acc[g] = row[g] / s
+                        acc[g] = (row[g] / s) * m
                 else:
                     for g in range(g_n):
-                        acc[g] += row[g] / s
+                        acc[g] += (row[g] / s) * m
             for g in range(g_n):
                 w[g] = acc[g] / cnt[b]
         for g in range(g_n):

@@ -29,6 +29,11 @@ authors' per-run time (``x authors``) with the reference it used (``ref``):
   agents), so their PSST time is applied to it (measured in this run when ``--authors-repo`` is
   given and ``psst`` comes first in ``--agents``, else the fixed number): printed only to compare
   agents with one yardstick.
+* ``Random``: the row ``python_floor`` is not an agent but the least work any ``fit_many`` can do
+  through its API in this harness (``make_env`` once per seed, one new object per run, appended
+  to a list), timed like an agent and compared with the authors' Random (``measured`` when
+  ``random`` comes before it in ``--agents``). It bounds what a no-op agent's speed-up over their
+  no-op agent can be: Random's ``x authors`` cannot exceed this row's.
 
 ``--authors-repo PATH`` takes a checkout of the authors' code (``git clone
 https://github.com/IAPO-AAAI25/IAPO-PSST``; it is never part of this package) and times their
@@ -92,6 +97,10 @@ def reference(
     ``timed``: their times measured in this run (``--authors-repo``); ``files``: ``--authors-times``.
     """
     timed = timed or {}
+    if agent == "python_floor":  # the bound on a no-op agent: compared with the authors' no-op agent
+        if ("random", budget) in timed:
+            return timed[("random", budget)], "Random"
+        return None, "-"
     if (agent, budget) in timed:
         return timed[(agent, budget)], "measured"
     if (agent, budget) in files:
@@ -139,6 +148,28 @@ def load_engine(root: Path) -> None:
         raise SystemExit(f"could not import iapo_gym from {root} (got {iapo_gym.__file__})")
 
 
+class _Seeded:
+    """The least a policy can be: one object per run holding its seed (``python_floor`` below)."""
+
+    __slots__ = ("seed",)
+
+
+def python_floor(make_env: Any, seeds: Sequence[int]) -> list[_Seeded]:
+    """The least work any ``fit_many`` does in Python: ``make_env`` once per seed, one new object per run.
+
+    No agent can return its runs' policies faster through the ``fit_many(make_env, budget, seeds)``
+    API, so this row bounds a no-op agent's speed-up (Random's) over the authors' in this harness.
+    """
+    out = []
+    append, new = out.append, object.__new__
+    for seed in seeds:
+        make_env(seed)
+        policy = new(_Seeded)
+        policy.seed = seed
+        append(policy)
+    return out
+
+
 def worker(root: str) -> None:
     """Serve timing requests (one JSON line each) on stdin; answer one JSON line each on stdout."""
     load_engine(Path(root))
@@ -166,6 +197,13 @@ def worker(root: str) -> None:
                 envs = [IAPOEnv(worlds[(task, s)], world_seed=s) for s in seeds]
         except Exception as exc:  # the task's data is absent here
             print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            continue
+        if req["agent"] == "python_floor":
+            python_floor(lambda s, envs=envs: envs[s], seeds[:1])  # the same warm-up as an agent's
+            t0, c0 = time.perf_counter(), time.process_time()
+            floor = python_floor(lambda s, envs=envs: envs[s], seeds)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            print(json.dumps({"wall": wall / len(seeds), "cpu": cpu / len(seeds), "used": 0.0 * len(floor)}), flush=True)
             continue
         agent = make_agent(req["agent"])
         if req.get("warmup"):
@@ -280,8 +318,10 @@ def main() -> None:
     parser.add_argument(
         "--agents",
         default="psst,topk1,topk4,topk8,uniform,triple_n1,triple_nrandom,seqhalving,psst_paired,topk_paired,psst_model,"
-        "ucb,egreedy,softmax,random",
-        help="comma-separated agent names (SB3 agents are per-seed and slow; add them explicitly)",
+        "ucb,egreedy,softmax,random,python_floor",
+        help="comma-separated agent names (SB3 agents are per-seed and slow; add them explicitly); python_floor: "
+        "not an agent, the least any fit_many can do (make_env per seed, one object per run), compared with "
+        "the authors' Random",
     )
     parser.add_argument("--budgets", default="5000,50000", help="comma-separated budgets in completions")
     parser.add_argument("--tasks", default="MATH,SynthCategorical", help="comma-separated tasks")
@@ -354,7 +394,8 @@ def main() -> None:
             "run (--authors-repo); fixed = the authors' own per-run time for this agent, a fixed number measured "
             "outside this benchmark on another machine (PSST on MATH: 0.45 s at T=5,000, 3.8 s at T=50,000); "
             "file = --authors-times; PSST-ref = the authors' PSST time (measured in this run if it was) applied to "
-            "another agent (no code of theirs for it); ! = new/old below 0.95"
+            "another agent (no code of theirs for it); Random = the authors' Random time, for python_floor (not an "
+            "agent: make_env per seed and one new object per run, the least any fit_many does); ! = new/old below 0.95"
         )
     finally:
         for w in [*engines.values(), *([authors] if authors is not None else [])]:

@@ -82,10 +82,38 @@ def load(out: Path, task: str, seeds: list[int]) -> dict[tuple[str, int], dict[i
     return table
 
 
-def paired(cell: dict[tuple[str, int], dict[int, float]], a: str, b: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    x, y = cell.get((a, budget), {}), cell.get((b, budget), {})
+def paired(
+    cell: dict[tuple[str, int], dict[int, float]], a: str, b: str, budget: int, budget_b: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The regrets of ``a`` at ``budget`` and ``b`` at ``budget_b`` (default: the same) on their common seeds."""
+    x, y = cell.get((a, budget), {}), cell.get((b, budget if budget_b is None else budget_b), {})
     seeds = sorted(set(x) & set(y))
     return np.array([x[s] for s in seeds]), np.array([y[s] for s in seeds])
+
+
+def target_ratios(
+    cell: dict[tuple[str, int], dict[int, float]], floor: dict[int, float]
+) -> dict[str, tuple[float, float, float]]:
+    """The two ratio targets, each with a paired bootstrap 95 % interval (`robust_stats.ratio_of_means_ci`).
+
+    ``"eff"``: mean regret of ``psst_model`` at 5k over PSST's at 50k (the same seeds: each run's
+    split / world is the same at both budgets); ``"exc"``: the excess regret above each seed's
+    train-oracle floor at 20k, ``psst_model``'s over PSST's.
+    """
+    from iapo_gym.experiments import robust_stats as rs
+
+    out: dict[str, tuple[float, float, float]] = {}
+    x, y = paired(cell, NEW, "psst", 5_000, 50_000)
+    if x.size and y.mean() > 0:
+        out["eff"] = rs.ratio_of_means_ci(x, y)
+    seeds = sorted(set(cell.get((NEW, 20_000), {})) & set(cell.get(("psst", 20_000), {})) & set(floor))
+    if seeds:
+        f = np.array([floor[s] for s in seeds])
+        x = np.array([cell[(NEW, 20_000)][s] for s in seeds]) - f
+        y = np.array([cell[("psst", 20_000)][s] for s in seeds]) - f
+        if y.mean() > 0:
+            out["exc"] = rs.ratio_of_means_ci(x, y)
+    return out
 
 
 def analyse(out: Path, tasks: list[str], seeds: list[int]) -> dict[str, Any]:
@@ -99,6 +127,7 @@ def analyse(out: Path, tasks: list[str], seeds: list[int]) -> dict[str, Any]:
         budgets = sorted({b for (_, b) in cell})
         floor = train_oracle_regrets(task, seeds)
         t: dict[str, Any] = {"budgets": budgets, "floor": float(floor.mean()), "cells": {}, "regret": cell}
+        t["ratios"] = target_ratios(cell, dict(zip(seeds, floor.tolist(), strict=True)))
         for b in budgets:
             row: dict[str, Any] = {}
             for agent in AGENTS:
@@ -141,6 +170,12 @@ def fmt_p(p: float) -> str:
     return "nan" if not np.isfinite(p) else ("<1e-10" if p < 1e-10 else f"{p:.2g}")
 
 
+def ci(t: dict[str, Any], key: str) -> str:
+    """``", 95 % CI [lo, hi]"`` of a target ratio, or nothing where it was not computed."""
+    r = t.get("ratios", {}).get(key)
+    return "" if r is None else f", 95 % CI [{r[1]:.2f}, {r[2]:.2f}]"
+
+
 def targets(t: dict[str, Any]) -> list[str]:
     """The issue's three targets for one task."""
     c, floor = t["cells"], t["floor"]
@@ -148,12 +183,13 @@ def targets(t: dict[str, Any]) -> list[str]:
     if 5_000 in c and 50_000 in c and NEW in c[5_000] and "psst" in c[50_000]:
         a, p = c[5_000][NEW]["mean"], c[50_000]["psst"]["mean"]
         lines.append(f"* 10x budget efficiency: regret at T = 5,000 {fmt(a)} vs PSST at T = 50,000 {fmt(p)} "
-                     f"(ratio {a / p:.2f}): **{'met' if a <= p else 'not met'}**.")
+                     f"(ratio {a / p:.2f}{ci(t, 'eff')}): **{'met' if a <= p else 'not met'}**.")
     if 20_000 in c and NEW in c[20_000] and "psst" in c[20_000]:
         a, p = c[20_000][NEW]["mean"], c[20_000]["psst"]["mean"]
         ratio = (a - floor) / (p - floor) if p > floor else float("nan")
         lines.append(f"* Excess regret above the train-oracle floor ({fmt(floor)}) at T = 20,000: {fmt(a - floor)} vs PSST "
-                     f"{fmt(p - floor)} (ratio {ratio:.2f}; target <= 0.33): **{'met' if ratio <= 1 / 3 else 'not met'}**.")
+                     f"{fmt(p - floor)} (ratio {ratio:.2f}{ci(t, 'exc')}; target <= 0.33): "
+                     f"**{'met' if ratio <= 1 / 3 else 'not met'}**.")
     return lines
 
 
@@ -169,11 +205,11 @@ def summary(data: dict[str, Any]) -> list[str]:
         eff = exc = "-"
         if 5_000 in c and 50_000 in c and NEW in c[5_000] and "psst" in c[50_000]:
             a, p = c[5_000][NEW]["mean"], c[50_000]["psst"]["mean"]
-            eff = f"{fmt(a)} vs {fmt(p)} ({a / p:.2f}x): " + ("**met**" if a <= p else "not met")
+            eff = f"{fmt(a)} vs {fmt(p)} ({a / p:.2f}x{ci(t, 'eff')}): " + ("**met**" if a <= p else "not met")
         if 20_000 in c and NEW in c[20_000] and "psst" in c[20_000]:
             a, p = c[20_000][NEW]["mean"], c[20_000]["psst"]["mean"]
             ratio = (a - floor) / (p - floor) if p > floor else float("nan")
-            exc = f"{ratio:.2f}: " + ("**met**" if ratio <= 1 / 3 else "not met")
+            exc = f"{ratio:.2f}{ci(t, 'exc')}: " + ("**met**" if ratio <= 1 / 3 else "not met")
         f1, f2 = data["F1_holm"], data["F2_holm"]
         worse_psst = [f"{b // 1000}k" for b in t["budgets"] if (task, b) in f1 and f1[(task, b)] >= 0.05]
         worse_best = [f"{b // 1000}k ({c[b]['best_paper']})" for b in t["budgets"]
@@ -204,6 +240,9 @@ def report(data: dict[str, Any], command: str, figures: dict[str, str]) -> str:
         "PSST, Top-K 1/4/8) better than `psst_model` (a small F2 p would mean `psst_model` is significantly worse).",
         "**Train-oracle floor**: the mean test regret of the arm that is best on the exact train-split Q",
         "(no agent learning from the train split can be expected to go below it; docs/PAIRED.md).",
+        "**Target ratios** carry a 95 % paired percentile-bootstrap interval over the seeds (each resample",
+        "draws the same seeds for both agents; `ratio_of_means_ci`): a target is met by the report's 200 runs",
+        "when the ratio is at most its bound, and the interval says how much of a miss or a margin is the runs' noise.",
         "",
     ]
     lines += ["## Summary: the issue's targets", ""] + summary(data) + [""]

@@ -65,6 +65,30 @@ def test_probability_of_improvement_by_hand():
     assert p == pytest.approx(0.5)
 
 
+def test_ratio_of_means_ci_by_hand():
+    # y = 2 x seed by seed: every paired resample has ratio exactly 1/2 and the interval collapses;
+    # resampling x and y independently would spread it (x spans 0.1 .. 1)
+    x = np.linspace(0.1, 1.0, 50)
+    assert rs.ratio_of_means_ci(x, 2 * x, n_resamples=300) == pytest.approx((0.5, 0.5, 0.5))
+    # the point is the ratio of the means (not the mean of the ratios: 1/3 here against 0.625)
+    assert rs.ratio_of_means_ci([1.0, 0.0], [1.0, 2.0], n_resamples=200)[0] == pytest.approx(1 / 3)
+    # large paired samples: the interval's half-width is the delta method's 1.96 s.e. of the ratio,
+    # s.e. = sd(x - r y) / (sqrt(n) mean(y)), computed here by hand
+    rng = np.random.default_rng(2)
+    common = rng.exponential(1.0, 2000)  # a shared seed difficulty
+    x, y = common + rng.exponential(0.2, 2000), 1.1 * common + rng.exponential(0.3, 2000)
+    r, lo, hi = rs.ratio_of_means_ci(x, y, n_resamples=2000, seed=5)
+    assert r == pytest.approx(x.mean() / y.mean())
+    se = np.std(x - r * y, ddof=1) / (np.sqrt(x.size) * y.mean())
+    assert (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.15)
+    assert lo < r < hi
+    assert rs.ratio_of_means_ci(x, y, n_resamples=2000, seed=5) == (r, lo, hi)
+    with pytest.raises(ValueError, match="paired"):
+        rs.ratio_of_means_ci([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        rs.ratio_of_means_ci([1.0, 2.0], [0.0, 0.0])
+
+
 def test_wilcoxon_greater_exact():
     # five positive differences: exact one-sided p = 1 / 2^5
     x = np.array([2.0, 4.0, 6.0, 8.0, 10.0])
