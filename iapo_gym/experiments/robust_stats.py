@@ -27,7 +27,7 @@ computation.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeGuard
 
 import numpy as np
@@ -46,6 +46,31 @@ __all__ = [
 
 #: Bootstrap resamples used by default (rliable uses 50,000 for papers; 2,000 keeps reports fast).
 N_RESAMPLES = 2000
+
+
+def _bootstrap_interval(
+    samples: tuple[NDArray[np.float64], ...],
+    statistic: Callable[..., NDArray[np.float64]],
+    paired: bool,
+    level: float,
+    n_resamples: int,
+    seed: int,
+    method: str = "percentile",
+    batch: int | None = None,
+) -> tuple[float, float]:
+    """``(low, high)`` of ``scipy.stats.bootstrap`` for a vectorised ``statistic`` (the one call every interval here makes)."""
+    res = sps.bootstrap(
+        samples,
+        statistic,
+        n_resamples=int(n_resamples),
+        confidence_level=float(level),
+        method=method,
+        paired=paired,
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+        batch=batch,
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def iqm(x: ArrayLike) -> float:
@@ -83,17 +108,7 @@ def iqm_ci(
     point = iqm(np.concatenate(strata))
     if all(s.size < 2 for s in strata) or np.ptp(np.concatenate(strata)) == 0:
         return point, point, point
-    res = sps.bootstrap(
-        tuple(strata),
-        _pooled_iqm,
-        n_resamples=int(n_resamples),
-        confidence_level=float(level),
-        method=method,
-        paired=False,
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (point, *_bootstrap_interval(tuple(strata), _pooled_iqm, False, level, n_resamples, seed, method))
 
 
 def performance_profile(
@@ -151,18 +166,7 @@ def probability_of_improvement(
 
     if all(a.size < 2 for a in xs + ys):
         return point, point, point
-    res = sps.bootstrap(
-        tuple(xs + ys),
-        statistic,
-        n_resamples=int(n_resamples),
-        confidence_level=float(level),
-        method="percentile",
-        paired=False,
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-        batch=200,
-    )
-    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (point, *_bootstrap_interval(tuple(xs + ys), statistic, False, level, n_resamples, seed, batch=200))
 
 
 def _ratio_of_means(x: NDArray[np.float64], y: NDArray[np.float64], axis: int = -1) -> NDArray[np.float64]:
@@ -186,17 +190,7 @@ def ratio_of_means_ci(
     point = float(a.mean() / b.mean())
     if a.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return point, point, point
-    res = sps.bootstrap(
-        (a, b),
-        _ratio_of_means,
-        n_resamples=int(n_resamples),
-        confidence_level=float(level),
-        method="percentile",
-        paired=True,
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (point, *_bootstrap_interval((a, b), _ratio_of_means, True, level, n_resamples, seed))
 
 
 def _is_ragged(x: object) -> TypeGuard[Iterable[ArrayLike]]:
