@@ -594,7 +594,9 @@ def _shrink_em(
 
     ``w <- sum_p mult_p post_p / cnt`` with ``post_p = w lik_p / max(sum_g w lik_p, 1e-300)``, from
     uniform weights; ``mult (B, P)`` counts how many observations share row ``p``'s likelihood (None:
-    one each, :func:`eb_shrink`; the pairs' counts in :func:`npmle_binary_q_var`). Rows are
+    one each, :func:`eb_shrink`, computed as ``w lik_p / den``; the pairs' counts in
+    :func:`npmle_binary_q_var`, computed as ``w lik_p * (mult_p / den)``, one division per row, and
+    rows of multiplicity 0 skipped by the compiled path, which adds exact zeros otherwise). Rows are
     independent, so the numpy path runs ``iters`` iterations on one block of rows at a time (the
     block's posterior stays in cache instead of streaming the whole batch through memory every
     iteration), and the compiled path row by row; both give the bits of the batched loop (a
@@ -606,7 +608,7 @@ def _shrink_em(
     ones = mult is None
     m = np.ones((b_n, p_n)) if mult is None else np.ascontiguousarray(mult, dtype=np.float64)
     if b_n and g_n <= 128 and _jit.enabled():  # _shrink_em_rows spells out numpy's pairwise sum for <= 128 terms
-        return np.asarray(_shrink_em_rows(np.ascontiguousarray(lik), m, cnt, int(iters)))
+        return np.asarray(_shrink_em_rows(np.ascontiguousarray(lik), m, cnt, int(iters), not ones))
     w = np.full((b_n, g_n), 1.0 / g_n)
     step = max(1, SHRINK_BLOCK_BYTES // (8 * max(p_n * g_n, 1)))
     for lo in range(0, b_n, step):
@@ -617,16 +619,18 @@ def _shrink_em(
         for _ in range(iters):
             np.multiply(wb[:, None, :], lk, out=post)
             den = post.sum(axis=2, keepdims=True)
-            post /= np.maximum(den, 1e-300, out=den)
-            if not ones:
-                post *= mb
+            np.maximum(den, 1e-300, out=den)
+            if ones:
+                post /= den
+            else:  # with multiplicities: one division per row, post * (mult / den)
+                post *= np.divide(mb, den, out=den)
             wb = post.sum(axis=1) / c
         w[lo : lo + step] = wb
     return w
 
 
 @_jit.kernel
-def _shrink_em_rows(lik, mult, cnt, iters):  # noqa: C901  # numba kernel of _shrink_em: one loop nest
+def _shrink_em_rows(lik, mult, cnt, iters, scaled):  # noqa: C901  # numba kernel of _shrink_em: one loop nest
     b_n, p_n, g_n = lik.shape
     out = np.empty((b_n, g_n))
     row = np.empty(g_n)  # w * lik of one prompt
@@ -637,6 +641,8 @@ def _shrink_em_rows(lik, mult, cnt, iters):  # noqa: C901  # numba kernel of _sh
             w[g] = 1.0 / g_n
         for _ in range(iters):
             for p in range(p_n):
+                if p > 0 and mult[b, p] == 0.0:
+                    continue  # a row of multiplicity 0 adds exact zeros: skipping it keeps the bits
                 for g in range(g_n):
                     row[g] = w[g] * lik[b, p, g]
                 # numpy's pairwise sum of a contiguous row of n <= 128 terms: 8 running sums, then the rest
@@ -666,7 +672,15 @@ def _shrink_em_rows(lik, mult, cnt, iters):  # noqa: C901  # numba kernel of _sh
                 if not s >= 1e-300 and s == s:  # np.maximum(s, 1e-300), NaN kept
                     s = 1e-300
                 m = mult[b, p]
-                if p == 0:
+                if scaled:  # one division per row: row * (m / s)
+                    m = m / s
+                    if p == 0:
+                        for g in range(g_n):
+                            acc[g] = row[g] * m
+                    else:
+                        for g in range(g_n):
+                            acc[g] += row[g] * m
+                elif p == 0:
                     for g in range(g_n):
                         acc[g] = (row[g] / s) * m
                 else:
