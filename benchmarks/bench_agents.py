@@ -203,7 +203,8 @@ def worker(root: str) -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             floor = python_floor(lambda s, envs=envs: envs[s], seeds)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            print(json.dumps({"wall": wall / len(seeds), "cpu": cpu / len(seeds), "used": 0.0 * len(floor)}), flush=True)
+            assert [p.seed for p in floor] == seeds
+            print(json.dumps({"wall": wall / len(seeds), "cpu": cpu / len(seeds), "used": 0.0}), flush=True)
             continue
         agent = make_agent(req["agent"])
         if req.get("warmup"):
