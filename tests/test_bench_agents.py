@@ -33,6 +33,18 @@ def test_reference_prefers_this_runs_measurement_then_file_then_fixed() -> None:
     assert bench.reference("seqhalving", 5000, files, timed) == (0.7, "PSST-ref")
     assert bench.reference("seqhalving", 50000, files, timed) == (3.8, "PSST-ref")
     assert bench.reference("seqhalving", 1000, {}, {}) == (None, "-")
+    # python_floor is compared with their Random only (never with their PSST)
+    assert bench.reference("python_floor", 5000, files, {**timed, ("random", 5000): 2.8e-4}) == (2.8e-4, "Random")
+    assert bench.reference("python_floor", 5000, files, timed) == (None, "-")
+
+
+def test_python_floor_calls_make_env_once_per_seed_and_returns_one_object_each() -> None:
+    bench = load_bench()
+    calls: list[int] = []
+    out = bench.python_floor(calls.append, [3, 1, 4, 1])
+    assert calls == [3, 1, 4, 1]
+    assert [p.seed for p in out] == [3, 1, 4, 1]
+    assert len({id(p) for p in out}) == 4  # one new object per run, even for a repeated seed
 
 
 FAKE_AGENT = '''
