@@ -518,7 +518,7 @@ def npmle_binary_q_var(
     lik_t = np.concatenate([lik, np.zeros((grid.size, 1))], axis=1).T.copy()  # (K + 1, Grid)
     hist = np.zeros((n_groups, width))
     hist[g_of, slot] = np.bincount(group * pairs.shape[0] + code, minlength=n_groups * pairs.shape[0])[held]
-    n = hist.sum(axis=1)  # sequential over a group's pairs
+    n = hist.sum(axis=1)  # integer counts: exact in any order
     f_t = oracle.mv_credit(np.stack([grid, 1.0 - grid], axis=1), np.zeros(grid.size, np.int64), n_max).T.copy()
     est = np.empty((n_groups, n_max))
     var = np.empty((n_groups, n_max)) if with_var else None
