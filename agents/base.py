@@ -104,6 +104,10 @@ class StochasticPolicy(Policy):
     seed: int = 0
     budget_used: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    # built on the first act, as the generator (a batch builds many policies); the class-level
+    # defaults let a batch's copies (Random's fit_many) leave them unset
+    _cdf: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
+    _rng: np.random.Generator | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.probs = np.asarray(self.probs, dtype=np.float64)
@@ -112,8 +116,6 @@ class StochasticPolicy(Policy):
         # np.allclose(sums, 1.0)'s rule (|sum - 1| <= 1e-8 + 1e-5; NaN fails), without its overhead
         if not bool(np.all(np.abs(self.probs.sum(axis=1) - 1.0) <= 1e-8 + 1e-5)):
             raise ValueError("each context's arm distribution must sum to 1")
-        self._cdf: NDArray[np.float64] | None = None  # built on the first act, as the generator (a batch builds many policies)
-        self._rng: np.random.Generator | None = None  # seeded on the first act
 
     def act(self, weights: ArrayLike) -> NDArray[np.int64]:
         """One arm per context row of ``weights``, drawn from that context's distribution."""

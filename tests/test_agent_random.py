@@ -1,4 +1,4 @@
-"""Random's batched ``fit_many``: the same policies as ``fit``, one read-only distribution per table."""
+"""Random's batched ``fit_many``: the same policies as ``fit``, one read-only distribution per shape."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ def test_fit_many_equals_fit_per_seed_across_tables():
     # one distribution per table (not per run), and nobody can change it under the other runs
     assert batch[0].probs is batch[2].probs is batch[4].probs and batch[1].probs is batch[3].probs
     assert batch[0].probs is not batch[1].probs
+    # another table of the same shape (a synthetic world per seed) shares the distribution, not the contexts
+    mv2 = small_table("mv", seed=1)
+    pair = agent.fit_many(lambda s: make_env(mv if s == 0 else mv2, s), 100, [0, 1])
+    assert mv2 is not mv and pair[0].probs is pair[1].probs
+    assert pair[0].contexts is make_env(mv, 0).contexts and pair[1].contexts is make_env(mv2, 1).contexts
+    _same(pair[1], agent.fit(make_env(mv2, 1), 100, 1))
     with pytest.raises(ValueError, match="read-only"):
         batch[0].probs[0, 0] = 1.0
     # each run's info and generator are its own

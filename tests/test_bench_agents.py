@@ -47,6 +47,30 @@ def test_python_floor_calls_make_env_once_per_seed_and_returns_one_object_each()
     assert len({id(p) for p in out}) == 4  # one new object per run, even for a repeated seed
 
 
+def test_batches_for_repeats_a_fast_batch_until_the_timing_is_long_enough() -> None:
+    bench = load_bench()
+    assert bench.batches_for(60e-6, 0.05, 100) == 100  # a no-op batch: capped
+    assert bench.batches_for(0.004, 0.05, 100) == 13  # ceil(0.05 / 0.004)
+    assert bench.batches_for(0.05, 0.05, 100) == 1
+    assert bench.batches_for(2.0, 0.05, 100) == 1  # a slow batch is timed once
+    assert bench.batches_for(0.0, 0.05, 7) == 7  # below the clock's resolution
+
+
+def test_worker_gives_every_repeated_batch_its_own_envs() -> None:
+    """PSST spends its budget on its envs: a batch repeated on the same envs would overdraw their ledgers."""
+    bench = load_bench()
+    worker = bench.Worker(REPO)
+    try:
+        one = worker.ask(task="SynthBernoulli", agent="psst", budget=1000, seeds=3, warmup=True, batches=1)
+        three = worker.ask(task="SynthBernoulli", agent="psst", budget=1000, seeds=3, warmup=False, batches=3)
+    finally:
+        worker.close()
+    assert "error" not in three and 900 <= three["used"] <= 1000
+    assert three["used"] == one["used"]  # the same seeds, the same runs
+    # per run = per batch / runs per batch
+    assert three["cpu"] == pytest.approx(three["batch_cpu"] / 3)
+
+
 FAKE_AGENT = '''
 import json, random
 import numpy as np
