@@ -12,7 +12,7 @@ For every task (MATH -- the paper's released table from the data directory, skip
 ``--seeds`` runs as vectorised batches (``Agent.fit_many``; MATH: one shared table with per-seed
 80/20 splits; synthetic tasks: one world per seed, built before timing) in two long-lived worker
 processes, one per engine (``--old`` checkout and this one), **alternating** old and new for each
-repeat so that both see the same machine load. A timing lasts at least ``--min-time``: a batch
+repeat so that both see the same machine load. A timing lasts at least ``--min-time`` (0.2 s): a batch
 faster than that (the no-op agents' batches take tens of microseconds) is repeated back to back,
 each time on new envs, up to ``--max-batches`` times (:func:`batches_for`). It prints runs per
 second (best of ``--repeats``: the least disturbed by other load), the new/old ratio and, for MATH, the speed-up over the paper
@@ -306,8 +306,9 @@ def batches_for(batch_s: float, min_time: float, max_batches: int) -> int:
 
     A batch of a no-op agent takes tens of microseconds: timed alone, right after its worker has
     waited for the other engine, it is dominated by cold caches (Random's 200 runs took 2.5 times
-    their back-to-back time). Like ``timeit``'s autorange, the batch is repeated back to back (each
-    on its own envs) until the timing is long enough; a batch of seconds is timed once.
+    their back-to-back time). Like ``timeit``'s autorange (whose target, 0.2 s, is ``--min-time``'s
+    default), the batch is repeated back to back (each on its own envs) until the timing is long
+    enough; a batch of seconds is timed once.
     """
     if batch_s <= 0.0:
         return max_batches
@@ -367,9 +368,9 @@ def main() -> None:
     parser.add_argument(
         "--min-time",
         type=float,
-        default=0.05,
-        help="seconds a timing should last: a faster batch is repeated back to back, each on its own envs, "
-        "up to --max-batches times (default 0.05)",
+        default=0.2,
+        help="seconds a timing should last (timeit's autorange target): a faster batch is repeated back to "
+        "back, each on its own envs, up to --max-batches times (default 0.2)",
     )
     parser.add_argument("--max-batches", type=int, default=100, help="most batches in one timing (default 100)")
     parser.add_argument(
