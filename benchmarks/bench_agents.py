@@ -10,9 +10,13 @@ Run::
 For every task (MATH -- the paper's released table from the data directory, skipped when absent:
 ``iapo-gym data import MATH_final.pkl`` -- and Synth-Categorical), agent and budget it fits
 ``--seeds`` runs as vectorised batches (``Agent.fit_many``; MATH: one shared table with per-seed
-80/20 splits; synthetic tasks: one world per seed, built before timing) in two long-lived worker
-processes, one per engine (``--old`` checkout and this one), **alternating** old and new for each
-repeat so that both see the same machine load. A timing lasts at least ``--min-time`` (0.2 s): a batch
+80/20 splits; synthetic tasks: one world per seed, built before timing) in two worker processes,
+one per engine (``--old`` checkout and this one), **alternating** old and new for each repeat so
+that both see the same machine load. Each agent is timed in new worker processes (as
+pyperf runs each benchmark in new processes): in one long-lived process an agent's reading depended
+on the agents timed before it (psst_model at T = 5,000: 2,600-2,800 runs/s first, 2,200-2,300 after
+Top-K-Paired), the order in which their compiled kernels were loaded; ``--shared-workers`` keeps one
+process per engine. A timing lasts at least ``--min-time`` (0.2 s): a batch
 faster than that (the no-op agents' batches take tens of microseconds) is repeated back to back,
 each time on new envs, up to ``--max-batches`` times (:func:`batches_for`). It prints runs per
 second (best of ``--repeats``: the least disturbed by other load), the new/old ratio and, for MATH, the speed-up over the paper
@@ -337,6 +341,32 @@ def measure(
     return best, theirs
 
 
+def start_engines(args: argparse.Namespace) -> dict[str, Worker]:
+    """New worker processes: this engine (``new``) and, with ``--old``, the previous one (``old``) first."""
+    engines = {"new": Worker(REPO)}
+    if args.old:
+        engines = {"old": Worker(Path(args.old)), **engines}
+    return engines
+
+
+def format_row(
+    name: str, budget: int, best: dict[str, dict[str, Any]], ref: tuple[float | None, str], clock: str, ref_column: bool
+) -> str:
+    """One printed cell: each engine's runs/s, new/old (``!`` below 0.95), the spend, ``x authors`` and its reference."""
+    if any("error" in r for r in best.values()):
+        return f"{name:>15} {budget:>7} skipped: {next(r['error'] for r in best.values() if 'error' in r)}"
+    rates = {k: 1.0 / r[clock] for k, r in best.items()}
+    ratio = "       -"
+    if "old" in rates:
+        flag = "!" if rates["new"] / rates["old"] < 0.95 else " "
+        ratio = f"{rates['new'] / rates['old']:7.2f}{flag}"
+    seconds, label = ref
+    xref = f"{seconds * rates['new']:10.0f}" if seconds else "         -"
+    row = f"{name:>15} {budget:>7}" + "".join(f" {rates[k]:10.1f}" for k in best)
+    sref = f" {seconds:9.4g}" if ref_column and seconds else ""
+    return f"{row} {ratio} {best['new']['used']:7.0f} {xref} {label:>8}{sref}"
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One line naming the argument and the fix for a value the benchmark cannot use."""
     if args.authors_repo and not (Path(args.authors_repo) / "Agents" / "PSST.py").exists():
@@ -374,6 +404,12 @@ def main() -> None:
     )
     parser.add_argument("--max-batches", type=int, default=100, help="most batches in one timing (default 100)")
     parser.add_argument(
+        "--shared-workers",
+        action="store_true",
+        help="time every agent in the same engine processes (faster to run; an agent's reading then depends on "
+        "the agents timed before it in that process, by up to 25 %%); default: new processes for each agent",
+    )
+    parser.add_argument(
         "--clock",
         choices=("cpu", "wall"),
         default="cpu",
@@ -399,9 +435,7 @@ def main() -> None:
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     check_args(parser, args)
-    engines = {"new": Worker(REPO)}
-    if args.old:
-        engines = {"old": Worker(Path(args.old)), **engines}
+    engines = start_engines(args)
     authors = None
     if args.authors_repo:
         authors = Worker(Path(args.authors_repo), "--authors-worker", [args.authors_pkl] if args.authors_pkl else [])
@@ -415,24 +449,17 @@ def main() -> None:
             head += f" {'new/old':>8} {'used':>7} {'x authors':>10} {'ref':>8}"
             head += f" {'ref s/run':>9}" if authors is not None else ""
             print(head)
-            for name in args.agents.split(","):
+            for i, name in enumerate(args.agents.split(",")):
+                if i and not args.shared_workers:  # every agent in new engine processes (pyperf's practice)
+                    for w in engines.values():
+                        w.close()
+                    engines = start_engines(args)
                 for budget in budgets:
                     best, theirs = measure(engines, authors if task == "MATH" else None, task, name, budget, args)
                     if theirs is not None:
                         timed[(name, budget)] = theirs
-                    if any("error" in r for r in best.values()):
-                        print(f"{name:>15} {budget:>7} skipped: {next(r['error'] for r in best.values() if 'error' in r)}")
-                        continue
-                    rates = {k: 1.0 / r[args.clock] for k, r in best.items()}
-                    ratio = "       -"
-                    if "old" in rates:
-                        flag = "!" if rates["new"] / rates["old"] < 0.95 else " "
-                        ratio = f"{rates['new'] / rates['old']:7.2f}{flag}"
                     ref, label = reference(name, budget, measured, timed) if task == "MATH" else (None, "-")
-                    xref = f"{ref * rates['new']:10.0f}" if ref else "         -"
-                    row = f"{name:>15} {budget:>7}" + "".join(f" {rates[k]:10.1f}" for k in engines)
-                    sref = f" {ref:9.4g}" if authors is not None and ref else ""
-                    print(f"{row} {ratio} {best['new']['used']:7.0f} {xref} {label:>8}{sref}", flush=True)
+                    print(format_row(name, budget, best, (ref, label), args.clock, authors is not None), flush=True)
         print(
             "\nref (ours is always measured in this run): measured = the authors' code for this agent, timed in this "
             "run (--authors-repo); fixed = the authors' own per-run time for this agent, a fixed number measured "

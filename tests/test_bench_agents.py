@@ -137,3 +137,13 @@ def test_authors_worker_drives_their_code_like_their_runner(
         random.seed(seed)
         np.random.seed(seed)  # noqa: NPY002
         assert c["py"] == random.random() and c["np"] == float(np.random.random())  # noqa: NPY002
+
+
+def test_format_row_flags_a_slower_engine_and_scales_the_authors_time() -> None:
+    bench = load_bench()
+    best = {"old": {"cpu": 1e-3, "used": 4990.0}, "new": {"cpu": 1.25e-3, "used": 4990.0}}
+    row = bench.format_row("psst", 5000, best, (0.5, "measured"), "cpu", True)
+    # 1000 and 800 runs/s, new/old 0.80 flagged, 800 runs/s x 0.5 s = 400x the authors
+    assert row.split() == ["psst", "5000", "1000.0", "800.0", "0.80!", "4990", "400", "measured", "0.5"]
+    skipped = bench.format_row("ucb", 5000, {"new": {"error": "no MATH table"}}, (None, "-"), "cpu", False)
+    assert skipped.split()[2:] == ["skipped:", "no", "MATH", "table"]
