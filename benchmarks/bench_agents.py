@@ -12,11 +12,14 @@ For every task (MATH -- the paper's released table from the data directory, skip
 ``--seeds`` runs as vectorised batches (``Agent.fit_many``; MATH: one shared table with per-seed
 80/20 splits; synthetic tasks: one world per seed, built before timing) in two worker processes,
 one per engine (``--old`` checkout and this one), **alternating** old and new for each repeat so
-that both see the same machine load. Each agent is timed in new worker processes (as
-pyperf runs each benchmark in new processes): in one long-lived process an agent's reading depended
-on the agents timed before it (psst_model at T = 5,000: 2,600-2,800 runs/s first, 2,200-2,300 after
-Top-K-Paired), the order in which their compiled kernels were loaded; ``--shared-workers`` keeps one
-process per engine. A timing lasts at least ``--min-time`` (0.2 s): a batch
+that both see the same machine load. Each agent is timed in new worker processes (as pyperf
+runs each benchmark in new processes), so its reading does not depend on the agents listed before
+it: in one long-lived process psst_model at T = 5,000 read 2,600-2,800 runs/s when timed first and
+2,200-2,300 after Top-K-Paired. ``--shared-workers`` keeps one process per engine. A process's first
+full batch is slower than the next ones (psst_model: 0.50-0.54 ms per run, then 0.34-0.37, even after
+a full-budget warm-up on two seeds: the allocator's state, not compilation), which the best of
+``--repeats`` (3 or more) leaves out; and two processes of the same code differ by up to 15 % on a
+cell, so a ``new/old`` below 0.95 is rerun before it is believed. A timing lasts at least ``--min-time`` (0.2 s): a batch
 faster than that (the no-op agents' batches take tens of microseconds) is repeated back to back,
 each time on new envs, up to ``--max-batches`` times (:func:`batches_for`). It prints runs per
 second (best of ``--repeats``: the least disturbed by other load), the new/old ratio and, for MATH, the speed-up over the paper
