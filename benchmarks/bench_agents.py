@@ -19,11 +19,12 @@ it: in one long-lived process psst_model at T = 5,000 read 2,600-2,800 runs/s wh
 full batch is slower than the next ones (psst_model: 0.50-0.54 ms per run, then 0.34-0.37, even after
 a full-budget warm-up on two seeds: the allocator's state, not compilation), which the best of
 ``--repeats`` (3 or more) leaves out; and two processes of the same code differ by up to 15 % on a
-cell, so a ``new/old`` below 0.95 is rerun before it is believed. A timing lasts at least ``--min-time`` (0.2 s): a batch
-faster than that (the no-op agents' batches take tens of microseconds) is repeated back to back,
-each time on new envs, up to ``--max-batches`` times (:func:`batches_for`). It prints runs per
-second (best of ``--repeats``: the least disturbed by other load), the new/old ratio and, for MATH, the speed-up over the paper
-authors' per-run time (``x authors``) with the reference it used (``ref``):
+cell, so a ``new/old`` below 0.95 is rerun before it is believed. A timing lasts at least
+``--min-time`` (0.2 s): a batch faster than that (the no-op agents' batches take tens of
+microseconds) is repeated back to back, each time on new envs, up to ``--max-batches`` times
+(:func:`batches_for`). It prints runs per second (best of ``--repeats``: the least disturbed by
+other load), the new/old ratio and, for MATH, the speed-up over the paper authors' per-run time
+(``x authors``) with the reference it used (``ref``):
 
 * ``measured``: the authors' own code for the same agent, timed in this run on this machine,
   interleaved with ours (``--authors-repo``, below). The fairest reference: the same machine and
@@ -445,6 +446,7 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     measured = load_authors_times(args.authors_times)
     timed: dict[tuple[str, int], float] = {}
+    used = False  # whether the engine processes have timed an agent yet
     try:
         for task in args.tasks.split(","):
             print(f"\n{task}: {args.seeds} seeds per batch, best of {args.repeats}, engines interleaved, {args.clock} time")
@@ -452,11 +454,12 @@ def main() -> None:
             head += f" {'new/old':>8} {'used':>7} {'x authors':>10} {'ref':>8}"
             head += f" {'ref s/run':>9}" if authors is not None else ""
             print(head)
-            for i, name in enumerate(args.agents.split(",")):
-                if i and not args.shared_workers:  # every agent in new engine processes (pyperf's practice)
+            for name in args.agents.split(","):
+                if used and not args.shared_workers:  # every agent in new engine processes (pyperf's practice)
                     for w in engines.values():
                         w.close()
                     engines = start_engines(args)
+                used = True
                 for budget in budgets:
                     best, theirs = measure(engines, authors if task == "MATH" else None, task, name, budget, args)
                     if theirs is not None:
