@@ -193,7 +193,7 @@ def worker(root: str) -> None:
     tables: dict[tuple[str, int], Any] = {}
 
     def new_env(task: str, seed: int) -> Any:
-        """A new env for run ``seed`` (a fit charges its env's ledger, so every batch has its own)."""
+        """A new env for run ``seed``: every timed run starts on an env no earlier run touched, as one batch does."""
         if task == "MATH":  # one shared table, a split per seed
             if (task, 0) not in tables:
                 tables[(task, 0)] = load_task_table("MATH")
@@ -231,7 +231,9 @@ def worker(root: str) -> None:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         used = float(np.mean([p.budget_used for p in policies]))
         n = batches * len(seeds)
-        print(json.dumps({"wall": wall / n, "cpu": cpu / n, "used": used, "batch_cpu": cpu / batches}), flush=True)
+        envs_used = len({id(env) for envs in runs for env in envs})  # one new env per run of every batch
+        answer = {"wall": wall / n, "cpu": cpu / n, "used": used, "batch_cpu": cpu / batches, "envs": envs_used}
+        print(json.dumps(answer), flush=True)
 
 
 def authors_worker(repo: str, pkl: str | None) -> None:

@@ -57,7 +57,7 @@ def test_batches_for_repeats_a_fast_batch_until_the_timing_is_long_enough() -> N
 
 
 def test_worker_gives_every_repeated_batch_its_own_envs() -> None:
-    """PSST spends its budget on its envs: a batch repeated on the same envs would overdraw their ledgers."""
+    """A batch repeated within one timing runs on new envs (built before timing), with the same runs."""
     bench = load_bench()
     worker = bench.Worker(REPO)
     try:
@@ -66,6 +66,7 @@ def test_worker_gives_every_repeated_batch_its_own_envs() -> None:
     finally:
         worker.close()
     assert "error" not in three and 900 <= three["used"] <= 1000
+    assert (one["envs"], three["envs"]) == (3, 9)  # 3 seeds x 3 batches, no env timed twice
     assert three["used"] == one["used"]  # the same seeds, the same runs
     # per run = per batch / runs per batch
     assert three["cpu"] == pytest.approx(three["batch_cpu"] / 3)
