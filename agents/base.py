@@ -105,7 +105,7 @@ class StochasticPolicy(Policy):
     budget_used: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     # built on the first act, as the generator (a batch builds many policies); the class-level
-    # defaults let a batch's copies (Random's fit_many) leave them unset
+    # defaults (and ``info``'s, below the class) let a batch's copies (Random's fit_many) leave them unset
     _cdf: NDArray[np.float64] | None = field(default=None, init=False, repr=False)
     _rng: np.random.Generator | None = field(default=None, init=False, repr=False)
 
@@ -134,6 +134,28 @@ class StochasticPolicy(Policy):
             raise ValueError(f"this policy is over {self.probs.shape[1]} arms, not {n_arms}")
         idx = np.atleast_1d(self.contexts.index_of(finite_weights(weights, self.contexts.n_objectives)))
         return self.probs[idx]
+
+
+class _InfoOnFirstRead:
+    """``StochasticPolicy.info`` of a policy made without its constructor: its own ``{"budget_used": ...}``.
+
+    A batch that makes many policies without ``__init__`` (Random's ``fit_many``) leaves ``info``
+    unset, and this builds it on the first read and stores it on the policy, as
+    :class:`functools.cached_property` does (without its lock). One small dict per run is a fifth of
+    a no-op run's cost (alloc and free), and the runner never reads it. A non-data descriptor: the
+    constructor's (or anyone's) ``policy.info = ...`` shadows it.
+    """
+
+    def __get__(self, policy: StochasticPolicy | None, owner: type | None = None) -> Any:
+        if policy is None:  # read on the class: the descriptor itself
+            return self
+        info = {"budget_used": policy.budget_used}
+        policy.info = info
+        return info
+
+
+# set after the dataclass is built: in the class body it would become the field's default
+setattr(StochasticPolicy, "info", _InfoOnFirstRead())  # noqa: B010
 
 
 def policy_acr(policy: Policy, q: ArrayLike, contexts: ContextSet) -> float:

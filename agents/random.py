@@ -48,8 +48,9 @@ class RandomAgent(Agent):
         (it is valid by construction), and each run's policy is a new
         :class:`~iapo_gym.agents.base.StochasticPolicy` whose fields are set one by one, in the
         constructor's order (CPython then stores them inline, without a per-object dict); its
-        ``budget_used`` and generator state are the class's defaults. A batch of Random's no-op runs
-        costs about 0.3 us per run instead of 14 us (the authors' ``RandomAgent.train`` lists 800 arm
+        ``budget_used`` and generator state are the class's defaults, and its ``info``
+        (``{"budget_used": 0}``, its own dict, as :meth:`fit`'s) is built on first read. A batch of
+        Random's no-op runs costs about 0.3 us per run instead of 14 us (the authors' ``RandomAgent.train`` lists 800 arm
         objects, 0.28 ms; see docs/AGENTS.md). Envs other than a bare :class:`~iapo_gym.env.IAPOEnv`
         (wrapped, or duck-typed) take :meth:`fit`.
         """
@@ -77,6 +78,7 @@ class RandomAgent(Agent):
             policy.probs = probs
             policy.n_max = n_max
             policy.seed = seed if type(seed) is int else int(seed)
-            policy.info = {"budget_used": 0}  # budget_used, _cdf and _rng: the class's defaults (0, None, None)
+            # budget_used, _cdf and _rng: the class's defaults (0, None, None); info: its own
+            # {"budget_used": 0}, built on first read (StochasticPolicy's _InfoOnFirstRead)
             append(policy)
         return out

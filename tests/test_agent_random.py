@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -46,6 +48,7 @@ def test_fit_many_equals_fit_per_seed_across_tables():
         batch[0].probs[0, 0] = 1.0
     # each run's info and generator are its own
     fresh = agent.fit_many(lambda s: make_env(mv, s), 100, [3, 7])
+    assert "info" not in vars(fresh[0])  # built on first read, not by the batch
     assert fresh[0].info is not fresh[1].info
     fresh[0].act(fresh[0].contexts.weights)
     assert fresh[1]._rng is None and fresh[1]._cdf is None
@@ -57,3 +60,23 @@ def test_wrapped_envs_take_the_general_path():
     policy = agent.fit_many(lambda s: env, 0, [5])[0]
     _same(policy, agent.fit(env.unwrapped, 0, 5))
     assert policy.probs.flags.writeable  # built by fit, not shared
+
+
+def test_info_of_a_batch_policy_is_built_on_first_read_and_kept():
+    agent = make_agent("random")
+    table = small_table("mv")
+    first, second = agent.fit_many(lambda s: make_env(table, s), 100, [1, 2])
+    assert "info" not in vars(first)
+    info = first.info
+    assert info == {"budget_used": 0} and first.info is info and vars(first)["info"] is info
+    info["note"] = "kept"  # a caller's edit stays on this run's policy only
+    assert first.info == {"budget_used": 0, "note": "kept"} and second.info == {"budget_used": 0}
+    third, fourth = agent.fit_many(lambda s: make_env(table, s), 100, [3, 5])
+    third.budget_used = 7  # built from the policy's own budget when first read
+    assert third.info == {"budget_used": 7}
+    fourth.info = {"set": True}  # an assignment before any read wins
+    assert fourth.info == {"set": True}
+    revived = pickle.loads(pickle.dumps(agent.fit_many(lambda s: make_env(table, s), 100, [4])[0]))
+    assert revived.info == {"budget_used": 0} and revived.seed == 4
+    # the constructor still sets info itself: its default stays an empty dict
+    assert StochasticPolicy(first.contexts, first.probs, first.n_max).info == {}

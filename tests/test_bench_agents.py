@@ -119,7 +119,13 @@ def test_authors_worker_drives_their_code_like_their_runner(
     with open(repo / "data" / "MATH_final.pkl", "wb") as fh:
         pickle.dump([fake_env.Env(str(log))], fh)
     bench = load_bench()
-    requests = [{"agent": "psst", "budget": 5000, "runs": 3}, {"agent": "seqhalving", "budget": 5000, "runs": 1}]
+    requests = [
+        {"agent": "psst", "budget": 5000, "runs": 3},
+        {"agent": "seqhalving", "budget": 5000, "runs": 1},
+        # a fast agent: runs are added until the timing lasts min_time (never reached here), up to max_runs
+        {"agent": "psst", "budget": 5000, "runs": 2, "min_time": 60.0, "max_runs": 5, "clock": "cpu"},
+        {"agent": "psst", "budget": 5000, "runs": 2, "min_time": 1e-12, "max_runs": 5, "clock": "wall"},
+    ]
     monkeypatch.setattr(sys, "stdin", [json.dumps(r) + "\n" for r in requests])
     try:
         bench.authors_worker(str(repo), None)
@@ -129,14 +135,16 @@ def test_authors_worker_drives_their_code_like_their_runner(
     out = capsys.readouterr().out.splitlines()  # their own print went elsewhere: only the answers are here
     answers = [json.loads(line) for line in out]
     assert answers[0] == {"ready": True}
-    assert set(answers[1]) == {"wall", "cpu"} and answers[1]["cpu"] >= 0.0
+    assert set(answers[1]) == {"wall", "cpu", "runs"} and answers[1]["runs"] == 3 and answers[1]["cpu"] >= 0.0
     assert "seqhalving" in answers[2]["error"]
+    assert (answers[3]["runs"], answers[4]["runs"]) == (5, 2)  # up to max_runs; at least runs
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [c["split"] for c in calls] == [0, 1, 2]  # a fresh env per run, resplit with the run's seed
+    # a fresh env per run, resplit with the run's seed
+    assert [c["split"] for c in calls] == [0, 1, 2, 0, 1, 2, 3, 4, 0, 1]
     assert {c["budget"] for c in calls} == {5000} and {c["strategy"] for c in calls} == {"mv"}
-    for seed, c in enumerate(calls):  # their global generators seeded with the run's seed
-        random.seed(seed)
-        np.random.seed(seed)  # noqa: NPY002
+    for c in calls:  # their global generators seeded with the run's seed
+        random.seed(c["split"])
+        np.random.seed(c["split"])  # noqa: NPY002
         assert c["py"] == random.random() and c["np"] == float(np.random.random())  # noqa: NPY002
 
 
@@ -148,3 +156,15 @@ def test_format_row_flags_a_slower_engine_and_scales_the_authors_time() -> None:
     assert row.split() == ["psst", "5000", "1000.0", "800.0", "0.80!", "4990", "400", "measured", "0.5"]
     skipped = bench.format_row("ucb", 5000, {"new": {"error": "no MATH table"}}, (None, "-"), "cpu", False)
     assert skipped.split()[2:] == ["skipped:", "no", "MATH", "table"]
+
+
+def test_merge_best_keeps_each_engines_fastest_round_and_the_authors_least_time() -> None:
+    bench = load_bench()
+    first = {"old": {"cpu": 2e-3, "used": 10.0}, "new": {"cpu": 1e-3, "used": 10.0}}
+    second = {"old": {"cpu": 1.5e-3, "used": 10.0}, "new": {"cpu": 1.2e-3, "used": 10.0}}
+    best, theirs = bench.merge_best({}, None, (first, None), "cpu")
+    assert best == first and theirs is None
+    best, theirs = bench.merge_best(best, theirs, (second, 0.4), "cpu")
+    assert best == {"old": second["old"], "new": first["new"]} and theirs == 0.4
+    best, theirs = bench.merge_best(best, theirs, ({"new": {"error": "no data"}}, 0.5), "cpu")
+    assert best["new"] == {"error": "no data"} and best["old"] == second["old"] and theirs == 0.4
