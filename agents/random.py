@@ -50,9 +50,9 @@ class RandomAgent(Agent):
         constructor's order (CPython then stores them inline, without a per-object dict); its
         ``budget_used`` and generator state are the class's defaults, and its ``info``
         (``{"budget_used": 0}``, its own dict, as :meth:`fit`'s) is built on first read. A batch of
-        Random's no-op runs costs about 0.3 us per run instead of 14 us (the authors' ``RandomAgent.train`` lists 800 arm
-        objects, 0.28 ms; see docs/AGENTS.md). Envs other than a bare :class:`~iapo_gym.env.IAPOEnv`
-        (wrapped, or duck-typed) take :meth:`fit`.
+        Random's no-op runs costs 0.3-0.45 us per run instead of 14 us (the authors'
+        ``RandomAgent.train`` lists 800 arm objects, 0.3-0.45 ms; see docs/AGENTS.md). Envs other
+        than a bare :class:`~iapo_gym.env.IAPOEnv` (wrapped, or duck-typed) take :meth:`fit`.
         """
         out: list[Policy] = []
         append = out.append
