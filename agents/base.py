@@ -141,17 +141,16 @@ class _InfoOnFirstRead:
 
     A batch that makes many policies without ``__init__`` (Random's ``fit_many``) leaves ``info``
     unset, and this builds it on the first read and stores it on the policy, as
-    :class:`functools.cached_property` does (without its lock). One small dict per run is a fifth of
-    a no-op run's cost (alloc and free), and the runner never reads it. A non-data descriptor: the
-    constructor's (or anyone's) ``policy.info = ...`` shadows it.
+    :class:`functools.cached_property` does. One small dict per run is a fifth of a no-op run's cost
+    (alloc and free), and the runner never reads it. A non-data descriptor: the constructor's (or
+    anyone's) ``policy.info = ...`` shadows it. Stored with ``dict.setdefault`` (atomic), so two
+    threads racing on the first read get the same dict.
     """
 
     def __get__(self, policy: StochasticPolicy | None, owner: type | None = None) -> Any:
         if policy is None:  # read on the class: the descriptor itself
             return self
-        info = {"budget_used": policy.budget_used}
-        policy.info = info
-        return info
+        return vars(policy).setdefault("info", {"budget_used": policy.budget_used})
 
 
 # set after the dataclass is built: in the class body it would become the field's default
