@@ -57,7 +57,8 @@ the paper's hyper-parameters, which ours use (UCB ``c = 0.1``, epsilon-greedy ``
 of theirs is at least ``--authors-runs`` (default 2) runs, and more (up to ``--authors-max-runs``)
 until it lasts ``--min-time``, as ours: their agents take seconds per run, but their Random takes
 0.4-0.7 ms, and the best of a few two-run timings of it was the luckiest millisecond. The best of
-``--repeats`` timings is kept, as for ours; their worker is renewed with ours for every agent.
+``--repeats`` timings is kept, as for ours; their worker is renewed with ours for every agent
+(unless ``--shared-workers``).
 
 ``--processes K`` measures every agent in K rounds of new worker processes (ours and theirs) and
 keeps the best reading over all rounds. On this machine the same code in two processes can differ
@@ -524,9 +525,12 @@ def main() -> None:
                 cells: dict[int, tuple[dict[str, dict[str, Any]], float | None]] = {b: ({}, None) for b in budgets}
                 for _ in range(args.processes):
                     if used and not args.shared_workers:  # every agent in new processes (pyperf's practice)
-                        for w in [*engines.values(), *([authors] if authors is not None else [])]:
+                        for w in engines.values():
                             w.close()
-                        engines, authors = start_engines(args), start_authors(args)
+                        engines = start_engines(args)
+                        if authors is not None and task == "MATH":  # theirs too, where they are timed
+                            authors.close()
+                            authors = start_authors(args)
                     used = True
                     for budget in budgets:
                         taken = measure(engines, authors if task == "MATH" else None, task, name, budget, args)
