@@ -37,12 +37,23 @@ Why the results are the same bits (the contract of :mod:`iapo_gym._jit`):
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
+from iapo_gym import _pcg
 from iapo_gym._jit import helper, kernel, twin
+from iapo_gym._pcg import (  # noqa: F401 (pcg_jump, pcg_jumps: this module's API for its callers)
+    PCG_LANES,
+    PCG_MULT_HI,
+    PCG_MULT_LO,
+    pcg_advance,
+    pcg_fill,
+    pcg_jump,
+    pcg_jumps,
+    pcg_uniform,
+)
 from iapo_gym.agents._engine import _credit_lut, _vote_encoding
 
 #: Softmax's Gumbel table: ``u`` in ``[b / GUMBEL_BUCKETS, (b + 1) / GUMBEL_BUCKETS)`` bounds the
@@ -432,197 +443,16 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
     return best
 
 
-#: numpy's ``PCG64`` (``pcg_setseq_128_xsl_rr_64``) multiplier, and its high and low 64-bit words.
-PCG_MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
-PCG_MULT_HI, PCG_MULT_LO = PCG_MULTIPLIER >> 64, PCG_MULTIPLIER & ((1 << 64) - 1)  # both below 2^63: int64 constants
-#: Interleaved PCG64 chains of :func:`pcg_fill` (two 512-bit vectors of 64-bit lanes where the CPU has them).
-PCG_LANES = 16
 
 
-def _as_words(value: int) -> tuple[int, int]:
-    """A 128-bit value as its (high, low) words, each the int64 with the same bits."""
-    hi, lo = value >> 64 & ((1 << 64) - 1), value & ((1 << 64) - 1)
-    return hi - (hi >> 63 << 64), lo - (lo >> 63 << 64)
+#: SHA-256 of :mod:`iapo_gym._pcg`, whose intrinsics these kernels inline: numba's cache follows this
+#: file only, so an edit there must change this line (``tests/test_pcg.py`` checks it).
+_PCG_SHA256 = "72df7429879858816630561257bd8b604dec33df21d27e51da74016cff8ca1a9"
 
 
-@functools.lru_cache(maxsize=8)
-def pcg_jump(k: int) -> tuple[int, int, int, int]:
-    """``(A, S)`` as four int64 words: ``k`` steps of PCG64 take ``state`` to ``A state + S inc`` (mod ``2^128``).
-
-    One step is ``state M + inc``; ``k`` steps compose to ``A = M^k``, ``S = 1 + M + ... + M^(k-1)``
-    (by squaring: ``O(log k)`` products).
-    """
-    mask = (1 << 128) - 1
-    a, s = 1, 0  # the identity
-    pa, ps = PCG_MULTIPLIER, 1  # 2^j steps
-    k = int(k)
-    while k:
-        if k & 1:
-            a, s = a * pa & mask, (s * pa + ps) & mask
-        pa, ps = pa * pa & mask, (ps * pa + ps) & mask
-        k >>= 1
-    return (*_as_words(a), *_as_words(s))
-
-
-def pcg_jumps(skip: int) -> NDArray[np.int64]:
-    """The jumps :func:`stream_take` reads: :data:`PCG_LANES` steps (:func:`pcg_fill`'s chains), ``skip`` steps, 4 steps."""
-    return np.array((*pcg_jump(PCG_LANES), *pcg_jump(skip), *pcg_jump(4)), dtype=np.int64)
-
-
-def pcg_advance(hi, lo, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN201
-    """``(A s + C) mod 2^128`` of 128-bit values given as (high, low) int64 words: one PCG64 step, or a jump.
-
-    A placeholder: :func:`install_pcg` makes it a numba intrinsic (LLVM's 128-bit integers).
-    """
-    raise RuntimeError("pcg_advance is a numba intrinsic; call install_pcg, then use it in a kernel")
-
-
-def pcg_uniform(hi, lo):  # noqa: ANN001, ANN201
-    """The ``next_double`` of numpy's PCG64 at state ``(hi, lo)`` (just stepped): ``(xsl_rr(state) >> 11) 2^-53``.
-
-    ``xsl_rr`` is ``(hi ^ lo)`` rotated right by ``hi >> 58``. A placeholder, as :func:`pcg_advance`.
-    """
-    raise RuntimeError("pcg_uniform is a numba intrinsic; call install_pcg, then use it in a kernel")
-
-
-def pcg_fill(out, first, n, lanes, a_hi, a_lo, c_hi, c_lo):  # noqa: ANN001, ANN201
-    """``n`` values (a multiple of ``L`` = :data:`PCG_LANES`, at least ``L``) of ``L`` interleaved chains into ``out[first:]``.
-
-    Chain ``l`` starts at state ``(lanes[l], lanes[L + l])`` and gives
-    values ``l, l + L, l + 2L, ...``: its state's :func:`pcg_uniform`, then a jump of ``L`` steps
-    ``(A, C)`` (:func:`pcg_jump` of ``L``, ``C = S inc``). ``lanes`` is left holding each chain's
-    state of its last value (so lane ``L - 1``'s is the state after all ``n``). The chains are
-    vectors of 64-bit lanes in LLVM IR: the 128-bit products from 32-bit halves (``a 64 x 64 -> 128``
-    multiply has no vector instruction), the rotation a funnel shift. A placeholder, as
-    :func:`pcg_advance`.
-    """
-    raise RuntimeError("pcg_fill is a numba intrinsic; call install_pcg, then use it in a kernel")
-
-
-@functools.lru_cache(maxsize=1)
 def install_pcg() -> None:
-    """Make :func:`pcg_advance`, :func:`pcg_uniform` and :func:`pcg_fill` numba intrinsics (before a kernel that uses them).
-
-    They live in this module, beside the kernels that inline them, so a change to either
-    invalidates those kernels' cache on disk as a change of the kernels would.
-    """
-    from llvmlite import ir
-    from numba import types
-    from numba.extending import intrinsic
-
-    i64, i128 = ir.IntType(64), ir.IntType(128)
-
-    @intrinsic
-    def advance(typingctx: Any, hi: Any, lo: Any, a_hi: Any, a_lo: Any, c_hi: Any, c_lo: Any) -> Any:
-        if not all(isinstance(t, types.Integer) for t in (hi, lo, a_hi, a_lo, c_hi, c_lo)):
-            return None
-        sig = types.UniTuple(types.int64, 2)(*([types.int64] * 6))
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            def join(h: Any, lo_: Any) -> Any:
-                return builder.or_(builder.shl(builder.zext(h, i128), ir.Constant(i128, 64)), builder.zext(lo_, i128))
-
-            s = builder.add(builder.mul(join(args[0], args[1]), join(args[2], args[3])), join(args[4], args[5]))
-            words = [builder.trunc(builder.lshr(s, ir.Constant(i128, 64)), i64), builder.trunc(s, i64)]
-            return context.make_tuple(builder, signature.return_type, words)
-
-        return sig, codegen
-
-    @intrinsic
-    def uniform(typingctx: Any, hi: Any, lo: Any) -> Any:
-        if not all(isinstance(t, types.Integer) for t in (hi, lo)):
-            return None
-        sig = types.float64(types.int64, types.int64)
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            hi, lo = args
-            x = builder.xor(hi, lo)
-            rot = builder.lshr(hi, ir.Constant(i64, 58))
-            fshr = builder.module.declare_intrinsic("llvm.fshr", [i64], ir.FunctionType(i64, [i64, i64, i64]))
-            bits = builder.lshr(builder.call(fshr, [x, x, rot]), ir.Constant(i64, 11))  # below 2^53: exact as a double
-            return builder.fmul(builder.sitofp(bits, ir.DoubleType()), ir.Constant(ir.DoubleType(), 2.0**-53))
-
-        return sig, codegen
-
-    globals()["pcg_advance"] = advance
-    globals()["pcg_uniform"] = uniform
-    globals()["pcg_fill"] = _fill_intrinsic(intrinsic, ir, types)
-
-
-def _fill_intrinsic(intrinsic: Any, ir: Any, types: Any) -> Any:
-    """:func:`pcg_fill` as a numba intrinsic (LLVM IR: one loop over vectors of :data:`PCG_LANES` 64-bit lanes)."""
-    from numba.core import cgutils
-
-    i32, i64, f64 = ir.IntType(32), ir.IntType(64), ir.DoubleType()
-    vec, dvec = ir.VectorType(i64, PCG_LANES), ir.VectorType(f64, PCG_LANES)
-
-    def const(value: int) -> Any:
-        return ir.Constant(vec, [ir.Constant(i64, value)] * PCG_LANES)
-
-    def splat(builder: Any, value: Any) -> Any:
-        out = ir.Constant(vec, ir.Undefined)
-        for lane in range(PCG_LANES):
-            out = builder.insert_element(out, value, ir.Constant(i32, lane))
-        return out
-
-    @intrinsic
-    def fill(typingctx: Any, out: Any, first: Any, n: Any, lanes: Any, a_hi: Any, a_lo: Any, c_hi: Any, c_lo: Any) -> Any:
-        arrays = isinstance(out, types.Array) and out.dtype == types.float64 and out.ndim == 1
-        arrays = arrays and isinstance(lanes, types.Array) and lanes.dtype == types.int64 and lanes.ndim == 1
-        if not arrays or not all(isinstance(t, types.Integer) for t in (first, n, a_hi, a_lo, c_hi, c_lo)):
-            return None
-        sig = types.void(out, types.int64, types.int64, lanes, *([types.int64] * 4))
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            out_a = context.make_array(signature.args[0])(context, builder, args[0])
-            lanes_a = context.make_array(signature.args[3])(context, builder, args[3])
-            first, n, a_hi, a_lo, c_hi, c_lo = args[1], args[2], args[4], args[5], args[6], args[7]
-            state = builder.bitcast(lanes_a.data, vec.as_pointer())  # [high words, low words]
-            h0 = builder.load(state, align=8)
-            x0 = builder.load(builder.gep(state, [ir.Constant(i64, 1)]), align=8)
-            base = builder.gep(out_a.data, [first])
-            m32, s32 = const(0xFFFFFFFF), const(32)
-            ah, al, ch, cl = (splat(builder, v) for v in (a_hi, a_lo, c_hi, c_lo))
-            al0, al1 = builder.and_(al, m32), builder.lshr(al, s32)
-            fty = ir.FunctionType(vec, [vec, vec, vec])
-            fshr = cgutils.get_or_insert_function(builder.module, fty, f"llvm.fshr.v{PCG_LANES}i64")
-            scale = ir.Constant(dvec, [ir.Constant(f64, 2.0**-53)] * PCG_LANES)
-            entry = builder.basic_block
-            loop = builder.append_basic_block("pcg_fill.loop")
-            step = builder.append_basic_block("pcg_fill.step")
-            done = builder.append_basic_block("pcg_fill.done")
-            builder.branch(loop)
-            builder.position_at_end(loop)  # the values of the chains' states
-            i, h, x = builder.phi(i64), builder.phi(vec), builder.phi(vec)
-            xored = builder.xor(h, x)
-            bits = builder.lshr(builder.call(fshr, [xored, xored, builder.lshr(h, const(58))]), const(11))
-            values = builder.fmul(builder.sitofp(bits, dvec), scale)  # bits < 2^53: exact, as numpy's next_double
-            builder.store(values, builder.bitcast(builder.gep(base, [i]), dvec.as_pointer()), align=8)
-            i_next = builder.add(i, ir.Constant(i64, PCG_LANES))
-            builder.cbranch(builder.icmp_signed("<", i_next, n), step, done)
-            builder.position_at_end(step)  # (h, x) <- (h, x) (A_hi, A_lo) + (C_hi, C_lo) mod 2^128, per lane
-            x0_, x1_ = builder.and_(x, m32), builder.lshr(x, s32)
-            p00, p01 = builder.mul(x0_, al0), builder.mul(x0_, al1)
-            p10, p11 = builder.mul(x1_, al0), builder.mul(x1_, al1)
-            mid = builder.add(builder.add(builder.lshr(p00, s32), builder.and_(p01, m32)), builder.and_(p10, m32))
-            low = builder.or_(builder.and_(p00, m32), builder.shl(mid, s32))
-            carried = builder.add(builder.lshr(p10, s32), builder.lshr(mid, s32))
-            high = builder.add(builder.add(p11, builder.lshr(p01, s32)), carried)
-            high = builder.add(high, builder.add(builder.mul(h, al), builder.mul(x, ah)))
-            x_next = builder.add(low, cl)
-            h_next = builder.add(builder.add(high, ch), builder.zext(builder.icmp_unsigned("<", x_next, low), vec))
-            builder.branch(loop)
-            for phi, start, nxt in ((i, ir.Constant(i64, 0), i_next), (h, h0, h_next), (x, x0, x_next)):
-                phi.add_incoming(start, entry)
-                phi.add_incoming(nxt, step)
-            builder.position_at_end(done)
-            builder.store(h, state, align=8)
-            builder.store(x, builder.gep(state, [ir.Constant(i64, 1)]), align=8)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return fill
+    """Make :mod:`iapo_gym._pcg`'s intrinsics real and bind them here (before a kernel that uses them compiles)."""
+    _pcg.install(globals())
 
 
 @helper

@@ -50,10 +50,18 @@ def test_each_run_reads_its_own_generator_in_order_however_requests_are_cut(monk
     assert not np.array_equal(_reference(3, "psst", 4), _reference(3, "topk", 4))  # the agent name salts the stream
 
 
-def test_compiled_refills_leave_buffers_and_generators_as_numpys(monkeypatch):
-    """The kernel path draws refills with each generator's own C ``next_double`` (by address): after any
-    requests, the buffers, positions and generator states are the numpy path's, so later draws agree too."""
+@pytest.mark.parametrize("in_place", [True, False])
+def test_compiled_refills_leave_buffers_and_generators_as_numpys(monkeypatch, in_place):
+    """Both kernel paths -- PCG64 stepped in the generator's own memory (``in_place``), or each
+    generator's own C ``next_double`` called by address -- leave, after any requests, the buffers,
+    positions and generator states of the numpy path, so later draws agree too."""
     pytest.importorskip("numba")
+    from iapo_gym import _pcg
+
+    if in_place:
+        assert _pcg.state_in_place()  # numpy's layout on this platform (the path every batch takes here)
+    else:
+        monkeypatch.setattr(_pcg, "state_in_place", lambda: False)
     requests = [([5, 2, 0, 4096], [0, 1, 2, 3]), ([3000, 2049], [1, 3]), ([7, 1, 2047], [2, 0, 3]), ([9000, 4, 1], [0, 2, 1])]
     requests += [([4000, 90, 3, 0], [1, 0, 2, 3]), ([50, 60, 70, 2048], [2, 1, 0, 3]), ([4096, 4097], [0, 1])]
     seen = {}

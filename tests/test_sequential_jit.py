@@ -466,19 +466,3 @@ def test_the_kernels_pcg64_is_numpys_stream_bit_for_bit():
             state = ours.generators[r].bit_generator.state
             assert state == ref.generators[r].bit_generator.state
         assert (ours.position == ref.position).all()
-
-
-def test_pcg_jump_is_numpys_advance():
-    """pcg_jump(k) moves a state as PCG64.advance(k) does (and as k single steps do)."""
-    for k in (0, 1, 4, 16, 801, 12_345):
-        bg = np.random.PCG64(k + 5)
-        state, inc = bg.state["state"]["state"], bg.state["state"]["inc"]
-        a_hi, a_lo, s_hi, s_lo = (w % (1 << 64) for w in kernels.pcg_jump(k))
-        a, s = (a_hi << 64) | a_lo, (s_hi << 64) | s_lo
-        bg.advance(k)
-        assert (a * state + s * inc) % (1 << 128) == bg.state["state"]["state"]
-        single = state
-        for _ in range(min(k, 20)):
-            single = (single * kernels.PCG_MULTIPLIER + inc) % (1 << 128)
-        if k <= 20:
-            assert single == bg.state["state"]["state"]
