@@ -206,3 +206,18 @@ def test_reset_options_fix_the_context_and_are_checked() -> None:
         env.reset(options={"context": -1})
     with pytest.raises(ValueError, match="3 finite weights"):
         env.reset(options={"weights": [0.5, 0.5]})
+
+
+def test_slotted_table_and_contexts_survive_copies_and_wrappers() -> None:
+    """``table`` and ``contexts`` live in slots (read per run by batch agents): copies and wrappers keep them."""
+    import copy
+
+    env = IAPOEnv("SynthBernoulli", world_seed=3)
+    assert "table" not in vars(env) and "contexts" not in vars(env)  # in the object, not its dict
+    twin = copy.copy(env)
+    assert twin.table is env.table and twin.contexts is env.contexts
+    twin.reset(seed=1)
+    assert twin.pull(np.array([0]), np.array([2])).n.tolist() == [2]
+    wrapped = gym.wrappers.TimeLimit(env, max_episode_steps=5)
+    assert wrapped.unwrapped.contexts is env.contexts and wrapped.get_wrapper_attr("table") is env.table
+    env.contexts = env.contexts  # still assignable
