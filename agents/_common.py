@@ -368,10 +368,12 @@ def _row_keys(gain, cost, count, cf, cost_weight, group, u_n, run, ctx, active, 
 
 
 @_jit.kernel
-def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, active, idx, n_row, cap, live):  # noqa: ANN001, ANN202, C901
+def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, active, idx, n_row, cap, live, noise, noise_row, scale):  # noqa: ANN001, ANN202, C901, E501
     """:func:`halve` of the runs where ``trim`` is True, on the compact state of :class:`CompactHalving`, in place.
 
-    Per (run, context) row: the active arms' keys (:func:`_row_keys`); the ``k = max(1, n // 2)``
+    Per (run, context) row: the active arms' keys (:func:`_row_keys`), each plus ``scale *
+    noise[noise_row[run], context, arm]`` when ``noise`` is not empty (a seeded jitter that breaks
+    ties, as PSST-Paired's :class:`~iapo_gym.agents.psst_paired.JitteredMeans` adds it); the ``k = max(1, n // 2)``
     kept by :func:`_top_k_mask_kernel`'s rule (keys above the ``k``-th largest, then keys equal to
     it in arm order) written to the row's compact list; then the run's union over contexts
     ``live (S, A)``. ``active`` is read (a row's arms before its first halving), never written: a
@@ -399,6 +401,10 @@ def _halve_compact_kernel(gain, cost, count, cost_weight, group, u_n, trim, acti
         for c in range(c_n):
             row = s * c_n + c
             n = _row_keys(gain, cost, count, cf, cost_weight, group, u_n, s, c, active, idx, n_row, row, cap, key, arm)
+            if noise.shape[0] > 0:  # the key plus its jitter: JitteredMeans' product and sum
+                nr = noise_row[s]
+                for i in range(n):
+                    key[i] += scale * noise[nr, c, arm[i]]
             base = row * cap
             k = max(1, n // 2)
             if not clear_all:  # the run's union is its rows' arms: cleared, then set again from the kept ones
@@ -483,6 +489,10 @@ def _best_compact_kernel(gain, cost, count, cost_weight, group, u_n, active, idx
     return best, n_active
 
 
+_NO_NOISE = np.zeros((0, 1, 1))  # CompactHalving.halve without a jitter
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
 class CompactHalving:
     """Per-(run, context) active arm lists of an elimination ranked on :class:`~iapo_gym.agents._engine.NestedStats`.
 
@@ -504,13 +514,28 @@ class CompactHalving:
         self.n_row = np.full(s_n * c_n, -1, dtype=np.int64)  # -1: the row's arms are still read from ``active``
         self.live = active.any(axis=1)
 
-    def halve(self, runs: NDArray[np.bool_]) -> None:
-        """Halve every (run, context) of the runs where ``runs (S,)`` is True (:func:`halve`'s decision)."""
+    def halve(
+        self, runs: NDArray[np.bool_], noise: NDArray[np.float64] | None = None, scale: float = 0.0
+    ) -> None:
+        """Halve every (run, context) of the runs where ``runs (S,)`` is True (:func:`halve`'s decision).
+
+        ``noise (R, C, A)``, when given, holds a jitter for each trimmed run (in run order; ``R``
+        = the number of trimmed runs): arm ``a``'s key in context ``c`` of the ``i``-th trimmed run
+        is its mean plus ``scale * noise[i, c, a]`` (:class:`~iapo_gym.agents.psst_paired.JitteredMeans`).
+        """
         st = self.stats
+        trim = np.ascontiguousarray(runs, dtype=np.bool_)
+        noise_row = _NO_ROWS
+        if noise is None:
+            noise = _NO_NOISE
+        else:
+            noise_row = np.cumsum(trim) - 1  # each trimmed run's row of ``noise``
+            if noise.shape != (int(noise_row[-1]) + 1, *self.active.shape[1:]):
+                raise ValueError(f"noise must hold one (C, A) jitter per trimmed run; got shape {noise.shape}")
         _halve_compact_kernel(
             st.gain.reshape(-1), st.cost.reshape(-1), st.count.reshape(-1), st.split.cost_weight, st.split.group,
-            int(st.gain.shape[1]), np.ascontiguousarray(runs, dtype=np.bool_), self.active, self.idx, self.n_row, self.cap,
-            self.live,
+            int(st.gain.shape[1]), trim, self.active, self.idx, self.n_row, self.cap, self.live,
+            np.ascontiguousarray(noise, dtype=np.float64), noise_row, float(scale),
         )  # fmt: skip
 
     def sync(self) -> None:

@@ -48,14 +48,14 @@ Everything is vectorised over the seeds of a batch (``fit_many``): one permutati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym import _jit
-from iapo_gym.agents._common import BatchAgent, best_arms, halve, ranking_key, table_policies
+from iapo_gym.agents._common import BatchAgent, CompactHalving, best_arms, halve, ranking_key, table_policies
 from iapo_gym.agents._engine import NestedStats
 from iapo_gym.agents._rounds import Rows, maximal_sizes, run_rounds
 from iapo_gym.agents.base import Policy
@@ -166,11 +166,19 @@ class CommonQueries:
     active: NDArray[np.bool_]
     schedule: QuerySchedule
     min_queries: int = 1
+    compact: CompactHalving | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # compiled halving on the tallies' arrays, jitter included (the same decisions as halve);
+        # while the rounds run, the active arms live in its lists: call sync() when they end
+        if _jit.enabled() and self.active.flags.c_contiguous:
+            self.compact = CompactHalving(self.active, self.stats)
 
     def plan(self, avail: NDArray[np.int64], last: bool) -> tuple[NDArray[np.int64], Rows]:
         """``(q (S, 1), rows)``: every surviving prompt's maximal arm on each of ``q`` common queries."""
         avail1, n_max = avail[:, 0], self.runs.n_max
-        sizes = maximal_sizes(self.active, n_max)  # (S, P)
+        union = None if self.compact is None else self.compact.live.reshape(self.runs.n_runs, -1, n_max)
+        sizes = maximal_sizes(self.active, n_max, union)  # (S, P)
         m = sizes.sum(axis=1)
         q = np.where(m > 0, avail1 // np.maximum(m, 1), 0)
         q = np.where(q >= self.min_queries, q, 0)
@@ -194,7 +202,15 @@ class CommonQueries:
         rows = np.flatnonzero(trim)
         # the trimmed runs' next C * A uniforms each; only the active arms' ever enter a sum
         draws = self.runs.streams.random(self.active[0].size, rows).reshape(rows.size, *self.active.shape[1:])
+        if self.compact is not None:
+            self.compact.halve(trim, draws, 1e-9)
+            return
         halve(self.active, JitteredMeans(self.stats, draws, rows, 1e-9), trim)  # the active arms' means only
+
+    def sync(self) -> None:
+        """Bring ``active`` up to date when the rounds end (the compiled halving keeps the arms in lists)."""
+        if self.compact is not None:
+            self.compact.sync()
 
 
 @dataclass
@@ -280,6 +296,7 @@ def run_paired_trimming(
     schedule = schedule or QuerySchedule(runs.n_train, runs.streams)
     alloc = CommonQueries(runs, stats, active, schedule, int(min_queries))
     log = run_rounds(runs, alloc, np.asarray(budgets, dtype=np.int64)[:, None], plan[:, :, None])
+    alloc.sync()
     unspent = budgets - log.used[:, 0]
     columns = zip(  # every run's numbers at once, as Python ints
         plan.tolist(), log.spent[:, :, 0].tolist(), log.units[:, :, 0].tolist(), log.halvings.tolist(), unspent.tolist(),
