@@ -358,7 +358,7 @@ def _install_next_double() -> None:
     globals()["_next_double"] = next_double
 
 
-#: SHA-256 of :mod:`iapo_gym._pcg`, whose intrinsics :func:`_stream_values_pcg_kernel` inlines: numba's
+#: SHA-256 of :mod:`iapo_gym._pcg`, whose intrinsics :func:`_stream_values_kernel` inlines: numba's
 #: cache follows this file only, so an edit there must change this line (``tests/test_pcg.py`` checks it).
 _PCG_SHA256 = "72df7429879858816630561257bd8b604dec33df21d27e51da74016cff8ca1a9"
 
@@ -373,17 +373,14 @@ def _stream_values(buf, pos, bitgen, run, count, first, out):  # noqa: ANN001, A
     """Compiled :meth:`RunStreams.random`: run ``run[i]``'s next ``count[i]`` values into ``out[first[i]:]``.
 
     Where numpy's PCG64 state can be stepped in place (:func:`iapo_gym._pcg.state_in_place`), the
-    kernel steps it itself (:func:`_stream_values_pcg_kernel`, 4-6x faster a value); elsewhere it
-    calls the generator's ``next_double`` per value (:func:`_stream_values_kernel`). The same values
-    and generator states either way.
+    kernel steps it itself (4-6x faster a value); elsewhere it calls the generator's
+    ``next_double`` per value. The same values and generator states either way.
     """
-    if _pcg.state_in_place():
-        _pcg.install(globals())
-        lanes = np.empty(2 * PCG_LANES, dtype=np.int64)
-        _stream_values_pcg_kernel(buf, pos, bitgen.view(np.int64), run, count, first, out, _lane_jump(), lanes)
-        return
+    in_place = _pcg.state_in_place()
+    _pcg.install(globals())
     _install_next_double()
-    _stream_values_kernel(buf, pos, bitgen, run, count, first, out)
+    lanes = np.empty(2 * PCG_LANES, dtype=np.int64)
+    _stream_values_kernel(buf, pos, bitgen.view(np.int64), run, count, first, out, in_place, _lane_jump(), lanes)
 
 
 @_jit.helper
@@ -411,13 +408,16 @@ def _pcg_values(dst, d0, n, hi, lo, inc_hi, inc_lo, jump, lanes):  # noqa: ANN00
 
 
 @_jit.kernel
-def _stream_values_pcg_kernel(buf, pos, bitgen, run, count, first, out, jump, lanes):  # noqa: ANN001, ANN202
-    """:func:`_stream_values_kernel` with each run's PCG64 stepped here, in the generator's own memory.
+def _stream_values_kernel(buf, pos, bitgen, run, count, first, out, in_place, jump, lanes):  # noqa: ANN001, ANN202
+    """The numpy path of :meth:`RunStreams.random`, step for step, drawing from each run's own generator.
 
-    The same requests served the same way (the buffer first; a small rest refills the buffer, a
-    larger one goes straight into ``out``), the values drawn by :func:`_pcg_values` from the state
-    words read at the run's generator (:func:`~iapo_gym._pcg.pcg_load`: ``state`` low and high,
-    ``inc`` low and high) and the state written back after them: numpy's values, and its state.
+    A request served by the buffer copies from it; otherwise what is left in the buffer comes
+    first, then a small rest (at most :data:`_REFILL_REST`) refills the whole buffer (and is served
+    from it) and a larger one is drawn straight into ``out``, leaving the buffer empty. The values
+    come from the run's generator at ``bitgen[r]`` (its ``bitgen_t``): with ``in_place``, by
+    :func:`_pcg_values` from its state words (:func:`~iapo_gym._pcg.pcg_load`: ``state`` low and
+    high, ``inc`` low and high; written back after them), else by its own ``next_double``
+    (:func:`_next_double`) per value: numpy's values, and its state, either way.
     """
     width = buf.shape[1]
     for i in range(run.shape[0]):
@@ -432,52 +432,23 @@ def _stream_values_pcg_kernel(buf, pos, bitgen, run, count, first, out, jump, la
         for j in range(left):
             out[f + j] = buf[r, p + j]
         need = c - left
-        words = pcg_load(pcg_load(bitgen[r], 0), 0)  # bitgen_t.state -> pcg64_state.pcg_state
         refill = need <= _REFILL_REST
         dst, d0, n = (buf[r], 0, width) if refill else (out, f + left, need)
-        hi, lo, inc_hi, inc_lo = pcg_load(words, 1), pcg_load(words, 0), pcg_load(words, 3), pcg_load(words, 2)
-        hi, lo = _pcg_values(dst, d0, n, hi, lo, inc_hi, inc_lo, jump, lanes)
-        pcg_store(words, 0, lo)
-        pcg_store(words, 1, hi)
+        if in_place:
+            words = pcg_load(pcg_load(bitgen[r], 0), 0)  # bitgen_t.state -> pcg64_state.pcg_state
+            hi, lo, inc_hi, inc_lo = pcg_load(words, 1), pcg_load(words, 0), pcg_load(words, 3), pcg_load(words, 2)
+            hi, lo = _pcg_values(dst, d0, n, hi, lo, inc_hi, inc_lo, jump, lanes)
+            pcg_store(words, 0, lo)
+            pcg_store(words, 1, hi)
+        else:
+            g = bitgen[r]
+            for j in range(n):
+                dst[d0 + j] = _next_double(g)
         if refill:
             for j in range(need):
                 out[f + left + j] = buf[r, j]
             pos[r] = need
         else:
-            pos[r] = width
-
-
-@_jit.kernel
-def _stream_values_kernel(buf, pos, bitgen, run, count, first, out):  # noqa: ANN001, ANN202
-    """The numpy path of :meth:`RunStreams.random`, step for step, with each refill drawn by :func:`_next_double`.
-
-    A request served by the buffer copies from it; otherwise what is left in the buffer comes
-    first, then a small rest (at most :data:`_REFILL_REST`) refills the whole buffer (and is served
-    from it) and a larger one is drawn straight into ``out``, leaving the buffer empty.
-    """
-    width = buf.shape[1]
-    for i in range(run.shape[0]):
-        r, c, f = run[i], count[i], first[i]
-        p = pos[r]
-        left = width - p
-        if c <= left:
-            for j in range(c):
-                out[f + j] = buf[r, p + j]
-            pos[r] = p + c
-            continue
-        for j in range(left):
-            out[f + j] = buf[r, p + j]
-        need = c - left
-        g = bitgen[r]
-        if need <= _REFILL_REST:
-            for j in range(width):
-                buf[r, j] = _next_double(g)
-            for j in range(need):
-                out[f + left + j] = buf[r, j]
-            pos[r] = need
-        else:
-            for j in range(need):
-                out[f + left + j] = _next_double(g)
             pos[r] = width
 
 
