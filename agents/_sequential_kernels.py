@@ -447,7 +447,7 @@ def bounded_arm(st, r, x, lt, c, ucb, scratch, ub, scanned):  # noqa: C901 (one 
 
 #: SHA-256 of :mod:`iapo_gym._pcg`, whose intrinsics these kernels inline: numba's cache follows this
 #: file only, so an edit there must change this line (``tests/test_pcg.py`` checks it).
-_PCG_SHA256 = "72df7429879858816630561257bd8b604dec33df21d27e51da74016cff8ca1a9"
+_PCG_SHA256 = "f4640774232ba769507b148c68dd82aaf362c242eba70694ad98d49a9226e812"
 
 
 def install_pcg() -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "PCG_MULT_HI",
     "PCG_MULT_LO",
     "PCG_MULTIPLIER",
+    "bitgen_address",
     "install",
     "pcg_advance",
     "pcg_fill",
@@ -48,6 +49,7 @@ __all__ = [
     "pcg_load",
     "pcg_store",
     "pcg_uniform",
+    "state_address",
     "state_in_place",
 ]
 
@@ -328,12 +330,18 @@ def state_in_place() -> bool:
 
 def bitgen_address(bit_generator: np.random.BitGenerator) -> int:
     """The address of a bit generator's ``bitgen_t`` (numpy's public C API, through its capsule)."""
+    return int(_capsule_pointer()(bit_generator.capsule, b"BitGenerator"))
+
+
+@functools.lru_cache(maxsize=1)
+def _capsule_pointer() -> Any:
+    """``PyCapsule_GetPointer`` (ctypes): the address a numpy bit generator's ``capsule`` holds."""
     import ctypes
 
     get = ctypes.pythonapi.PyCapsule_GetPointer
     get.restype = ctypes.c_void_p
     get.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    return int(get(bit_generator.capsule, b"BitGenerator"))
+    return get
 
 
 def state_address(bitgen: int) -> int:

@@ -204,10 +204,7 @@ class RunStreams:
         this stream set) own the memory the addresses point to.
         """
         if self._bitgen_addr is None:
-            get = _capsule_pointer()
-            self._bitgen_addr = np.array(
-                [get(g.bit_generator.capsule, b"BitGenerator") for g in self.generators], dtype=np.uint64
-            )
+            self._bitgen_addr = np.array([_pcg.bitgen_address(g.bit_generator) for g in self.generators], dtype=np.uint64)
         return self._bitgen_addr
 
     def random_rows(self, runs: ArrayLike, k: int) -> NDArray[np.float64]:
@@ -308,17 +305,6 @@ class RunStreams:
         return RowGenerator(self, np.asarray(runs, dtype=np.int64).reshape(-1))
 
 
-@lru_cache(maxsize=1)
-def _capsule_pointer() -> Any:
-    """``PyCapsule_GetPointer`` (ctypes): the address a numpy bit generator's ``capsule`` holds."""
-    import ctypes
-
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype = ctypes.c_void_p
-    get.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    return get
-
-
 def _next_double(bitgen):  # noqa: ANN001, ANN202
     """The next double of the numpy bit generator at address ``bitgen`` (its own ``next_double``), in kernels.
 
@@ -360,7 +346,7 @@ def _install_next_double() -> None:
 
 #: SHA-256 of :mod:`iapo_gym._pcg`, whose intrinsics :func:`_stream_values_kernel` inlines: numba's
 #: cache follows this file only, so an edit there must change this line (``tests/test_pcg.py`` checks it).
-_PCG_SHA256 = "72df7429879858816630561257bd8b604dec33df21d27e51da74016cff8ca1a9"
+_PCG_SHA256 = "f4640774232ba769507b148c68dd82aaf362c242eba70694ad98d49a9226e812"
 
 
 @lru_cache(maxsize=1)
