@@ -44,6 +44,7 @@ class Rows:
     n: NDArray[np.int64]
     col: NDArray[np.int64] | None = None
     group: NDArray[np.int64] | None = None  # None: every row in group 0 of its run
+    ragged: bool = False  # the recorder reads the pulls unpadded (RunBatch.pull's ``ragged``)
 
 
 class Allocation(Protocol):
@@ -105,7 +106,7 @@ def run_rounds(runs: RunBatch, alloc: Allocation, budgets: NDArray[np.int64], pl
         avail = budgets - used if last else plan[:, r] + carry
         units, rows = alloc.plan(avail, last)
         before = runs.spent.copy()
-        for pulls, sel in runs.pull(rows.run, rows.prompt, rows.n, rows.col):
+        for pulls, sel in runs.pull(rows.run, rows.prompt, rows.n, rows.col, rows.ragged):
             alloc.record(pulls, rows, sel)
         if rows.group is None and g_n == 1:  # one group per run: what the round charged each run
             spent = (runs.spent - before)[:, None]
@@ -199,7 +200,9 @@ class MaximalArms:
             run_rows = np.concatenate([run_rows, cell_run[extra]])
             prompt_rows = np.concatenate([prompt_rows, cell_prompt[extra]])
             n_rows = np.concatenate([n_rows, cell_n[extra]])
-        return lam[:, None], Rows(run_rows, prompt_rows, n_rows)
+        # the compiled tallies read each pull unpadded: the round's size classes may share calls
+        ragged = self.compact is not None and self.stats.weighting == "block"  # type: ignore[attr-defined]
+        return lam[:, None], Rows(run_rows, prompt_rows, n_rows, ragged=ragged)
 
     def record(self, pulls: Pulls, rows: Rows, sel: NDArray[np.int64]) -> None:
         """Nested + cross-context reuse: every block of every pull under every context.

@@ -158,7 +158,8 @@ class RunStreams:
     def random(self, counts: ArrayLike, runs: ArrayLike | None = None) -> NDArray[np.float64]:
         """The next ``counts[i]`` uniforms in ``[0, 1)`` of run ``runs[i]`` (default: every run), concatenated.
 
-        ``runs`` must not repeat a run. Returns a flat ``(sum(counts),)`` array.
+        A run may appear more than once: its requests are served in order. Returns a flat
+        ``(sum(counts),)`` array.
         """
         runs_a = np.arange(len(self.seeds)) if runs is None else np.asarray(runs, dtype=np.int64).reshape(-1)
         counts_a = np.broadcast_to(np.asarray(counts, dtype=np.int64), runs_a.shape)
@@ -169,6 +170,10 @@ class RunStreams:
         starts = ends - counts_a
         if _jit.enabled():  # one pass: buffered values copied, refills drawn by each run's own generator in place
             _stream_values(self._buf, self._pos, self._bitgens(), runs_a, np.ascontiguousarray(counts_a), starts, out)
+            return out
+        if runs_a.size > 1 and np.unique(runs_a).size < runs_a.size:  # a run asked twice: its requests in order
+            for i in range(runs_a.size):
+                out[starts[i] : ends[i]] = self.random(counts_a[i : i + 1], runs_a[i : i + 1])
             return out
         pos = self._pos[runs_a]
         cheap = counts_a <= self._width - pos
@@ -676,6 +681,7 @@ class RunBatch:
         prompt: ArrayLike,
         n: ArrayLike,
         col: ArrayLike | None = None,
+        ragged: bool = False,
     ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
         """Draw one pull per row: ``n[i]`` completions of ``prompt[i]`` for run ``run[i]``.
 
@@ -691,6 +697,12 @@ class RunBatch:
             n: ``(B,)`` completions of each pull.
             col: ``(B,)`` position of each pull's query in its run's train split (query-controlled
                 pulls); default a uniformly drawn train query per pull from the run's stream.
+            ragged: the caller reads majority-voting pulls row by row without padding them to a
+                common width (:class:`~iapo_gym.agents._engine.NestedStats`' compiled tallies):
+                then the calls of several size classes are merged (fewer, larger calls), where
+                every (run, prompt) has rows of one class only and the padded size stays within
+                the call cap. Each run draws the same values, class after class, and each cell's
+                sums are formed the same way, so no result changes.
         """
         run_a = np.asarray(run, dtype=np.int64).reshape(-1)
         prompt_a = np.asarray(prompt, dtype=np.int64).reshape(-1)
@@ -704,7 +716,7 @@ class RunBatch:
             scan = _RowScan(*_scan_rows(run_a, prompt_a, n_a, self.n_runs))
         self._check_pulls(run_a, prompt_a, n_a, col_a, scan)
         self._charge(run_a, n_a, None if scan is None else scan.charge)
-        return self._draw_calls(run_a, prompt_a, n_a, col_a, scan)
+        return self._draw_calls(run_a, prompt_a, n_a, col_a, scan, ragged)
 
     def _check_pulls(
         self,
@@ -787,6 +799,7 @@ class RunBatch:
         n: NDArray[np.int64],
         col: NDArray[np.int64] | None,
         scan: _RowScan | None = None,
+        ragged: bool = False,
     ) -> Iterator[tuple[Pulls, NDArray[np.int64]]]:
         if run.size == 0:
             return
@@ -814,11 +827,13 @@ class RunBatch:
         if scan is not None and scan.bounds.size and not (one_each or same_n) and _jit.enabled():
             # run-major rows of several sizes (PSST's later rounds): _pack's calls of each size
             # class, found in one compiled pass; None where a run's rows span several pieces
-            found = _class_calls(run, n, size_classes(n, self.n_max), cap, PIECE_COMPLETIONS)
+            found = _class_calls(run, prompt, n, size_classes(n, self.n_max), cap, PIECE_COMPLETIONS, self.n_prompts)
             if found[0].size:
-                order, call_rows, call_segs, seg_bounds, seg_rows, seg_total = found
+                order, call_rows, call_segs, seg_bounds, seg_rows, seg_total, one_class = found
                 run_o, prompt_o, n_o = run[order], prompt[order], n[order]
                 col_o = None if col is None else col[order]
+                if ragged and one_class and self.strategy == "mv" and self._table is not None:
+                    call_rows, call_segs = _merged_calls(call_rows, call_segs, n_o, cap)
                 for c in range(call_rows.size - 1):
                     a, b, lo, hi = int(call_rows[c]), int(call_rows[c + 1]), int(call_segs[c]), int(call_segs[c + 1])
                     segs = (seg_bounds[lo:hi] - a, seg_rows[lo:hi], seg_total[lo:hi])
@@ -1077,7 +1092,7 @@ def _pack_segments(
 
 
 @_jit.kernel
-def _class_calls(run, n, cls, cap, piece):  # noqa: ANN001, ANN202
+def _class_calls(run, prompt, n, cls, cap, piece, n_prompts):  # noqa: ANN001, ANN202
     """Compiled twin of :meth:`RunBatch.pull`'s calls for run-major rows of several size classes.
 
     ``run`` never decreases; ``cls`` is each row's :func:`size_classes`. The rows of each class
@@ -1086,13 +1101,22 @@ def _class_calls(run, n, cls, cap, piece):  # noqa: ANN001, ANN202
     ``(order, call_rows, call_segs, seg_bounds, seg_rows, seg_total)``: the rows class after class,
     call ``c`` the rows ``order[call_rows[c] : call_rows[c + 1]]`` and the run segments
     ``call_segs[c]`` to ``call_segs[c + 1]`` (each segment's first position in ``order``, rows and
-    completions). ``order`` is empty where some run's rows of a class span several pieces (use
-    :func:`_pack`).
+    completions), and ``one_class``: whether every (run, prompt) cell's rows lie in one class
+    (:func:`_merged_calls` may then join calls of several classes). ``order`` is empty where some
+    run's rows of a class span several pieces (use :func:`_pack`).
     """
     b_n = run.shape[0]
     n_cls = 0
+    one_class = True
+    stamp = np.full(n_prompts, -1, dtype=np.int64)  # the last run that pulled each prompt, and in which class
+    stamp_cls = np.zeros(n_prompts, dtype=np.int64)
     for i in range(b_n):
         n_cls = max(n_cls, cls[i] + 1)
+        p = prompt[i]
+        if stamp[p] == run[i]:
+            one_class &= stamp_cls[p] == cls[i]
+        stamp[p] = run[i]
+        stamp_cls[p] = cls[i]
     start = np.zeros(n_cls + 1, dtype=np.int64)
     for i in range(b_n):
         start[cls[i] + 1] += 1
@@ -1121,7 +1145,7 @@ def _class_calls(run, n, cls, cap, piece):  # noqa: ANN001, ANN202
             i = order[j]
             if j == lo or run[i] != run[order[j - 1]]:  # a new run segment
                 if j > lo and seg_total[n_seg - 1] - n[order[j - 1]] >= piece:
-                    return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total
+                    return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total, one_class
                 if j > lo:
                     before += seg_total[n_seg - 1]
                 u = before // step
@@ -1137,10 +1161,36 @@ def _class_calls(run, n, cls, cap, piece):  # noqa: ANN001, ANN202
             seg_rows[n_seg - 1] += 1
             seg_total[n_seg - 1] += n[i]
         if seg_total[n_seg - 1] - n[order[hi - 1]] >= piece:
-            return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total
+            return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total, one_class
     call_rows[n_call] = b_n
     call_segs[n_call] = n_seg
-    return order, call_rows[: n_call + 1], call_segs[: n_call + 1], seg_bounds[:n_seg], seg_rows[:n_seg], seg_total[:n_seg]
+    return (
+        order, call_rows[: n_call + 1], call_segs[: n_call + 1], seg_bounds[:n_seg], seg_rows[:n_seg], seg_total[:n_seg],
+        one_class,
+    )  # fmt: skip
+
+
+def _merged_calls(
+    call_rows: NDArray[np.int64], call_segs: NDArray[np.int64], n: NDArray[np.int64], cap: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`_class_calls`' calls joined in order while a joined call's rows times its widest pull stay within ``cap``.
+
+    ``n`` is the rows' sizes in call order. Consecutive calls are joined whole (their run segments
+    follow each other; a run may own several segments of a joined call, one per class).
+    """
+    rows = np.diff(call_rows)
+    keep = [0]
+    count, width = 0, 0
+    for c in range(rows.size):
+        a = int(call_rows[c])
+        w = int(n[a : int(call_rows[c + 1])].max())
+        if c and (count + int(rows[c])) * max(width, w) > cap:
+            keep.append(c)
+            count, width = 0, 0
+        count += int(rows[c])
+        width = max(width, w)
+    keep.append(rows.size)
+    return call_rows[keep], call_segs[keep]
 
 
 def _pack(run: NDArray[np.int64], n: NDArray[np.int64], cap: int) -> list[NDArray[np.int64]]:

@@ -175,11 +175,65 @@ def test_compiled_class_calls_are_packs_calls(monkeypatch, strategy):
     for cap in (1, 700, 5000, 10**6):
         compiled = calls(cap)
         with monkeypatch.context() as m:  # the numpy cut: size classes, then _pack
-            m.setattr(runs_mod, "_class_calls", lambda *a: (np.zeros(0, np.int64),) * 6)
+            m.setattr(runs_mod, "_class_calls", lambda *a: (*(np.zeros(0, np.int64),) * 6, False))
             reference = calls(cap)
         assert compiled == reference
         assert sorted(i for c in compiled for i in c[0]) == list(range(run.size))
         assert len(compiled) > (1 if cap < 10**6 else 0)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_ragged_pulls_merge_size_classes_without_changing_a_draw_or_a_tally(monkeypatch, mixed):
+    """``pull(..., ragged=True)``: fewer calls where every cell keeps one size class; the same draws and tallies.
+
+    With a (run, prompt) cell pulled at two sizes of different classes the calls stay apart (a
+    cell's sums would otherwise be formed in one call instead of two).
+    """
+    pytest.importorskip("numba")
+    from iapo_gym.agents._engine import NestedStats
+
+    monkeypatch.setenv("IAPO_GYM_JIT", "1")
+    table = small_table("mv", n_prompts=6, n_max=32, n_queries=30)
+    rng = np.random.default_rng(3)
+    n_runs = 60  # 1,080 rows: a round's request, scanned and cut by the compiled pass
+    size = rng.integers(1, 33, (n_runs, 6))  # PSST's rows: one size per (run, prompt), several pulls each
+    run = np.repeat(np.arange(n_runs), 6 * 3)
+    prompt = np.tile(np.repeat(np.arange(6), 3), n_runs)
+    n = size[run, prompt]
+    if mixed:
+        n[1] = 1 if n[0] > 2 else 32  # run 0's prompt 0: a second size, in another class
+
+    def pulled(ragged: bool) -> tuple:
+        batch = RunBatch([make_env(table, s) for s in range(n_runs)], 10**6, list(range(n_runs)), "t")
+        stats = NestedStats(n_runs, 6, 32, batch.contexts)
+        answers = [[] for _ in range(run.size)]
+        calls = 0
+        for pulls, rows in batch.pull(run, prompt, n, ragged=ragged):
+            calls += 1
+            stats.add(pulls, run[rows])
+            for i, r in enumerate(np.asarray(rows).tolist()):
+                answers[r] = pulls.outcome[i, : n[r]].tolist()
+        return calls, answers, stats.gain, stats.cost, stats.count, batch.streams.random(np.ones(n_runs, np.int64)).tolist()
+
+    merged, apart = pulled(True), pulled(False)
+    assert apart[0] > 1
+    assert (merged[0] == apart[0]) if mixed else (merged[0] < apart[0])
+    assert merged[1] == apart[1]  # every row's answers: each run drew the same values for the same rows
+    for x, y in zip(merged[2:5], apart[2:5], strict=True):
+        assert x.tobytes() == y.tobytes()
+    assert merged[5] == apart[5]  # and the streams end in the same place
+
+
+def test_streams_serve_a_run_asked_twice_in_order_on_both_paths(monkeypatch):
+    """``RunStreams.random`` with a repeated run: its requests served in order (the values of consecutive requests)."""
+    counts, runs = np.array([3, 300, 5, 2, 70]), np.array([1, 0, 1, 1, 0])
+    for jit in ("0", "1"):
+        monkeypatch.setenv("IAPO_GYM_JIT", jit)
+        one, apart = RunStreams([7, 8], "s"), RunStreams([7, 8], "s")
+        got = one.random(counts, runs)
+        want = np.concatenate([apart.random(counts[i : i + 1], runs[i : i + 1]) for i in range(runs.size)])
+        assert got.tobytes() == want.tobytes()
+        assert one.random(np.array([4, 4])).tobytes() == apart.random(np.array([4, 4])).tobytes()
 
 
 def test_chunks_build_envs_lazily_within_the_memory_budget():
