@@ -197,9 +197,15 @@ class MaximalArms:
         if last:
             keys = runs.streams.random(np.bincount(cell_run, minlength=runs.n_runs))  # cells are run-major
             extra = random_fit(cell_run, cell_n, avail1 - lam * m, keys)
-            run_rows = np.concatenate([run_rows, cell_run[extra]])
-            prompt_rows = np.concatenate([prompt_rows, cell_prompt[extra]])
-            n_rows = np.concatenate([n_rows, cell_n[extra]])
+            if _jit.enabled():  # each run's extra pulls right after its other rows: the request stays run-major
+                size = run_rows.size + int(np.count_nonzero(extra))
+                out = tuple(np.empty(size, dtype=np.int64) for _ in range(3))
+                _with_extras(lam, cell_run, cell_prompt, cell_n, extra, *out)
+                run_rows, prompt_rows, n_rows = out
+            else:  # appended (RunBatch.pull sorts each size class by run, stably: the same draws)
+                run_rows = np.concatenate([run_rows, cell_run[extra]])
+                prompt_rows = np.concatenate([prompt_rows, cell_prompt[extra]])
+                n_rows = np.concatenate([n_rows, cell_n[extra]])
         # the compiled tallies read each pull unpadded: the round's size classes may share calls
         ragged = self.compact is not None and self.stats.weighting == "block"  # type: ignore[attr-defined]
         return lam[:, None], Rows(run_rows, prompt_rows, n_rows, ragged=ragged)
@@ -297,6 +303,34 @@ def _maximal_rows(sizes, lam, cell_run, cell_prompt, cell_n, run_rows, prompt_ro
             for t in range(j, end):
                 n_rows[t] = k
             j = end
+
+
+@_jit.kernel
+def _with_extras(lam, cell_run, cell_prompt, cell_n, extra, run_rows, prompt_rows, n_rows):  # noqa: ANN001, ANN202
+    """The last round's rows, run-major: each run's cells ``lam`` times each (cell order), then its ``extra`` cells once.
+
+    The outputs hold ``sum(lam[cell_run]) + count(extra)`` rows. Within each size class a run's rows
+    keep the order they have when the extra rows are appended to the whole request and each class
+    is sorted by run stably (:meth:`~iapo_gym.runs.RunBatch.pull`'s calls), so every run draws the
+    same values for the same rows; one run-major request lets those calls merge (``ragged``).
+    """
+    j = 0
+    lo = 0
+    n_cells = cell_run.shape[0]
+    while lo < n_cells:
+        s = cell_run[lo]
+        hi = lo
+        while hi < n_cells and cell_run[hi] == s:
+            hi += 1
+        for i in range(lo, hi):
+            for _ in range(lam[s]):
+                run_rows[j], prompt_rows[j], n_rows[j] = s, cell_prompt[i], cell_n[i]
+                j += 1
+        for i in range(lo, hi):
+            if extra[i]:
+                run_rows[j], prompt_rows[j], n_rows[j] = s, cell_prompt[i], cell_n[i]
+                j += 1
+        lo = hi
 
 
 def equal_rounds(budgets: NDArray[np.int64], rounds: int) -> NDArray[np.int64]:

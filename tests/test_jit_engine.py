@@ -650,6 +650,10 @@ def test_maximal_arms_rows_are_the_numpy_rows(monkeypatch, seed, runs, prompts, 
         return units, rows.run, rows.prompt, rows.n
 
     numpy_path, kernels = both(monkeypatch, plan)
+    if last:  # the numpy path appends the extra pulls; the compiled one puts each run's after its other rows
+        order = np.argsort(numpy_path[1], kind="stable")
+        numpy_path = (numpy_path[0], *(x[order] for x in numpy_path[1:]))
+        assert bool(np.all(np.diff(kernels[1]) >= 0))  # run-major
     for x, y in zip(numpy_path, kernels, strict=True):
         assert x.dtype == y.dtype and same_bits(x, y)
     assert (np.bincount(kernels[1], weights=kernels[3], minlength=runs) <= avail[:, 0]).all()  # within each budget
