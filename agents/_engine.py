@@ -1017,7 +1017,6 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     cmask = (1 << fb) - 1
     cum = np.zeros(width + 1, dtype=np.int64)
     drawn = np.empty(width, dtype=np.int64)  # a pull's answers drawn from its uniforms
-    srow = np.zeros(width)
     slot, present = _cell_slots(run, prompt, cost.shape[0], n_prompts)
     per_comp = unit.shape[1] > 1
     csum = np.zeros(width + 1)
@@ -1028,13 +1027,15 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     for b in range(b_n):
         nb = n[b]
         r, p = run[b], prompt[b]
+        _running_cost(unit, b, nb, per_comp, csum)
+        i = slot[r * n_prompts + p]
+        gc = 0  # gold answers among the pull's completions, and among its first even number of them
+        g_even = 0
         if packed:
             g0 = gold[b]
             s0 = start[b] if from_draw else 0
             even = (nb // 2) * 2
             cw = 0  # running word and gold count in registers
-            gc = 0
-            g_even = 0
             if from_draw:
                 cp, cq = cdf_p[b], cdf_q[b]
                 if nb >= 8:  # threshold by threshold: SIMD comparisons over the pull (a loss on a few completions)
@@ -1064,49 +1065,42 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                 cum[j + 1] = cw
                 if j + 1 == even:
                     g_even = gc
-            for k in range(1, nb + 1):
-                if has_live and not live[r, p, k - 1]:
-                    continue
-                if k == 1:
-                    srow[0] = gc
-                elif k == 2:
-                    srow[1] = g_even * 0.5
-                elif counters:
-                    tally = 0
-                    for s in range(0, (nb // k) * k, k):
-                        d = cum[s + k] - cum[s] + guards  # guard of field c set iff v_c >= g
-                        ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
-                        won = ((d - ones) & guards) == 0  # no answer beats gold: then v_c >= g means a tie
-                        tally += np.int64(won) << (fb * ties)
-                    total = 0.0
-                    for t in range(a):
-                        total += ((tally >> (fb * t)) & cmask) * lut[t]
-                    srow[k - 1] = total
-                else:
-                    total = 0.0
-                    for s in range(0, (nb // k) * k, k):
-                        d = cum[s + k] - cum[s] + guards
-                        ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
-                        won = ((d - ones) & guards) == 0
-                        total += lut[ties] * won
-                    srow[k - 1] = total
-        else:
-            for k in range(width):
-                srow[k] = sums[b, k]
-        _running_cost(unit, b, nb, per_comp, csum)
-        i = slot[r * n_prompts + p]
-        for k in range(1, min(nb, width) + 1):  # larger sizes add nothing (0.0 and 0: the same bits)
+        # one pass over the sizes: each live size's credit, then its tallies (larger sizes add nothing: 0.0 and 0)
+        for k in range(1, min(nb, width) + 1):
             if has_live and not live[r, p, k - 1]:
                 continue
-            m = nb // k
+            m = nb // k  # blocks of size k
+            if not packed:
+                sk = sums[b, k - 1]
+            elif k == 1:
+                sk = np.float64(gc)
+            elif k == 2:
+                sk = g_even * 0.5
+            elif counters:
+                tally = 0
+                for s in range(0, m * k, k):
+                    d = cum[s + k] - cum[s] + guards  # guard of field c set iff v_c >= g
+                    ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
+                    won = ((d - ones) & guards) == 0  # no answer beats gold: then v_c >= g means a tie
+                    tally += np.int64(won) << (fb * ties)
+                sk = 0.0
+                for t in range(a):
+                    sk += ((tally >> (fb * t)) & cmask) * lut[t]
+            else:
+                sk = 0.0
+                for s in range(0, m * k, k):
+                    d = cum[s + k] - cum[s] + guards
+                    ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
+                    won = ((d - ones) & guards) == 0
+                    sk += lut[ties] * won
             if direct:
                 for u in range(u_n):
-                    gain[r, u, p, k - 1] += w[u] * srow[k - 1]
+                    gain[r, u, p, k - 1] += w[u] * sk
                 cost[r, p, k - 1] += csum[m * k]
                 count[r, p, k - 1] += m
             else:
                 for u in range(u_n):
-                    acc_g[i, u, k - 1] += w[u] * srow[k - 1]
+                    acc_g[i, u, k - 1] += w[u] * sk
                 acc_c[i, k - 1] += csum[m * k]
                 acc_n[i, k - 1] += m
     if direct:
