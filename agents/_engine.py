@@ -1016,6 +1016,10 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     counters = a * fb <= 62
     cmask = (1 << fb) - 1
     cum = np.zeros(width + 1, dtype=np.int64)
+    quo = np.zeros((width + 1, width + 1), dtype=np.int64)  # quo[n, k] = n // k: no division per size
+    for x in range(width + 1):
+        for y in range(1, width + 1):
+            quo[x, y] = x // y
     drawn = np.empty(width, dtype=np.int64)  # a pull's answers drawn from its uniforms
     slot, present = _cell_slots(run, prompt, cost.shape[0], n_prompts)
     per_comp = unit.shape[1] > 1
@@ -1069,7 +1073,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
         for k in range(1, min(nb, width) + 1):
             if has_live and not live[r, p, k - 1]:
                 continue
-            m = nb // k  # blocks of size k
+            m = quo[nb, k]  # blocks of size k
             if not packed:
                 sk = sums[b, k - 1]
             elif k == 1:
