@@ -1087,9 +1087,12 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                     ties = ((((d & guards) >> (bits - 1)) * ones) >> top) & field
                     won = ((d - ones) & guards) == 0  # no answer beats gold: then v_c >= g means a tie
                     tally += np.int64(won) << (fb * ties)
-                sk = 0.0
-                for t in range(a):
-                    sk += ((tally >> (fb * t)) & cmask) * lut[t]
+                if tally <= cmask:  # no tie in any won block: credit lut[0] = 1.0 each, the same sum
+                    sk = np.float64(tally)
+                else:
+                    sk = 0.0
+                    for t in range(a):
+                        sk += ((tally >> (fb * t)) & cmask) * lut[t]
             else:
                 sk = 0.0
                 for s in range(0, m * k, k):
