@@ -946,13 +946,19 @@ def _cell_slots(run, prompt, n_runs, n_prompts):  # noqa: ANN001, ANN202
 
 
 @_jit.helper
-def _flush_cells(run, prompt, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width):  # noqa: ANN001, ANN202
+def _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width):  # noqa: ANN001, ANN202
     """Add each cell's accumulated sums to the tallies once, cells in order of their first pull.
 
-    Sizes whose arm is not live (``live`` non-empty) are skipped; ``slot`` is spent (set to -1).
-    Shared by the block-add kernels.
+    Only the sizes up to the cell's largest pull (``n``, at most ``width``) are added: the larger
+    ones hold 0.0 and 0, and adding +0.0 leaves a tally's bits as they are (a tally starts at +0.0,
+    and a sum is -0.0 only when both terms are). Sizes whose arm is not live (``live`` non-empty)
+    are skipped too; ``slot`` is spent (set to -1). Shared by the block-add kernels.
     """
     has_live = live.shape[0] > 0
+    top = np.zeros(acc_n.shape[0], dtype=np.int64)
+    for b in range(run.shape[0]):
+        i = slot[run[b] * n_prompts + prompt[b]]
+        top[i] = max(top[i], min(n[b], width))
     for b in range(run.shape[0]):
         r, p = run[b], prompt[b]
         c = r * n_prompts + p
@@ -960,7 +966,7 @@ def _flush_cells(run, prompt, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, 
         if i < 0:  # cell already written
             continue
         slot[c] = -1
-        for k in range(width):
+        for k in range(top[i]):
             if has_live and not live[r, p, k]:
                 continue
             for u in range(acc_g.shape[1]):
@@ -1112,7 +1118,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                 acc_n[i, k - 1] += m
     if direct:
         return
-    _flush_cells(run, prompt, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
+    _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
 
 
 #: Objective weights up to which a score ``sum_k w_k o_k`` in float32 is summed left to right by
@@ -1316,7 +1322,7 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                 acc_n[i, k - 1] += m
     if direct:
         return
-    _flush_cells(run, prompt, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
+    _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
 
 
 def _equal_groups(group: NDArray[np.int64]) -> int:
