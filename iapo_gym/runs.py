@@ -124,6 +124,15 @@ def size_classes(n: NDArray[np.int64], n_max: int) -> NDArray[np.int64]:
     return np.floor(ratio + 1e-9).astype(np.int64)
 
 
+@lru_cache(maxsize=16)
+def _class_of_size(n_max: int) -> NDArray[np.int64]:
+    """``(n_max + 1,)``: :func:`size_classes` of every size ``1..n_max`` (entry 0 unused), for a gather instead of a log per row."""
+    lut = np.zeros(n_max + 1, dtype=np.int64)
+    lut[1:] = size_classes(np.arange(1, n_max + 1), n_max)
+    lut.setflags(write=False)
+    return lut
+
+
 class RunStreams:
     """One random stream per run: ``numpy`` PCG64 seeded by ``SeedSequence([seed, crc32(salt)])``.
 
@@ -827,13 +836,14 @@ class RunBatch:
         if scan is not None and scan.bounds.size and not (one_each or same_n) and _jit.enabled():
             # run-major rows of several sizes (PSST's later rounds): _pack's calls of each size
             # class, found in one compiled pass; None where a run's rows span several pieces
-            found = _class_calls(run, prompt, n, size_classes(n, self.n_max), cap, PIECE_COMPLETIONS, self.n_prompts)
+            classes = _class_of_size(self.n_max)[n]  # every n lies in 1..n_max (checked)
+            found = _class_calls(run, prompt, n, classes, cap, PIECE_COMPLETIONS, self.n_prompts)
             if found[0].size:
-                order, call_rows, call_segs, seg_bounds, seg_rows, seg_total, one_class = found
+                order, call_rows, call_segs, seg_bounds, seg_rows, seg_total, call_width, one_class = found
                 run_o, prompt_o, n_o = run[order], prompt[order], n[order]
                 col_o = None if col is None else col[order]
                 if ragged and one_class and self.strategy == "mv" and self._table is not None:
-                    call_rows, call_segs = _merged_calls(call_rows, call_segs, n_o, cap)
+                    call_rows, call_segs = _merged_calls(call_rows, call_segs, call_width, cap)
                 for c in range(call_rows.size - 1):
                     a, b, lo, hi = int(call_rows[c]), int(call_rows[c + 1]), int(call_segs[c]), int(call_segs[c + 1])
                     segs = (seg_bounds[lo:hi] - a, seg_rows[lo:hi], seg_total[lo:hi])
@@ -846,7 +856,7 @@ class RunBatch:
             # grouping (a single row's tallies are the same in any call).
             groups = [np.arange(n.size)]
         else:
-            cls = size_classes(n, self.n_max)
+            cls = _class_of_size(self.n_max)[n]
             groups = [np.flatnonzero(cls == c) for c in np.flatnonzero(np.bincount(cls)).tolist()]
         for rows in groups:
             whole = rows.size == run.size  # rows = every position, in order
@@ -862,8 +872,8 @@ class RunBatch:
                 yield self._draw(run[sel], prompt[sel], n[sel], None if col is None else col[sel]), idx
 
     def _objective_rows(self) -> int:
-        w = self.contexts.weights[:, :-1]
-        return int(np.unique(w, axis=0).shape[0]) if w.size else 1
+        w = np.ascontiguousarray(self.contexts.weights, dtype=np.float64)
+        return _objective_rows(w.tobytes(), w.shape) if w.shape[1] > 1 else 1
 
     def _draw(
         self,
@@ -1101,7 +1111,7 @@ def _class_calls(run, prompt, n, cls, cap, piece, n_prompts):  # noqa: ANN001, A
     ``(order, call_rows, call_segs, seg_bounds, seg_rows, seg_total)``: the rows class after class,
     call ``c`` the rows ``order[call_rows[c] : call_rows[c + 1]]`` and the run segments
     ``call_segs[c]`` to ``call_segs[c + 1]`` (each segment's first position in ``order``, rows and
-    completions), and ``one_class``: whether every (run, prompt) cell's rows lie in one class
+    completions), ``call_width[c]`` its largest pull, and ``one_class``: whether every (run, prompt) cell's rows lie in one class
     (:func:`_merged_calls` may then join calls of several classes). ``order`` is empty where some
     run's rows of a class span several pieces (use :func:`_pack`).
     """
@@ -1132,6 +1142,7 @@ def _class_calls(run, prompt, n, cls, cap, piece, n_prompts):  # noqa: ANN001, A
     seg_total = np.empty(b_n, dtype=np.int64)
     call_rows = np.empty(b_n + 1, dtype=np.int64)
     call_segs = np.empty(b_n + 1, dtype=np.int64)
+    call_width = np.zeros(b_n + 1, dtype=np.int64)
     n_seg = 0
     n_call = 0
     step = max(cap, 1)
@@ -1145,7 +1156,7 @@ def _class_calls(run, prompt, n, cls, cap, piece, n_prompts):  # noqa: ANN001, A
             i = order[j]
             if j == lo or run[i] != run[order[j - 1]]:  # a new run segment
                 if j > lo and seg_total[n_seg - 1] - n[order[j - 1]] >= piece:
-                    return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total, one_class
+                    return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total, call_width, one_class
                 if j > lo:
                     before += seg_total[n_seg - 1]
                 u = before // step
@@ -1160,36 +1171,35 @@ def _class_calls(run, prompt, n, cls, cap, piece, n_prompts):  # noqa: ANN001, A
                 n_seg += 1
             seg_rows[n_seg - 1] += 1
             seg_total[n_seg - 1] += n[i]
+            call_width[n_call - 1] = max(call_width[n_call - 1], n[i])
         if seg_total[n_seg - 1] - n[order[hi - 1]] >= piece:
-            return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total, one_class
+            return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total, call_width, one_class
     call_rows[n_call] = b_n
     call_segs[n_call] = n_seg
     return (
         order, call_rows[: n_call + 1], call_segs[: n_call + 1], seg_bounds[:n_seg], seg_rows[:n_seg], seg_total[:n_seg],
-        one_class,
+        call_width[:n_call], one_class,
     )  # fmt: skip
 
 
 def _merged_calls(
-    call_rows: NDArray[np.int64], call_segs: NDArray[np.int64], n: NDArray[np.int64], cap: int
+    call_rows: NDArray[np.int64], call_segs: NDArray[np.int64], call_width: NDArray[np.int64], cap: int
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """:func:`_class_calls`' calls joined in order while a joined call's rows times its widest pull stay within ``cap``.
 
-    ``n`` is the rows' sizes in call order. Consecutive calls are joined whole (their run segments
-    follow each other; a run may own several segments of a joined call, one per class).
+    ``call_width`` is each call's largest pull. Consecutive calls are joined whole (their run
+    segments follow each other; a run may own several segments of a joined call, one per class).
     """
-    rows = np.diff(call_rows)
+    rows = np.diff(call_rows).tolist()
     keep = [0]
     count, width = 0, 0
-    for c in range(rows.size):
-        a = int(call_rows[c])
-        w = int(n[a : int(call_rows[c + 1])].max())
-        if c and (count + int(rows[c])) * max(width, w) > cap:
+    for c, w in enumerate(call_width.tolist()):
+        if c and (count + rows[c]) * max(width, w) > cap:
             keep.append(c)
             count, width = 0, 0
-        count += int(rows[c])
+        count += rows[c]
         width = max(width, w)
-    keep.append(rows.size)
+    keep.append(len(rows))
     return call_rows[keep], call_segs[keep]
 
 

@@ -175,7 +175,7 @@ def test_compiled_class_calls_are_packs_calls(monkeypatch, strategy):
     for cap in (1, 700, 5000, 10**6):
         compiled = calls(cap)
         with monkeypatch.context() as m:  # the numpy cut: size classes, then _pack
-            m.setattr(runs_mod, "_class_calls", lambda *a: (*(np.zeros(0, np.int64),) * 6, False))
+            m.setattr(runs_mod, "_class_calls", lambda *a: (*(np.zeros(0, np.int64),) * 7, False))
             reference = calls(cap)
         assert compiled == reference
         assert sorted(i for c in compiled for i in c[0]) == list(range(run.size))
