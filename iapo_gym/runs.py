@@ -126,7 +126,7 @@ def size_classes(n: NDArray[np.int64], n_max: int) -> NDArray[np.int64]:
 
 @lru_cache(maxsize=16)
 def _class_of_size(n_max: int) -> NDArray[np.int64]:
-    """``(n_max + 1,)``: :func:`size_classes` of every size ``1..n_max`` (entry 0 unused), for a gather instead of a log per row."""
+    """``(n_max + 1,)``: :func:`size_classes` of every size ``1..n_max`` (entry 0 unused): a gather, not a log per row."""
     lut = np.zeros(n_max + 1, dtype=np.int64)
     lut[1:] = size_classes(np.arange(1, n_max + 1), n_max)
     lut.setflags(write=False)
@@ -171,7 +171,7 @@ class RunStreams:
         ``(sum(counts),)`` array.
         """
         runs_a = np.arange(len(self.seeds)) if runs is None else np.asarray(runs, dtype=np.int64).reshape(-1)
-        counts_a = np.broadcast_to(np.asarray(counts, dtype=np.int64), runs_a.shape)
+        counts_a = _shaped(counts, runs_a.shape)
         if counts_a.size and counts_a.min() < 0:
             raise ValueError("counts must be non-negative")
         ends = np.cumsum(counts_a)
@@ -715,8 +715,8 @@ class RunBatch:
         """
         run_a = np.asarray(run, dtype=np.int64).reshape(-1)
         prompt_a = np.asarray(prompt, dtype=np.int64).reshape(-1)
-        n_a = np.broadcast_to(np.asarray(n, dtype=np.int64), run_a.shape)
-        col_a = None if col is None else np.broadcast_to(np.asarray(col, dtype=np.int64), run_a.shape)
+        n_a = _shaped(n, run_a.shape)
+        col_a = None if col is None else _shaped(col, run_a.shape)
         if not run_a.shape == prompt_a.shape:
             raise ValueError(f"run, prompt and n need one entry per pull; got {run_a.shape}, {prompt_a.shape}")
         scan = None
@@ -1009,6 +1009,12 @@ def int_sums_by(key: NDArray[np.int64], values: NDArray[np.int64], size: int) ->
     return np.bincount(key, weights=values, minlength=size).astype(np.int64)
 
 
+def _shaped(x: ArrayLike, shape: tuple[int, ...]) -> NDArray[np.int64]:
+    """``x`` as int64 broadcast to ``shape`` (read-only where broadcast; as it is where it already has the shape)."""
+    a = np.asarray(x, dtype=np.int64)
+    return a if a.shape == shape else np.broadcast_to(a, shape)
+
+
 def _segments(run: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """First row and row count of each run's segment of run-major rows (``np.r_`` is slow here)."""
     bounds = np.concatenate(([0], np.flatnonzero(run[1:] != run[:-1]) + 1))
@@ -1111,9 +1117,9 @@ def _class_calls(run, prompt, n, cls, cap, piece, n_prompts):  # noqa: ANN001, A
     ``(order, call_rows, call_segs, seg_bounds, seg_rows, seg_total)``: the rows class after class,
     call ``c`` the rows ``order[call_rows[c] : call_rows[c + 1]]`` and the run segments
     ``call_segs[c]`` to ``call_segs[c + 1]`` (each segment's first position in ``order``, rows and
-    completions), ``call_width[c]`` its largest pull, and ``one_class``: whether every (run, prompt) cell's rows lie in one class
-    (:func:`_merged_calls` may then join calls of several classes). ``order`` is empty where some
-    run's rows of a class span several pieces (use :func:`_pack`).
+    completions), ``call_width[c]`` its largest pull, and ``one_class``: whether every (run, prompt)
+    cell's rows lie in one class (:func:`_merged_calls` may then join calls of several classes).
+    ``order`` is empty where some run's rows of a class span several pieces (use :func:`_pack`).
     """
     b_n = run.shape[0]
     n_cls = 0
@@ -1156,7 +1162,8 @@ def _class_calls(run, prompt, n, cls, cap, piece, n_prompts):  # noqa: ANN001, A
             i = order[j]
             if j == lo or run[i] != run[order[j - 1]]:  # a new run segment
                 if j > lo and seg_total[n_seg - 1] - n[order[j - 1]] >= piece:
-                    return np.zeros(0, dtype=np.int64), call_rows, call_segs, seg_bounds, seg_rows, seg_total, call_width, one_class
+                    none = np.zeros(0, dtype=np.int64)
+                    return none, call_rows, call_segs, seg_bounds, seg_rows, seg_total, call_width, one_class
                 if j > lo:
                     before += seg_total[n_seg - 1]
                 u = before // step
