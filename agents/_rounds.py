@@ -207,7 +207,7 @@ class MaximalArms:
                 prompt_rows = np.concatenate([prompt_rows, cell_prompt[extra]])
                 n_rows = np.concatenate([n_rows, cell_n[extra]])
         # the compiled tallies read each pull unpadded: the round's size classes may share calls
-        ragged = self.compact is not None and self.stats.weighting == "block"  # type: ignore[attr-defined]
+        ragged = self.compact is not None and isinstance(self.stats, NestedStats) and self.stats.weighting == "block"
         return lam[:, None], Rows(run_rows, prompt_rows, n_rows, ragged=ragged)
 
     def record(self, pulls: Pulls, rows: Rows, sel: NDArray[np.int64]) -> None:

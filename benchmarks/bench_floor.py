@@ -50,14 +50,13 @@ installed (``iapo_gym._jit``); every kernel gives the numpy path's bits, so a se
 not depend on which ran (tested on both paths). The cost: a first call compiles each kernel
 (seconds, once; cached on disk after).
 
-Where ours stands (CPU ms per run, 200 runs, best of 3, the idle 2-core machine; see docs/AGENTS.md,
-"The floor at 5,000 met", for the numbers): within 1.5x of the numba floor on both tasks at every
-budget since issue 18's last pass -- at T = 5,000 MATH about 1.4x and Synth-Categorical about 1.2x
-(1.66 / 1.69-1.73 before it: the best-of-N kernel's objective rows in SIMD lanes, the MV answers
-drawn over a whole pull at once, a smaller stream buffer and batched seeding), 0.6-0.9x at 20,000
-and 50,000 (ours skips the blocks of dead arms, which the floor scores). At 5,000 about a third of
-our run is still work the floor does not do: halving every (run, context), allocation, the runs'
-uniforms and the batch's set-up.
+Where ours stands (CPU ms per run, 200 runs, best of 5; see docs/AGENTS.md, "PSST against its
+floor", session 16): within 1.5x of the numba floor on both tasks at every budget -- at T = 5,000
+MATH 1.30-1.48x over nine runs and Synth-Categorical 1.36-1.50x over five (the reading moves with
+the host), 0.6-0.9x at 20,000 and 50,000 (ours skips the blocks of dead arms, which the floor
+scores). At 5,000 the margin is thin: about a third of our run is work the floor does not do --
+halving every (run, context), the batch's set-up, the round loop -- and on Synth-Categorical the
+best-of-N draws materialise every completion's values (the MV draws are fused into the block kernel).
 """
 
 from __future__ import annotations

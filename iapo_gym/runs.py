@@ -180,7 +180,8 @@ class RunStreams:
         if _jit.enabled():  # one pass: buffered values copied, refills drawn by each run's own generator in place
             _stream_values(self._buf, self._pos, self._bitgens(), runs_a, np.ascontiguousarray(counts_a), starts, out)
             return out
-        if runs_a.size > 1 and np.unique(runs_a).size < runs_a.size:  # a run asked twice: its requests in order
+        if runs_a.size > 1 and not bool(np.all(runs_a[1:] > runs_a[:-1])) and np.unique(runs_a).size < runs_a.size:
+            # a run asked twice: its requests one after the other, in order
             for i in range(runs_a.size):
                 out[starts[i] : ends[i]] = self.random(counts_a[i : i + 1], runs_a[i : i + 1])
             return out
