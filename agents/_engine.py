@@ -931,18 +931,46 @@ def _running_cost(unit, b, nb, per_comp, csum):  # noqa: ANN001, ANN202
 
 @_jit.helper
 def _cell_slots(run, prompt, n_runs, n_prompts):  # noqa: ANN001, ANN202
-    """Each ``(run, prompt)`` cell's accumulator row, numbered in order of first appearance: ``(slot, cells)``.
+    """Each ``(run, prompt)`` cell's accumulator row, numbered in order of first appearance: ``(slot, cells, grouped)``.
 
-    ``slot[run * n_prompts + prompt]`` is the row (-1: no pull of that cell). Shared by the block-add kernels.
+    ``slot[run * n_prompts + prompt]`` is the row (-1: no pull of that cell); ``grouped``: every
+    cell's pulls are consecutive rows (then one accumulator row, flushed when the cell changes,
+    does what a row per cell does: :func:`_flush_row`). Shared by the block-add kernels.
     """
     slot = np.full(n_runs * n_prompts, -1, dtype=np.int64)
     present = 0
+    grouped = True
+    prev = -1
     for b in range(run.shape[0]):
         c = run[b] * n_prompts + prompt[b]
         if slot[c] < 0:
             slot[c] = present
             present += 1
-    return slot, present
+        elif c != prev:  # the cell comes back after another one
+            grouped = False
+        prev = c
+    return slot, present, grouped
+
+
+@_jit.helper
+def _flush_row(r, p, top, acc_g, acc_c, acc_n, gain, cost, count, live):  # noqa: ANN001, ANN202
+    """Add accumulator row 0 (cell ``(r, p)``'s sums, sizes below ``top``) to the tallies and clear it for the next cell.
+
+    What :func:`_flush_cells` does for one cell when the cells' pulls are consecutive: the same
+    additions (each cell's sum from 0.0 in row order, then added once), so the same bits, from
+    one accumulator row that stays in cache instead of one row per cell. Sizes not live are skipped.
+    """
+    has_live = live.shape[0] > 0
+    for k in range(top):
+        if not has_live or live[r, p, k]:
+            for u in range(acc_g.shape[1]):
+                gain[r, u, p, k] += acc_g[0, u, k]
+            cost[r, p, k] += acc_c[0, k]
+            count[r, p, k] += acc_n[0, k]
+        for u in range(acc_g.shape[1]):
+            acc_g[0, u, k] = 0.0
+        acc_c[0, k] = 0.0
+        acc_n[0, k] = 0
 
 
 @_jit.helper
@@ -1027,18 +1055,26 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
         for y in range(1, width + 1):
             quo[x, y] = x // y
     drawn = np.empty(width, dtype=np.int64)  # a pull's answers drawn from its uniforms
-    slot, present = _cell_slots(run, prompt, cost.shape[0], n_prompts)
+    slot, present, grouped = _cell_slots(run, prompt, cost.shape[0], n_prompts)
     per_comp = unit.shape[1] > 1
     csum = np.zeros(width + 1)
     direct = present == b_n  # one pull per cell
-    acc_g = np.zeros((1 if direct else present, u_n, width))
-    acc_c = np.zeros((1 if direct else present, width))
-    acc_n = np.zeros((present, width), dtype=np.int64)
-    for b in range(b_n):
+    rolling = grouped and not direct  # one accumulator row, flushed at each change of cell
+    acc_g = np.zeros((1 if direct or rolling else present, u_n, width))
+    acc_c = np.zeros((1 if direct or rolling else present, width))
+    acc_n = np.zeros((1 if rolling else present, width), dtype=np.int64)
+    top_n = 0  # the rolling cell's largest pull
+    for b in range(b_n + 1):  # b = b_n: only the last rolling cell's flush
+        if rolling and b > 0 and (b == b_n or run[b] != run[b - 1] or prompt[b] != prompt[b - 1]):
+            _flush_row(run[b - 1], prompt[b - 1], top_n, acc_g, acc_c, acc_n, gain, cost, count, live)
+            top_n = 0
+        if b == b_n:
+            break
         nb = n[b]
         r, p = run[b], prompt[b]
         _running_cost(unit, b, nb, per_comp, csum)
-        i = slot[r * n_prompts + p]
+        i = 0 if rolling else slot[r * n_prompts + p]
+        top_n = max(top_n, min(nb, width))
         gc = 0  # gold answers among the pull's completions, and among its first even number of them
         g_even = 0
         if packed:
@@ -1116,7 +1152,7 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                     acc_g[i, u, k - 1] += w[u] * sk
                 acc_c[i, k - 1] += csum[m * k]
                 acc_n[i, k - 1] += m
-    if direct:
+    if direct or rolling:
         return
     _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
 
@@ -1176,16 +1212,24 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     s_n = np.empty(64, dtype=np.int64)
     s_left = np.empty((64, u_n))
     s_state = np.empty(64, dtype=np.int64)
-    slot, present = _cell_slots(run, prompt, cost.shape[0], n_prompts)
+    slot, present, grouped = _cell_slots(run, prompt, cost.shape[0], n_prompts)
     per_comp = unit.shape[1] > 1
     csum = np.zeros(width + 1)
     direct = present == b_n
-    acc_g = np.zeros((1 if direct else present, u_n, width))
-    acc_c = np.zeros((1 if direct else present, width))
-    acc_n = np.zeros((present, width), dtype=np.int64)
-    for b in range(b_n):
+    rolling = grouped and not direct  # one accumulator row, flushed at each change of cell
+    acc_g = np.zeros((1 if direct or rolling else present, u_n, width))
+    acc_c = np.zeros((1 if direct or rolling else present, width))
+    acc_n = np.zeros((1 if rolling else present, width), dtype=np.int64)
+    top_n = 0  # the rolling cell's largest pull
+    for b in range(b_n + 1):  # b = b_n: only the last rolling cell's flush
+        if rolling and b > 0 and (b == b_n or run[b] != run[b - 1] or prompt[b] != prompt[b - 1]):
+            _flush_row(run[b - 1], prompt[b - 1], top_n, acc_g, acc_c, acc_n, gain, cost, count, live)
+            top_n = 0
+        if b == b_n:
+            break
         nb = n[b]
         r, p = run[b], prompt[b]
+        top_n = max(top_n, min(nb, width))
         any_live = not has_live
         if has_live:
             for k in range(nb):
@@ -1305,7 +1349,7 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
             for u in range(u_n):
                 sums[k - 1, u] = total[u]
         _running_cost(unit, b, nb, per_comp, csum)
-        i = slot[r * n_prompts + p]
+        i = 0 if rolling else slot[r * n_prompts + p]
         for k in range(1, nb + 1):
             if has_live and not live[r, p, k - 1]:
                 continue
@@ -1320,7 +1364,7 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                     acc_g[i, u, k - 1] += sums[k - 1, u]
                 acc_c[i, k - 1] += csum[m * k]
                 acc_n[i, k - 1] += m
-    if direct:
+    if direct or rolling:
         return
     _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
 

@@ -359,10 +359,11 @@ def _outcomes(
 
 @_jit.helper
 def _bon_world_rows(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost):  # noqa: ANN001, ANN202, E501
-    """Rows ``lo:hi`` drawn from one world (:func:`_bon_world_rows_kernel`'s body)."""
+    """Rows ``lo:hi`` drawn from one world (:func:`_bon_world_rows_kernel`'s body); returns :func:`_touch_rows`' sum."""
     width = outcome.shape[1]
     k_n = values.shape[2]
     a1 = cdf.shape[2] - 1  # u < 1 = cdf[..., -1] always
+    touched = _touch_rows(lo, hi, cdf, cost, table_values, prompt, query)
     for b in range(lo, hi):
         p, q = prompt[b], query[b]
         unit_cost[b] = cost[p, q]
@@ -382,6 +383,32 @@ def _bon_world_rows(lo, hi, cdf, cost, table_values, prompt, query, n, u, start,
             mask[b, j] = False
             for k in range(k_n):
                 values[b, j, k] = 0.0
+    return touched
+
+
+@_jit.helper
+def _touch_rows(lo, hi, cdf, cost, table_values, prompt, query):  # noqa: ANN001, ANN202
+    """Read one entry per 64-byte line of rows ``lo:hi``'s cumulative probabilities, values and cost; returns their sum.
+
+    Why: a world's arrays are large (a 32 x 512 x 8 table: 1 MiB of probabilities, 2 MiB of
+    values) and a batch holds one world per run, so the rows a call draws from are rarely in
+    cache. Drawn row after row, each row waits for its own misses (a row's completions depend on
+    its probabilities). These reads depend on nothing, so the processor has the misses of many
+    rows in flight at once, and the draws then find the rows in cache: on Synth-Categorical
+    (T = 5,000, 200 runs) the draws take about half the time. The sum is returned so that the
+    compiler keeps the reads; nobody uses it.
+    """
+    acc = 0.0
+    last = cdf.shape[2]
+    step = max(1, 8 // table_values.shape[3])  # outcomes per line of values
+    for b in range(lo, hi):
+        p, q = prompt[b], query[b]
+        acc += cost[p, q]
+        for c in range(0, last, 8):
+            acc += cdf[p, q, c]
+        for o in range(0, last, step):
+            acc += table_values[p, q, o, 0]
+    return acc
 
 
 @_jit.kernel
@@ -391,9 +418,10 @@ def _bon_world_rows_kernel(lo, hi, cdf, cost, table_values, prompt, query, n, u,
     Completion ``j`` of row ``b`` is the inverse-CDF draw of ``u[start[b] + j]`` under the world's
     cached ``cdf[prompt[b], query[b]]`` (the comparisons of :func:`_outcomes_flat_kernel` on the
     same values as :func:`_cdf_rows`); values and cost are the world's entries
-    (:func:`_bon_values_kernel`); past ``n[b]``: outcome -1, mask False, values 0.0.
+    (:func:`_bon_values_kernel`); past ``n[b]``: outcome -1, mask False, values 0.0. Returns the
+    sum of :func:`_touch_rows` (unused: it only keeps the reads that bring the rows into cache).
     """
-    _bon_world_rows(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost)
+    return _bon_world_rows(lo, hi, cdf, cost, table_values, prompt, query, n, u, start, outcome, mask, values, unit_cost)
 
 
 @_jit.kernel
@@ -402,14 +430,17 @@ def _bon_worlds_kernel(bounds, world_of, cdfs, costs, tables, prompt, query, n, 
 
     Segment ``j`` is rows ``bounds[j]:bounds[j + 1]`` (the last one to the end); ``cdfs``,
     ``costs`` and ``tables`` are the worlds' arrays (:class:`WorldArrays`): the same draws, values
-    and costs as one call per world.
+    and costs as one call per world. Returns the sum of :func:`_touch_rows` (unused).
     """
     b_n = prompt.shape[0]
+    touched = 0.0
     for j in range(bounds.shape[0]):
         hi = bounds[j + 1] if j + 1 < bounds.shape[0] else b_n
         w = world_of[j]
         lo = bounds[j]
-        _bon_world_rows(lo, hi, cdfs[w], costs[w], tables[w], prompt, query, n, u, start, outcome, mask, values, unit_cost)
+        touched += _bon_world_rows(lo, hi, cdfs[w], costs[w], tables[w], prompt, query, n, u, start, outcome, mask, values,
+                                   unit_cost)  # fmt: skip
+    return touched
 
 
 class WorldArrays:

@@ -58,6 +58,21 @@ def random_pulls(rng: np.random.Generator, b: int, width: int, a: int, n_prompts
     return Pulls("mv", prompt, n, query, outcome, None, cost, gold, mask, a)
 
 
+def cells_in_order(pulls: Pulls, run: np.ndarray) -> tuple[Pulls, np.ndarray]:
+    """The same pulls with each (run, prompt) cell's pulls consecutive (stable: a cell keeps its pulls' order).
+
+    The kernels then keep one accumulator row, flushed at each change of cell, instead of one per
+    cell; a cell's sum is the same sequence of additions either way.
+    """
+    o = np.lexsort((pulls.prompt, run))
+    values = pulls.values[o] if pulls.strategy == "bon" else None
+    unit = None if pulls.unit_cost is None else pulls.unit_cost[o]
+    cost = pulls.cost[o] if unit is None else None
+    out = Pulls(pulls.strategy, pulls.prompt[o], pulls.n[o], pulls.query[o], pulls.outcome[o], values, cost,
+                pulls.gold[o], pulls.mask[o], pulls.n_categories, unit_cost=unit)  # fmt: skip
+    return out, run[o]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -71,18 +86,22 @@ def random_pulls(rng: np.random.Generator, b: int, width: int, a: int, n_prompts
         [[[1.0, 0.0], [1.0, 0.5]], [[-2.0, 1.0]], [[1.0, 0.1], [0.5, 0.0], [3.0, 2.0]], [[0.7, 0.3], [1.3, 0.0]]]
     ),
     weighting=st.sampled_from(["block", "query"]),
+    grouped=st.booleans(),
 )
-def test_block_tallies_are_the_numpy_bits(monkeypatch, seed, b, width, a, n_max, runs, unit, weights, weighting):
+def test_block_tallies_are_the_numpy_bits(monkeypatch, seed, b, width, a, n_max, runs, unit, weights, weighting, grouped):
     """NestedStats.add (block and query weighting): gain, cost, count identical, over two batches on existing tallies.
 
     Covers: packed votes (few answers) and per-answer counts (40 answers), one answer, pulls wider
-    than ``n_max``, one pull per cell and several, one cost per pull and per completion, negative
-    objective weights (signed zeros), several objective-weight rows.
+    than ``n_max``, one pull per cell and several, in any order or each cell's consecutive (one
+    accumulator row), one cost per pull and per completion, negative objective weights (signed
+    zeros), several objective-weight rows.
     """
     rng = np.random.default_rng(seed)
     n_prompts = 3
     batches = [random_pulls(rng, b, width, a, n_prompts, unit) for _ in range(2)]
     run_of = [rng.integers(0, runs, b) for _ in range(2)]
+    if grouped:
+        batches, run_of = map(list, zip(*(cells_in_order(p, r) for p, r in zip(batches, run_of, strict=True)), strict=True))
     contexts = contexts_of(weights)
 
     def tallies():  # noqa: ANN202
@@ -288,14 +307,18 @@ def random_bon_pulls(
     spread=st.sampled_from([2, 60]),
     dead=st.sampled_from([0.0, 0.0, 0.4, 0.9]),
     n_rows=st.integers(1, 4),
+    grouped=st.booleans(),
 )
-def test_bon_block_tallies_are_the_numpy_bits(monkeypatch, seed, width, k, n_max_frac, runs, unit, spread, dead, n_rows):
+def test_bon_block_tallies_are_the_numpy_bits(
+    monkeypatch, seed, width, k, n_max_frac, runs, unit, spread, dead, n_rows, grouped
+):
     """Best-of-N ``"block"`` tallies (``_bon_block_add_kernel``): gain, cost, count the numpy path's bytes.
 
     Widths 1..1000 (per-size sums of 1..1000 blocks: numpy's pairwise sum below 8 terms, with 8
     accumulators up to 128, split above), pulls wider than ``n_max``, 1-4 objectives (4: the numpy
     path, its einsum sums otherwise), several objective rows with negative and zero weights, one
-    pull per cell and several, live arms, two batches on existing tallies.
+    pull per cell and several (in any order, or each cell's consecutive: one accumulator row), live
+    arms, two batches on existing tallies.
     """
     rng = np.random.default_rng(seed)
     n_prompts = 3
@@ -303,6 +326,8 @@ def test_bon_block_tallies_are_the_numpy_bits(monkeypatch, seed, width, k, n_max
     n_max = max(1, int(width * n_max_frac))
     batches = [random_bon_pulls(rng, b, width, k, n_prompts, unit, spread) for _ in range(2)]
     run_of = [rng.integers(0, runs, b) for _ in range(2)]
+    if grouped:
+        batches, run_of = map(list, zip(*(cells_in_order(p, r) for p, r in zip(batches, run_of, strict=True)), strict=True))
     w = rng.random((n_rows, k + 1)) * np.where(rng.random((n_rows, k + 1)) < 0.3, -1.0, 1.0)
     w[rng.random(w.shape) < 0.1] = 0.0
     w[:, -1] = np.abs(w[:, -1])
