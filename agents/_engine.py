@@ -1029,6 +1029,10 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
 
     **Live arms.** With ``live (S, P, n_max)`` non-empty, sizes whose arm is not live in the
     pull's run are neither scored nor added (adding 0.0 would leave the same bits).
+
+    **One completion.** A pull of one completion (TRIPLE's rounds pull only such) has one block:
+    its credit is 1.0 when the answer is gold, its cost the completion's. It is added straight
+    away, without the vote words and the loop over sizes: the same additions.
     """
     b_n = n.shape[0]
     u_n = w.shape[0]
@@ -1072,9 +1076,35 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
             break
         nb = n[b]
         r, p = run[b], prompt[b]
-        _running_cost(unit, b, nb, per_comp, csum)
         i = 0 if rolling else slot[r * n_prompts + p]
         top_n = max(top_n, min(nb, width))
+        if nb == 1 and packed:  # one completion (TRIPLE's pulls): size 1 only, credit 1.0 if gold, the pull's cost
+            if has_live and not live[r, p, 0]:
+                continue
+            if from_draw:
+                x = uniforms[start[b]]
+                cp, cq = cdf_p[b], cdf_q[b]
+                o = 0
+                for c in range(a1):
+                    o += x >= cdf[cp, cq, c]
+            else:
+                o = outcome[b, 0]
+            diff = o - gold[b]
+            if diff <= -a or diff >= a:  # the general rule below
+                diff = diff % a
+            credit = np.float64(diff == 0)
+            if direct:
+                for u in range(u_n):
+                    gain[r, u, p, 0] += w[u] * credit
+                cost[r, p, 0] += unit[b, 0]
+                count[r, p, 0] += 1
+            else:
+                for u in range(u_n):
+                    acc_g[i, u, 0] += w[u] * credit
+                acc_c[i, 0] += unit[b, 0]
+                acc_n[i, 0] += 1
+            continue
+        _running_cost(unit, b, nb, per_comp, csum)
         gc = 0  # gold answers among the pull's completions, and among its first even number of them
         g_even = 0
         if packed:

@@ -1037,7 +1037,7 @@ class _RowScan(NamedTuple):
 
 
 @_jit.kernel
-def _scan_rows(run, prompt, n, n_runs):  # noqa: ANN001, ANN202
+def _scan_rows(run, prompt, n, n_runs):  # noqa: ANN001, ANN202, C901
     """One pass over a request's rows (``B >= 1``): what :meth:`RunBatch.pull` checks, charges and cuts.
 
     Returns ``(limits, increasing, charge, bounds, total)``: ``limits`` the minimum and maximum of
@@ -1046,47 +1046,56 @@ def _scan_rows(run, prompt, n, n_runs):  # noqa: ANN001, ANN202
     (integer sums: any order gives them) and, when ``run`` never decreases, ``bounds`` the first
     row of each run's segment and ``total`` its completions (:func:`_segments` and
     ``np.add.reduceat(n, bounds)``); empty otherwise.
+
+    The extremes and the order flags are kept in local scalars (registers: the first loop
+    vectorises; kept in an array, they were stored and reloaded at every row), and a run's
+    completions are summed in a register while its segment lasts.
     """
     b_n = run.shape[0]
-    limits = np.empty(6, dtype=np.int64)
-    limits[0] = limits[1] = run[0]
-    limits[2] = limits[3] = prompt[0]
-    limits[4] = limits[5] = n[0]
-    increasing = True
-    nondecreasing = True
-    segments = 1
+    r_lo = r_hi = run[0]
+    p_lo = p_hi = prompt[0]
+    k_lo = k_hi = n[0]
+    steps_down = 0  # rows whose run is below the previous one's
+    repeats = 0  # rows whose run equals the previous one's
     for i in range(b_n):
         r, p, k = run[i], prompt[i], n[i]
-        limits[0] = min(limits[0], r)
-        limits[1] = max(limits[1], r)
-        limits[2] = min(limits[2], p)
-        limits[3] = max(limits[3], p)
-        limits[4] = min(limits[4], k)
-        limits[5] = max(limits[5], k)
-        if i > 0:
-            d = r - run[i - 1]
-            if d <= 0:
-                increasing = False
-            if d < 0:
-                nondecreasing = False
-            if d != 0:
-                segments += 1
+        r_lo = min(r_lo, r)
+        r_hi = max(r_hi, r)
+        p_lo = min(p_lo, p)
+        p_hi = max(p_hi, p)
+        k_lo = min(k_lo, k)
+        k_hi = max(k_hi, k)
+    for i in range(1, b_n):
+        d = run[i] - run[i - 1]
+        steps_down += d < 0
+        repeats += d == 0
+    limits = np.empty(6, dtype=np.int64)
+    limits[0], limits[1], limits[2], limits[3], limits[4], limits[5] = r_lo, r_hi, p_lo, p_hi, k_lo, k_hi
+    increasing = steps_down == 0 and repeats == 0
     charge = np.zeros(n_runs, dtype=np.int64)
-    if limits[0] < 0 or limits[1] >= n_runs:
-        return limits, increasing, charge, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    for i in range(b_n):
-        charge[run[i]] += n[i]
-    if not nondecreasing:
-        return limits, increasing, charge, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int64)
+    if r_lo < 0 or r_hi >= n_runs:
+        return limits, increasing, charge, none, none
+    if steps_down > 0:
+        for i in range(b_n):
+            charge[run[i]] += n[i]
+        return limits, increasing, charge, none, none
+    segments = b_n - repeats
     bounds = np.empty(segments, dtype=np.int64)
-    total = np.zeros(segments, dtype=np.int64)
+    total = np.empty(segments, dtype=np.int64)
     j = 0
     bounds[0] = 0
+    acc = 0
     for i in range(b_n):
         if i > 0 and run[i] != run[i - 1]:
+            total[j] = acc
+            charge[run[i - 1]] = acc
             j += 1
             bounds[j] = i
-        total[j] += n[i]
+            acc = 0
+        acc += n[i]
+    total[j] = acc
+    charge[run[b_n - 1]] = acc
     return limits, increasing, charge, bounds, total
 
 

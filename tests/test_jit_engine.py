@@ -682,3 +682,39 @@ def test_maximal_arms_rows_are_the_numpy_rows(monkeypatch, seed, runs, prompts, 
     for x, y in zip(numpy_path, kernels, strict=True):
         assert x.dtype == y.dtype and same_bits(x, y)
     assert (np.bincount(kernels[1], weights=kernels[3], minlength=runs) <= avail[:, 0]).all()  # within each budget
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    b=st.integers(1, 300),
+    n_runs=st.integers(1, 12),
+    order=st.sampled_from(["increasing", "nondecreasing", "any", "out_of_range"]),
+)
+def test_row_scan_is_what_numpy_finds(seed, b, n_runs, order):
+    """``_scan_rows`` (one compiled pass over a request): limits, order flags, per-run charges and segments as numpy's."""
+    from iapo_gym.runs import _scan_rows
+
+    rng = np.random.default_rng(seed)
+    run = rng.integers(0, n_runs, b)
+    if order == "increasing":
+        run = np.unique(run)
+    elif order == "nondecreasing":
+        run = np.sort(run)
+    elif order == "out_of_range":
+        run[rng.integers(0, run.size)] = n_runs + int(rng.integers(0, 3))
+    prompt = rng.integers(0, 7, run.size)
+    n = rng.integers(1, 33, run.size)
+    limits, increasing, charge, bounds, total = _scan_rows(run, prompt, n, n_runs)
+    assert limits.tolist() == [run.min(), run.max(), prompt.min(), prompt.max(), n.min(), n.max()]
+    assert increasing == bool(np.all(np.diff(run) > 0))
+    if run.max() >= n_runs:
+        assert not charge.any() and bounds.size == 0 and total.size == 0
+        return
+    assert charge.tolist() == np.bincount(run, weights=n, minlength=n_runs).astype(np.int64).tolist()
+    if np.all(np.diff(run) >= 0):
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(run)) + 1))
+        assert bounds.tolist() == starts.tolist()
+        assert total.tolist() == np.add.reduceat(n, starts).tolist()
+    else:
+        assert bounds.size == 0 and total.size == 0
