@@ -83,6 +83,7 @@ code is the reference and runs without numba.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -104,6 +105,7 @@ __all__ = [
     "PSSTModel",
     "PairedModelAllocation",
     "MVCreditMemo",
+    "shared_memo",
     "PlugInSums",
     "confidently_worse",
     "deployment_scores",
@@ -801,11 +803,13 @@ class MVCreditMemo:
     it was given the first time instead of being evaluated again. ``vals[:size]`` holds the
     estimates ``(n_max,)`` in the order the rows were first met; keys find them through a hash
     table (open addressing, compiled: one probe per cell) on the compiled path, through a sorted
-    key array (``np.searchsorted``) on the numpy path.
+    key array (``np.searchsorted``) on the numpy path. :class:`PlugInSums` reads the process's
+    memo for its settings (:func:`shared_memo`), so later batches read what earlier ones evaluated.
     """
 
     def __init__(self, n_categories: int, n_max: int, jackknife: bool) -> None:
         self.n_categories, self.n_max, self.jackknife = int(n_categories), int(n_max), bool(jackknife)
+        self.lock = threading.Lock()  # a memo shared between threads (:func:`shared_memo`) is read and grown by one at a time
         #: bits per count in a key: ``A`` digits in 62 bits
         self.bits = 62 // max(self.n_categories, 1)
         self.vals = np.empty((0, self.n_max))
@@ -852,6 +856,12 @@ class MVCreditMemo:
             pos = np.searchsorted(self.keys, keys)
         return self.slot[pos]
 
+    def lookup(self, keys: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+        """``(vals, slot)``: :meth:`slots` of ``keys`` and the estimates array they index, read together under :attr:`lock`."""
+        with self.lock:
+            slot = self.slots(keys)
+            return self.vals, slot
+
     def _slots_hashed(self, keys: NDArray[np.int64]) -> NDArray[np.int64]:
         """:meth:`slots` through the hash table: unseen keys are entered (numbered in order of first sight) and evaluated."""
         out = np.empty(keys.size, dtype=np.int64)
@@ -873,6 +883,32 @@ class MVCreditMemo:
         held = old_keys >= 0
         shift = 64 - (self.table_keys.size.bit_length() - 1)
         _memo_insert(self.table_keys, self.table_slot, old_keys[held], old_slot[held], shift)
+
+
+#: Rows a process's shared memo (:func:`shared_memo`) may hold before it starts afresh: at most
+#: twice that many estimates of ``n_max`` floats are kept (32 MiB at ``n_max = 32``).
+SHARED_MEMO_ROWS = 1 << 16
+_SHARED_MEMOS: dict[tuple[int, int, bool, bool], MVCreditMemo] = {}
+_SHARED_MEMOS_LOCK = threading.Lock()
+
+
+def shared_memo(n_categories: int, n_max: int, jackknife: bool) -> MVCreditMemo:
+    """The process's :class:`MVCreditMemo` for these settings (one per path: compiled or numpy), made on first use.
+
+    A canonical count row's estimate is a function of that row alone (the memo's premise), so every
+    batch of a process may read the rows earlier batches evaluated: a sweep fits each task's runs
+    in many batches (budgets, chunks of seeds, agents' repeats), and after the first ones most rows
+    are met again (a 200-run MATH batch at T = 5,000 evaluates about as many rows as it reads
+    without it). Which batch evaluated a row changes none of its bits (``tests/test_psst_model_paths.py``).
+    A memo past :data:`SHARED_MEMO_ROWS` rows is replaced by an empty one (batches still holding
+    the old one keep using it): memory stays bounded.
+    """
+    key = (int(n_categories), int(n_max), bool(jackknife), _jit.enabled())
+    with _SHARED_MEMOS_LOCK:
+        memo = _SHARED_MEMOS.get(key)
+        if memo is None or memo.size > SHARED_MEMO_ROWS:
+            memo = _SHARED_MEMOS[key] = MVCreditMemo(n_categories, n_max, jackknife)
+        return memo
 
 
 #: Multiplier of :func:`_memo_probe`'s hash (Fibonacci hashing: the top bits of ``key * 2^64 / phi``).
@@ -1021,7 +1057,7 @@ class PlugInSums:
         if a_n == 0:  # nothing pulled yet
             return False
         if self.memo is None:
-            self.memo = MVCreditMemo(a_n, self.n_max, self.jackknife)
+            self.memo = shared_memo(a_n, self.n_max, self.jackknife)
         s_i, p_i, w_i = cells
         keys, m, top = _mv_count_keys(
             st.counts.reshape(-1, a_n), st.gold.reshape(-1), (s_i * p_n + p_i) * w_n + w_i, s_i * w_n + w_i, self.memo.bits
@@ -1031,9 +1067,9 @@ class PlugInSums:
         seen = m > 0
         if not seen.any():
             return True
-        slot = self.memo.slots(keys[seen])
+        vals, slot = self.memo.lookup(keys[seen])
         acc, acc2 = self.acc.reshape(s_n * p_n, self.n_max), self.acc2.reshape(s_n * p_n, self.n_max)
-        _scatter_memo(acc, acc2, self.cells.reshape(-1), (s_i * p_n + p_i)[seen], self.memo.vals, slot, sign)
+        _scatter_memo(acc, acc2, self.cells.reshape(-1), (s_i * p_n + p_i)[seen], vals, slot, sign)
         return True
 
     def remove(self, cells: tuple[NDArray[np.int64], ...]) -> None:

@@ -269,6 +269,60 @@ def test_memo_estimates_are_the_direct_estimates_of_each_row(monkeypatch: pytest
             assert memo.table_keys.size >= 2 * memo.size  # the table grew (kept at most half full)
 
 
+@pytest.mark.parametrize("flag", ["0", "1"] if _jit.available() else ["0"])
+@pytest.mark.parametrize("task", ["SynthBernoulli", "MATH"])
+def test_a_shared_memo_warmed_by_other_batches_changes_no_decision(monkeypatch: pytest.MonkeyPatch, task: str, flag: str):
+    """Batches of one process share the memo (``shared_memo``): a batch after others decides as it does alone.
+
+    Synth-Bernoulli (binary answers) and MATH (5 answer categories; skipped without the released
+    table): seeds 3-5 fitted with an empty memo, then again after two batches of other seeds and
+    budgets filled it; the policies (arms, spend, every logged number) are the same, and the memo
+    did grow and was read.
+    """
+    from policy_pins import fingerprint, load_math, make_envs
+
+    from iapo_gym.agents import make_agent
+
+    if task == "MATH" and load_math() is None:
+        pytest.skip("the released MATH table is absent")
+    monkeypatch.setenv(_jit.ENV_VAR, flag)
+    monkeypatch.setattr(pm, "_SHARED_MEMOS", {})
+    make_env = make_envs(task)
+    agent = make_agent("psst_model")
+    env = make_env(3)
+    weights, n_arms = env.unwrapped.contexts.weights, env.unwrapped.n_arms
+
+    def fit(seeds: list[int], budget: int) -> list[str]:
+        return [fingerprint(p, weights, n_arms) for p in agent.fit_many(make_env, budget, seeds)]
+
+    alone = fit([3, 4, 5], 2_000)
+    pm._SHARED_MEMOS.clear()
+    fit([0, 1, 2, 6, 7], 3_000)
+    fit([8, 9], 1_000)
+    (memo,) = pm._SHARED_MEMOS.values()
+    size = memo.size
+    assert size > 0
+    assert fit([3, 4, 5], 2_000) == alone
+    assert pm._SHARED_MEMOS[next(iter(pm._SHARED_MEMOS))] is memo  # the same memo was read, not a new one
+    assert memo.size >= size
+
+
+def test_shared_memo_starts_afresh_past_its_bound(monkeypatch: pytest.MonkeyPatch):
+    """A shared memo past ``SHARED_MEMO_ROWS`` rows is replaced by an empty one; each setting has its own."""
+    monkeypatch.setattr(pm, "_SHARED_MEMOS", {})
+    monkeypatch.setattr(pm, "SHARED_MEMO_ROWS", 10)
+    memo = pm.shared_memo(3, 9, True)
+    assert pm.shared_memo(3, 9, True) is memo
+    assert pm.shared_memo(3, 9, False) is not memo and pm.shared_memo(4, 9, True) is not memo
+    counts, gold = _count_cells(5, 200, 3, 6)
+    cell = np.arange(counts.shape[0])
+    keys, m, _ = pm._mv_count_keys(counts, gold, cell, cell, memo.bits)
+    vals, slot = memo.lookup(keys[m > 0])
+    assert memo.size > 10 and vals.shape[0] >= memo.size and slot.max() < memo.size
+    fresh = pm.shared_memo(3, 9, True)
+    assert fresh is not memo and fresh.size == 0
+
+
 def _where(keys: np.ndarray, part: np.ndarray) -> np.ndarray:
     """Index into ``keys`` of each of ``part``'s entries (the first one where keys repeat)."""
     order = np.argsort(keys, kind="stable")
