@@ -731,11 +731,18 @@ class NestedStats:
         else:
             sums = _mv_size_sums_counts(pulls.outcome, pulls.gold, n, width, a, lut)
         unit = pulls.unit_cost[:, None] if pulls.unit_cost is not None else pulls.cost  # (B, 1): one cost per pull
+        if width == 1 and sums is _NO_SUMS:  # one completion per pull (TRIPLE's rounds): no vote words, one size
+            _one_completion_add_kernel(
+                self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
+                n, outcome, u, start, cdf, cdf_p, cdf_q, pulls.gold, np.ascontiguousarray(self.split.obj_weights[:, 0]),
+                np.asarray(unit, dtype=np.float64), a, _NO_LIVE if live is None else live,
+            )  # fmt: skip
+            return
         _block_add_kernel(
             self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
             n, outcome, u, start, cdf, cdf_p, cdf_q, pulls.gold, sums, np.ascontiguousarray(self.split.obj_weights[:, 0]),
             np.asarray(unit, dtype=np.float64), width, a, bits, *encoding, lut,
-            _NO_LIVE if live is None else live,
+            _NO_LIVE if live is None else live, ROLLING_MIN_VALUES,
         )
 
     def _add_bon_blocks_compiled(self, pulls: Pulls, run: NDArray[np.int64], live: NDArray[np.bool_] | None) -> None:
@@ -746,7 +753,7 @@ class NestedStats:
         _bon_block_add_kernel(
             self.gain, self.cost, self.count, np.asarray(run, dtype=np.int64), pulls.prompt.astype(np.int64, copy=False),
             n, pulls.values, self.split.obj_weights.astype(np.float32), np.asarray(unit, dtype=np.float64), width,
-            _NO_LIVE if live is None else live,
+            _NO_LIVE if live is None else live, ROLLING_MIN_VALUES,
         )
 
     def _cells_of(self, pulls: Pulls, run: NDArray) -> tuple[NDArray[np.int64], ...]:
@@ -973,6 +980,8 @@ def _flush_row(r, p, top, acc_g, acc_c, acc_n, gain, cost, count, live):  # noqa
         acc_n[0, k] = 0
 
 
+_flush_row_last = _jit.twin(_flush_row, "_flush_row_last")  # its second call site in a kernel (after the loop)
+
 @_jit.helper
 def _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width):  # noqa: ANN001, ANN202
     """Add each cell's accumulated sums to the tallies once, cells in order of their first pull.
@@ -1003,10 +1012,85 @@ def _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cos
             count[r, p, k] += acc_n[i, k]
 
 
+#: Values (cells x width x (objective rows + 2)) from which the block kernels sum each cell in one
+#: accumulator row, flushed when the cell changes, instead of a row per cell (when every cell's pulls
+#: are consecutive: PSST's, Top-K's and TRIPLE's rounds): a scratch that large leaves the cache
+#: (PSST on MATH: 5,000 cells, 3.8 MB a call; Synth-Categorical: 9 MB) and pushes the tallies out
+#: with it. A smaller one stays in cache, where the row per cell is a little faster (Uniform's calls:
+#: 175 cells). Passed to the kernels at each call (``rolling_min``), so a test can lower it.
+ROLLING_MIN_VALUES = 1 << 15
+
+
+@_jit.kernel
+def _one_completion_add_kernel(  # noqa: C901
+    gain, cost, count, run, prompt, n, outcome, uniforms, start, cdf, cdf_p, cdf_q, gold, w, unit, a, live,  # noqa: ANN001
+):  # noqa: ANN202
+    """:func:`_block_add_kernel` for calls whose pulls hold one completion each (TRIPLE's rounds): the same additions.
+
+    Such a pull has one block, of size 1: its credit is 1.0 when the answer is gold (by the
+    general kernel's rule, answers out of range included), its cost the completion's, its count 1;
+    a pull of no completion adds nothing. Tallies as the general kernel's: one pull per cell adds
+    straight away, otherwise each cell sums its pulls from 0.0 in row order and adds that once;
+    cells whose size-1 arm is not live (``live`` non-empty) add nothing. The answer comes from
+    ``outcome[b, 0]`` or, with ``outcome`` empty, from the pending draw (the same comparisons).
+    """
+    b_n = run.shape[0]
+    u_n = w.shape[0]
+    n_prompts = cost.shape[1]
+    has_live = live.shape[0] > 0
+    from_draw = outcome.shape[0] == 0
+    a1 = cdf.shape[2] - 1  # u < 1 = cdf[..., -1] always
+    slot, present, _ = _cell_slots(run, prompt, cost.shape[0], n_prompts)
+    direct = present == b_n
+    acc_g = np.zeros((1 if direct else present, u_n))
+    acc_c = np.zeros(1 if direct else present)
+    acc_n = np.zeros(1 if direct else present, dtype=np.int64)
+    for b in range(b_n):
+        r, p = run[b], prompt[b]
+        if n[b] == 0 or (has_live and not live[r, p, 0]):
+            continue
+        if from_draw:
+            x = uniforms[start[b]]
+            cp, cq = cdf_p[b], cdf_q[b]
+            o = 0
+            for c in range(a1):
+                o += x >= cdf[cp, cq, c]
+        else:
+            o = outcome[b, 0]
+        diff = o - gold[b]
+        if diff <= -a or diff >= a:  # not two answer indices: the general rule
+            diff = diff % a
+        credit = np.float64(diff == 0)
+        if direct:
+            for u in range(u_n):
+                gain[r, u, p, 0] += w[u] * credit
+            cost[r, p, 0] += unit[b, 0]
+            count[r, p, 0] += 1
+        else:
+            i = slot[r * n_prompts + p]
+            for u in range(u_n):
+                acc_g[i, u] += w[u] * credit
+            acc_c[i] += unit[b, 0]
+            acc_n[i] += 1
+    if direct:
+        return
+    for b in range(b_n):  # each cell once, in order of its first pull
+        r, p = run[b], prompt[b]
+        c = r * n_prompts + p
+        i = slot[c]
+        if i < 0 or acc_n[i] == 0:  # already added, or nothing to add (+0.0 and 0)
+            continue
+        slot[c] = -1
+        for u in range(u_n):
+            gain[r, u, p, 0] += acc_g[i, u]
+        cost[r, p, 0] += acc_c[i]
+        count[r, p, 0] += acc_n[i]
+
+
 @_jit.kernel
 def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     gain, cost, count, run, prompt, n, outcome, uniforms, start, cdf, cdf_p, cdf_q, gold, sums, w, unit,  # noqa: ANN001
-    width, a, bits, word, ones, guards, lut, live,
+    width, a, bits, word, ones, guards, lut, live, rolling_min,
 ):  # noqa: ANN202
     """Compiled twin of :meth:`NestedStats.add` (``"block"``, MV), updating ``gain``, ``cost``, ``count`` in place.
 
@@ -1024,15 +1108,16 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     ``u`` is ``w[u] * sum``; its cost of size ``k`` the running sum (left to right, as ``cumsum``)
     of its completions' costs up to ``(n // k) * k``. When every pull has its own (run, prompt)
     cell the values are added to the tallies directly; otherwise each cell sums its pulls in row
-    order starting from 0.0 (as ``np.bincount`` does) and then adds that sum to the tally.
-    ``unit (B, 1)`` is one cost per completion of each pull, or ``(B, L)`` the completions' own.
+    order starting from 0.0 (as ``np.bincount`` does) and then adds that sum to the tally: in a
+    row per cell, or, when every cell's pulls are consecutive and that scratch would hold more
+    than ``rolling_min`` values (:data:`ROLLING_MIN_VALUES`), in one row added when the cell
+    changes (:func:`_flush_row`). ``unit (B, 1)`` is one cost per completion of each pull, or
+    ``(B, L)`` the completions' own.
 
     **Live arms.** With ``live (S, P, n_max)`` non-empty, sizes whose arm is not live in the
     pull's run are neither scored nor added (adding 0.0 would leave the same bits).
 
-    **One completion.** A pull of one completion (TRIPLE's rounds pull only such) has one block:
-    its credit is 1.0 when the answer is gold, its cost the completion's. It is added straight
-    away, without the vote words and the loop over sizes: the same additions.
+    Calls whose pulls are all of one completion go to :func:`_one_completion_add_kernel`.
     """
     b_n = n.shape[0]
     u_n = w.shape[0]
@@ -1063,47 +1148,22 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     per_comp = unit.shape[1] > 1
     csum = np.zeros(width + 1)
     direct = present == b_n  # one pull per cell
-    rolling = grouped and not direct  # one accumulator row, flushed at each change of cell
+    rolling = grouped and not direct and present * width * (u_n + 2) > rolling_min  # ROLLING_MIN_VALUES
     acc_g = np.zeros((1 if direct or rolling else present, u_n, width))
     acc_c = np.zeros((1 if direct or rolling else present, width))
     acc_n = np.zeros((1 if rolling else present, width), dtype=np.int64)
     top_n = 0  # the rolling cell's largest pull
-    for b in range(b_n + 1):  # b = b_n: only the last rolling cell's flush
-        if rolling and b > 0 and (b == b_n or run[b] != run[b - 1] or prompt[b] != prompt[b - 1]):
-            _flush_row(run[b - 1], prompt[b - 1], top_n, acc_g, acc_c, acc_n, gain, cost, count, live)
-            top_n = 0
-        if b == b_n:
-            break
+    for b in range(b_n):
         nb = n[b]
         r, p = run[b], prompt[b]
-        i = 0 if rolling else slot[r * n_prompts + p]
-        top_n = max(top_n, min(nb, width))
-        if nb == 1 and packed:  # one completion (TRIPLE's pulls): size 1 only, credit 1.0 if gold, the pull's cost
-            if has_live and not live[r, p, 0]:
-                continue
-            if from_draw:
-                x = uniforms[start[b]]
-                cp, cq = cdf_p[b], cdf_q[b]
-                o = 0
-                for c in range(a1):
-                    o += x >= cdf[cp, cq, c]
-            else:
-                o = outcome[b, 0]
-            diff = o - gold[b]
-            if diff <= -a or diff >= a:  # the general rule below
-                diff = diff % a
-            credit = np.float64(diff == 0)
-            if direct:
-                for u in range(u_n):
-                    gain[r, u, p, 0] += w[u] * credit
-                cost[r, p, 0] += unit[b, 0]
-                count[r, p, 0] += 1
-            else:
-                for u in range(u_n):
-                    acc_g[i, u, 0] += w[u] * credit
-                acc_c[i, 0] += unit[b, 0]
-                acc_n[i, 0] += 1
-            continue
+        if rolling:  # the previous cell is complete when this pull opens another
+            if b > 0 and (r != run[b - 1] or p != prompt[b - 1]):
+                _flush_row(run[b - 1], prompt[b - 1], top_n, acc_g, acc_c, acc_n, gain, cost, count, live)
+                top_n = 0
+            top_n = max(top_n, min(nb, width))
+            i = 0
+        else:
+            i = slot[r * n_prompts + p]
         _running_cost(unit, b, nb, per_comp, csum)
         gc = 0  # gold answers among the pull's completions, and among its first even number of them
         g_even = 0
@@ -1182,6 +1242,8 @@ def _block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                     acc_g[i, u, k - 1] += w[u] * sk
                 acc_c[i, k - 1] += csum[m * k]
                 acc_n[i, k - 1] += m
+    if rolling:  # the last cell
+        _flush_row_last(run[b_n - 1], prompt[b_n - 1], top_n, acc_g, acc_c, acc_n, gain, cost, count, live)
     if direct or rolling:
         return
     _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)
@@ -1195,7 +1257,7 @@ BON_KERNEL_MAX_OBJECTIVES = 3
 
 @_jit.kernel
 def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
-    gain, cost, count, run, prompt, n, values, w, unit, width, live,  # noqa: ANN001
+    gain, cost, count, run, prompt, n, values, w, unit, width, live, rolling_min,  # noqa: ANN001
 ):  # noqa: ANN202
     """Compiled twin of :meth:`NestedStats.add` (``"block"``, best-of-N), updating ``gain``, ``cost``, ``count`` in place.
 
@@ -1215,7 +1277,8 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     (an explicit stack stands for the recursion).
 
     **Tallies.** As :func:`_block_add_kernel`: one pull per cell adds its sums directly, otherwise
-    each cell sums its pulls in row order from 0.0 (``np.bincount``) and adds that; costs are the
+    each cell sums its pulls in row order from 0.0 (``np.bincount``) and adds that (a row per cell
+    or one rolling row, by ``rolling_min``); costs are the
     running sum of the completions' costs. Sizes whose arm is not live in the pull's run are
     neither scored nor added (the numpy path scores them and adds 0.0: the same bits).
     """
@@ -1246,20 +1309,19 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
     per_comp = unit.shape[1] > 1
     csum = np.zeros(width + 1)
     direct = present == b_n
-    rolling = grouped and not direct  # one accumulator row, flushed at each change of cell
+    rolling = grouped and not direct and present * width * (u_n + 2) > rolling_min  # ROLLING_MIN_VALUES
     acc_g = np.zeros((1 if direct or rolling else present, u_n, width))
     acc_c = np.zeros((1 if direct or rolling else present, width))
     acc_n = np.zeros((1 if rolling else present, width), dtype=np.int64)
     top_n = 0  # the rolling cell's largest pull
-    for b in range(b_n + 1):  # b = b_n: only the last rolling cell's flush
-        if rolling and b > 0 and (b == b_n or run[b] != run[b - 1] or prompt[b] != prompt[b - 1]):
-            _flush_row(run[b - 1], prompt[b - 1], top_n, acc_g, acc_c, acc_n, gain, cost, count, live)
-            top_n = 0
-        if b == b_n:
-            break
+    for b in range(b_n):
         nb = n[b]
         r, p = run[b], prompt[b]
-        top_n = max(top_n, min(nb, width))
+        if rolling:  # the previous cell is complete when this pull opens another
+            if b > 0 and (r != run[b - 1] or p != prompt[b - 1]):
+                _flush_row(run[b - 1], prompt[b - 1], top_n, acc_g, acc_c, acc_n, gain, cost, count, live)
+                top_n = 0
+            top_n = max(top_n, min(nb, width))
         any_live = not has_live
         if has_live:
             for k in range(nb):
@@ -1394,6 +1456,8 @@ def _bon_block_add_kernel(  # noqa: C901, PLR0912, PLR0915
                     acc_g[i, u, k - 1] += sums[k - 1, u]
                 acc_c[i, k - 1] += csum[m * k]
                 acc_n[i, k - 1] += m
+    if rolling:  # the last cell
+        _flush_row_last(run[b_n - 1], prompt[b_n - 1], top_n, acc_g, acc_c, acc_n, gain, cost, count, live)
     if direct or rolling:
         return
     _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width)

@@ -61,8 +61,8 @@ def random_pulls(rng: np.random.Generator, b: int, width: int, a: int, n_prompts
 def cells_in_order(pulls: Pulls, run: np.ndarray) -> tuple[Pulls, np.ndarray]:
     """The same pulls with each (run, prompt) cell's pulls consecutive (stable: a cell keeps its pulls' order).
 
-    The kernels then keep one accumulator row, flushed at each change of cell, instead of one per
-    cell; a cell's sum is the same sequence of additions either way.
+    The kernels may then keep one accumulator row, flushed at each change of cell, instead of one
+    per cell (``ROLLING_MIN_VALUES``); a cell's sum is the same sequence of additions either way.
     """
     o = np.lexsort((pulls.prompt, run))
     values = pulls.values[o] if pulls.strategy == "bon" else None
@@ -100,8 +100,9 @@ def test_block_tallies_are_the_numpy_bits(monkeypatch, seed, b, width, a, n_max,
     n_prompts = 3
     batches = [random_pulls(rng, b, width, a, n_prompts, unit) for _ in range(2)]
     run_of = [rng.integers(0, runs, b) for _ in range(2)]
-    if grouped:
+    if grouped:  # and summed in one rolling row, however few the cells
         batches, run_of = map(list, zip(*(cells_in_order(p, r) for p, r in zip(batches, run_of, strict=True)), strict=True))
+        monkeypatch.setattr(_engine, "ROLLING_MIN_VALUES", 0)
     contexts = contexts_of(weights)
 
     def tallies():  # noqa: ANN202
@@ -326,8 +327,9 @@ def test_bon_block_tallies_are_the_numpy_bits(
     n_max = max(1, int(width * n_max_frac))
     batches = [random_bon_pulls(rng, b, width, k, n_prompts, unit, spread) for _ in range(2)]
     run_of = [rng.integers(0, runs, b) for _ in range(2)]
-    if grouped:
+    if grouped:  # and summed in one rolling row, however few the cells
         batches, run_of = map(list, zip(*(cells_in_order(p, r) for p, r in zip(batches, run_of, strict=True)), strict=True))
+        monkeypatch.setattr(_engine, "ROLLING_MIN_VALUES", 0)
     w = rng.random((n_rows, k + 1)) * np.where(rng.random((n_rows, k + 1)) < 0.3, -1.0, 1.0)
     w[rng.random(w.shape) < 0.1] = 0.0
     w[:, -1] = np.abs(w[:, -1])
@@ -718,3 +720,53 @@ def test_row_scan_is_what_numpy_finds(seed, b, n_runs, order):
         assert total.tolist() == np.add.reduceat(n, starts).tolist()
     else:
         assert bounds.size == 0 and total.size == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("layout", ["any", "grouped", "one_per_cell"])
+def test_pulls_of_one_completion_are_the_numpy_bits(monkeypatch, seed, layout):
+    """Calls whose pulls hold one completion each (TRIPLE's rounds; ``_one_completion_add_kernel``): the numpy tallies.
+
+    Answers given or left to the kernel's draw (``pending_draw``), one pull per cell or several (in
+    any order, or each cell's consecutive), a cost per pull or per completion, live arms or not,
+    two objective rows (one negative), two batches on existing tallies; dead arms keep their bits.
+    """
+    from iapo_gym.sampling import draw_pulls
+    from iapo_gym.tables.testing import example_table
+
+    rng = np.random.default_rng(seed)
+    runs, n_prompts, n_max, a = 3, 4, 8, int(rng.choice([2, 5]))
+    contexts = contexts_of([[1.0, 0.0], [-2.0, 0.5]])
+    table = example_table("mv", seed=seed, n_prompts=n_prompts, n_queries=6, n_outcomes=a, n_max=n_max)
+    live = rng.random((runs, n_prompts, n_max)) >= 0.3 if seed % 2 else None
+    batches = []
+    for k in range(2):
+        b = runs * n_prompts if layout == "one_per_cell" else int(rng.integers(20, 80))
+        if layout == "one_per_cell":
+            run, prompt = np.divmod(rng.permutation(b), n_prompts)
+        else:
+            run, prompt = rng.integers(0, runs, b), rng.integers(0, n_prompts, b)
+            if layout == "grouped":
+                o = np.lexsort((prompt, run))
+                run, prompt = run[o], prompt[o]
+        n = np.ones(b, dtype=np.int64)
+        u = rng.random(b)
+        if k == 0:  # given answers, a cost per completion
+            pulls = random_pulls(rng, b, 1, a, n_prompts, unit=bool(seed % 3))
+            pulls = Pulls("mv", prompt, n, pulls.query, pulls.outcome, None, None if pulls.unit_cost is not None else
+                          pulls.cost, pulls.gold, pulls.mask, a, unit_cost=pulls.unit_cost)  # fmt: skip
+            batches.append((lambda p=pulls: p, run))
+        else:  # answers drawn in the kernel (pending) on the compiled path
+            query = rng.integers(0, 6, b)
+            batches.append((lambda p=prompt, q=query, n=n, u=u: draw_pulls(table, p, q, n, u, np.arange(n.size)), run))
+
+    def tallies():  # noqa: ANN202
+        stats = _engine.NestedStats(runs, n_prompts, n_max, contexts)
+        for make, run in batches:
+            stats.add(make(), run, live=live)
+        return stats.gain, stats.cost, stats.count
+
+    numpy_path, kernels = both(monkeypatch, tallies)
+    for x, y in zip(numpy_path, kernels, strict=True):
+        assert same_bits(x, y)
+    assert kernels[2][:, :, 0].sum() > 0 and not kernels[2][:, :, 1:].any()  # size 1 only
