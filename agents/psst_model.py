@@ -1215,20 +1215,61 @@ def deployment_scores(q_hat: NDArray[np.float64], sd: NDArray[np.float64], z: fl
     return q_hat + z * np.nan_to_num(sd, nan=0.0)
 
 
+def best_arms_and_errors(
+    q_hat: NDArray[np.float64], sd: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(best, se)`` ``(S, C, P)``: each prompt's best arm value ``max_N Qhat`` and that arm's standard error.
+
+    NaN values read as ``-inf`` (``best`` is ``-inf`` when no arm is known), the arm is the first
+    maximum, and its ``sd`` reads 0 where NaN. One compiled pass over ``q_hat (S, C, P, N)`` when
+    the kernels run, else numpy's ``argmax`` and gathers: the same arms and values.
+    """
+    if _jit.enabled() and q_hat.flags.c_contiguous and sd.flags.c_contiguous and q_hat.shape == sd.shape:
+        return _best_arm_rows(q_hat.reshape(-1, q_hat.shape[-1]), sd.reshape(-1, sd.shape[-1]), q_hat.shape[:-1])
+    qn = np.where(np.isnan(q_hat), -np.inf, q_hat)
+    arg = np.argmax(qn, axis=-1)[..., None]
+    best = np.take_along_axis(qn, arg, axis=-1)[..., 0]  # (S, C, P)
+    se = np.nan_to_num(np.take_along_axis(sd, arg, axis=-1)[..., 0], nan=0.0)  # the chosen arms' only
+    return best, se
+
+
+@_jit.kernel
+def _best_arm_rows(q, sd, shape):  # noqa: ANN001, ANN202
+    """Compiled twin of :func:`best_arms_and_errors` on rows ``q, sd (R, N)``: each row's first maximum (comparisons only)."""
+    rows, n = q.shape
+    best = np.empty(rows)
+    se = np.empty(rows)
+    for i in range(rows):
+        top = q[i, 0]
+        top = -np.inf if np.isnan(top) else top
+        at = 0
+        for k in range(1, n):
+            v = q[i, k]
+            if v > top:  # NaN never is
+                top = v
+                at = k
+        best[i] = top
+        e = sd[i, at]
+        se[i] = 0.0 if np.isnan(e) else e
+    return best.reshape(shape), se.reshape(shape)
+
+
 def confidently_worse(
-    q_hat: NDArray[np.float64], sd: NDArray[np.float64], alive: NDArray[np.bool_], z: float
+    q_hat: NDArray[np.float64],
+    sd: NDArray[np.float64],
+    alive: NDArray[np.bool_],
+    z: float,
+    best_se: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
 ) -> NDArray[np.bool_]:
     """``(S, P)``: alive prompts that are confidently worse than the leader in *every* context.
 
     A prompt's score in a context is its best arm ``max_N Qhat(c, p, N)`` (``q_hat (S, C, P, N)``,
     NaN where unknown) with the standard error ``sd`` of that arm; it is confidently worse when
     its upper bound ``score + z sd`` is below the best lower bound ``max_p' (score' - z sd')`` of
-    the context. Prompts without an estimate are never dropped.
+    the context. Prompts without an estimate are never dropped. ``best_se``: the caller's
+    :func:`best_arms_and_errors` of the same ``q_hat`` and ``sd``, when it has them.
     """
-    qn = np.where(np.isnan(q_hat), -np.inf, q_hat)
-    arg = np.argmax(qn, axis=-1)[..., None]
-    best = np.take_along_axis(qn, arg, axis=-1)[..., 0]  # (S, C, P)
-    se = np.nan_to_num(np.take_along_axis(sd, arg, axis=-1)[..., 0], nan=0.0)  # the chosen arms' only
+    best, se = best_arms_and_errors(q_hat, sd) if best_se is None else best_se
     ok = alive[:, None, :] & np.isfinite(best)
     lead = np.where(ok, best - z * se, -np.inf).max(axis=-1, keepdims=True)
     close = (ok & (best + z * se >= lead)).any(axis=1)
@@ -1474,12 +1515,12 @@ class PairedModelAllocation:
         near-ties of a context's leader, which the deployment has to tell apart.
         """
         q_hat = self.estimate()
-        best = np.where(np.isnan(q_hat), -np.inf, q_hat).max(axis=-1)  # (S, C, P); no NaN left: a plain max
-        best = np.where(np.isinf(best), np.nan, best)
+        best_se = best_arms_and_errors(q_hat, self.sums.sd)  # (S, C, P): each prompt's best arm, once for both rules
+        best = np.where(np.isinf(best_se[0]), np.nan, best_se[0])
         keep = _keep_top(best, self.alive, bool(self.agent.strict), float(self.agent.keep))
         z = float(self.agent.drop_z)
         if self.r == self.rounds - 1 and float(self.agent.final_drop_z) > 0 and self.runs.strategy == "bon":
             z = float(self.agent.final_drop_z)  # the last round goes to the near-ties only
         if z > 0:
-            keep &= ~confidently_worse(q_hat, self.sums.sd, self.alive, z)
+            keep &= ~confidently_worse(q_hat, self.sums.sd, self.alive, z, best_se)
         self.alive = np.where(groups[:, :1], keep, self.alive)

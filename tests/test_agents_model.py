@@ -291,9 +291,9 @@ def test_best_of_n_drops_at_final_drop_z_before_the_last_round_only(monkeypatch,
     zs: list[float] = []
     real = pm.confidently_worse
 
-    def spy(q_hat, sd, alive, z):
+    def spy(q_hat, sd, alive, z, best_se=None):
         zs.append(z)
-        return real(q_hat, sd, alive, z)
+        return real(q_hat, sd, alive, z, best_se)
 
     monkeypatch.setattr(pm, "confidently_worse", spy)
     fewer = 0

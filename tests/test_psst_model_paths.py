@@ -436,3 +436,21 @@ MODEL_CASES = [c for c in CASES if c.agent == "psst_model"]
 def test_psst_model_policies_are_pinned_on_both_paths(monkeypatch: pytest.MonkeyPatch, case, flag: str):
     monkeypatch.setenv(_jit.ENV_VAR, flag)
     assert compute(case) == json.loads(PINS.read_text())[case.key]
+
+
+@needs_numba
+@pytest.mark.parametrize("seed", range(4))
+def test_best_arms_and_errors_kernel_gives_the_numpy_arms(monkeypatch: pytest.MonkeyPatch, seed: int):
+    """Each prompt's first best arm and its standard error: the same bits on both paths (NaN, ties, infinities, zeros)."""
+    rng = np.random.default_rng(seed)
+    values = [0.1, 0.25, 0.5, -0.0, 0.0, np.nan, -np.inf, np.inf]
+    q = rng.choice(values, size=(3, 4, 5, 6), p=[0.3, 0.2, 0.2, 0.05, 0.05, 0.14, 0.03, 0.03])
+    q[0, 0, 0] = np.nan  # no arm known
+    sd = rng.random(q.shape)
+    sd[rng.random(q.shape) < 0.2] = np.nan
+    a, b = _both_paths(monkeypatch, pm.best_arms_and_errors, q, sd)
+    for x, y in zip(a, b, strict=True):
+        assert x.tobytes() == y.tobytes()
+    assert a[0][0, 0, 0] == -np.inf and np.isfinite(a[1]).all()
+    qn = np.where(np.isnan(q), -np.inf, q)
+    np.testing.assert_array_equal(a[0], qn.max(axis=-1))
