@@ -982,6 +982,7 @@ def _flush_row(r, p, top, acc_g, acc_c, acc_n, gain, cost, count, live):  # noqa
 
 _flush_row_last = _jit.twin(_flush_row, "_flush_row_last")  # its second call site in a kernel (after the loop)
 
+
 @_jit.helper
 def _flush_cells(run, prompt, n, n_prompts, slot, acc_g, acc_c, acc_n, gain, cost, count, live, width):  # noqa: ANN001, ANN202
     """Add each cell's accumulated sums to the tallies once, cells in order of their first pull.

@@ -51,12 +51,12 @@ not depend on which ran (tested on both paths). The cost: a first call compiles 
 (seconds, once; cached on disk after).
 
 Where ours stands (CPU ms per run, 200 runs, best of 5; see docs/AGENTS.md, "PSST against its
-floor", session 16): within 1.5x of the numba floor on both tasks at every budget -- at T = 5,000
-MATH 1.30-1.48x over nine runs and Synth-Categorical 1.36-1.50x over five (the reading moves with
-the host), 0.6-0.9x at 20,000 and 50,000 (ours skips the blocks of dead arms, which the floor
-scores). At 5,000 the margin is thin: about a third of our run is work the floor does not do --
-halving every (run, context), the batch's set-up, the round loop -- and on Synth-Categorical the
-best-of-N draws materialise every completion's values (the MV draws are fused into the block kernel).
+floor", session 17): within 1.5x of the numba floor on both tasks at every budget -- at T = 5,000
+MATH 1.32-1.41x and Synth-Categorical 1.17-1.20x over the session's runs (1.30-1.48x and
+1.36-1.50x in session 16; the reading moves with the host), 0.57-0.75x at 20,000 and 50,000 (ours
+skips the blocks of dead arms, which the floor scores). On MATH at 5,000 about a third of our run
+is work the floor does not do -- halving every (run, context), the batch's set-up, the round loop --
+and on Synth-Categorical the halving (27 contexts x 1,024 arms) is most of what ours adds.
 """
 
 from __future__ import annotations
