@@ -92,7 +92,12 @@ def test_served_accuracy_and_cost_match_the_exact_q_of_the_deployed_arm(tmp_path
             jobs = [(c, q, r) for r in range(repeats) for c in range(len(table.contexts)) for q in range(len(queries))]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
-                results = list(pool.map(ask, jobs))
+                try:
+                    results = list(pool.map(ask, jobs))
+                except openai.APIError as exc:  # say what the router logged, not only what the client saw
+                    log.flush()
+                    tail = (tmp_path / "serve.log").read_text()[-4000:]
+                    raise AssertionError(f"{exc!r}; router alive: {proc.poll() is None}; serve.log ends:\n{tail}") from exc
             wall = time.perf_counter() - t0
         finally:
             proc.terminate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -191,6 +192,17 @@ def test_serve_command_end_to_end(policy_path, tmp_path):
             resp = client.chat.completions.create(model=MODEL, messages=USER, extra_body={"context": "low"})
             assert resp.model_extra["iapo"]["n"] == 5 and resp.model_extra["iapo"]["answer"] == "42"
             assert up.requests[-1][1]["model"] == "fake-model"  # the upstream's only model, found by --upstream
+            # An idle connection outlives uvicorn's default 5 s keep-alive: a client pool that reuses it
+            # after a pause (its own expiry is timed from when it read the response) is not cut off.
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/health")
+            first = conn.getresponse()
+            assert first.status == 200 and json.loads(first.read())["status"] == "ok"
+            time.sleep(5.5)
+            conn.request("GET", "/health")
+            again = conn.getresponse()
+            assert again.status == 200 and json.loads(again.read())["status"] == "ok"
+            conn.close()
         finally:
             proc.terminate()
             proc.wait(timeout=20)
@@ -201,6 +213,9 @@ def test_serve_command_end_to_end(policy_path, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "iapo_gym.cli", "serve", str(tmp_path / "missing.json"), "--upstream",
                           "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no policy document" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "iapo_gym.cli", "serve", str(policy_path), "--upstream",
+                          "http://127.0.0.1:9", "--timeout-keep-alive", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--timeout-keep-alive must be > 0" in bad.stderr
 
 
 class OneCallAtATime:

@@ -43,6 +43,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-pending", type=int, default=1024, help="requests waiting before HTTP 429 (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per upstream request (default 600)")
+    p.add_argument("--timeout-keep-alive", type=int, default=None,
+                   help="seconds an idle client connection stays open (default 75: above client pools' idle expiry)")
     p.add_argument("--retries", type=int, default=2, help="upstream retries on 429/5xx/connection errors (default 2)")
     p.add_argument("--default-context", default=None, help="context of requests that send none (default: refuse them)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling seeds of requests that send none")
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from iapo_gym.deploy.server import create_app
+        from iapo_gym.deploy.server import KEEP_ALIVE_S, create_app
     except ImportError as exc:
         raise RuntimeError("iapo-gym serve needs FastAPI and uvicorn: pip install 'iapo-gym[serve]'") from exc
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -104,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
         print(f"iapo-gym serve: warning: binding {args.host} with no client API key (set ${args.api_key_env})",
               file=sys.stderr)
+    keep_alive = KEEP_ALIVE_S if args.timeout_keep_alive is None else args.timeout_keep_alive
+    if not keep_alive > 0:
+        raise ValueError(f"--timeout-keep-alive must be > 0 seconds; got {args.timeout_keep_alive!r}")
     router, backend, upstream_key = build_router(args)
     app = create_app(router, model_name=args.served_model_name, api_keys=keys, max_concurrency=args.max_concurrency,
                      max_pending=args.max_pending, max_body_bytes=args.max_body_bytes,
@@ -115,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         args.served_model_name or f"iapo-{task.name.lower()}", task.name, task.fingerprint, router.deployment.kind,
         args.host, args.port, backend.model)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    timeout_keep_alive=keep_alive)
     finally:  # reached when uvicorn returns without a signal (the lifespan closed the backend on a signal)
         backend.close()
     return 0

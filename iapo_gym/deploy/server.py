@@ -47,6 +47,15 @@ from iapo_gym.deploy.router import ContextError, Router
 
 log = logging.getLogger("iapo_gym.serve")
 
+#: Seconds an idle client connection stays open (uvicorn's ``timeout_keep_alive``; its default is 5).
+#: Client pools (httpx under the openai SDK: 5 s) reuse a connection they believe is fresh, timed
+#: from when *they* read the response; a client paused by a garbage collection or a busy CPU
+#: reads it late and sends its next request just as a 5 s server closes the connection, and the
+#: request fails with "Server disconnected without sending a response". A server keep-alive well
+#: above any client's idle expiry closes that race (the usual rule for servers behind a pool or a
+#: load balancer; nginx's default is 75 s).
+KEEP_ALIVE_S = 75
+
 _SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens", "max_completion_tokens")
 
 
