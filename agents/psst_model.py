@@ -107,6 +107,7 @@ __all__ = [
     "MVCreditMemo",
     "shared_memo",
     "PlugInSums",
+    "best_arms_and_errors",
     "confidently_worse",
     "deployment_scores",
     "eb_shrink",
