@@ -30,10 +30,16 @@ the spread of the per-query posterior values alone, which under-states a large-`
 1.05-1.11) the drop acts later and lost at every budget on the tuning seeds (``T = 5,000``: 0.0091
 against 0.0079). Two uses:
 
-* **confident drop** (``drop_z``): after a halving, a prompt whose best arm is more than
-  ``drop_z`` combined standard errors below the leader in *every* context is dropped as well
-  (:func:`confidently_worse`). The union halving alone keeps almost every prompt when contexts
-  are many (Synth-Categorical's 27: 20 of 32 prompts survive every round at ``T = 20,000``);
+* **confident drop** (``drop_z``, Best-of-N by default): after a halving, a prompt whose best arm
+  is more than ``drop_z`` combined standard errors below the leader in *every* context is dropped
+  as well (:func:`confidently_worse`). The union halving alone keeps almost every prompt when
+  contexts are many (Synth-Categorical's 27: 20 of 32 prompts survive every round at
+  ``T = 20,000``). The drop is a test, valid only where the leader's standard error is: the
+  Best-of-N estimates are conservative at large ``N`` (a leader's best arm is more than two standard
+  errors above its exact train value in 1-3 % of cases), but the binary NPMLE extrapolates its
+  large-``N`` arms from two to four votes per query (23-29 % at ``N >= 9`` after the first round on
+  Synth-Bernoulli), so there the drop removed a train-best prompt in 15 % of runs. Majority voting
+  therefore halves only (``drop_z = 0``);
 * **shrinkage across prompts** (``shrink``, the empirical-Bayes estimates only): per run and
   ``N``, the prompts' values are replaced by their posterior means under a prior fitted to all of
   the run's prompts (:func:`eb_shrink`, a Gaussian-noise NPMLE). Prompts within noise of each other
@@ -1330,6 +1336,18 @@ class PSSTModel(BatchAgent):
             across prompts (see :func:`eb_shrink`; no effect on plug-in estimates).
         drop_z: after each halving also drop every prompt whose best arm is more than ``drop_z``
             standard errors below the leader's lower bound in every context (0: halving only).
+            None (default): 2 for Best-of-N, 0 for majority voting. The test needs calibrated
+            standard errors at the leader's best arm. Measured at ``T = 5,000`` (seeds 2000-2199),
+            the arm's estimate exceeds its exact train value by more than two standard errors in
+            1-3 % of cases on Synth-Categorical (Best-of-N; the drop loses a train-best prompt in 3
+            of its 1,783 drops before the last round). On Synth-Bernoulli (binary majority voting,
+            large ``N`` extrapolated from a few votes per query) that share is 23-29 % at ``N >= 9``
+            after the first round, and 30 of the drop's 396 first-round drops were a train-best
+            prompt. Without the drop, Synth-Bernoulli gains at every budget (seeds 2000-2999, 1k /
+            2k / 5k / 10k / 20k / 50k: -0.0037 / -0.0017 / -0.0010 / -0.0006 / -0.0006 / -0.0004,
+            paired s.e. 0.0018 / 0.0007 / 0.0005 / 0.0003 / 0.0003 / 0.0003). SmolArith decides
+            bit-identically at 1k-5k; MATH moves within noise. Synth-Categorical needs the drop
+            (+0.0030, s.e. 0.0007, at 5k without it).
         bon_eb: Best-of-N estimates by empirical Bayes across a prompt's queries (a fitted
             Dirichlet prior on each query's outcome probabilities and a pooled shape for the scores
             of outcomes not yet drawn, :mod:`iapo_gym.agents._bon_eb`) instead of the per-query
@@ -1347,8 +1365,7 @@ class PSSTModel(BatchAgent):
             to the near-ties of each context's leader. On Synth-Categorical the survivors of the
             halvings hold the train-best arm at ``T = 5,000`` and what is lost is the final pick
             among them (tuning seeds 1000-1199 / 1200-1399, ``T = 5,000``: 0.0079 / 0.0083 ->
-            0.0071 / 0.0078). Majority voting keeps ``drop_z`` (Synth-Bernoulli: no change beyond
-            noise at any budget).
+            0.0071 / 0.0078). Majority voting keeps ``drop_z``.
         deploy_z: empirical-Bayes estimates only (binary answers, Best-of-N): deploy the arm with the
             best ``Qhat + deploy_z sd`` instead of the best ``Qhat`` (:func:`deployment_scores`; 0:
             the best estimate; the plug-in of majority voting over many answers always deploys its
@@ -1370,7 +1387,7 @@ class PSSTModel(BatchAgent):
     keep: float = 0.5
     min_queries: int = 32
     shrink: bool = True
-    drop_z: float = 2.0
+    drop_z: float | None = None
     bon_eb: bool = True
     eb_m: int = 4
     final_drop_z: float = 0.5
@@ -1389,8 +1406,11 @@ class PSSTModel(BatchAgent):
             raise ValueError(f"keep must be a share in (0, 1) of the survivors kept per halving; got {self.keep}")
         if int(self.min_queries) < 0:
             raise ValueError(f"min_queries must be >= 0 (0: always double m); got {self.min_queries}")
-        if not float(self.drop_z) >= 0:
-            raise ValueError(f"drop_z must be >= 0 standard errors (0: halving only); got {self.drop_z}")
+        if self.drop_z is not None and not float(self.drop_z) >= 0:
+            raise ValueError(
+                f"drop_z must be >= 0 standard errors (0: halving only; None: 2 for Best-of-N, 0 for majority voting); "
+                f"got {self.drop_z}"
+            )
         if not float(self.final_drop_z) >= 0:
             raise ValueError(
                 f"final_drop_z must be >= 0 standard errors (0: drop_z before the last round too); got {self.final_drop_z}"
@@ -1448,6 +1468,7 @@ class PairedModelAllocation:
         )
         self.alive = np.ones((s_n, p_n), dtype=bool)
         self.m0 = int(agent.m) or (2 if runs.strategy == "mv" else 3)
+        self.drop_z = (2.0 if runs.strategy == "bon" else 0.0) if agent.drop_z is None else float(agent.drop_z)
         self.r = 0
         self.log_q = np.zeros((s_n, self.rounds), dtype=np.int64)
         self.log_m = np.zeros((s_n, self.rounds), dtype=np.int64)
@@ -1519,7 +1540,7 @@ class PairedModelAllocation:
         best_se = best_arms_and_errors(q_hat, self.sums.sd)  # (S, C, P): each prompt's best arm, once for both rules
         best = np.where(np.isinf(best_se[0]), np.nan, best_se[0])
         keep = _keep_top(best, self.alive, bool(self.agent.strict), float(self.agent.keep))
-        z = float(self.agent.drop_z)
+        z = self.drop_z
         if self.r == self.rounds - 1 and float(self.agent.final_drop_z) > 0 and self.runs.strategy == "bon":
             z = float(self.agent.final_drop_z)  # the last round goes to the near-ties only
         if z > 0:

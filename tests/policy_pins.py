@@ -26,9 +26,11 @@ decisions changed on purpose at commit 34f8969 (its rounds deepen only while the
 ``min_queries`` common queries), again with its confident drop and shrinkage across prompts
 (``drop_z``, ``shrink``), on Best-of-N tables with its empirical-Bayes estimates (``bon_eb``) and on
 binary answers with its deeper rounds (``eb_m``), on Best-of-N tables with its near-tie drop
-before the last round (``final_drop_z``), and on binary-answer and Best-of-N tables with its
-deployment of the best estimate plus one standard error (``deploy_z``). Check another engine against them, or rewrite them
-(only when a decision is meant to change, and say why in the commit)::
+before the last round (``final_drop_z``), on binary-answer and Best-of-N tables with its
+deployment of the best estimate plus one standard error (``deploy_z``), and on majority-voting
+tables without the confident drop (``drop_z`` resolves to 0 there; only Synth-Bernoulli's cases
+changed). Check another engine against them, or rewrite them (only when a decision is meant to
+change, and say why in the commit)::
 
     git archive 05a16dd | tar -x -C /tmp/pin-engine
     python tests/policy_pins.py --root /tmp/pin-engine --check   # lists the cases that differ

@@ -283,8 +283,9 @@ def test_runs_through_the_zoo_round_loop():
 
 @pytest.mark.parametrize("strategy", ["bon", "mv"])
 def test_best_of_n_drops_at_final_drop_z_before_the_last_round_only(monkeypatch, strategy):
-    """Best-of-N: every trim but the one before the last round drops at drop_z, that one at
-    final_drop_z (its survivors are a subset of drop_z's); majority voting keeps drop_z throughout."""
+    """Best-of-N: every trim but the one before the last round drops at drop_z (default 2), that one
+    at final_drop_z (its survivors are a subset of drop_z's); majority voting halves only by default
+    (drop_z resolves to 0: no drop is tested) and keeps an explicit drop_z throughout."""
     import iapo_gym.agents.psst_model as pm
 
     table = small_table(strategy, n_prompts=8, n_queries=40)  # 8 prompts: three rounds, two trims
@@ -300,8 +301,18 @@ def test_best_of_n_drops_at_final_drop_z_before_the_last_round_only(monkeypatch,
     for seed in range(6):
         zs.clear()
         near = PSSTModel().fit(make_env(table, seed), 3000, seed)
-        want = [2.0, 0.5] if strategy == "bon" else [2.0, 2.0]
+        want = [2.0, 0.5] if strategy == "bon" else []
         assert near.info["rounds"] == 3 and zs == want, (seed, zs)
+        zs.clear()
+        explicit = PSSTModel(drop_z=2.0).fit(make_env(table, seed), 3000, seed)
+        assert zs == ([2.0, 0.5] if strategy == "bon" else [2.0, 2.0]), (seed, zs)
+        if strategy == "bon":
+            assert explicit.info == near.info  # None is 2 on Best-of-N
+        zs.clear()
+        off = PSSTModel(drop_z=0.0).fit(make_env(table, seed), 3000, seed)
+        assert zs == ([0.5] if strategy == "bon" else []), (seed, zs)
+        if strategy == "mv":
+            assert off.info == near.info  # None is 0 on majority voting
         wide = PSSTModel(final_drop_z=0).fit(make_env(table, seed), 3000, seed)
         assert near.info["m_per_round"][:2] == wide.info["m_per_round"][:2]  # the same rounds up to the last trim
         assert set(near.info["survivors"]) <= set(wide.info["survivors"])
