@@ -228,7 +228,7 @@ def report(data: dict[str, Any], command: str, figures: dict[str, str]) -> str:
         "by seed (same split / world for every agent). Simple regret = oracle test ACR - policy test ACR.",
         "",
         "`psst_model` **uses query-controlled pulls** (it names the training query of every pull, like",
-        "`psst_paired`); its default configuration was chosen on seeds 1000-1399, not on the report's seeds.",
+        "`psst_paired`); its default configuration was chosen on seeds 1000-1399 and 2000-2999, not on the report's seeds.",
         "",
         "Statistics (`iapo_gym.experiments.robust_stats`, checked against hand computations in",
         "`tests/test_robust_stats.py`): **IQM** = interquartile mean of the runs' regret with a 95 %",
