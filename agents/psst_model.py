@@ -34,11 +34,11 @@ against 0.0079). Two uses:
   is more than ``drop_z`` combined standard errors below the leader in *every* context is dropped
   as well (:func:`confidently_worse`). The union halving alone keeps almost every prompt when
   contexts are many (Synth-Categorical's 27: 20 of 32 prompts survive every round at
-  ``T = 20,000``). The drop is a test, valid only where the leader's standard error is: the
-  Best-of-N estimates are conservative at large ``N`` (a leader's best arm is more than two standard
-  errors above its exact train value in 1-3 % of cases), but the binary NPMLE extrapolates its
-  large-``N`` arms from two to four votes per query (23-29 % at ``N >= 9`` after the first round on
-  Synth-Bernoulli), so there the drop removed a train-best prompt in 15 % of runs. Majority voting
+  ``T = 20,000``). The drop is a test, valid only where the leader's standard error is. The
+  Best-of-N estimates are conservative at large ``N``: after the first round, a best arm reads more
+  than two standard errors above its exact train value in about 3 % of cases. The binary NPMLE
+  extrapolates its large-``N`` arms from two to four votes per query: 23-29 % at ``N >= 9`` on
+  Synth-Bernoulli, where the drop removed a train-best prompt in 15 % of runs. Majority voting
   therefore halves only (``drop_z = 0``);
 * **shrinkage across prompts** (``shrink``, the empirical-Bayes estimates only): per run and
   ``N``, the prompts' values are replaced by their posterior means under a prior fitted to all of
@@ -1339,7 +1339,7 @@ class PSSTModel(BatchAgent):
             None (default): 2 for Best-of-N, 0 for majority voting. The test needs calibrated
             standard errors at the leader's best arm. Measured at ``T = 5,000`` (seeds 2000-2199),
             the arm's estimate exceeds its exact train value by more than two standard errors in
-            1-3 % of cases on Synth-Categorical (Best-of-N; the drop loses a train-best prompt in 3
+            about 3 % of cases on Synth-Categorical (Best-of-N; the drop loses a train-best prompt in 3
             of its 1,783 drops before the last round). On Synth-Bernoulli (binary majority voting,
             large ``N`` extrapolated from a few votes per query) that share is 23-29 % at ``N >= 9``
             after the first round, and 30 of the drop's 396 first-round drops were a train-best
