@@ -49,6 +49,29 @@ def test_field_docstrings_become_help_and_flags_parse() -> None:
     assert parse_dataclass(_Demo, []) == _Demo()
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--runs", "7", "--runs", "8"], "--runs given more than once"),
+        (["--name", "a", "--fast", "--name", "b"], "--name given more than once"),
+        (["--fast", "--no-fast"], "--fast / --no-fast given more than once"),
+    ],
+)
+def test_an_option_given_twice_is_refused_not_silently_overridden(argv, named, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_dataclass(_Demo, argv)
+    assert exc.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_train_refuses_two_agent_args_instead_of_dropping_the_first(capsys) -> None:
+    with pytest.raises(SystemExit):
+        train.parse_args(["--agents", "a=psst,b=psst", "--agent-args", "a:k=1", "--agent-args", "b:k=2"])
+    assert "--agent-args given more than once" in capsys.readouterr().err
+    joined = train.parse_args(["--agents", "a=psst,b=psst", "--agent-args", "a:k=1;b:k=2"])
+    assert joined.agent_args == "a:k=1;b:k=2"
+
+
 def test_train_args_help_lists_every_field() -> None:
     helptext = build_parser(train.Args).format_help()
     for flag in ("--env", "--agents", "--budgets", "--runs", "--out", "--reference", "--preset", "--no-track"):

@@ -11,6 +11,8 @@ Args(runs=5)
 
 Each field becomes ``--field-name`` (underscores to dashes). ``bool`` fields become
 ``--flag / --no-flag``. A field's help is the string literal right below it in the class body.
+An option given twice is refused with one line (argparse would silently keep the last one, so
+``--agent-args a:k=1 --agent-args b:k=2`` would drop ``a``'s settings).
 :func:`explicit_fields` tells which options the user actually typed, so presets can fill the rest.
 """
 
@@ -65,12 +67,41 @@ def _type_of(f: dataclasses.Field, cls: type) -> type:
     return t if t in (int, float, bool, str) else str
 
 
+def _refuse_repeat(parser: argparse.ArgumentParser, namespace: argparse.Namespace, dest: str, option: str) -> None:
+    if dest in vars(namespace):  # defaults are suppressed: present only once the user gave it
+        parser.error(
+            f"{option} given more than once (only the last would count); give it once: an option that takes "
+            "several values takes them in one argument, as its --help shows"
+        )
+
+
+class _Once(argparse.Action):
+    """Store a value; refuse a second occurrence of the option."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None
+    ) -> None:
+        _refuse_repeat(parser, namespace, self.dest, " / ".join(self.option_strings))
+        setattr(namespace, self.dest, values)
+
+
+class _FlagOnce(argparse.BooleanOptionalAction):
+    """``--flag / --no-flag``; refuse a second occurrence (``--track --no-track``)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None
+    ) -> None:
+        _refuse_repeat(parser, namespace, self.dest, " / ".join(self.option_strings))
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser(
     cls: type, prog: str | None = None, description: str | None = None, epilog: str | None = None
 ) -> argparse.ArgumentParser:
     """An :class:`argparse.ArgumentParser` with one option per field of dataclass ``cls``.
 
-    Defaults are suppressed in the namespace (see :func:`explicit_fields`); the help shows them.
+    Defaults are suppressed in the namespace (see :func:`explicit_fields`); the help shows them. An
+    option given twice is an error (one line naming it), not a silent override.
     """
     docs = field_docs(cls)
     parser = argparse.ArgumentParser(
@@ -86,9 +117,9 @@ def build_parser(
         help_text = f"{docs.get(f.name, '')} (default: {default!r})"
         flag = "--" + f.name.replace("_", "-")
         if typ is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(flag, dest=f.name, action=_FlagOnce, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=typ, metavar=typ.__name__.upper(), help=help_text)
+            parser.add_argument(flag, dest=f.name, type=typ, metavar=typ.__name__.upper(), action=_Once, help=help_text)
     return parser
 
 
