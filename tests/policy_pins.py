@@ -29,8 +29,9 @@ binary answers with its deeper rounds (``eb_m``), on Best-of-N tables with its n
 before the last round (``final_drop_z``), on binary-answer and Best-of-N tables with its
 deployment of the best estimate plus one standard error (``deploy_z``), and on majority-voting
 tables without the confident drop (``drop_z`` resolves to 0 there; only Synth-Bernoulli's cases
-changed). Check another engine against them, or rewrite them (only when a decision is meant to
-change, and say why in the commit)::
+changed), and on binary-answer tables with the penalty of the train split's sampling error at
+deployment (``query_z``; only Synth-Bernoulli's cases changed). Check another engine against them,
+or rewrite them (only when a decision is meant to change, and say why in the commit)::
 
     git archive 05a16dd | tar -x -C /tmp/pin-engine
     python tests/policy_pins.py --root /tmp/pin-engine --check   # lists the cases that differ

@@ -116,7 +116,7 @@ def test_conforms(strategy):
 
 def test_rejects_bad_settings_with_one_line():
     bad = ({"keep": 0.0}, {"keep": 1.0}, {"min_queries": -1}, {"extra_rounds": -1}, {"growth": 0.0}, {"drop_z": -1.0})
-    for kwargs in (*bad, {"eb_m": -1}, {"final_drop_z": -0.5}, {"deploy_z": float("nan")}):
+    for kwargs in (*bad, {"eb_m": -1}, {"final_drop_z": -0.5}, {"deploy_z": float("nan")}, {"query_z": float("inf")}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             PSSTModel(**kwargs)
 
@@ -325,7 +325,8 @@ def test_best_of_n_drops_at_final_drop_z_before_the_last_round_only(monkeypatch,
 @pytest.mark.parametrize("strategy", ["binary", "bon", "mv"])
 def test_empirical_bayes_deploys_the_best_estimate_plus_deploy_z_standard_errors(monkeypatch, strategy):
     """Empirical-Bayes estimates (binary answers, Best-of-N) deploy argmax Qhat + deploy_z sd (default 1);
-    the plug-in (majority voting over many answers) deploys argmax Qhat and ignores deploy_z."""
+    the plug-in (majority voting over many answers) deploys argmax Qhat and ignores deploy_z. Binary
+    answers also subtract query_z (default 1) times the train split's sampling error (sd_query)."""
     import iapo_gym.agents.psst_model as pm
     from iapo_gym.experiments.train import env_factory
 
@@ -335,24 +336,30 @@ def test_empirical_bayes_deploys_the_best_estimate_plus_deploy_z_standard_errors
     else:
         table = small_table("mv", n_prompts=8, n_queries=40)
         make, budget = (lambda s: make_env(table, s)), 3000
-    seen: list[tuple[np.ndarray, np.ndarray, float]] = []
+    seen: list[tuple[np.ndarray, np.ndarray, float, np.ndarray | None, float]] = []
     real = pm.deployment_scores
 
-    def spy(q_hat, sd, z):
-        seen.append((q_hat.copy(), np.array(sd, copy=True), z))
-        return real(q_hat, sd, z)
+    def spy(q_hat, sd, z, sd_query=None, query_z=0.0):
+        seen.append((q_hat.copy(), np.array(sd, copy=True), z, None if sd_query is None else sd_query.copy(), query_z))
+        return real(q_hat, sd, z, sd_query, query_z)
 
     monkeypatch.setattr(pm, "deployment_scores", spy)
     differ = 0
     for seed in range(6):
         seen.clear()
         pol = PSSTModel().fit(make(seed), budget, seed)
-        ((q_hat, sd, z),) = seen
+        ((q_hat, sd, z, sd_query, query_z),) = seen
         assert z == (0.0 if strategy == "mv" else 1.0)
+        assert (sd_query is not None) == (strategy == "binary") and query_z == 1.0
         score = q_hat + z * np.nan_to_num(sd, nan=0.0)
+        if sd_query is not None:
+            known = ~np.isnan(q_hat)
+            # the split's sampling error is part of each estimate's error: positive, at most sd
+            assert np.all(sd_query[known] > 0) and np.all(sd_query[known] <= sd[known] + 1e-12)
+            score = score - np.nan_to_num(sd_query, nan=0.0)
         flat = np.where(np.isnan(score), -np.inf, score)[0].reshape(score.shape[1], -1)
         assert np.array_equal(pol.arms, np.argmax(flat, axis=-1))
-        plain = PSSTModel(deploy_z=0.0).fit(make(seed), budget, seed)
+        plain = PSSTModel(deploy_z=0.0, query_z=0.0).fit(make(seed), budget, seed)
         assert plain.info == pol.info  # the rule changes only the deployment, not the rounds
         assert np.array_equal(plain.arms, np.argmax(np.where(np.isnan(q_hat), -np.inf, q_hat)[0].reshape(flat.shape), axis=-1))
         differ += not np.array_equal(plain.arms, pol.arms)
@@ -364,6 +371,10 @@ def test_deployment_scores_add_z_standard_errors_where_known():
     sd = np.array([[[[0.1, 0.2, np.nan]]]])
     assert deployment_scores(q, sd, 0.0) is q
     np.testing.assert_array_equal(deployment_scores(q, sd, 2.0), np.array([[[[0.7, np.nan, 0.7]]]]))
+    sd_query = np.array([[[[0.05, 0.1, np.nan]]]])
+    assert deployment_scores(q, sd, 0.0, sd_query, 0.0) is q
+    np.testing.assert_allclose(deployment_scores(q, sd, 2.0, sd_query, 2.0), np.array([[[[0.6, np.nan, 0.7]]]]))
+    np.testing.assert_allclose(deployment_scores(q, sd, 0.0, sd_query, 1.0), np.array([[[[0.45, np.nan, 0.7]]]]))
 
 
 @pytest.mark.parametrize(
