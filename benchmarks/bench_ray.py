@@ -28,7 +28,12 @@ SWEEPS = {
     "small": ["--env", "IAPO-SynthBernoulli-v0", "--agents", "psst", "--budgets", "500", "--runs", "120",
               "--chunk", "1"],
 }
-QUICK = {"cpu": ["--runs", "25"], "small": ["--runs", "30"]}
+QUICK = {"cpu": "25", "small": "30"}  # --runs of --quick
+
+
+def with_runs(argv: list[str], runs: str) -> list[str]:
+    """``argv`` with its ``--runs`` value replaced (train.py refuses an option given twice)."""
+    return [runs if prev == "--runs" else tok for prev, tok in zip(["", *argv[:-1]], argv, strict=True)]
 
 
 def run(argv: list[str], executor: str, cpus: int) -> tuple[float, int, float]:
@@ -65,10 +70,11 @@ def main() -> None:
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):  # warm-up: imports and cached worlds
-        run([*SWEEPS["small"], "--runs", "2"], "local", 0)
-        run([*SWEEPS["small"], "--runs", "2"], "ray", 2)
+        run(with_runs(SWEEPS["small"], "2"), "local", 0)
+        run(with_runs(SWEEPS["small"], "2"), "ray", 2)
     for name, argv in SWEEPS.items():
-        argv = argv + (QUICK[name] if args.quick else [])
+        if args.quick:
+            argv = with_runs(argv, QUICK[name])
         chunk = int(argv[argv.index("--chunk") + 1])
         best = {k: float("inf") for k in ("local", "ray1", "ray2")}
         startups = []
