@@ -11,7 +11,7 @@ Args(runs=5)
 
 Each field becomes ``--field-name`` (underscores to dashes). ``bool`` fields become
 ``--flag / --no-flag``. A field's help is the string literal right below it in the class body.
-An option given twice is refused with one line (argparse would silently keep the last one, so
+An option given twice is an error naming it (argparse would silently keep the last one, so
 ``--agent-args a:k=1 --agent-args b:k=2`` would drop ``a``'s settings).
 :func:`explicit_fields` tells which options the user actually typed, so presets can fill the rest.
 """
@@ -101,7 +101,7 @@ def build_parser(
     """An :class:`argparse.ArgumentParser` with one option per field of dataclass ``cls``.
 
     Defaults are suppressed in the namespace (see :func:`explicit_fields`); the help shows them. An
-    option given twice is an error (one line naming it), not a silent override.
+    option given twice is an error naming it, not a silent override.
     """
     docs = field_docs(cls)
     parser = argparse.ArgumentParser(
