@@ -1,6 +1,8 @@
 """Oracle-allocation reference: the regret of an idealised allocation that knows which prompts to sample.
 
-    python scripts/oracle_allocation_bound.py IAPO-SynthCategorical-v0 --runs 50 --budgets 5k,20k
+    python scripts/oracle_allocation_bound.py SynthCategorical --runs 50 --budgets 5k,20k
+
+(a task name, ``SmolArith``, or its env id, ``IAPO-SmolArith-v0``.)
 
 For each run (seed ``s``: the same split / world as the reports' run ``s``) a *genie* picks the
 candidate prompts from the exact train-split Q: the union over contexts of the ``k`` best prompts
@@ -36,6 +38,19 @@ M_GRID = (2, 3, 4, 8, 16, 32)
 def parse_budget(text: str) -> int:
     t = text.strip().lower()
     return int(float(t[:-1]) * 1000) if t.endswith("k") else int(t)
+
+
+def env_id(task: str) -> str:
+    """The env id of ``task`` (a task name or an env id); an unknown one exits with one line naming the known tasks."""
+    from iapo_gym.tasks import TASKS, task_name
+
+    try:
+        return TASKS[task_name(task)].env_id
+    except KeyError:
+        raise SystemExit(
+            f"oracle_allocation_bound.py: task {task!r} is unknown; give a task name ({', '.join(TASKS)}) or its env id "
+            "(IAPO-<task>-v0)"
+        ) from None
 
 
 def candidates(q_tr: np.ndarray, k: int) -> np.ndarray:
@@ -148,11 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", default="1,2,0", help="candidate prompts per context (0: all prompts)")
     ap.add_argument("--reps", type=int, default=1, help="sampling repetitions per run")
     args = ap.parse_args(argv)
+    args.task = env_id(args.task)
     budgets = [parse_budget(b) for b in args.budgets.split(",")]
     ks = [int(k) for k in args.k.split(",")]
     acc: dict[tuple[int, int, int], list[float]] = {}
+    from iapo_gym.experiments.train import is_missing_table
+
     for s in range(args.seed, args.seed + args.runs):
-        for key, v in one_run(args.task, s, budgets, ks, args.reps).items():
+        try:
+            cells = one_run(args.task, s, budgets, ks, args.reps)
+        except Exception as exc:
+            if not is_missing_table(exc):
+                raise
+            raise SystemExit(f"oracle_allocation_bound.py: {str(exc).splitlines()[0]}") from None
+        for key, v in cells.items():
             acc.setdefault(key, []).append(v)
     print(f"{args.task}: {args.runs} runs (seeds {args.seed}..{args.seed + args.runs - 1}); mean test regret (s.e.)")
     for b in budgets:

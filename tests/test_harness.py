@@ -174,3 +174,19 @@ def test_report_pages_keep_their_hand_written_section(tmp_path: Path) -> None:
         doc.write_text(text.replace(f"{HAND_BEGIN}\n\n{HAND_END}", f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}"))
         assert report.main([*argv, "--analyse-only"]) == 0
         assert f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}" in doc.read_text(), name
+
+
+def test_oracle_allocation_bound_takes_a_task_name_or_its_env_id(capsys: pytest.CaptureFixture[str]) -> None:
+    bound = _script("oracle_allocation_bound")
+    # the genie's candidates: the union over contexts of each context's k best prompts by their best arm
+    q = np.array([[[0.1, 0.5], [0.9, 0.2], [0.3, 0.4]], [[0.8, 0.1], [0.2, 0.3], [0.6, 0.0]]])  # (C=2, P=3, N=2)
+    assert bound.candidates(q, 1).tolist() == [0, 1] and bound.candidates(q, 2).tolist() == [0, 1, 2]
+    assert bound.candidates(q, 0).tolist() == [0, 1, 2]
+    options = ["--runs", "2", "--seed", "3", "--budgets", "600", "--k", "1"]
+    assert bound.main(["SynthBernoulli", *options]) == 0
+    by_name = capsys.readouterr().out
+    assert bound.main(["IAPO-SynthBernoulli-v0", *options]) == 0
+    assert capsys.readouterr().out == by_name and by_name.startswith("IAPO-SynthBernoulli-v0: 2 runs (seeds 3..4)")
+    assert re.search(r"T=600 top-1 per context: best m=\d+ 0\.\d{4}", by_name)
+    with pytest.raises(SystemExit, match=r"task 'Bernoulli' is unknown; give a task name \(.*SynthBernoulli"):
+        bound.main(["Bernoulli", *options])
