@@ -1190,9 +1190,10 @@ class PlugInSums:
         if st.strategy == "mv":
             sd = sd * weights[:, 0][None, :, None, None]
         self.sd = sd
-        self.sd_query = None
-        if var_query is not None:
-            self.sd_query = np.moveaxis(np.sqrt(var_query)[:, :, self.group], 2, 1) * weights[:, 0][None, :, None, None]
+        self.sd_query = (
+            None if var_query is None
+            else np.moveaxis(np.sqrt(var_query)[:, :, self.group], 2, 1) * weights[:, 0][None, :, None, None]
+        )
         bad = ~(alive & (self.cells > 0))
         q[np.broadcast_to(bad[:, None, :, None], q.shape)] = np.nan
         return q

@@ -176,7 +176,9 @@ def test_report_pages_keep_their_hand_written_section(tmp_path: Path) -> None:
         assert f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}" in doc.read_text(), name
 
 
-def test_oracle_allocation_bound_takes_a_task_name_or_its_env_id(capsys: pytest.CaptureFixture[str]) -> None:
+def test_oracle_allocation_bound_takes_a_task_name_or_its_env_id(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     bound = _script("oracle_allocation_bound")
     # the genie's candidates: the union over contexts of each context's k best prompts by their best arm
     q = np.array([[[0.1, 0.5], [0.9, 0.2], [0.3, 0.95]], [[0.8, 0.1], [0.2, 0.3], [0.6, 0.0]]])  # (C=2, P=3, N=2)
@@ -190,3 +192,6 @@ def test_oracle_allocation_bound_takes_a_task_name_or_its_env_id(capsys: pytest.
     assert re.search(r"T=600 top-1 per context: best m=\d+ 0\.\d{4}", by_name)
     with pytest.raises(SystemExit, match=r"task 'Bernoulli' is unknown; give a task name \(.*SynthBernoulli"):
         bound.main(["Bernoulli", *options])
+    monkeypatch.setenv("IAPO_GYM_DATA", str(tmp_path))  # no table installed: one line naming the command that installs it
+    with pytest.raises(SystemExit, match=r"^oracle_allocation_bound\.py: no table named 'MATH' .*iapo-gym data import"):
+        bound.main(["MATH", *options])

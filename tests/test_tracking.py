@@ -139,7 +139,8 @@ def test_wandb_offline_run_per_configuration_holds_the_tensorboard_history(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     out = tmp_path / "out"
-    argv = [*BASE[:2], *BASE[4:], "--agents", "psst,uniform"]  # BASE with other agents (an option is given once)
+    # BASE with other agents (an option is given once: a repeat is refused)
+    argv = ["psst,uniform" if prev == "--agents" else tok for prev, tok in zip(["", *BASE[:-1]], BASE, strict=True)]
     assert train.main([*argv, "--budgets", "500,1k", "--out", str(out), "--tracker", "wandb"]) == 0
     tb_runs = sorted(p for p in (out / "tb").iterdir() if p.is_dir())
     files = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
