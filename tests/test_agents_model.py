@@ -18,6 +18,7 @@ from iapo_gym.agents.psst_model import (
     eb_shrink,
     jackknife_bon_max,
     jackknife_mv_credit,
+    jackknife_mv_credit_var,
     npmle_binary_q,
     npmle_binary_q_var,
 )
@@ -397,3 +398,90 @@ def test_unique_int_rows_is_numpys_unique_along_rows(rows_n, cols, high):
     assert np.array_equal(uniq, want)  # same distinct rows, same (lexicographic) order
     assert np.array_equal(inverse, want_inv.reshape(-1))
     assert np.array_equal(uniq[inverse], rows)
+
+
+def test_mv_credit_jackknife_variance_matches_a_brute_force_leave_one_out():
+    """m (m - 1) / m sum_i (f_(-i) - mean f_(-.))^2 over every completion left out, each f the exact plug-in credit."""
+    rng = np.random.default_rng(3)
+    counts = np.concatenate([rng.multinomial(m, [0.4, 0.3, 0.2, 0.1], size=6) for m in (2, 3, 7, 12)])
+    counts = np.concatenate([counts, [[5, 0, 0, 0], [0, 4, 0, 0], [1, 0, 0, 0]]])  # one category voted / m = 1
+    n_max = 9
+    got = jackknife_mv_credit_var(counts, n_max)
+    for row, var in zip(counts, got, strict=True):
+        m = int(row.sum())
+        votes = np.repeat(np.arange(row.size), row)
+        if m < 2:
+            assert np.all(var == 0)
+            continue
+        loo = []
+        for i in range(m):
+            left = np.bincount(np.delete(votes, i), minlength=row.size) / (m - 1)
+            loo.append(oracle.mv_credit(left[None, :], [0], n_max)[0])
+        loo = np.array(loo)
+        want = m * (m - 1) / m * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0)
+        np.testing.assert_allclose(var, want, rtol=1e-10, atol=1e-12)
+    # the gold answer and another voted: leaving one completion out moves the credit (else it is 0 or 1 throughout)
+    spread = (counts[:, 0] > 0) & (counts[:, 0] < counts.sum(axis=1))
+    assert np.array_equal(got.max(axis=1) > 0, spread) and spread.sum() >= 15
+
+
+def test_neyman_rounds_spread_completions_by_each_cells_noise(monkeypatch):
+    """A round that affords every train query gives each (alive prompt, query) cell m0 completions
+    and the rest in proportion to the cell's jackknife standard deviation at the prompt's best N
+    (largest over contexts); it spends what the uniform round would, in pulls of at most N_max."""
+    import iapo_gym.agents.psst_model as pm
+
+    table = small_table("mv")  # 4 answer categories, 16 train queries: the second round covers them at T = 3000
+    seen = []
+    real = pm.PairedModelAllocation._neyman_rows
+
+    def spy(self, cover, budget):
+        q_hat = self.estimate()
+        best_n = np.argmax(np.where(np.isnan(q_hat), -np.inf, q_hat), axis=-1)
+        before = (self.alive.copy(), self.stats.counts.copy(), self.stats.gold.copy(), best_n)
+        rows = real(self, cover, budget)
+        seen.append((self, cover.copy(), budget.copy(), before, rows))
+        return rows
+
+    monkeypatch.setattr(pm.PairedModelAllocation, "_neyman_rows", spy)
+    info = PSSTModel(neyman=True).fit(make_env(table, 0), 3000, 0).info
+    assert info["neyman_per_round"] == [False, True]
+    (alloc, cover, budget, (alive, counts, gold, best_n), rows), = seen
+    n_train, n_max, m0 = int(alloc.runs.n_train[0]), table.n_max, alloc.m0
+    assert cover.tolist() == [True] and budget[0] == alive.sum() * info["queries_per_round"][1] * info["m_per_round"][1]
+    assert rows.n.min() >= 1 and rows.n.max() <= n_max and int(rows.n.sum()) == budget[0]
+    got = np.zeros((table.n_prompts, n_train), dtype=np.int64)
+    np.add.at(got, (rows.prompt, rows.col), rows.n)
+    assert np.array_equal(got > 0, np.repeat(alive[0][:, None], n_train, axis=1))  # every alive cell, no other
+    prompts = np.flatnonzero(alive[0])
+    sd = np.zeros((prompts.size, n_train))
+    for i, p in enumerate(prompts):
+        for q in range(n_train):
+            c = counts[0, p, q].astype(np.int64)
+            row = np.r_[c[gold[0, q]], np.sort(np.delete(c, gold[0, q]))[::-1]]
+            var = jackknife_mv_credit_var(row[None, :], n_max)[0]
+            sd[i, q] = np.sqrt(var[best_n[0, :, p]].max())
+    assert sd.min() == 0 < sd.max()  # some cells are certain, others not: the shares differ
+    share = (budget[0] - sd.size * m0) * sd / sd.sum()
+    extra = got[prompts] - m0
+    assert extra.min() >= 0 and np.all(np.abs(extra - share) < 1)
+    assert np.all(extra[sd == 0] <= 1) and extra[sd == sd.max()].min() >= np.floor(share.max())
+
+
+def test_neyman_rounds_only_where_a_round_covers_the_train_split():
+    """Opt-in (off by default). No Neyman round before any data, below a covering budget, or on
+    binary / Best-of-N tasks: there ``neyman=True`` decides as the default; where they run, the spend is the same."""
+    w_mv = small_table("mv").contexts.weights
+    for budget, flags in ((100, [False, False]), (400, [False, True]), (3000, [False, True])):
+        a = PSSTModel(neyman=True).fit(make_env(small_table("mv"), 0), budget, 0)
+        b = PSSTModel().fit(make_env(small_table("mv"), 0), budget, 0)
+        assert a.info["neyman_per_round"] == flags and not any(b.info["neyman_per_round"])
+        assert a.info["budget_used"] == b.info["budget_used"] and a.info["m_per_round"] == b.info["m_per_round"]
+        if not any(flags):
+            assert np.array_equal(a.act(w_mv), b.act(w_mv))
+    for table in (easy_mv_table(), small_table("bon")):
+        for budget in (400, 3000):
+            a = PSSTModel(neyman=True).fit(make_env(table, 0), budget, 0)
+            b = PSSTModel().fit(make_env(table, 0), budget, 0)
+            assert not any(a.info["neyman_per_round"]) and a.info == b.info
+            assert np.array_equal(a.act(table.contexts.weights), b.act(table.contexts.weights))
