@@ -208,7 +208,6 @@ class CountStats:
         self.cost.reshape(-1)[:] += np.bincount(rp, weights=np.where(mask, pulls.cost, 0.0).sum(axis=1), minlength=s_n * p_n)
         self.completions.reshape(-1)[:] += np.bincount(rp, weights=pulls.n, minlength=s_n * p_n).astype(np.int64)
 
-
     def gold_first(self, s_i: NDArray[np.int64], p_i: NDArray[np.int64], w_i: NDArray[np.int64]) -> NDArray[np.int64]:
         """Majority voting: the counts ``(R, A)`` of the given cells, gold category first, the others sorted down."""
         counts = self.counts[s_i, p_i, w_i].astype(np.int64)
@@ -331,6 +330,31 @@ def _leave_one_out(
     return kept, rows
 
 
+def _leave_one_out_moments(
+    credit: NDArray[np.float64],
+    start: int,
+    kept: list[tuple[int, NDArray[np.bool_]]],
+    sub: NDArray[np.int64],
+    msub: NDArray[np.int64],
+    squares: bool = False,
+) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+    """``(mean, mean of squares or None)`` ``(R, n_max)`` over each row's ``m`` leave-one-out credits.
+
+    ``credit[start:]`` holds the credits of :func:`_leave_one_out`'s blocks, in order; a row's
+    completions of category ``a`` share one credit, weighted ``c_a / m``.
+    """
+    loo = np.zeros((sub.shape[0], credit.shape[1]))
+    loo2 = np.zeros_like(loo) if squares else None
+    for a, has in kept:
+        f = credit[start : start + int(has.sum())]
+        start += int(has.sum())
+        share = (sub[has, a] / msub[has])[:, None]
+        loo[has] += share * f
+        if loo2 is not None:
+            loo2[has] += share * f * f
+    return loo, loo2
+
+
 def jackknife_mv_credit_var(counts: NDArray[np.int64], n_max: int) -> NDArray[np.float64]:
     """Per-completion jackknife variance ``(R, n_max)`` of the MV credit's plug-in, from gold-first counts ``(R, A)``.
 
@@ -352,15 +376,8 @@ def jackknife_mv_credit_var(counts: NDArray[np.int64], n_max: int) -> NDArray[np
     kept, rows = _leave_one_out(sub, msub)
     flat = np.concatenate(rows)
     credit = oracle.mv_credit(flat, np.zeros(flat.shape[0], np.int64), n_max)
-    loo = np.zeros((sub.shape[0], n_max))
-    loo2 = np.zeros_like(loo)
-    start = 0
-    for a, has in kept:
-        f = credit[start : start + int(has.sum())]
-        start += int(has.sum())
-        share = (sub[has, a] / msub[has])[:, None]
-        loo[has] += share * f
-        loo2[has] += share * f * f
+    loo, loo2 = _leave_one_out_moments(credit, 0, kept, sub, msub, squares=True)
+    assert loo2 is not None
     out = np.zeros((uniq.shape[0], n_max))
     out[ok] = (msub * (msub - 1))[:, None] * np.maximum(loo2 - loo * loo, 0.0)
     return out[inverse]
@@ -393,12 +410,7 @@ def jackknife_mv_credit(counts: NDArray[np.int64], n_max: int, jackknife: bool =
     if not jk.any():
         return base[inverse]
     est = base.copy()
-    loo = np.zeros((int(jk.sum()), n_max))
-    start = uniq.shape[0]
-    for a, has in kept:
-        f = credit[start : start + int(has.sum())]
-        start += int(has.sum())
-        loo[has] += (sub[has, a] / msub[has])[:, None] * f
+    loo, _ = _leave_one_out_moments(credit, uniq.shape[0], kept, sub, msub)
     est[jk] = msub[:, None] * base[jk] - (msub - 1)[:, None] * loo
     return est[inverse]
 

@@ -472,6 +472,8 @@ def test_neyman_rounds_only_where_a_round_covers_the_train_split():
     """Opt-in (off by default). No Neyman round before any data, below a covering budget, or on
     binary / Best-of-N tasks: there ``neyman=True`` decides as the default; where they run, the spend is the same."""
     w_mv = small_table("mv").contexts.weights
+    # a seed alone, in any batch, chunking or order: the same policy with Neyman rounds too
+    check_agent(PSSTModel(neyman=True), lambda s: make_env(small_table("mv"), s), budgets=(400, 3000), seeds=(0, 5, 9))
     for budget, flags in ((100, [False, False]), (400, [False, True]), (3000, [False, True])):
         a = PSSTModel(neyman=True).fit(make_env(small_table("mv"), 0), budget, 0)
         b = PSSTModel().fit(make_env(small_table("mv"), 0), budget, 0)
