@@ -383,10 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out, figs = Path(args.out), Path(args.figures)
     seeds = list(range(args.seed, args.seed + args.runs))
+    from iapo_gym.experiments import ArgumentError
+    from iapo_gym.tasks import TASKS as KNOWN
+    from iapo_gym.tasks import task_name
+
     tasks = []
-    for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-        agents = tuple(a.strip() for a in args.agents.split(",") if a.strip())
-        if run_task(task, out, args.budgets, args.runs, args.seed, not args.no_progress, args.analyse_only, agents):
+    agents = tuple(a.strip() for a in args.agents.split(",") if a.strip())
+    for given in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        try:
+            task = KNOWN[task_name(given)].env_id  # a task name (SmolArith) or its env id
+        except KeyError:
+            ap.error(f"--tasks: unknown task {given!r}; give task names or env ids of: {', '.join(KNOWN)}")
+        try:
+            found = run_task(task, out, args.budgets, args.runs, args.seed, not args.no_progress, args.analyse_only, agents)
+        except ArgumentError as exc:
+            ap.error(str(exc))
+        if found:
             tasks.append(task)
         else:
             print(f"skipping {task}: its outcome table is not installed")

@@ -151,8 +151,32 @@ def test_beyond_report_draws_its_pareto_views_with_the_package_function(tmp_path
     text = doc.read_text()
     assert text.endswith(f"{HAND_BEGIN}\n\n{HAND_END}\n")  # an empty section on a new page
     doc.write_text(text.replace(f"{HAND_BEGIN}\n\n{HAND_END}", f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}"))
-    assert report.main([*argv, "--analyse-only"]) == 0
+    by_name = [*argv, "--analyse-only"]
+    by_name[1] = "SmolArith"  # a task name reads the same results as its env id
+    assert report.main(by_name) == 0
     assert doc.read_text().endswith(f"{HAND_BEGIN}\nwritten by hand\n{HAND_END}\n")
+    assert "## IAPO-SmolArith-v0" in doc.read_text()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "names"),
+    [("--tasks", "Smol", ["--tasks", "'Smol'", "SmolArith"]), ("--budgets", "5q", ["--budgets", "'5q'"]),
+     ("--agents", "psst,nope", ["--agents", "nope", "psst_model"])],
+)
+def test_beyond_report_refuses_a_bad_option_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, names: list[str]
+) -> None:
+    report = _script("beyond_report")
+    argv = ["--tasks", "SmolArith", "--runs", "1", "--budgets", "1k", "--out", str(tmp_path / "out"),
+            "--doc", str(tmp_path / "B.md"), "--figures", str(tmp_path / "fig"), "--no-progress", option, value]
+    with pytest.raises(SystemExit) as exc:
+        report.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.split(": error: ")[1].startswith(option)
+    assert all(n in last for n in names), last
+    assert not (tmp_path / "out" / "SmolArith" / "results.csv").exists()
 
 
 def test_report_pages_keep_their_hand_written_section(tmp_path: Path) -> None:
@@ -195,3 +219,67 @@ def test_oracle_allocation_bound_takes_a_task_name_or_its_env_id(
     monkeypatch.setenv("IAPO_GYM_DATA", str(tmp_path))  # no table installed: one line naming the command that installs it
     with pytest.raises(SystemExit, match=r"^oracle_allocation_bound\.py: no table named 'MATH' .*iapo-gym data import"):
         bound.main(["MATH", *options])
+
+
+def test_split_diagnosis_matches_a_hand_computation() -> None:
+    """Every column of the split diagnosis, recomputed from the oracle and the fitted policies."""
+    from iapo_gym import oracle
+    from iapo_gym.agents.psst import PSST
+    from iapo_gym.experiments import env_factory
+    from iapo_gym.experiments.evaluate import train_oracle_regrets
+
+    diag = _script("split_diagnosis")
+    task, seeds = "IAPO-SmolArith-v0", [8, 9, 10, 11]  # seeds 9 and 11: the train-best prompt is not the table's
+    train_oracle, cell = diag.diagnose(task, seeds, [("psst", 1000)])
+    assert (train_oracle.label, cell.label) == ("train oracle", "psst at 1,000")
+    assert train_oracle.mean(train_oracle.regret) == pytest.approx(float(train_oracle_regrets(task, seeds).mean()), abs=1e-12)
+    assert train_oracle.agree.all() and not train_oracle.top.all()
+    make = env_factory(task, 1000)
+    policies = PSST().fit_many(make, 1000, seeds)
+    agree, top, excess = [], [], []
+    for seed, policy in zip(seeds, policies, strict=True):
+        env = make(seed)
+        table, train, test = env.table, np.asarray(env.train_queries), np.asarray(env.test_queries)
+        q_train, q_test, q_all = oracle.q_values(table, train), oracle.q_values(table, test), oracle.q_values(table)
+        arms, n_max = policy.act(env.contexts.weights), table.n_max
+        agree.append(arms // n_max == oracle.best_arms(q_train) // n_max)
+        top.append(arms // n_max == oracle.best_arms(q_all) // n_max)
+        run = cell.regret[len(agree) * 3 - 3 : len(agree) * 3]
+        by_hand = float(oracle.regret(q_test, arms, env.contexts.probs))
+        assert float(np.dot(env.contexts.probs, run)) == pytest.approx(by_hand, abs=1e-12)
+        flat = oracle.best_arms(q_train)
+        c = np.arange(flat.size)
+        excess.append((q_train.reshape(flat.size, -1)[c, flat] - q_all.reshape(flat.size, -1)[c, flat],
+                       q_test.reshape(flat.size, -1)[c, flat] - q_all.reshape(flat.size, -1)[c, flat], train.size / test.size))
+    np.testing.assert_array_equal(cell.agree, np.concatenate(agree))
+    np.testing.assert_array_equal(cell.top, np.concatenate(top))
+    assert train_oracle.train_excess is not None and train_oracle.test_excess is not None
+    np.testing.assert_allclose(train_oracle.train_excess, np.concatenate([e[0] for e in excess]), atol=1e-12)
+    np.testing.assert_allclose(train_oracle.test_excess, np.concatenate([e[1] for e in excess]), atol=1e-12)
+    # the split identity: what the train split over-rates, the test split (its complement) under-rates n_train / n_test times
+    ratio = excess[0][2]
+    np.testing.assert_allclose(train_oracle.test_excess, -ratio * train_oracle.train_excess, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [(["Smol"], ["'Smol'", "SmolArith"]), (["SmolArith", "--cells", "psst"], ["--cells", "'psst'", "agent@budget"]),
+     (["SmolArith", "--cells", "psst@5q"], ["--cells", "'psst@5q'"]),
+     (["SmolArith", "--cells", "nope@1k"], ["--cells", "nope", "psst_model"]), (["SmolArith", "--runs", "0"], ["--runs"])],
+)
+def test_split_diagnosis_refuses_a_bad_argument_in_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], names: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _script("split_diagnosis").main(argv)
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "Traceback" not in err and last.startswith("split_diagnosis.py: error: ")
+    assert all(n in last for n in names), last
+
+
+def test_split_diagnosis_prints_its_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _script("split_diagnosis").main(["SmolArith", "--runs", "2", "--cells", "psst@1k,k2=topk1@1k"]) == 0
+    out = capsys.readouterr().out
+    assert "| train oracle | 1.000 |" in out and "| psst at 1,000 |" in out and "| k2 at 1,000 |" in out
+    assert "seeds 0-1 (2 runs)" in out and "The train-best arm's exact value above its all-query value" in out
