@@ -113,6 +113,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from iapo_gym import _jit, oracle
+from iapo_gym._portable_math import exp as portable_exp
 from iapo_gym.agents._bon_eb import eb_bon_expected_max, fit_dirichlet_concentration
 from iapo_gym.agents._common import BatchAgent, table_policies
 from iapo_gym.agents._rounds import Rows, run_rounds
@@ -674,7 +675,7 @@ def eb_shrink(
         sd = np.sqrt(np.maximum(np.where(okr, vr, 1.0), (spacing[:, None] / 2) ** 2))  # (B, P)
         z = (np.where(okr, xr, 0.0)[:, :, None] - g[:, None, :]) / sd[:, :, None]  # (B, P, G)
         ll = -0.5 * z * z
-        lik = np.exp(ll - ll.max(axis=2, keepdims=True)) * okr[:, :, None]
+        lik = portable_exp(ll - ll.max(axis=2, keepdims=True)) * okr[:, :, None]  # numpy's exp differs by CPU
         cnt = okr.sum(axis=1).astype(np.float64)
         w = _shrink_em(lik, cnt, iters)
         post = w[:, None, :] * lik

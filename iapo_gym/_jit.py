@@ -19,7 +19,9 @@ on its first call (about a second, then cached on disk), which short scripts nee
 tallies, element-wise IEEE operations (``+ - * /`` and ``sqrt`` are correctly rounded in both), and
 float sums only where the twin sums in the same order -- so a seed's decisions never depend on which
 path ran. Transcendental functions (``log``, ``exp``) stay in numpy: their last bit may differ
-between numpy's and LLVM's implementations. The tests run both paths and compare them.
+between numpy's and LLVM's implementations (and numpy's own between CPUs with and without AVX512F:
+where that moves a decision, :mod:`iapo_gym._portable_math` computes it from ``+ - *`` alone). The
+tests run both paths and compare them.
 """
 
 from __future__ import annotations
