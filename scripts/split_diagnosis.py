@@ -73,21 +73,6 @@ def parse_cells(text: str) -> list[tuple[str, int]]:
     return cells
 
 
-def _parts(env: Any, arms: np.ndarray) -> dict[str, np.ndarray]:
-    """Per context of one run: its probability, the exact test regret of ``arms`` and whether they agree / are top."""
-    from iapo_gym import oracle
-
-    q_all, q_train, q_test = _values(env)
-    n_max = q_all.shape[-1]
-    top_test = q_test.reshape(q_test.shape[0], -1).max(axis=1)
-    return {
-        "weight": np.asarray(env.contexts.probs, dtype=np.float64),
-        "regret": top_test - oracle.context_values(q_test, arms),
-        "agree": arms // n_max == oracle.best_arms(q_train) // n_max,
-        "top": arms // n_max == oracle.best_arms(q_all) // n_max,
-    }
-
-
 def _values(env: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact ``(all, train, test)`` values ``(C, P, N)`` of a run's arms."""
     from iapo_gym import oracle
@@ -109,25 +94,33 @@ def diagnose(task: str, seeds: list[int], cells: list[tuple[str, int]], agent_ar
     except AgentSpecError as exc:
         raise AgentSpecError(str(exc).replace("--agents:", "--cells:", 1)) from None
     specs = dict(zip(names, resolved, strict=True))
+    fitted = {
+        f"{specs[agent].label} at {budget:,}": specs[agent].build().fit_many(env_factory(task, budget), budget, seeds)
+        for agent, budget in cells
+    }
     make = env_factory(task, 1)
     rows: dict[str, dict[str, list[np.ndarray]]] = {}
-
-    def add(label: str, parts: dict[str, np.ndarray]) -> None:
-        for key, value in parts.items():
-            rows.setdefault(label, {}).setdefault(key, []).append(value)
-
-    for seed in seeds:  # the train oracle: each context's exact train-best arm
+    for i, seed in enumerate(seeds):  # each run's exact values once, for every row
         env = make(seed)
         q_all, q_train, q_test = _values(env)
-        best = oracle.best_arms(q_train)
-        at = (np.arange(best.size), best // q_all.shape[-1], best % q_all.shape[-1])
-        excess = {"train_excess": q_train[at] - q_all[at], "test_excess": q_test[at] - q_all[at]}
-        add("train oracle", {**_parts(env, best), **excess})
-    for agent, budget in cells:
-        policies = specs[agent].build().fit_many(env_factory(task, budget), budget, seeds)
-        for seed, policy in zip(seeds, policies, strict=True):
-            env = make(seed)
-            add(f"{specs[agent].label} at {budget:,}", _parts(env, np.asarray(policy.act(env.contexts.weights))))
+        n_max = q_all.shape[-1]
+        best_train, best_all = oracle.best_arms(q_train), oracle.best_arms(q_all)
+        top_test = q_test.reshape(q_test.shape[0], -1).max(axis=1)
+        at = (np.arange(best_train.size), best_train // n_max, best_train % n_max)
+        deployed = {"train oracle": best_train} | {
+            label: np.asarray(policies[i].act(env.contexts.weights)) for label, policies in fitted.items()
+        }
+        for label, arms in deployed.items():
+            parts = {
+                "weight": np.asarray(env.contexts.probs, dtype=np.float64),
+                "regret": top_test - oracle.context_values(q_test, arms),
+                "agree": arms // n_max == best_train // n_max,
+                "top": arms // n_max == best_all // n_max,
+            }
+            if label == "train oracle":
+                parts |= {"train_excess": q_train[at] - q_all[at], "test_excess": q_test[at] - q_all[at]}
+            for key, value in parts.items():
+                rows.setdefault(label, {}).setdefault(key, []).append(value)
     return [Cell(label, **{k: np.concatenate(v) for k, v in parts.items()}) for label, parts in rows.items()]
 
 
